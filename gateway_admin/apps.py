@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class GatewayAdminConfig(AppConfig):
+    name = "gateway_admin"
+    verbose_name = "Sluice"

@@ -1,0 +1,5 @@
+from django.apps import AppConfig
+
+
+class NamedValuesConfig(AppConfig):
+    name = "named_values"
