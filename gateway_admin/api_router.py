@@ -3,11 +3,28 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
+from apis.api.views import APIViewSet, OperationViewSet
+from backends.api.views import BackendViewSet
+from named_values.api.views import NamedValueViewSet
+from policies.api.views import GlobalPolicyView
+from subscriptions.api.views import ProductViewSet, SubscriptionViewSet
+
+from .api.views import snapshot_view
+
 app_name = "api"
 
 router = DefaultRouter()
-# Each app's viewsets are registered here, e.g. router.register("backends", BackendViewSet).
+# Names may contain dots, so `.json`-style format suffixes would be ambiguous (use ?format=json).
+router.include_format_suffixes = False
+router.register("apis", APIViewSet)
+router.register(r"apis/(?P<api_name>[^/]+)/operations", OperationViewSet, basename="operation")
+router.register("backends", BackendViewSet)
+router.register("named-values", NamedValueViewSet)
+router.register("products", ProductViewSet)
+router.register("subscriptions", SubscriptionViewSet)
 
 urlpatterns = [
+    path("policies/global/", GlobalPolicyView.as_view(), name="global-policy"),
+    path("gateway/snapshot/", snapshot_view, name="gateway-snapshot"),
     *router.urls,
 ]

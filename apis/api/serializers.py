@@ -1,0 +1,177 @@
+from rest_framework import serializers
+
+from backends.api.serializers import BackendSerializer
+from gateway_admin.api.serializers import ConfigurationModelSerializer, StrictFieldsMixin
+from gateway_admin.validators import validate_header_name, validate_http_url, validate_resource_name
+from named_values.api.serializers import NamedValueSerializer
+from named_values.models import NamedValue
+from policies.api.serializers import PolicySerializer
+from subscriptions.models import Product
+from subscriptions.services import check_open_products
+
+from ..choices import APITypeChoices
+from ..models import API, Operation
+from ..services import MAX_IMPORT_NAME_LENGTH, derive_api_name
+from ..validators import validate_api_name, validate_api_path
+from ..wizard import OPTIONAL_OPENAI_OPERATIONS, POLICY_CONTRIBUTORS
+
+__all__ = (
+    "APISerializer",
+    "ImportLanguageModelSerializer",
+    "ImportResultSerializer",
+    "OperationSerializer",
+)
+
+
+#
+# APIs and operations
+#
+
+
+class APISerializer(ConfigurationModelSerializer):
+    """An API published by the gateway at /<path>."""
+
+    service_url = serializers.CharField(
+        max_length=2000, required=False, allow_blank=True, validators=[validate_http_url]
+    )
+    products = serializers.SlugRelatedField(
+        many=True, slug_field="name", queryset=Product.objects.all(), required=False
+    )
+
+    class Meta:
+        model = API
+        fields = (
+            "name",
+            "display_name",
+            "description",
+            "path",
+            "service_url",
+            "api_type",
+            "subscription_required",
+            "subscription_key_header",
+            "subscription_key_query",
+            "products",
+            "created",
+            "last_updated",
+        )
+        read_only_fields = ("created", "last_updated")
+
+    def validate_products(self, value):
+        check_open_products(value)
+        return value
+
+
+class OperationSerializer(ConfigurationModelSerializer):
+    """An operation of the API named in the URL (`apis/{api_name}/operations/`)."""
+
+    api = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = Operation
+        fields = ("name", "api", "display_name", "method", "url_template", "description", "created", "last_updated")
+        read_only_fields = ("created", "last_updated")
+
+    def validate(self, attrs):
+        api = self.context["api"]
+        current = self.instance
+        name = attrs.get("name", getattr(current, "name", None))
+        method = attrs.get("method", getattr(current, "method", None))
+        template = attrs.get("url_template", getattr(current, "url_template", None))
+        others = api.operations.exclude(pk=current.pk) if current else api.operations.all()
+        if others.filter(name=name).exists():
+            raise serializers.ValidationError(
+                {"name": [f"API '{api.name}' already has an operation named '{name}'."]}, code="unique"
+            )
+        if others.filter(method=method, url_template=template).exists():
+            raise serializers.ValidationError(
+                {"url_template": [f"API '{api.name}' already has an operation for {method} {template}."]},
+                code="unique",
+            )
+        return attrs
+
+
+#
+# Import wizard
+#
+
+
+class AccessKeySerializer(StrictFieldsMixin, serializers.Serializer):
+    """The credential header the backend needs (stored as a secret named value)."""
+
+    header_name = serializers.CharField(max_length=100, validators=[validate_header_name])
+    value = serializers.CharField(max_length=NamedValue.MAX_VALUE_LENGTH, trim_whitespace=False)
+
+    def validate_value(self, value):
+        if not value.strip():
+            raise serializers.ValidationError("This field may not be blank.", code="blank")
+        return value
+
+
+# The API types as the portal's wizard labels them (distinct labels also give the schema its own enum).
+WIZARD_TYPE_CHOICES = [
+    (APITypeChoices.OPENAI.value, "Create OpenAI API"),
+    (APITypeChoices.PASSTHROUGH.value, "Create a passthrough API"),
+]
+
+
+class ImportLanguageModelSerializer(StrictFieldsMixin, serializers.Serializer):
+    """Input of `POST apis/import-language-model/` (the portal's Language Model API wizard)."""
+
+    name = serializers.CharField(
+        max_length=MAX_IMPORT_NAME_LENGTH,
+        required=False,
+        validators=[validate_resource_name, validate_api_name],
+        help_text="Defaults to the slug of display_name.",
+    )
+    display_name = serializers.CharField(max_length=300)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    url = serializers.CharField(max_length=2000, validators=[validate_http_url], help_text="Base URL of the model.")
+    path = serializers.CharField(max_length=400, validators=[validate_api_path])
+    type = serializers.ChoiceField(choices=WIZARD_TYPE_CHOICES)
+    products = serializers.SlugRelatedField(
+        many=True, slug_field="name", queryset=Product.objects.all(), required=False
+    )
+    access_key = AccessKeySerializer(
+        required=False, allow_null=True, help_text="Stored as the secret named value <name>-key."
+    )
+    subscription_required = serializers.BooleanField(default=True)
+    operations = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(OPTIONAL_OPENAI_OPERATIONS)),
+        required=False,
+        help_text="Extra OpenAI operations (openai type only).",
+    )
+
+    def get_fields(self):
+        fields = super().get_fields()
+        for contributor in POLICY_CONTRIBUTORS:
+            if contributor.key and contributor.serializer_class is not None:
+                fields[contributor.key] = contributor.serializer_class(required=False, allow_null=True)
+        return fields
+
+    def validate(self, attrs):
+        if attrs.get("operations") and attrs["type"] != APITypeChoices.OPENAI:
+            raise serializers.ValidationError({"operations": ["Extra operations apply to the openai type only."]})
+        if not attrs.get("name"):
+            attrs["name"] = derive_api_name(attrs["display_name"])
+            validate_api_name(attrs["name"])
+        return attrs
+
+
+class ImportResultSerializer(serializers.Serializer):
+    """What the wizard created (documentation of the 201 answer)."""
+
+    api = APISerializer()
+    operations = OperationSerializer(many=True)
+    backend = BackendSerializer()
+    named_value = NamedValueSerializer(allow_null=True)
+    policy = PolicySerializer()
+
+    @classmethod
+    def render(cls, result) -> dict:
+        return {
+            "api": APISerializer(result.api).data,
+            "operations": OperationSerializer(result.operations, many=True).data,
+            "backend": BackendSerializer(result.backend).data,
+            "named_value": NamedValueSerializer(result.named_value).data if result.named_value else None,
+            "policy": PolicySerializer(result.policy).data,
+        }

@@ -1,0 +1,130 @@
+"""The Language Model API import wizard (apim-spec §1): one transaction creating the API, its operations, a
+backend, optionally a secret named value holding the access key, product links and the API policy."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.utils.text import slugify
+from rest_framework.exceptions import ValidationError
+
+from backends.models import Backend
+from gateway_admin.exceptions import Conflict
+from named_values.models import NamedValue
+from named_values.services import create_named_value
+from policies.choices import PolicyScopeChoices
+from policies.models import Policy
+from policies.services import set_policy
+from subscriptions.models import Product
+from subscriptions.services import check_open_products
+
+from .models import API, Operation
+from .wizard import ImportContext, build_api_policy, operation_specs
+
+__all__ = ("MAX_IMPORT_NAME_LENGTH", "ImportResult", "derive_api_name", "import_language_model")
+
+BACKEND_SUFFIX = "-backend"
+KEY_SUFFIX = "-key"
+# The backend name `<name>-backend` must fit the 80 characters of a resource name.
+MAX_IMPORT_NAME_LENGTH = 80 - len(BACKEND_SUFFIX)
+
+
+@dataclass
+class ImportResult:
+    api: API
+    operations: list[Operation]
+    backend: Backend
+    named_value: NamedValue | None
+    policy: Policy
+    products: list[Product] = field(default_factory=list)
+
+
+def derive_api_name(display_name: str) -> str:
+    name = slugify(display_name)[:MAX_IMPORT_NAME_LENGTH].strip("-_")
+    if not name:
+        raise ValidationError({"name": ["Cannot derive a name from display_name; give one."]})
+    return name
+
+
+@transaction.atomic
+def import_language_model(data: Mapping[str, Any]) -> ImportResult:
+    """Create everything the wizard produces, or nothing.
+
+    `data` is the validated wizard input (see `ImportLanguageModelSerializer`): `display_name`, `url`, `path`,
+    `type` ("openai" | "passthrough"), and optionally `name` (default: slug of display_name), `description`,
+    `products` (Product objects or names), `access_key` ({"header_name", "value"}), `subscription_required`
+    (default true), `operations` (extra OpenAI operations such as "POST /embeddings") and the optional blocks of
+    the policy contributors. Duplicate names or paths raise `Conflict` (409), unknown products `ValidationError`.
+    """
+    name = data.get("name") or derive_api_name(data["display_name"])
+    access_key = data.get("access_key")
+    context = ImportContext(
+        api_name=name,
+        api_type=data["type"],
+        backend_name=f"{name}{BACKEND_SUFFIX}",
+        named_value_name=f"{name}{KEY_SUFFIX}" if access_key else None,
+    )
+    _check_conflicts(context, data["path"])
+    products = _resolve_products(data.get("products") or ())
+    check_open_products(products)
+
+    named_value = None
+    credentials = {}
+    if access_key:
+        named_value = create_named_value(
+            name=context.named_value_name, value=access_key["value"], secret=True, tags=["llm", name]
+        )
+        credentials = {access_key["header_name"]: f"{{{{{named_value.name}}}}}"}
+    backend = Backend(
+        name=context.backend_name,
+        url=data["url"],
+        description=f"Backend of the {data['display_name']} API.",
+        credentials_header=credentials,
+    )
+    backend.full_clean()
+    backend.save()
+    api = API(
+        name=name,
+        display_name=data["display_name"],
+        description=data.get("description") or "",
+        path=data["path"],
+        service_url=data["url"],
+        api_type=data["type"],
+        subscription_required=data.get("subscription_required", True),
+    )
+    api.full_clean()
+    api.save()
+    operations = [
+        Operation.objects.create(
+            api=api, name=spec.name, display_name=spec.display_name, method=spec.method, url_template=spec.url_template
+        )
+        for spec in operation_specs(data["type"], data.get("operations") or ())
+    ]
+    for product in products:
+        product.apis.add(api)
+    policy, _ = set_policy(PolicyScopeChoices.API, api, build_api_policy(data, context))
+    return ImportResult(api, operations, backend, named_value, policy, products)
+
+
+def _check_conflicts(context: ImportContext, path: str) -> None:
+    errors = {}
+    if API.objects.filter(name=context.api_name).exists():
+        errors.setdefault("name", []).append(f"An API named '{context.api_name}' already exists.")
+    if Backend.objects.filter(name=context.backend_name).exists():
+        errors.setdefault("name", []).append(f"A backend named '{context.backend_name}' already exists.")
+    if context.named_value_name and NamedValue.objects.filter(name=context.named_value_name).exists():
+        errors.setdefault("name", []).append(f"A named value named '{context.named_value_name}' already exists.")
+    if API.objects.filter(path=path).exists():
+        errors["path"] = [f"An API with path '{path}' already exists."]
+    if errors:
+        raise Conflict(errors)
+
+
+def _resolve_products(products) -> list[Product]:
+    names = [p.name if isinstance(p, Product) else p for p in products]
+    found = {p.name: p for p in Product.objects.filter(name__in=names)}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValidationError({"products": [f"Product '{n}' does not exist." for n in missing]})
+    return [found[n] for n in dict.fromkeys(names)]

@@ -1,0 +1,14 @@
+import django_filters
+
+from .models import Backend
+
+__all__ = ("BackendFilterSet",)
+
+
+class BackendFilterSet(django_filters.FilterSet):
+    name = django_filters.CharFilter(lookup_expr="icontains")
+    url = django_filters.CharFilter(lookup_expr="icontains")
+
+    class Meta:
+        model = Backend
+        fields = ("name", "url")
