@@ -1,0 +1,175 @@
+"""The gateway request handler: route -> subscription check -> policy pipeline -> forward.
+
+``create_app`` wires the dependencies (upstream pool, clock) into a ``GatewayApp``, the handler given to
+``gateway.http.server.serve``. The configuration it serves is swapped by ``gateway.sync`` with one attribute
+assignment (``app.snapshot = config``); each request reads it once, so a swap never mixes two snapshots.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import orjson
+
+from gateway.context import Headers, RequestContext
+from gateway.errors import MSG_INVALID_KEY, MSG_MISSING_KEY, MSG_NOT_CONFIGURED, MSG_OPERATION_NOT_FOUND
+from gateway.forward import Forwarder
+from gateway.http.client import UpstreamPool
+from gateway.http.headers import connection_options
+from gateway.http.server import Request, Response, StreamingResponse
+from gateway.ids import next_request_id
+from gateway.pipeline import JSON_HEADERS, error_body, error_response, run_pipeline
+from gateway.subscription import check_subscription, split_query_param
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from gateway.model import Config
+
+__all__ = ("HEALTH_PATH", "REQUEST_ID_HEADER", "TRACE_HEADER", "GatewayApp", "create_app")
+
+REQUEST_ID_HEADER = b"x-request-id"
+# Debug tracing: a request carrying this header with the gateway token gets the pipeline trace back as JSON in
+# the same response header (the management plane's test console uses it).
+TRACE_HEADER = b"x-sluice-trace"
+RESERVED_PREFIX = "/__sluice/"
+HEALTH_PATH = "/__sluice/health"
+
+_BODY_404 = error_body(404, MSG_OPERATION_NOT_FOUND)
+_BODY_401 = {MSG_MISSING_KEY: error_body(401, MSG_MISSING_KEY), MSG_INVALID_KEY: error_body(401, MSG_INVALID_KEY)}
+_CONTENT_TYPE = JSON_HEADERS[0]
+_XFF = b"x-forwarded-for"
+
+
+class GatewayApp:
+    """The request handler. ``snapshot`` is the Config being served (None until one is loaded)."""
+
+    __slots__ = ("_trace_token", "clock", "config", "forwarder", "pool", "snapshot")
+
+    def __init__(self, config: GatewayConfig, pool: UpstreamPool, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.pool = pool
+        self.clock = clock
+        self.forwarder = Forwarder(pool, clock)
+        self.snapshot: Config | None = None
+        self._trace_token = config.gateway_token.encode("utf-8")
+
+    @property
+    def revision(self) -> int | None:
+        return self.snapshot.revision if self.snapshot is not None else None
+
+    async def __call__(self, request: Request) -> Response | StreamingResponse:
+        request_id = next_request_id().encode("ascii")
+        response = await self.handle(request, request_id)
+        response.headers.append((REQUEST_ID_HEADER, request_id))
+        return response
+
+    async def handle(self, request: Request, request_id: bytes) -> Response | StreamingResponse:
+        snapshot = self.snapshot
+        path = request.path
+        if path.startswith(RESERVED_PREFIX):
+            return self._internal(path)
+        if snapshot is None:
+            return error_response(503, MSG_NOT_CONFIGURED)
+        match = snapshot.router.match(request.method, path)
+        if match is None:
+            return Response(404, [_CONTENT_TYPE], _BODY_404)
+        api = match.api
+        query = request.query
+        if api.subscription_required:
+            key = request.header(api.key_header)
+            if key:
+                if query:
+                    query = split_query_param(query, api.key_query)[1]
+            else:
+                value, query = split_query_param(query, api.key_query)
+                key = value.encode("utf-8") if value else None
+            decision = check_subscription(api, key, snapshot.subscriptions)
+            if isinstance(decision, str):
+                return Response(401, [_CONTENT_TYPE], _BODY_401[decision])
+            access = decision
+        else:
+            no_key_access = api.no_key_access
+            assert no_key_access is not None  # always set for APIs that do not require a subscription
+            access = no_key_access
+        product = access.product
+        headers, trace_value = _forward_headers(request, api.drop_headers)
+        ctx = RequestContext(
+            request=request,
+            request_id=request_id,
+            api=api,
+            operation=match.operation,
+            product=product,
+            subscription=access.subscription,
+            services=self.forwarder,
+            backend=api.backend,
+            forward_path=match.forward_path,
+            query=query,
+            request_headers=headers,
+            matched_parameters=match.params,
+            started=self.clock(),
+        )
+        pipeline = match.operation.pipelines[product.name if product is not None else None]
+        if trace_value is None:
+            return await run_pipeline(pipeline, ctx)
+        if not hmac.compare_digest(trace_value, self._trace_token):
+            return await run_pipeline(pipeline, ctx)
+        ctx.trace = []
+        response = await run_pipeline(pipeline, ctx)
+        response.headers.append((TRACE_HEADER, orjson.dumps(ctx.trace, default=str)))
+        return response
+
+    def _internal(self, path: str) -> Response:
+        if path == HEALTH_PATH:
+            revision = self.revision
+            body = orjson.dumps(
+                {
+                    "status": "ok" if revision is not None else "starting",
+                    "revision": revision,
+                    "gateway_id": self.config.gateway_id,
+                }
+            )
+            return Response(200 if revision is not None else 503, [_CONTENT_TYPE], body)
+        return Response(404, [_CONTENT_TYPE], error_body(404, "Not found."))
+
+    async def aclose(self) -> None:
+        await self.pool.close()
+
+
+def _forward_headers(request: Request, drop: frozenset[bytes]) -> tuple[Headers, bytes | None]:
+    """Copy the request headers to forward: without ``drop`` names (nor those a Connection header lists),
+    with the client address appended to X-Forwarded-For. Also returns the trace header's value, if any."""
+    headers: Headers = []
+    xff: bytes | None = None
+    trace: bytes | None = None
+    connection: list[bytes] | None = None
+    for header in request.headers:
+        name = header[0]
+        if name in drop:
+            if name == b"connection":
+                connection = [header[1]] if connection is None else [*connection, header[1]]
+            continue
+        if name == _XFF:
+            xff = header[1] if xff is None else xff + b", " + header[1]
+        elif name == TRACE_HEADER:
+            trace = header[1]
+        else:
+            headers.append(header)
+    if connection is not None:
+        listed = frozenset().union(*(connection_options(value) for value in connection))
+        if listed:
+            headers = [h for h in headers if h[0] not in listed]
+    client = request.client_ip.encode("ascii", "replace")
+    headers.append((_XFF, xff + b", " + client if xff else client))
+    return headers, trace
+
+
+def create_app(
+    config: GatewayConfig, *, pool: UpstreamPool | None = None, clock: Callable[[], float] = time.monotonic
+) -> GatewayApp:
+    """Build the request handler; a default UpstreamPool is created from the config's timeouts."""
+    if pool is None:
+        pool = UpstreamPool(connect_timeout=config.upstream_connect_timeout, read_timeout=config.upstream_read_timeout)
+    return GatewayApp(config, pool, clock)

@@ -1,0 +1,70 @@
+"""Gateway process settings, read from the environment (``SLUICE_*``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ("ConfigError", "GatewayConfig")
+
+
+class ConfigError(ValueError):
+    """A required setting is missing or a value cannot be parsed."""
+
+
+def _get(env: Mapping[str, str], key: str, default: str | None = None) -> str:
+    value = env.get(key)
+    if value is None or value == "":
+        if default is None:
+            raise ConfigError(f"{key} is missing, and has no default.")
+        return default
+    return value
+
+
+def _number(env: Mapping[str, str], key: str, default: str, cast: type[int] | type[float], minimum: float) -> float:
+    raw = _get(env, key, default)
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{key}: must be at least {minimum}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    gateway_token: str
+    management_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    snapshot_cache: str = "var/gateway-snapshot.json"
+    poll_interval: float = 1.0
+    upstream_connect_timeout: float = 10.0
+    upstream_read_timeout: float = 300.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    workers: int = 1
+    gateway_id: str = ""
+
+    @property
+    def snapshot_url(self) -> str:
+        return self.management_url.rstrip("/") + "/api/gateway/snapshot/"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
+        env = os.environ if env is None else env
+        return cls(
+            gateway_token=_get(env, "SLUICE_GATEWAY_TOKEN"),
+            management_url=_get(env, "SLUICE_MANAGEMENT_URL", "http://127.0.0.1:8000"),
+            host=_get(env, "SLUICE_GATEWAY_HOST", "127.0.0.1"),
+            port=int(_number(env, "SLUICE_GATEWAY_PORT", "8080", int, 0)),
+            snapshot_cache=_get(env, "SLUICE_SNAPSHOT_CACHE", "var/gateway-snapshot.json"),
+            poll_interval=_number(env, "SLUICE_POLL_INTERVAL", "1.0", float, 0.05),
+            upstream_connect_timeout=_number(env, "SLUICE_UPSTREAM_CONNECT_TIMEOUT", "10", float, 0.001),
+            upstream_read_timeout=_number(env, "SLUICE_UPSTREAM_READ_TIMEOUT", "300", float, 0.001),
+            max_body_bytes=int(_number(env, "SLUICE_MAX_BODY_BYTES", str(16 * 1024 * 1024), int, 0)),
+            workers=int(_number(env, "SLUICE_GATEWAY_WORKERS", "1", int, 1)),
+            gateway_id=_get(env, "SLUICE_GATEWAY_ID", socket.gethostname()),
+        )

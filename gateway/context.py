@@ -1,0 +1,82 @@
+"""The per-request context shared by the pipeline steps."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from gateway.errors import GatewayError
+    from gateway.http.client import UpstreamResponse
+    from gateway.http.server import Request
+    from gateway.model import ApiEntry, BackendTarget, OperationEntry, ProductEntry, SubscriptionEntry
+    from gateway.policy.base import Section
+
+__all__ = ("ChunkFilter", "Headers", "RequestContext", "ResponseHead", "Services")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class ChunkFilter(Protocol):
+    """Sees the response body chunk by chunk without buffering it (added by outbound steps).
+
+    ``feed`` returns the bytes to send in place of ``chunk`` (``b""`` to hold back). ``finish`` is called
+    once at the end: ``complete`` is False when the stream was aborted (its return value is then dropped).
+    """
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self, complete: bool) -> bytes: ...
+
+
+class Services(Protocol):
+    """Per-app dependencies reachable from policies (injected by ``create_app``)."""
+
+    clock: Callable[[], float]
+
+    def forward(self, ctx: RequestContext, timeout: float | None) -> Awaitable[None]:
+        """Send the request to ``ctx.backend`` and set ``ctx.response``; raises GatewayError."""
+        ...
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    """The response being built: from the backend, from on-error, or inbound ``set-status``.
+
+    Exactly one of ``body`` (buffered) or ``upstream`` (still to be streamed) carries the body.
+    """
+
+    status: int
+    headers: Headers
+    reason: bytes = b""
+    body: bytes = b""
+    upstream: UpstreamResponse | None = None
+    content_length: int | None = None
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Everything a policy may read or change for one request (APIM's ``context``)."""
+
+    request: Request
+    request_id: bytes
+    api: ApiEntry
+    operation: OperationEntry
+    product: ProductEntry | None
+    subscription: SubscriptionEntry | None
+    services: Services
+    backend: BackendTarget | None
+    # what goes upstream: the operation part of the path, the query (key parameter removed), the headers
+    forward_path: str
+    query: str
+    request_headers: Headers
+    matched_parameters: Mapping[str, str]
+    variables: dict[str, Any] = field(default_factory=dict)
+    response: ResponseHead | None = None
+    last_error: GatewayError | None = None
+    section: Section | None = None
+    trace: list[dict[str, Any]] | None = None
+    usage: Any = None
+    chunk_filters: list[ChunkFilter] = field(default_factory=list)
+    started: float = 0.0

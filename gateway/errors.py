@@ -1,0 +1,53 @@
+"""Errors raised on the request path and the fixed client-facing messages (APIM wording)."""
+
+from __future__ import annotations
+
+__all__ = (
+    "MSG_BACKEND_CONNECT",
+    "MSG_BACKEND_PROTOCOL",
+    "MSG_BACKEND_TIMEOUT",
+    "MSG_BAD_TARGET",
+    "MSG_INVALID_KEY",
+    "MSG_MISSING_KEY",
+    "MSG_NOT_CONFIGURED",
+    "MSG_NO_BACKEND",
+    "MSG_OPERATION_NOT_FOUND",
+    "GatewayError",
+)
+
+MSG_OPERATION_NOT_FOUND = "Unable to match incoming request to an operation."
+MSG_MISSING_KEY = (
+    "Access denied due to missing subscription key. "
+    "Make sure to include subscription key when making requests to an API."
+)
+MSG_INVALID_KEY = (
+    "Access denied due to invalid subscription key. Make sure to provide a valid key for an active subscription."
+)
+MSG_BACKEND_CONNECT = "Unable to connect to the backend service."
+MSG_BACKEND_TIMEOUT = "The backend service did not respond in time."
+MSG_BACKEND_PROTOCOL = "The backend service sent an invalid response."
+MSG_BAD_TARGET = "The request cannot be forwarded: invalid characters in its target."
+MSG_NO_BACKEND = "No backend service is configured for this API."
+MSG_NOT_CONFIGURED = "The gateway has no configuration loaded yet."
+
+
+class GatewayError(Exception):
+    """A request failure that routes control to ``on-error`` (``context.LastError`` in APIM).
+
+    ``source`` is the policy name or built-in step, ``reason`` a machine code (``BackendConnectionFailure``),
+    ``status`` the HTTP status of the default error response. The pipeline fills ``section``, ``scope``
+    and ``policy_id`` when it catches the error.
+    """
+
+    def __init__(self, status: int, message: str, *, source: str, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.source = source
+        self.reason = reason
+        self.section: str | None = None
+        self.scope: str | None = None
+        self.policy_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"GatewayError({self.status}, {self.message!r}, source={self.source!r}, reason={self.reason!r})"

@@ -1,0 +1,205 @@
+"""Forwarding to the backend and turning the response head into what the HTTP server sends.
+
+Small, known-length responses are read whole (fast path). Server-sent events, responses without a
+Content-Length and large bodies are streamed chunk by chunk through ``ctx.chunk_filters``; the upstream
+response is closed when the stream ends, fails, or the client goes away (the server closes the body
+iterator, which runs its ``finally``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from gateway.context import ChunkFilter, RequestContext, ResponseHead
+from gateway.errors import (
+    MSG_BACKEND_CONNECT,
+    MSG_BACKEND_PROTOCOL,
+    MSG_BACKEND_TIMEOUT,
+    MSG_BAD_TARGET,
+    MSG_NO_BACKEND,
+    GatewayError,
+)
+from gateway.http.client import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from gateway.http.server import Response, StreamingResponse
+
+if TYPE_CHECKING:
+    from gateway.http.client import UpstreamPool, UpstreamResponse
+
+__all__ = ("DEFAULT_BUFFER_LIMIT", "Forwarder", "UpstreamBody", "build_response", "discard_upstream")
+
+DEFAULT_BUFFER_LIMIT = 1 << 20  # bodies up to 1 MiB with a Content-Length are read whole
+_RESPONSE_DROP = frozenset({b"content-length", b"transfer-encoding"})
+_EVENT_STREAM = b"text/event-stream"
+
+
+class Forwarder:
+    """The ``Services`` implementation of the app: forwards over an UpstreamPool."""
+
+    __slots__ = ("buffer_limit", "clock", "pool")
+
+    def __init__(
+        self, pool: UpstreamPool, clock: Callable[[], float], *, buffer_limit: int = DEFAULT_BUFFER_LIMIT
+    ) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.buffer_limit = buffer_limit
+
+    async def forward(self, ctx: RequestContext, timeout: float | None) -> None:
+        target = ctx.backend
+        if target is None:
+            raise GatewayError(500, MSG_NO_BACKEND, source="forward-request", reason="BackendNotConfigured")
+        headers = ctx.request_headers
+        if target.headers:
+            names = target.header_names
+            headers = [h for h in headers if h[0] not in names]
+            headers.extend(target.headers)
+        request_target = target.url_for(ctx.forward_path, ctx.query)
+        request = ctx.request
+        try:
+            if timeout is None:
+                upstream = await self.pool.request(target.origin, request.method, request_target, headers, request.body)
+            else:
+                async with asyncio.timeout(timeout):
+                    upstream = await self.pool.request(
+                        target.origin, request.method, request_target, headers, request.body
+                    )
+        except (UpstreamTimeout, TimeoutError):
+            raise GatewayError(504, MSG_BACKEND_TIMEOUT, source="forward-request", reason="Timeout") from None
+        except UpstreamConnectError:
+            raise GatewayError(
+                502, MSG_BACKEND_CONNECT, source="forward-request", reason="BackendConnectionFailure"
+            ) from None
+        except UpstreamError:
+            raise GatewayError(
+                502, MSG_BACKEND_PROTOCOL, source="forward-request", reason="BackendConnectionFailure"
+            ) from None
+        except ValueError:  # the pool refuses a target or header it cannot put on the wire
+            raise GatewayError(400, MSG_BAD_TARGET, source="forward-request", reason="InvalidRequest") from None
+        ctx.response = await self._head(upstream, request.method)
+
+    async def _head(self, upstream: UpstreamResponse, method: str) -> ResponseHead:
+        headers = []
+        streaming = False
+        for header in upstream.headers:
+            name = header[0]
+            if name in _RESPONSE_DROP:
+                continue
+            if name == b"content-type" and header[1].startswith(_EVENT_STREAM):
+                streaming = True
+            headers.append(header)
+        length = upstream.content_length
+        head = ResponseHead(upstream.status, headers, upstream.reason)
+        if streaming or length is None or length > self.buffer_limit or method == "HEAD":
+            head.upstream = upstream
+            head.content_length = length
+            return head
+        try:
+            head.body = await upstream.read()
+        except UpstreamTimeout:
+            await upstream.aclose()
+            raise GatewayError(504, MSG_BACKEND_TIMEOUT, source="forward-request", reason="Timeout") from None
+        except UpstreamError:
+            await upstream.aclose()
+            raise GatewayError(
+                502, MSG_BACKEND_PROTOCOL, source="forward-request", reason="BackendConnectionFailure"
+            ) from None
+        except BaseException:
+            await upstream.aclose()
+            raise
+        return head
+
+
+async def discard_upstream(ctx: RequestContext) -> None:
+    """Close a backend response whose body will not be sent (the request ended another way)."""
+    head = ctx.response
+    if head is not None and head.upstream is not None:
+        upstream, head.upstream = head.upstream, None
+        await upstream.aclose()
+
+
+def build_response(ctx: RequestContext) -> Response | StreamingResponse:
+    head = ctx.response
+    assert head is not None
+    filters = ctx.chunk_filters
+    if head.upstream is None:
+        body = _filter_whole(filters, head.body) if filters else head.body
+        return Response(head.status, head.headers, body)
+    length = None if filters else head.content_length
+    return StreamingResponse(head.status, head.headers, UpstreamBody(head.upstream, filters), length)
+
+
+def _filter_whole(filters: list[ChunkFilter], body: bytes) -> bytes:
+    for f in filters:
+        body = f.feed(body)
+    return body + _finish(filters)
+
+
+def _finish(filters: list[ChunkFilter]) -> bytes:
+    tail = b""
+    for f in filters:
+        if tail:
+            tail = f.feed(tail)
+        tail += f.finish(True)
+    return tail
+
+
+class UpstreamBody:
+    """The body iterator of a streamed response: upstream chunks through the chunk filters, no buffering.
+
+    A class rather than an async generator so that ``aclose()`` releases the upstream response even when
+    iteration never started (HEAD, 204/304, client gone before the first chunk).
+    """
+
+    __slots__ = ("_filters", "_iter", "_tail_sent", "_upstream", "closed")
+
+    def __init__(self, upstream: UpstreamResponse, filters: list[ChunkFilter]) -> None:
+        self._upstream = upstream
+        self._filters = filters
+        self._iter: AsyncIterator[bytes] | None = None
+        self._tail_sent = False
+        self.closed = False
+
+    def __aiter__(self) -> UpstreamBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.closed:
+            raise StopAsyncIteration
+        if self._iter is None:
+            self._iter = self._upstream.__aiter__()
+        filters = self._filters
+        try:
+            while True:
+                try:
+                    chunk = await self._iter.__anext__()
+                except StopAsyncIteration:
+                    tail = b""
+                    if filters:
+                        self._tail_sent = True
+                        tail = _finish(filters)
+                    await self.aclose()
+                    if tail:
+                        return tail
+                    raise
+                for f in filters:
+                    chunk = f.feed(chunk)
+                    if not chunk:
+                        break
+                if chunk:
+                    return chunk
+        except StopAsyncIteration:
+            raise
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._filters and not self._tail_sent:
+            for f in self._filters:
+                f.finish(False)
+        await self._upstream.aclose()

@@ -1,0 +1,130 @@
+"""The compiled configuration: frozen, slotted objects built once per snapshot by ``gateway.snapshot``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.http.client import Origin
+    from gateway.pipeline import Pipeline
+    from gateway.routing import Router
+
+__all__ = (
+    "Access",
+    "ApiEntry",
+    "BackendTarget",
+    "Config",
+    "KeyRecord",
+    "OperationEntry",
+    "ProductEntry",
+    "SubscriptionEntry",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTarget:
+    """Where requests are forwarded: an origin, a base path, and credentials to inject (as bytes)."""
+
+    name: str | None  # backend entity name; None for an API service URL or a set-backend-service base-url
+    url: str
+    origin: Origin
+    base_path: str  # no trailing slash
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    header_names: frozenset[bytes] = frozenset()
+    query: str = ""  # encoded credential query parameters, appended to the forwarded query
+
+    def url_for(self, forward_path: str, query: str) -> str:
+        """The request target (path + query) sent upstream."""
+        path = self.base_path + forward_path or "/"
+        if self.query:
+            query = f"{query}&{self.query}" if query else self.query
+        return f"{path}?{query}" if query else path
+
+
+@dataclass(frozen=True, slots=True)
+class ProductEntry:
+    name: str
+    published: bool
+    subscription_required: bool
+    apis: tuple[str, ...]
+
+    @property
+    def is_open(self) -> bool:
+        return self.published and not self.subscription_required
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionEntry:
+    name: str
+    scope: str  # "/apis", "/apis/{api}" or "/products/{product}"
+    active: bool
+    product: ProductEntry | None  # the product of a product-scoped subscription (published or not)
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """The outcome of a successful subscription check: the product context and the subscription (if any)."""
+
+    product: ProductEntry | None
+    subscription: SubscriptionEntry | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """One subscription key (by its SHA-256 hex) and the subscription holding it."""
+
+    key_hash: str
+    subscription: SubscriptionEntry
+    access: Access  # precomputed: the product context (for product scopes) and the subscription
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class OperationEntry:
+    name: str
+    display_name: str
+    method: str
+    url_template: str
+    # compiled pipelines by product context (None = no product); only published products containing the API
+    pipelines: Mapping[str | None, Pipeline] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"<OperationEntry {self.name} {self.method} {self.url_template}>"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ApiEntry:
+    name: str
+    path: str  # without leading/trailing slash; "" for the root
+    api_type: str
+    service_url: str
+    subscription_required: bool
+    key_header: bytes  # lower-case
+    key_query: str
+    backend: BackendTarget | None  # the API's service URL (default target); None when it has none
+    operations: tuple[OperationEntry, ...]
+    drop_headers: frozenset[bytes]  # request headers never forwarded (hop-by-hop, host, key header, ...)
+    allowed_scopes: frozenset[str]  # subscription scopes that grant access to this API
+    products: Mapping[str, ProductEntry]  # published products containing this API
+    open_access: Access | None  # context of the open product containing the API, if any
+    no_key_access: Access | None  # access without key: open product, else API context when not required
+
+    def __repr__(self) -> str:
+        return f"<ApiEntry {self.name} /{self.path}>"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Config:
+    """One loaded snapshot. Swapped atomically as a whole; never mutated after load."""
+
+    revision: int
+    generated_at: str
+    router: Router
+    apis: Mapping[str, ApiEntry]
+    products: Mapping[str, ProductEntry]
+    backends: Mapping[str, BackendTarget]
+    subscriptions: Mapping[str, KeyRecord]  # key hash (sha256 hex) -> key record
+
+    def __repr__(self) -> str:
+        return f"<Config revision={self.revision} apis={len(self.apis)}>"

@@ -1,0 +1,189 @@
+"""The policy pipeline: inbound -> backend -> outbound, with any GatewayError jumping to on-error."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from time import perf_counter
+
+import orjson
+
+from gateway.context import RequestContext, ResponseHead
+from gateway.errors import GatewayError
+from gateway.forward import build_response, discard_upstream
+from gateway.http.server import Response, StreamingResponse
+from gateway.policy import Base, Policy, PolicyDocument, Section, merge_sections
+from gateway.policy.backend import ForwardRequest
+
+__all__ = (
+    "JSON_HEADERS",
+    "Pipeline",
+    "compile_pipeline",
+    "error_body",
+    "error_response",
+    "run_pipeline",
+)
+
+logger = logging.getLogger("gateway.pipeline")
+
+JSON_HEADERS = ((b"content-type", b"application/json; charset=utf-8"),)
+_DEFAULT_FORWARD = ForwardRequest(None)
+_DEFAULT_FORWARD.section = Section.BACKEND
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """The effective, compiled steps of one operation in one product context."""
+
+    inbound: tuple[Policy, ...]
+    backend: tuple[Policy, ...]
+    outbound: tuple[Policy, ...]
+    on_error: tuple[Policy, ...]
+    requires_request_body: bool = False
+    requires_response_body: bool = False
+
+
+def compile_pipeline(documents: Sequence[PolicyDocument | None]) -> Pipeline:
+    """Expand ``<base/>`` over ``documents`` (global, product, API, operation) into a Pipeline.
+
+    When no scope puts a ``forward-request`` in the backend section, one with default settings is appended:
+    forwarding is what a gateway does, and snapshots need not carry a global policy.
+    """
+    merged = merge_sections([d.sections if d is not None else None for d in documents], _is_base)
+    backend = merged.get(Section.BACKEND, [])
+    if not any(isinstance(step, ForwardRequest) for step in backend):
+        backend = [*backend, _DEFAULT_FORWARD]
+    steps = [step for section in merged.values() for step in section]
+    return Pipeline(
+        inbound=tuple(merged.get(Section.INBOUND, ())),
+        backend=tuple(backend),
+        outbound=tuple(merged.get(Section.OUTBOUND, ())),
+        on_error=tuple(merged.get(Section.ON_ERROR, ())),
+        requires_request_body=any(step.requires_request_body for step in steps),
+        requires_response_body=any(step.requires_response_body for step in steps),
+    )
+
+
+def _is_base(step: Policy) -> bool:
+    return isinstance(step, Base)
+
+
+def error_body(status: int, message: str) -> bytes:
+    return orjson.dumps({"statusCode": status, "message": message})
+
+
+def error_response(status: int, message: str) -> Response:
+    return Response(status, list(JSON_HEADERS), error_body(status, message))
+
+
+async def run_pipeline(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingResponse:
+    try:
+        response = await _run_section(ctx, Section.INBOUND, pipeline.inbound)
+        if response is None:
+            response = await _run_section(ctx, Section.BACKEND, pipeline.backend)
+        if response is None:
+            response = await _run_section(ctx, Section.OUTBOUND, pipeline.outbound)
+        if response is not None:  # a step ended the request (return-response, cache hit, limit, ...)
+            await discard_upstream(ctx)
+            return response
+        if ctx.response is None:
+            raise GatewayError(500, "The backend section produced no response.", source="backend", reason="NoResponse")
+        return build_response(ctx)
+    except GatewayError as error:
+        await discard_upstream(ctx)
+        return await _on_error(pipeline, ctx, error)
+    except BaseException:  # cancelled (client gone) while a backend response is open: release it
+        await discard_upstream(ctx)
+        raise
+
+
+async def _run_section(ctx: RequestContext, section: Section, steps: tuple[Policy, ...]) -> Response | None:
+    ctx.section = section
+    if ctx.trace is not None:
+        return await _run_traced(ctx, section, steps)
+    step: Policy | None = None
+    try:
+        for step in steps:
+            response = await step.apply(ctx)
+            if response is not None:
+                return response
+    except Exception as exc:
+        raise _as_gateway_error(exc, section, step) from exc
+    return None
+
+
+async def _run_traced(ctx: RequestContext, section: Section, steps: tuple[Policy, ...]) -> Response | None:
+    trace = ctx.trace
+    assert trace is not None
+    for step in steps:
+        started = perf_counter()
+        try:
+            response = await step.apply(ctx)
+        except Exception as exc:
+            error = _as_gateway_error(exc, section, step)
+            trace.append(_trace_entry(ctx, section, step, started, {"error": error.message}))
+            raise error from exc
+        trace.append(_trace_entry(ctx, section, step, started, step.trace_details(ctx)))
+        if response is not None:
+            return response
+    return None
+
+
+def _trace_entry(
+    ctx: RequestContext, section: Section, step: Policy, started: float, details: object
+) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "section": section.value,
+        "policy": step.name,
+        "scope": step.scope.value if step.scope is not None else None,
+        "elapsed_ms": round((perf_counter() - started) * 1000, 3),
+        "since_start_ms": round((ctx.services.clock() - ctx.started) * 1000, 3),
+    }
+    if isinstance(details, dict):
+        entry.update(details)
+    return entry
+
+
+def _as_gateway_error(exc: Exception, section: Section, step: Policy | None) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        error = exc
+    else:
+        logger.exception("policy %s failed in %s", step.name if step else "?", section.value)
+        error = GatewayError(
+            500, "Internal server error.", source=step.name if step else section.value, reason="InternalError"
+        )
+    if error.section is None:
+        error.section = section.value
+        if step is not None:
+            error.scope = step.scope.value if step.scope is not None else None
+            error.policy_id = step.policy_id
+    return error
+
+
+async def _on_error(pipeline: Pipeline, ctx: RequestContext, error: GatewayError) -> Response | StreamingResponse:
+    ctx.last_error = error
+    ctx.chunk_filters.clear()
+    ctx.response = ResponseHead(error.status, list(JSON_HEADERS), body=error_body(error.status, error.message))
+    if ctx.trace is not None:
+        ctx.trace.append(
+            {
+                "section": Section.ON_ERROR.value,
+                "error": {
+                    "source": error.source,
+                    "reason": error.reason,
+                    "message": error.message,
+                    "status": error.status,
+                    "section": error.section,
+                    "scope": error.scope,
+                    "policy_id": error.policy_id,
+                },
+            }
+        )
+    try:
+        response = await _run_section(ctx, Section.ON_ERROR, pipeline.on_error)
+    except GatewayError as second:
+        return error_response(second.status, second.message)
+    if response is not None:
+        return response
+    return build_response(ctx)

@@ -1,0 +1,217 @@
+"""The Policy base class, its usage tables (sections, scopes, attributes) and the policy registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from .values import Value, parse_value
+from .xml import Element
+
+if TYPE_CHECKING:
+    from gateway.context import RequestContext
+    from gateway.http.server import Response
+    from gateway.model import BackendTarget
+
+__all__ = (
+    "ALL_SCOPES",
+    "Attr",
+    "Base",
+    "BindEnv",
+    "Policy",
+    "Scope",
+    "Section",
+    "get_policy_class",
+    "policy_names",
+    "register",
+)
+
+
+class Section(StrEnum):
+    INBOUND = "inbound"
+    BACKEND = "backend"
+    OUTBOUND = "outbound"
+    ON_ERROR = "on-error"
+
+
+class Scope(StrEnum):
+    GLOBAL = "global"
+    PRODUCT = "product"
+    API = "api"
+    OPERATION = "operation"
+
+
+ALL_SCOPES = frozenset(Scope)
+ALL_SECTIONS = frozenset(Section)
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """Declaration of one policy attribute (the ``schema.lua`` of a policy)."""
+
+    required: bool = False
+    choices: tuple[str, ...] | None = None
+    default: str | None = None
+
+
+class BindEnv(Protocol):
+    """What a policy may resolve against when a snapshot is loaded (gateway side only)."""
+
+    def backend(self, backend_id: str) -> BackendTarget:
+        """The backend entity ``backend_id``; raises PolicyError when unknown."""
+        ...
+
+    def target_for_url(self, url: str) -> BackendTarget:
+        """A forwarding target for a literal base URL; raises PolicyError when unusable."""
+        ...
+
+
+class Policy:
+    """One policy statement of a section, compiled once when the snapshot loads.
+
+    Subclasses declare their usage as class data (``name``, ``sections``, ``scopes``, ``attributes``,
+    ``children``) and implement ``from_element`` (load time) and ``apply`` (per request). ``apply`` returns
+    ``None`` to continue with the next step, or a Response to end the request with it.
+    """
+
+    name: ClassVar[str] = ""
+    sections: ClassVar[frozenset[Section]] = frozenset()
+    scopes: ClassVar[frozenset[Scope]] = ALL_SCOPES
+    attributes: ClassVar[Mapping[str, Attr]] = {}
+    children: ClassVar[frozenset[str]] = frozenset()
+    allows_text: ClassVar[bool] = False
+    # Flags the pipeline and forwarder can check before buffering (httpx ``Auth`` style).
+    requires_request_body: ClassVar[bool] = False
+    requires_response_body: ClassVar[bool] = False
+
+    __slots__ = ("column", "line", "policy_id", "scope", "section")
+
+    def __init__(self) -> None:
+        self.policy_id: str | None = None
+        self.line: int | None = None
+        self.column: int | None = None
+        self.scope: Scope | None = None
+        self.section: Section | None = None
+
+    @classmethod
+    def from_element(cls, el: Element) -> Policy:
+        """Validate ``el`` and build the policy. Raises PolicyError (with position) on anything wrong."""
+        raise NotImplementedError(f"{cls.__name__}.from_element() must be overridden")
+
+    def bind(self, env: BindEnv) -> None:
+        """Resolve references (backend ids, URLs) when the snapshot loads. Default: nothing to resolve."""
+
+    async def apply(self, ctx: RequestContext) -> Response | None:
+        raise NotImplementedError(f"{type(self).__name__}.apply() must be overridden")
+
+    def trace_details(self, ctx: RequestContext) -> dict[str, Any] | None:
+        """Extra fields for the trace entry of this step (only called when tracing)."""
+        return None
+
+    # helpers for subclasses
+
+    @classmethod
+    def check_element(cls, el: Element, *, text_allowed: bool | None = None) -> dict[str, Value]:
+        """Check attributes, child tags and text of ``el`` against the declaration; return attribute Values.
+
+        Missing optional attributes with a default are filled in. The ``id`` attribute is always accepted.
+        """
+        return check_element(
+            el,
+            cls.attributes,
+            cls.children,
+            cls.allows_text if text_allowed is None else text_allowed,
+        )
+
+    def locate(self, el: Element, section: Section | None, scope: Scope | None) -> None:
+        self.policy_id = el.attrs.get("id")
+        self.line = el.line
+        self.column = el.column
+        self.section = section
+        self.scope = scope
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} line={self.line}>"
+
+
+def check_element(
+    el: Element, attributes: Mapping[str, Attr], children: Iterable[str], text_allowed: bool
+) -> dict[str, Value]:
+    for attr_name in el.attrs:
+        if attr_name != "id" and attr_name not in attributes:
+            allowed = ", ".join(sorted(attributes)) or "none"
+            raise el.error(f"<{el.tag}>: unknown attribute '{attr_name}' (allowed: {allowed})")
+    values: dict[str, Value] = {}
+    for attr_name, spec in attributes.items():
+        raw = el.attrs.get(attr_name)
+        if raw is None:
+            if spec.required:
+                raise el.error(f"<{el.tag}>: missing required attribute '{attr_name}'")
+            if spec.default is None:
+                continue
+            raw = spec.default
+        value = parse_value(raw, where=f"<{el.tag}> attribute '{attr_name}'", line=el.line, column=el.column)
+        if spec.choices is not None and value.is_literal and value.literal not in spec.choices:
+            raise el.error(f"<{el.tag}>: attribute '{attr_name}' must be one of {', '.join(spec.choices)}, got {raw!r}")
+        values[attr_name] = value
+    allowed_children = frozenset(children)
+    for child in el.children:
+        if child.tag not in allowed_children:
+            raise child.error(f"<{child.tag}> is not allowed inside <{el.tag}>")
+    if not text_allowed and el.text.strip():
+        raise el.error(f"<{el.tag}> must not contain text")
+    return values
+
+
+#
+# Registry
+#
+
+_POLICIES: dict[str, type[Policy]] = {}
+
+P = TypeVar("P", bound=type[Policy])
+
+
+def register(cls: P) -> P:
+    """Class decorator adding a policy to the registry; the name must be new and the usage declared."""
+    name = getattr(cls, "name", "")
+    if not name:
+        raise TypeError(f"{cls.__name__} has no policy name")
+    if not cls.sections:
+        raise TypeError(f"policy {name!r} declares no sections")
+    if not cls.scopes:
+        raise TypeError(f"policy {name!r} declares no scopes")
+    if name in _POLICIES:
+        raise ValueError(f"policy {name!r} is already registered by {_POLICIES[name].__name__}")
+    _POLICIES[name] = cls
+    return cls
+
+
+def get_policy_class(name: str) -> type[Policy]:
+    try:
+        return _POLICIES[name]
+    except KeyError:
+        raise LookupError(f"unknown policy {name!r}") from None
+
+
+def policy_names() -> tuple[str, ...]:
+    return tuple(sorted(_POLICIES))
+
+
+@register
+class Base(Policy):
+    """``<base/>``: where the parent scope's same section is spliced in (a no-op at global scope)."""
+
+    name = "base"
+    sections = ALL_SECTIONS
+    __slots__ = ()
+
+    @classmethod
+    def from_element(cls, el: Element) -> Base:
+        cls.check_element(el)
+        return cls()
+
+    async def apply(self, ctx: RequestContext) -> Response | None:  # pragma: no cover - expanded away
+        return None

@@ -1,0 +1,396 @@
+"""Load a configuration snapshot (docs/architecture.md) into a compiled, immutable ``Config``.
+
+Everything is validated and compiled here, once: named values decrypted and substituted, every policy
+parsed and bound, routes and per-(product context, operation) pipelines built, header lists turned into
+bytes. Nothing on the request path parses configuration.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+from xml.sax.saxutils import escape
+
+from cryptography.fernet import InvalidToken
+
+from gateway.http.client import Origin
+from gateway.http.headers import CLIENT_OWNED
+from gateway.model import (
+    Access,
+    ApiEntry,
+    BackendTarget,
+    Config,
+    KeyRecord,
+    OperationEntry,
+    ProductEntry,
+    SubscriptionEntry,
+)
+from gateway.pipeline import Pipeline, compile_pipeline
+from gateway.policy import BindEnv, PolicyDocument, PolicyError, Scope, parse_document
+from gateway.routing import Router, RoutingError
+from gateway.secrets import snapshot_fernet
+
+__all__ = ("SNAPSHOT_VERSION", "SnapshotError", "load_snapshot", "substitute_named_values")
+
+SNAPSHOT_VERSION = 1
+REFERENCE_RE = re.compile(r"\{\{([A-Za-z0-9\-._]+)\}\}")
+_NAME_RE = re.compile(r"^[A-Za-z0-9\-._~]+$")
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"})
+_XML_QUOTES = {'"': "&quot;", "'": "&apos;"}
+
+OriginFactory = Callable[[str], tuple[Origin, str]]
+
+
+class SnapshotError(ValueError):
+    """The snapshot is invalid; the message says where and why."""
+
+
+def substitute_named_values(text: str, values: Mapping[str, str], where: str, *, xml: bool) -> str:
+    """Replace ``{{name}}`` references; unknown names raise SnapshotError. XML-escape values for policies."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise SnapshotError(f"{where}: unknown named value '{name}'")
+        value = values[name]
+        return escape(value, _XML_QUOTES) if xml else value
+
+    return REFERENCE_RE.sub(replace, text)
+
+
+def load_snapshot(data: Any, *, gateway_token: str, origin_factory: OriginFactory = Origin.from_url) -> Config:
+    """Validate and compile a snapshot dict; raises SnapshotError on anything wrong."""
+    return _Loader(gateway_token, origin_factory).load(data)
+
+
+def bind_document(document: PolicyDocument, env: BindEnv) -> None:
+    """Resolve the references of every policy of ``document``; errors get the policy's position."""
+    for steps in document.sections.values():
+        for step in steps:
+            try:
+                step.bind(env)
+            except PolicyError as exc:
+                if exc.line is None:
+                    raise PolicyError(exc.message, step.line, step.column) from None
+                raise
+
+
+#
+# Field readers
+#
+
+
+def _obj(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SnapshotError(f"{where}: expected an object")
+    return value
+
+
+def _list(data: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise SnapshotError(f"{where}.{key}: expected a list")
+    return value
+
+
+def _str(data: dict[str, Any], key: str, where: str, *, optional: bool = False, empty: bool = True) -> str:
+    value = data.get(key)
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str) or (not empty and not value):
+        raise SnapshotError(f"{where}.{key}: expected a {'non-empty ' if not empty else ''}string")
+    return value
+
+
+def _opt_str(data: dict[str, Any], key: str, where: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise SnapshotError(f"{where}.{key}: expected a string or null")
+    return value
+
+
+def _bool(data: dict[str, Any], key: str, where: str, default: bool | None = None) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise SnapshotError(f"{where}.{key}: expected true or false")
+    return value
+
+
+def _name(data: dict[str, Any], where: str, seen: set[str]) -> str:
+    name = _str(data, "name", where, empty=False)
+    if not _NAME_RE.match(name):
+        raise SnapshotError(f"{where}.name: invalid name {name!r}")
+    if name in seen:
+        raise SnapshotError(f"{where}: duplicate name {name!r}")
+    seen.add(name)
+    return name
+
+
+class _Loader:
+    def __init__(self, gateway_token: str, origin_factory: OriginFactory) -> None:
+        self.token = gateway_token
+        self.origin_factory = origin_factory
+        self.values: dict[str, str] = {}
+        self.backends: dict[str, BackendTarget] = {}
+        self.backends_by_url: dict[str, BackendTarget] = {}
+        self.url_targets: dict[str, BackendTarget] = {}
+        self.pipelines: dict[tuple[int | None, ...], Pipeline] = {}
+
+    def load(self, data: Any) -> Config:
+        data = _obj(data, "snapshot")
+        if data.get("version") != SNAPSHOT_VERSION:
+            raise SnapshotError(f"snapshot.version: unsupported version {data.get('version')!r} (expected 1)")
+        revision = data.get("revision")
+        if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
+            raise SnapshotError("snapshot.revision: expected a non-negative integer")
+        self._named_values(_list(data, "named_values", "snapshot"))
+        self._backends(_list(data, "backends", "snapshot"))
+        global_doc = self._policy(_opt_str(data, "global_policy", "snapshot"), Scope.GLOBAL, "global policy")
+        raw_apis = [_obj(a, f"snapshot.apis[{i}]") for i, a in enumerate(_list(data, "apis", "snapshot"))]
+        api_names = {a.get("name") for a in raw_apis}
+        products = self._products(_list(data, "products", "snapshot"), api_names)
+        apis = self._apis(raw_apis, products, global_doc)
+        keys = self._subscriptions(_list(data, "subscriptions", "snapshot"), apis, products)
+        try:
+            router = Router(apis.values())
+        except RoutingError as exc:
+            raise SnapshotError(str(exc)) from None
+        return Config(
+            revision=revision,
+            generated_at=_str(data, "generated_at", "snapshot", optional=True),
+            router=router,
+            apis=apis,
+            products=products,
+            backends=dict(self.backends),
+            subscriptions=keys,
+        )
+
+    # named values and backends
+
+    def _named_values(self, items: list[Any]) -> None:
+        fernet = None
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            where = f"snapshot.named_values[{i}]"
+            item = _obj(item, where)
+            name = _name(item, where, seen)
+            if _bool(item, "secret", where, default=False):
+                token = _str(item, "encrypted_value", where, empty=False)
+                fernet = fernet or snapshot_fernet(self.token)
+                try:
+                    self.values[name] = fernet.decrypt(token.encode("ascii")).decode("utf-8")
+                except (InvalidToken, UnicodeError):
+                    raise SnapshotError(
+                        f"named value '{name}': cannot decrypt the secret (wrong gateway token?)"
+                    ) from None
+            else:
+                self.values[name] = _str(item, "value", where)
+
+    def _target(self, name: str | None, url: str, where: str) -> BackendTarget:
+        if not url.startswith(("http://", "https://")):
+            raise SnapshotError(f"{where}: expected an http(s) URL, got {url!r}")
+        try:
+            origin, base_path = self.origin_factory(url)
+        except Exception as exc:  # the factory's own validation error types
+            raise SnapshotError(f"{where}: invalid URL {url!r}: {exc}") from None
+        return BackendTarget(name, url, origin, base_path.rstrip("/"))
+
+    def _backends(self, items: list[Any]) -> None:
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            where = f"snapshot.backends[{i}]"
+            item = _obj(item, where)
+            name = _name(item, where, seen)
+            where = f"backend '{name}'"
+            target = self._target(name, _str(item, "url", where, empty=False), where + " url")
+            headers = []
+            for key, value in _obj(item.get("credentials_header") or {}, where + " credentials_header").items():
+                if not isinstance(value, str) or not _TOKEN_RE.match(key):
+                    raise SnapshotError(f"{where}: invalid credential header {key!r}")
+                value = substitute_named_values(value, self.values, where, xml=False)
+                if any(c in value for c in "\r\n\x00"):
+                    raise SnapshotError(f"{where}: credential header {key!r} contains CR, LF or NUL")
+                headers.append((key.lower().encode("ascii"), value.encode("utf-8")))
+            query = []
+            for key, value in _obj(item.get("credentials_query") or {}, where + " credentials_query").items():
+                if not isinstance(value, str) or not key:
+                    raise SnapshotError(f"{where}: invalid credential query parameter {key!r}")
+                value = substitute_named_values(value, self.values, where, xml=False)
+                query.append(f"{quote(key, safe='')}={quote(value, safe='')}")
+            target = BackendTarget(
+                name,
+                target.url,
+                target.origin,
+                target.base_path,
+                tuple(headers),
+                frozenset(h[0] for h in headers),
+                "&".join(query),
+            )
+            self.backends[name] = target
+            self.backends_by_url.setdefault(target.url.rstrip("/"), target)
+
+    # BindEnv for policies
+
+    def backend(self, backend_id: str) -> BackendTarget:
+        try:
+            return self.backends[backend_id]
+        except KeyError:
+            raise PolicyError(f"set-backend-service: unknown backend '{backend_id}'") from None
+
+    def target_for_url(self, url: str) -> BackendTarget:
+        # APIM: a URL equal to a backend entity's URL uses that entity (and its credentials)
+        entity = self.backends_by_url.get(url.rstrip("/"))
+        if entity is not None:
+            return entity
+        if url not in self.url_targets:
+            try:
+                self.url_targets[url] = self._target(None, url, "URL")
+            except SnapshotError as exc:
+                raise PolicyError(str(exc)) from None
+        return self.url_targets[url]
+
+    # policies, products, APIs, subscriptions
+
+    def _policy(self, text: str | None, scope: Scope, where: str) -> PolicyDocument | None:
+        if text is None or not text.strip():
+            return None
+        text = substitute_named_values(text, self.values, where, xml=True)
+        try:
+            document = parse_document(text, scope)
+            bind_document(document, self)
+        except PolicyError as exc:
+            raise SnapshotError(f"{where}: {exc}") from None
+        return document
+
+    def _pipeline(self, *docs: PolicyDocument | None) -> Pipeline:
+        # product contexts without a product policy share the API context's pipeline
+        key = tuple(id(doc) if doc is not None else None for doc in docs)
+        pipeline = self.pipelines.get(key)
+        if pipeline is None:
+            pipeline = self.pipelines[key] = compile_pipeline(docs)
+        return pipeline
+
+    def _products(self, items: list[Any], api_names: set[Any]) -> dict[str, ProductEntry]:
+        products: dict[str, ProductEntry] = {}
+        self.product_docs: dict[str, PolicyDocument | None] = {}
+        for i, item in enumerate(items):
+            where = f"snapshot.products[{i}]"
+            item = _obj(item, where)
+            name = _name(item, where, set(products))
+            where = f"product '{name}'"
+            apis = _list(item, "apis", where)
+            for api in apis:
+                if api not in api_names:
+                    raise SnapshotError(f"{where}: unknown API {api!r}")
+            products[name] = ProductEntry(
+                name=name,
+                published=_str(item, "state", where) == "published",
+                subscription_required=_bool(item, "subscription_required", where, default=True),
+                apis=tuple(apis),
+            )
+            self.product_docs[name] = self._policy(_opt_str(item, "policy", where), Scope.PRODUCT, where + " policy")
+        return products
+
+    def _apis(
+        self, items: list[dict[str, Any]], products: dict[str, ProductEntry], global_doc: PolicyDocument | None
+    ) -> dict[str, ApiEntry]:
+        apis: dict[str, ApiEntry] = {}
+        for i, item in enumerate(items):
+            name = _name(item, f"snapshot.apis[{i}]", set(apis))
+            apis[name] = self._api(item, name, products, global_doc)
+        return apis
+
+    def _api(
+        self, item: dict[str, Any], name: str, products: dict[str, ProductEntry], global_doc: PolicyDocument | None
+    ) -> ApiEntry:
+        where = f"API '{name}'"
+        path = _str(item, "path", where).strip("/")
+        service_url = _str(item, "service_url", where, optional=True)
+        backend = None
+        if service_url:
+            try:
+                backend = self.target_for_url(service_url)
+            except PolicyError as exc:
+                raise SnapshotError(f"{where} service_url: {exc.message}") from None
+        key_header = _str(item, "subscription_key_header", where, empty=False)
+        if not _TOKEN_RE.match(key_header):
+            raise SnapshotError(f"{where}: invalid subscription_key_header {key_header!r}")
+        key_query = _str(item, "subscription_key_query", where, empty=False)
+        api_doc = self._policy(_opt_str(item, "policy", where), Scope.API, where + " policy")
+        published = {p.name: p for p in products.values() if p.published and name in p.apis}
+        open_product = next((p for p in published.values() if not p.subscription_required), None)
+        operations = []
+        seen: set[str] = set()
+        for j, raw in enumerate(_list(item, "operations", where)):
+            op_where = f"{where} operations[{j}]"
+            raw = _obj(raw, op_where)
+            op_name = _name(raw, op_where, seen)
+            op_where = f"operation '{name}/{op_name}'"
+            method = _str(raw, "method", op_where).upper()
+            if method not in _METHODS:
+                raise SnapshotError(f"{op_where}: unsupported method {method!r}")
+            op_doc = self._policy(_opt_str(raw, "policy", op_where), Scope.OPERATION, op_where + " policy")
+            pipelines: dict[str | None, Pipeline] = {None: self._pipeline(global_doc, None, api_doc, op_doc)}
+            for product in published.values():
+                pipelines[product.name] = self._pipeline(global_doc, self.product_docs[product.name], api_doc, op_doc)
+            operations.append(
+                OperationEntry(
+                    name=op_name,
+                    display_name=_str(raw, "display_name", op_where, optional=True),
+                    method=method,
+                    url_template=_str(raw, "url_template", op_where, empty=False),
+                    pipelines=pipelines,
+                )
+            )
+        subscription_required = _bool(item, "subscription_required", where, default=True)
+        open_access = Access(open_product, None) if open_product is not None else None
+        key_header_b = key_header.lower().encode("ascii")
+        return ApiEntry(
+            name=name,
+            path=path,
+            api_type=_str(item, "api_type", where, optional=True),
+            service_url=service_url,
+            subscription_required=subscription_required,
+            key_header=key_header_b,
+            key_query=key_query,
+            backend=backend,
+            operations=tuple(operations),
+            drop_headers=CLIENT_OWNED | {key_header_b} if subscription_required else CLIENT_OWNED,
+            allowed_scopes=frozenset({"/apis", f"/apis/{name}", *(f"/products/{p}" for p in published)}),
+            products=published,
+            open_access=open_access,
+            no_key_access=open_access or (None if subscription_required else Access(None, None)),
+        )
+
+    def _subscriptions(
+        self, items: list[Any], apis: Mapping[str, ApiEntry], products: Mapping[str, ProductEntry]
+    ) -> dict[str, KeyRecord]:
+        keys: dict[str, KeyRecord] = {}
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            where = f"snapshot.subscriptions[{i}]"
+            item = _obj(item, where)
+            name = _name(item, where, seen)
+            where = f"subscription '{name}'"
+            scope = _str(item, "scope", where)
+            product = None
+            kind, _, target = scope.lstrip("/").partition("/")
+            if scope == "/apis" or (kind == "apis" and target in apis):
+                pass
+            elif kind == "products" and target in products:
+                product = products[target]
+            else:
+                raise SnapshotError(f"{where}: invalid or unknown scope {scope!r}")
+            entry = SubscriptionEntry(name, scope, _str(item, "state", where) == "active", product)
+            for key_hash in _list(item, "key_hashes", where):
+                if not isinstance(key_hash, str) or not _HASH_RE.match(key_hash):
+                    raise SnapshotError(f"{where}: key_hashes must be lower-case SHA-256 hex digests")
+                if key_hash in keys and keys[key_hash].subscription is not entry:
+                    other = keys[key_hash].subscription.name
+                    raise SnapshotError(f"{where}: a key is shared with subscription '{other}'")
+                keys[key_hash] = KeyRecord(key_hash, entry, Access(product, entry))
+        return keys

@@ -1,0 +1,55 @@
+"""GatewayConfig from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, GatewayConfig
+
+
+def test_defaults():
+    config = GatewayConfig.from_env({"SLUICE_GATEWAY_TOKEN": "t", "SLUICE_GATEWAY_ID": "gw"})
+    assert config == GatewayConfig(gateway_token="t", gateway_id="gw")
+    assert config.snapshot_url == "http://127.0.0.1:8000/api/gateway/snapshot/"
+    assert (config.host, config.port, config.poll_interval, config.max_body_bytes) == (
+        "127.0.0.1",
+        8080,
+        1.0,
+        16 * 1024 * 1024,
+    )
+    assert (config.upstream_connect_timeout, config.upstream_read_timeout, config.workers) == (10.0, 300.0, 1)
+    assert config.snapshot_cache == "var/gateway-snapshot.json"
+
+
+def test_values_from_env():
+    config = GatewayConfig.from_env(
+        {
+            "SLUICE_GATEWAY_TOKEN": "t",
+            "SLUICE_MANAGEMENT_URL": "http://mgmt:8000/",
+            "SLUICE_GATEWAY_HOST": "10.1.2.3",
+            "SLUICE_GATEWAY_PORT": "9000",
+            "SLUICE_SNAPSHOT_CACHE": "/var/lib/sluice/snap.json",
+            "SLUICE_POLL_INTERVAL": "2.5",
+            "SLUICE_UPSTREAM_CONNECT_TIMEOUT": "3",
+            "SLUICE_UPSTREAM_READ_TIMEOUT": "60",
+            "SLUICE_MAX_BODY_BYTES": "1024",
+            "SLUICE_GATEWAY_WORKERS": "4",
+            "SLUICE_GATEWAY_ID": "edge-1",
+        }
+    )
+    assert config.snapshot_url == "http://mgmt:8000/api/gateway/snapshot/"
+    assert (config.port, config.poll_interval, config.workers, config.max_body_bytes) == (9000, 2.5, 4, 1024)
+    assert (config.upstream_connect_timeout, config.upstream_read_timeout, config.gateway_id) == (3.0, 60.0, "edge-1")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "SLUICE_GATEWAY_TOKEN is missing"),
+        ({"SLUICE_GATEWAY_TOKEN": "t", "SLUICE_GATEWAY_PORT": "http"}, "SLUICE_GATEWAY_PORT: expected a number"),
+        ({"SLUICE_GATEWAY_TOKEN": "t", "SLUICE_GATEWAY_WORKERS": "0"}, "SLUICE_GATEWAY_WORKERS: must be at least 1"),
+    ],
+)
+def test_errors(env, message):
+    with pytest.raises(ConfigError, match=message):
+        GatewayConfig.from_env(env)
