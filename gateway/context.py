@@ -13,9 +13,13 @@ if TYPE_CHECKING:
     from gateway.model import ApiEntry, BackendTarget, OperationEntry, ProductEntry, SubscriptionEntry
     from gateway.policy.base import Section
 
-__all__ = ("ChunkFilter", "Headers", "RequestContext", "ResponseHead", "Services")
+__all__ = ("ChunkFilter", "FinishCallback", "Headers", "RequestContext", "ResponseHead", "Services")
 
 Headers = list[tuple[bytes, bytes]]
+
+
+FinishCallback = Callable[["RequestContext", bool], None]
+"""Called once when a request is over: ``complete`` is False when the client went away or the stream broke."""
 
 
 class ChunkFilter(Protocol):
@@ -79,4 +83,7 @@ class RequestContext:
     trace: list[dict[str, Any]] | None = None
     usage: Any = None
     chunk_filters: list[ChunkFilter] = field(default_factory=list)
+    # run once when the response is over (after the last chunk of a stream); token settlement, metrics, usage
+    on_finish: list[FinishCallback] = field(default_factory=list)
+    status: int = 0  # the status sent to the client, set before ``on_finish`` runs
     started: float = 0.0

@@ -9,6 +9,7 @@ iterator, which runs its ``finally``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,9 @@ from gateway.http.server import Response, StreamingResponse
 if TYPE_CHECKING:
     from gateway.http.client import UpstreamPool, UpstreamResponse
 
-__all__ = ("DEFAULT_BUFFER_LIMIT", "Forwarder", "UpstreamBody", "build_response", "discard_upstream")
+__all__ = ("DEFAULT_BUFFER_LIMIT", "Forwarder", "UpstreamBody", "build_response", "discard_upstream", "run_finish")
+
+logger = logging.getLogger("gateway.forward")
 
 DEFAULT_BUFFER_LIMIT = 1 << 20  # bodies up to 1 MiB with a Content-Length are read whole
 _RESPONSE_DROP = frozenset({b"content-length", b"transfer-encoding"})
@@ -120,6 +123,7 @@ async def discard_upstream(ctx: RequestContext) -> None:
 
 
 def build_response(ctx: RequestContext) -> Response | StreamingResponse:
+    """Turn ``ctx.response`` into what the server sends. A streamed body runs ``ctx.on_finish`` when it is over."""
     head = ctx.response
     assert head is not None
     filters = ctx.chunk_filters
@@ -127,7 +131,20 @@ def build_response(ctx: RequestContext) -> Response | StreamingResponse:
         body = _filter_whole(filters, head.body) if filters else head.body
         return Response(head.status, head.headers, body)
     length = None if filters else head.content_length
-    return StreamingResponse(head.status, head.headers, UpstreamBody(head.upstream, filters), length)
+    return StreamingResponse(head.status, head.headers, UpstreamBody(head.upstream, filters, ctx), length)
+
+
+def run_finish(ctx: RequestContext, complete: bool) -> None:
+    """Run and clear the request's finish callbacks (each at most once); a failing one is logged, not raised."""
+    callbacks = ctx.on_finish
+    if not callbacks:
+        return
+    ctx.on_finish = []
+    for callback in callbacks:
+        try:
+            callback(ctx, complete)
+        except Exception:
+            logger.exception("finish callback failed")
 
 
 def _filter_whole(filters: list[ChunkFilter], body: bytes) -> bytes:
@@ -152,11 +169,13 @@ class UpstreamBody:
     iteration never started (HEAD, 204/304, client gone before the first chunk).
     """
 
-    __slots__ = ("_filters", "_iter", "_tail_sent", "_upstream", "closed")
+    __slots__ = ("_complete", "_ctx", "_filters", "_iter", "_tail_sent", "_upstream", "closed")
 
-    def __init__(self, upstream: UpstreamResponse, filters: list[ChunkFilter]) -> None:
+    def __init__(self, upstream: UpstreamResponse, filters: list[ChunkFilter], ctx: RequestContext) -> None:
         self._upstream = upstream
         self._filters = filters
+        self._ctx = ctx
+        self._complete = False
         self._iter: AsyncIterator[bytes] | None = None
         self._tail_sent = False
         self.closed = False
@@ -175,6 +194,7 @@ class UpstreamBody:
                 try:
                     chunk = await self._iter.__anext__()
                 except StopAsyncIteration:
+                    self._complete = True
                     tail = b""
                     if filters:
                         self._tail_sent = True
@@ -202,4 +222,7 @@ class UpstreamBody:
         if self._filters and not self._tail_sent:
             for f in self._filters:
                 f.finish(False)
-        await self._upstream.aclose()
+        try:
+            await self._upstream.aclose()
+        finally:
+            run_finish(self._ctx, self._complete)

@@ -11,7 +11,7 @@ import orjson
 
 from gateway.context import RequestContext, ResponseHead
 from gateway.errors import GatewayError
-from gateway.forward import build_response, discard_upstream
+from gateway.forward import build_response, discard_upstream, run_finish
 from gateway.http.server import Response, StreamingResponse
 from gateway.policy import Base, Policy, PolicyDocument, Section, merge_sections
 from gateway.policy.backend import ForwardRequest
@@ -78,6 +78,19 @@ def error_response(status: int, message: str) -> Response:
 
 
 async def run_pipeline(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingResponse:
+    """Run the request through ``pipeline``; ``ctx.on_finish`` callbacks run once the response is over."""
+    try:
+        response = await _run(pipeline, ctx)
+    except BaseException:
+        run_finish(ctx, False)
+        raise
+    ctx.status = response.status
+    if not isinstance(response, StreamingResponse):
+        run_finish(ctx, True)
+    return response
+
+
+async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingResponse:
     try:
         response = await _run_section(ctx, Section.INBOUND, pipeline.inbound)
         if response is None:
