@@ -1,0 +1,48 @@
+# Sluice developer commands. `make run` and `make test` work on a fresh clone with only python3 (>= 3.11).
+#   make run    ARGS='--no-demo --port 8000'      arguments for `manage.py runsluice`
+#   make test   PYTEST_ARGS='-k mockllm -x'       arguments for pytest
+#   make bench  BENCH_ARGS='--duration 5 --conc 1,16'
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# pip runs again only when pyproject.toml is newer than this stamp
+STAMP := $(VENV)/.sluice-installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test bench lint clean
+
+help:
+	@echo "make run     start the management plane, a gateway and the demo model (Ctrl-C stops all)"
+	@echo "make test    run the test suite (SQLite and in-process tasks unless DATABASE_URL / REDIS_URL are set)"
+	@echo "make bench   measure gateway overhead against the mock model on loopback"
+	@echo "make lint    ruff"
+	@echo "make clean   remove caches and build output (keeps .venv, .env and var/)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) scripts/ensure_env.py
+	$(PY) manage.py runsluice $(ARGS)
+
+# pytest exits 5 when it collected no test; like any non-zero status that fails the target
+test: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache var/static
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

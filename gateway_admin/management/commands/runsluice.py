@@ -1,0 +1,318 @@
+"""`manage.py runsluice`: the embedded default. One command gives a working Sluice on this machine.
+
+It migrates the database, makes sure the `admin` user and its API token exist, collects static files, seeds a demo
+API backed by the mock model server (unless `--no-demo` or `SLUICE_DEMO=0`), then runs the management plane
+(gunicorn) and one gateway as child processes and prints where everything is. Ctrl-C or SIGTERM stops all the
+children; when a child dies its last log lines are printed and the command exits non-zero.
+"""
+
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
+
+from gateway_admin.management.processes import ManagedProcess, ProcessError, http_status
+
+__all__ = ("Command", "ensure_admin", "ensure_language_model_api", "ensure_subscription", "gunicorn_argv")
+
+ADMIN_USERNAME = "admin"
+DEMO_API = "demo"
+DEMO_PATH = "demo/v1"
+DEMO_SUBSCRIPTION = "demo"
+KEY_HEADER = "Ocp-Apim-Subscription-Key"
+READY_TIMEOUT = 60.0
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # noqa: S104 - only used to pick the address to connect to
+
+
+class _Stop(Exception):
+    """Raised by the SIGINT / SIGTERM handler to unwind into the cleanup path."""
+
+
+#
+# Seeding helpers (also used by bench/run.py)
+#
+
+
+def ensure_admin(password_file: Path) -> tuple[str, str | None]:
+    """Create the `admin` superuser with a random password when absent; return (username, password or None).
+
+    The generated password is kept in ``password_file`` (mode 0600) so it can be shown again on every start.
+    """
+    user_model = get_user_model()
+    if not user_model.objects.filter(username=ADMIN_USERNAME).exists():
+        password = secrets.token_urlsafe(18)
+        user_model.objects.create_superuser(ADMIN_USERNAME, email="", password=password)
+        password_file.parent.mkdir(parents=True, exist_ok=True)
+        password_file.unlink(missing_ok=True)
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password + "\n")
+        return ADMIN_USERNAME, password
+    if password_file.exists():
+        return ADMIN_USERNAME, password_file.read_text().strip()
+    return ADMIN_USERNAME, None
+
+
+def ensure_token(username: str) -> str:
+    from rest_framework.authtoken.models import Token
+
+    user = get_user_model().objects.get(username=username)
+    return Token.objects.get_or_create(user=user)[0].key
+
+
+def ensure_language_model_api(data: dict[str, Any]) -> bool:
+    """Import the API described by ``data`` (the import endpoint's body) unless one with that name exists.
+
+    Returns True when it was imported now.
+    """
+    from apis.models import API
+    from apis.services import import_language_model
+
+    if API.objects.filter(name=data["name"]).exists():
+        return False
+    import_language_model(data)
+    return True
+
+
+def ensure_subscription(name: str, scope: str, display_name: str = "") -> str:
+    """Create the subscription when absent; return its primary key."""
+    from subscriptions.models import Subscription
+    from subscriptions.services import create_subscription, parse_scope
+
+    subscription = Subscription.objects.filter(name=name).first()
+    if subscription is None:
+        subscription = create_subscription(name=name, scope=parse_scope(scope), display_name=display_name)
+    return subscription.primary_key
+
+
+def gunicorn_argv(bind: str, workers: int) -> list[str]:
+    """gunicorn for the management plane, without the per-user control socket of gunicorn 24+ (two instances
+    on one machine, e.g. `make run` and `make bench`, would fight over it)."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "gateway_admin.wsgi",
+        "-b",
+        bind,
+        "-w",
+        str(workers),
+        "--graceful-timeout",
+        "5",
+    ]
+    if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
+        argv.append("--no-control-socket")
+    return argv
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+class Command(BaseCommand):
+    help = "Run Sluice on this machine: management plane, one gateway and (by default) a demo model."
+
+    requires_migrations_checks = False
+
+    def add_arguments(self, parser):
+        parser.add_argument("--no-demo", action="store_true", help="do not start the mock model nor seed the demo")
+        parser.add_argument("--host", default="127.0.0.1", help="address of the management plane and the gateway")
+        parser.add_argument("--port", type=int, default=8000, help="management plane port (default 8000)")
+        parser.add_argument("--gateway-port", type=int, default=8080, help="gateway port (default 8080)")
+        parser.add_argument("--mock-port", type=int, default=18000, help="demo model port (default 18000)")
+        parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+        parser.add_argument(
+            "--var-dir",
+            type=Path,
+            default=None,
+            help="where the admin password, logs and gateway snapshot cache go (default: VAR_DIR)",
+        )
+
+    def handle(self, *args, **options):
+        self.children: list[ManagedProcess] = []
+        # Installed explicitly: a process started in the background by a shell inherits SIGINT ignored.
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._run(options)
+        except (KeyboardInterrupt, _Stop):
+            self.stdout.write("\nStopping…")
+        finally:
+            for sig in previous:  # a second Ctrl-C must not cut the cleanup short
+                signal.signal(sig, signal.SIG_IGN)
+            self._stop_children()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame):
+        raise _Stop
+
+    #
+    # Steps
+    #
+
+    def _run(self, options):
+        host = options["host"]
+        connect = "127.0.0.1" if host in WILDCARD_HOSTS else host
+        demo = not options["no_demo"] and os.environ.get("SLUICE_DEMO", "1") != "0"
+        gateway_token = settings.SLUICE.get("GATEWAY_TOKEN", "")
+        if not gateway_token:
+            raise CommandError("SLUICE_GATEWAY_TOKEN is not set: run `python scripts/ensure_env.py` (or `make run`).")
+        ports = {"--port": options["port"], "--gateway-port": options["gateway_port"]}
+        if demo:
+            ports["--mock-port"] = options["mock_port"]
+        for flag, port in ports.items():
+            if port_in_use(connect, port):
+                raise CommandError(f"port {port} on {connect} is in use: stop what runs there or pass {flag}.")
+
+        var_dir = options["var_dir"] or Path(settings.VAR_DIR)
+        log_dir = var_dir / "log"
+        self.step("Applying database migrations")
+        call_command("migrate", interactive=False, verbosity=0)
+        username, password = ensure_admin(var_dir / "admin-password")
+        token = ensure_token(username)
+        self.step("Collecting static files")
+        call_command("collectstatic", interactive=False, verbosity=0)
+
+        management_url = f"http://{connect}:{options['port']}"
+        gateway_url = f"http://{connect}:{options['gateway_port']}"
+        key = None
+        if demo:
+            mock_url = f"http://127.0.0.1:{options['mock_port']}"
+            self.start(
+                "mock model",
+                [sys.executable, "-m", "mockllm", "--host", "127.0.0.1", "--port", str(options["mock_port"])],
+                log_dir / "mock.log",
+                f"{mock_url}/health",
+            )
+            key = self.seed_demo(f"{mock_url}/v1")
+        connections.close_all()  # the children open their own
+
+        self.start(
+            "management plane",
+            gunicorn_argv(f"{host}:{options['port']}", options["workers"]),
+            log_dir / "management.log",
+            f"{management_url}/admin/login/",
+        )
+        self.start(
+            "gateway",
+            [sys.executable, "-m", "gateway"],
+            log_dir / "gateway.log",
+            f"{gateway_url}/__sluice/health",
+            env={
+                **os.environ,
+                "SLUICE_MANAGEMENT_URL": management_url,
+                "SLUICE_GATEWAY_TOKEN": gateway_token,
+                "SLUICE_GATEWAY_HOST": host,
+                "SLUICE_GATEWAY_PORT": str(options["gateway_port"]),
+                "SLUICE_SNAPSHOT_CACHE": str(var_dir / "gateway-snapshot.json"),
+            },
+        )
+        if key is not None:
+            self.wait_demo(gateway_url, key)
+        self.banner(management_url, gateway_url, username, password, token, key, log_dir)
+        self.supervise()
+
+    def step(self, message: str) -> None:
+        self.stdout.write(f"• {message}")
+
+    def start(self, name: str, argv: list[str], log_path: Path, ready_url: str, env=None) -> ManagedProcess:
+        self.step(f"Starting the {name} (log: {log_path})")
+        process = ManagedProcess(argv, name=name, env=env, cwd=settings.BASE_DIR, log_path=log_path).start()
+        self.children.append(process)
+        try:
+            process.wait_ready(ready_url, timeout=READY_TIMEOUT)
+        except ProcessError as exc:
+            raise CommandError(str(exc)) from exc
+        return process
+
+    def seed_demo(self, mock_base_url: str) -> str:
+        imported = ensure_language_model_api(
+            {
+                "display_name": "Demo model",
+                "name": DEMO_API,
+                "url": mock_base_url,
+                "path": DEMO_PATH,
+                "type": "openai",
+                "operations": ["POST /embeddings", "GET /models"],
+                "subscription_required": True,
+            }
+        )
+        self.step("Imported the demo API" if imported else "Demo API already present")
+        return ensure_subscription(DEMO_SUBSCRIPTION, f"/apis/{DEMO_API}", "Demo")
+
+    def wait_demo(self, gateway_url: str, key: str) -> None:
+        """The gateway is healthy before its first snapshot lands; wait (bounded) until the demo answers."""
+        url = f"{gateway_url}/{DEMO_PATH}/models"
+        deadline = time.monotonic() + 15
+        status = None
+        while time.monotonic() < deadline:
+            status = http_status(url, headers={KEY_HEADER: key})
+            if status == 200:
+                return
+            time.sleep(0.25)
+        self.stderr.write(f"warning: {url} still answers {status}; the demo may need a moment (see the gateway log)")
+
+    def banner(self, management_url, gateway_url, username, password, token, key, log_dir) -> None:
+        style = self.style
+        shown_password = password or "(not stored here; set one with `python manage.py changepassword admin`)"
+        lines = [
+            "",
+            style.SUCCESS("Sluice is running."),
+            f"  Management UI    {management_url}/admin/",
+            f"  API docs         {management_url}/api/docs/   (log in at /admin/ first)",
+            f"  Admin login      {username} / {shown_password}",
+            f"  API token        {token}   (header  Authorization: Token {token})",
+            f"  Gateway          {gateway_url}",
+            f"  Logs             {log_dir}/",
+        ]
+        if key is not None:
+            base = f"{gateway_url}/{DEMO_PATH}"
+            lines += [
+                f"  Demo API         {base}   (mock model, subscription '{DEMO_SUBSCRIPTION}')",
+                f"  Demo key         {key}",
+                "",
+                style.MIGRATE_HEADING("Try it with curl:"),
+                f"  curl {base}/chat/completions \\",
+                f"    -H '{KEY_HEADER}: {key}' -H 'Content-Type: application/json' \\",
+                """    -d '{"model": "mock", "messages": [{"role": "user", "content": "Hello"}]}'""",
+                "",
+                style.MIGRATE_HEADING("Or with the openai SDK:"),
+                "  from openai import OpenAI",
+                f'  client = OpenAI(base_url="{base}", api_key="unused",',
+                f'                  default_headers={{"{KEY_HEADER}": "{key}"}})',
+                "  reply = client.chat.completions.create(",
+                '      model="mock", messages=[{"role": "user", "content": "Hello"}])',
+                "  print(reply.choices[0].message.content)",
+            ]
+        lines += ["", "Press Ctrl-C to stop."]
+        self.stdout.write("\n".join(lines))
+
+    def supervise(self) -> None:
+        while True:
+            for child in self.children:
+                if not child.alive:
+                    self.stderr.write(
+                        f"\nThe {child.name} exited with code {child.returncode}. Last lines of "
+                        f"{child.log_path}:\n{child.tail(30)}"
+                    )
+                    raise CommandError(f"the {child.name} stopped unexpectedly", returncode=1)
+            time.sleep(0.5)
+
+    def _stop_children(self) -> None:
+        while self.children:
+            child = self.children.pop()
+            child.stop(grace=10)

@@ -1,0 +1,50 @@
+"""The Makefile and .ci/run wire the documented commands (dry runs only)."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def dry_run(target: str, *variables: str) -> str:
+    # -W pyproject.toml would force a reinstall; -o keeps the install step out of the dry run
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under `make test`
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-o", ".venv/.sluice-installed", target, *variables],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return "\n".join(line.rstrip() for line in done.stdout.splitlines())
+
+
+def test_run_prepares_env_then_starts_runsluice():
+    lines = dry_run("run", "ARGS=--no-demo").splitlines()
+    assert lines[-2] == ".venv/bin/python scripts/ensure_env.py"
+    assert lines[-1] == ".venv/bin/python manage.py runsluice --no-demo"
+
+
+def test_test_runs_pytest():
+    assert dry_run("test", "PYTEST_ARGS=-x").splitlines()[-1] == ".venv/bin/pytest -x"
+
+
+def test_bench_and_lint():
+    assert dry_run("bench").splitlines()[-1] == ".venv/bin/python bench/run.py"
+    assert dry_run("lint").splitlines()[-1] == ".venv/bin/ruff check ."
+
+
+def test_ci_script_is_valid_bash_and_ends_with_make_test():
+    script = ROOT / ".ci" / "run"
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=10)
+    text = script.read_text()
+    assert "set -euo pipefail" in text
+    assert text.rstrip().splitlines()[-1] == "make test"
