@@ -1,0 +1,59 @@
+"""Errors of the policy-expression language: compile time (with an offset) and run time."""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = (
+    "MSG_NULL_REFERENCE",
+    "REASON_EVALUATION_FAILURE",
+    "ExpressionError",
+    "ExpressionRuntimeError",
+    "null_reference",
+)
+
+REASON_EVALUATION_FAILURE: Final = "ExpressionValueEvaluationFailure"
+MSG_NULL_REFERENCE: Final = "Object reference not set to an instance of an object"
+
+
+class ExpressionError(ValueError):
+    """An expression that cannot be compiled. ``offset`` is the 0-based character offset in the source text."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+
+    def position(self, text: str) -> tuple[int, int]:
+        """The 1-based (line, column) of ``offset`` within ``text`` (the text given to the compiler)."""
+        before = text[: self.offset]
+        line = before.count("\n") + 1
+        return line, self.offset - (before.rfind("\n") + 1) + 1
+
+    def __str__(self) -> str:
+        return f"{self.message} (at offset {self.offset})"
+
+    def __repr__(self) -> str:
+        return f"ExpressionError({self.message!r}, offset={self.offset})"
+
+
+class ExpressionRuntimeError(Exception):
+    """An expression failed while being evaluated (null dereference, bad cast, invalid JSON body, ...).
+
+    The pipeline reports it as APIM's ``ExpressionValueEvaluationFailure`` (see ``as_gateway_error``).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def as_gateway_error(self, source: str, status: int = 500) -> Exception:
+        """The GatewayError the pipeline raises for this failure (``source``: the policy name)."""
+        from gateway.errors import GatewayError
+
+        message = f"Expression evaluation failed. {self.message}"
+        return GatewayError(status, message, source=source, reason=REASON_EVALUATION_FAILURE)
+
+
+def null_reference(member: str) -> ExpressionRuntimeError:
+    return ExpressionRuntimeError(f"{MSG_NULL_REFERENCE} (reading '{member}' of null).")
