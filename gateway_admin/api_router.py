@@ -8,6 +8,7 @@ from backends.api.views import BackendViewSet
 from named_values.api.views import NamedValueViewSet
 from policies.api.views import GlobalPolicyView
 from subscriptions.api.views import ProductViewSet, SubscriptionViewSet
+from usage.api.views import UsageView, gateway_usage_view
 
 from .api.views import snapshot_view
 
@@ -26,5 +27,7 @@ router.register("subscriptions", SubscriptionViewSet)
 urlpatterns = [
     path("policies/global/", GlobalPolicyView.as_view(), name="global-policy"),
     path("gateway/snapshot/", snapshot_view, name="gateway-snapshot"),
+    path("gateway/usage/", gateway_usage_view, name="gateway-usage"),
+    path("usage/", UsageView.as_view(), name="usage"),
     *router.urls,
 ]

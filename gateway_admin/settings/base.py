@@ -55,6 +55,7 @@ LOCAL_APPS = [
     "apis",
     "subscriptions",
     "policies",
+    "usage",
 ]
 INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 
@@ -148,6 +149,19 @@ CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# `expires` drops runs that queued up while no worker was there to take them: the next run does their work.
+CELERY_BEAT_SCHEDULE = {
+    "usage-ingest-stream": {
+        "task": "usage.tasks.ingest_usage_stream",
+        "schedule": 2.0,
+        "options": {"expires": 10},
+    },
+    "usage-purge-dedupe": {
+        "task": "usage.tasks.purge_usage_dedupe",
+        "schedule": 3600.0,
+        "options": {"expires": 600},
+    },
+}
 
 # LOGGING
 # ------------------------------------------------------------------------------
@@ -168,4 +182,9 @@ SLUICE = {
     "GATEWAY_TOKEN": env("SLUICE_GATEWAY_TOKEN", default=""),
     # Public base URL of the gateway, shown in the UI and in `make run` output.
     "GATEWAY_URL": env("SLUICE_GATEWAY_URL", default="http://127.0.0.1:8080"),
+    # Redis stream the gateways append usage records to (gateway.usage.DEFAULT_STREAM); read by usage.tasks.
+    "USAGE_STREAM": env("SLUICE_USAGE_STREAM", default="sluice:usage"),
+    # How long counted request ids are remembered to drop re-delivered usage records. Records that started
+    # longer ago than this are refused, since they could no longer be told from duplicates.
+    "USAGE_DEDUPE_HOURS": env.int("SLUICE_USAGE_DEDUPE_HOURS", 48),
 }

@@ -1,0 +1,976 @@
+"""Usage records, and the sinks that carry them from the gateway to the management plane.
+
+CONTRACT (version 1). The management plane's ``usage`` app and the gateway's request handler code against it.
+
+Record
+    ``UsageRecord`` (dataclass, slots), one for each request the gateway answered:
+
+    =====================  ============  =======================================================================
+    field                  type          meaning
+    =====================  ============  =======================================================================
+    ``request_id``         str           unique per request, GUID-shaped (``gateway.ids``); the deduplication key
+    ``ts_ms``              int           request start, epoch milliseconds, UTC
+    ``api``                str           API name
+    ``operation``          str           operation name
+    ``subscription``       str | None    subscription name; None when no key was needed
+    ``product``            str | None    product that gave access
+    ``backend``            str | None    backend name; None when the API's service URL was used
+    ``model``              str | None    model reported by the backend (or, failing that, requested)
+    ``prompt_tokens``      int           >= 0
+    ``completion_tokens``  int           >= 0
+    ``status``             int           HTTP status sent to the client (0 to 999)
+    ``latency_ms``         float         request start to last byte sent, >= 0
+    ``cache_hit``          bool          answered from the semantic cache
+    ``gateway_id``         str           the gateway that served it (``SLUICE_GATEWAY_ID``)
+    =====================  ============  =======================================================================
+
+    Readers cut strings longer than ``MAX_LENGTHS`` and read ``""`` as None. They ignore fields they do not
+    know, so a newer gateway may add some. A bad record raises ``RecordError`` naming the field.
+
+Wire formats
+    Redis (production): stream ``sluice:usage`` (``DEFAULT_STREAM``, configurable), one ``XADD`` entry per
+    record, ``MAXLEN ~ 1000000`` (``DEFAULT_MAXLEN``) so the stream stays bounded. Each entry has flat string
+    fields named as above (``UsageRecord.to_fields``): None is ``""``, booleans are ``"1"`` or ``"0"``, numbers
+    are in decimal. ``UsageRecord.from_fields`` reads an entry back.
+
+    HTTP (the embedded default, which has no Redis): ``POST {management}/api/gateway/usage/`` with the header
+    ``Authorization: Gateway <token>`` and the body ``{"records": [UsageRecord.to_json(), ...]}``, in JSON types
+    (null, true/false, numbers). The answer is ``202`` once the records are committed. A ``400`` names the bad
+    field (``{"records": {"3": {"status": ["..."]}}}``); the batch is then logged and dropped, because sending
+    it again cannot succeed. A ``413`` splits the batch in two. Any other answer, and any network error, is
+    retried.
+
+Sinks
+    ``UsageSink.emit(record)`` never blocks, never raises and does no I/O. Call it on the event loop's thread.
+    ``await start()`` starts the background flusher and replays the spool. ``await flush()`` returns once every
+    record emitted before the call is safe, as far as the sink can make it: delivered, or, while the sink backs
+    off after a failure and has a spool, appended to the spool (without waiting on the peer that just failed).
+    Otherwise it tries to deliver, once, whatever the backoff; what still fails stays buffered. ``await
+    close()`` flushes, spools what is left and closes the connection.
+
+    ``RedisStreamSink`` and ``HttpSink`` buffer records. A batch (up to ``batch_max`` records) goes out when
+    it is full, or ``flush_interval`` seconds after its first record. Each batch is one pipelined round trip
+    (Redis) or one POST (HTTP). When a delivery fails the sink backs off (exponential, jittered, capped) and
+    keeps the records. Without ``spool_path`` they stay in memory: at most ``buffer_max`` records, and beyond
+    that the oldest are dropped and counted in ``stats.dropped``. With ``spool_path`` they are appended to a
+    JSON-lines spool file, fsynced. The spool is replayed and then deleted after the next successful
+    delivery, and at the next ``start()``, so neither an outage nor a restart loses a record that was handed
+    to the sink. Several processes (pre-forked workers) may share one spool path.
+
+    A killed process (SIGKILL, power loss) loses what it held in memory: the records of the last
+    ``flush_interval``; while backing off, fewer than ``batch_max`` with a spool, the whole buffer without.
+
+    Delivery is at least once. A record can arrive twice, for example after an answer was lost or after a
+    crash in the middle of a batch. The management plane counts each ``request_id`` once. It remembers ids for
+    ``SLUICE_USAGE_DEDUPE_HOURS`` (48 by default) and refuses records that started longer ago than that.
+
+    ``MemorySink`` keeps records in a list (for tests). ``NullSink`` drops them.
+    ``make_sink(redis_url, management_url, gateway_token, spool_path, *, stream=DEFAULT_STREAM)`` returns a
+    ``RedisStreamSink`` when ``redis_url`` is set and an ``HttpSink`` otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import glob
+import logging
+import math
+import os
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+import aiohttp
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+__all__ = (
+    "DEFAULT_MAXLEN",
+    "DEFAULT_STREAM",
+    "FIELD_NAMES",
+    "MAX_LENGTHS",
+    "USAGE_PATH",
+    "Backoff",
+    "BatchingSink",
+    "DeliveryError",
+    "HttpSink",
+    "MemorySink",
+    "NullSink",
+    "RecordError",
+    "RedisStreamSink",
+    "SinkStats",
+    "Spool",
+    "SpoolClaim",
+    "UsageRecord",
+    "UsageSink",
+    "make_sink",
+)
+
+logger = logging.getLogger("gateway.usage")
+
+DEFAULT_STREAM = "sluice:usage"
+DEFAULT_MAXLEN = 1_000_000
+USAGE_PATH = "/api/gateway/usage/"
+
+MAX_LENGTHS = {
+    "api": 80,
+    "operation": 80,
+    "subscription": 80,
+    "product": 80,
+    "backend": 80,
+    "model": 200,
+    "gateway_id": 200,
+}
+MAX_TOKENS = 2**31 - 1
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_STATUS = 999
+
+ERR_REQUIRED = "This field is required."
+ERR_NULL = "This field may not be null."
+ERR_BLANK = "This field may not be blank."
+ERR_STRING = "Not a valid string."
+ERR_INTEGER = "A valid integer is required."
+ERR_NUMBER = "A valid number is required."
+ERR_BOOLEAN = "Must be a valid boolean."
+ERR_GUID = "Must be a GUID."
+
+
+#
+# Records
+#
+
+
+class RecordError(ValueError):
+    """A usage record that cannot be read: ``field`` names the culprit (as DRF would)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """What the gateway reports about one request (see the module docstring for the meaning of each field)."""
+
+    request_id: str
+    ts_ms: int
+    api: str
+    operation: str
+    subscription: str | None
+    product: str | None
+    backend: str | None
+    model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    status: int
+    latency_ms: float
+    cache_hit: bool
+    gateway_id: str
+
+    def to_fields(self) -> dict[str, str]:
+        """The Redis stream entry: flat strings."""
+        return {
+            "request_id": self.request_id,
+            "ts_ms": str(self.ts_ms),
+            "api": self.api,
+            "operation": self.operation,
+            "subscription": self.subscription or "",
+            "product": self.product or "",
+            "backend": self.backend or "",
+            "model": self.model or "",
+            "prompt_tokens": str(self.prompt_tokens),
+            "completion_tokens": str(self.completion_tokens),
+            "status": str(self.status),
+            "latency_ms": repr(float(self.latency_ms)),
+            "cache_hit": "1" if self.cache_hit else "0",
+            "gateway_id": self.gateway_id,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object used by the HTTP sink and the spool file."""
+        return {
+            "request_id": self.request_id,
+            "ts_ms": self.ts_ms,
+            "api": self.api,
+            "operation": self.operation,
+            "subscription": self.subscription,
+            "product": self.product,
+            "backend": self.backend,
+            "model": self.model,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "cache_hit": self.cache_hit,
+            "gateway_id": self.gateway_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> UsageRecord:
+        """Validate a JSON object (``to_json``'s shape); raises ``RecordError``. The request id is normalised."""
+        if not isinstance(data, Mapping):
+            raise RecordError("non_field_errors", "Expected an object.")
+        return cls(
+            request_id=_guid(data),
+            ts_ms=_integer(data, "ts_ms", 0, MAX_TS_MS),
+            api=_name(data, "api"),
+            operation=_name(data, "operation"),
+            subscription=_optional_name(data, "subscription"),
+            product=_optional_name(data, "product"),
+            backend=_optional_name(data, "backend"),
+            model=_optional_name(data, "model"),
+            prompt_tokens=_integer(data, "prompt_tokens", 0, MAX_TOKENS),
+            completion_tokens=_integer(data, "completion_tokens", 0, MAX_TOKENS),
+            status=_integer(data, "status", 0, MAX_STATUS),
+            latency_ms=_latency(data),
+            cache_hit=_boolean(data, "cache_hit"),
+            gateway_id=_gateway_id(data),
+        )
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[Any, Any]) -> UsageRecord:
+        """Read a Redis stream entry (``to_fields``'s shape; keys and values may be bytes); raises ``RecordError``."""
+        data: dict[str, Any] = {_text(key): _text(value) for key, value in fields.items()}
+        for name in _INTEGER_FIELDS:
+            if isinstance(data.get(name), str):
+                data[name] = _parse_int(name, data[name])
+        if isinstance(data.get("latency_ms"), str):
+            data["latency_ms"] = _parse_float("latency_ms", data["latency_ms"])
+        if isinstance(data.get("cache_hit"), str):
+            data["cache_hit"] = _parse_bool("cache_hit", data["cache_hit"])
+        return cls.from_json(data)
+
+
+FIELD_NAMES: tuple[str, ...] = UsageRecord.__match_args__
+_INTEGER_FIELDS = ("ts_ms", "prompt_tokens", "completion_tokens", "status")
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _get(data: Mapping[str, Any], name: str) -> Any:
+    if name not in data:
+        raise RecordError(name, ERR_REQUIRED)
+    return data[name]
+
+
+def _guid(data: Mapping[str, Any]) -> str:
+    value = _get(data, "request_id")
+    if not isinstance(value, str):
+        raise RecordError("request_id", ERR_STRING)
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise RecordError("request_id", ERR_GUID) from None
+
+
+def _name(data: Mapping[str, Any], name: str) -> str:
+    value = _optional_name(data, name)
+    if value is None:
+        raise RecordError(name, ERR_NULL if data[name] is None else ERR_BLANK)
+    return value
+
+
+def _optional_name(data: Mapping[str, Any], name: str) -> str | None:
+    value = _get(data, name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RecordError(name, ERR_STRING)
+    return value[: MAX_LENGTHS[name]] or None
+
+
+def _gateway_id(data: Mapping[str, Any]) -> str:
+    value = _get(data, "gateway_id")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RecordError("gateway_id", ERR_STRING)
+    return value[: MAX_LENGTHS["gateway_id"]]
+
+
+def _integer(data: Mapping[str, Any], name: str, lowest: int, highest: int) -> int:
+    value = _get(data, name)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RecordError(name, ERR_INTEGER)
+    if not lowest <= value <= highest:
+        raise RecordError(name, f"Must be between {lowest} and {highest}.")
+    return value
+
+
+def _latency(data: Mapping[str, Any]) -> float:
+    value = _get(data, "latency_ms")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise RecordError("latency_ms", ERR_NUMBER)
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise RecordError("latency_ms", "Must be a finite number, at least 0.")
+    return value
+
+
+def _boolean(data: Mapping[str, Any], name: str) -> bool:
+    value = _get(data, name)
+    if not isinstance(value, bool):
+        raise RecordError(name, ERR_BOOLEAN)
+    return value
+
+
+def _parse_int(name: str, text: str) -> int:
+    if not (text[1:] if text.startswith("-") else text).isdigit():
+        raise RecordError(name, ERR_INTEGER)
+    return int(text)
+
+
+def _parse_float(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise RecordError(name, ERR_NUMBER) from None
+
+
+def _parse_bool(name: str, text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true"):
+        return True
+    if lowered in ("0", "false"):
+        return False
+    raise RecordError(name, ERR_BOOLEAN)
+
+
+#
+# The sink interface and the trivial sinks
+#
+
+
+class UsageSink(Protocol):
+    """Where the request handler hands usage records (see "Sinks" in the module docstring)."""
+
+    def emit(self, record: UsageRecord) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class NullSink:
+    """Drops every record."""
+
+    def emit(self, record: UsageRecord) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class MemorySink:
+    """Keeps every record in ``records`` (tests)."""
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+        self.closed = False
+
+    def emit(self, record: UsageRecord) -> None:
+        self.records.append(record)
+
+    async def start(self) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+#
+# Spool file
+#
+
+
+class Spool:
+    """A JSON-lines file of records not delivered yet; any number of processes may share the path.
+
+    ``append`` and ``claim`` are serialised by ``flock`` on ``<path>.lock`` and are short. ``claim`` renames the
+    file to ``<path>.replay-<random>`` and returns it locked (``SpoolClaim``), so appends go on into a new file
+    while the claimed one is replayed. The lock dies with its process: a claim file left by a process that
+    died is adopted by the next ``claim(adopt=True)``. These methods block (file I/O, fsync); run them in a
+    thread from async code.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock_path = f"{path}.lock"
+
+    def append(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        data = b"".join(orjson.dumps(record.to_json()) + b"\n" for record in records)
+        with self._locked():
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def claim(self, *, adopt: bool = False) -> list[SpoolClaim]:
+        """Take the spooled records for replay; with ``adopt``, also the claim files no live process holds."""
+        paths: list[str] = []
+        with self._locked(), contextlib.suppress(FileNotFoundError):
+            if os.path.getsize(self.path):
+                target = f"{self.path}.replay-{uuid.uuid4().hex}"
+                os.replace(self.path, target)
+                paths.append(target)
+        if adopt:
+            paths += [p for p in sorted(glob.glob(glob.escape(self.path) + ".replay-*")) if p not in paths]
+        claims = (SpoolClaim.open(path) for path in paths)
+        return [claim for claim in claims if claim is not None]
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+class SpoolClaim:
+    """A claimed spool file, locked by this process: ``read`` a batch, ``commit`` it once sent, ``done`` at the end."""
+
+    def __init__(self, path: str, file: IO[bytes]) -> None:
+        self.path = path
+        self._file = file
+        self._offset = 0
+        self._next = 0
+
+    @classmethod
+    def open(cls, path: str) -> SpoolClaim | None:
+        """Lock ``path`` for replay; None when it is gone or another live process is replaying it."""
+        try:
+            file = open(path, "rb")  # noqa: SIM115  (kept open, and locked, until done() or release())
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            return None
+        if os.fstat(file.fileno()).st_nlink == 0:  # replayed and deleted while we waited
+            file.close()
+            return None
+        return cls(path, file)
+
+    def read(self, limit: int) -> list[UsageRecord]:
+        """Up to ``limit`` records after the committed position; an empty list at the end of the file."""
+        self._file.seek(self._offset)
+        records: list[UsageRecord] = []
+        while len(records) < limit:
+            line = self._file.readline()
+            if not line:
+                break
+            if not line.strip():
+                continue
+            try:
+                records.append(UsageRecord.from_json(orjson.loads(line)))
+            except (orjson.JSONDecodeError, RecordError) as exc:
+                # a torn last line after a crash, or a hand-edited file: skip it, keep the rest
+                logger.warning("skipping an unreadable line in the usage spool %s: %s", self.path, exc)
+        self._next = self._file.tell()
+        return records
+
+    def commit(self) -> None:
+        self._offset = self._next
+
+    def done(self) -> None:
+        """Delete the replayed file and release it."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self._file.close()
+
+    def release(self) -> None:
+        """Release the file unfinished; the next ``Spool.claim(adopt=True)`` replays it from the start."""
+        self._file.close()
+
+
+#
+# Batching sinks
+#
+
+
+class DeliveryError(Exception):
+    """A batch was not delivered. ``retryable`` False: it never will be (drop it); ``too_large``: split it."""
+
+    def __init__(self, message: str, *, retryable: bool = True, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.too_large = too_large
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Exponential backoff with jitter: ``initial`` doubling up to ``maximum``, each delay cut by up to half."""
+
+    initial: float = 0.1
+    maximum: float = 5.0
+    rand: Callable[[], float] = random.random
+    failures: int = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        delay = min(self.maximum, self.initial * 2.0 ** min(self.failures - 1, 32))
+        return delay * (0.5 + self.rand() / 2)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+@dataclass(slots=True)
+class SinkStats:
+    """Counters since the sink was created: records delivered, spooled, rejected (400) and dropped."""
+
+    delivered: int = 0
+    spooled: int = 0
+    rejected: int = 0
+    dropped: int = 0
+
+
+@dataclass(slots=True)
+class _SinkState:
+    retry_at: float = 0.0  # clock time before which the background flusher does not try again
+    since: float = 0.0  # clock time the oldest buffered record arrived (the batch's linger starts there)
+    failing: str | None = None  # the current failure, logged once per episode
+    spool_dirty: bool = False  # records were spooled since the last claim
+    spill_failed: bool = False  # the spool could not be written in this backoff period
+    dropping: bool = False  # records are being dropped (logged once per episode)
+    claims: list[SpoolClaim] = field(default_factory=list)
+
+
+class BatchingSink:
+    """Base of the network sinks: buffer, background flusher, backoff and spool. Subclasses define ``_deliver``."""
+
+    def __init__(
+        self,
+        *,
+        batch_max: int,
+        flush_interval: float,
+        spool_path: str | None,
+        buffer_max: int,
+        backoff: Backoff | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.batch_max = max(1, batch_max)
+        self.flush_interval = flush_interval
+        self.buffer_max = max(buffer_max, self.batch_max)
+        self.spool = Spool(spool_path) if spool_path else None
+        self.stats = SinkStats()
+        self._clock = clock
+        self._backoff = backoff or Backoff()
+        self._buffer: deque[UsageRecord] = deque()
+        self._state = _SinkState()
+        self._wakeup = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # the UsageSink interface
+
+    def emit(self, record: UsageRecord) -> None:
+        if self._closed:
+            self._drop(1, "the sink is closed")
+            return
+        buffer = self._buffer
+        buffer.append(record)
+        size = len(buffer)
+        if size == 1:
+            self._state.since = self._clock()
+            self._wakeup.set()
+        elif size > self.buffer_max:
+            buffer.popleft()
+            self._drop(1, f"the buffer is full ({self.buffer_max} records), dropping the oldest")
+        elif size % self.batch_max == 0:
+            self._wakeup.set()
+
+    async def start(self) -> None:
+        if self._task is not None or self._closed:
+            return
+        if self.spool is not None:
+            try:
+                self._state.claims += await asyncio.to_thread(self.spool.claim, adopt=True)
+            except OSError as exc:
+                logger.error("cannot read the usage spool %s: %s", self.spool.path, exc)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="sluice-usage-sink")
+
+    async def flush(self) -> None:
+        async with self._lock:
+            await self._flush_locked()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        async with self._lock:
+            await self._flush_locked()
+            self._closed = True
+            left = list(self._buffer)
+            self._buffer.clear()
+            if left and not (self.spool is not None and await self._spill(left)):
+                logger.error("usage sink closed with %d records neither delivered nor spooled: lost", len(left))
+                self.stats.dropped += len(left)
+            for claim in self._state.claims:
+                claim.release()
+            self._state.claims.clear()
+        await self._close_transport()
+
+    # to override
+
+    async def _deliver(self, batch: list[UsageRecord]) -> None:
+        """Send ``batch`` in one go or raise ``DeliveryError``."""
+        raise NotImplementedError("._deliver() must be overridden")
+
+    async def _close_transport(self) -> None:
+        return None
+
+    # the background flusher
+
+    async def _run(self) -> None:
+        while True:
+            wait = self._next_wait()
+            if wait != 0:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                continue
+            try:
+                await self._tick()
+            except Exception as exc:  # the flusher must outlive any bug
+                logger.exception("usage sink flush failed")
+                self._failed(f"{exc.__class__.__name__}: {exc}")
+
+    def _next_wait(self) -> float | None:
+        """Seconds until there is work (0: now; None: until a record arrives)."""
+        state, now = self._state, self._clock()
+        if state.retry_at > now:
+            if self.spool is not None and len(self._buffer) >= self.batch_max and not state.spill_failed:
+                return 0.0  # backing off: move the buffer to disk rather than hold it in memory
+            return state.retry_at - now
+        if state.claims or state.spool_dirty or len(self._buffer) >= self.batch_max:
+            return 0.0
+        if self._buffer:
+            return max(0.0, state.since + self.flush_interval - now)
+        return None
+
+    async def _tick(self) -> None:
+        async with self._lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
+        """Make every buffered record safe: while backing off with a spool, append it to the spool without
+        waiting on a peer that just failed; otherwise deliver it (a failed batch is spooled or kept)."""
+        if self.spool is not None and self._state.retry_at > self._clock() and not self._state.spill_failed:
+            records = list(self._buffer)
+            self._buffer.clear()
+            try:
+                spilled = await self._spill(records)
+            except asyncio.CancelledError:  # close() cancelled the flusher: it spools the buffer itself
+                self._buffer.extendleft(reversed(records))
+                raise
+            if spilled:
+                return
+            self._buffer.extendleft(reversed(records))
+            self._state.spill_failed = True
+        await self._drain_safely()
+
+    # delivery
+
+    async def _drain_safely(self) -> None:
+        try:
+            await self._drain()
+        except Exception as exc:  # e.g. the spool cannot be read: back off instead of spinning
+            logger.exception("usage sink flush failed")
+            self._failed(f"{exc.__class__.__name__}: {exc}")
+
+    async def _drain(self) -> bool:
+        """Send what is buffered now, then the spool, batch by batch; stop at the first failure."""
+        self._state.spill_failed = False
+        budget = len(self._buffer)  # records emitted meanwhile wait for the next round: the spool gets its turn
+        while budget > 0 and self._buffer:
+            batch = [self._buffer.popleft() for _ in range(min(budget, self.batch_max, len(self._buffer)))]
+            budget -= len(batch)
+            try:
+                sent = await self._send(batch)
+            except asyncio.CancelledError:  # close() cancelled the flusher: the batch is not lost
+                self._buffer.extendleft(reversed(batch))
+                raise
+            if not sent:
+                await self._keep(batch)
+                return False
+        return await self._replay_spool()
+
+    async def _replay_spool(self) -> bool:
+        state = self._state
+        if self.spool is None:
+            return True
+        if state.spool_dirty:
+            state.spool_dirty = False
+            state.claims += await asyncio.to_thread(self.spool.claim)
+        while state.claims:
+            claim = state.claims[0]
+            batch = await asyncio.to_thread(claim.read, self.batch_max)
+            if not batch:
+                state.claims.pop(0)
+                await asyncio.to_thread(claim.done)
+                continue
+            if not await self._send(batch):
+                return False
+            claim.commit()
+        return True
+
+    async def _send(self, batch: list[UsageRecord]) -> bool:
+        """Deliver one batch; False (and backoff) on a failure worth retrying. Rejected batches count as sent."""
+        try:
+            await self._deliver_splitting(batch)
+        except DeliveryError as exc:
+            if not exc.retryable:
+                logger.error("usage batch of %d records rejected, dropped: %s", len(batch), exc)
+                self.stats.rejected += len(batch)
+                return True
+            self._failed(str(exc))
+            return False
+        except Exception as exc:
+            logger.exception("usage delivery failed unexpectedly")
+            self._failed(f"{exc.__class__.__name__}: {exc}")
+            return False
+        self._succeeded(len(batch))
+        return True
+
+    async def _deliver_splitting(self, batch: list[UsageRecord]) -> None:
+        try:
+            await self._deliver(batch)
+        except DeliveryError as exc:
+            if not exc.too_large or len(batch) < 2:
+                raise
+            half = len(batch) // 2
+            await self._deliver_splitting(batch[:half])
+            await self._deliver_splitting(batch[half:])
+
+    async def _keep(self, batch: list[UsageRecord]) -> None:
+        """After a failed delivery: spool the batch and the buffer, or put the batch back in memory."""
+        if self.spool is not None:
+            records = batch + list(self._buffer)
+            self._buffer.clear()
+            try:
+                spilled = await self._spill(records)
+            except asyncio.CancelledError:
+                self._buffer.extendleft(reversed(records))
+                raise
+            if spilled:
+                return
+            batch = records
+        self._buffer.extendleft(reversed(batch))
+        self._state.since = self._clock() - self.flush_interval  # no more lingering: retry when the backoff ends
+        excess = len(self._buffer) - self.buffer_max
+        if excess > 0:
+            for _ in range(excess):
+                self._buffer.popleft()
+            self._drop(excess, f"the buffer is full ({self.buffer_max} records), dropping the oldest")
+
+    async def _spill(self, records: list[UsageRecord]) -> bool:
+        if not records:
+            return True
+        assert self.spool is not None
+        try:
+            await asyncio.to_thread(self.spool.append, records)
+        except OSError as exc:
+            logger.error("cannot write %d usage records to the spool %s: %s", len(records), self.spool.path, exc)
+            return False
+        self._state.spool_dirty = True
+        self.stats.spooled += len(records)
+        return True
+
+    def _failed(self, reason: str) -> None:
+        state = self._state
+        delay = self._backoff.next_delay()
+        state.retry_at = self._clock() + delay
+        self._wakeup.set()  # the background flusher reschedules itself: retry after the backoff
+        if state.failing is None:
+            where = "spooling" if self.spool is not None else "buffering"
+            logger.warning("usage delivery failing (%s), %s records and retrying: %s", self._peer(), where, reason)
+        state.failing = reason
+
+    def _succeeded(self, count: int) -> None:
+        state = self._state
+        self.stats.delivered += count
+        if state.failing is not None:
+            logger.info("usage delivery to %s recovered", self._peer())
+            state.failing = None
+        state.retry_at = 0.0
+        state.dropping = False
+        self._backoff.reset()
+
+    def _drop(self, count: int, why: str) -> None:
+        self.stats.dropped += count
+        if not self._state.dropping:  # once per episode (until a delivery succeeds)
+            self._state.dropping = True
+            logger.error("usage records lost: %s", why)
+
+    def _peer(self) -> str:
+        return self.__class__.__name__
+
+
+class RedisStreamSink(BatchingSink):
+    """Appends records to a Redis stream, one pipelined round trip (``XADD ... MAXLEN ~``) per batch."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        stream: str = DEFAULT_STREAM,
+        *,
+        batch_max: int = 500,
+        flush_interval: float = 0.05,
+        spool_path: str | None = None,
+        buffer_max: int = 100_000,
+        maxlen: int = DEFAULT_MAXLEN,
+        timeout: float = 5.0,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            batch_max=batch_max,
+            flush_interval=flush_interval,
+            spool_path=spool_path,
+            buffer_max=buffer_max,
+            backoff=backoff,
+            clock=clock,
+        )
+        self.redis_url = redis_url
+        self.stream = stream
+        self.maxlen = maxlen
+        self.timeout = timeout
+        self._redis: aioredis.Redis | None = None
+
+    async def _deliver(self, batch: list[UsageRecord]) -> None:
+        if self._redis is None:
+            # No retries inside redis-py: this sink backs off and spools on its own.
+            self._redis = aioredis.Redis.from_url(
+                self.redis_url,
+                socket_connect_timeout=self.timeout,
+                socket_timeout=self.timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+        pipe = self._redis.pipeline(transaction=False)
+        for record in batch:
+            pipe.xadd(self.stream, record.to_fields(), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise DeliveryError(f"{exc.__class__.__name__}: {exc}") from exc
+
+    async def _close_transport(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    def _peer(self) -> str:
+        return f"Redis stream {self.stream}"
+
+
+class HttpSink(BatchingSink):
+    """POSTs batches of records to the management plane (the embedded default, which has no Redis)."""
+
+    def __init__(
+        self,
+        management_url: str,
+        gateway_token: str,
+        *,
+        batch_max: int = 500,
+        flush_interval: float = 0.5,
+        spool_path: str | None = None,
+        buffer_max: int = 100_000,
+        timeout: float = 10.0,
+        session: aiohttp.ClientSession | None = None,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            batch_max=batch_max,
+            flush_interval=flush_interval,
+            spool_path=spool_path,
+            buffer_max=buffer_max,
+            backoff=backoff or Backoff(maximum=10.0),
+            clock=clock,
+        )
+        self.url = management_url.rstrip("/") + USAGE_PATH
+        self.timeout = timeout
+        self._headers = {"Authorization": f"Gateway {gateway_token}", "Content-Type": "application/json"}
+        self._session = session
+        self._own_session = session is None
+
+    async def _deliver(self, batch: list[UsageRecord]) -> None:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=self.timeout)
+            self._session = aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar())
+        body = orjson.dumps({"records": [record.to_json() for record in batch]})
+        try:
+            async with self._session.post(self.url, data=body, headers=self._headers) as response:
+                status = response.status
+                detail = (await response.text(errors="replace"))[:300]
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise DeliveryError(f"{exc.__class__.__name__}: {exc}") from exc
+        if 200 <= status < 300:
+            return
+        message = f"{self.url} answered {status}: {detail}"
+        if status == 413:
+            raise DeliveryError(message, retryable=False, too_large=True)
+        raise DeliveryError(message, retryable=status not in (400, 422))
+
+    async def _close_transport(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _peer(self) -> str:
+        return self.url
+
+
+def make_sink(
+    redis_url: str | None,
+    management_url: str,
+    gateway_token: str,
+    spool_path: str | None,
+    *,
+    stream: str = DEFAULT_STREAM,
+) -> UsageSink:
+    """The production sink: the Redis stream when a Redis URL is set, else HTTP to the management plane."""
+    if redis_url:
+        return RedisStreamSink(redis_url, stream, spool_path=spool_path)
+    return HttpSink(management_url, gateway_token, spool_path=spool_path)

@@ -1,0 +1,226 @@
+"""REST: the usage report (GET /api/usage/) and the gateways' ingestion endpoint (POST /api/gateway/usage/)."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from usage.models import UsageRollup
+
+from .conftest import totals
+from .factories import BASE, UsageRecordFactory, UsageRollupFactory
+
+pytestmark = pytest.mark.django_db
+
+URL = "/api/usage/"
+INGEST_URL = "/api/gateway/usage/"
+RANGE = {"from": BASE.isoformat(), "to": (BASE + timedelta(days=1)).isoformat()}
+
+
+def iso(value) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+#
+# GET /api/usage/
+#
+
+
+@pytest.fixture
+def rows():
+    """Two APIs, two subscriptions (one row without), across two hours and two days."""
+    UsageRollupFactory(minute=BASE, requests=2, prompt_tokens=10, completion_tokens=20, latency_ms_sum=300.0)
+    UsageRollupFactory(minute=BASE + timedelta(minutes=1), cache_hit=True, latency_ms_sum=50.0)
+    UsageRollupFactory(minute=BASE + timedelta(minutes=1), operation="embeddings", subscription="team-a")
+    UsageRollupFactory(minute=BASE + timedelta(hours=1, minutes=5), api="vision", product="", subscription="")
+    UsageRollupFactory(minute=BASE + timedelta(days=1, minutes=5), api="vision")
+
+
+def test_group_by_api_per_hour(api_client, rows):
+    body = api_client.get(URL, {**RANGE, "group_by": "api", "interval": "hour"}).json()
+    assert body["group_by"] == "api" and body["interval"] == "hour"
+    assert body["from"] == iso(BASE) and body["to"] == iso(BASE + timedelta(days=1))
+    assert body["results"] == [
+        {
+            "key": "chat",
+            "period": iso(BASE),
+            "requests": 4,
+            "prompt_tokens": 30,
+            "completion_tokens": 60,
+            "total_tokens": 90,
+            "avg_latency_ms": 112.5,
+            "cache_hits": 1,
+        },
+        {
+            "key": "vision",
+            "period": iso(BASE + timedelta(hours=1)),
+            "requests": 1,
+            "prompt_tokens": 10,
+            "completion_tokens": 20,
+            "total_tokens": 30,
+            "avg_latency_ms": 100.0,
+            "cache_hits": 0,
+        },
+    ]
+
+
+def test_group_by_subscription_per_minute(api_client, rows):
+    results = api_client.get(URL, {**RANGE, "group_by": "subscription", "interval": "minute"}).json()["results"]
+    assert [(r["key"], r["period"], r["requests"]) for r in results] == [
+        ("master", iso(BASE), 2),
+        ("master", iso(BASE + timedelta(minutes=1)), 1),
+        ("team-a", iso(BASE + timedelta(minutes=1)), 1),
+        (None, iso(BASE + timedelta(hours=1, minutes=5)), 1),
+    ]
+
+
+def test_group_by_product_per_day(api_client, rows):
+    params = {"from": BASE.isoformat(), "to": (BASE + timedelta(days=2)).isoformat()}
+    results = api_client.get(URL, {**params, "group_by": "product", "interval": "day"}).json()["results"]
+    day = BASE.replace(hour=0)
+    assert [(r["key"], r["period"], r["requests"]) for r in results] == [
+        (None, iso(day), 1),
+        ("starter", iso(day), 4),
+        ("starter", iso(day + timedelta(days=1)), 1),
+    ]
+
+
+def test_group_by_operation_keys_by_api_and_operation(api_client, rows):
+    results = api_client.get(URL, {**RANGE, "group_by": "operation", "interval": "day"}).json()["results"]
+    assert {r["key"]: r["requests"] for r in results} == {
+        "chat/chat-completions": 3,
+        "chat/embeddings": 1,
+        "vision/chat-completions": 1,
+    }
+
+
+def test_filters_and_half_open_range(api_client, rows):
+    params = {"from": BASE.isoformat(), "to": (BASE + timedelta(minutes=1)).isoformat(), "api": "chat"}
+    results = api_client.get(URL, {**params, "interval": "minute"}).json()["results"]
+    assert [(r["key"], r["requests"]) for r in results] == [("chat", 2)]
+    results = api_client.get(URL, {**RANGE, "subscription": "team-a"}).json()["results"]
+    assert [(r["key"], r["requests"]) for r in results] == [("chat", 1)]
+
+
+def test_defaults_are_the_last_24_hours_per_hour_by_api(api_client):
+    now = timezone.now()
+    UsageRollupFactory(minute=now - timedelta(hours=1))
+    UsageRollupFactory(minute=now - timedelta(hours=25))
+    body = api_client.get(URL).json()
+    assert (body["group_by"], body["interval"]) == ("api", "hour")
+    assert sum(r["requests"] for r in body["results"]) == 1
+
+
+def test_no_usage_is_an_empty_list(api_client):
+    assert api_client.get(URL, RANGE).json()["results"] == []
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"group_by": "model"}, "group_by"),
+        ({"interval": "week"}, "interval"),
+        ({"from": "yesterday"}, "from"),
+        ({"to": "2026-13-01T00:00:00Z"}, "to"),
+        ({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "to"),
+        ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "to"),
+        ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-15T00:00:00Z", "interval": "minute"}, "interval"),
+    ],
+)
+def test_bad_parameters_are_400_naming_them(api_client, params, field):
+    response = api_client.get(URL, params)
+    assert response.status_code == 400
+    assert list(response.json()) == [field]
+
+
+def test_report_needs_an_administrator(anon_client, django_user_model):
+    assert anon_client.get(URL).status_code in (401, 403)
+    anon_client.force_authenticate(django_user_model.objects.create_user("viewer", password="viewer-password"))
+    assert anon_client.get(URL).status_code == 403
+
+
+def test_schema_documents_the_report_but_not_the_ingestion(api_client):
+    schema = api_client.get("/api/schema/?format=json").json()
+    operation = schema["paths"]["/api/usage/"]["get"]
+    assert {p["name"] for p in operation["parameters"]} >= {"group_by", "from", "to", "interval"}
+    assert INGEST_URL not in schema["paths"]
+
+
+#
+# POST /api/gateway/usage/
+#
+
+
+@pytest.fixture
+def no_ingestion(monkeypatch):
+    """Fails the test if the request reaches the ingestion service. (After an error answer the database cannot be
+    asked: DRF marks the test's enclosing transaction for rollback.)"""
+
+    def ingest_records(records):
+        raise AssertionError("ingest_records() was called")
+
+    monkeypatch.setattr("usage.api.views.ingest_records", ingest_records)
+
+
+def test_ingest_counts_and_answers_202(gateway_client):
+    records = UsageRecordFactory.build_batch(3)
+    response = gateway_client.post(INGEST_URL, {"records": [r.to_json() for r in records]})
+    assert response.status_code == 202
+    assert response.json() == {"received": 3, "counted": 3, "duplicates": 0, "expired": 0, "invalid": 0}
+    assert totals()["requests"] == 3
+
+
+def test_a_retried_post_is_counted_once(gateway_client):
+    body = {"records": [r.to_json() for r in UsageRecordFactory.build_batch(2)]}
+    assert gateway_client.post(INGEST_URL, body).status_code == 202
+    retry = gateway_client.post(INGEST_URL, body)
+    assert retry.status_code == 202
+    assert (retry.json()["counted"], retry.json()["duplicates"]) == (0, 2)
+    assert totals()["requests"] == 2
+
+
+def test_an_empty_batch_is_fine(gateway_client):
+    assert gateway_client.post(INGEST_URL, {"records": []}).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({}, {"records": ["This field is required."]}),
+        ({"records": "x"}, {"records": ['Expected a list of items but got type "str".']}),
+        (
+            {"records": [{**UsageRecordFactory().to_json(), "status": "ok"}]},
+            {"records": {"0": {"status": ["A valid integer is required."]}}},
+        ),
+        (
+            {"records": [UsageRecordFactory().to_json(), {**UsageRecordFactory().to_json(), "request_id": "r-1"}]},
+            {"records": {"1": {"request_id": ["Must be a GUID."]}}},
+        ),
+    ],
+)
+def test_bad_records_are_400_naming_the_field_and_nothing_is_counted(gateway_client, no_ingestion, body, error):
+    response = gateway_client.post(INGEST_URL, body)
+    assert response.status_code == 400
+    assert response.json() == error
+
+
+@pytest.mark.parametrize("header", [None, "Gateway wrong", "Bearer test-gateway-token"])
+def test_ingest_needs_the_gateway_token(anon_client, no_ingestion, header):
+    if header:
+        anon_client.credentials(HTTP_AUTHORIZATION=header)
+    response = anon_client.post(INGEST_URL, {"records": [UsageRecordFactory().to_json()]})
+    assert response.status_code == 401
+
+
+def test_an_admin_session_is_not_a_gateway(anon_client, admin_user):
+    anon_client.force_login(admin_user)
+    assert anon_client.post(INGEST_URL, {"records": []}).status_code == 401
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_answer_comes_after_the_commit(gateway_client):
+    response = gateway_client.post(INGEST_URL, {"records": [UsageRecordFactory().to_json()]})
+    assert response.status_code == 202
+    assert not connection.in_atomic_block
+    assert UsageRollup.objects.get().requests == 1

@@ -1,0 +1,271 @@
+"""Usage ingestion (idempotent, concurrency-safe per-minute rollups), dedupe purge, and the usage report.
+
+Ingestion is exactly-once on top of the gateways' at-least-once delivery: in one transaction the request ids of a
+batch that were not counted yet are inserted into `UsageRecordSeen`, and only those records are added to
+`UsageRollup` with `F()` increments. Rows are touched in sorted order, so two workers ingesting overlapping batches
+wait for each other instead of deadlocking; the one that loses the race on a request id gets an IntegrityError
+and runs its batch again, now seeing the id as counted.
+"""
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Sum, Value
+from django.db.models.functions import Greatest, Trunc
+from django.utils import timezone
+
+from gateway.usage import UsageRecord
+
+from .choices import UsageGroupByChoices, UsageIntervalChoices
+from .models import ROLLUP_DIMENSIONS, UsageRecordSeen, UsageRollup
+
+__all__ = (
+    "GROUP_BY_FIELDS",
+    "INTERVAL_STEPS",
+    "IngestResult",
+    "dedupe_window",
+    "ingest_records",
+    "purge_seen",
+    "purge_seen_if_due",
+    "usage_report",
+)
+
+logger = logging.getLogger(__name__)
+
+# A batch that keeps losing races to other workers is given up after this many tries (the stream keeps it pending,
+# an HTTP gateway retries), which never happens unless something re-sends the same records in a tight loop.
+INGEST_ATTEMPTS = 5
+# SQLite allows 32766 bound parameters per statement; stay far below for `IN (...)` lookups.
+IN_CHUNK = 500
+# Purging keeps ids a little longer than ingestion accepts records, so hosts with slightly different clocks agree.
+PURGE_MARGIN = timedelta(hours=1)
+PURGE_EVERY_SECONDS = 3600.0
+
+GROUP_BY_FIELDS = {
+    UsageGroupByChoices.API: ("api",),
+    UsageGroupByChoices.SUBSCRIPTION: ("subscription",),
+    UsageGroupByChoices.PRODUCT: ("product",),
+    UsageGroupByChoices.OPERATION: ("api", "operation"),
+}
+INTERVAL_STEPS = {
+    UsageIntervalChoices.MINUTE: timedelta(minutes=1),
+    UsageIntervalChoices.HOUR: timedelta(hours=1),
+    UsageIntervalChoices.DAY: timedelta(days=1),
+}
+
+
+#
+# Ingestion
+#
+
+
+@dataclass
+class IngestResult:
+    """What happened to a batch: `counted` were added to the rollups; `duplicates` were counted before (or twice in
+    the batch); `expired` started before the dedupe window and were refused (they could be duplicates of purged
+    ids); `invalid` could not be read (stream entries only)."""
+
+    received: int = 0
+    counted: int = 0
+    duplicates: int = 0
+    expired: int = 0
+    invalid: int = 0
+
+    def __iadd__(self, other: "IngestResult") -> "IngestResult":
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+        return self
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def dedupe_window() -> timedelta:
+    return timedelta(hours=settings.SLUICE["USAGE_DEDUPE_HOURS"])
+
+
+def ingest_records(records: Iterable[UsageRecord], *, now: datetime | None = None) -> IngestResult:
+    """Add the records not counted yet to the per-minute rollups, in one transaction; safe to call again with the
+    same records, and from several workers at once."""
+    now = now or timezone.now()
+    oldest_ms = int((now - dedupe_window()).timestamp() * 1000)
+    result = IngestResult()
+    batch: dict[uuid.UUID, UsageRecord] = {}
+    for record in records:
+        result.received += 1
+        request_id = uuid.UUID(record.request_id)
+        if record.ts_ms < oldest_ms:
+            result.expired += 1
+        elif request_id in batch:
+            result.duplicates += 1
+        else:
+            batch[request_id] = record
+    if result.expired:
+        logger.warning("refused %d usage records older than the %s dedupe window", result.expired, dedupe_window())
+    if not batch:
+        return result
+    for attempt in range(1, INGEST_ATTEMPTS + 1):
+        try:
+            with transaction.atomic():
+                fresh = _mark_seen(batch)
+                _add_to_rollups(fresh)
+            break
+        except IntegrityError:
+            # Another worker inserted one of these ids after our SELECT; its transaction has committed now.
+            if attempt == INGEST_ATTEMPTS:
+                raise
+            logger.debug("usage batch lost a race with another worker (attempt %d); running it again", attempt)
+    result.counted += len(fresh)
+    result.duplicates += len(batch) - len(fresh)
+    return result
+
+
+def _mark_seen(batch: Mapping[uuid.UUID, UsageRecord]) -> list[UsageRecord]:
+    """Insert the ids not seen yet and return their records (the ones to count)."""
+    ids = sorted(batch)
+    seen: set[uuid.UUID] = set()
+    for start in range(0, len(ids), IN_CHUNK):
+        chunk = ids[start : start + IN_CHUNK]
+        seen.update(UsageRecordSeen.objects.filter(request_id__in=chunk).values_list("request_id", flat=True))
+    fresh = [request_id for request_id in ids if request_id not in seen]
+    UsageRecordSeen.objects.bulk_create(
+        [UsageRecordSeen(request_id=request_id, ts=_start(batch[request_id])) for request_id in fresh],
+        batch_size=IN_CHUNK,
+    )
+    return [batch[request_id] for request_id in fresh]
+
+
+@dataclass
+class _Counters:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms_sum: float = 0.0
+    latency_ms_max: float = 0.0
+
+
+def _add_to_rollups(records: list[UsageRecord]) -> None:
+    totals: dict[tuple, _Counters] = {}
+    for record in records:
+        counters = totals.setdefault(_rollup_key(record), _Counters())
+        counters.requests += 1
+        counters.prompt_tokens += record.prompt_tokens
+        counters.completion_tokens += record.completion_tokens
+        counters.latency_ms_sum += record.latency_ms
+        counters.latency_ms_max = max(counters.latency_ms_max, record.latency_ms)
+    keys = sorted(totals)
+    # Make sure every row exists (a concurrent insert of the same row waits, then is skipped), then add to it:
+    # an UPDATE with F() increments is atomic per row whatever else is writing.
+    UsageRollup.objects.bulk_create(
+        [UsageRollup(**dict(zip(ROLLUP_DIMENSIONS, key, strict=True))) for key in keys],
+        ignore_conflicts=True,
+        batch_size=IN_CHUNK,
+    )
+    for key in keys:
+        counters = totals[key]
+        UsageRollup.objects.filter(**dict(zip(ROLLUP_DIMENSIONS, key, strict=True))).update(
+            requests=F("requests") + counters.requests,
+            prompt_tokens=F("prompt_tokens") + counters.prompt_tokens,
+            completion_tokens=F("completion_tokens") + counters.completion_tokens,
+            total_tokens=F("total_tokens") + (counters.prompt_tokens + counters.completion_tokens),
+            latency_ms_sum=F("latency_ms_sum") + counters.latency_ms_sum,
+            latency_ms_max=Greatest("latency_ms_max", Value(counters.latency_ms_max)),
+        )
+
+
+def _rollup_key(record: UsageRecord) -> tuple:
+    """The record's values of `ROLLUP_DIMENSIONS`, in that order."""
+    return (
+        _start(record).replace(second=0, microsecond=0),
+        record.api,
+        record.operation,
+        record.subscription or "",
+        record.product or "",
+        record.backend or "",
+        record.model or "",
+        record.status,
+        record.cache_hit,
+    )
+
+
+def _start(record: UsageRecord) -> datetime:
+    return datetime.fromtimestamp(record.ts_ms / 1000, tz=UTC)
+
+
+#
+# Dedupe table cleanup
+#
+
+
+def purge_seen(*, now: datetime | None = None) -> int:
+    """Forget the request ids too old to be accepted again; returns how many were deleted."""
+    cutoff = (now or timezone.now()) - dedupe_window() - PURGE_MARGIN
+    deleted, _ = UsageRecordSeen.objects.filter(ts__lt=cutoff).delete()
+    return deleted
+
+
+_last_purge: float | None = None
+
+
+def purge_seen_if_due(*, clock=time.monotonic) -> int | None:
+    """`purge_seen()` at most once an hour per process: the embedded default runs no Celery beat."""
+    global _last_purge
+    now = clock()
+    if _last_purge is not None and now - _last_purge < PURGE_EVERY_SECONDS:
+        return None
+    _last_purge = now
+    return purge_seen()
+
+
+#
+# Report
+#
+
+
+def usage_report(
+    *,
+    group_by: str,
+    interval: str,
+    start: datetime,
+    end: datetime,
+    filters: Mapping[str, str] | None = None,
+) -> list[dict]:
+    """Totals per period (`interval`) and group, for the minutes in [start, end), aggregated by the database.
+
+    The key of a row is the API, subscription or product name (None for requests without one), or
+    `<api>/<operation>` (names cannot hold '/').
+    """
+    dimensions = GROUP_BY_FIELDS[group_by]
+    rows = (
+        UsageRollup.objects.filter(minute__gte=start, minute__lt=end, **(filters or {}))
+        .annotate(period=Trunc("minute", interval, tzinfo=UTC))
+        .values("period", *dimensions)
+        .annotate(
+            requests_sum=Sum("requests"),
+            prompt_tokens_sum=Sum("prompt_tokens"),
+            completion_tokens_sum=Sum("completion_tokens"),
+            total_tokens_sum=Sum("total_tokens"),
+            latency_sum=Sum("latency_ms_sum"),
+            cache_hits=Sum("requests", filter=Q(cache_hit=True)),
+        )
+        .order_by("period", *dimensions)
+    )
+    return [
+        {
+            "key": "/".join(row[name] for name in dimensions) or None,
+            "period": row["period"],
+            "requests": row["requests_sum"],
+            "prompt_tokens": row["prompt_tokens_sum"],
+            "completion_tokens": row["completion_tokens_sum"],
+            "total_tokens": row["total_tokens_sum"],
+            "avg_latency_ms": round(row["latency_sum"] / row["requests_sum"], 3) if row["requests_sum"] else 0.0,
+            "cache_hits": row["cache_hits"] or 0,
+        }
+        for row in rows
+    ]
