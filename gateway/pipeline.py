@@ -6,14 +6,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter
+from typing import cast
 
 import orjson
 
 from gateway.context import RequestContext, ResponseHead
-from gateway.errors import GatewayError
+from gateway.errors import MSG_BACKEND_PROTOCOL, MSG_BACKEND_TIMEOUT, GatewayError
+from gateway.expressions.errors import ExpressionRuntimeError
 from gateway.forward import build_response, discard_upstream, run_finish
+from gateway.http.client import UpstreamError, UpstreamTimeout
 from gateway.http.server import Response, StreamingResponse
-from gateway.policy import Base, Policy, PolicyDocument, Section, merge_sections
+from gateway.policy import Base, Policy, PolicyDocument, Section, merge_sections, walk
 from gateway.policy.backend import ForwardRequest
 
 __all__ = (
@@ -52,16 +55,16 @@ def compile_pipeline(documents: Sequence[PolicyDocument | None]) -> Pipeline:
     """
     merged = merge_sections([d.sections if d is not None else None for d in documents], _is_base)
     backend = merged.get(Section.BACKEND, [])
-    if not any(isinstance(step, ForwardRequest) for step in backend):
+    if not any(isinstance(step, ForwardRequest) for step in walk(backend)):
         backend = [*backend, _DEFAULT_FORWARD]
-    steps = [step for section in merged.values() for step in section]
+    steps = list(walk(step for section in merged.values() for step in section))
     return Pipeline(
         inbound=tuple(merged.get(Section.INBOUND, ())),
         backend=tuple(backend),
         outbound=tuple(merged.get(Section.OUTBOUND, ())),
         on_error=tuple(merged.get(Section.ON_ERROR, ())),
-        requires_request_body=any(step.requires_request_body for step in steps),
-        requires_response_body=any(step.requires_response_body for step in steps),
+        requires_request_body=any(step.requires_request_body or "body" in step.uses for step in steps),
+        requires_response_body=any(step.requires_response_body or "response_body" in step.uses for step in steps),
     )
 
 
@@ -84,6 +87,8 @@ async def run_pipeline(pipeline: Pipeline, ctx: RequestContext) -> Response | St
     except BaseException:
         run_finish(ctx, False)
         raise
+    if ctx.response_headers:
+        response.headers.extend(ctx.response_headers)
     ctx.status = response.status
     if not isinstance(response, StreamingResponse):
         run_finish(ctx, True)
@@ -96,6 +101,8 @@ async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingR
         if response is None:
             response = await _run_section(ctx, Section.BACKEND, pipeline.backend)
         if response is None:
+            if pipeline.requires_response_body:
+                await _read_body(ctx)
             response = await _run_section(ctx, Section.OUTBOUND, pipeline.outbound)
         if response is not None:  # a step ended the request (return-response, cache hit, limit, ...)
             await discard_upstream(ctx)
@@ -115,10 +122,17 @@ async def _run_section(ctx: RequestContext, section: Section, steps: tuple[Polic
     ctx.section = section
     if ctx.trace is not None:
         return await _run_traced(ctx, section, steps)
+    return await _run_steps(ctx, section, steps)
+
+
+async def _run_steps(ctx: RequestContext, section: Section, steps: tuple[Policy, ...]) -> Response | None:
     step: Policy | None = None
     try:
         for step in steps:
-            response = await step.apply(ctx)
+            if step.is_control:  # choose: run the selected branch's steps in place
+                response = await _run_steps(ctx, section, step.select(ctx)[1])
+            else:
+                response = await step.apply(ctx)
             if response is not None:
                 return response
     except Exception as exc:
@@ -132,15 +146,40 @@ async def _run_traced(ctx: RequestContext, section: Section, steps: tuple[Policy
     for step in steps:
         started = perf_counter()
         try:
-            response = await step.apply(ctx)
+            if step.is_control:
+                branch, chosen = step.select(ctx)
+                trace.append(_trace_entry(ctx, section, step, started, {"branch": branch}))
+                response = await _run_traced(ctx, section, chosen)
+            else:
+                response = await step.apply(ctx)
+                trace.append(_trace_entry(ctx, section, step, started, step.trace_details(ctx)))
         except Exception as exc:
+            if isinstance(exc, GatewayError) and exc.section is not None:
+                raise  # from a step nested in this one: already attributed and traced
             error = _as_gateway_error(exc, section, step)
             trace.append(_trace_entry(ctx, section, step, started, {"error": error.message}))
             raise error from exc
-        trace.append(_trace_entry(ctx, section, step, started, step.trace_details(ctx)))
         if response is not None:
             return response
     return None
+
+
+async def _read_body(ctx: RequestContext) -> None:
+    """Read a streamed backend body whole, for outbound policies that read ``context.Response.Body``."""
+    head = ctx.response
+    if head is None or head.upstream is None:
+        return
+    upstream, head.upstream = head.upstream, None
+    try:
+        head.body = await upstream.read()
+    except UpstreamTimeout:
+        raise GatewayError(504, MSG_BACKEND_TIMEOUT, source="forward-request", reason="Timeout") from None
+    except UpstreamError:
+        reason = "BackendConnectionFailure"
+        raise GatewayError(502, MSG_BACKEND_PROTOCOL, source="forward-request", reason=reason) from None
+    finally:
+        await upstream.aclose()
+    head.content_length = len(head.body)
 
 
 def _trace_entry(
@@ -161,6 +200,8 @@ def _trace_entry(
 def _as_gateway_error(exc: Exception, section: Section, step: Policy | None) -> GatewayError:
     if isinstance(exc, GatewayError):
         error = exc
+    elif isinstance(exc, ExpressionRuntimeError):
+        error = cast(GatewayError, exc.as_gateway_error(step.name if step else section.value))
     else:
         logger.exception("policy %s failed in %s", step.name if step else "?", section.value)
         error = GatewayError(

@@ -1,6 +1,6 @@
 from django.db import models
 
-__all__ = ("PolicyFormatChoices", "PolicyScopeChoices")
+__all__ = ("PolicyContentFormatChoices", "PolicyFormatChoices", "PolicyScopeChoices")
 
 
 class PolicyScopeChoices(models.TextChoices):
@@ -12,3 +12,10 @@ class PolicyScopeChoices(models.TextChoices):
 
 class PolicyFormatChoices(models.TextChoices):
     XML = "xml", "XML"
+
+
+class PolicyContentFormatChoices(models.TextChoices):
+    """Formats a document may be written and read in (APIM's `format`); it is always stored as `xml`."""
+
+    XML = "xml", "XML (well-formed; quotes in expressions escaped as &quot;)"
+    RAWXML = "rawxml", "Raw XML (expressions as written in the APIM portal)"

@@ -1,39 +1,25 @@
-"""Backends named by `<set-backend-service backend-id="…"/>` in a policy document."""
+"""Backends named by `<set-backend-service backend-id="…"/>` in a policy document (also inside `<choose>`)."""
 
-from xml.sax import SAXException
-from xml.sax.handler import ContentHandler
-
-import defusedxml.sax
-from defusedxml import DefusedXmlException
-
+from gateway.policy import Element, PolicyError, is_expression, parse_xml
 from named_values.references import Reference
 
-__all__ = ("backend_references",)
+__all__ = ("backend_references", "backend_references_in")
 
 
-class _BackendIdHandler(ContentHandler):
-    def __init__(self):
-        super().__init__()
-        self.locator = None
-        self.references: list[Reference] = []
-
-    def setDocumentLocator(self, locator):
-        self.locator = locator
-
-    def startElement(self, name, attrs):
-        backend_id = attrs.get("backend-id") if name == "set-backend-service" else None
+def backend_references_in(root: Element) -> list[Reference]:
+    """Literal backend ids in a parsed document tree, with the position of their element."""
+    references = []
+    for el in root.iter():
+        backend_id = el.attrs.get("backend-id") if el.tag == "set-backend-service" else None
         # Expressions (@(...)) and named-value references are resolved by the gateway at run time.
-        if backend_id and not backend_id.startswith("@") and "{{" not in backend_id:
-            line = self.locator.getLineNumber() if self.locator else 0
-            column = self.locator.getColumnNumber() + 1 if self.locator else 0
-            self.references.append(Reference(backend_id, line, column))
+        if backend_id and not is_expression(backend_id) and "{{" not in backend_id:
+            references.append(Reference(backend_id, el.line or 0, el.column or 0))
+    return references
 
 
 def backend_references(text: str) -> list[Reference]:
-    """Literal backend ids of a (well-formed) document; an unparsable document has none."""
-    handler = _BackendIdHandler()
+    """Literal backend ids of a stored (well-formed) document; an unparsable document has none."""
     try:
-        defusedxml.sax.parseString((text or "").encode(), handler, forbid_dtd=True)
-    except (SAXException, DefusedXmlException, ValueError):
+        return backend_references_in(parse_xml(text or ""))
+    except PolicyError:
         return []
-    return handler.references

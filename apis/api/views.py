@@ -3,11 +3,15 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from gateway_admin.api.views import ConfigurationViewSet
-from policies.api.views import PolicyActionMixin
+from policies.api.serializers import PolicySerializer
+from policies.api.views import FORMAT_PARAMETER, PolicyActionMixin, PolicyContentNegotiation, policy_format
 from policies.choices import PolicyScopeChoices
+from policies.services import effective_policy, render_policy
+from subscriptions.models import Product
 
 from ..filtersets import APIFilterSet, OperationFilterSet
 from ..models import API, Operation
@@ -52,6 +56,13 @@ class APIViewSet(PolicyActionMixin, ConfigurationViewSet):
 #
 
 API_NAME_PARAMETER = OpenApiParameter("api_name", OpenApiTypes.STR, OpenApiParameter.PATH, description="API name")
+PRODUCT_PARAMETER = OpenApiParameter(
+    "product",
+    OpenApiTypes.STR,
+    OpenApiParameter.QUERY,
+    description="Product context (a product containing the API); without it, no product policy applies.",
+)
+ERR_PRODUCT = "Product {!r} does not exist or does not contain API {!r}."
 
 
 @extend_schema_view(
@@ -62,6 +73,16 @@ API_NAME_PARAMETER = OpenApiParameter("api_name", OpenApiTypes.STR, OpenApiParam
     partial_update=extend_schema(parameters=[API_NAME_PARAMETER]),
     destroy=extend_schema(parameters=[API_NAME_PARAMETER]),
     policy=extend_schema(parameters=[API_NAME_PARAMETER]),
+    effective_policy=extend_schema(
+        parameters=[API_NAME_PARAMETER, PRODUCT_PARAMETER, FORMAT_PARAMETER],
+        responses=PolicySerializer,
+        summary="Calculate the effective policy (all scopes, <base/> expanded)",
+        description=(
+            "The document that runs for this operation: the global, product (with `?product=`), API and operation "
+            "documents merged, each `<base/>` replaced by the parent scope's section, as APIM's "
+            '"Calculate effective policy" shows it. Read-only.'
+        ),
+    ),
 )
 class OperationViewSet(PolicyActionMixin, ConfigurationViewSet):
     """Operations of the API named in the URL: `apis/{api_name}/operations/`."""
@@ -89,3 +110,21 @@ class OperationViewSet(PolicyActionMixin, ConfigurationViewSet):
 
     def perform_create(self, serializer):
         serializer.save(api=self.get_api())
+
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path="effective-policy",
+        serializer_class=PolicySerializer,
+        filterset_class=None,
+        content_negotiation_class=PolicyContentNegotiation,
+    )
+    def effective_policy(self, request, *args, **kwargs):
+        operation = self.get_object()
+        format = policy_format(request)
+        product = None
+        if name := request.query_params.get("product"):
+            product = Product.objects.filter(name=name, apis=operation.api).first()
+            if product is None:
+                raise ValidationError({"product": [ERR_PRODUCT.format(name, operation.api.name)]})
+        return Response({"format": format, "value": render_policy(effective_policy(operation, product), format)})

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .base import Attr, BindEnv, Policy, Section, register
-from .values import Value
+from .errors import PolicyError
+from .values import ExpressionRuntimeError, Value
 from .xml import Element
 
 if TYPE_CHECKING:
@@ -15,21 +16,29 @@ if TYPE_CHECKING:
 
 __all__ = ("ForwardRequest", "SetBackendService")
 
+_MAX_URL_TARGETS = 256  # distinct URLs from a base-url expression kept per statement (each has an upstream origin)
+
 
 @register
 class SetBackendService(Policy):
-    """``<set-backend-service backend-id="…"/>`` or ``<set-backend-service base-url="…"/>`` (exactly one)."""
+    """``<set-backend-service backend-id="…"/>`` or ``<set-backend-service base-url="…"/>`` (exactly one).
+
+    A literal id or URL is resolved when the snapshot loads; an expression is resolved per request against the
+    same snapshot's backends (an unknown id or a bad URL is then an ``ExpressionValueEvaluationFailure``).
+    """
 
     name = "set-backend-service"
     sections = frozenset({Section.INBOUND, Section.BACKEND})
     attributes = {"backend-id": Attr(), "base-url": Attr()}
-    __slots__ = ("backend_id", "base_url", "target")
+    __slots__ = ("backend_id", "base_url", "env", "target", "url_targets")
 
     def __init__(self, backend_id: Value | None, base_url: Value | None) -> None:
         super().__init__()
         self.backend_id = backend_id
         self.base_url = base_url
         self.target: BackendTarget | None = None
+        self.env: BindEnv | None = None
+        self.url_targets: dict[str, BackendTarget] = {}
 
     @classmethod
     def from_element(cls, el: Element) -> SetBackendService:
@@ -37,25 +46,53 @@ class SetBackendService(Policy):
         backend_id, base_url = attrs.get("backend-id"), attrs.get("base-url")
         if (backend_id is None) == (base_url is None):
             raise el.error("<set-backend-service>: exactly one of 'backend-id' or 'base-url' is required")
-        if base_url is not None and not base_url.literal.startswith(("http://", "https://")):
+        if base_url is not None and base_url.is_literal and not base_url.literal.startswith(("http://", "https://")):
             raise el.error(f"<set-backend-service>: 'base-url' must be an http(s) URL, got {base_url.literal!r}")
         return cls(backend_id, base_url)
 
     def bind(self, env: BindEnv) -> None:
         if self.backend_id is not None:
-            self.target = env.backend(self.backend_id.literal)
+            if self.backend_id.is_literal:
+                self.target = env.backend(self.backend_id.literal)
+            else:
+                self.env = env
         elif self.base_url is not None:
-            self.target = env.target_for_url(self.base_url.literal)
+            if self.base_url.is_literal:
+                self.target = env.target_for_url(self.base_url.literal)
+            else:
+                self.env = env
+
+    def _resolve(self, ctx: RequestContext) -> BackendTarget | None:
+        env = self.env
+        if env is None:  # not bound (validation only)
+            return None
+        try:
+            if self.backend_id is not None:
+                return env.backend(self.backend_id.evaluate(ctx))
+            assert self.base_url is not None
+            url = self.base_url.evaluate(ctx)
+            target = self.url_targets.get(url)
+            if target is None:
+                if not url.startswith(("http://", "https://")):
+                    raise ExpressionRuntimeError(f"'base-url' must be an http(s) URL, got {url!r}.")
+                target = env.target_for_url(url)
+                if len(self.url_targets) < _MAX_URL_TARGETS:
+                    self.url_targets[url] = target
+            return target
+        except PolicyError as exc:
+            raise ExpressionRuntimeError(exc.message) from None
 
     async def apply(self, ctx: RequestContext) -> Response | None:
-        if self.target is not None:
-            ctx.backend = self.target
+        target = self.target if self.target is not None else self._resolve(ctx)
+        if target is not None:
+            ctx.backend = target
         return None
 
     def trace_details(self, ctx: RequestContext) -> dict[str, Any] | None:
+        backend = ctx.backend
         if self.backend_id is not None:
-            return {"backend-id": self.backend_id.literal}
-        return {"base-url": self.base_url.literal if self.base_url is not None else None}
+            return {"backend-id": backend.name if backend is not None else self.backend_id.source}
+        return {"base-url": backend.url if backend is not None else self.base_url.source if self.base_url else None}
 
 
 @register
@@ -64,29 +101,35 @@ class ForwardRequest(Policy):
 
     name = "forward-request"
     sections = frozenset({Section.BACKEND})
-    attributes = {"timeout": Attr(), "buffer-response": Attr(choices=("true", "false"))}
-    __slots__ = ("timeout",)
+    attributes = {"timeout": Attr(), "buffer-response": Attr(choices=("true", "false"), expressions=False)}
+    __slots__ = ("timeout", "timeout_value")
 
-    def __init__(self, timeout: float | None) -> None:
+    def __init__(self, timeout: float | None, timeout_value: Value | None = None) -> None:
         super().__init__()
         self.timeout = timeout
+        self.timeout_value = timeout_value  # an expression, evaluated per request
 
     @classmethod
     def from_element(cls, el: Element) -> ForwardRequest:
         attrs = cls.check_element(el)
-        timeout: float | None = None
-        if "timeout" in attrs:
-            text = attrs["timeout"].literal.strip()
-            try:
-                timeout = float(text)
-            except ValueError:
-                timeout = -1.0
-            if not timeout > 0 or timeout != timeout or timeout == float("inf"):
-                raise el.error(f"<forward-request>: 'timeout' must be a positive number of seconds, got {text!r}")
+        value = attrs.get("timeout")
+        if value is None:
+            return cls(None)
+        if not value.is_literal:
+            return cls(None, value)
+        timeout = _seconds(value.literal)
+        if timeout is None:
+            raise el.error(f"<forward-request>: 'timeout' must be a positive number of seconds, got {value.literal!r}")
         return cls(timeout)
 
     async def apply(self, ctx: RequestContext) -> Response | None:
-        await ctx.services.forward(ctx, self.timeout)
+        timeout = self.timeout
+        if self.timeout_value is not None:
+            text = self.timeout_value.evaluate(ctx)
+            timeout = _seconds(text)
+            if timeout is None:
+                raise ExpressionRuntimeError(f"'timeout' must be a positive number of seconds, got {text!r}.")
+        await ctx.services.forward(ctx, timeout)
         return None
 
     def trace_details(self, ctx: RequestContext) -> dict[str, Any] | None:
@@ -97,3 +140,13 @@ class ForwardRequest(Policy):
         if ctx.response is not None:
             details["status"] = ctx.response.status
         return details
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        timeout = float(text.strip())
+    except ValueError:
+        return None
+    if not timeout > 0 or timeout == float("inf"):  # also refuses NaN
+        return None
+    return timeout

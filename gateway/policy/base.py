@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from .values import Value, parse_value
+from .values import Locate, Value, parse_value
 from .xml import Element
 
 if TYPE_CHECKING:
@@ -20,12 +20,16 @@ __all__ = (
     "Attr",
     "Base",
     "BindEnv",
+    "ParseChild",
     "Policy",
     "Scope",
     "Section",
+    "check_element",
     "get_policy_class",
     "policy_names",
     "register",
+    "text_value",
+    "walk",
 )
 
 
@@ -54,6 +58,7 @@ class Attr:
     required: bool = False
     choices: tuple[str, ...] | None = None
     default: str | None = None
+    expressions: bool = True  # False: "policy expressions aren't allowed" for this attribute
 
 
 class BindEnv(Protocol):
@@ -85,10 +90,14 @@ class Policy:
     # Flags the pipeline and forwarder can check before buffering (httpx ``Auth`` style).
     requires_request_body: ClassVar[bool] = False
     requires_response_body: ClassVar[bool] = False
+    # Control-flow statements: the pipeline runs ``select(ctx)``'s steps in place of ``apply``.
+    is_control: ClassVar[bool] = False
 
-    __slots__ = ("column", "line", "policy_id", "scope", "section")
+    __slots__ = ("column", "line", "policy_id", "scope", "section", "uses")
 
     def __init__(self) -> None:
+        # what this statement's expressions read: "body", "response", "response_body" (set by the document parser)
+        self.uses: frozenset[str] = frozenset()
         self.policy_id: str | None = None
         self.line: int | None = None
         self.column: int | None = None
@@ -99,6 +108,20 @@ class Policy:
     def from_element(cls, el: Element) -> Policy:
         """Validate ``el`` and build the policy. Raises PolicyError (with position) on anything wrong."""
         raise NotImplementedError(f"{cls.__name__}.from_element() must be overridden")
+
+    @classmethod
+    def build(cls, el: Element, parse_child: ParseChild) -> Policy:
+        """Build from ``el`` inside a document. Policies that hold other policies (``choose``) override this and
+        compile their nested statements with ``parse_child``, which applies the section and scope rules."""
+        return cls.from_element(el)
+
+    def substeps(self) -> Iterable[Policy]:
+        """Policies nested in this one (``choose`` branches), for walks over a pipeline."""
+        return ()
+
+    def select(self, ctx: RequestContext) -> tuple[str, tuple[Policy, ...]]:
+        """Control steps (``is_control``): the label and the steps of the branch to run for this request."""
+        raise NotImplementedError(f"{type(self).__name__} is not a control step")
 
     def bind(self, env: BindEnv) -> None:
         """Resolve references (backend ids, URLs) when the snapshot loads. Default: nothing to resolve."""
@@ -136,6 +159,23 @@ class Policy:
         return f"<{type(self).__name__} {self.name} line={self.line}>"
 
 
+ParseChild = Callable[[Element], "Policy"]
+"""Compiles one nested policy element with the rules of the enclosing section and scope."""
+
+
+def _locate(el: Element, attr: str | None) -> Locate:
+    return lambda offset: el.value_position(attr, offset)
+
+
+def text_value(el: Element, where: str | None = None, *, expressions: bool = True) -> Value:
+    """The text of a text-only child such as ``<value>`` as a Value (an expression error points inside it)."""
+    if el.attrs:
+        raise el.error(f"<{el.tag}> takes no attributes")
+    if el.children:
+        raise el.children[0].error(f"<{el.tag}> must contain text only")
+    return parse_value(el.text, where=where or f"<{el.tag}>", locate=_locate(el, None), expressions=expressions)
+
+
 def check_element(
     el: Element, attributes: Mapping[str, Attr], children: Iterable[str], text_allowed: bool
 ) -> dict[str, Value]:
@@ -152,7 +192,14 @@ def check_element(
             if spec.default is None:
                 continue
             raw = spec.default
-        value = parse_value(raw, where=f"<{el.tag}> attribute '{attr_name}'", line=el.line, column=el.column)
+        value = parse_value(
+            raw,
+            where=f"<{el.tag}> attribute '{attr_name}'",
+            line=el.line,
+            column=el.column,
+            locate=_locate(el, attr_name),
+            expressions=spec.expressions,
+        )
         if spec.choices is not None and value.is_literal and value.literal not in spec.choices:
             raise el.error(f"<{el.tag}>: attribute '{attr_name}' must be one of {', '.join(spec.choices)}, got {raw!r}")
         values[attr_name] = value
@@ -198,6 +245,13 @@ def get_policy_class(name: str) -> type[Policy]:
 
 def policy_names() -> tuple[str, ...]:
     return tuple(sorted(_POLICIES))
+
+
+def walk(steps: Iterable[Policy]) -> Iterable[Policy]:
+    """Every policy of ``steps`` and, depth first, the policies nested in them."""
+    for step in steps:
+        yield step
+        yield from walk(step.substeps())
 
 
 @register

@@ -9,26 +9,40 @@ parent's effective section unchanged (as if the section were ``<base/>``); an *e
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
+from xml.sax.saxutils import escape
 
 from .base import Base, Policy, Scope, Section, get_policy_class
-from .xml import Element, parse_xml
+from .catalog import ALIASES, rejection
+from .errors import PolicyError
+from .rawxml import rawxml_source
+from .values import collect_expressions
+from .xml import Element, OffsetMap, Source, normalize_newlines, parse_xml
 
 __all__ = (
+    "FORMATS",
     "SCOPE_ORDER",
     "SECTION_ORDER",
     "PolicyDocument",
     "effective_document",
     "merge_sections",
     "parse_document",
+    "parse_tree",
+    "policy_class",
     "validate_document",
 )
 
 SECTION_ORDER = (Section.INBOUND, Section.BACKEND, Section.OUTBOUND, Section.ON_ERROR)
 SCOPE_ORDER = (Scope.GLOBAL, Scope.PRODUCT, Scope.API, Scope.OPERATION)
 _SECTION_NAMES = frozenset(s.value for s in Section)
+FORMATS = ("xml", "rawxml")
+# the syntax of gateway.snapshot's substitution: {{name}}, the name without spaces
+NAMED_VALUE_RE = re.compile(r"\{\{([A-Za-z0-9\-._]+)\}\}")
+_XML_QUOTES = {'"': "&quot;", "'": "&apos;"}
+_USES = {"body": "uses_body", "response": "uses_response", "response_body": "uses_response_body"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +64,51 @@ def _scope(scope: str | Scope) -> Scope:
         raise ValueError(f"unknown policy scope {scope!r} (expected one of: global, product, api, operation)") from None
 
 
-def parse_document(text: str, scope: str | Scope) -> PolicyDocument:
+def parse_tree(text: str, format: str = "xml", named_values: Mapping[str, str] | None = None) -> Element:
+    """The element tree of a document in ``format`` (``xml`` or ``rawxml``); positions are in ``text``.
+
+    ``named_values`` substitutes ``{{name}}`` references first (XML-escaped, as a gateway does when it loads the
+    document); unknown names stay as written. Positions inside a substituted value point at its reference.
+    """
+    if not isinstance(text, str):
+        raise PolicyError("policy document must be a string")
+    if format == "xml":
+        source = Source(normalize_newlines(text))
+    elif format == "rawxml":
+        source = rawxml_source(text)
+    else:
+        raise ValueError(f"unknown policy format {format!r} (expected one of: {', '.join(FORMATS)})")
+    if named_values:
+        source = _substitute(source, named_values)
+    return parse_xml(source.text, source)
+
+
+def _substitute(source: Source, values: Mapping[str, str]) -> Source:
+    text, pieces, edits = source.text, [], OffsetMap()
+    position = size = 0
+    for match in NAMED_VALUE_RE.finditer(text):
+        value = values.get(match.group(1))
+        if value is None:
+            continue
+        replacement = escape(value, _XML_QUOTES)
+        pieces.append(text[position : match.start()])
+        size += match.start() - position
+        edits.add(size, match.start(), len(replacement), match.end() - match.start())
+        pieces.append(replacement)
+        size += len(replacement)
+        position = match.end()
+    if not edits:
+        return source
+    pieces.append(text[position:])
+    return source.edited("".join(pieces), edits)
+
+
+def parse_document(
+    text: str, scope: str | Scope, format: str = "xml", named_values: Mapping[str, str] | None = None
+) -> PolicyDocument:
     """Parse and validate a policy document of ``scope``; raises PolicyError with line/column."""
     scope = _scope(scope)
-    root = parse_xml(text)
+    root = parse_tree(text, format, named_values)
     if root.tag != "policies":
         raise root.error(f"the root element must be <policies>, not <{root.tag}>")
     if root.attrs:
@@ -79,25 +134,42 @@ def parse_document(text: str, scope: str | Scope) -> PolicyDocument:
     return PolicyDocument(scope, root, sections)
 
 
-def _parse_policy(el: Element, section: Section, scope: Scope) -> Policy:
-    try:
-        cls = get_policy_class(el.tag)
-    except LookupError:
-        raise el.error(f"unknown policy <{el.tag}>") from None
+def policy_class(name: str) -> type[Policy] | None:
+    """The registered class of a policy element name (or of its APIM alias), None when there is none."""
+    for candidate in (name, ALIASES.get(name)):
+        if candidate is not None:
+            try:
+                return get_policy_class(candidate)
+            except LookupError:
+                pass
+    return None
+
+
+def _parse_policy(el: Element, section: Section, scope: Scope, nested: bool = False) -> Policy:
+    cls = policy_class(el.tag)
+    if cls is None:
+        raise el.error(rejection(el.tag))
+    if nested and cls is Base:
+        raise el.error("<base /> may only appear directly in a section, not inside another policy")
     if section not in cls.sections:
         allowed = ", ".join(s.value for s in SECTION_ORDER if s in cls.sections)
         raise el.error(f"<{el.tag}> is not allowed in the {section.value} section (allowed: {allowed})")
     if scope not in cls.scopes:
         allowed = ", ".join(s.value for s in SCOPE_ORDER if s in cls.scopes)
         raise el.error(f"<{el.tag}> is not allowed at {scope.value} scope (allowed: {allowed})")
-    policy = cls.from_element(el)
+    with collect_expressions() as expressions:
+        policy = cls.build(el, lambda child: _parse_policy(child, section, scope, nested=True))
     policy.locate(el, section, scope)
+    if expressions:
+        policy.uses = frozenset(use for e in expressions for use in _USES if getattr(e.compiled, _USES[use], False))
     return policy
 
 
-def validate_document(text: str, scope: str | Scope) -> None:
+def validate_document(
+    text: str, scope: str | Scope, format: str = "xml", named_values: Mapping[str, str] | None = None
+) -> None:
     """Raise PolicyError if ``text`` is not a valid policy document for ``scope``."""
-    parse_document(text, scope)
+    parse_document(text, scope, format, named_values)
 
 
 #

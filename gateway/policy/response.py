@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.context import ResponseHead
 
-from .base import Attr, Policy, Section, register
+from .base import Attr, Policy, Section, register, text_value
 from .headers import SetHeader
-from .values import Value, parse_value
+from .values import ExpressionRuntimeError, Value
 from .xml import Element
 
 if TYPE_CHECKING:
@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 __all__ = ("ReturnResponse", "SetStatus")
 
 
-def _status_code(value: Value, el: Element) -> int:
-    text = value.literal.strip()
+def _status_code(text: str) -> int | None:
+    text = text.strip()
     if not text.isdigit() or not 100 <= int(text) <= 599:
-        raise el.error(f"<{el.tag}>: attribute 'code' must be an HTTP status code (100-599), got {value.literal!r}")
+        return None
     return int(text)
 
 
@@ -33,6 +33,10 @@ def _default_reason(code: int) -> str:
         return ""
 
 
+def _bad_reason(reason: str) -> bool:
+    return any(c in reason for c in "\r\n\x00")
+
+
 @register
 class SetStatus(Policy):
     """``<set-status code="401" reason="Unauthorized"/>``: changes the status of the response being built."""
@@ -40,67 +44,109 @@ class SetStatus(Policy):
     name = "set-status"
     sections = frozenset({Section.INBOUND, Section.BACKEND, Section.OUTBOUND, Section.ON_ERROR})
     attributes = {"code": Attr(required=True), "reason": Attr()}
-    __slots__ = ("code", "reason")
+    __slots__ = ("code", "code_value", "reason", "reason_value")
 
-    def __init__(self, code: int, reason: bytes) -> None:
+    def __init__(self, code: Value, reason: Value | None, el: Element) -> None:
         super().__init__()
-        self.code = code
-        self.reason = reason
+        self.code_value = code
+        self.reason_value = reason
+        # literal fast path; None when evaluated per request
+        self.code: int | None = None
+        self.reason: bytes | None = None
+        if code.is_literal:
+            self.code = _status_code(code.literal)
+            if self.code is None:
+                raise el.error(
+                    f"<{el.tag}>: attribute 'code' must be an HTTP status code (100-599), got {code.literal!r}"
+                )
+        if reason is not None and reason.is_literal:
+            if _bad_reason(reason.literal):
+                raise el.error("<set-status>: 'reason' must not contain CR, LF or NUL")
+            self.reason = reason.literal.encode("utf-8")
+        elif reason is None and self.code is not None:
+            self.reason = _default_reason(self.code).encode("utf-8")
 
     @classmethod
     def from_element(cls, el: Element) -> SetStatus:
         attrs = cls.check_element(el)
-        code = _status_code(attrs["code"], el)
-        reason = attrs["reason"].literal if "reason" in attrs else _default_reason(code)
-        if any(c in reason for c in "\r\n\x00"):
-            raise el.error("<set-status>: 'reason' must not contain CR, LF or NUL")
-        return cls(code, reason.encode("utf-8"))
+        return cls(attrs["code"], attrs.get("reason"), el)
+
+    def resolve(self, ctx: RequestContext | None) -> tuple[int, bytes]:
+        """The (code, reason) for one request."""
+        code, reason = self.code, self.reason
+        if code is not None and reason is not None:
+            return code, reason
+        assert ctx is not None, "a statement with expressions needs the request context"
+        if code is None:
+            text = self.code_value.evaluate(ctx)
+            code = _status_code(text)
+            if code is None:
+                raise ExpressionRuntimeError(f"The status code must be an integer from 100 to 599, got {text!r}.")
+        if reason is None:
+            if self.reason_value is None:
+                return code, _default_reason(code).encode("utf-8")
+            text = self.reason_value.evaluate(ctx)
+            if _bad_reason(text):
+                raise ExpressionRuntimeError("The status reason must not contain CR, LF or NUL.")
+            reason = text.encode("utf-8")
+        return code, reason
 
     async def apply(self, ctx: RequestContext) -> Response | None:
+        code, reason = self.resolve(ctx)
         if ctx.response is None:
-            ctx.response = ResponseHead(self.code, [], self.reason)
+            ctx.response = ResponseHead(code, [], reason)
         else:
-            ctx.response.status = self.code
-            ctx.response.reason = self.reason
+            ctx.response.status = code
+            ctx.response.reason = reason
         return None
 
     def trace_details(self, ctx: RequestContext) -> dict[str, Any] | None:
-        return {"code": self.code}
+        return {"code": self.code if self.code is not None else self.code_value.source}
 
 
 @register
 class ReturnResponse(Policy):
-    """``<return-response>``: optional ``<set-status/>``, ``<set-header/>``s and ``<set-body>``; ends the request."""
+    """``<return-response>``: optional ``<set-status/>``, ``<set-header/>``s and ``<set-body>``; ends the request.
+
+    Everything literal is built once; a status, header or body given by an expression is evaluated per request.
+    """
 
     name = "return-response"
     sections = frozenset({Section.INBOUND, Section.BACKEND, Section.OUTBOUND, Section.ON_ERROR})
-    attributes = {"response-variable-name": Attr()}
+    attributes = {"response-variable-name": Attr(expressions=False)}
     children = frozenset({"set-status", "set-header", "set-body"})
-    __slots__ = ("body", "headers", "status", "variable")
+    __slots__ = ("body", "body_value", "dynamic_headers", "headers", "set_status", "status", "variable")
 
-    def __init__(self, status: int, headers: tuple[SetHeader, ...], body: bytes, variable: str | None) -> None:
+    def __init__(
+        self, status: SetStatus | None, headers: tuple[SetHeader, ...], body: Value | None, variable: str | None
+    ) -> None:
         super().__init__()
-        self.status = status
+        self.set_status = status
         self.variable = variable
-        self.body = body
+        self.body_value = body
+        self.status: int | None = 200 if status is None else status.code
+        self.body: bytes | None = b"" if body is None else body.literal.encode("utf-8") if body.is_literal else None
+        # literal headers applied once; if any header statement has an expression, all are applied per request
+        self.dynamic_headers = any(not h.is_literal for h in headers)
         built: list[tuple[bytes, bytes]] = []
-        for statement in headers:
-            statement.apply_to(built)
-        self.headers = tuple(built)
+        if not self.dynamic_headers:
+            for statement in headers:
+                statement.apply_to(built)
+        self.headers: tuple[tuple[bytes, bytes], ...] | tuple[SetHeader, ...] = (
+            headers if self.dynamic_headers else tuple(built)
+        )
 
     @classmethod
     def from_element(cls, el: Element) -> ReturnResponse:
         attrs = cls.check_element(el)
-        status = 200
+        status: SetStatus | None = None
         headers: list[SetHeader] = []
-        body: bytes | None = None
-        seen_status = False
+        body: Value | None = None
         for child in el.children:
             if child.tag == "set-status":
-                if seen_status:
+                if status is not None:
                     raise child.error("<return-response> takes at most one <set-status>")
-                seen_status = True
-                status = SetStatus.from_element(child).code
+                status = SetStatus.from_element(child)
             elif child.tag == "set-header":
                 headers.append(SetHeader.from_element(child))
             else:
@@ -108,18 +154,29 @@ class ReturnResponse(Policy):
                     raise child.error("<return-response> takes at most one <set-body>")
                 if child.attrs:
                     raise child.error("<set-body> attributes are not supported yet")
-                if child.children:
-                    raise child.error("<set-body> must contain text only")
-                body = parse_value(child.text, where="<set-body>", line=child.line, column=child.column).literal.encode(
-                    "utf-8"
-                )
+                body = text_value(child)
         variable = attrs["response-variable-name"].literal if "response-variable-name" in attrs else None
-        return cls(status, tuple(headers), body or b"", variable)
+        return cls(status, tuple(headers), body, variable)
 
     async def apply(self, ctx: RequestContext) -> Response | None:
         from gateway.http.server import Response
 
-        return Response(self.status, list(self.headers), self.body)
+        status = self.status
+        if status is None:
+            assert self.set_status is not None
+            status = self.set_status.resolve(ctx)[0]
+        if self.dynamic_headers:
+            headers: list[tuple[bytes, bytes]] = []
+            for statement in self.headers:
+                assert isinstance(statement, SetHeader)
+                statement.apply_to(headers, ctx)
+        else:
+            headers = list(self.headers)  # type: ignore[arg-type]
+        body = self.body
+        if body is None:
+            assert self.body_value is not None
+            body = self.body_value.evaluate(ctx).encode("utf-8")
+        return Response(status, headers, body)
 
     def trace_details(self, ctx: RequestContext) -> dict[str, Any] | None:
-        return {"status": self.status}
+        return {"status": self.status if self.status is not None else "expression"}

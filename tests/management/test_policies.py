@@ -120,7 +120,7 @@ def test_xml_bombs_are_refused(api_client, scopes, bomb):
 
 
 def test_unknown_format_and_unknown_field_are_400(api_client, scopes):
-    assert "format" in api_client.put(scopes["api"], {"format": "rawxml", "value": DOCUMENT}).json()
+    assert "format" in api_client.put(scopes["api"], {"format": "xml-link", "value": DOCUMENT}).json()
     assert api_client.put(scopes["api"], {"value": DOCUMENT, "extra": 1}).json() == {"extra": ["Unknown field."]}
     assert "value" in api_client.put(scopes["api"], {}).json()
     assert not Policy.objects.exists()

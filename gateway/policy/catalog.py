@@ -1,0 +1,127 @@
+"""The APIM policy catalog: where every policy Sluice knows of may be used, and what is said about the rest.
+
+Each registered policy class declares its own usage (``sections``/``scopes``); this table records the usage of every
+APIM policy name from apim-spec §2-§3 and of other common APIM policies, so that a document copied from APIM gets
+"not supported by Sluice yet" rather than "unknown policy" for a real policy we do not implement, and a policy that
+cannot work outside Azure gets a message saying so. ``ALIASES`` maps APIM's other names of a policy to the
+registered one (used only when that other name is not registered itself).
+
+``on-error`` admits exactly the policies apim-spec §2.3 lists (plus ``base`` and ``include-fragment``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from .base import ALL_SCOPES, Scope, Section
+
+__all__ = ("ALIASES", "CATALOG", "MSG_MANAGED_IDENTITY", "MSG_NOT_SUPPORTED", "MSG_UNKNOWN", "Usage", "rejection")
+
+MSG_UNKNOWN: Final = "unknown policy <{name}>"
+MSG_NOT_SUPPORTED: Final = "policy <{name}> is not supported by Sluice yet"
+MSG_MANAGED_IDENTITY: Final = (
+    "policy <authentication-managed-identity> cannot work outside Azure: a self-hosted gateway has no managed "
+    "identity to get a token from. Keep the backend's key or token in a secret named value and send it with "
+    '<set-header name="Authorization" exists-action="override"><value>Bearer {{my-token}}</value></set-header> '
+    '(or "api-key"), or put it in the backend\'s credentials and use <set-backend-service backend-id="..."/>'
+)
+
+IN, BE, OUT, ERR = Section.INBOUND, Section.BACKEND, Section.OUTBOUND, Section.ON_ERROR
+_ALL = frozenset(Section)
+_NOT_GLOBAL = frozenset({Scope.PRODUCT, Scope.API, Scope.OPERATION})
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Where a policy may appear (APIM's "Usage" block; workspaces are not modelled)."""
+
+    sections: frozenset[Section]
+    scopes: frozenset[Scope] = ALL_SCOPES
+    message: str = MSG_NOT_SUPPORTED
+
+
+def _u(*sections: Section, scopes: frozenset[Scope] = ALL_SCOPES, message: str = MSG_NOT_SUPPORTED) -> Usage:
+    return Usage(frozenset(sections), scopes, message)
+
+
+CATALOG: Final[dict[str, Usage]] = {
+    # document structure, control flow and variables (apim-spec §2, the on-error list of §2.3)
+    "base": _u(*_ALL),
+    "include-fragment": _u(*_ALL),
+    "choose": _u(*_ALL),
+    "set-variable": _u(*_ALL),
+    "return-response": _u(*_ALL),
+    "set-status": _u(*_ALL),
+    "set-header": _u(*_ALL),
+    "set-method": _u(IN, ERR),
+    "find-and-replace": _u(*_ALL),
+    "send-request": _u(*_ALL),
+    "send-one-way-request": _u(*_ALL),
+    "log-to-eventhub": _u(*_ALL),
+    "json-to-xml": _u(IN, OUT, ERR),
+    "xml-to-json": _u(IN, OUT, ERR),
+    "limit-concurrency": _u(*_ALL),
+    "mock-response": _u(IN, OUT, ERR),
+    "retry": _u(*_ALL),
+    "trace": _u(*_ALL),
+    "wait": _u(IN, BE, OUT),
+    # routing and transformation (§3.5-§3.7)
+    "set-backend-service": _u(IN, BE),
+    "forward-request": _u(BE),
+    "set-query-parameter": _u(IN, BE),
+    "set-body": _u(IN, BE, OUT),
+    "rewrite-uri": _u(IN, scopes=_NOT_GLOBAL),
+    "cors": _u(IN),
+    "redirect-content-urls": _u(IN, OUT),
+    "xsl-transform": _u(IN, OUT),
+    # AI gateway (§3.1-§3.4)
+    "llm-token-limit": _u(IN),
+    "llm-emit-token-metric": _u(IN),
+    "llm-semantic-cache-lookup": _u(IN),
+    "llm-semantic-cache-store": _u(OUT),
+    "llm-content-safety": _u(IN, OUT, scopes=frozenset({Scope.GLOBAL, Scope.PRODUCT, Scope.API})),
+    "azure-openai-token-limit": _u(IN),
+    "azure-openai-emit-token-metric": _u(IN),
+    "azure-openai-semantic-cache-lookup": _u(IN),
+    "azure-openai-semantic-cache-store": _u(OUT),
+    # access restriction and authentication (§3.7-§3.8, §2.3)
+    "rate-limit": _u(IN, scopes=_NOT_GLOBAL),
+    "rate-limit-by-key": _u(IN),
+    "quota": _u(IN, scopes=_NOT_GLOBAL),
+    "quota-by-key": _u(IN),
+    "ip-filter": _u(IN),
+    "check-header": _u(IN),
+    "validate-jwt": _u(IN),
+    "validate-azure-ad-token": _u(IN),
+    "validate-content": _u(IN, OUT),
+    "validate-parameters": _u(IN),
+    "validate-headers": _u(OUT),
+    "validate-status-code": _u(OUT),
+    "authentication-basic": _u(IN),
+    "authentication-certificate": _u(IN),
+    "authentication-managed-identity": _u(IN, message=MSG_MANAGED_IDENTITY),
+    "get-authorization-context": _u(IN),
+    # caching and metrics
+    "cache-lookup": _u(IN),
+    "cache-store": _u(OUT),
+    "cache-lookup-value": _u(IN, BE, OUT),
+    "cache-store-value": _u(IN, BE, OUT),
+    "cache-remove-value": _u(IN, BE, OUT),
+    "emit-metric": _u(IN, BE, OUT),
+}
+
+ALIASES: Final[dict[str, str]] = {
+    "azure-openai-token-limit": "llm-token-limit",
+    "azure-openai-emit-token-metric": "llm-emit-token-metric",
+    "azure-openai-semantic-cache-lookup": "llm-semantic-cache-lookup",
+    "azure-openai-semantic-cache-store": "llm-semantic-cache-store",
+}
+
+
+def rejection(name: str) -> str:
+    """Why an element that is not a registered policy is refused."""
+    usage = CATALOG.get(name)
+    if usage is None:
+        return MSG_UNKNOWN.replace("{name}", name)
+    return usage.message.replace("{name}", name)

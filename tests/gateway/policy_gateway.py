@@ -1,0 +1,119 @@
+"""A gateway with an Azure-OpenAI-shaped API for the policy-language tests (no sockets, injected clocks).
+
+API ``aoai`` at ``/aoai`` with ``POST /deployments/{deployment-id}/chat/completions`` and ``GET /models``, backends
+``openai-backend`` and ``premium-backend``; documents may be given in ``rawxml`` (``raw=True``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.app import TRACE_HEADER, create_app
+from gateway.config import GatewayConfig
+from gateway.limits import create_store
+from gateway.policy import rawxml_to_xml
+from gateway.snapshot import load_snapshot
+
+from .conftest import KEYS, TOKEN, api, base_snapshot, op
+from .fakes import FakePool, FakeUpstream, header, make_request
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "policies"
+KEY = (b"ocp-apim-subscription-key", KEYS["master"][0].encode())
+UPSTREAM = "http://127.0.0.1:9"
+START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def fixture(name: str) -> str:
+    """A fixture document as stored (``xml``): ``*.raw.xml`` files are converted from rawxml."""
+    text = (FIXTURES / name).read_text()
+    return rawxml_to_xml(text) if name.endswith(".raw.xml") else text
+
+
+class Clock:
+    """Epoch seconds that tests move by hand."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def snapshot(*, api_policy=None, op_policy=None, product_policy=None, global_policy=None, raw=False) -> dict:
+    convert = rawxml_to_xml if raw else (lambda text: text)
+    data = base_snapshot(UPSTREAM)
+    data["global_policy"] = convert(global_policy) if global_policy else None
+    data["backends"] += [
+        {"name": "openai-backend", "url": UPSTREAM + "/openai", "credentials_header": {"api-key": "k1"}},
+        {"name": "premium-backend", "url": UPSTREAM + "/premium", "credentials_header": {"api-key": "k2"}},
+    ]
+    operations = [
+        op("chat", "POST", "/deployments/{deployment-id}/chat/completions", convert(op_policy) if op_policy else None),
+        op("models", "GET", "/models"),
+    ]
+    data["apis"].append(
+        api(
+            "aoai",
+            "aoai",
+            UPSTREAM + "/base",
+            operations=operations,
+            policy=convert(api_policy) if api_policy else None,
+        )
+    )
+    data["products"].append(
+        {
+            "name": "gold",
+            "state": "published",
+            "subscription_required": True,
+            "apis": ["aoai"],
+            "policy": convert(product_policy) if product_policy else None,
+        }
+    )
+    return data
+
+
+class Gateway:
+    """The app, its fake upstream pool and its clock."""
+
+    def __init__(self, data: dict, respond=None, metrics=None, *, clock=None, store=None) -> None:
+        self.clock = clock or Clock()
+        self.pool = FakePool(respond=respond)
+        self.store = store or create_store("memory", clock=self.clock)
+        self.app = create_app(
+            GatewayConfig(gateway_token=TOKEN), pool=self.pool, token_store=self.store, metrics=metrics
+        )
+        self.app.snapshot = load_snapshot(data, gateway_token=TOKEN)
+
+    async def chat(self, deployment="gpt-4o", *, headers=(), query="", body=b"{}", client_ip="10.0.0.1", trace=False):
+        extra = [(TRACE_HEADER, TOKEN.encode())] if trace else []
+        request = make_request(
+            "POST", f"/aoai/deployments/{deployment}/chat/completions", query, [KEY, *headers, *extra], body, client_ip
+        )
+        return await self.app(request)
+
+    @property
+    def last_call(self):
+        return self.pool.calls[-1]
+
+
+def gateway(
+    respond=None, *, api_type: str = "passthrough", metrics=None, clock=None, store=None, **policies: Any
+) -> Gateway:
+    data = snapshot(**policies)
+    data["apis"][-1]["api_type"] = api_type
+    return Gateway(data, respond, metrics, clock=clock, store=store)
+
+
+def upstream(status=200, body=b'{"ok": true}', headers=None):
+    """A respond function for FakePool answering ``status`` with a JSON body."""
+    return lambda call: FakeUpstream(status=status, body=body, headers=headers)
+
+
+def trace_of(response) -> list[dict]:
+    return orjson.loads(header(response, TRACE_HEADER))
+
+
+__all__ = ("FIXTURES", "KEY", "START", "Clock", "Gateway", "fixture", "gateway", "header", "trace_of", "upstream")
