@@ -10,6 +10,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from rest_framework import serializers
+
+from gateway.limits.base import PERIODS
+from gateway.metrics import metric_prefix
+from gateway.policy.errors import PolicyError
+from gateway.policy.token_limit import MAX_TOKENS
+from gateway.policy.token_metric import BUILT_IN_DIMENSIONS
+from gateway.policy.values import is_expression, parse_value
+from gateway_admin.api.serializers import StrictFieldsMixin
+
 from .choices import APITypeChoices, HttpMethodChoices
 
 __all__ = (
@@ -17,9 +27,13 @@ __all__ = (
     "OPTIONAL_OPENAI_OPERATIONS",
     "POLICY_CONTRIBUTORS",
     "Element",
+    "EmitTokenMetric",
     "ImportContext",
     "OperationSpec",
     "PolicyContributor",
+    "TokenLimit",
+    "TokenLimitSerializer",
+    "TokenMetricsSerializer",
     "build_api_policy",
     "operation_specs",
 )
@@ -119,6 +133,120 @@ class SetBackendService(PolicyContributor):
 
 
 POLICY_CONTRIBUTORS: list[PolicyContributor] = [SetBackendService()]
+
+
+#
+# Token metrics (llm-emit-token-metric)
+#
+
+
+class TokenMetricsSerializer(StrictFieldsMixin, serializers.Serializer):
+    """`token_metrics`: count tokens in Prometheus counters labelled by built-in dimensions (apim-spec §3.2)."""
+
+    namespace = serializers.CharField(
+        max_length=200, required=False, help_text='Metric namespace (default "API Management"); no expressions.'
+    )
+    dimensions = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(BUILT_IN_DIMENSIONS)),
+        min_length=1,
+        help_text="Built-in dimensions, each a label of the token counters.",
+    )
+
+    def validate_namespace(self, value):
+        if is_expression(value):
+            raise serializers.ValidationError("Policy expressions are not allowed in the namespace.")
+        try:
+            metric_prefix(value)
+        except ValueError:
+            raise serializers.ValidationError("The namespace needs at least one letter or digit.") from None
+        return value
+
+    def validate_dimensions(self, value):
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise serializers.ValidationError(f"Dimensions must not repeat: {', '.join(repeated)}.")
+        return value
+
+
+class EmitTokenMetric(PolicyContributor):
+    """Adds `<llm-emit-token-metric>` with the chosen namespace and built-in dimensions."""
+
+    key = "token_metrics"
+    serializer_class = TokenMetricsSerializer
+
+    def inbound(self, block, context):
+        attrs = {"namespace": block["namespace"]} if block.get("namespace") else {}
+        dimensions = [Element("dimension", {"name": name}) for name in block["dimensions"]]
+        return [Element("llm-emit-token-metric", attrs, dimensions)]
+
+
+POLICY_CONTRIBUTORS.append(EmitTokenMetric())
+
+
+#
+# Token limit (llm-token-limit)
+#
+
+COUNTER_KEYS = {
+    # APIM's usual keys; the subscription one falls back to a shared "anonymous" counter on open APIs
+    "subscription": '@(context.Subscription?.Id ?? "anonymous")',
+    "ip": "@(context.Request.IpAddress)",
+}
+
+
+class TokenLimitSerializer(StrictFieldsMixin, serializers.Serializer):
+    """`token_limit`: tokens per minute and/or a token quota per period, per counter key (apim-spec §3.1)."""
+
+    counter_key = serializers.CharField(
+        max_length=1000,
+        default="subscription",
+        help_text='"subscription", "ip", or a policy expression such as @(context.Request.Headers.GetValueOrDefault'
+        '("x-team", "none")).',
+    )
+    tokens_per_minute = serializers.IntegerField(min_value=1, max_value=MAX_TOKENS, required=False)
+    token_quota = serializers.IntegerField(min_value=1, max_value=MAX_TOKENS, required=False)
+    token_quota_period = serializers.ChoiceField(choices=list(PERIODS), required=False)
+    estimate_prompt_tokens = serializers.BooleanField(default=True)
+
+    def validate_counter_key(self, value):
+        key = COUNTER_KEYS.get(value, value)
+        try:
+            parse_value(key, where="counter_key")
+        except PolicyError as exc:
+            raise serializers.ValidationError(exc.message) from None
+        return value
+
+    def validate(self, attrs):
+        quota, period = attrs.get("token_quota"), attrs.get("token_quota_period")
+        if (quota is None) != (period is None):
+            missing = "token_quota" if quota is None else "token_quota_period"
+            raise serializers.ValidationError({missing: ["Give token_quota and token_quota_period together."]})
+        if attrs.get("tokens_per_minute") is None and quota is None:
+            raise serializers.ValidationError(
+                {"tokens_per_minute": ["Give tokens_per_minute, or token_quota with token_quota_period, or both."]}
+            )
+        return attrs
+
+
+class TokenLimit(PolicyContributor):
+    """Adds `<llm-token-limit>` (attributes in the documented order)."""
+
+    key = "token_limit"
+    serializer_class = TokenLimitSerializer
+
+    def inbound(self, block, context):
+        counter = block.get("counter_key", "subscription")
+        attrs = {"counter-key": COUNTER_KEYS.get(counter, counter)}
+        if block.get("tokens_per_minute") is not None:
+            attrs["tokens-per-minute"] = str(block["tokens_per_minute"])
+        if block.get("token_quota") is not None:
+            attrs["token-quota"] = str(block["token_quota"])
+            attrs["token-quota-period"] = block["token_quota_period"]
+        attrs["estimate-prompt-tokens"] = "true" if block.get("estimate_prompt_tokens", True) else "false"
+        return [Element("llm-token-limit", attrs)]
+
+
+POLICY_CONTRIBUTORS.insert(1, TokenLimit())  # right after the backend: limit before anything else is done
 
 
 def build_api_policy(data: Mapping[str, Any], context: ImportContext) -> str:

@@ -1,7 +1,9 @@
 """``python -m gateway`` / ``sluice-gateway``: run the data plane on uvloop.
 
 With ``SLUICE_GATEWAY_WORKERS`` > 1 the process forks that many workers, each with its own event loop, poller
-and listening socket bound with SO_REUSEPORT (the kernel spreads connections across them).
+and listening socket bound with SO_REUSEPORT (the kernel spreads connections across them). Their metrics are then
+kept in prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, default ``gateway-metrics/`` next to
+the snapshot cache, emptied at start), so any worker's ``/metrics`` answers with the totals of all of them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import uvloop
 from gateway.app import create_app
 from gateway.config import ConfigError, GatewayConfig
 from gateway.http.server import ServerLimits, serve
+from gateway.metrics import MULTIPROC_ENV, Metrics, enable_multiprocess
 from gateway.sync import SnapshotSync
+from gateway.telemetry import UsageJournal
+from gateway.tokens import get_tokenizer
+from gateway.usage import make_sink
 
 __all__ = ("main", "run_worker")
 
@@ -27,7 +33,21 @@ logger = logging.getLogger("gateway")
 
 async def run_worker(config: GatewayConfig, *, reuse_port: bool = False) -> None:
     """Serve until SIGINT/SIGTERM: cache first, then poll the management plane."""
-    app = create_app(config)
+    metrics = Metrics(max_label_sets=config.metrics_max_label_sets)  # Gateway ID and Location come from config
+    sink = make_sink(
+        config.redis_url or None,
+        config.management_url,
+        config.gateway_token,
+        config.usage_spool_path,
+        stream=config.usage_stream,
+    )
+    await sink.start()  # replays what an earlier run left in the spool
+    journal = UsageJournal(config.usage_spool_path) if config.usage_journal else None
+    if journal is not None:
+        for record in journal.open():  # the records of a gateway that was killed on this spool path
+            sink.emit(record)
+        journal.start(sink)
+    app = create_app(config, metrics=metrics, usage_sink=sink, usage_journal=journal)
     sync = SnapshotSync(app)
     sync.load_cache()
     sync.start()
@@ -44,6 +64,9 @@ async def run_worker(config: GatewayConfig, *, reuse_port: bool = False) -> None
         server.close()
         await sync.stop()
         await app.aclose()
+        if journal is not None:
+            await journal.close(sink)
+        await sink.close()  # delivers or spools what is still buffered
         logger.info("gateway worker %s stopped", os.getpid())
 
 
@@ -52,6 +75,11 @@ def _run_one(config: GatewayConfig, reuse_port: bool) -> None:
 
 
 def _run_many(config: GatewayConfig) -> int:
+    metrics_dir = os.environ.get(MULTIPROC_ENV) or os.path.join(
+        os.path.dirname(config.snapshot_cache) or ".", "gateway-metrics"
+    )
+    enable_multiprocess(metrics_dir)  # before forking: every worker writes its values there
+    get_tokenizer()  # the BPE tables are loaded once and shared (copy-on-write) by the forked workers
     children: list[int] = []
     for _ in range(config.workers):
         pid = os.fork()

@@ -21,14 +21,22 @@ from gateway.http.client import UpstreamPool
 from gateway.http.headers import connection_options
 from gateway.http.server import Request, Response, StreamingResponse
 from gateway.ids import next_request_id
-from gateway.pipeline import JSON_HEADERS, error_body, error_response, run_pipeline
+from gateway.limits import TokenStore, create_store
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.metrics import Metrics
+from gateway.pipeline import JSON_HEADERS, Pipeline, error_body, error_response, run_pipeline
 from gateway.subscription import check_subscription, split_query_param
+from gateway.telemetry import Telemetry
+from gateway.tokens import get_tokenizer
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.model import Config
+    from gateway.telemetry import UsageJournal
+    from gateway.usage import UsageSink
 
-__all__ = ("HEALTH_PATH", "REQUEST_ID_HEADER", "TRACE_HEADER", "GatewayApp", "create_app")
+__all__ = ("HEALTH_PATH", "METRICS_PATH", "PUBLIC_METRICS_PATH", "REQUEST_ID_HEADER", "TRACE_HEADER", "GatewayApp",
+           "create_app")  # fmt: skip
 
 REQUEST_ID_HEADER = b"x-request-id"
 # Debug tracing: a request carrying this header with the gateway token gets the pipeline trace back as JSON in
@@ -36,25 +44,56 @@ REQUEST_ID_HEADER = b"x-request-id"
 TRACE_HEADER = b"x-sluice-trace"
 RESERVED_PREFIX = "/__sluice/"
 HEALTH_PATH = "/__sluice/health"
+# Prometheus exposition: always at METRICS_PATH; at PUBLIC_METRICS_PATH only when no operation matches the request.
+METRICS_PATH = "/__sluice/metrics"
+PUBLIC_METRICS_PATH = "/metrics"
 
 _BODY_404 = error_body(404, MSG_OPERATION_NOT_FOUND)
 _BODY_401 = {MSG_MISSING_KEY: error_body(401, MSG_MISSING_KEY), MSG_INVALID_KEY: error_body(401, MSG_INVALID_KEY)}
 _CONTENT_TYPE = JSON_HEADERS[0]
 _XFF = b"x-forwarded-for"
+_METRICS_HEADERS = ((b"content-type", METRICS_CONTENT_TYPE),)
+
+
+class _Services(Forwarder):
+    """The app's ``ctx.services``: the forwarder, plus the metrics policies record into and the counter store of
+    the limit policies (``limits``: gateway.limits, in memory or Redis)."""
+
+    __slots__ = ("limits", "metrics")
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        clock: Callable[[], float],
+        metrics: Metrics | None,
+        limits: TokenStore | None = None,
+    ) -> None:
+        super().__init__(pool, clock)
+        self.metrics = metrics
+        self.limits = limits
 
 
 class GatewayApp:
     """The request handler. ``snapshot`` is the Config being served (None until one is loaded)."""
 
-    __slots__ = ("_trace_token", "clock", "config", "forwarder", "pool", "snapshot")
+    __slots__ = ("_metrics_auth", "_trace_token", "clock", "config", "forwarder", "pool", "snapshot", "telemetry")
 
-    def __init__(self, config: GatewayConfig, pool: UpstreamPool, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        pool: UpstreamPool,
+        clock: Callable[[], float],
+        telemetry: Telemetry | None = None,
+        limits: TokenStore | None = None,
+    ) -> None:
         self.config = config
         self.pool = pool
         self.clock = clock
-        self.forwarder = Forwarder(pool, clock)
+        self.telemetry = telemetry
+        self.forwarder = _Services(pool, clock, telemetry.metrics if telemetry is not None else None, limits)
         self.snapshot: Config | None = None
         self._trace_token = config.gateway_token.encode("utf-8")
+        self._metrics_auth = b"Bearer " + config.metrics_token.encode("utf-8") if config.metrics_token else None
 
     @property
     def revision(self) -> int | None:
@@ -70,11 +109,20 @@ class GatewayApp:
         snapshot = self.snapshot
         path = request.path
         if path.startswith(RESERVED_PREFIX):
+            if path == METRICS_PATH:
+                return await self._metrics_response(request)
             return self._internal(path)
         if snapshot is None:
+            if path == PUBLIC_METRICS_PATH and request.method == "GET":
+                return await self._metrics_response(request)
             return error_response(503, MSG_NOT_CONFIGURED)
+        started = self.clock()
         match = snapshot.router.match(request.method, path)
         if match is None:
+            if path == PUBLIC_METRICS_PATH and request.method == "GET":
+                return await self._metrics_response(request)
+            if self.telemetry is not None:
+                self.telemetry.finish_early(request_id, None, "", 404, started)
             return Response(404, [_CONTENT_TYPE], _BODY_404)
         api = match.api
         query = request.query
@@ -88,6 +136,8 @@ class GatewayApp:
                 key = value.encode("utf-8") if value else None
             decision = check_subscription(api, key, snapshot.subscriptions)
             if isinstance(decision, str):
+                if self.telemetry is not None:
+                    self.telemetry.finish_early(request_id, api, match.operation.name, 401, started)
                 return Response(401, [_CONTENT_TYPE], _BODY_401[decision])
             access = decision
         else:
@@ -109,17 +159,45 @@ class GatewayApp:
             query=query,
             request_headers=headers,
             matched_parameters=match.params,
-            started=self.clock(),
+            started=started,
         )
         pipeline = match.operation.pipelines[product.name if product is not None else None]
         if trace_value is None:
-            return await run_pipeline(pipeline, ctx)
+            return await self._run(pipeline, ctx)
         if not hmac.compare_digest(trace_value, self._trace_token):
-            return await run_pipeline(pipeline, ctx)
+            return await self._run(pipeline, ctx)
         ctx.trace = []
-        response = await run_pipeline(pipeline, ctx)
+        response = await self._run(pipeline, ctx)
         response.headers.append((TRACE_HEADER, orjson.dumps(ctx.trace, default=str)))
         return response
+
+    async def _run(self, pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingResponse:
+        """Run the pipeline and record the request once it is over: after the policies' finish callbacks, before
+        the end of the response reaches the client (see gateway.telemetry)."""
+        telemetry = self.telemetry
+        if telemetry is None:
+            return await run_pipeline(pipeline, ctx)
+        try:
+            response = await run_pipeline(pipeline, ctx)
+        except BaseException:
+            telemetry.finish(ctx, False)
+            raise
+        if isinstance(response, StreamingResponse):
+            telemetry.wrap_stream(response, ctx)
+            return response
+        telemetry.finish(ctx, True)
+        return response
+
+    async def _metrics_response(self, request: Request) -> Response:
+        metrics = self.telemetry.metrics if self.telemetry is not None else None
+        if metrics is None:
+            return Response(404, [_CONTENT_TYPE], error_body(404, "Not found."))
+        auth = self._metrics_auth
+        if auth is not None:
+            given = request.header(b"authorization")
+            if given is None or not hmac.compare_digest(given, auth):
+                return Response(401, [_CONTENT_TYPE], error_body(401, "A metrics token is required."))
+        return Response(200, list(_METRICS_HEADERS), await metrics.exposition_async())
 
     def _internal(self, path: str) -> Response:
         if path == HEALTH_PATH:
@@ -135,6 +213,8 @@ class GatewayApp:
         return Response(404, [_CONTENT_TYPE], error_body(404, "Not found."))
 
     async def aclose(self) -> None:
+        if self.forwarder.limits is not None:
+            await self.forwarder.limits.aclose()
         await self.pool.close()
 
 
@@ -167,9 +247,41 @@ def _forward_headers(request: Request, drop: frozenset[bytes]) -> tuple[Headers,
 
 
 def create_app(
-    config: GatewayConfig, *, pool: UpstreamPool | None = None, clock: Callable[[], float] = time.monotonic
+    config: GatewayConfig,
+    *,
+    pool: UpstreamPool | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    metrics: Metrics | None = None,
+    usage_sink: UsageSink | None = None,
+    wall_clock: Callable[[], float] = time.time,
+    usage_journal: UsageJournal | None = None,
+    token_store: TokenStore | None = None,
 ) -> GatewayApp:
-    """Build the request handler; a default UpstreamPool is created from the config's timeouts."""
+    """Build the request handler; a default UpstreamPool is created from the config's timeouts.
+
+    ``metrics`` (with its own CollectorRegistry) enables request metrics, the token counters of
+    llm-emit-token-metric and the ``/metrics`` exposition. ``usage_sink`` receives a usage record for every request
+    that matched an operation, written first to ``usage_journal`` when given (sink and journal are started and
+    closed by the caller). Without either, both are off.
+    ``token_store`` holds the counters of the limit policies: by default Redis when ``config.redis_url`` is set
+    (shared by every replica), else in memory (per process).
+    """
     if pool is None:
         pool = UpstreamPool(connect_timeout=config.upstream_connect_timeout, read_timeout=config.upstream_read_timeout)
-    return GatewayApp(config, pool, clock)
+    telemetry = None
+    if metrics is not None:  # the values of the built-in dimensions "Gateway ID" and "Location"
+        metrics.gateway_id = metrics.gateway_id or config.gateway_id
+        metrics.location = metrics.location or config.region
+    if metrics is not None or usage_sink is not None:
+        telemetry = Telemetry(
+            metrics=metrics,
+            sink=usage_sink,
+            clock=clock,
+            wall_clock=wall_clock,
+            gateway_id=config.gateway_id,
+            journal=usage_journal,
+        )
+    if token_store is None:  # REDIS_URL: counters shared by every replica; else per process
+        token_store = create_store("redis", url=config.redis_url) if config.redis_url else create_store("memory")
+    get_tokenizer()  # load the BPE tables now, not on the first request
+    return GatewayApp(config, pool, clock, telemetry, token_store)

@@ -47,6 +47,20 @@ class GatewayConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     workers: int = 1
     gateway_id: str = ""
+    region: str = ""  # the "Location" dimension of llm-emit-token-metric
+    metrics_token: str = ""  # when set, scrapes must send "Authorization: Bearer <token>"
+    metrics_max_label_sets: int = 1000  # per metric family; see gateway.metrics
+    usage_spool: str = ""  # usage records not yet delivered; "" = next to the snapshot cache
+    usage_journal: bool = True  # write each usage record to a local journal first, so a killed gateway loses none
+    redis_url: str = ""  # REDIS_URL: usage records go to a Redis stream (else over HTTP to the management plane)
+    usage_stream: str = "sluice:usage"  # the Redis stream of usage records (same setting as the management plane)
+
+    @property
+    def usage_spool_path(self) -> str:
+        """Where usage records wait for delivery: ``SLUICE_USAGE_SPOOL``, else next to the snapshot cache."""
+        if self.usage_spool:
+            return self.usage_spool
+        return os.path.join(os.path.dirname(self.snapshot_cache) or ".", "gateway-usage.spool")
 
     @property
     def snapshot_url(self) -> str:
@@ -67,4 +81,11 @@ class GatewayConfig:
             max_body_bytes=int(_number(env, "SLUICE_MAX_BODY_BYTES", str(16 * 1024 * 1024), int, 0)),
             workers=int(_number(env, "SLUICE_GATEWAY_WORKERS", "1", int, 1)),
             gateway_id=_get(env, "SLUICE_GATEWAY_ID", socket.gethostname()),
+            region=env.get("SLUICE_GATEWAY_REGION", ""),
+            metrics_token=env.get("SLUICE_METRICS_TOKEN", ""),
+            metrics_max_label_sets=int(_number(env, "SLUICE_METRICS_MAX_LABEL_SETS", "1000", int, 1)),
+            usage_spool=env.get("SLUICE_USAGE_SPOOL", ""),
+            usage_journal=_get(env, "SLUICE_USAGE_JOURNAL", "1").lower() not in ("0", "false", "no", "off"),
+            redis_url=env.get("REDIS_URL", ""),
+            usage_stream=_get(env, "SLUICE_USAGE_STREAM", "sluice:usage"),
         )

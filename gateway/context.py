@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from gateway.errors import GatewayError
+    from gateway.exchange import LlmExchange
     from gateway.http.client import UpstreamResponse
     from gateway.http.server import Request
     from gateway.model import ApiEntry, BackendTarget, OperationEntry, ProductEntry, SubscriptionEntry
@@ -81,8 +82,11 @@ class RequestContext:
     last_error: GatewayError | None = None
     section: Section | None = None
     trace: list[dict[str, Any]] | None = None
-    usage: Any = None
+    usage: Any = None  # gateway.tokens.TokenUsage once known (set before on_finish callbacks run)
+    llm: LlmExchange | None = None  # the parsed LLM request and its usage accounting (gateway.exchange)
     chunk_filters: list[ChunkFilter] = field(default_factory=list)
+    # added to whatever response the client gets (backend, return-response or error): Retry-After, remaining calls
+    response_headers: Headers = field(default_factory=list)
     # run once when the response is over (after the last chunk of a stream); token settlement, metrics, usage
     on_finish: list[FinishCallback] = field(default_factory=list)
     status: int = 0  # the status sent to the client, set before ``on_finish`` runs

@@ -22,6 +22,7 @@ from gateway.errors import (
     MSG_NO_BACKEND,
     GatewayError,
 )
+from gateway.exchange import OPENAI_API_TYPE, exchange_for
 from gateway.http.client import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from gateway.http.server import Response, StreamingResponse
 
@@ -53,6 +54,9 @@ class Forwarder:
         target = ctx.backend
         if target is None:
             raise GatewayError(500, MSG_NO_BACKEND, source="forward-request", reason="BackendNotConfigured")
+        exchange = ctx.llm
+        if exchange is None and ctx.api.api_type == OPENAI_API_TYPE:
+            exchange = exchange_for(ctx)  # usage accounting for every OpenAI request (may drop Accept-Encoding)
         headers = ctx.request_headers
         if target.headers:
             names = target.header_names
@@ -60,14 +64,13 @@ class Forwarder:
             headers.extend(target.headers)
         request_target = target.url_for(ctx.forward_path, ctx.query)
         request = ctx.request
+        body = request.body if exchange is None else exchange.upstream_body(request.body)
         try:
             if timeout is None:
-                upstream = await self.pool.request(target.origin, request.method, request_target, headers, request.body)
+                upstream = await self.pool.request(target.origin, request.method, request_target, headers, body)
             else:
                 async with asyncio.timeout(timeout):
-                    upstream = await self.pool.request(
-                        target.origin, request.method, request_target, headers, request.body
-                    )
+                    upstream = await self.pool.request(target.origin, request.method, request_target, headers, body)
         except (UpstreamTimeout, TimeoutError):
             raise GatewayError(504, MSG_BACKEND_TIMEOUT, source="forward-request", reason="Timeout") from None
         except UpstreamConnectError:
@@ -81,6 +84,8 @@ class Forwarder:
         except ValueError:  # the pool refuses a target or header it cannot put on the wire
             raise GatewayError(400, MSG_BAD_TARGET, source="forward-request", reason="InvalidRequest") from None
         ctx.response = await self._head(upstream, request.method)
+        if exchange is not None:
+            exchange.on_response(ctx)
 
     async def _head(self, upstream: UpstreamResponse, method: str) -> ResponseHead:
         headers = []

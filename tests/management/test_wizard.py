@@ -163,7 +163,7 @@ def test_failure_midway_rolls_back_everything(api_client, monkeypatch):
         ({"type": "passthrough", "operations": ["GET /models"]}, "operations"),
         ({"display_name": "!!!"}, "name"),
         ({"name": "import-language-model"}, "name"),
-        ({"token_limit": {"tokens_per_minute": 5}}, "token_limit"),  # not a wizard block (yet)
+        ({"token_limit": {"token_quota": 5}}, "token_limit"),  # a quota needs its period
     ],
 )
 def test_invalid_input_is_400_and_leaves_no_rows(api_client, data, field):

@@ -1,0 +1,217 @@
+"""The Redis token store: counters shared by every gateway process and replica.
+
+**Admission** is one ``EVALSHA`` of ``RESERVE_SCRIPT`` (loaded once, re-loaded after a ``NOSCRIPT`` reply): it
+reads every window of the admission, refuses if one would go over its limit, else ``INCRBY``s all of them and sets
+their expiry (window end + grace) when it creates them. A Lua script runs atomically in Redis, so concurrent
+admissions from any number of replicas are serialised. All keys of one admission carry the same hash tag
+(``{counter key}``), so they share one Redis Cluster slot.
+
+**Settlement** is off the request path: ``settle`` only records ``actual - reserved`` per set of counters; what
+accumulated over ``SETTLE_INTERVAL`` (5 ms) goes out as one command per counter set, pipelined with whatever else is
+being written, with ``SETTLE_SCRIPT``
+(``INCRBY`` only on counters that still exist, so an expired window is never re-created without a TTL). Nobody waits
+for their replies; errors are logged.
+
+Admissions made during one loop turn also leave in one write (see ``resp.py``), so under load a round trip serves
+many requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from .base import Admission, Reservation, StoreUnavailable, TokenStore, Window, register_store, reservation_for
+from .resp import RespClient, RespError, encode_command
+
+__all__ = ("RESERVE_SCRIPT", "SETTLE_SCRIPT", "RedisTokenStore")
+
+logger = logging.getLogger("gateway.limits.redis")
+
+# KEYS: the windows' counters. ARGV[1]: amount; ARGV[2i], ARGV[2i+1]: limit and expiry (unix ms) of KEYS[i].
+# Returns {0, used_1, …} after reserving, or {i, used_1, …} (counts as found) when KEYS[i] refuses first.
+RESERVE_SCRIPT: Final = """
+local amount = tonumber(ARGV[1])
+local used = {}
+for i = 1, #KEYS do
+  used[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+end
+for i = 1, #KEYS do
+  if used[i] + amount > tonumber(ARGV[2 * i]) then
+    local out = {i}
+    for j = 1, #KEYS do out[j + 1] = used[j] end
+    return out
+  end
+end
+local out = {0}
+for i = 1, #KEYS do
+  local value = redis.call('INCRBY', KEYS[i], amount)
+  if value == amount then redis.call('PEXPIREAT', KEYS[i], ARGV[2 * i + 1]) end
+  out[i + 1] = value
+end
+return out
+"""
+
+# KEYS: the counters of one reservation; ARGV[1]: the correction (actual - reserved).
+SETTLE_SCRIPT: Final = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[1]) end
+end
+return 0
+"""
+
+LOG_EVERY: Final = 10.0  # seconds between two log lines about failing settlements
+# Settlements are gathered for this long and sent as one command per counter set: under load many requests share
+# a counter (one subscription, one minute), so this turns hundreds of writes a second into a few. Delaying a
+# correction does not weaken the admission bound (docs/token-limits.md); it only keeps a request "in flight" a few
+# milliseconds longer.
+SETTLE_INTERVAL: Final = 0.005
+
+
+def _sha1(script: str) -> str:
+    return hashlib.sha1(script.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+@register_store
+class RedisTokenStore(TokenStore):
+    name = "redis"
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        clock: Callable[[], float] | None = None,
+        prefix: str = "sluice:",
+        connect_timeout: float = 2.0,
+        timeout: float = 2.0,
+        client: RespClient | None = None,
+        settle_interval: float = SETTLE_INTERVAL,
+        **_: Any,
+    ) -> None:
+        if clock is None:
+            super().__init__(prefix=prefix)
+        else:
+            super().__init__(clock=clock, prefix=prefix)
+        self.url = url
+        self.client = client or RespClient(url, connect_timeout=connect_timeout, timeout=timeout)
+        self._reserve_sha = _sha1(RESERVE_SCRIPT)
+        self._settle_sha = _sha1(SETTLE_SCRIPT)
+        self._pending: dict[tuple[str, ...], int] = {}
+        self._heads: dict[tuple[str, int, int], bytes] = {}
+        self._flush_scheduled = False
+        self._last_log = 0.0
+        self.settle_interval = settle_interval
+
+    def _evalsha(self, sha: str, keys: Sequence[str], args: Sequence[int]) -> bytes:
+        """``EVALSHA sha numkeys keys… args…`` in RESP, with the constant head cached per key count."""
+        head = self._heads.get((sha, len(keys), len(args)))
+        if head is None:
+            encoded = encode_command(("EVALSHA", sha, len(keys)))  # "*3\r\n$7\r\nEVALSHA…": fix the count
+            head = b"*%d\r\n" % (3 + len(keys) + len(args)) + encoded.split(b"\r\n", 1)[1]
+            self._heads[(sha, len(keys), len(args))] = head
+        parts = [head]
+        for key in keys:
+            data = key.encode("utf-8", "surrogatepass")
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        for arg in args:
+            data = b"%d" % arg
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        return b"".join(parts)
+
+    async def reserve(self, windows: Sequence[Window], amount: int, now: float) -> Admission:
+        prefix = self.prefix
+        keys = [prefix + w.key for w in windows]
+        args: list[int] = [amount]
+        for window in windows:
+            args.append(window.limit)
+            args.append(int(window.expires_at * 1000))
+        reservation = reservation_for(windows, amount)
+
+        def orphan(reply: Any) -> None:  # the caller went away after Redis reserved: give the tokens back
+            if isinstance(reply, list) and reply and reply[0] == 0:
+                self.settle(reservation, 0)
+
+        command = self._evalsha(self._reserve_sha, keys, args)
+        try:
+            try:
+                reply = await self.client.call_encoded(command, orphan)
+            except RespError as exc:
+                if exc.code != "NOSCRIPT":
+                    raise
+                await self.client.call("SCRIPT", "LOAD", RESERVE_SCRIPT)
+                reply = await self.client.call_encoded(command, orphan)
+        except (RespError, ConnectionError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        refused = int(reply[0])
+        used = tuple(int(v) for v in reply[1:])
+        if refused == 0:
+            return Admission(True, used, reservation)
+        window = windows[refused - 1]
+        return Admission(False, used, None, refused - 1, max(1, int(-(-(window.end - now) // 1))))
+
+    def settle(self, reservation: Reservation, actual: int) -> None:
+        delta = actual - reservation.amount
+        if delta == 0 or self.clock() >= reservation.expires_at:
+            return
+        pending = self._pending
+        pending[reservation.keys] = pending.get(reservation.keys, 0) + delta
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            try:
+                asyncio.get_running_loop().call_later(self.settle_interval, self._send_settlements)
+            except RuntimeError:  # no running loop (shutdown): nothing can be sent any more
+                self._flush_scheduled = False
+                self._pending.clear()
+
+    def _send_settlements(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, {}
+        prefix = self.prefix
+        for keys, delta in pending.items():
+            if delta == 0:
+                continue
+            full = [prefix + key for key in keys]
+            self.client.send_encoded(
+                self._evalsha(self._settle_sha, full, (delta,)),
+                lambda reply, full=full, delta=delta: self._settled(reply, full, delta),
+            )
+
+    def _settled(self, reply: Any, keys: list[str], delta: int) -> None:
+        if isinstance(reply, RespError) and reply.code == "NOSCRIPT":
+            self.client.send("EVAL", SETTLE_SCRIPT, len(keys), *keys, delta, on_reply=self._log_failure)
+            return
+        self._log_failure(reply)
+
+    def _log_failure(self, reply: Any) -> None:
+        if isinstance(reply, Exception):
+            now = time.monotonic()
+            if now - self._last_log >= LOG_EVERY:
+                self._last_log = now
+                logger.warning("token settlement not applied: %s", reply)
+
+    async def count(self, window: Window) -> int:
+        try:
+            value = await self.client.call("GET", self.prefix + window.key)
+        except (RespError, ConnectionError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return int(value) if value is not None else 0
+
+    async def flush(self) -> None:
+        if self._pending:
+            self._send_settlements()
+        try:
+            await self.client.call("PING")  # replies come in order: the settlements before it are applied
+        except (RespError, ConnectionError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        try:
+            if self._pending or self.client.pending:
+                await self.flush()
+        except StoreUnavailable:
+            pass
+        await self.client.aclose()

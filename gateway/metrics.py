@@ -1,0 +1,342 @@
+"""Prometheus metrics of the gateway: requests, latency, upstream errors and the token counters of
+``llm-emit-token-metric``, with a bounded number of label sets per metric.
+
+Everything lives in the ``CollectorRegistry`` given to :class:`Metrics` (one per app, never the global default
+registry). Names (see docs/usage-and-metrics.md):
+
+``sluice_requests_total{api, operation, code}``             requests answered (``code`` is the HTTP status)
+``sluice_request_duration_seconds{api, operation}``         histogram, from the request to the end of the response
+``sluice_upstream_errors_total{api, backend, reason}``      forwarding failures (connect, timeout, bad response)
+``sluice_metric_label_sets_dropped_total{metric}``          label sets refused by the cardinality cap
+``<namespace>_{prompt,completion,total}_tokens_total{…}``   one family per emit-token-metric namespace and
+                                                            dimension set; labels are the dimension names
+
+**Cardinality.** Each metric family keeps at most ``max_label_sets`` label sets of its own. A new label set beyond
+that is recorded in the family's overflow series (every label value ``__other__``) and counts once in
+``sluice_metric_label_sets_dropped_total``; refused label sets are remembered (up to ``max_label_sets`` of them) so
+that a repeat costs a dict hit and is not counted again. Label values are cut at ``MAX_LABEL_VALUE`` characters.
+
+**Hot path.** ``labels()`` of prometheus_client is not free (string conversion, a lock), so each family caches its
+children by the tuple of label values; recording is a dict hit and an ``inc``/``observe`` (about 3 µs per request
+for the request counter and histogram). The app records when the request is over (``gateway.telemetry``), never
+before the response head has been produced.
+
+**Several worker processes** (``SLUICE_GATEWAY_WORKERS`` > 1) share one port, so a scrape reaches any one of them.
+``enable_multiprocess(path)`` (called by ``gateway.__main__`` before forking) switches prometheus_client to its
+multiprocess mode: every worker writes its values to memory-mapped files in ``path`` and each scrape merges the files
+of all workers, so ``/metrics`` answers with the gateway's totals whichever worker serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, values
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = (
+    "CONTENT_TYPE",
+    "DEFAULT_MAX_LABEL_SETS",
+    "DEFAULT_NAMESPACE",
+    "DURATION_BUCKETS",
+    "MAX_LABEL_VALUE",
+    "MULTIPROC_ENV",
+    "OVERFLOW_VALUE",
+    "LabelledFamily",
+    "Metrics",
+    "TokenFamily",
+    "enable_multiprocess",
+    "label_name",
+    "metric_prefix",
+)
+
+CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4.encode("ascii")  # text/plain; version=0.0.4; charset=utf-8
+DEFAULT_MAX_LABEL_SETS: Final = 1000
+DEFAULT_NAMESPACE: Final = "API Management"  # the namespace of llm-emit-token-metric when none is given
+OVERFLOW_VALUE: Final = "__other__"
+MAX_LABEL_VALUE: Final = 256
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+# 1 ms … 60 s: gateway overhead at the low end, long completions and streams at the high end.
+DURATION_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+REQUESTS: Final = "sluice_requests"
+DURATION: Final = "sluice_request_duration_seconds"
+UPSTREAM_ERRORS: Final = "sluice_upstream_errors"
+DROPPED: Final = "sluice_metric_label_sets_dropped"
+TOKEN_KINDS: Final = ("prompt", "completion", "total")
+
+_INVALID_RUN = re.compile(r"[^a-zA-Z0-9_]+")
+
+
+def _sanitise(text: str) -> str:
+    name = _INVALID_RUN.sub("_", text.strip()).strip("_").lower()
+    name = re.sub("_{2,}", "_", name)
+    if name[:1].isdigit():
+        name = "_" + name
+    return name
+
+
+def metric_prefix(namespace: str) -> str:
+    """The metric-name prefix of an emit-token-metric namespace: ``"API Management"`` → ``"api_management"``.
+
+    Runs of characters outside ``[A-Za-z0-9_]`` become one ``_``, the result is lower-cased and trimmed of ``_``,
+    and a leading digit gets a ``_`` in front. Raises ValueError when nothing is left.
+    """
+    name = _sanitise(namespace)
+    if not name:
+        raise ValueError(f"namespace {namespace!r} has no letter or digit to build a metric name from")
+    return name
+
+
+def label_name(dimension: str) -> str:
+    """The Prometheus label name of a dimension: ``"API ID"`` → ``"api_id"`` (same rules as ``metric_prefix``)."""
+    name = _sanitise(dimension)
+    if not name:
+        raise ValueError(f"dimension name {dimension!r} has no letter or digit to build a label name from")
+    return name
+
+
+def _clip(value: str) -> str:
+    return value if len(value) <= MAX_LABEL_VALUE else value[:MAX_LABEL_VALUE]
+
+
+def enable_multiprocess(path: str) -> None:
+    """Switch prometheus_client to multiprocess mode, writing to ``path`` (created, stale files removed).
+
+    Call it once in the parent before forking workers and before any metric is created. prometheus_client decides
+    its value class when it is imported; this sets the documented environment variable and the value class it
+    would have chosen with it.
+    """
+    os.makedirs(path, exist_ok=True)
+    for entry in os.listdir(path):
+        if entry.endswith(".db"):
+            os.unlink(os.path.join(path, entry))
+    os.environ[MULTIPROC_ENV] = path
+    values.ValueClass = values.MultiProcessValue()
+
+
+def _multiprocess_dir() -> str | None:
+    path = os.environ.get(MULTIPROC_ENV)
+    return path if path and values.ValueClass is not values.MutexValue else None
+
+
+#
+# Bounded families
+#
+
+
+class LabelledFamily:
+    """One labelled prometheus_client metric with cached children and a cap on its label sets."""
+
+    __slots__ = ("_cap", "_children", "_dropped", "_metric", "_overflow", "_own", "name")
+
+    def __init__(self, metric: MetricWrapperBase, cap: int, dropped: Counter) -> None:
+        self._metric = metric
+        self._cap = cap
+        self._dropped = dropped.labels(metric._name)
+        self._children: dict[tuple[str, ...], Any] = {}
+        self._own = 0
+        self._overflow: Any = None
+        self.name = metric._name
+
+    def child(self, labels: tuple[str, ...]) -> Any:
+        """The child of ``labels`` (or the overflow child once the cap is reached)."""
+        child = self._children.get(labels)
+        if child is None:
+            child = self._admit(labels)
+        return child
+
+    def _admit(self, labels: tuple[str, ...]) -> Any:
+        if self._own < self._cap:
+            child = self._metric.labels(*[_clip(v) for v in labels])
+            self._own += 1
+            self._children[labels] = child
+            return child
+        self._dropped.inc()
+        overflow = self._overflow
+        if overflow is None:
+            overflow = self._overflow = self._metric.labels(*[OVERFLOW_VALUE] * len(self._metric._labelnames))
+        if len(self._children) < 2 * self._cap:  # remember refusals (bounded) so a repeat is a dict hit
+            self._children[labels] = overflow
+        return overflow
+
+    @property
+    def label_sets(self) -> int:
+        """Label sets with a series of their own (the overflow series not included)."""
+        return self._own
+
+
+class TokenFamily:
+    """The prompt, completion and total token counters of one namespace and dimension set (one cap for the three).
+
+    Several ``llm-emit-token-metric`` statements with the same namespace and dimensions share one family.
+    """
+
+    __slots__ = ("_cap", "_children", "_counters", "_dropped", "_overflow", "_own", "label_names", "prefix")
+
+    def __init__(self, prefix: str, label_names: tuple[str, ...], cap: int, dropped: Counter) -> None:
+        self.prefix = prefix
+        self.label_names = label_names
+        self._counters = tuple(
+            Counter(
+                f"{prefix}_{kind}_tokens",
+                f"{kind.capitalize()} tokens counted by llm-emit-token-metric.",
+                label_names,
+                registry=None,
+            )
+            for kind in TOKEN_KINDS
+        )
+        self._cap = cap
+        self._dropped = dropped.labels(f"{prefix}_tokens")
+        self._children: dict[tuple[str, ...], tuple[Any, ...]] = {}
+        self._own = 0
+        self._overflow: tuple[Any, ...] | None = None
+
+    def record(self, labels: tuple[str, ...], prompt: int, completion: int, total: int) -> None:
+        children = self._children.get(labels)
+        if children is None:
+            children = self._admit(labels)
+        if prompt:
+            children[0].inc(prompt)
+        if completion:
+            children[1].inc(completion)
+        if total:
+            children[2].inc(total)
+
+    def _admit(self, labels: tuple[str, ...]) -> tuple[Any, ...]:
+        if self._own < self._cap:
+            clipped = [_clip(v) for v in labels]
+            children = tuple(c.labels(*clipped) for c in self._counters)
+            self._own += 1
+            self._children[labels] = children
+            return children
+        self._dropped.inc()
+        overflow = self._overflow
+        if overflow is None:
+            others = [OVERFLOW_VALUE] * len(self.label_names)
+            overflow = self._overflow = tuple(c.labels(*others) for c in self._counters)
+        if len(self._children) < 2 * self._cap:
+            self._children[labels] = overflow
+        return overflow
+
+    @property
+    def label_sets(self) -> int:
+        return self._own
+
+    def collect(self) -> Iterator[Metric]:
+        for counter in self._counters:
+            yield from counter.collect()
+
+
+class _TokenCollector:
+    """Exposes every TokenFamily; families with the same metric name (and other dimensions) become one."""
+
+    def __init__(self, families: dict[tuple[str, tuple[str, ...]], TokenFamily]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        merged: dict[str, Metric] = {}
+        for family in list(self._families.values()):
+            for metric in family.collect():
+                known = merged.get(metric.name)
+                if known is None:
+                    merged[metric.name] = metric
+                else:
+                    known.samples.extend(metric.samples)
+        return merged.values()
+
+
+#
+# The app's metrics
+#
+
+
+class Metrics:
+    """The metrics of one gateway app. ``registry`` defaults to a new CollectorRegistry (never the global one)."""
+
+    __slots__ = ("_tokens", "dropped", "duration", "gateway_id", "location", "max_label_sets", "multiprocess_dir",
+                 "registry", "requests", "upstream_errors")  # fmt: skip
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_label_sets: int = DEFAULT_MAX_LABEL_SETS,
+        gateway_id: str = "",
+        location: str = "",
+    ) -> None:
+        if max_label_sets < 1:
+            raise ValueError("max_label_sets must be at least 1")
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.max_label_sets = max_label_sets
+        # the values of the built-in dimensions "Gateway ID" and "Location"
+        self.gateway_id = gateway_id
+        self.location = location
+        self.multiprocess_dir = _multiprocess_dir()
+        # No ``*_created`` series: they double the series count and the 0.0.4 format makes them plain gauges.
+        # (prometheus_client's switch is process-wide; the gateway process has no other metrics.)
+        disable_created_metrics()
+        reg = self.registry
+        self.dropped = Counter(
+            DROPPED, "Label sets refused by the cardinality cap (recorded in the overflow series).", ["metric"],
+            registry=reg,
+        )  # fmt: skip
+        self.requests = self._family(
+            Counter(REQUESTS, "Requests answered by the gateway.", ["api", "operation", "code"], registry=reg)
+        )
+        self.duration = self._family(
+            Histogram(
+                DURATION,
+                "Time from the request to the end of its response (last byte of a stream).",
+                ["api", "operation"],
+                buckets=DURATION_BUCKETS,
+                registry=reg,
+            )
+        )
+        self.upstream_errors = self._family(
+            Counter(
+                UPSTREAM_ERRORS,
+                "Requests whose forwarding failed (connect, timeout, invalid response).",
+                ["api", "backend", "reason"],
+                registry=reg,
+            )
+        )
+        self._tokens: dict[tuple[str, tuple[str, ...]], TokenFamily] = {}
+        reg.register(_TokenCollector(self._tokens))  # type: ignore[arg-type]
+
+    def _family(self, metric: MetricWrapperBase) -> LabelledFamily:
+        return LabelledFamily(metric, self.max_label_sets, self.dropped)
+
+    def token_family(self, prefix: str, label_names: tuple[str, ...]) -> TokenFamily:
+        """The token counters for a metric-name prefix (see ``metric_prefix``) and label names (created once)."""
+        key = (prefix, label_names)
+        family = self._tokens.get(key)
+        if family is None:
+            family = self._tokens[key] = TokenFamily(prefix, label_names, self.max_label_sets, self.dropped)
+        return family
+
+    def record_request(self, api: str, operation: str, status: int, seconds: float) -> None:
+        self.requests.child((api, operation, str(status))).inc()
+        self.duration.child((api, operation)).observe(seconds)
+
+    def record_upstream_error(self, api: str, backend: str, reason: str) -> None:
+        self.upstream_errors.child((api, backend, reason)).inc()
+
+    def exposition(self) -> bytes:
+        """The text exposition (format 0.0.4) of this app, or of all workers in multiprocess mode."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, self.multiprocess_dir)
+        return generate_latest(registry)
+
+    async def exposition_async(self) -> bytes:
+        """``exposition()`` off the event loop: a large registry takes milliseconds to render."""
+        return await asyncio.to_thread(self.exposition)

@@ -1,0 +1,253 @@
+"""``llm-emit-token-metric`` (alias ``azure-openai-emit-token-metric``): count prompt, completion and total tokens
+in Prometheus counters labelled by the statement's dimensions (apim-spec §3.2).
+
+.. code-block:: xml
+
+    <llm-emit-token-metric namespace="MyLLM">
+        <dimension name="API ID" />
+        <dimension name="Client IP" value="@(context.Request.IpAddress)" />
+    </llm-emit-token-metric>
+
+The namespace becomes the metric-name prefix and each dimension name a label (``gateway.metrics.metric_prefix`` /
+``label_name``): ``myllm_prompt_tokens_total{api_id="…", client_ip="…"}``. A dimension without ``value`` must be
+one of the built-in names, filled from the request when it ends; a dimension with a ``value`` is custom (at most
+``MAX_CUSTOM_DIMENSIONS``) and its value — a literal or an expression — is evaluated in the inbound section, while
+the request body is still there. The counters move once the response is over (``ctx.on_finish``), by the token
+usage of the response (``ctx.usage``, see gateway.exchange: reported by the backend, estimated when it reported
+none or the client cancelled a stream); a response without usage (an error, a refused request) counts nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from gateway.exchange import exchange_for
+from gateway.metrics import DEFAULT_NAMESPACE, label_name, metric_prefix
+
+from .base import ALL_SCOPES, Attr, Policy, Section, register
+from .values import Value, parse_value
+from .xml import Element
+
+if TYPE_CHECKING:
+    from gateway.context import RequestContext
+    from gateway.http.server import Response
+    from gateway.metrics import Metrics, TokenFamily
+
+__all__ = ("BUILT_IN_DIMENSIONS", "MAX_CUSTOM_DIMENSIONS", "AzureOpenAiEmitTokenMetric", "LlmEmitTokenMetric")
+
+MAX_CUSTOM_DIMENSIONS: Final = 5
+
+ERR_NO_DIMENSION: Final = "<{tag}>: at least one <dimension> is required"
+ERR_NOT_BUILT_IN: Final = (
+    "<dimension>: {name!r} is not a built-in dimension, so it needs a 'value' (built-in: {built_in})"
+)
+ERR_DUPLICATE: Final = "<dimension>: {name!r} appears more than once"
+ERR_SAME_LABEL: Final = "<dimension>: {name!r} and {other!r} both become the label {label!r}"
+ERR_TOO_MANY: Final = "<{tag}>: at most {limit} custom dimensions (dimensions with a 'value'), got {count}"
+
+
+def _api(ctx: RequestContext) -> str:
+    return ctx.api.name
+
+
+def _operation(ctx: RequestContext) -> str:
+    return ctx.operation.name
+
+
+def _product(ctx: RequestContext) -> str:
+    return ctx.product.name if ctx.product is not None else ""
+
+
+def _subscription(ctx: RequestContext) -> str:
+    return ctx.subscription.name if ctx.subscription is not None else ""
+
+
+def _user(ctx: RequestContext) -> str:
+    return ""  # subscriptions have no owner yet
+
+
+def _backend(ctx: RequestContext) -> str:
+    backend = ctx.backend
+    return backend.name or "" if backend is not None else ""
+
+
+def _gateway(ctx: RequestContext) -> str:
+    metrics = _metrics_of(ctx)
+    return metrics.gateway_id if metrics is not None else ""
+
+
+def _location(ctx: RequestContext) -> str:
+    metrics = _metrics_of(ctx)
+    return metrics.location if metrics is not None else ""
+
+
+# The built-in dimensions and how each is resolved when the request ends (Backend ID after any set-backend-service).
+BUILT_IN_DIMENSIONS: Final[dict[str, Callable[[RequestContext], str]]] = {
+    "API ID": _api,
+    "Operation ID": _operation,
+    "Product ID": _product,
+    "User ID": _user,
+    "Subscription ID": _subscription,
+    "Location": _location,
+    "Gateway ID": _gateway,
+    "Backend ID": _backend,
+}
+
+
+class _HasMetrics(Protocol):
+    metrics: Metrics | None
+
+
+def _metrics_of(ctx: RequestContext) -> Metrics | None:
+    services: _HasMetrics | Any = ctx.services
+    return getattr(services, "metrics", None)
+
+
+class _Dimension:
+    """One ``<dimension>``: its label, and either a built-in resolver or a custom Value."""
+
+    __slots__ = ("built_in", "label", "name", "value")
+
+    def __init__(self, name: str, label: str, built_in: Callable[[RequestContext], str] | None, value: Value | None):
+        self.name = name
+        self.label = label
+        self.built_in = built_in
+        self.value = value
+
+
+@register
+class LlmEmitTokenMetric(Policy):
+    """``<llm-emit-token-metric namespace="…"><dimension name="…" [value="…"]/>…</llm-emit-token-metric>``."""
+
+    name = "llm-emit-token-metric"
+    sections = frozenset({Section.INBOUND})
+    scopes = ALL_SCOPES
+    attributes = {
+        "namespace": Attr(default=DEFAULT_NAMESPACE, expressions=False),
+        # Listed by the older azure-openai page (copied from emit-metric); accepted and ignored (apim-spec §3.2).
+        "value": Attr(),
+    }
+    children = frozenset({"dimension"})
+    __slots__ = ("custom", "dimensions", "label_names", "namespace", "prefix", "resolvers")
+
+    def __init__(self, namespace: str, prefix: str, dimensions: tuple[_Dimension, ...]) -> None:
+        super().__init__()
+        self.namespace = namespace
+        self.prefix = prefix
+        self.dimensions = dimensions
+        # Labels in sorted order, so that statements listing the same dimensions in another order share one family.
+        ordered = sorted(dimensions, key=lambda d: d.label)
+        self.label_names = tuple(d.label for d in ordered)
+        custom = [d for d in dimensions if d.value is not None]
+        self.custom: tuple[Value, ...] = tuple(d.value for d in custom if d.value is not None)
+        # For each label: the built-in resolver, or the index of its custom value in ``custom``.
+        resolvers: list[int | Callable[[RequestContext], str]] = []
+        for d in ordered:
+            resolvers.append(d.built_in if d.built_in is not None else custom.index(d))
+        self.resolvers = tuple(resolvers)
+
+    @classmethod
+    def from_element(cls, el: Element) -> LlmEmitTokenMetric:
+        attrs = cls.check_element(el)
+        namespace = attrs["namespace"].literal
+        try:
+            prefix = metric_prefix(namespace)
+        except ValueError as exc:
+            raise el.error(f"<{el.tag}>: {exc}") from None
+        if not el.children:
+            raise el.error(ERR_NO_DIMENSION.format(tag=el.tag))
+        dimensions: list[_Dimension] = []
+        by_label: dict[str, str] = {}
+        for child in el.children:
+            dimension = _dimension(child)
+            if any(d.name == dimension.name for d in dimensions):
+                raise child.error(ERR_DUPLICATE.format(name=dimension.name))
+            other = by_label.get(dimension.label)
+            if other is not None:
+                raise child.error(ERR_SAME_LABEL.format(name=dimension.name, other=other, label=dimension.label))
+            by_label[dimension.label] = dimension.name
+            dimensions.append(dimension)
+        custom = sum(1 for d in dimensions if d.value is not None)
+        if custom > MAX_CUSTOM_DIMENSIONS:
+            raise el.error(ERR_TOO_MANY.format(tag=el.tag, limit=MAX_CUSTOM_DIMENSIONS, count=custom))
+        return cls(namespace, prefix, tuple(dimensions))
+
+    async def apply(self, ctx: RequestContext) -> Response | None:
+        metrics = _metrics_of(ctx)
+        if metrics is None:
+            return None
+        values = tuple(v.evaluate(ctx) for v in self.custom) if self.custom else ()
+        exchange_for(ctx)  # usage accounting also for APIs that are not of the openai type
+        ctx.on_finish.append(_Emission(self, metrics.token_family(self.prefix, self.label_names), values))
+        return None
+
+    def labels(self, ctx: RequestContext, custom_values: tuple[str, ...]) -> tuple[str, ...]:
+        """The label values (in ``label_names`` order) for a request that is over."""
+        return tuple(r(ctx) if callable(r) else custom_values[r] for r in self.resolvers)
+
+    def trace_details(self, ctx: RequestContext) -> dict[str, Any] | None:
+        return {"namespace": self.namespace, "dimensions": [d.name for d in self.dimensions]}
+
+
+@register
+class AzureOpenAiEmitTokenMetric(LlmEmitTokenMetric):
+    """``azure-openai-emit-token-metric``: the same statement under its Azure OpenAI name."""
+
+    name = "azure-openai-emit-token-metric"
+    __slots__ = ()
+
+
+def _dimension(el: Element) -> _Dimension:
+    if el.children:
+        raise el.children[0].error("<dimension> takes no child elements")
+    if el.text.strip():
+        raise el.error("<dimension> must not contain text")
+    for attr in el.attrs:
+        if attr not in ("name", "value", "id"):
+            raise el.error(f"<dimension>: unknown attribute '{attr}' (allowed: name, value)")
+    raw_name = el.attrs.get("name")
+    if raw_name is None:
+        raise el.error("<dimension>: missing required attribute 'name'")
+    # The name becomes a Prometheus label name, fixed when the document loads: no expression.
+    name = parse_value(
+        raw_name, where="<dimension> attribute 'name'", locate=_locate(el, "name"), expressions=False
+    ).literal.strip()
+    try:
+        label = label_name(name)
+    except ValueError as exc:
+        raise el.error(f"<dimension>: {exc}") from None
+    raw_value = el.attrs.get("value")
+    if raw_value is None:
+        built_in = BUILT_IN_DIMENSIONS.get(name)
+        if built_in is None:
+            raise el.error(ERR_NOT_BUILT_IN.format(name=name, built_in=", ".join(BUILT_IN_DIMENSIONS)))
+        return _Dimension(name, label, built_in, None)
+    value = parse_value(raw_value, where="<dimension> attribute 'value'", locate=_locate(el, "value"))
+    return _Dimension(name, label, None, value)
+
+
+def _locate(el: Element, attr: str) -> Callable[[int], tuple[int | None, int | None]]:
+    return lambda offset: el.value_position(attr, offset)
+
+
+class _Emission:
+    """The finish callback of one statement for one request (custom values captured at inbound time)."""
+
+    __slots__ = ("family", "policy", "values")
+
+    def __init__(self, policy: LlmEmitTokenMetric, family: TokenFamily, values: tuple[str, ...]) -> None:
+        self.policy = policy
+        self.family = family
+        self.values = values
+
+    def __call__(self, ctx: RequestContext, complete: bool) -> None:
+        usage = ctx.usage
+        if usage is None:
+            return
+        self.family.record(
+            self.policy.labels(ctx, self.values),
+            usage.prompt_tokens or 0,
+            usage.completion_tokens or 0,
+            usage.total_tokens or 0,
+        )

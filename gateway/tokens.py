@@ -1,0 +1,584 @@
+"""Token accounting: the ``TokenUsage`` of a request, the offline BPE tokenizer, prompt estimation and the
+extraction of ``usage`` from model responses (whole JSON bodies and server-sent event streams).
+
+**Tokenizer.** ``bpe-openai`` (GitHub's linear-time BPE from the ``rust-gems`` crates, Python bindings with the
+``cl100k_base`` and ``o200k_base`` tables compiled into the wheel): nothing is downloaded at run time, and its
+worst case stays linear, so a hostile prompt (``"A" * 40_000``) cannot stall the event loop the way quadratic BPE
+merges do. The encoders are loaded once per process (:func:`get_tokenizer`, called by ``create_app``).
+
+**Estimation** (:func:`estimate_prompt_tokens`) follows OpenAI's published chat accounting: 3 tokens per message,
+the tokens of every string field of the message, 1 more for a ``name`` and 3 to prime the reply. Images count
+``IMAGE_TOKENS`` each (the upper figure APIM uses), tool definitions count the tokens of their JSON.
+
+**Extraction.** Whole bodies are parsed once with orjson (:func:`usage_from_body`). Streams go through
+:class:`SseUsageMeter`, a chunk filter that never holds more than the one incomplete line at the end of a chunk: it
+counts the content deltas as they pass, takes the final ``usage`` event when the backend sends one and, when the
+gateway (not the client) asked for that event, removes it from what the client receives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Final
+
+import orjson
+
+__all__ = (
+    "CL100K",
+    "DEFAULT_ENCODING",
+    "IMAGE_TOKENS",
+    "O200K",
+    "RequestKind",
+    "SseUsageMeter",
+    "TailUsageMeter",
+    "TokenUsage",
+    "Tokenizer",
+    "completion_text_tokens",
+    "decode_body",
+    "encoding_for_model",
+    "estimate_prompt_tokens",
+    "get_tokenizer",
+    "request_kind",
+    "usage_from_body",
+    "usage_from_mapping",
+)
+
+logger = logging.getLogger("gateway.tokens")
+
+CL100K: Final = "cl100k_base"
+O200K: Final = "o200k_base"
+# Unknown models (other vendors behind an OpenAI-compatible API) are estimated with cl100k: its smaller vocabulary
+# gives the larger count, which keeps a reservation on the safe side.
+DEFAULT_ENCODING: Final = CL100K
+TOKENS_PER_MESSAGE: Final = 3
+TOKENS_PER_NAME: Final = 1
+REPLY_PRIMING: Final = 3
+IMAGE_TOKENS: Final = 1200
+MAX_SSE_LINE: Final = 1 << 20  # a line longer than this is passed on unparsed (no unbounded holding back)
+TAIL_WINDOW: Final = 4096  # bytes of a large JSON body kept to find its usage object
+
+_O200K_PREFIXES: Final = ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "gpt-oss", "codex")
+_CL100K_PREFIXES: Final = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "text-embedding-ada-002")
+
+
+#
+# Usage
+#
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Tokens of one request: reported by the backend, or ``estimated`` by the gateway when it reported none
+    (a stream the client cancelled, a backend without a usage section)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    model: str | None = None
+    estimated: bool = False
+    cached_tokens: int = 0  # part of the prompt served from the provider's prompt cache
+    reasoning_tokens: int = 0  # part of the completion spent on reasoning
+
+
+def _int(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
+
+
+def usage_from_mapping(usage: dict[str, Any], model: str | None) -> TokenUsage:
+    """A TokenUsage from a ``usage`` object: Chat Completions / Completions / Embeddings names
+    (``prompt_tokens``, ``completion_tokens``) or Responses names (``input_tokens``, ``output_tokens``)."""
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        prompt = _int(usage.get("prompt_tokens"))
+        completion = _int(usage.get("completion_tokens"))
+        details_in, details_out = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
+    else:
+        prompt = _int(usage.get("input_tokens"))
+        completion = _int(usage.get("output_tokens"))
+        details_in, details_out = usage.get("input_tokens_details"), usage.get("output_tokens_details")
+    total = _int(usage.get("total_tokens")) or prompt + completion
+    cached = _int(details_in.get("cached_tokens")) if isinstance(details_in, dict) else 0
+    reasoning = _int(details_out.get("reasoning_tokens")) if isinstance(details_out, dict) else 0
+    return TokenUsage(prompt, completion, total, model, False, cached, reasoning)
+
+
+def decode_body(body: bytes, encoding: bytes | None) -> bytes | None:
+    """The identity bytes of a response body (gzip / deflate undone); None when it cannot be decoded."""
+    if not encoding or encoding == b"identity":
+        return body
+    try:
+        if encoding == b"gzip":
+            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        if encoding == b"deflate":
+            return zlib.decompress(body)
+    except zlib.error:
+        return None
+    return None
+
+
+def usage_from_body(body: bytes) -> tuple[dict[str, Any] | None, str | None, Any]:
+    """``(usage, model, document)`` of a JSON response body; ``(None, None, None)`` when it is not a JSON object."""
+    if not body or body.lstrip()[:1] != b"{":
+        return None, None, None
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None, None
+    if not isinstance(document, dict):
+        return None, None, None
+    usage = document.get("usage")
+    model = document.get("model")
+    response = document.get("response")  # a Responses API event or wrapper
+    if not isinstance(usage, dict) and isinstance(response, dict):
+        usage, model = response.get("usage"), response.get("model")
+    return (usage if isinstance(usage, dict) else None), (model if isinstance(model, str) else None), document
+
+
+#
+# Tokenizer
+#
+
+
+class Tokenizer:
+    """Counts the tokens of text with the BPE tables of OpenAI's models (loaded once, shared by all requests)."""
+
+    __slots__ = ("_counters", "default")
+
+    def __init__(self, counters: dict[str, Callable[[str], int]], default: str = DEFAULT_ENCODING) -> None:
+        self._counters = counters
+        self.default = default
+
+    @classmethod
+    def load(cls, encodings: tuple[str, ...] = (CL100K, O200K)) -> Tokenizer:
+        """Load the encoders from the ``bpe-openai`` wheel (no file or network access beyond the wheel)."""
+        bindings = _load_bindings()
+        if bindings is not None:  # the Rust core: ``count`` without building a token list
+            return cls({name: bindings.tokenizer_for_encoding(name).count for name in encodings})
+        import bpe_openai  # pragma: no cover - another layout of the package: its public, slower API
+
+        counters: dict[str, Callable[[str], int]] = {}  # pragma: no cover
+        for name in encodings:  # pragma: no cover
+            encode = bpe_openai.get_encoding(name).encode_ordinary
+            counters[name] = lambda text, encode=encode: len(encode(text))  # type: ignore[misc]
+        return cls(counters)  # pragma: no cover
+
+    @property
+    def encodings(self) -> tuple[str, ...]:
+        return tuple(self._counters)
+
+    def counter(self, encoding: str | None = None) -> Callable[[str], int]:
+        """The ``count(text) -> int`` function of ``encoding`` (the default encoding when unknown)."""
+        counters = self._counters
+        return counters.get(encoding or self.default) or counters[self.default]
+
+    def count(self, text: str, encoding: str | None = None) -> int:
+        if not text:
+            return 0
+        try:
+            return self.counter(encoding)(text)
+        except (UnicodeError, ValueError):  # lone surrogates and the like: count the repaired text
+            return self.counter(encoding)(text.encode("utf-8", "replace").decode("utf-8"))
+
+
+def _load_bindings() -> Any:
+    """``bpe_openai._bindings`` (the compiled core, whose tables are built into the library), loaded without running
+    ``bpe_openai/__init__``: that package also parses every ``.tiktoken.gz`` table into Python dicts at import,
+    about 80 MB and most of a second per process that the Rust core does not need. None if the layout differs."""
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or spec.origin is None:
+        return None
+    folder = os.path.dirname(spec.origin)
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("_bindings.") and name.endswith((".so", ".pyd")):
+            module_spec = importlib.util.spec_from_file_location("bpe_openai._bindings", os.path.join(folder, name))
+            if module_spec is None or module_spec.loader is None:
+                return None
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+            return module if hasattr(module, "tokenizer_for_encoding") else None
+    return None
+
+
+@cache
+def get_tokenizer() -> Tokenizer:
+    """The process-wide tokenizer (its tables are read-only, so forked workers share the pages)."""
+    return Tokenizer.load()
+
+
+def encoding_for_model(model: Any) -> str:
+    """``o200k_base`` for the GPT-4o / 4.1 / 5 and o-series families, ``cl100k_base`` for GPT-4 / 3.5 and the
+    embedding models, and the default for anything else (including a missing model)."""
+    if not isinstance(model, str) or not model:
+        return DEFAULT_ENCODING
+    name = model.lower().rpartition("/")[2]  # "openai/gpt-4o" as some routers spell it
+    if name.startswith(_O200K_PREFIXES):
+        return O200K
+    if name.startswith(_CL100K_PREFIXES):
+        return CL100K
+    return DEFAULT_ENCODING
+
+
+#
+# Prompt estimation
+#
+
+
+class RequestKind:
+    """The OpenAI operation a request body belongs to (from the path it is forwarded to)."""
+
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+    RESPONSES = "responses"
+    OTHER = "other"
+
+
+def request_kind(path: str) -> str:
+    path = path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        return RequestKind.CHAT
+    if path.endswith("/completions"):
+        return RequestKind.COMPLETIONS
+    if path.endswith("/embeddings"):
+        return RequestKind.EMBEDDINGS
+    if path.endswith("/responses"):
+        return RequestKind.RESPONSES
+    return RequestKind.OTHER
+
+
+def estimate_prompt_tokens(body: dict[str, Any], kind: str, tokenizer: Tokenizer, encoding: str | None) -> int:
+    """Estimate the prompt tokens the backend will count for ``body`` (an OpenAI request of ``kind``)."""
+    count = tokenizer.counter(encoding)
+    total = 0
+    if kind == RequestKind.CHAT:
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            for message in messages:
+                total += TOKENS_PER_MESSAGE
+                if isinstance(message, dict):
+                    total += _message_tokens(message, count)
+            total += REPLY_PRIMING
+        total += _tools_tokens(body, count)
+    elif kind == RequestKind.COMPLETIONS:
+        total += _input_tokens(body.get("prompt"), count) + _input_tokens(body.get("suffix"), count)
+    elif kind == RequestKind.EMBEDDINGS:
+        total += _input_tokens(body.get("input"), count)
+    elif kind == RequestKind.RESPONSES:
+        total += _input_tokens(body.get("instructions"), count)
+        value = body.get("input")
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    total += TOKENS_PER_MESSAGE + _message_tokens(item, count)
+                else:
+                    total += _input_tokens(item, count)
+            total += REPLY_PRIMING
+        else:
+            total += _input_tokens(value, count)
+        total += _tools_tokens(body, count)
+    return total
+
+
+def _safe(count: Callable[[str], int], text: str) -> int:
+    try:
+        return count(text)
+    except (UnicodeError, ValueError):
+        return count(text.encode("utf-8", "replace").decode("utf-8"))
+
+
+def _message_tokens(message: dict[str, Any], count: Callable[[str], int]) -> int:
+    total = 0
+    for key, value in message.items():
+        if isinstance(value, str):
+            if value:
+                total += _safe(count, value)
+            if key == "name":
+                total += TOKENS_PER_NAME
+        elif key == "content" and isinstance(value, list):
+            total += _parts_tokens(value, count)
+        elif key in ("tool_calls", "function_call") and value:
+            total += _safe(count, orjson.dumps(value).decode())
+    return total
+
+
+def _parts_tokens(parts: list[Any], count: Callable[[str], int]) -> int:
+    total = 0
+    for part in parts:
+        if isinstance(part, str):
+            total += _safe(count, part)
+        elif isinstance(part, dict):
+            kind = part.get("type", "")
+            text = part.get("text")
+            if isinstance(text, str):
+                total += _safe(count, text)
+            elif isinstance(kind, str) and ("image" in kind or "file" in kind or "audio" in kind):
+                total += IMAGE_TOKENS
+            elif isinstance(part.get("refusal"), str):
+                total += _safe(count, part["refusal"])
+    return total
+
+
+def _input_tokens(value: Any, count: Callable[[str], int]) -> int:
+    """A prompt / input: a string, a list of strings, a list of token ids, or a list of token-id lists."""
+    if isinstance(value, str):
+        return _safe(count, value) if value else 0
+    if isinstance(value, list):
+        if value and all(type(item) is int for item in value):
+            return len(value)
+        total = 0
+        for item in value:
+            if isinstance(item, dict):  # Responses content parts
+                total += _parts_tokens([item], count)
+            else:
+                total += _input_tokens(item, count)
+        return total
+    return 0
+
+
+def _tools_tokens(body: dict[str, Any], count: Callable[[str], int]) -> int:
+    total = 0
+    for key in ("tools", "functions", "response_format", "text"):
+        value = body.get(key)
+        if isinstance(value, (list, dict)) and value:
+            total += _safe(count, orjson.dumps(value).decode())
+    return total
+
+
+def completion_text_tokens(document: dict[str, Any], count: Callable[[str], int]) -> int:
+    """Completion tokens of a whole response that carries no usage: the tokens of its generated text."""
+    total = 0
+    choices = document.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            text = choice.get("text")
+            if isinstance(text, str):
+                total += _safe(count, text)
+            message = choice.get("message")
+            if isinstance(message, dict):
+                total += _message_tokens(message, count)
+    output = document.get("output")
+    if isinstance(output, list):
+        for item in output:
+            if isinstance(item, dict):
+                total += _message_tokens(item, count)
+    return total
+
+
+#
+# Streams
+#
+
+
+class SseUsageMeter:
+    """A ChunkFilter over an SSE body: counts completion tokens as deltas pass, keeps the backend's ``usage``.
+
+    Only the incomplete line at the end of a chunk is kept between chunks. With ``strip`` (the gateway added
+    ``stream_options.include_usage``, the client did not ask for it) the usage-only event (``choices: []``) is
+    removed, and complete lines are sent as they are found, so a line split across two reads goes out with the
+    second read. ``on_done(meter, complete)`` runs once, from ``finish``.
+    """
+
+    __slots__ = (
+        "_count",
+        "_drop_blank",
+        "_on_done",
+        "_strip",
+        "_tail",
+        "broken",
+        "completion_tokens",
+        "events",
+        "model",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        count: Callable[[str], int],
+        on_done: Callable[[SseUsageMeter, bool], None],
+        *,
+        strip: bool = False,
+    ) -> None:
+        self._count = count
+        self._on_done: Callable[[SseUsageMeter, bool], None] | None = on_done
+        self._strip = strip
+        self._tail = b""
+        self._drop_blank = False
+        self.broken = False  # a line exceeded MAX_SSE_LINE: the rest passes through unparsed
+        self.completion_tokens = 0
+        self.events = 0
+        self.model: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.broken:
+            return chunk
+        data = self._tail + chunk if self._tail else chunk
+        end = data.rfind(b"\n")
+        if end < 0:
+            if len(data) > MAX_SSE_LINE:
+                return self._give_up(data, chunk)
+            self._tail = data
+            return b"" if self._strip else chunk
+        if end == len(data) - 1:
+            block, self._tail = data, b""
+        else:
+            block, self._tail = data[: end + 1], data[end + 1 :]
+            if len(self._tail) > MAX_SSE_LINE:
+                return self._give_up(data, chunk)
+        kept = self._scan(block)
+        return kept if self._strip else chunk
+
+    def finish(self, complete: bool) -> bytes:
+        tail, self._tail = self._tail, b""
+        out = b""
+        if tail and not self.broken:  # the stream ended without a final newline
+            kept = self._scan(tail + b"\n")
+            if self._strip:
+                out = kept[:-1]
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done(self, complete)
+        return out
+
+    def _give_up(self, data: bytes, chunk: bytes) -> bytes:
+        self.broken = True
+        self._tail = b""
+        return data if self._strip else chunk
+
+    def _scan(self, block: bytes) -> bytes:
+        """Parse the complete lines of ``block`` (ends with a newline); return what the client gets."""
+        lines = block.split(b"\n")
+        lines.pop()  # the empty string after the last newline
+        kept: list[bytes] | None = None
+        for index, line in enumerate(lines):
+            drop = False
+            if self._drop_blank:
+                self._drop_blank = False
+                drop = not line or line == b"\r"
+            if not drop and line.startswith(b"data:") and self._data(line) and self._strip:
+                drop = True
+                self._drop_blank = True
+            if drop:
+                if kept is None:
+                    kept = lines[:index]
+            elif kept is not None:
+                kept.append(line)
+        if kept is None:
+            return block
+        return b"".join([line + b"\n" for line in kept])
+
+    def _data(self, line: bytes) -> bool:
+        """Account one ``data:`` line; True when it is a usage-only event (``"choices": []`` and a usage)."""
+        payload = line[5:].strip()
+        if payload[:1] != b"{":
+            return False
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(event, dict):
+            return False
+        self.events += 1
+        if self.model is None:
+            model = event.get("model")
+            if isinstance(model, str):
+                self.model = model
+        choices = event.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict):
+                    self._choice(choice)
+        else:
+            kind = event.get("type")
+            if isinstance(kind, str):
+                self._responses_event(kind, event)
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+            return choices == []
+        return False
+
+    def _choice(self, choice: dict[str, Any]) -> None:
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            for key in ("content", "refusal", "reasoning_content", "reasoning"):
+                text = delta.get(key)
+                if isinstance(text, str) and text:
+                    self.completion_tokens += _safe(self._count, text)
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                for call in calls:
+                    function = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(function, dict):
+                        self._text(function.get("name"))
+                        self._text(function.get("arguments"))
+            call = delta.get("function_call")
+            if isinstance(call, dict):
+                self._text(call.get("name"))
+                self._text(call.get("arguments"))
+        else:
+            self._text(choice.get("text"))  # legacy completions
+
+    def _responses_event(self, kind: str, event: dict[str, Any]) -> None:
+        if kind.endswith(".delta"):
+            self._text(event.get("delta"))
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            response = event.get("response")
+            if isinstance(response, dict):
+                usage = response.get("usage")
+                if isinstance(usage, dict):
+                    self.usage = usage
+                model = response.get("model")
+                if isinstance(model, str):
+                    self.model = model
+
+    def _text(self, text: Any) -> None:
+        if isinstance(text, str) and text:
+            self.completion_tokens += _safe(self._count, text)
+
+
+_USAGE_NUMBER = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)')
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+
+
+class TailUsageMeter:
+    """A ChunkFilter for a large JSON body that is streamed, not buffered: keeps its first and last
+    ``TAIL_WINDOW`` bytes and reads the usage numbers (and model) from them at the end. Passes bytes unchanged."""
+
+    __slots__ = ("_head", "_on_done", "_tail")
+
+    def __init__(self, on_done: Callable[[dict[str, Any] | None, str | None, bool], None]) -> None:
+        self._head = b""
+        self._tail = b""
+        self._on_done: Callable[[dict[str, Any] | None, str | None, bool], None] | None = on_done
+
+    def feed(self, chunk: bytes) -> bytes:
+        if len(self._head) < TAIL_WINDOW:
+            self._head += chunk[: TAIL_WINDOW - len(self._head)]
+        self._tail = (self._tail + chunk)[-TAIL_WINDOW:] if len(chunk) < TAIL_WINDOW else chunk[-TAIL_WINDOW:]
+        return chunk
+
+    def finish(self, complete: bool) -> bytes:
+        on_done, self._on_done = self._on_done, None
+        if on_done is None:
+            return b""
+        usage: dict[str, Any] = {}
+        model = None
+        for window in (self._head, self._tail):
+            position = window.rfind(b'"usage"')
+            if position >= 0:
+                for name, value in _USAGE_NUMBER.findall(window[position:]):
+                    usage.setdefault(name.decode(), int(value))
+            found = _MODEL.search(window)
+            if found and model is None:
+                model = found.group(1).decode("utf-8", "replace")
+        on_done(usage or None, model, complete)
+        return b""

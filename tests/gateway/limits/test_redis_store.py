@@ -1,0 +1,206 @@
+"""The Redis store and its pipelined client: RESP, pipelining, script reloads, failures, cancelled admissions."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from gateway.limits import StoreUnavailable, create_store, minute_window
+from gateway.limits.redis import RedisTokenStore
+from gateway.limits.resp import RespClient, RespError, encode_command, parse_reply
+
+from .conftest import REDIS_URL, FakeClock
+
+#
+# RESP (no server)
+#
+
+
+def test_encode_command():
+    assert encode_command(("SET", "k", 12, b"\x00v")) == b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$2\r\n\x00v\r\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "value"),
+    [
+        (b":42\r\n", 42),
+        (b"+OK\r\n", "OK"),
+        (b"$3\r\nabc\r\n", b"abc"),
+        (b"$-1\r\n", None),
+        (b"*3\r\n:0\r\n:15\r\n$2\r\nhi\r\n", [0, 15, b"hi"]),
+        (b"*2\r\n*1\r\n:1\r\n*0\r\n", [[1], []]),
+    ],
+)
+def test_parse_reply(data, value):
+    assert parse_reply(data, 0) == (value, len(data))
+    for cut in range(1, len(data)):  # any prefix is incomplete, never wrong
+        with pytest.raises(Exception) as info:
+            parse_reply(data[:cut], 0)
+        assert type(info.value).__name__ == "_Incomplete"
+
+
+def test_parse_error_reply():
+    error, end = parse_reply(b"-NOSCRIPT No matching script\r\n", 0)
+    assert isinstance(error, RespError) and error.code == "NOSCRIPT" and end == 30
+
+
+def test_url_parsing():
+    client = RespClient("rediss://user:p%40ss@cache.example:6380/3")
+    assert (client.host, client.port, client.tls, client.username, client.password, client.db) == (
+        "cache.example",
+        6380,
+        True,
+        "user",
+        "p@ss",
+        3,
+    )
+    with pytest.raises(ValueError, match="unsupported Redis URL scheme"):
+        RespClient("unix:///tmp/redis.sock")
+
+
+#
+# Failures (no Redis needed)
+#
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_unreachable_redis_raises_store_unavailable():
+    store = create_store("redis", url=f"redis://127.0.0.1:{closed_port()}/0", connect_timeout=0.5)
+    window = minute_window("k", store.now(), 10)
+    with pytest.raises(StoreUnavailable, match="cannot connect"):
+        await store.reserve([window], 1, store.now())
+    store.settle(_reservation(window), 5)  # never raises, even with nothing to send to
+    await store.aclose()
+
+
+def _reservation(window):
+    from gateway.limits.base import reservation_for
+
+    return reservation_for([window], 1)
+
+
+async def test_a_silent_server_times_out_and_the_next_call_reconnects():
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RespClient(f"redis://127.0.0.1:{port}", timeout=0.2)
+    try:
+        async with asyncio.timeout(3):
+            with pytest.raises(TimeoutError):
+                await client.call("PING")
+            assert client.pending == 0
+            with pytest.raises(TimeoutError):
+                await client.call("PING")
+        assert len(accepted) == 2  # a fresh connection for the second call
+    finally:
+        await client.aclose()
+        server.close()
+        for writer in accepted:
+            writer.close()
+
+
+#
+# Against Redis
+#
+
+needs_redis = pytest.mark.skipif(not REDIS_URL, reason="REDIS_URL is not set (CI sets redis://127.0.0.1:6379/0)")
+
+
+@needs_redis
+async def test_commands_of_one_loop_turn_share_one_write(redis_prefix):
+    client = RespClient(REDIS_URL)
+    writes = []
+    try:
+        await client.call("PING")
+        original = client._flush
+
+        def counting():
+            if client._outbox:
+                writes.append(len(client._outbox))
+            original()
+
+        client._flush = counting
+        replies = await asyncio.gather(*(client.call("INCR", f"{redis_prefix}n") for _ in range(50)))
+        assert sorted(replies) == list(range(1, 51))
+        assert writes == [50]  # fifty commands, one write
+    finally:
+        await client.aclose()
+
+
+@needs_redis
+async def test_script_flush_is_survived(redis_prefix, clock: FakeClock):
+    store = create_store("redis", url=REDIS_URL, clock=clock, prefix=redis_prefix)
+    window = minute_window("k", clock(), 100)
+    try:
+        assert (await store.reserve([window], 10, clock())).allowed
+        await store.client.call("SCRIPT", "FLUSH")
+        admission = await store.reserve([window], 10, clock())  # NOSCRIPT -> SCRIPT LOAD -> EVALSHA
+        assert admission.allowed and admission.used == (20,)
+        await store.client.call("SCRIPT", "FLUSH")
+        store.settle(admission.reservation, 15)  # the settlement falls back to EVAL
+        await store.flush()
+        await store.flush()
+        assert await store.count(window) == 25
+    finally:
+        await store.aclose()
+
+
+@needs_redis
+async def test_keys_expire_after_their_window(redis_prefix, clock: FakeClock):
+    store = create_store("redis", url=REDIS_URL, clock=clock, prefix=redis_prefix)
+    window = minute_window("ttl", clock(), 100)
+    try:
+        await store.reserve([window], 1, clock())
+        ttl_ms = await store.client.call("PTTL", redis_prefix + window.key)
+        assert 0 < ttl_ms <= (window.expires_at - time.time() + 1) * 1000  # Redis expires in real time
+    finally:
+        await store.aclose()
+
+
+@needs_redis
+async def test_an_admission_whose_caller_is_cancelled_is_given_back(redis_prefix, clock: FakeClock):
+    store: RedisTokenStore = create_store("redis", url=REDIS_URL, clock=clock, prefix=redis_prefix, settle_interval=0)
+    window = minute_window("cancel", clock(), 100)
+    try:
+        await store.count(window)  # connected
+        task = asyncio.ensure_future(store.reserve([window], 40, clock()))
+        await asyncio.sleep(0)  # the command is queued and written
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            await store.flush()
+            if await store.count(window) == 0:
+                break
+        assert await store.count(window) == 0
+    finally:
+        await store.aclose()
+
+
+@needs_redis
+async def test_two_stores_share_the_counters(redis_prefix, clock: FakeClock):
+    """Two replicas (two stores, two connections) see one counter."""
+    first = create_store("redis", url=REDIS_URL, clock=clock, prefix=redis_prefix)
+    second = create_store("redis", url=REDIS_URL, clock=clock, prefix=redis_prefix)
+    window = minute_window("shared", clock(), 100)
+    try:
+        results = await asyncio.gather(
+            *(store.reserve([window], 7, clock()) for _ in range(20) for store in (first, second))
+        )
+        assert sum(r.allowed for r in results) == 14  # 14 x 7 = 98 <= 100
+        assert await first.count(window) == await second.count(window) == 98
+    finally:
+        await first.aclose()
+        await second.aclose()

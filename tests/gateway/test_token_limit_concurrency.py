@@ -1,0 +1,218 @@
+"""The admission bound under concurrency, across two gateway processes sharing Redis (docs/token-limits.md).
+
+Real processes: the mock model server and two ``python -m gateway`` serving the same snapshot from a cache file
+(the management plane URL points at a closed port) with ``REDIS_URL`` set. Many concurrent clients, half on each
+gateway, send chat completions that each take a while at the backend, against a small tokens-per-minute limit.
+The test runs inside one minute window, adds up the real usage of every admitted request (from the response
+bodies) and checks it against the bound, that the limit was reached (429s), and that the Redis counter ends equal to
+the admitted usage (every reservation was settled to the real total).
+
+* Bounded reservations (``max_tokens`` set, prompt estimate >= the backend's count): admitted usage <= limit.
+* Under-reserved requests (no ``max_tokens``, a default reservation smaller than the completion): admitted usage
+  <= limit + (requests in flight) x (largest excess of usage over reservation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.fixtures_procs import free_port, mock_llm, process_factory  # noqa: F401  (fixtures)
+
+from .conftest import KEYS, TOKEN, api, op
+
+pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis: set REDIS_URL (CI does)")
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+KEY = {"Ocp-Apim-Subscription-Key": KEYS["master"][0]}
+CHAT_URL = "/llm/chat/completions"
+CLIENTS = 32  # concurrent clients, 16 per gateway
+REQUESTS = 400
+LIMIT = 1500
+
+
+def snapshot(base_url: str, policy: str) -> dict:
+    from gateway.secrets import hash_key
+
+    return {
+        "version": 1,
+        "revision": 1,
+        "named_values": [],
+        "backends": [],
+        "products": [],
+        "apis": [
+            api("llm", "llm", base_url, api_type="openai", policy=policy,
+                operations=[op("chat-completions", "POST", "/chat/completions")])
+        ],
+        "subscriptions": [
+            {"name": "master", "scope": "/apis", "state": "active", "key_hashes": [hash_key(k) for k in KEYS["master"]]}
+        ],
+    }
+
+
+def start_gateways(tmp_path, start, policy: str, mock_url: str, count: int = 2) -> list[int]:
+    (tmp_path / "snapshot.json").write_bytes(orjson.dumps(snapshot(mock_url, policy)))
+    ports = []
+    for index in range(count):
+        port = free_port()
+        cache = tmp_path / f"snapshot-{index}.json"
+        cache.write_bytes((tmp_path / "snapshot.json").read_bytes())
+        env = {
+            **os.environ,
+            "SLUICE_GATEWAY_TOKEN": TOKEN,
+            "SLUICE_GATEWAY_PORT": str(port),
+            "SLUICE_GATEWAY_ID": f"concurrency-{index}",
+            "SLUICE_SNAPSHOT_CACHE": str(cache),
+            "SLUICE_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens: serve from the cache
+            "SLUICE_POLL_INTERVAL": "5",
+            "SLUICE_USAGE_STREAM": f"sluice-test:usage:{uuid.uuid4().hex}",
+            "SLUICE_USAGE_SPOOL": str(tmp_path / f"usage-{index}.spool"),
+            "SLUICE_USAGE_SETTLE_TIMEOUT": "0",
+            "REDIS_URL": REDIS_URL,
+            "SLUICE_LOG_LEVEL": "WARNING",
+        }
+        start([sys.executable, "-m", "gateway"], f"http://127.0.0.1:{port}/__sluice/health", env=env,
+              name=f"gateway-{index}", timeout=30)
+        ports.append(port)
+    return ports
+
+
+def cleanup_redis(counter: str, streams: str = "sluice-test:usage:*") -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"sluice:tl:{{{counter}}}*")) + list(client.scan_iter(match=streams))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def redis_count(key: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        value = client.get(key)
+        return int(value) if value is not None else 0
+    finally:
+        client.close()
+
+
+def wait_for_fresh_minute(margin: float = 5.0) -> float:
+    """Start the burst early in a minute so it cannot straddle two windows; returns the minute's start."""
+    now = time.time()
+    if now % 60 > 60 - margin:
+        time.sleep(60 - now % 60 + 0.05)
+        now = time.time()
+    return now - now % 60
+
+
+async def burst(ports: list[int], body: dict, headers: dict[str, str]) -> dict:
+    results: list[tuple[int, int]] = []  # (status, total tokens of an admitted request)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(REQUESTS):
+        queue.put_nowait(n)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def client(index: int) -> None:
+            url = f"http://127.0.0.1:{ports[index % len(ports)]}{CHAT_URL}"
+            while not queue.empty():
+                queue.get_nowait()
+                async with session.post(url, data=orjson.dumps(body), headers=headers) as response:
+                    data = await response.json()
+                    total = data["usage"]["total_tokens"] if response.status == 200 else 0
+                    results.append((response.status, total))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(CLIENTS)))
+        elapsed = time.perf_counter() - started
+    statuses = [status for status, _ in results]
+    return {
+        "sent": len(results),
+        "admitted": statuses.count(200),
+        "refused": statuses.count(429),
+        "other": len(results) - statuses.count(200) - statuses.count(429),
+        "tokens": sum(total for _, total in results),
+        "max_single": max((total for _, total in results), default=0),
+        "seconds": elapsed,
+    }
+
+
+def settled_counter(key: str, expected: int) -> int:
+    deadline = time.monotonic() + 5
+    value = redis_count(key)
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = redis_count(key)
+    return value
+
+
+def report(label: str, figures: dict, bound: int) -> None:
+    print(  # shown with -s; the figures quoted in docs/token-limits.md
+        f"\n[{label}] sent={figures['sent']} admitted={figures['admitted']} refused(429)={figures['refused']} "
+        f"tokens admitted={figures['tokens']} limit={LIMIT} bound={bound} largest single={figures['max_single']} "
+        f"in {figures['seconds']:.2f}s"
+    )
+
+
+def test_bounded_reservations_never_exceed_the_limit(tmp_path, mock_llm, process_factory):  # noqa: F811
+    counter = f"conc-{uuid.uuid4().hex[:10]}"
+    policy = (
+        f'<policies><inbound><base/><llm-token-limit counter-key="{counter}" tokens-per-minute="{LIMIT}" '
+        'estimate-prompt-tokens="true"/></inbound></policies>'
+    )
+    ports = start_gateways(tmp_path, process_factory, policy, mock_llm.base_url)
+    try:
+        # mock usage: prompt 3 + 5 words = 8, completion min(X-Mock-Tokens, max_tokens) = 20: 28 per request;
+        # reservation: estimate (3 + 1 + 5 + 3 = 12) + max_tokens 24 = 36 >= 28
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three four five"}],
+                "max_tokens": 24}
+        headers = {**KEY, "X-Mock-Tokens": "20", "X-Mock-Delay-Ms": "30"}
+        minute = wait_for_fresh_minute()
+        figures = burst(ports, body, headers)
+        figures = asyncio.run(figures)
+        report("bounded", figures, LIMIT)
+        assert figures["other"] == 0
+        assert figures["tokens"] <= LIMIT  # the guarantee: reservations bound the usage
+        assert figures["refused"] > 0  # the limit was reached
+        assert figures["tokens"] > LIMIT - CLIENTS * 36  # and used up to within what is still reserved in flight
+        key = f"sluice:tl:{{{counter}}}:m:{int(minute)}"
+        assert settled_counter(key, figures["tokens"]) == figures["tokens"]
+    finally:
+        cleanup_redis(counter)
+
+
+def test_under_reserved_requests_stay_within_the_stated_bound(tmp_path, mock_llm, process_factory):  # noqa: F811
+    counter = f"conc-{uuid.uuid4().hex[:10]}"
+    default = 8  # completion tokens reserved when max_tokens is absent; the mock answers with 40
+    policy = (
+        f'<policies><inbound><base/><llm-token-limit counter-key="{counter}" tokens-per-minute="{LIMIT}" '
+        f'estimate-prompt-tokens="true" sluice-default-completion-reservation="{default}"/></inbound></policies>'
+    )
+    ports = start_gateways(tmp_path, process_factory, policy, mock_llm.base_url)
+    try:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three four five"}]}
+        headers = {**KEY, "X-Mock-Tokens": "40", "X-Mock-Delay-Ms": "30"}
+        minute = wait_for_fresh_minute()
+        figures = asyncio.run(burst(ports, body, headers))
+        reservation = 12 + default
+        excess = 8 + 40 - reservation  # usage minus reservation of every request: 28
+        bound = LIMIT + CLIENTS * excess
+        report("under-reserved", figures, bound)
+        assert figures["other"] == 0
+        assert figures["refused"] > 0
+        assert figures["tokens"] <= bound
+        key = f"sluice:tl:{{{counter}}}:m:{int(minute)}"
+        assert settled_counter(key, figures["tokens"]) == figures["tokens"]
+    finally:
+        cleanup_redis(counter)

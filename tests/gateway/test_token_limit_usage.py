@@ -1,0 +1,342 @@
+"""Token accounting: tokenizer, prompt estimation, usage extraction from JSON bodies and SSE streams, the exchange."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import orjson
+import pytest
+
+from gateway.exchange import LlmExchange
+from gateway.tokens import (
+    CL100K,
+    O200K,
+    RequestKind,
+    SseUsageMeter,
+    TailUsageMeter,
+    TokenUsage,
+    encoding_for_model,
+    estimate_prompt_tokens,
+    get_tokenizer,
+    request_kind,
+    usage_from_body,
+    usage_from_mapping,
+)
+
+from .fakes import make_request
+
+TOK = get_tokenizer()
+
+
+#
+# Tokenizer and estimation
+#
+
+
+@pytest.mark.parametrize(
+    ("model", "encoding"),
+    [
+        ("gpt-4o", O200K),
+        ("gpt-4o-mini-2024-07-18", O200K),
+        ("o3-mini", O200K),
+        ("gpt-4.1", O200K),
+        ("gpt-5", O200K),
+        ("openai/gpt-4o", O200K),
+        ("gpt-4", CL100K),
+        ("gpt-4-turbo", CL100K),
+        ("gpt-3.5-turbo", CL100K),
+        ("text-embedding-3-small", CL100K),
+        ("gemini-2.0-flash", CL100K),
+        (None, CL100K),
+        (42, CL100K),
+    ],
+)
+def test_encoding_for_model(model, encoding):
+    assert encoding_for_model(model) == encoding
+
+
+def test_counts_match_the_openai_tables():
+    assert TOK.count("hello world", CL100K) == 2
+    assert TOK.count("tiktoken is great!", CL100K) == 6
+    assert TOK.count("tiktoken is great!", O200K) == 6
+    assert TOK.count("", O200K) == 0
+    assert TOK.count("<|endoftext|>", CL100K) > 1  # special tokens are ordinary text in a prompt
+    assert TOK.count("bad \ud800 surrogate", CL100K) > 0
+
+
+def test_linear_time_on_hostile_input():
+    import time
+
+    started = time.perf_counter()
+    assert TOK.count("A" * 200_000, O200K) > 0
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.skipif(not shutil.which("unshare"), reason="unshare(1) is not installed")
+def test_tokenizer_needs_no_network_and_no_cache(tmp_path):
+    """In a fresh network namespace (no interfaces) with empty caches, the encoders load and count."""
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a network namespace here")
+    empty = str(tmp_path)
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": empty, "DATA_GYM_CACHE_DIR": empty, "HOME": empty}
+    code = "from gateway.tokens import get_tokenizer as g; t = g(); print(t.count('hello world', 'o200k_base'))"
+    done = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_chat_estimate_follows_openai_accounting():
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hello world"}]}
+    # 3 per message + "user" (1) + "hello world" (2) + 3 to prime the reply
+    assert estimate_prompt_tokens(body, RequestKind.CHAT, TOK, CL100K) == 9
+    body["messages"].append({"role": "assistant", "name": "bob", "content": "hi"})
+    assert estimate_prompt_tokens(body, RequestKind.CHAT, TOK, CL100K) == 9 + 3 + 1 + 1 + 1 + 1
+
+
+def test_chat_estimate_counts_parts_images_and_tools():
+    body = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "describe"},
+                    {"type": "image_url", "image_url": {"url": "data:..."}},
+                ],
+            }
+        ],
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+    }
+    estimate = estimate_prompt_tokens(body, RequestKind.CHAT, TOK, O200K)
+    assert estimate > 1200 + 3 + 3 + 10
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "expected"),
+    [
+        (RequestKind.COMPLETIONS, {"prompt": "hello world"}, 2),
+        (RequestKind.COMPLETIONS, {"prompt": ["hello", "world"]}, 2),
+        (RequestKind.EMBEDDINGS, {"input": [1, 2, 3, 4]}, 4),
+        (RequestKind.EMBEDDINGS, {"input": [[1, 2], [3]]}, 3),
+        (RequestKind.RESPONSES, {"input": "hello world", "instructions": "be brief"}, 4),
+        (RequestKind.OTHER, {"prompt": "hello"}, 0),
+    ],
+)
+def test_other_estimates(kind, body, expected):
+    assert estimate_prompt_tokens(body, kind, TOK, CL100K) == expected
+
+
+def test_request_kind():
+    assert request_kind("/chat/completions") == RequestKind.CHAT
+    assert request_kind("/v1/completions") == RequestKind.COMPLETIONS
+    assert request_kind("/deployments/x/embeddings") == RequestKind.EMBEDDINGS
+    assert request_kind("/responses/") == RequestKind.RESPONSES
+    assert request_kind("/images/generations") == RequestKind.OTHER
+
+
+#
+# Whole bodies
+#
+
+
+def test_usage_from_body_and_mapping():
+    body = orjson.dumps(
+        {
+            "model": "gpt-4o",
+            "usage": {
+                "prompt_tokens": 11,
+                "completion_tokens": 7,
+                "total_tokens": 18,
+                "prompt_tokens_details": {"cached_tokens": 4},
+                "completion_tokens_details": {"reasoning_tokens": 2},
+            },
+        }
+    )
+    usage, model, _ = usage_from_body(body)
+    assert usage_from_mapping(usage, model) == TokenUsage(11, 7, 18, "gpt-4o", False, 4, 2)
+    responses = {"input_tokens": 5, "output_tokens": 6, "total_tokens": 11}
+    assert usage_from_mapping(responses, None) == TokenUsage(5, 6, 11)
+    assert usage_from_mapping({"prompt_tokens": 3}, None) == TokenUsage(3, 0, 3)  # embeddings
+    assert usage_from_body(b"not json") == (None, None, None)
+    assert usage_from_body(b"[1]") == (None, None, None)
+
+
+#
+# Streams
+#
+
+
+def chat_events(n: int, *, usage: bool, model: str = "gpt-4o") -> list[bytes]:
+    def event(data: dict) -> bytes:
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+
+    head = {"id": "c1", "object": "chat.completion.chunk", "model": model}
+    out = [event({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})]
+    out += [event({**head, "choices": [{"index": 0, "delta": {"content": f" word{i}"}}]}) for i in range(n)]
+    out.append(event({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    if usage:
+        usage_data = {"prompt_tokens": 9, "completion_tokens": n, "total_tokens": 9 + n}
+        out.append(event({**head, "choices": [], "usage": usage_data}))
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
+def run_meter(chunks: list[bytes], *, strip: bool, complete: bool = True) -> tuple[bytes, SseUsageMeter, list]:
+    done: list = []
+    meter = SseUsageMeter(TOK.counter(O200K), lambda m, c: done.append(c), strip=strip)
+    out = b"".join(meter.feed(c) for c in chunks) + meter.finish(complete)
+    return out, meter, done
+
+
+def splits(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64, 10_000])
+def test_sse_passthrough_is_byte_identical_and_counts(size):
+    stream = b"".join(chat_events(5, usage=True))
+    out, meter, done = run_meter(splits(stream, size), strip=False)
+    assert out == stream
+    assert meter.usage == {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
+    assert meter.completion_tokens == 10  # " word0" … " word4": 2 tokens each with o200k
+    assert meter.model == "gpt-4o" and done == [True]
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 33, 10_000])
+def test_sse_strip_removes_only_the_usage_event(size):
+    with_usage = chat_events(3, usage=True)
+    expected = b"".join(e for e in with_usage if b'"choices":[]' not in e)
+    out, meter, _ = run_meter(splits(b"".join(with_usage), size), strip=True)
+    assert out == expected
+    assert b"usage" not in out
+    assert meter.usage is not None and meter.usage["total_tokens"] == 12
+
+
+def test_sse_strip_keeps_usage_that_rides_on_a_content_event():
+    event = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}],'
+        b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}\n\n'
+    )
+    out, meter, _ = run_meter([event, b"data: [DONE]\n\n"], strip=True)
+    assert out == event + b"data: [DONE]\n\n"
+    assert meter.usage["total_tokens"] == 2
+
+
+def test_sse_counts_a_cancelled_stream():
+    events = chat_events(10, usage=True)
+    _, meter, done = run_meter(events[:4], strip=False, complete=False)  # role + 3 words, then the client left
+    assert meter.usage is None and meter.completion_tokens == 6 and done == [False]
+
+
+def test_sse_last_line_without_newline():
+    data = b'data: {"choices":[{"delta":{"content":"hello"}}]}'
+    out, meter, _ = run_meter([data], strip=True)
+    assert out == data and meter.completion_tokens == 1
+
+
+def test_sse_counts_completions_tool_calls_and_responses_events():
+    events = [
+        b'data: {"choices":[{"text":"hello world"}]}\n\n',
+        b'data: {"choices":[{"delta":{"tool_calls":[{"function":{"name":"f","arguments":"{\\"a\\": 1}"}}]}}]}\n\n',
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"hi there"}\n\n',
+        b'event: response.completed\ndata: {"type":"response.completed","response":{"model":"gpt-4.1",'
+        b'"usage":{"input_tokens":4,"output_tokens":9,"total_tokens":13}}}\n\n',
+    ]
+    _, meter, _ = run_meter(events, strip=False)
+    assert meter.completion_tokens > 2 + 1 + 2
+    assert usage_from_mapping(meter.usage, meter.model) == TokenUsage(4, 9, 13, "gpt-4.1")
+
+
+def test_sse_gives_up_on_an_endless_line():
+    big = b"data: " + b"x" * (2 << 20)
+    out, meter, _ = run_meter([big[:1000], big[1000:], b"\n\ndata: [DONE]\n\n"], strip=True)
+    assert out == big + b"\n\ndata: [DONE]\n\n" and meter.broken
+
+
+def test_tail_meter_reads_usage_of_a_large_body():
+    body = orjson.dumps({"model": "text-embedding-3-small", "data": [{"embedding": [0.5] * 50_000}],
+                         "usage": {"prompt_tokens": 8, "total_tokens": 8}})
+    got: list = []
+    meter = TailUsageMeter(lambda usage, model, complete: got.append((usage, model)))
+    assert b"".join(meter.feed(c) for c in splits(body, 8192)) == body
+    meter.finish(True)
+    assert got == [({"prompt_tokens": 8, "total_tokens": 8}, "text-embedding-3-small")]
+
+
+#
+# The exchange
+#
+
+
+def make_ctx(body: bytes, *, path: str = "/chat/completions", api_type: str = "openai", headers=()):
+    request = make_request("POST", "/x" + path, body=body)
+    return SimpleNamespace(
+        request=request,
+        forward_path=path,
+        api=SimpleNamespace(api_type=api_type),
+        request_headers=[(b"accept-encoding", b"gzip"), *headers],
+        llm=None,
+    )
+
+
+def test_stream_options_are_added_without_reserialising():
+    raw = b'{ "model":"gpt-4o",  "stream":true, "messages":[{"role":"user","content":"hi"}]}'
+    ctx = make_ctx(raw)
+    exchange = LlmExchange.open(ctx)
+    assert exchange.stream and exchange.injected_usage and not exchange.client_wants_usage
+    sent = exchange.upstream_body(raw)
+    assert sent == b'{"stream_options":{"include_usage":true}, "model":"gpt-4o",  "stream":true, ' \
+        b'"messages":[{"role":"user","content":"hi"}]}'
+    assert orjson.loads(sent)["stream_options"] == {"include_usage": True}
+    assert ctx.request_headers == []  # Accept-Encoding is not forwarded: the gateway must read the usage
+    assert exchange.upstream_body(b'{"replaced": true}') == b'{"replaced": true}'  # a policy's new body is kept
+
+
+def test_existing_stream_options_are_merged():
+    raw = b'{"stream":true,"stream_options":{"include_obfuscation":false},"messages":[]}'
+    exchange = LlmExchange.open(make_ctx(raw))
+    sent = orjson.loads(exchange.upstream_body(raw))
+    assert sent["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "api_type"),
+    [
+        (b'{"stream":true,"stream_options":{"include_usage":true}}', "/chat/completions", "openai"),  # client asked
+        (b'{"stream":false,"messages":[]}', "/chat/completions", "openai"),
+        (b'{"stream":true,"input":"x"}', "/responses", "openai"),  # usage always comes in response.completed
+        (b'{"stream":true,"messages":[]}', "/chat/completions", "passthrough"),
+    ],
+)
+def test_body_left_alone(raw, path, api_type):
+    exchange = LlmExchange.open(make_ctx(raw, path=path, api_type=api_type))
+    assert exchange.upstream_body(raw) is raw
+
+
+def test_non_json_body_has_no_accounting():
+    ctx = make_ctx(b"plain text")
+    exchange = LlmExchange.open(ctx)
+    assert exchange.body is None and exchange.prompt_estimate() == 0
+    assert ctx.request_headers == [(b"accept-encoding", b"gzip")]
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "cap"),
+    [
+        ({"max_tokens": 50}, "/chat/completions", (50, 1)),
+        ({"max_completion_tokens": 70, "max_tokens": 50, "n": 3}, "/chat/completions", (70, 3)),
+        ({"max_tokens": 16, "best_of": 4, "n": 2}, "/completions", (16, 4)),
+        ({"max_output_tokens": 99}, "/responses", (99, 1)),
+        ({"messages": []}, "/chat/completions", (None, 1)),
+        ({"input": "x"}, "/embeddings", (0, 1)),
+    ],
+)
+def test_completion_cap(body, path, cap):
+    assert LlmExchange.open(make_ctx(orjson.dumps(body), path=path)).completion_cap() == cap
