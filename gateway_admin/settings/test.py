@@ -1,5 +1,9 @@
 """Test settings: fast hashing and fixed keys; the database and Redis come from the environment as in base."""
 
+import os
+import tempfile
+from pathlib import Path
+
 from .base import *  # noqa: F403
 from .base import SLUICE
 
@@ -14,3 +18,10 @@ SLUICE = {
     "SECRET_KEYS": ["4-EeuvhFWBrcspQYU2fIeA5CmBcIS_g7uLJ4Xv-dBe4="],
     "GATEWAY_TOKEN": "test-gateway-token",
 }
+
+# SQLite: a file, not pytest-django's shared in-memory database, so that the live server's request threads (the
+# end-to-end tests drive it from a real gateway process) each get their own connection instead of sharing one.
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
+    DATABASES["default"]["TEST"] = {  # noqa: F405
+        "NAME": str(Path(tempfile.gettempdir()) / f"sluice-test-{os.getpid()}.sqlite3"),
+    }
