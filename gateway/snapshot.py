@@ -28,7 +28,7 @@ from gateway.model import (
     SubscriptionEntry,
 )
 from gateway.pipeline import Pipeline, compile_pipeline
-from gateway.policy import BindEnv, PolicyDocument, PolicyError, Scope, parse_document
+from gateway.policy import BindEnv, PolicyDocument, PolicyError, Scope, bind_steps, parse_document
 from gateway.routing import Router, RoutingError
 from gateway.secrets import snapshot_fernet
 
@@ -70,13 +70,7 @@ def load_snapshot(data: Any, *, gateway_token: str, origin_factory: OriginFactor
 def bind_document(document: PolicyDocument, env: BindEnv) -> None:
     """Resolve the references of every policy of ``document``; errors get the policy's position."""
     for steps in document.sections.values():
-        for step in steps:
-            try:
-                step.bind(env)
-            except PolicyError as exc:
-                if exc.line is None:
-                    raise PolicyError(exc.message, step.line, step.column) from None
-                raise
+        bind_steps(steps, env)
 
 
 #

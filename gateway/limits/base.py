@@ -33,6 +33,7 @@ __all__ = (
     "StoreUnavailable",
     "TokenStore",
     "Window",
+    "counter_tag",
     "create_store",
     "minute_window",
     "period_bounds",
@@ -111,7 +112,8 @@ def reservation_for(windows: Sequence[Window], amount: int) -> Reservation:
 #
 
 
-def _tag(counter_key: str) -> str:
+def counter_tag(counter_key: str) -> str:
+    """The counter key as it goes inside a store key: itself, or its SHA-256 when longer than ``MAX_KEY_LENGTH``."""
     if len(counter_key) > MAX_KEY_LENGTH:
         return hashlib.sha256(counter_key.encode("utf-8", "surrogatepass")).hexdigest()
     return counter_key
@@ -119,7 +121,7 @@ def _tag(counter_key: str) -> str:
 
 def minute_window(counter_key: str, now: float, limit: int) -> Window:
     start = now - now % 60.0
-    return Window(f"tl:{{{_tag(counter_key)}}}:m:{int(start)}", limit, start, start + 60.0)
+    return Window(f"tl:{{{counter_tag(counter_key)}}}:m:{int(start)}", limit, start, start + 60.0)
 
 
 def period_bounds(period: str, now: float) -> tuple[float, float]:
@@ -147,7 +149,7 @@ def period_bounds(period: str, now: float) -> tuple[float, float]:
 
 def quota_window(counter_key: str, period: str, now: float, limit: int) -> Window:
     start, end = period_bounds(period, now)
-    return Window(f"tl:{{{_tag(counter_key)}}}:{period[0]}:{int(start)}", limit, start, end)
+    return Window(f"tl:{{{counter_tag(counter_key)}}}:{period[0]}:{int(start)}", limit, start, end)
 
 
 #

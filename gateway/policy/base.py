@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
+from .errors import PolicyError
 from .values import Locate, Value, parse_value
 from .xml import Element
 
@@ -24,6 +25,7 @@ __all__ = (
     "Policy",
     "Scope",
     "Section",
+    "bind_steps",
     "check_element",
     "get_policy_class",
     "policy_names",
@@ -245,6 +247,17 @@ def get_policy_class(name: str) -> type[Policy]:
 
 def policy_names() -> tuple[str, ...]:
     return tuple(sorted(_POLICIES))
+
+
+def bind_steps(steps: Iterable[Policy], env: BindEnv) -> None:
+    """Bind each of ``steps``; an error without a position gets the position of the step that raised it."""
+    for step in steps:
+        try:
+            step.bind(env)
+        except PolicyError as exc:
+            if exc.line is None:
+                raise PolicyError(exc.message, step.line, step.column) from None
+            raise
 
 
 def walk(steps: Iterable[Policy]) -> Iterable[Policy]:

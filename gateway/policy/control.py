@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from .base import ALL_SECTIONS, Attr, BindEnv, ParseChild, Policy, check_element, register
-from .errors import PolicyError
+from .base import ALL_SECTIONS, Attr, BindEnv, ParseChild, Policy, bind_steps, check_element, register
 from .values import ExpressionRuntimeError, Value
 from .xml import Element
 
@@ -92,13 +91,7 @@ class Choose(Policy):
         yield from self.otherwise
 
     def bind(self, env: BindEnv) -> None:
-        for step in self.substeps():
-            try:
-                step.bind(env)
-            except PolicyError as exc:
-                if exc.line is None:
-                    raise PolicyError(exc.message, step.line, step.column) from None
-                raise
+        bind_steps(self.substeps(), env)
 
     def select(self, ctx: RequestContext) -> Branch:
         """The label (``when[2]``, ``otherwise``; 1-based like APIM's error paths) and steps of the branch to run."""

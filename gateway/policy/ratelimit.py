@@ -19,24 +19,24 @@ if the condition holds once the response is known (it may read ``context.Respons
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.errors import GatewayError
+from gateway.limits.base import StoreUnavailable, Window, counter_tag
 
 from .base import Attr, Policy, Section, register
 from .control import check_boolean, truth
-from .headers import check_header_name
+from .limiting import counter_key, counter_store, optional_header_name, parse_count, set_retry_after
 from .values import ExpressionRuntimeError, Value
 from .xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.http.server import Response
-    from gateway.limits import Admission, Reservation, TokenStore, Window
+    from gateway.limits import Admission, Reservation, TokenStore
 
 __all__ = (
     "MSG_BANDWIDTH_QUOTA",
@@ -61,7 +61,6 @@ MIN_QUOTA_PERIOD: Final = 300  # quota-by-key (0 = infinite)
 FOREVER_END: Final = 253402300800.0  # 10000-01-01: the end of a quota that is never renewed
 DEFAULT_FIRST_PERIOD_START: Final = "0001-01-01T00:00:00Z"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MAX_KEY: Final = 200
 
 
 def format_timespan(seconds: int) -> str:
@@ -73,47 +72,22 @@ def format_timespan(seconds: int) -> str:
     return f"{days}.{clock}" if days else clock
 
 
-def _tag(key: str) -> str:
-    if len(key) > _MAX_KEY:
-        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-    return key
-
-
-def _store(ctx: RequestContext) -> TokenStore | None:
-    store: TokenStore | None = getattr(ctx.services, "limits", None)
-    return store
-
-
 def _literal_int(value: Value | None, el: Element, attr: str, low: int, high: int | None = None) -> int | None:
     if value is None or not value.is_literal:
         return None
-    number = _parse_int(value.literal, low, high)
+    number = parse_count(value.literal, low, high)
     if number is None:
         bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
         raise el.error(f"<{el.tag}>: attribute '{attr}' must be an integer {bound}, got {value.literal!r}")
     return number
 
 
-def _parse_int(text: str, low: int, high: int | None) -> int | None:
-    text = text.strip()
-    if not text.isdigit():
-        return None
-    number = int(text)
-    if number < low or (high is not None and number > high):
-        return None
-    return number
-
-
 def _runtime_int(value: Value, ctx: RequestContext, attr: str, low: int, high: int | None = None) -> int:
     text = value.evaluate(ctx)
-    number = _parse_int(text, low, high)
+    number = parse_count(text, low, high)
     if number is None:
         raise ExpressionRuntimeError(f"'{attr}' must be an integer of at least {low}, got {text!r}.")
     return number
-
-
-def _header(name: Value | None, el: Element) -> bytes | None:
-    return check_header_name(name.literal, el) if name is not None else None
 
 
 def _variable(name: Value | None) -> str | None:
@@ -131,18 +105,14 @@ class _Counter(Policy):
         self.condition = attrs.get("increment-condition")
         if self.condition is not None:
             check_boolean(self.condition, el, "increment-condition")
-        self.retry_header = _header(attrs.get("retry-after-header-name"), el) or b"retry-after"
+        self.retry_header = optional_header_name(attrs.get("retry-after-header-name"), el) or b"retry-after"
         self.retry_variable = _variable(attrs.get("retry-after-variable-name"))
 
     def key(self, ctx: RequestContext) -> str:
-        value = self.counter_key
-        return value.literal if value.is_literal else value.evaluate(ctx)
+        return counter_key(self.counter_key, ctx)
 
     def refuse(self, ctx: RequestContext, retry_after: int, status: int, message: str, reason: str) -> GatewayError:
-        if self.retry_variable is not None:
-            ctx.variables[self.retry_variable] = retry_after
-        if retry_after > 0:
-            ctx.response_headers.append((self.retry_header, str(retry_after).encode("ascii")))
+        set_retry_after(ctx, retry_after, self.retry_header, self.retry_variable)
         return GatewayError(status, message, source=self.name, reason=reason)
 
 
@@ -184,26 +154,24 @@ class RateLimitByKey(_Counter):
         self.period = _literal_int(self.period_value, el, "renewal-period", 1, MAX_RENEWAL_PERIOD)
         self.count_value = attrs.get("increment-count")
         self.count = 1 if self.count_value is None else _literal_int(self.count_value, el, "increment-count", 1)
-        self.remaining_header = _header(attrs.get("remaining-calls-header-name"), el)
+        self.remaining_header = optional_header_name(attrs.get("remaining-calls-header-name"), el)
         self.remaining_variable = _variable(attrs.get("remaining-calls-variable-name"))
-        self.total_header = _header(attrs.get("total-calls-header-name"), el)
+        self.total_header = optional_header_name(attrs.get("total-calls-header-name"), el)
 
     @classmethod
     def from_element(cls, el: Element) -> RateLimitByKey:
         return cls(cls.check_element(el), el)
 
     def window(self, ctx: RequestContext, now: float) -> Window:
-        from gateway.limits import Window
-
         calls = self.calls if self.calls is not None else _runtime_int(self.calls_value, ctx, "calls", 1)
         period = self.period
         if period is None:
             period = _runtime_int(self.period_value, ctx, "renewal-period", 1, MAX_RENEWAL_PERIOD)
         start = now - now % period
-        return Window(f"rk:{{{_tag(self.key(ctx))}}}:{period}:{int(start)}", calls, start, start + period)
+        return Window(f"rk:{{{counter_tag(self.key(ctx))}}}:{period}:{int(start)}", calls, start, start + period)
 
     async def apply(self, ctx: RequestContext) -> Response | None:
-        store = _store(ctx)
+        store = counter_store(ctx)
         if store is None:
             logger.warning(MSG_NO_STORE, self.name)
             return None
@@ -284,20 +252,18 @@ class QuotaByKey(_Counter):
 
     def windows(self, key: str, now: float) -> tuple[Window | None, Window | None]:
         """The (calls, kilobytes) windows of ``key`` containing ``now``."""
-        from gateway.limits import Window
-
         if self.period:
             start = self.start + (now - self.start) // self.period * self.period
             end = start + self.period
         else:
             start, end = self.start, FOREVER_END
-        base = f"qk:{{{_tag(key)}}}:{self.period}:{int(start)}"
+        base = f"qk:{{{counter_tag(key)}}}:{self.period}:{int(start)}"
         calls = Window(base + ":c", self.calls, start, end) if self.calls is not None else None
         kilobytes = Window(base + ":b", self.bandwidth, start, end) if self.bandwidth is not None else None
         return calls, kilobytes
 
     async def apply(self, ctx: RequestContext) -> Response | None:
-        store = _store(ctx)
+        store = counter_store(ctx)
         if store is None:
             logger.warning(MSG_NO_STORE, self.name)
             return None
@@ -352,8 +318,6 @@ def _first_period_start(text: str, el: Element) -> float:
 
 
 async def _reserve(store: TokenStore, windows: list[Window], amount: int, now: float, name: str) -> Admission | None:
-    from gateway.limits import StoreUnavailable
-
     try:
         return await store.reserve(windows, amount, now)
     except StoreUnavailable:

@@ -30,7 +30,7 @@ from gateway.exchange import exchange_for
 from gateway.limits.base import PERIODS, StoreUnavailable, minute_window, quota_window
 
 from .base import Attr, Policy, Section, register
-from .headers import check_header_name
+from .limiting import counter_key, counter_store, optional_header_name, parse_count, set_retry_after
 from .values import ExpressionRuntimeError, Value
 from .xml import Element
 
@@ -87,25 +87,13 @@ def format_wait(seconds: int) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _int(text: str, low: int) -> int | None:
-    text = text.strip()
-    if not text.isdigit():
-        return None
-    number = int(text)
-    return number if low <= number <= MAX_TOKENS else None
-
-
 def _literal_int(value: Value | None, el: Element, attr: str, low: int) -> int | None:
     if value is None or not value.is_literal:
         return None
-    number = _int(value.literal, low)
+    number = parse_count(value.literal, low, MAX_TOKENS)
     if number is None:
         raise el.error(f"<{el.tag}>: attribute '{attr}' must be an integer of at least {low}, got {value.literal!r}")
     return number
-
-
-def _header(value: Value | None, el: Element) -> bytes | None:
-    return check_header_name(value.literal, el) if value is not None else None
 
 
 def _variable(value: Value | None, el: Element, attr: str) -> str | None:
@@ -178,17 +166,17 @@ class LlmTokenLimit(Policy):
             attrs.get("sluice-default-completion-reservation"), el, "sluice-default-completion-reservation", 0
         )
         self.default_completion = DEFAULT_COMPLETION_RESERVATION if default is None else default
-        self.retry_header = _header(attrs.get("retry-after-header-name"), el) or b"retry-after"
+        self.retry_header = optional_header_name(attrs.get("retry-after-header-name"), el) or b"retry-after"
         self.retry_variable = _variable(attrs.get("retry-after-variable-name"), el, "retry-after-variable-name")
-        self.remaining_header = _header(attrs.get("remaining-tokens-header-name"), el)
+        self.remaining_header = optional_header_name(attrs.get("remaining-tokens-header-name"), el)
         self.remaining_variable = _variable(
             attrs.get("remaining-tokens-variable-name"), el, "remaining-tokens-variable-name"
         )
-        self.quota_header = _header(attrs.get("remaining-quota-tokens-header-name"), el)
+        self.quota_header = optional_header_name(attrs.get("remaining-quota-tokens-header-name"), el)
         self.quota_variable = _variable(
             attrs.get("remaining-quota-tokens-variable-name"), el, "remaining-quota-tokens-variable-name"
         )
-        self.consumed_header = _header(attrs.get("tokens-consumed-header-name"), el)
+        self.consumed_header = optional_header_name(attrs.get("tokens-consumed-header-name"), el)
         self.consumed_variable = _variable(
             attrs.get("tokens-consumed-variable-name"), el, "tokens-consumed-variable-name"
         )
@@ -205,15 +193,14 @@ class LlmTokenLimit(Policy):
 
     def windows(self, ctx: RequestContext, now: float) -> list[Window]:
         """The quota window first (a quota refusal, 403, wins over a per-minute one), then the minute."""
-        value = self.counter_key
-        key = value.literal if value.is_literal else value.evaluate(ctx)
+        key = counter_key(self.counter_key, ctx)
         windows = []
         if self.quota is not None and self.period is not None:
             windows.append(quota_window(key, self.period, now, self.quota))
         tpm = self.tpm
         if tpm is None and self.tpm_value is not None:
             text = self.tpm_value.evaluate(ctx)
-            tpm = _int(text, 1)
+            tpm = parse_count(text, 1, MAX_TOKENS)
             if tpm is None:
                 raise ExpressionRuntimeError(f"'tokens-per-minute' must be a positive integer, got {text!r}.")
         if tpm is not None:
@@ -230,7 +217,7 @@ class LlmTokenLimit(Policy):
         return max(1, min(prompt + completion, ceiling)), prompt
 
     async def apply(self, ctx: RequestContext) -> Response | None:
-        store: TokenStore | None = getattr(ctx.services, "limits", None)
+        store = counter_store(ctx)
         if store is None:
             _warn(MSG_NO_STORE, self.name)
             return None
@@ -319,9 +306,7 @@ class _Outcome:
         admission = self.admission
         retry_after = admission.retry_after
         is_minute = policy.tpm_value is not None and admission.refused == len(self.windows) - 1
-        if policy.retry_variable is not None:
-            ctx.variables[policy.retry_variable] = retry_after
-        ctx.response_headers.append((policy.retry_header, b"%d" % retry_after))
+        set_retry_after(ctx, retry_after, policy.retry_header, policy.retry_variable)  # at least 1 when refused
         self._report(ctx, headers=True)
         if is_minute:
             return GatewayError(

@@ -119,6 +119,28 @@ def base_snapshot(upstream: str = "http://127.0.0.1:9/base") -> dict[str, Any]:
     }
 
 
+def llm_snapshot(base_url: str, policy: str) -> dict[str, Any]:
+    """One OpenAI API, ``llm`` (``POST /llm/chat/completions`` to ``base_url``) with ``policy``; the ``master`` keys."""
+    return {
+        "version": 1,
+        "revision": 1,
+        "named_values": [],
+        "backends": [],
+        "products": [],
+        "apis": [
+            api(
+                "llm",
+                "llm",
+                base_url,
+                api_type="openai",
+                policy=policy,
+                operations=[op("chat-completions", "POST", "/chat/completions")],
+            )
+        ],
+        "subscriptions": [subscription("master", "/apis")],
+    }
+
+
 @pytest.fixture
 def snapshot_data() -> dict[str, Any]:
     return copy.deepcopy(base_snapshot())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import (
     CONTENT_TYPE,
@@ -16,18 +15,12 @@ from gateway.metrics import (
     metric_prefix,
 )
 
+from .exposition import families, value
+
 
 def scrape(metrics: Metrics) -> dict[str, list]:
     """family name -> samples, parsed by prometheus_client's own text parser."""
-    text = metrics.exposition().decode()
-    return {family.name: family.samples for family in text_string_to_metric_families(text)}
-
-
-def value(samples: list, name: str, **labels: str) -> float | None:
-    for sample in samples:
-        if sample.name == name and sample.labels == labels:
-            return sample.value
-    return None
+    return families(metrics.exposition().decode())
 
 
 @pytest.mark.parametrize(

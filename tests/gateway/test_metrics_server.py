@@ -9,7 +9,6 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import METRICS_PATH, PUBLIC_METRICS_PATH, create_app
 from gateway.config import GatewayConfig
@@ -22,6 +21,7 @@ from mockllm.app import MockConfig
 from mockllm.app import create_app as create_mock
 
 from .conftest import KEYS, TOKEN, api, base_snapshot, op
+from .exposition import families, value
 
 KEY = {"Ocp-Apim-Subscription-Key": KEYS["master"][0]}
 CHAT = "/llm/chat/chat/completions"
@@ -67,14 +67,7 @@ async def scrape(session: aiohttp.ClientSession, path: str = PUBLIC_METRICS_PATH
         assert response.status == 200, await response.text()
         assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         text = await response.text()
-    return {family.name: family.samples for family in text_string_to_metric_families(text)}
-
-
-def value(samples: list, name: str, **labels: str) -> float | None:
-    for sample in samples:
-        if sample.name == name and sample.labels == labels:
-            return sample.value
-    return None
+    return families(text)
 
 
 async def chat(session, *, stream: bool = False, team: str | None = None) -> dict:

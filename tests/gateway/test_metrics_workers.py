@@ -9,11 +9,11 @@ import urllib.request
 
 import aiohttp
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures_procs import free_port, mock_llm, process_factory  # noqa: F401  (fixtures)
 
 from .conftest import KEYS, TOKEN, base_snapshot
+from .exposition import families
 
 KEY = {"Ocp-Apim-Subscription-Key": KEYS["master"][0]}
 REQUESTS = 60
@@ -23,7 +23,7 @@ TOKEN_METRIC = '<llm-emit-token-metric><dimension name="API ID"/></llm-emit-toke
 def scrape(port: int) -> dict[str, list]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # a new connection
         text = response.read().decode()
-    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+    return families(text)
 
 
 def total(samples: list, name: str, **labels: str) -> float:

@@ -26,7 +26,7 @@ import pytest
 
 from tests.fixtures_procs import free_port, mock_llm, process_factory  # noqa: F401  (fixtures)
 
-from .conftest import KEYS, TOKEN, api, op
+from .conftest import KEYS, TOKEN, llm_snapshot
 
 pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis: set REDIS_URL (CI does)")
 
@@ -38,27 +38,8 @@ REQUESTS = 400
 LIMIT = 1500
 
 
-def snapshot(base_url: str, policy: str) -> dict:
-    from gateway.secrets import hash_key
-
-    return {
-        "version": 1,
-        "revision": 1,
-        "named_values": [],
-        "backends": [],
-        "products": [],
-        "apis": [
-            api("llm", "llm", base_url, api_type="openai", policy=policy,
-                operations=[op("chat-completions", "POST", "/chat/completions")])
-        ],
-        "subscriptions": [
-            {"name": "master", "scope": "/apis", "state": "active", "key_hashes": [hash_key(k) for k in KEYS["master"]]}
-        ],
-    }
-
-
 def start_gateways(tmp_path, start, policy: str, mock_url: str, count: int = 2) -> list[int]:
-    (tmp_path / "snapshot.json").write_bytes(orjson.dumps(snapshot(mock_url, policy)))
+    (tmp_path / "snapshot.json").write_bytes(orjson.dumps(llm_snapshot(mock_url, policy)))
     ports = []
     for index in range(count):
         port = free_port()

@@ -19,42 +19,13 @@ from gateway.policy.token_limit import format_wait
 from gateway.snapshot import load_snapshot
 from tests.fixtures_procs import mock_llm, process_factory  # noqa: F401  (fixtures)
 
-from .conftest import KEYS, TOKEN, api, op
+from .conftest import KEYS, TOKEN, llm_snapshot
 
 KEY = {"Ocp-Apim-Subscription-Key": KEYS["master"][0]}
 CHAT_URL = "/llm/chat/completions"
 # mock: prompt = words + 3 per message -> "say hello to me" = 4 + 3 = 7; completion = X-Mock-Tokens or 16
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "say hello to me"}], "max_tokens": 20}
 MOCK_TOTAL = 7 + 16
-
-
-def snapshot(base_url: str, policy: str) -> dict:
-    return {
-        "version": 1,
-        "revision": 1,
-        "named_values": [],
-        "backends": [],
-        "products": [],
-        "apis": [
-            api(
-                "llm",
-                "llm",
-                base_url,
-                api_type="openai",
-                policy=policy,
-                operations=[op("chat-completions", "POST", "/chat/completions")],
-            )
-        ],
-        "subscriptions": [
-            {"name": "master", "scope": "/apis", "state": "active", "key_hashes": [_hash(k) for k in KEYS["master"]]}
-        ],
-    }
-
-
-def _hash(key: str) -> str:
-    from gateway.secrets import hash_key
-
-    return hash_key(key)
 
 
 def limit_policy(attrs: str) -> str:
@@ -66,7 +37,7 @@ async def gateway(base_url: str, policy: str):
     store = create_store("memory")
     pool = UpstreamPool(connect_timeout=2.0, read_timeout=10.0)
     app = create_app(GatewayConfig(gateway_token=TOKEN), pool=pool, token_store=store)
-    app.snapshot = load_snapshot(snapshot(base_url, policy), gateway_token=TOKEN)
+    app.snapshot = load_snapshot(llm_snapshot(base_url, policy), gateway_token=TOKEN)
     server = await serve(app, "127.0.0.1", 0, limits=ServerLimits())
     port = server.sockets[0].getsockname()[1]
     session = aiohttp.ClientSession(f"http://127.0.0.1:{port}", timeout=aiohttp.ClientTimeout(total=10))

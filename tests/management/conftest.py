@@ -1,34 +1,12 @@
-"""Fixtures for the management plane (Django + DRF) tests."""
+"""Fixtures for the management plane (Django + DRF) tests; the shared REST clients are in tests/conftest.py."""
 
 import pytest
 from rest_framework.test import APIClient
 
-
-def _client(user=None, **headers) -> APIClient:
-    client = APIClient(**headers)
-    client.default_format = "json"
-    if user is not None:
-        client.force_authenticate(user)
-    return client
-
-
-@pytest.fixture
-def api_client(admin_user) -> APIClient:
-    """An authenticated administrator sending JSON."""
-    return _client(admin_user)
-
-
-@pytest.fixture
-def anon_client(db) -> APIClient:
-    return _client()
+from tests.clients import rest_client
 
 
 @pytest.fixture
 def staff_less_client(django_user_model) -> APIClient:
     user = django_user_model.objects.create_user("viewer", password="viewer-password")
-    return _client(user)
-
-
-@pytest.fixture
-def gateway_client(db, settings) -> APIClient:
-    return _client(HTTP_AUTHORIZATION=f"Gateway {settings.SLUICE['GATEWAY_TOKEN']}")
+    return rest_client(user)

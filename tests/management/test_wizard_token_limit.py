@@ -3,26 +3,19 @@
 import pytest
 
 from apis.models import API
-from gateway.policy import Scope, parse_document
 from gateway.policy.token_limit import LlmTokenLimit
+
+from .wizard import BASE, URL, imported_policy_xml, only_step
 
 pytestmark = pytest.mark.django_db
 
-URL = "/api/apis/import-language-model/"
-BASE = {"display_name": "Gemini", "url": "https://example.com/v1", "path": "gemini", "type": "openai"}
-
 
 def imported_policy(api_client, token_limit):
-    response = api_client.post(URL, {**BASE, "token_limit": token_limit}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()["policy"]["value"]
+    return imported_policy_xml(api_client, token_limit=token_limit)
 
 
 def token_limit_of(policy_xml: str) -> LlmTokenLimit:
-    document = parse_document(policy_xml, Scope.API)
-    steps = [s for steps in document.sections.values() for s in steps if isinstance(s, LlmTokenLimit)]
-    assert len(steps) == 1
-    return steps[0]
+    return only_step(policy_xml, LlmTokenLimit)
 
 
 def test_full_block_by_subscription(api_client):

@@ -3,26 +3,19 @@
 import pytest
 
 from apis.models import API
-from gateway.policy import Scope, parse_document
 from gateway.policy.token_metric import BUILT_IN_DIMENSIONS, LlmEmitTokenMetric
+
+from .wizard import BASE, URL, imported_policy_xml, only_step
 
 pytestmark = pytest.mark.django_db
 
-URL = "/api/apis/import-language-model/"
-BASE = {"display_name": "Gemini", "url": "https://example.com/v1", "path": "gemini", "type": "openai"}
-
 
 def imported_policy(api_client, token_metrics, **extra):
-    response = api_client.post(URL, {**BASE, "token_metrics": token_metrics, **extra}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()["policy"]["value"]
+    return imported_policy_xml(api_client, token_metrics=token_metrics, **extra)
 
 
 def metric_step(policy_xml: str) -> LlmEmitTokenMetric:
-    document = parse_document(policy_xml, Scope.API)
-    steps = [s for steps in document.sections.values() for s in steps if isinstance(s, LlmEmitTokenMetric)]
-    assert len(steps) == 1
-    return steps[0]
+    return only_step(policy_xml, LlmEmitTokenMetric)
 
 
 def test_namespace_and_dimensions_in_the_inbound_section(api_client):

@@ -1,4 +1,4 @@
-"""Fixtures for the usage tests: REST clients, a Redis stream per test, closed ports and a TCP relay."""
+"""Usage test fixtures: a Redis stream per test, closed ports, a TCP relay (REST clients: tests/conftest.py)."""
 
 import asyncio
 import contextlib
@@ -7,34 +7,10 @@ import uuid
 
 import pytest
 import redis
-from rest_framework.test import APIClient
 
 from usage.models import UsageRollup
 
 NO_REDIS = "needs Redis: set REDIS_URL (e.g. redis://127.0.0.1:6379/15); CI sets it"
-
-
-def _client(user=None, **headers) -> APIClient:
-    client = APIClient(**headers)
-    client.default_format = "json"
-    if user is not None:
-        client.force_authenticate(user)
-    return client
-
-
-@pytest.fixture
-def api_client(admin_user) -> APIClient:
-    return _client(admin_user)
-
-
-@pytest.fixture
-def anon_client(db) -> APIClient:
-    return _client()
-
-
-@pytest.fixture
-def gateway_client(db, settings) -> APIClient:
-    return _client(HTTP_AUTHORIZATION=f"Gateway {settings.SLUICE['GATEWAY_TOKEN']}")
 
 
 @pytest.fixture

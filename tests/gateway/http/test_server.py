@@ -40,6 +40,14 @@ def assert_error(response, status: int) -> dict:
     return data
 
 
+async def assert_refused(connect, port: int, raw: bytes, status: int) -> None:
+    """``raw`` sent on a new connection gets the JSON error ``status``, then the server closes the connection."""
+    conn = await connect(port)
+    await conn.send(raw)
+    assert_error(await conn.read_response(), status)
+    assert await conn.at_eof()
+
+
 #
 # Basics
 #
@@ -193,18 +201,16 @@ async def test_expect_100_continue_is_answered_before_the_body(start_server, con
 
 async def test_other_expectations_get_417(start_server, connect):
     port = await start_server(echo)
-    conn = await connect(port)
-    await conn.send(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: teapot\r\n\r\nhello")
-    assert_error(await conn.read_response(), 417)
-    assert await conn.at_eof()
+    await assert_refused(
+        connect, port, b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: teapot\r\n\r\nhello", 417
+    )
 
 
 async def test_expect_with_too_large_body_gets_413_without_100(start_server, connect):
     port = await start_server(echo, max_body_bytes=10)
-    conn = await connect(port)
-    await conn.send(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n")
-    assert_error(await conn.read_response(), 413)
-    assert await conn.at_eof()
+    await assert_refused(
+        connect, port, b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n", 413
+    )
 
 
 #
@@ -214,17 +220,14 @@ async def test_expect_with_too_large_body_gets_413_without_100(start_server, con
 
 async def test_body_over_the_limit_gets_413(start_server, connect):
     port = await start_server(echo, max_body_bytes=10)
-    conn = await connect(port)
-    await conn.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n")
-    assert_error(await conn.read_response(), 413)
-    assert await conn.at_eof()
+    await assert_refused(connect, port, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n", 413)
 
-    conn = await connect(port)
-    await conn.send(
-        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n"
+    await assert_refused(
+        connect,
+        port,
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n",
+        413,
     )
-    assert_error(await conn.read_response(), 413)
-    assert await conn.at_eof()
 
 
 async def test_body_at_the_limit_is_accepted(start_server, connect):
@@ -236,10 +239,7 @@ async def test_body_at_the_limit_is_accepted(start_server, connect):
 
 async def test_header_fields_over_the_limit_get_431(start_server, connect):
     port = await start_server(echo, max_header_bytes=1024, max_headers=5)
-    conn = await connect(port)
-    await conn.send(b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n")
-    assert_error(await conn.read_response(), 431)
-    assert await conn.at_eof()
+    await assert_refused(connect, port, b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n", 431)
 
     conn = await connect(port)
     many = b"".join(b"X-%d: v\r\n" % i for i in range(6))
@@ -300,10 +300,7 @@ async def test_malformed_or_ambiguous_requests_are_refused_and_closed(start_serv
         return Response(200)
 
     port = await start_server(handler)
-    conn = await connect(port)
-    await conn.send(raw)
-    assert_error(await conn.read_response(), status)
-    assert await conn.at_eof()
+    await assert_refused(connect, port, raw, status)
     assert handled == []
 
 
@@ -343,18 +340,12 @@ async def test_upgrade_request_is_served_as_plain_http_then_closed(start_server,
 
 async def test_slow_request_head_gets_408(start_server, connect):
     port = await start_server(echo, header_timeout=0.2)
-    conn = await connect(port)
-    await conn.send(b"GET / HTTP/1.1\r\nHost: h\r\n")  # never finished
-    assert_error(await conn.read_response(), 408)
-    assert await conn.at_eof()
+    await assert_refused(connect, port, b"GET / HTTP/1.1\r\nHost: h\r\n", 408)  # the head is never finished
 
 
 async def test_slow_request_body_gets_408(start_server, connect):
     port = await start_server(echo, body_timeout=0.2)
-    conn = await connect(port)
-    await conn.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
-    assert_error(await conn.read_response(), 408)
-    assert await conn.at_eof()
+    await assert_refused(connect, port, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc", 408)
 
 
 async def test_silent_new_connection_is_closed_after_header_timeout(start_server, connect):
