@@ -1,7 +1,7 @@
 # Sluice developer commands. `make run` and `make test` work on a fresh clone with only python3 (>= 3.11).
 #   make run    ARGS='--no-demo --port 8000'      arguments for `manage.py runsluice`
 #   make test   PYTEST_ARGS='-k mockllm -x'       arguments for pytest
-#   make bench  BENCH_ARGS='--duration 5 --conc 1,16'
+#   make bench  BENCH_ARGS='--duration 5 --conc 1,16 --policies both'
 
 PYTHON ?= python3
 VENV := .venv

@@ -11,10 +11,21 @@ management plane and one gateway, and then compares `direct` (client → mock) w
   the gateway's CPU time per request (utime+stime from /proc, divided by the requests of the cell);
 * streaming chat completions at concurrency 1 with a Python client: time to first byte and the TTFB added.
 
-With 2+ cores the mock, the management plane and the gateway share one server core and the load generator runs on
-another, so the numbers compare like with like. Every step is bounded in time; everything started is stopped.
+`--policies` chooses what the gateway does per request:
 
-    python bench/run.py [--duration 5] [--conc 1,16] [--stream-requests 200] [--out results.md]
+* `none` (default): subscription key check and `set-backend-service`, usage records over HTTP (the embedded default);
+* `governance`: the API is imported with the wizard's `token_limit` (per subscription, a limit too high to ever
+  refuse, prompt estimation on) and `token_metrics` blocks, and the gateway runs with `REDIS_URL` (`--redis-url`,
+  loopback only): token counters and usage records in Redis, as in production. The run uses its own usage stream
+  and subscription name, and deletes the Redis keys it created at the end;
+* `both`: one gateway per configuration (each with its own API), measured in the same run, cell after cell, so
+  the two are compared under the same conditions.
+
+With 2+ cores the mock, the management plane and the gateway(s) share one server core and the load generator runs on
+another, so the numbers compare like with like (Redis, started outside the benchmark, is not pinned; its CPU time is
+reported separately). Every step is bounded in time; everything started is stopped.
+
+    python bench/run.py [--duration 5] [--conc 1,16] [--policies none|governance|both] [--out results.md]
 """
 
 import argparse
@@ -31,8 +42,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -43,6 +56,12 @@ from gateway_admin.management.processes import ManagedProcess, free_port  # noqa
 API_NAME = "bench"
 API_PATH = "bench/v1"
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
+POLICY_CHOICES = ("none", "governance", "both")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# High enough that no request is ever refused during a run (the policy still reserves and settles every request).
+GOVERNANCE_TOKENS_PER_MINUTE = 10**9
+GOVERNANCE_METRIC_NAMESPACE = "bench"
 CHAT_BODY = {
     "model": "mock",
     "messages": [
@@ -127,7 +146,7 @@ def cpu_layout(no_pin: bool) -> tuple[str, str]:
 
 @dataclass
 class Cell:
-    target: str
+    target: str  # "direct" or "gateway"
     conc: int
     tool: str
     requests: int
@@ -137,10 +156,18 @@ class Cell:
     errors: int
     gateway_cpu_us: float | None = None
     mock_cpu_us: float | None = None
+    policies: str = ""  # the gateway's configuration ("none" | "governance"); "" for direct
+    management_cpu_us: float | None = None
+    redis_cpu_us: float | None = None
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def label(self) -> str:
+        """`direct`, or the gateway's configuration: the key of the comparisons."""
+        return self.policies or self.target
 
 
 def run_wrk(url: str, conc: int, seconds: int, headers: dict[str, str], workdir: Path) -> dict:
@@ -230,8 +257,9 @@ async def stream_once(session, url: str, headers: dict[str, str], body: bytes) -
     return (first or time.perf_counter()) - started, total, complete
 
 
-async def stream_ttfb(targets: dict[str, str], headers: dict[str, str], requests: int, seconds: float) -> dict:
-    """Alternate one streamed request per target, so drift on the machine hits every target alike."""
+async def stream_ttfb(targets: dict[str, tuple[str, dict[str, str]]], requests: int, seconds: float) -> dict:
+    """Alternate one streamed request per target (name: (url, headers)), so drift on the machine hits every target
+    alike."""
     import aiohttp
 
     body = json.dumps({**CHAT_BODY, "stream": True, "stream_options": {"include_usage": True}}).encode()
@@ -240,18 +268,172 @@ async def stream_ttfb(targets: dict[str, str], headers: dict[str, str], requests
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout, headers={"Content-Type": "application/json"}) as session:
         for _ in range(3):  # open the keep-alive connections
-            for url in targets.values():
+            for url, headers in targets.values():
                 await stream_once(session, url, headers, body)
         for _ in range(requests):
             if time.perf_counter() > deadline:
                 break
-            for name, url in targets.items():
+            for name, (url, headers) in targets.items():
                 ttfb, total, complete = await stream_once(session, url, headers, body)
                 results[name]["ttfb"].append(ttfb)
                 results[name]["total"].append(total)
                 if not complete:
                     results[name]["bad"].append(1)
     return results
+
+
+#
+# Gateway configurations (--policies) and their Redis side
+#
+
+
+class SetupError(RuntimeError):
+    """A precondition of the run does not hold (nothing worth keeping was started)."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One gateway configuration under test, with its own API, subscription and gateway process."""
+
+    policies: str  # "none" | "governance"
+    api: str
+    path: str
+    subscription: str
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.policies == "governance"
+
+
+def variants_for(policies: str, run_id: str) -> list[Variant]:
+    """The configurations `--policies` asks for, in measuring order. The governance subscription name carries the
+    run id: its token counters (`sluice:tl:{<subscription>}:…`) are then this run's own keys in Redis."""
+    chosen = ["none", "governance"] if policies == "both" else [policies]
+    return [
+        Variant("none", API_NAME, API_PATH, API_NAME)
+        if name == "none"
+        else Variant("governance", f"{API_NAME}-gov", f"{API_NAME}-gov/v1", f"{API_NAME}-gov-{run_id}")
+        for name in chosen
+    ]
+
+
+def wizard_input(variant: Variant, mock_url: str) -> dict[str, Any]:
+    """The body `POST /api/apis/import-language-model/` would get for this configuration."""
+    data: dict[str, Any] = {
+        "display_name": f"Benchmark model ({variant.policies})",
+        "name": variant.api,
+        "url": mock_url,
+        "path": variant.path,
+        "type": "openai",
+        "operations": ["POST /embeddings", "GET /models"],
+        "subscription_required": True,
+    }
+    if variant.policies == "governance":
+        data["token_limit"] = {
+            "counter_key": "subscription",
+            "tokens_per_minute": GOVERNANCE_TOKENS_PER_MINUTE,
+            "estimate_prompt_tokens": True,
+        }
+        data["token_metrics"] = {"namespace": GOVERNANCE_METRIC_NAMESPACE, "dimensions": ["API ID", "Subscription ID"]}
+    return data
+
+
+def check_redis_url(url: str) -> str | None:
+    """Why ``url`` is not a loopback `redis://` URL, or None when it is one."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme != "redis":
+        return "the scheme must be redis://"
+    if parts.hostname not in LOOPBACK_HOSTS:
+        return f"the host must be a loopback address ({', '.join(LOOPBACK_HOSTS)})"
+    return None
+
+
+def redact(url: str) -> str:
+    """``url`` without its password."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisRun:
+    """The Redis side of a governance run: a PING before anything starts, the server's CPU time, and the keys the
+    run created (its usage stream and its subscription's token counters), deleted at the end."""
+
+    def __init__(self, url: str, run_id: str, subscriptions: list[str]) -> None:
+        import redis
+
+        self.url = url
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, decode_responses=True)
+        self.stream = f"sluice:bench:{run_id}:usage"
+        self.counter_patterns = [f"sluice:tl:{{{name}}}:*" for name in subscriptions]
+
+    def check(self) -> None:
+        import redis
+
+        try:
+            self.client.ping()
+        except redis.RedisError as exc:
+            raise SetupError(
+                f"--policies governance needs Redis, but {redact(self.url)} does not answer PING ({exc}). "
+                "Start one (e.g. `redis-server --port 6379 --save ''`) or pass --redis-url redis://127.0.0.1:PORT/DB."
+            ) from None
+
+    def cpu_seconds(self) -> float:
+        info = self.client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def stream_length(self) -> int:
+        return int(self.client.xlen(self.stream))
+
+    def counter_keys(self) -> list[str]:
+        return [key for pattern in self.counter_patterns for key in self.client.scan_iter(match=pattern, count=500)]
+
+    def cleanup(self) -> int:
+        """Delete the run's keys (call once the gateways are stopped, or they could write again)."""
+        keys = self.counter_keys()
+        if self.client.exists(self.stream):
+            keys.append(self.stream)
+        if keys:
+            self.client.delete(*keys)
+        self.client.close()
+        return len(keys)
+
+
+def metric_total(text: str, sample_name: str, **labels: str) -> float:
+    """Sum of the samples called ``sample_name`` whose labels include ``labels``, in a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def http_text(url: str, timeout: float = 5.0) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URL built here
+        return response.read().decode()
+
+
+@dataclass
+class Target:
+    """What one load cell is sent to."""
+
+    name: str  # "direct", or the gateway's configuration
+    url: str
+    headers: dict[str, str]
+    process: ManagedProcess | None = None  # the gateway
+    variant: Variant | None = None
+    root: str = ""  # the gateway's base URL
 
 
 #
@@ -266,6 +448,13 @@ class Bench:
     processes: list[ManagedProcess] = field(default_factory=list)
     client_cpus: str = ""
     server_cpus: str = ""
+    run_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    redis: RedisRun | None = None
+    governance_check: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def variants(self) -> list[Variant]:
+        return variants_for(self.args.policies, self.run_id)
 
     def start(self, name: str, argv: list[str], ready_url: str, env: dict[str, str] | None = None) -> ManagedProcess:
         process = ManagedProcess(
@@ -281,6 +470,12 @@ class Bench:
             process = self.processes.pop()
             with contextlib.suppress(Exception):
                 process.stop(grace=10)
+        if self.redis is not None:  # after the gateways: a running one could write its keys again
+            try:
+                log(f"deleted {self.redis.cleanup()} Redis key(s) of this run from {redact(self.redis.url)}")
+            except Exception as exc:  # report, keep stopping
+                log(f"could not delete this run's Redis keys ({self.redis.stream}, sluice:tl:…): {exc}")
+            self.redis = None
         if self.args.keep:
             log(f"kept {self.workdir}")
         else:
@@ -299,8 +494,9 @@ class Bench:
             "DJANGO_LOG_LEVEL": "WARNING",
         }
 
-    def seed(self, env: dict[str, str], mock_url: str) -> str:
-        """Migrate the throwaway database, import the API and create a subscription; return its key."""
+    def seed(self, env: dict[str, str], mock_url: str) -> dict[str, str]:
+        """Migrate the throwaway database, import one API per configuration through the wizard's validation and
+        create its subscription; return {configuration: subscription key}."""
         os.environ.update(env)
         import django
 
@@ -308,37 +504,40 @@ class Bench:
         from django.core.management import call_command
         from django.db import connections
 
+        from apis.api.serializers import ImportLanguageModelSerializer
         from gateway_admin.management.commands.runsluice import ensure_language_model_api, ensure_subscription
 
         call_command("migrate", interactive=False, verbosity=0)
-        ensure_language_model_api(
-            {
-                "display_name": "Benchmark model",
-                "name": API_NAME,
-                "url": mock_url,
-                "path": API_PATH,
-                "type": "openai",
-                "operations": ["POST /embeddings", "GET /models"],
-                "subscription_required": True,
-            }
-        )
-        key = ensure_subscription(API_NAME, f"/apis/{API_NAME}", "Benchmark")
+        keys = {}
+        for variant in self.variants:
+            serializer = ImportLanguageModelSerializer(data=wizard_input(variant, mock_url))
+            serializer.is_valid(raise_exception=True)
+            ensure_language_model_api(serializer.validated_data)
+            keys[variant.policies] = ensure_subscription(
+                variant.subscription, f"/apis/{variant.api}", f"Benchmark ({variant.policies})"
+            )
         connections.close_all()
-        return key
+        return keys
 
     def run(self) -> int:
         args = self.args
+        variants = self.variants
+        redis_subscriptions = [v.subscription for v in variants if v.uses_redis]
+        if redis_subscriptions:
+            redis = RedisRun(args.redis_url, self.run_id, redis_subscriptions)
+            redis.check()
+            self.redis = redis  # from now on, stop() deletes the run's keys
         self.client_cpus, self.server_cpus = cpu_layout(args.no_pin)
         if self.client_cpus:
             os.sched_setaffinity(0, {int(self.client_cpus)})  # this process and the load tools it runs
         python = sys.executable
-        mock_port, admin_port, gateway_port = free_port(), free_port(), free_port()
+        mock_port, admin_port = free_port(), free_port()
         mock_root = f"http://127.0.0.1:{mock_port}"
         admin_url = f"http://127.0.0.1:{admin_port}"
-        gateway_root = f"http://127.0.0.1:{gateway_port}"
         log(
-            f"work folder {self.workdir}; client cpus {self.client_cpus or 'any'}, server cpus "
-            f"{self.server_cpus or 'any'}"
+            f"work folder {self.workdir}; policies {args.policies}; client cpus {self.client_cpus or 'any'}, "
+            f"server cpus {self.server_cpus or 'any'}"
+            + (f"; Redis {redact(args.redis_url)}, usage stream {self.redis.stream}" if self.redis else "")
         )
 
         self.start(
@@ -346,32 +545,48 @@ class Bench:
             [python, "-m", "mockllm", "--port", str(mock_port), "--tokens", str(args.tokens)],
             f"{mock_root}/health",
         )
+        mock = self.processes[0]
         env = self.django_env()
-        key = self.seed(env, f"{mock_root}/v1")
+        keys = self.seed(env, f"{mock_root}/v1")
         child_env = {**os.environ, **env}
         from gateway_admin.management.commands.runsluice import gunicorn_argv
 
-        self.start("management", gunicorn_argv(f"127.0.0.1:{admin_port}", 1), f"{admin_url}/admin/login/", child_env)
-        gateway = self.start(
-            "gateway",
-            [python, "-m", "gateway"],
-            f"{gateway_root}/__sluice/health",
-            {
+        management = self.start(
+            "management", gunicorn_argv(f"127.0.0.1:{admin_port}", 1), f"{admin_url}/admin/login/", child_env
+        )
+        # the mock ignores the key; sending one keeps the direct requests the same size as the gateway's
+        targets = [Target("direct", f"{mock_root}/v1/chat/completions", {KEY_HEADER: keys[variants[0].policies]})]
+        for variant in variants:
+            gateway_root = f"http://127.0.0.1:{free_port()}"
+            gateway_env = {
                 **child_env,
                 "SLUICE_MANAGEMENT_URL": admin_url,
                 "SLUICE_GATEWAY_HOST": "127.0.0.1",
-                "SLUICE_GATEWAY_PORT": str(gateway_port),
-                "SLUICE_SNAPSHOT_CACHE": str(self.workdir / "snapshot.json"),
+                "SLUICE_GATEWAY_PORT": gateway_root.rsplit(":", 1)[1],
+                "SLUICE_SNAPSHOT_CACHE": str(self.workdir / f"snapshot-{variant.policies}.json"),
+                "SLUICE_USAGE_SPOOL": str(self.workdir / f"usage-{variant.policies}.spool"),
                 "SLUICE_GATEWAY_WORKERS": "1",  # one process on the one server core
-            },
-        )
-        mock = self.processes[0]
-        headers = {KEY_HEADER: key}
-        targets = {
-            "direct": f"{mock_root}/v1/chat/completions",
-            "gateway": f"{gateway_root}/{API_PATH}/chat/completions",
-        }
-        wait_serving(targets["gateway"], headers, args.ready_timeout, gateway)
+            }
+            if variant.uses_redis and self.redis is not None:
+                gateway_env |= {"REDIS_URL": args.redis_url, "SLUICE_USAGE_STREAM": self.redis.stream}
+            process = self.start(
+                f"gateway-{variant.policies}",
+                [python, "-m", "gateway"],
+                f"{gateway_root}/__sluice/health",
+                gateway_env,
+            )
+            targets.append(
+                Target(
+                    variant.policies,
+                    f"{gateway_root}/{variant.path}/chat/completions",
+                    {KEY_HEADER: keys[variant.policies]},
+                    process,
+                    variant,
+                    gateway_root,
+                )
+            )
+        for target in targets[1:]:
+            wait_serving(target.url, target.headers, args.ready_timeout, target.process)
 
         body = json.dumps(CHAT_BODY).encode()
         (self.workdir / "body.json").write_bytes(body)
@@ -383,25 +598,34 @@ class Bench:
             )
         tool = "wrk" if use_wrk else "python (client-bound)"
 
-        def measure(url: str, conc: int, seconds: int) -> dict:
+        def measure(target: Target, conc: int, seconds: int) -> dict:
             if use_wrk:
-                return run_wrk(url, conc, seconds, headers, self.workdir)
-            return run_async(python_load(url, conc, seconds, headers, body))
+                return run_wrk(target.url, conc, seconds, target.headers, self.workdir)
+            return run_async(python_load(target.url, conc, seconds, target.headers, body))
 
-        for url in targets.values():  # warm-up: connection pools, lazy imports
-            measure(url, 8, args.warmup)
+        def per_request(seconds: float, requests: int) -> float | None:
+            return seconds / requests * 1e6 if requests else None
+
+        for target in targets if args.warmup else ():  # warm-up: connection pools, lazy imports, the tokenizer
+            measure(target, 8, args.warmup)
         cells: list[Cell] = []
         for conc in args.conc:
-            for name, url in targets.items():
+            for target in targets:  # interleaved: every configuration of one concurrency back to back
                 if args.cell_warmup:
-                    measure(url, conc, args.cell_warmup)
-                gateway_before, mock_before = group_cpu_seconds(gateway.pid), group_cpu_seconds(mock.pid)
-                result = measure(url, conc, args.duration)
-                gateway_cpu = group_cpu_seconds(gateway.pid) - gateway_before
+                    measure(target, conc, args.cell_warmup)
+                gateway = target.process
+                redis = self.redis if target.variant is not None and target.variant.uses_redis else None
+                gateway_before = group_cpu_seconds(gateway.pid) if gateway else 0.0
+                mock_before, management_before = group_cpu_seconds(mock.pid), group_cpu_seconds(management.pid)
+                redis_before = redis.cpu_seconds() if redis else 0.0
+                result = measure(target, conc, args.duration)
+                redis_cpu = redis.cpu_seconds() - redis_before if redis else None
+                gateway_cpu = group_cpu_seconds(gateway.pid) - gateway_before if gateway else None
                 mock_cpu = group_cpu_seconds(mock.pid) - mock_before
+                management_cpu = group_cpu_seconds(management.pid) - management_before
                 requests = result["requests"]
                 cell = Cell(
-                    name,
+                    "gateway" if gateway else "direct",
                     conc,
                     tool,
                     requests,
@@ -409,22 +633,48 @@ class Bench:
                     result["p50_us"] / 1000,
                     result["p99_us"] / 1000,
                     result["errors"] + result["status_errors"],
-                    gateway_cpu / requests * 1e6 if requests and name == "gateway" else None,
-                    mock_cpu / requests * 1e6 if requests else None,
+                    per_request(gateway_cpu, requests) if gateway_cpu is not None else None,
+                    per_request(mock_cpu, requests),
+                    target.name if gateway else "",
+                    per_request(management_cpu, requests) if gateway else None,
+                    per_request(redis_cpu, requests) if redis_cpu is not None else None,
                 )
                 cells.append(cell)
                 log(
-                    f"{name:8} c={conc:<3} rps={cell.rps:9.1f} p50={cell.p50_ms:.3f}ms p99={cell.p99_ms:.3f}ms "
-                    f"errors={cell.errors}"
+                    f"{target.name:10} c={conc:<3} rps={cell.rps:9.1f} p50={cell.p50_ms:.3f}ms "
+                    f"p99={cell.p99_ms:.3f}ms errors={cell.errors}"
                 )
                 time.sleep(0.3)
-        streams = run_async(stream_ttfb(targets, headers, args.stream_requests, args.stream_seconds))
+        streams = run_async(
+            stream_ttfb({t.name: (t.url, t.headers) for t in targets}, args.stream_requests, args.stream_seconds)
+        )
+        for target in targets:
+            if target.variant is not None and target.variant.uses_redis:
+                self.governance_check = self.check_governance(target)
         report = render(cells, streams, self, tool)
         print(report)
         if args.out:
             Path(args.out).write_text(report + "\n")
             log(f"wrote {args.out}")
         return 0
+
+    def check_governance(self, target: Target) -> dict[str, float]:
+        """Evidence that the governance policies ran: usage records in the run's stream, token counters in Redis,
+        token metrics on the gateway. Raises when one is missing (the numbers would not measure governance)."""
+        assert self.redis is not None and target.variant is not None
+        time.sleep(0.5)  # the usage sink sends every 50 ms
+        metrics = http_text(f"{target.root}/__sluice/metrics")
+        found = {
+            "records": self.redis.stream_length(),
+            "requests": metric_total(metrics, "sluice_requests_total", api=target.variant.api),
+            "counters": len(self.redis.counter_keys()),
+            "tokens": metric_total(metrics, f"{GOVERNANCE_METRIC_NAMESPACE}_total_tokens_total"),
+        }
+        log(f"governance check: {found}")
+        missing = [name for name in ("records", "counters", "tokens") if not found[name]]
+        if missing:
+            raise RuntimeError(f"the governance policies left no trace ({', '.join(missing)} missing): {found}")
+        return found
 
 
 def wait_serving(url: str, headers: dict[str, str], timeout: float, process: ManagedProcess) -> None:
@@ -457,33 +707,101 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def change(before: float | None, after: float | None, digits: int = 3) -> str:
+    """``after`` against ``before``: the difference, and the ratio when ``before`` is positive."""
+    if before is None or after is None:
+        return "-"
+    ratio = f" (x{after / before:.2f})" if before > 0 else ""
+    return f"{after - before:+.{digits}f}{ratio}"
+
+
+def target_title(label: str) -> str:
+    return label if label == "direct" else f"gateway, {label}"
+
+
+def stream_summary(streams: dict) -> dict[str, dict[str, float | None]]:
+    """Per target: TTFB p50/p99 and total p50 in ms, and the TTFB p50 added over direct."""
+    summary: dict[str, dict[str, float | None]] = {}
+    for name, result in streams.items():
+        ttfb = [x * 1000 for x in result["ttfb"]]
+        total = [x * 1000 for x in result["total"]]
+        summary[name] = {
+            "streams": len(ttfb),
+            "ttfb_p50": statistics.median(ttfb) if ttfb else None,
+            "ttfb_p99": percentile(ttfb, 99) if ttfb else None,
+            "total_p50": statistics.median(total) if total else None,
+            "incomplete": len(result["bad"]),
+        }
+    base = summary.get("direct", {}).get("ttfb_p50")
+    for name, row in summary.items():
+        p50 = row["ttfb_p50"]
+        row["added"] = p50 - base if name != "direct" and p50 is not None and base is not None else None
+    return summary
+
+
+def render_comparison(cells: list[Cell], streams: dict[str, dict[str, float | None]], labels: list[str]) -> list[str]:
+    """Every configuration side by side, one row per figure; with two, a last column compares them."""
+    by_key = {(c.label, c.conc): c for c in cells}
+    configs = [label for label in labels if label != "direct"]
+    compare = len(configs) == 2
+    header = ["conc", "figure", *(target_title(label) for label in labels)]
+    if compare:
+        header.append(f"{configs[1]} vs {configs[0]}")
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def row(conc: str, figure: str, values: dict[str, float | None], digits: int) -> None:
+        cols = [conc, figure, *(fmt(values.get(label), digits) for label in labels)]
+        if compare:
+            cols.append(change(values.get(configs[0]), values.get(configs[1]), digits))
+        rows.append("| " + " | ".join(cols) + " |")
+
+    for conc in sorted({c.conc for c in cells}):
+        got = {label: by_key.get((label, conc)) for label in labels}
+        direct = got.get("direct")
+
+        def pick(attr: str, got: dict = got) -> dict[str, float | None]:
+            return {label: getattr(cell, attr) if cell else None for label, cell in got.items()}
+
+        row(str(conc), "RPS", {label: cell.rps if cell else None for label, cell in got.items()}, 0)
+        row(str(conc), "p50 ms", pick("p50_ms"), 3)
+        row(str(conc), "p99 ms", pick("p99_ms"), 3)
+        added = {
+            label: cell.p50_ms - direct.p50_ms
+            for label, cell in got.items()
+            if label != "direct" and cell is not None and direct is not None
+        }
+        row(str(conc), "added p50 ms", added, 3)
+        row(str(conc), "gateway CPU µs/req", pick("gateway_cpu_us"), 0)
+    row("1, stream", "TTFB p50 ms", {label: streams.get(label, {}).get("ttfb_p50") for label in labels}, 3)
+    row("1, stream", "added TTFB p50 ms", {label: streams.get(label, {}).get("added") for label in labels}, 3)
+    return rows
+
+
 def render(cells: list[Cell], streams: dict, bench: Bench, tool: str) -> str:
     args = bench.args
+    labels = list(dict.fromkeys(["direct", *(c.label for c in cells), *streams]))
+    stream_rows_by_target = stream_summary(streams)
     direct = {c.conc: c for c in cells if c.target == "direct"}
     rows = [
-        "| target | conc | RPS | p50 ms | p99 ms | added p50 ms | errors | gateway CPU µs/req | mock CPU µs/req |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| target | conc | RPS | p50 ms | p99 ms | added p50 ms | errors | gateway CPU µs/req | "
+        "management CPU µs/req | Redis CPU µs/req | mock CPU µs/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         added = c.p50_ms - direct[c.conc].p50_ms if c.target == "gateway" and c.conc in direct else None
         rows.append(
-            f"| {c.target} | {c.conc} | {c.rps:.0f} | {fmt(c.p50_ms)} | {fmt(c.p99_ms)} | {fmt(added)} | "
-            f"{c.errors} | {fmt(c.gateway_cpu_us, 0)} | {fmt(c.mock_cpu_us, 0)} |"
+            f"| {target_title(c.label)} | {c.conc} | {c.rps:.0f} | {fmt(c.p50_ms)} | {fmt(c.p99_ms)} | {fmt(added)} | "
+            f"{c.errors} | {fmt(c.gateway_cpu_us, 0)} | {fmt(c.management_cpu_us, 0)} | {fmt(c.redis_cpu_us, 0)} | "
+            f"{fmt(c.mock_cpu_us, 0)} |"
         )
     stream_rows = [
         "| target | streams | TTFB p50 ms | TTFB p99 ms | total p50 ms | added TTFB p50 ms | incomplete |",
         "|---|---|---|---|---|---|---|",
     ]
-    base = statistics.median(streams["direct"]["ttfb"]) * 1000 if streams["direct"]["ttfb"] else None
-    for name, result in streams.items():
-        ttfb = [x * 1000 for x in result["ttfb"]]
-        total = [x * 1000 for x in result["total"]]
-        p50 = statistics.median(ttfb) if ttfb else None
-        added = p50 - base if name != "direct" and p50 is not None and base is not None else None
+    for name, s in stream_rows_by_target.items():
         stream_rows.append(
-            f"| {name} | {len(ttfb)} | {fmt(p50)} | {fmt(percentile(ttfb, 99) if ttfb else None)} | "
-            f"{fmt(statistics.median(total) if total else None)} | {fmt(added)} | "
-            f"{len(result['bad'])} |"
+            f"| {target_title(name)} | {s['streams']} | {fmt(s['ttfb_p50'])} | {fmt(s['ttfb_p99'])} | "
+            f"{fmt(s['total_p50'])} | {fmt(s['added'])} | {s['incomplete']} |"
         )
     cpu = next(
         (
@@ -494,17 +812,41 @@ def render(cells: list[Cell], streams: dict, bench: Bench, tool: str) -> str:
         platform.processor() or "?",
     )
     pinning = (
-        f"client on CPU {bench.client_cpus}, mock + management + gateway on CPU {bench.server_cpus}"
+        f"client on CPU {bench.client_cpus}, mock + management + gateway(s) on CPU {bench.server_cpus}"
         if bench.server_cpus
         else "not pinned"
     )
+    configs = [label for label in labels if label != "direct"]
+    notes = [
+        "## Sluice gateway overhead (loopback)",
+        "",
+        f"- load: {tool}, {args.duration}s per cell (+{args.cell_warmup}s warm-up), closed loop, keep-alive; "
+        "the targets of one concurrency are measured back to back",
+        f"- mock: {args.tokens} completion tokens per answer; machine: {cpu}, {os.cpu_count()} CPUs, {pinning}",
+        "- `added p50` = gateway p50 - direct p50 at the same concurrency; CPU µs/req = utime+stime ÷ requests",
+        "- policies `none`: subscription key + `set-backend-service`, usage records over HTTP to the management plane",
+    ]
+    if "governance" in configs:
+        notes.append(
+            f"- policies `governance`: + `llm-token-limit` (per subscription, {GOVERNANCE_TOKENS_PER_MINUTE:,} "
+            "tokens/min, never refusing; prompt estimation on) + `llm-emit-token-metric` (2 dimensions), with "
+            f"`REDIS_URL` = {redact(args.redis_url)}: token counters and usage records in Redis. Redis runs outside "
+            "the benchmark, unpinned; its CPU (`INFO cpu`) is in the detail table"
+        )
+    if bench.governance_check:
+        check = bench.governance_check
+        notes.append(
+            f"- governance check: {check['records']:.0f} usage records in the run's stream for "
+            f"{check['requests']:.0f} requests counted by the gateway; {check['counters']:.0f} token counter "
+            f"key(s) in Redis; `{GOVERNANCE_METRIC_NAMESPACE}_total_tokens_total` = {check['tokens']:.0f}"
+        )
     return "\n".join(
         [
-            "## Sluice gateway overhead (loopback)",
+            *notes,
             "",
-            f"- load: {tool}, {args.duration}s per cell (+{args.cell_warmup}s warm-up), closed loop, keep-alive",
-            f"- mock: {args.tokens} completion tokens per answer; machine: {cpu}, {os.cpu_count()} CPUs, {pinning}",
-            "- `added p50` = gateway p50 - direct p50 at the same concurrency; CPU µs/req = utime+stime ÷ requests",
+            *render_comparison(cells, stream_rows_by_target, labels),
+            "",
+            "Detail:",
             "",
             *rows,
             "",
@@ -535,9 +877,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-timeout", type=float, default=60.0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database)")
     parser.add_argument("--out", help="also write the markdown report to this file")
+    parser.add_argument(
+        "--policies",
+        choices=POLICY_CHOICES,
+        default="none",
+        help="gateway configuration: none (default; subscription key and backend only), governance (token limit and "
+        "token metrics, counters and usage records in Redis), or both, compared in one run",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=DEFAULT_REDIS_URL,
+        help=f"loopback Redis for --policies governance/both (default {DEFAULT_REDIS_URL})",
+    )
     args = parser.parse_args(argv)
     if args.duration < 1 or not args.conc or min(args.conc) < 1:
         parser.error("--duration and --conc must be positive")
+    if args.policies != "none" and (problem := check_redis_url(args.redis_url)):
+        parser.error(f"--redis-url {redact(args.redis_url)}: {problem}")
     return args
 
 
@@ -552,6 +908,9 @@ def main(argv: list[str] | None = None) -> int:
         return bench.run()
     except KeyboardInterrupt:
         return 130
+    except SetupError as exc:
+        log(f"failed: {exc}")
+        return 2
     except Exception as exc:
         log(f"failed: {exc}")
         bench.args.keep = True  # the logs of the children are in the work folder

@@ -138,6 +138,27 @@ class ManagedProcess:
             f"{self.name} did not answer {url} within {timeout:.0f}s (last status {last}):\n{self.tail()}"
         )
 
+    def wait_output(self, text: str, *, timeout: float = 30.0, interval: float = 0.1) -> float:
+        """For a child without an HTTP endpoint: wait until ``text`` appears in its log; return the seconds it took."""
+        started = time.monotonic()
+        deadline = started + timeout
+        needle = text.encode()
+        while time.monotonic() < deadline:
+            if needle in self._read_log():
+                return time.monotonic() - started
+            if not self.alive:
+                raise ProcessError(
+                    f"{self.name} exited with code {self.returncode} before printing {text!r}:\n{self.tail()}"
+                )
+            time.sleep(interval)
+        raise ProcessError(f"{self.name} did not print {text!r} within {timeout:.0f}s:\n{self.tail()}")
+
+    def _read_log(self) -> bytes:
+        try:
+            return self.log_path.read_bytes()
+        except OSError:
+            return b""
+
     def tail(self, lines: int = 40) -> str:
         try:
             with open(self.log_path, "rb") as log:

@@ -67,3 +67,25 @@ def test_stop_escalates_to_sigkill(tmp_path):
 
 def test_http_status_when_nothing_listens():
     assert http_status(f"http://127.0.0.1:{free_port()}/", timeout=0.5) is None
+
+
+def test_wait_output_for_a_child_without_http(tmp_path):
+    code = "import time; time.sleep(0.3); print('worker ready.', flush=True); time.sleep(60)"
+    process = ManagedProcess([sys.executable, "-c", code], log_path=tmp_path / "worker.log").start()
+    try:
+        assert 0.2 < process.wait_output(" ready.", timeout=10) < 10
+        started = time.monotonic()
+        with pytest.raises(ProcessError, match="did not print 'never'"):
+            process.wait_output("never", timeout=0.5)
+        assert time.monotonic() - started < 3
+    finally:
+        process.stop(grace=5)
+
+
+def test_wait_output_reports_an_early_exit(tmp_path):
+    process = ManagedProcess(
+        [sys.executable, "-c", "print('broker unreachable'); raise SystemExit(1)"], log_path=tmp_path / "w.log"
+    ).start()
+    with pytest.raises(ProcessError, match="broker unreachable"):
+        process.wait_output(" ready.", timeout=10)
+    assert process.returncode == 1

@@ -1,11 +1,14 @@
 """`manage.py runsluice`: the seeding helpers on the test database, and the whole command as a real process."""
 
+import json
 import os
 import re
+import secrets
 import signal
 import stat
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import openai
@@ -13,10 +16,14 @@ import pytest
 from cryptography.fernet import Fernet
 
 from gateway_admin.management.commands.runsluice import (
+    celery_argv,
+    check_redis,
     ensure_admin,
     ensure_language_model_api,
     ensure_subscription,
     ensure_token,
+    redact_url,
+    task_children,
 )
 from tests.fixtures_procs import REPO_ROOT, ManagedProcess, free_port, http_status
 
@@ -69,6 +76,44 @@ def test_demo_seeding_is_idempotent():
     assert Subscription.objects.get(name="demo").scope == "/apis/demo"
 
 
+def test_no_task_worker_on_the_embedded_default(tmp_path):
+    assert task_children("", tmp_path) == []
+
+
+def test_a_celery_worker_with_beat_when_redis_is_set(tmp_path):
+    [(name, argv)] = task_children("redis://127.0.0.1:6379/0", tmp_path)
+    assert name == "task worker"
+    celery = Path(sys.executable).with_name("celery")
+    assert argv[: 1 if celery.exists() else 3] == (
+        [str(celery)] if celery.exists() else [sys.executable, "-m", "celery"]
+    )
+    assert argv[-10:] == [
+        "-A",
+        "gateway_admin",
+        "worker",
+        "-B",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        "1",
+        "--schedule",
+        str(tmp_path / "celerybeat-schedule"),  # in the var dir, not the working directory
+    ]
+    assert celery_argv(tmp_path / "celerybeat-schedule") == argv
+
+
+def test_check_redis_fails_fast_with_a_clear_message():
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match=r"REDIS_URL is set but redis://:\*\*\*@127\.0\.0\.1:\d+/0 does not answer"):
+        check_redis(f"redis://:pw@127.0.0.1:{free_port()}/0")
+
+
+def test_redact_url():
+    assert redact_url("redis://:pw@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
 #
 # The command as a process
 #
@@ -113,7 +158,9 @@ def child_pids(parent: int) -> dict[int, str]:
     return children
 
 
-def start_runsluice(tmp_path: Path, *options: str) -> tuple[ManagedProcess, dict[str, int]]:
+def start_runsluice(
+    tmp_path: Path, *options: str, env: dict[str, str] | None = None
+) -> tuple[ManagedProcess, dict[str, int]]:
     ports = {"port": free_port(), "gateway": free_port(), "mock": free_port()}
     argv = [
         sys.executable,
@@ -132,7 +179,11 @@ def start_runsluice(tmp_path: Path, *options: str) -> tuple[ManagedProcess, dict
         *options,
     ]
     process = ManagedProcess(
-        argv, name="runsluice", env=runsluice_env(tmp_path), cwd=REPO_ROOT, log_path=tmp_path / "runsluice.log"
+        argv,
+        name="runsluice",
+        env={**runsluice_env(tmp_path), **(env or {})},
+        cwd=REPO_ROOT,
+        log_path=tmp_path / "runsluice.log",
     ).start()
     return process, ports
 
@@ -205,3 +256,53 @@ def test_runsluice_stops_on_ctrl_c(tmp_path):
         assert http_status(f"http://127.0.0.1:{ports['gateway']}/__sluice/health", timeout=0.5) is None
     finally:
         process.stop()
+
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="REDIS_URL is not set (CI sets redis://127.0.0.1:6379/0)")
+def test_runsluice_with_redis_runs_a_worker_that_ingests_the_usage_stream(tmp_path):
+    import redis
+
+    stream = f"sluice:test-runsluice:{secrets.token_hex(4)}"
+    process, ports = start_runsluice(tmp_path, env={"REDIS_URL": REDIS_URL, "SLUICE_USAGE_STREAM": stream})
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        output = wait_for_text(process, "Press Ctrl-C to stop.", timeout=120)
+        assert "Task worker      celery worker + beat" in output
+        assert "Redis            redis://" in output
+        key = re.search(r"Demo key\s+(\S+)", output).group(1)
+        token = re.search(r"API token\s+(\S+)", output).group(1)
+        worker = next(pid for pid, cmd in child_pids(process.pid).items() if "gateway_admin worker -B" in cmd)
+
+        client_ = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{ports['gateway']}/demo/v1",
+            api_key="unused",
+            default_headers={"Ocp-Apim-Subscription-Key": key},
+            max_retries=0,
+        )
+        client_.chat.completions.create(model="mock", messages=[{"role": "user", "content": "Hello"}])
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ports['port']}/api/usage/?group_by=subscription&interval=minute",
+            headers={"Authorization": f"Token {token}"},
+        )
+        deadline = time.monotonic() + 30  # the gateway sends every 50 ms, beat ingests every 2 s
+        counted = 0
+        while time.monotonic() < deadline and not counted:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                rows = json.load(response)["results"]
+            counted = sum(row["requests"] for row in rows if row["key"] == "demo")
+            time.sleep(0.5)
+        assert counted >= 1, process.tail(40) + (tmp_path / "var" / "log" / "celery.log").read_text()[-3000:]
+        assert client.xlen(stream) >= 1  # it went through Redis, not over HTTP
+
+        os.kill(process.pid, signal.SIGTERM)
+        process.popen.wait(timeout=40)
+        assert process.returncode == 0, process.tail(40)
+        assert not Path(f"/proc/{worker}").exists()
+        assert (tmp_path / "var" / "celerybeat-schedule").exists() or any((tmp_path / "var").glob("celerybeat-*"))
+    finally:
+        process.stop()
+        client.delete(stream)
+        client.close()

@@ -2,8 +2,10 @@
 
 It migrates the database, makes sure the `admin` user and its API token exist, collects static files, seeds a demo
 API backed by the mock model server (unless `--no-demo` or `SLUICE_DEMO=0`), then runs the management plane
-(gunicorn) and one gateway as child processes and prints where everything is. Ctrl-C or SIGTERM stops all the
-children; when a child dies its last log lines are printed and the command exits non-zero.
+(gunicorn) and one gateway as child processes and prints where everything is. With `REDIS_URL` set (a
+production-like local run) it also runs a Celery worker with beat, which ingests the usage stream the gateway writes
+to Redis; on the embedded default (no Redis) the gateway posts usage over HTTP and tasks run in-process. Ctrl-C or
+SIGTERM stops all the children; when a child dies its last log lines are printed and the command exits non-zero.
 """
 
 import os
@@ -23,7 +25,15 @@ from django.db import connections
 
 from gateway_admin.management.processes import ManagedProcess, ProcessError, http_status
 
-__all__ = ("Command", "ensure_admin", "ensure_language_model_api", "ensure_subscription", "gunicorn_argv")
+__all__ = (
+    "Command",
+    "celery_argv",
+    "ensure_admin",
+    "ensure_language_model_api",
+    "ensure_subscription",
+    "gunicorn_argv",
+    "task_children",
+)
 
 ADMIN_USERNAME = "admin"
 DEMO_API = "demo"
@@ -117,6 +127,61 @@ def gunicorn_argv(bind: str, workers: int) -> list[str]:
     return argv
 
 
+def celery_argv(schedule_file: Path) -> list[str]:
+    """A Celery worker with an embedded beat, one task at a time: the venv's `celery` next to this Python (else
+    `python -m celery`). Beat's schedule state goes to ``schedule_file`` rather than the working directory."""
+    celery = Path(sys.executable).with_name("celery")
+    command = [str(celery)] if celery.exists() else [sys.executable, "-m", "celery"]
+    return [
+        *command,
+        "-A",
+        "gateway_admin",
+        "worker",
+        "-B",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        "1",
+        "--schedule",
+        str(schedule_file),
+    ]
+
+
+def task_children(redis_url: str, var_dir: Path) -> list[tuple[str, list[str]]]:
+    """The children that run tasks, as (name, argv): with Redis a worker + beat, which ingests the usage stream
+    (`usage.tasks.ingest_usage_stream` every 2 s); without it none (tasks run eagerly in-process and the gateways
+    deliver usage over HTTP)."""
+    if not redis_url:
+        return []
+    return [("task worker", celery_argv(var_dir / "celerybeat-schedule"))]
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for printing."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
+def check_redis(url: str) -> None:
+    """Fail fast when REDIS_URL does not answer (the worker would retry forever, the gateway fail open)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise CommandError(
+            f"REDIS_URL is set but {redact_url(url)} does not answer ({exc}): start Redis, or unset REDIS_URL for the "
+            "embedded default."
+        ) from None
+    finally:
+        client.close()
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
@@ -177,6 +242,8 @@ class Command(BaseCommand):
         for flag, port in ports.items():
             if port_in_use(connect, port):
                 raise CommandError(f"port {port} on {connect} is in use: stop what runs there or pass {flag}.")
+        if settings.REDIS_URL:
+            check_redis(settings.REDIS_URL)
 
         var_dir = options["var_dir"] or Path(settings.VAR_DIR)
         log_dir = var_dir / "log"
@@ -207,6 +274,7 @@ class Command(BaseCommand):
             log_dir / "management.log",
             f"{management_url}/admin/login/",
         )
+        redis_url = settings.REDIS_URL
         self.start(
             "gateway",
             [sys.executable, "-m", "gateway"],
@@ -219,11 +287,17 @@ class Command(BaseCommand):
                 "SLUICE_GATEWAY_HOST": host,
                 "SLUICE_GATEWAY_PORT": str(options["gateway_port"]),
                 "SLUICE_SNAPSHOT_CACHE": str(var_dir / "gateway-snapshot.json"),
+                # the same Redis and stream as the management plane, also when they come from .env
+                "REDIS_URL": redis_url,
+                "SLUICE_USAGE_STREAM": settings.SLUICE["USAGE_STREAM"],
             },
         )
+        workers = [
+            self.start_worker(name, argv, log_dir / "celery.log") for name, argv in task_children(redis_url, var_dir)
+        ]
         if key is not None:
             self.wait_demo(gateway_url, key)
-        self.banner(management_url, gateway_url, username, password, token, key, log_dir)
+        self.banner(management_url, gateway_url, username, password, token, key, log_dir, redis_url, workers)
         self.supervise()
 
     def step(self, message: str) -> None:
@@ -235,6 +309,17 @@ class Command(BaseCommand):
         self.children.append(process)
         try:
             process.wait_ready(ready_url, timeout=READY_TIMEOUT)
+        except ProcessError as exc:
+            raise CommandError(str(exc)) from exc
+        return process
+
+    def start_worker(self, name: str, argv: list[str], log_path: Path) -> ManagedProcess:
+        """A child without an HTTP port (the Celery worker): ready once it logs that it is."""
+        self.step(f"Starting the {name} (log: {log_path})")
+        process = ManagedProcess(argv, name=name, cwd=settings.BASE_DIR, log_path=log_path).start()
+        self.children.append(process)
+        try:
+            process.wait_output(" ready.", timeout=READY_TIMEOUT)
         except ProcessError as exc:
             raise CommandError(str(exc)) from exc
         return process
@@ -266,7 +351,9 @@ class Command(BaseCommand):
             time.sleep(0.25)
         self.stderr.write(f"warning: {url} still answers {status}; the demo may need a moment (see the gateway log)")
 
-    def banner(self, management_url, gateway_url, username, password, token, key, log_dir) -> None:
+    def banner(
+        self, management_url, gateway_url, username, password, token, key, log_dir, redis_url="", workers=()
+    ) -> None:
         style = self.style
         shown_password = password or "(not stored here; set one with `python manage.py changepassword admin`)"
         lines = [
@@ -277,8 +364,15 @@ class Command(BaseCommand):
             f"  Admin login      {username} / {shown_password}",
             f"  API token        {token}   (header  Authorization: Token {token})",
             f"  Gateway          {gateway_url}",
-            f"  Logs             {log_dir}/",
         ]
+        if redis_url:
+            lines.append(f"  Redis            {redact_url(redis_url)}   (token counters, usage stream, Celery broker)")
+        for worker in workers:
+            lines.append(
+                f"  Task worker      celery worker + beat, pid {worker.pid}   (ingests the usage stream into "
+                f"/api/usage/; log {worker.log_path.name})"
+            )
+        lines.append(f"  Logs             {log_dir}/")
         if key is not None:
             base = f"{gateway_url}/{DEMO_PATH}"
             lines += [
