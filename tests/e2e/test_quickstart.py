@@ -18,7 +18,7 @@ from rest_framework.authtoken.models import Token
 
 from tests.fixtures_procs import free_port, start_mock_llm
 
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+pytestmark = pytest.mark.django_db(transaction=True)
 
 BACKEND_KEY = "sk-backend-secret-0123456789"
 PROPAGATION_DEADLINE = 2.0  # seconds: a REST change reaches every running gateway within this
