@@ -276,7 +276,7 @@ class UsageJournal:
     def append(self, record: UsageRecord) -> None:
         if self._fd < 0:
             return
-        data = orjson.dumps(record.to_json()) + b"\n"
+        data = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)  # a dataclass: to_json()'s object
         try:
             written = os.write(self._fd, data)
             if written != len(data):  # a regular file takes it all unless the disk is full

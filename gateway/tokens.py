@@ -63,6 +63,7 @@ REPLY_PRIMING: Final = 3
 IMAGE_TOKENS: Final = 1200
 MAX_SSE_LINE: Final = 1 << 20  # a line longer than this is passed on unparsed (no unbounded holding back)
 TAIL_WINDOW: Final = 4096  # bytes of a large JSON body kept to find its usage object
+MAX_PENDING: Final = 64 << 10  # bytes of SSE deltas held unparsed (counted only when the usage is missing)
 
 _O200K_PREFIXES: Final = ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "gpt-oss", "codex")
 _CL100K_PREFIXES: Final = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "text-embedding-ada-002")
@@ -211,11 +212,24 @@ def get_tokenizer() -> Tokenizer:
     return Tokenizer.load()
 
 
+_ENCODINGS: dict[str, str] = {}  # model -> encoding, for the first models seen
+_ENCODINGS_MAX: Final = 1024
+
+
 def encoding_for_model(model: Any) -> str:
     """``o200k_base`` for the GPT-4o / 4.1 / 5 and o-series families, ``cl100k_base`` for GPT-4 / 3.5 and the
     embedding models, and the default for anything else (including a missing model)."""
     if not isinstance(model, str) or not model:
         return DEFAULT_ENCODING
+    encoding = _ENCODINGS.get(model)
+    if encoding is None:
+        encoding = _encoding_for_name(model)
+        if len(_ENCODINGS) < _ENCODINGS_MAX:
+            _ENCODINGS[model] = encoding
+    return encoding
+
+
+def _encoding_for_name(model: str) -> str:
     name = model.lower().rpartition("/")[2]  # "openai/gpt-4o" as some routers spell it
     if name.startswith(_O200K_PREFIXES):
         return O200K
@@ -377,6 +391,38 @@ def completion_text_tokens(document: dict[str, Any], count: Callable[[str], int]
 #
 
 
+def _plain_delta(payload: bytes) -> bool:
+    """True when the event cannot set a usage, nor (a Responses event) a model: no "response" key and no "usage" key
+    but ``"usage":null`` (which OpenAI puts on every chunk of a stream that asked for the usage). The word "usage" in
+    text, any other spelling of the key, and any ``\\u00`` escape (which could spell a key) send it to the parser."""
+    if b'"response"' in payload or b"\\u00" in payload:
+        return False
+    return b"usage" not in payload or payload.count(b"usage") == payload.count(b'"usage":null')
+
+
+# "usage" other than the key of ``"usage":null``
+_SUSPICIOUS_USAGE: Final = re.compile(rb'usage(?:(?!":null)|(?<!"usage))').search
+
+
+def _next_mark(block: bytes, pos: int, marks: list[int]) -> int:
+    """Where the next line that is not a plain delta may be: the first '"response"', '\\u00' or 'usage' (other
+    than in ``"usage":null``) at or after ``pos``; ``len(block)`` when there is none. ``marks`` caches the three."""
+    size = len(block)
+    found = marks[0]
+    if found < pos:
+        found = block.find(b'"response"', pos)
+        marks[0] = found = size if found < 0 else found
+    escape = marks[1]
+    if escape < pos:
+        escape = block.find(b"\\u00", pos)
+        marks[1] = escape = size if escape < 0 else escape
+    usage = marks[2]
+    if usage < pos:
+        found_usage = _SUSPICIOUS_USAGE(block, pos)
+        marks[2] = usage = size if found_usage is None else found_usage.start()
+    return min(found, escape, usage)
+
+
 class SseUsageMeter:
     """A ChunkFilter over an SSE body: counts completion tokens as deltas pass, keeps the backend's ``usage``.
 
@@ -387,14 +433,16 @@ class SseUsageMeter:
     """
 
     __slots__ = (
+        "_completion_tokens",
         "_count",
         "_drop_blank",
+        "_events",
         "_on_done",
+        "_pending",
+        "_pending_size",
         "_strip",
         "_tail",
         "broken",
-        "completion_tokens",
-        "events",
         "model",
         "usage",
     )
@@ -412,10 +460,37 @@ class SseUsageMeter:
         self._tail = b""
         self._drop_blank = False
         self.broken = False  # a line exceeded MAX_SSE_LINE: the rest passes through unparsed
-        self.completion_tokens = 0
-        self.events = 0
+        self._completion_tokens = 0
+        self._events = 0
+        # Payloads that cannot carry a usage or a model (plain deltas), parsed and counted only when
+        # ``completion_tokens`` is read: when the backend reports usage nobody asks, and the stream is not parsed.
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self.model: str | None = None
         self.usage: dict[str, Any] | None = None
+
+    @property
+    def completion_tokens(self) -> int:
+        """Completion tokens of the deltas seen so far (counted from their text)."""
+        if self._pending:
+            self._count_pending()
+        return self._completion_tokens
+
+    @property
+    def events(self) -> int:
+        """JSON events seen so far."""
+        if self._pending:
+            self._count_pending()
+        return self._events
+
+    def _count_pending(self) -> None:
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        for lines in pending:
+            for line in lines.split(b"\n"):
+                if line.startswith(b"data:"):
+                    payload = line[5:].strip()
+                    if payload[:1] == b"{":
+                        self._parse(payload)
 
     def feed(self, chunk: bytes) -> bytes:
         if self.broken:
@@ -454,11 +529,24 @@ class SseUsageMeter:
         return data if self._strip else chunk
 
     def _scan(self, block: bytes) -> bytes:
-        """Parse the complete lines of ``block`` (ends with a newline); return what the client gets."""
-        lines = block.split(b"\n")
-        lines.pop()  # the empty string after the last newline
-        kept: list[bytes] | None = None
-        for index, line in enumerate(lines):
+        """Account the complete lines of ``block`` (ends with a newline); return what the client gets.
+
+        Once the model is known, runs of plain deltas (``_plain_delta``) are set aside unparsed, found with a few
+        substring searches over the block; the other lines are read one by one."""
+        size = len(block)
+        pos = 0
+        dropped: list[tuple[int, int]] | None = None
+        marks = [-1, -1, -1]  # the next '"response"', '\u00' and suspicious 'usage' at or after pos (size: none)
+        while pos < size:
+            if self.model is not None and not self._drop_blank:
+                stop = _next_mark(block, pos, marks)
+                end = size if stop == size else block.rfind(b"\n", pos, stop) + 1
+                if end > pos:
+                    self._defer(block[pos:end])
+                    pos = end
+                    continue
+            end = block.index(b"\n", pos) + 1
+            line = block[pos : end - 1]
             drop = False
             if self._drop_blank:
                 self._drop_blank = False
@@ -467,26 +555,45 @@ class SseUsageMeter:
                 drop = True
                 self._drop_blank = True
             if drop:
-                if kept is None:
-                    kept = lines[:index]
-            elif kept is not None:
-                kept.append(line)
-        if kept is None:
+                if dropped is None:
+                    dropped = []
+                dropped.append((pos, end))
+            pos = end
+        if dropped is None:
             return block
-        return b"".join([line + b"\n" for line in kept])
+        kept: list[bytes] = []
+        start = 0
+        for drop_start, drop_end in dropped:
+            kept.append(block[start:drop_start])
+            start = drop_end
+        kept.append(block[start:])
+        return b"".join(kept)
+
+    def _defer(self, lines: bytes) -> None:
+        self._pending.append(lines)
+        self._pending_size += len(lines)
+        if self._pending_size > MAX_PENDING:
+            self._count_pending()
 
     def _data(self, line: bytes) -> bool:
         """Account one ``data:`` line; True when it is a usage-only event (``"choices": []`` and a usage)."""
         payload = line[5:].strip()
         if payload[:1] != b"{":
             return False
+        if self.model is not None and _plain_delta(payload):
+            # It sets neither the usage nor the model, only adds to the completion tokens: count it when asked.
+            self._defer(line)
+            return False
+        return self._parse(payload)
+
+    def _parse(self, payload: bytes) -> bool:
         try:
             event = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return False
         if not isinstance(event, dict):
             return False
-        self.events += 1
+        self._events += 1
         if self.model is None:
             model = event.get("model")
             if isinstance(model, str):
@@ -512,7 +619,7 @@ class SseUsageMeter:
             for key in ("content", "refusal", "reasoning_content", "reasoning"):
                 text = delta.get(key)
                 if isinstance(text, str) and text:
-                    self.completion_tokens += _safe(self._count, text)
+                    self._completion_tokens += _safe(self._count, text)
             calls = delta.get("tool_calls")
             if isinstance(calls, list):
                 for call in calls:
@@ -542,7 +649,7 @@ class SseUsageMeter:
 
     def _text(self, text: Any) -> None:
         if isinstance(text, str) and text:
-            self.completion_tokens += _safe(self._count, text)
+            self._completion_tokens += _safe(self._count, text)
 
 
 _USAGE_NUMBER = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)')

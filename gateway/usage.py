@@ -88,10 +88,8 @@ from typing import IO, Any, Protocol
 
 import aiohttp
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+
+from gateway.limits.resp import RespClient, RespError
 
 __all__ = (
     "DEFAULT_MAXLEN",
@@ -179,22 +177,26 @@ class UsageRecord:
 
     def to_fields(self) -> dict[str, str]:
         """The Redis stream entry: flat strings."""
-        return {
-            "request_id": self.request_id,
-            "ts_ms": str(self.ts_ms),
-            "api": self.api,
-            "operation": self.operation,
-            "subscription": self.subscription or "",
-            "product": self.product or "",
-            "backend": self.backend or "",
-            "model": self.model or "",
-            "prompt_tokens": str(self.prompt_tokens),
-            "completion_tokens": str(self.completion_tokens),
-            "status": str(self.status),
-            "latency_ms": repr(float(self.latency_ms)),
-            "cache_hit": "1" if self.cache_hit else "0",
-            "gateway_id": self.gateway_id,
-        }
+        return dict(zip(FIELD_NAMES, self.field_values(), strict=True))
+
+    def field_values(self) -> tuple[str, ...]:
+        """``to_fields``'s values, in ``FIELD_NAMES`` order."""
+        return (
+            self.request_id,
+            str(self.ts_ms),
+            self.api,
+            self.operation,
+            self.subscription or "",
+            self.product or "",
+            self.backend or "",
+            self.model or "",
+            str(self.prompt_tokens),
+            str(self.completion_tokens),
+            str(self.status),
+            repr(float(self.latency_ms)),
+            "1" if self.cache_hit else "0",
+            self.gateway_id,
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object used by the HTTP sink and the spool file."""
@@ -252,6 +254,31 @@ class UsageRecord:
 
 
 FIELD_NAMES: tuple[str, ...] = UsageRecord.__match_args__
+# The fields of one XADD in RESP: each name's bulk string, then a "$<length>\r\n<value>\r\n" slot for its value
+_FIELDS_TEMPLATE: bytes = b"".join(b"$%d\r\n%s\r\n$%%d\r\n%%s\r\n" % (len(name), name.encode()) for name in FIELD_NAMES)
+
+
+def _bulk(value: str) -> bytes:
+    data = value.encode("utf-8", "surrogatepass")
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _xadd_prefix(stream: str, maxlen: int) -> bytes:
+    """``XADD <stream> MAXLEN ~ <maxlen> *`` in RESP, with the array header for the fields of one record."""
+    head = b"*%d\r\n" % (6 + 2 * len(FIELD_NAMES))
+    return head + b"".join(_bulk(part) for part in ("XADD", stream, "MAXLEN", "~", str(maxlen), "*"))
+
+
+def _xadd_command(prefix: bytes, record: UsageRecord) -> bytes:
+    """One record's ``XADD`` (``to_fields``'s entry), packed by hand."""
+    args: list[Any] = []
+    for value in record.field_values():
+        data = value.encode("utf-8", "surrogatepass")
+        args.append(len(data))
+        args.append(data)
+    return prefix + _FIELDS_TEMPLATE % tuple(args)
+
+
 _INTEGER_FIELDS = ("ts_ms", "prompt_tokens", "completion_tokens", "status")
 
 
@@ -876,24 +903,21 @@ class RedisStreamSink(BatchingSink):
         self.stream = stream
         self.maxlen = maxlen
         self.timeout = timeout
-        self._redis: aioredis.Redis | None = None
+        self._redis: RespClient | None = None
 
     async def _deliver(self, batch: list[UsageRecord]) -> None:
         if self._redis is None:
-            # No retries inside redis-py: this sink backs off and spools on its own.
-            self._redis = aioredis.Redis.from_url(
-                self.redis_url,
-                socket_connect_timeout=self.timeout,
-                socket_timeout=self.timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
-        pipe = self._redis.pipeline(transaction=False)
-        for record in batch:
-            pipe.xadd(self.stream, record.to_fields(), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            # The project's pipelined RESP client: it does not retry, this sink backs off and spools on its own.
+            self._redis = RespClient(self.redis_url, connect_timeout=self.timeout, timeout=self.timeout)
+        prefix = _xadd_prefix(self.stream, self.maxlen)
+        commands = b"".join([_xadd_command(prefix, record) for record in batch])
         try:
-            await pipe.execute()
-        except (RedisError, OSError) as exc:
+            replies = await self._redis.call_batch(commands, len(batch))
+        except (ConnectionError, TimeoutError, OSError) as exc:
             raise DeliveryError(f"{exc.__class__.__name__}: {exc}") from exc
+        for reply in replies:
+            if isinstance(reply, RespError):
+                raise DeliveryError(f"ResponseError: {reply}")
 
     async def _close_transport(self) -> None:
         if self._redis is not None:

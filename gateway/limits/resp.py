@@ -171,6 +171,28 @@ class RespClient:
             raise reply
         return reply
 
+    async def call_batch(self, commands: bytes, count: int) -> list[Any]:
+        """Send ``count`` commands already in RESP form and joined (``encode_command``) in one write; return their
+        replies in order. Error replies are returned as RespError values, not raised, so the caller sees which
+        command failed; a lost connection or a timeout raises (ConnectionError / TimeoutError)."""
+        if count <= 0:
+            return []
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        replies: list[Any] = []
+
+        def collect(reply: Any) -> None:
+            if future.done():  # a connection error already failed the batch, or the caller was cancelled
+                return
+            if isinstance(reply, Exception) and not isinstance(reply, RespError):
+                future.set_exception(reply)
+                return
+            replies.append(reply)
+            if len(replies) == count:
+                future.set_result(replies)
+
+        self._enqueue(commands, None, collect, count)
+        return await future
+
     def send_encoded(self, command: bytes, on_reply: ReplyHandler | None = None) -> None:
         self._enqueue(command, None, on_reply)
 
@@ -193,7 +215,14 @@ class RespClient:
 
     # internals
 
-    def _enqueue(self, command: bytes, future: asyncio.Future[Any] | None, handler: ReplyHandler | None) -> None:
+    def _enqueue(
+        self,
+        command: bytes,
+        future: asyncio.Future[Any] | None,
+        handler: ReplyHandler | None,
+        replies: int = 1,
+    ) -> None:
+        """Queue ``command`` (``replies`` commands when several are joined, all answered through ``handler``)."""
         if self._closed:
             error = ConnectionError("the Redis client is closed")
             if future is not None:
@@ -202,7 +231,10 @@ class RespClient:
                 handler(error)
             return
         self._outbox.append(command)
-        self._handlers.append((future, handler))
+        if replies == 1:
+            self._handlers.append((future, handler))
+        else:
+            self._handlers.extend([(future, handler)] * replies)
         if self._protocol is None:
             if self._connecting is None:
                 self._connecting = asyncio.get_running_loop().create_task(self._connect())

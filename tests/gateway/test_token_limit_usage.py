@@ -235,6 +235,56 @@ def test_sse_counts_a_cancelled_stream():
     assert meter.usage is None and meter.completion_tokens == 6 and done == [False]
 
 
+def count_parses(monkeypatch) -> list[bytes]:
+    parsed: list[bytes] = []
+    parse = SseUsageMeter._parse
+
+    def counting(self, payload):
+        parsed.append(payload)
+        return parse(self, payload)
+
+    monkeypatch.setattr(SseUsageMeter, "_parse", counting)
+    return parsed
+
+
+@pytest.mark.parametrize("size", [1, 7, 10_000])
+def test_sse_deltas_are_parsed_only_when_their_count_is_needed(monkeypatch, size):
+    parsed = count_parses(monkeypatch)
+    stream = b"".join(chat_events(5, usage=True))
+    out, meter, _ = run_meter(splits(stream, size), strip=False)
+    assert out == stream and meter.usage is not None
+    assert len(parsed) == 2  # the first event (the model) and the usage; the deltas wait, unparsed
+    assert meter.completion_tokens == 10 and meter.events == 8 and not meter._pending
+
+
+def test_sse_deltas_with_a_null_usage_wait_too(monkeypatch):
+    parsed = count_parses(monkeypatch)
+    events = chat_events(4, usage=True)
+    events = [e.replace(b'"model"', b'"usage":null,"model"') if b'"choices":[{' in e else e for e in events]
+    events.insert(1, b'data: {"model":"gpt-4o","choices":[{"delta":{"content":"usage"}}],"usage":null}\n\n')
+    out, meter, _ = run_meter([b"".join(events)], strip=True)
+    assert out == b"".join(e for e in events if b'"choices":[]' not in e)
+    assert len(parsed) == 3  # the first event, the usage, and the word "usage" in a delta (parsed at once, to be safe)
+    assert meter.usage["total_tokens"] == 13 and meter.completion_tokens == 1 + 8
+
+
+def test_sse_many_deltas_are_counted_in_bounded_memory():
+    events = chat_events(3000, usage=False)
+    _, meter, done = run_meter(events, strip=False, complete=False)
+    assert sum(len(p) for p in meter._pending) <= 64 << 10
+    count = TOK.counter(O200K)
+    assert meter.completion_tokens == sum(count(f" word{i}") for i in range(3000)) and done == [False]
+
+
+def test_sse_usage_behind_escapes_is_found():
+    events = chat_events(2, usage=False)
+    usage = b'{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}'
+    events.insert(-1, b'data: {"choices":[],"\\u0075sage":' + usage + b"}\n\n")
+    out, meter, _ = run_meter(events, strip=True)
+    assert meter.usage == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    assert b"u0075sage" not in out
+
+
 def test_sse_last_line_without_newline():
     data = b'data: {"choices":[{"delta":{"content":"hello"}}]}'
     out, meter, _ = run_meter([data], strip=True)

@@ -28,26 +28,28 @@ async def test_a_batch_is_one_pipelined_round_trip(redis_url, redis_conn, stream
     warm_up = UsageRecordFactory()
     sink.emit(warm_up)
     await sink.flush()  # connects
-    executes = []
-    original = sink._redis.pipeline
+    client = sink._redis
+    executes = []  # records per pipelined batch
+    writes = []  # socket writes (commands leave in one write per batch)
+    original_batch, original_flush = client.call_batch, client._flush
 
-    def counting_pipeline(*args, **kwargs):
-        pipe = original(*args, **kwargs)
-        run = pipe.execute
+    async def counting_batch(commands, count):
+        executes.append(count)
+        return await original_batch(commands, count)
 
-        async def execute(*a, **kw):
-            executes.append(len(pipe.command_stack))
-            return await run(*a, **kw)
+    def counting_flush():
+        if client._outbox:
+            writes.append(len(client._outbox))
+        original_flush()
 
-        pipe.execute = execute
-        return pipe
-
-    monkeypatch.setattr(sink._redis, "pipeline", counting_pipeline)
+    monkeypatch.setattr(client, "call_batch", counting_batch)
+    monkeypatch.setattr(client, "_flush", counting_flush)
     sent = UsageRecordFactory.build_batch(150)
     for record in sent:
         sink.emit(record)
     await sink.flush()
-    assert executes == [100, 50]  # batches of up to batch_max, one execute (one round trip) each
+    assert executes == [100, 50]  # batches of up to batch_max, one round trip each
+    assert writes == [1, 1]  # each batch's XADDs leave in a single write
     assert stream_ids(redis_conn, stream_key) == [r.request_id for r in [warm_up, *sent]]
     await sink.close()
 

@@ -140,6 +140,28 @@ async def test_commands_of_one_loop_turn_share_one_write(redis_prefix):
 
 
 @needs_redis
+async def test_a_batch_of_commands_is_one_write_with_replies_in_order(redis_prefix):
+    client = RespClient(REDIS_URL)
+    try:
+        commands = [("SET", f"{redis_prefix}s", "x"), ("INCR", f"{redis_prefix}s"), ("INCR", f"{redis_prefix}n")]
+        replies = await client.call_batch(b"".join(encode_command(c) for c in commands), len(commands))
+        assert replies[0] == "OK" and isinstance(replies[1], RespError) and replies[2] == 1
+        assert await client.call_batch(b"", 0) == []
+    finally:
+        await client.aclose()
+
+
+async def test_a_batch_fails_as_a_whole_when_redis_is_unreachable():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = RespClient(f"redis://127.0.0.1:{port}", connect_timeout=0.5)
+    with pytest.raises(ConnectionError):
+        await client.call_batch(encode_command(("PING",)) * 3, 3)
+    await client.aclose()
+
+
+@needs_redis
 async def test_script_flush_is_survived(redis_prefix, clock: FakeClock):
     store = create_store("redis", url=REDIS_URL, clock=clock, prefix=redis_prefix)
     window = minute_window("k", clock(), 100)
