@@ -168,7 +168,11 @@ class GatewayApp:
             return await self._run(pipeline, ctx)
         ctx.trace = []
         response = await self._run(pipeline, ctx)
-        response.headers.append((TRACE_HEADER, orjson.dumps(ctx.trace, default=str)))
+        try:
+            trace = orjson.dumps(ctx.trace, default=str, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:  # a step's details would not serialise: say so rather than lose the response
+            trace = b'[{"error": "trace could not be serialised"}]'
+        response.headers.append((TRACE_HEADER, trace))
         return response
 
     async def _run(self, pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingResponse:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from gateway.http.headers import find_header
 from gateway.tokens import (
     RequestKind,
     SseUsageMeter,
@@ -49,13 +50,6 @@ _JSON_START: Final = frozenset(b"{ \t\r\n")
 _ACCEPT_ENCODING: Final = b"accept-encoding"
 
 ResponseHook = Callable[["RequestContext"], None]
-
-
-def find_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
 
 
 def exchange_for(ctx: RequestContext) -> LlmExchange:
@@ -132,7 +126,7 @@ class LlmExchange:
             body = self.body
             assert body is not None
             options = body.get("stream_options")
-            if options is None:  # insert the member after "{": no re-serialisation, the client's bytes are kept
+            if "stream_options" not in body:  # insert after "{": no re-serialisation, the client's bytes are kept
                 start = current.index(b"{") + 1  # the object has a "stream" member, so a comma may follow
                 self._upstream = current[:start] + _INCLUDE_USAGE + current[start:]
             else:

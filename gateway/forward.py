@@ -29,7 +29,15 @@ from gateway.http.server import Response, StreamingResponse
 if TYPE_CHECKING:
     from gateway.http.client import UpstreamPool, UpstreamResponse
 
-__all__ = ("DEFAULT_BUFFER_LIMIT", "Forwarder", "UpstreamBody", "build_response", "discard_upstream", "run_finish")
+__all__ = (
+    "DEFAULT_BUFFER_LIMIT",
+    "Forwarder",
+    "UpstreamBody",
+    "abandon_filters",
+    "build_response",
+    "discard_upstream",
+    "run_finish",
+)
 
 logger = logging.getLogger("gateway.forward")
 
@@ -158,6 +166,17 @@ def _filter_whole(filters: list[ChunkFilter], body: bytes) -> bytes:
     return body + _finish(filters)
 
 
+def abandon_filters(filters: list[ChunkFilter]) -> None:
+    """Tell every chunk filter that its body will not complete (their ``finish(False)`` settles what they saw), then
+    drop them. One failing filter is logged and does not stop the others."""
+    for f in filters:
+        try:
+            f.finish(False)
+        except Exception:
+            logger.exception("chunk filter failed while abandoning the body")
+    filters.clear()
+
+
 def _finish(filters: list[ChunkFilter]) -> bytes:
     tail = b""
     for f in filters:
@@ -199,11 +218,11 @@ class UpstreamBody:
                 try:
                     chunk = await self._iter.__anext__()
                 except StopAsyncIteration:
-                    self._complete = True
                     tail = b""
                     if filters:
                         self._tail_sent = True
                         tail = _finish(filters)
+                    self._complete = True
                     await self.aclose()
                     if tail:
                         return tail
@@ -224,10 +243,9 @@ class UpstreamBody:
         if self.closed:
             return
         self.closed = True
-        if self._filters and not self._tail_sent:
-            for f in self._filters:
-                f.finish(False)
         try:
+            if not self._tail_sent:
+                abandon_filters(self._filters)
             await self._upstream.aclose()
         finally:
             run_finish(self._ctx, self._complete)

@@ -13,7 +13,7 @@ import orjson
 from gateway.context import RequestContext, ResponseHead
 from gateway.errors import MSG_BACKEND_PROTOCOL, MSG_BACKEND_TIMEOUT, GatewayError
 from gateway.expressions.errors import ExpressionRuntimeError
-from gateway.forward import build_response, discard_upstream, run_finish
+from gateway.forward import abandon_filters, build_response, discard_upstream, run_finish
 from gateway.http.client import UpstreamError, UpstreamTimeout
 from gateway.http.server import Response, StreamingResponse
 from gateway.policy import Base, Policy, PolicyDocument, Section, merge_sections, walk
@@ -105,6 +105,7 @@ async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingR
                 await _read_body(ctx)
             response = await _run_section(ctx, Section.OUTBOUND, pipeline.outbound)
         if response is not None:  # a step ended the request (return-response, cache hit, limit, ...)
+            abandon_filters(ctx.chunk_filters)
             await discard_upstream(ctx)
             return response
         if ctx.response is None:
@@ -114,6 +115,7 @@ async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingR
         await discard_upstream(ctx)
         return await _on_error(pipeline, ctx, error)
     except BaseException:  # cancelled (client gone) while a backend response is open: release it
+        abandon_filters(ctx.chunk_filters)
         await discard_upstream(ctx)
         raise
 
@@ -217,7 +219,7 @@ def _as_gateway_error(exc: Exception, section: Section, step: Policy | None) -> 
 
 async def _on_error(pipeline: Pipeline, ctx: RequestContext, error: GatewayError) -> Response | StreamingResponse:
     ctx.last_error = error
-    ctx.chunk_filters.clear()
+    abandon_filters(ctx.chunk_filters)
     ctx.response = ResponseHead(error.status, list(JSON_HEADERS), body=error_body(error.status, error.message))
     if ctx.trace is not None:
         ctx.trace.append(

@@ -401,3 +401,37 @@ async def test_cancellation_after_forward_releases_the_upstream():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert pool.responses[0].closed
+
+
+class Failing(Upper):
+    """A chunk filter whose finish raises: the others must still finish and the upstream must still be released."""
+
+    def finish(self, complete):
+        raise RuntimeError("filter bug")
+
+
+async def test_outbound_error_after_forward_aborts_the_filters_it_added():
+    # regression: on-error used to drop the chunk filters unfinished, so usage meters and byte counters never settled
+    app, pool = make_gateway()
+    upper = Upper()
+    pool.respond = lambda call: FakeUpstream(chunks=[b"x"], headers=[(b"content-type", b"text/event-stream")])
+    boom = Recorder([], exc=GatewayError(500, "outbound failed", source="test", reason="Test"))
+    pipeline = Pipeline(inbound=(), backend=(forward_step(app),), outbound=(AddFilter(upper), boom), on_error=())
+    response = await run_pipeline(pipeline, context(app, pool))
+    assert response.status == 500
+    assert upper.finished is False and pool.responses[0].closed
+
+
+async def test_a_failing_filter_does_not_keep_the_upstream_or_skip_on_finish():
+    app, pool = make_gateway()
+    upper = Upper()
+    pool.respond = lambda call: FakeUpstream(chunks=[b"x"], headers=[(b"content-type", b"text/event-stream")])
+    pipeline = Pipeline(
+        inbound=(), backend=(forward_step(app),), outbound=(AddFilter(Failing()), AddFilter(upper)), on_error=()
+    )
+    ctx = context(app, pool)
+    finished = []
+    ctx.on_finish.append(lambda c, complete: finished.append(complete))
+    response = await run_pipeline(pipeline, ctx)
+    await response.body_iter.aclose()
+    assert pool.responses[0].closed and upper.finished is False and finished == [False]

@@ -356,6 +356,14 @@ def test_existing_stream_options_are_merged():
     assert sent["stream_options"] == {"include_obfuscation": False, "include_usage": True}
 
 
+def test_null_stream_options_are_replaced_not_duplicated():
+    raw = b'{"stream":true,"stream_options":null,"messages":[]}'
+    exchange = LlmExchange.open(make_ctx(raw))
+    sent = exchange.upstream_body(raw)
+    assert sent.count(b"stream_options") == 1  # a second member would leave the backend reading the null
+    assert orjson.loads(sent)["stream_options"] == {"include_usage": True}
+
+
 @pytest.mark.parametrize(
     ("raw", "path", "api_type"),
     [
