@@ -97,22 +97,17 @@ class Telemetry:
             product = ctx.product
             subscription = ctx.subscription
             self._emit(
-                UsageRecord(
-                    request_id=ctx.request_id.decode("ascii"),
-                    ts_ms=int((self.wall_clock() - elapsed) * 1000),
-                    api=api,
-                    operation=ctx.operation.name,
-                    subscription=subscription.name if subscription is not None else None,
-                    product=product.name if product is not None else None,
-                    backend=backend.name if backend is not None else None,
-                    model=_model(ctx),
-                    prompt_tokens=usage.prompt_tokens if usage is not None else 0,
-                    completion_tokens=usage.completion_tokens if usage is not None else 0,
-                    status=status,
-                    latency_ms=elapsed * 1000.0,
-                    cache_hit=False,
-                    gateway_id=self.gateway_id,
-                )
+                ctx.request_id,
+                api,
+                ctx.operation.name,
+                status,
+                elapsed,
+                subscription=subscription.name if subscription is not None else None,
+                product=product.name if product is not None else None,
+                backend=backend.name if backend is not None else None,
+                model=_model(ctx),
+                prompt_tokens=usage.prompt_tokens if usage is not None else 0,
+                completion_tokens=usage.completion_tokens if usage is not None else 0,
             )
 
     def finish_early(
@@ -132,26 +127,41 @@ class Telemetry:
         if self.metrics is not None:
             self.metrics.record_request(api.name if api is not None else "", operation, status, elapsed)
         if self.sink is not None and api is not None:
-            self._emit(
-                UsageRecord(
-                    request_id=request_id.decode("ascii"),
-                    ts_ms=int((self.wall_clock() - elapsed) * 1000),
-                    api=api.name,
-                    operation=operation,
-                    subscription=None,
-                    product=None,
-                    backend=api.backend.name if api.backend is not None else None,
-                    model=None,
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    status=status,
-                    latency_ms=elapsed * 1000.0,
-                    cache_hit=False,
-                    gateway_id=self.gateway_id,
-                )
-            )
+            backend = api.backend.name if api.backend is not None else None
+            self._emit(request_id, api.name, operation, status, elapsed, backend=backend)
 
-    def _emit(self, record: UsageRecord) -> None:
+    def _emit(
+        self,
+        request_id: bytes,
+        api: str,
+        operation: str,
+        status: int,
+        elapsed: float,
+        *,
+        subscription: str | None = None,
+        product: str | None = None,
+        backend: str | None = None,
+        model: str | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> None:
+        """Build the request's usage record and hand it to the journal and the sink."""
+        record = UsageRecord(
+            request_id=request_id.decode("ascii"),
+            ts_ms=int((self.wall_clock() - elapsed) * 1000),
+            api=api,
+            operation=operation,
+            subscription=subscription,
+            product=product,
+            backend=backend,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            status=status,
+            latency_ms=elapsed * 1000.0,
+            cache_hit=False,
+            gateway_id=self.gateway_id,
+        )
         if self.journal is not None:
             self.journal.append(record)
         assert self.sink is not None

@@ -169,22 +169,13 @@ class Tokenizer:
             counters[name] = lambda text, encode=encode: len(encode(text))  # type: ignore[misc]
         return cls(counters)  # pragma: no cover
 
-    @property
-    def encodings(self) -> tuple[str, ...]:
-        return tuple(self._counters)
-
     def counter(self, encoding: str | None = None) -> Callable[[str], int]:
         """The ``count(text) -> int`` function of ``encoding`` (the default encoding when unknown)."""
         counters = self._counters
         return counters.get(encoding or self.default) or counters[self.default]
 
     def count(self, text: str, encoding: str | None = None) -> int:
-        if not text:
-            return 0
-        try:
-            return self.counter(encoding)(text)
-        except (UnicodeError, ValueError):  # lone surrogates and the like: count the repaired text
-            return self.counter(encoding)(text.encode("utf-8", "replace").decode("utf-8"))
+        return _safe(self.counter(encoding), text) if text else 0
 
 
 def _load_bindings() -> Any:
@@ -300,6 +291,7 @@ def estimate_prompt_tokens(body: dict[str, Any], kind: str, tokenizer: Tokenizer
 
 
 def _safe(count: Callable[[str], int], text: str) -> int:
+    """``count(text)``; lone surrogates and the like are counted on the repaired text."""
     try:
         return count(text)
     except (UnicodeError, ValueError):
