@@ -132,7 +132,9 @@ class _Loader:
         self.backends: dict[str, BackendTarget] = {}
         self.backends_by_url: dict[str, BackendTarget] = {}
         self.url_targets: dict[str, BackendTarget] = {}
-        self.pipelines: dict[tuple[int | None, ...], Pipeline] = {}
+        # compiled pipelines by (product with a policy of its own, or None; API name; operation name): names are
+        # stable for the whole load, unlike the identity of the short-lived documents they are compiled from
+        self.pipelines: dict[tuple[str | None, str, str], Pipeline] = {}
 
     def load(self, data: Any) -> Config:
         data = _obj(data, "snapshot")
@@ -260,9 +262,14 @@ class _Loader:
             raise SnapshotError(f"{where}: {exc}") from None
         return document
 
-    def _pipeline(self, *docs: PolicyDocument | None) -> Pipeline:
-        # product contexts without a product policy share the API context's pipeline
-        key = tuple(id(doc) if doc is not None else None for doc in docs)
+    def _pipeline(self, api: str, operation: str, product: str | None, *docs: PolicyDocument | None) -> Pipeline:
+        """The pipeline of one operation in one product context (``product`` None: no product).
+
+        Product contexts without a product policy share the API context's pipeline. The cache key is made of
+        names, never of ``id()`` of a document: a document is freed once its API is loaded, and a later
+        document could be given the same id and so another API's pipeline (backend, credentials and all).
+        """
+        key = (product if product is not None and self.product_docs.get(product) is not None else None, api, operation)
         pipeline = self.pipelines.get(key)
         if pipeline is None:
             pipeline = self.pipelines[key] = compile_pipeline(docs)
@@ -328,9 +335,13 @@ class _Loader:
             if method not in _METHODS:
                 raise SnapshotError(f"{op_where}: unsupported method {method!r}")
             op_doc = self._policy(_opt_str(raw, "policy", op_where), Scope.OPERATION, op_where + " policy")
-            pipelines: dict[str | None, Pipeline] = {None: self._pipeline(global_doc, None, api_doc, op_doc)}
+            pipelines: dict[str | None, Pipeline] = {
+                None: self._pipeline(name, op_name, None, global_doc, None, api_doc, op_doc)
+            }
             for product in published.values():
-                pipelines[product.name] = self._pipeline(global_doc, self.product_docs[product.name], api_doc, op_doc)
+                pipelines[product.name] = self._pipeline(
+                    name, op_name, product.name, global_doc, self.product_docs[product.name], api_doc, op_doc
+                )
             operations.append(
                 OperationEntry(
                     name=op_name,
