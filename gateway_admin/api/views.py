@@ -41,7 +41,8 @@ class SnapshotSafeMixin:
     def _rejected(self, request, exc: ConfigRejected, args, kwargs):
         name = getattr(self, "_written_name", None) or kwargs.get(getattr(self, "lookup_field", "name"))
         code = status.HTTP_409_CONFLICT if request.method == "DELETE" else status.HTTP_400_BAD_REQUEST
-        data = request.data if isinstance(request.data, dict) else {}
+        data = getattr(self.request, "data", None)
+        data = data if isinstance(data, dict) else {}
         # a problem of another item (a reference this write broke) is put on the field most likely to blame
         fallback = next((key for key in ("value", "name") if key in data), "detail")
         if getattr(self, "action", None) == "policy":

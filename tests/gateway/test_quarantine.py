@@ -80,7 +80,7 @@ def test_a_quarantined_backend_url_is_never_reached_without_its_credentials():
             lambda d: d["products"][0].update(policy="<policies><inbound><x/></inbound></policies>"),
             "product",
             "starter",
-        ),  # noqa: E501
+        ),
         (lambda d: d["subscriptions"][0].update(scope="/apis/ghost"), "subscription", "master"),
         (lambda d: d["named_values"][1].update(value=None), "named_value", "region"),
         (lambda d: d["apis"].append(api("dup-path", "llm/chat")), "api", "dup-path"),
