@@ -147,14 +147,19 @@ def test_gateway_keeps_serving_and_no_usage_is_lost_while_the_management_plane_i
         timeout=30,
     )
     assert imported.status_code == 201, imported.text
-    assert rest.post(
-        f"{drill.management_url}/api/subscriptions/",
-        json={"name": "drill", "display_name": "drill", "scope": "/apis/az"},
-        timeout=30,
-    ).status_code == 201
+    assert (
+        rest.post(
+            f"{drill.management_url}/api/subscriptions/",
+            json={"name": "drill", "display_name": "drill", "scope": "/apis/az"},
+            timeout=30,
+        ).status_code
+        == 201
+    )
     key = rest.post(f"{drill.management_url}/api/subscriptions/drill/list-secrets/", timeout=30).json()["primary_key"]
     revision = requests.get(
-        f"{drill.management_url}/api/gateway/snapshot/", headers={"Authorization": f"Gateway {GATEWAY_TOKEN}"}
+        f"{drill.management_url}/api/gateway/snapshot/",
+        headers={"Authorization": f"Gateway {GATEWAY_TOKEN}"},
+        timeout=30,
     ).json()["revision"]
 
     drill.start_gateway()
