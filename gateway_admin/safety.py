@@ -12,6 +12,7 @@ The problems of the committed revision are remembered (per process, on commit) s
 loads one snapshot, not two.
 """
 
+import re
 import secrets
 import threading
 from collections.abc import Iterable, Iterator
@@ -45,6 +46,8 @@ _FIELD_WORDS = {
     "scope": "scope",
     "path": "path",
 }
+
+_INDEX_RE = re.compile(r"\[\d+\]")
 
 _local = threading.local()
 _known: dict[int, frozenset[Problem]] = {}  # revision -> its problems (only the latest committed one is kept)
@@ -93,7 +96,8 @@ def validated_write() -> Iterator["WriteGuard"]:
             if changed == revision or changed == _local.checked:
                 return  # nothing in the configuration changed, or the change was checked already
             after = current_problems()
-            new = after - _local.before
+            known = {_identity(p) for p in _local.before}
+            new = {p for p in after if _identity(p) not in known}
             if new:
                 raise ConfigRejected(new)
             _local.checked = changed
@@ -101,6 +105,11 @@ def validated_write() -> Iterator["WriteGuard"]:
                 transaction.on_commit(lambda: _remember(changed, after))
     finally:
         _local.depth -= 1
+
+
+def _identity(problem: Problem) -> tuple[str, str, str]:
+    # an item without a usable name is located by its index, which another write may shift
+    return problem.kind, problem.name, _INDEX_RE.sub("[]", problem.message)
 
 
 def _remember(revision: int, problems: frozenset[Problem]) -> None:

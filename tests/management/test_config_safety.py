@@ -206,3 +206,11 @@ def test_admin_unrelated_change_still_works(admin_client_logged_in):
     response = admin_client_logged_in.post(f"/admin/backends/backend/{backend.pk}/delete/", {"post": "yes"})
     assert response.status_code == 302
     assert not Backend.objects.filter(name="free").exists()
+
+
+def test_an_existing_problem_located_by_index_does_not_block_a_write_that_shifts_it(api_client):
+    NamedValueFactory(name="m-value", value="x")
+    NamedValue.objects.filter(name="m-value").update(name="m value")  # an invalid name, set by hand
+    assert [p.kind for p in current_problems()] == ["named_value"]
+    response = api_client.post("/api/named-values/", {"name": "a-first", "value": "y"}, format="json")
+    assert response.status_code == 201, response.content  # sorts before it: the bad row's index moves
