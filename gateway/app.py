@@ -19,7 +19,7 @@ from gateway.errors import MSG_INVALID_KEY, MSG_MISSING_KEY, MSG_NOT_CONFIGURED,
 from gateway.forward import Forwarder
 from gateway.http.client import UpstreamPool
 from gateway.http.headers import connection_options
-from gateway.http.server import Request, Response, StreamingResponse
+from gateway.http.server import Request, RequestBodyError, Response, StreamingResponse
 from gateway.ids import next_request_id
 from gateway.limits import TokenStore, create_store
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -144,6 +144,13 @@ class GatewayApp:
             no_key_access = api.no_key_access
             assert no_key_access is not None  # always set for APIs that do not require a subscription
             access = no_key_access
+        if not request.body_complete:  # only now, past the subscription check, is the body worth reading
+            try:
+                await request.read_body()
+            except RequestBodyError as exc:
+                if self.telemetry is not None:
+                    self.telemetry.finish_early(request_id, api, match.operation.name, exc.status, started)
+                return Response(exc.status, [_CONTENT_TYPE], error_body(exc.status, exc.message))
         product = access.product
         headers, trace_value = _forward_headers(request, api.drop_headers)
         ctx = RequestContext(
