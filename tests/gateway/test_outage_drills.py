@@ -32,6 +32,7 @@ from tests.fixtures_procs import free_port
 from .conftest import KEYS, TOKEN, llm_snapshot
 
 REQUESTS = 3
+DEFAULT_LIMITS = ServerLimits()
 READ_TIMEOUT = 0.5  # the pool's read timeout: a stalled backend answers 504 after this
 KEY = {"Ocp-Apim-Subscription-Key": KEYS["master"][0]}
 CHAT = "/llm/chat/completions"
@@ -96,13 +97,13 @@ class Backend:
 
 
 @contextlib.asynccontextmanager
-async def gateway(backend_url: str):
+async def gateway(backend_url: str, limits: ServerLimits = DEFAULT_LIMITS):
     """A gateway serving one OpenAI API (``/llm``) in front of ``backend_url``; yields (client session, sink)."""
     sink = MemorySink()
     pool = UpstreamPool(connect_timeout=2.0, read_timeout=READ_TIMEOUT)
     app = create_app(GatewayConfig(gateway_token=TOKEN), pool=pool, usage_sink=sink)
     app.snapshot = load_snapshot(llm_snapshot(backend_url, None), gateway_token=TOKEN)
-    server = await serve(app, "127.0.0.1", 0, limits=ServerLimits())
+    server = await serve(app, "127.0.0.1", 0, limits=limits)
     session = aiohttp.ClientSession(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
     try:
         yield session, sink
@@ -246,3 +247,35 @@ async def test_sse_stream_broken_midway_reaches_the_client_incomplete(behaviour)
             assert b"[DONE]" not in received
         assert backend.requests == REQUESTS
     assert sorted(r.request_id for r in sink.records) == sorted(ids)
+
+
+#
+# The client's body breaks: refused before or after the key check, one record each, nothing forwarded
+#
+
+
+async def test_client_body_errors_are_json_and_recorded():
+    backend = Backend(stall)
+    url = await backend.start()
+    try:
+        async with asyncio.timeout(30), gateway(url, ServerLimits(max_body_bytes=1024)) as (session, sink):
+
+            async def chunks(size: int):
+                yield b"x" * size
+
+            # chunked, so the size is only known while reading: after the key check
+            async with session.post(CHAT, data=chunks(4096), headers=KEY) as response:
+                assert response.status == 413
+                assert orjson.loads(await response.read()) == {
+                    "statusCode": 413,
+                    "message": "Request body is too large.",
+                }
+                too_large = response.headers["x-request-id"]
+            wrong_key = {"Ocp-Apim-Subscription-Key": "wrong"}
+            async with session.post(CHAT, data=chunks(4096), headers=wrong_key) as response:
+                assert response.status == 401  # answered from the head; the body was never read
+                refused = response.headers["x-request-id"]
+        assert backend.requests == 0
+        assert {r.request_id: r.status for r in sink.records} == {too_large: 413, refused: 401}
+    finally:
+        await backend.close()
