@@ -762,7 +762,7 @@ class _Connection(asyncio.Protocol):
             logger.error(LOG_PARSER_FAILED, exc_info=cause)
             self._reject(500, MSG_INTERNAL)
         else:
-            self._reject(400, MSG_BAD_REQUEST)
+            self._reject(400, MSG_BAD_BODY if self._current is not None else MSG_BAD_REQUEST)
 
     def _reject(self, status: int, message: str) -> None:
         """Answer the request being read with an error after any earlier responses, then close."""

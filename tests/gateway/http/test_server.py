@@ -281,7 +281,7 @@ async def test_bad_chunked_framing_is_a_400_for_the_handler_reading_the_body(sta
 
     port = await start_server(handler)
     await assert_refused(connect, port, raw, 400)
-    assert [e.status for e in errors] == [400]
+    assert [(e.status, e.message) for e in errors] == [(400, "Malformed request body.")]
 
 
 @pytest.mark.parametrize(
