@@ -712,12 +712,12 @@ class _Connection(asyncio.Protocol):
                 self._update_reading()
 
     def _release(self, request: Request) -> None:
-        """A request is answered: whatever of its body is still held is dropped."""
+        """A request is answered: its body no longer counts against the buffer, and an unfinished one is dropped (a
+        complete one stays: a streamed response may still look at it)."""
         if not request._taken:
             request._taken = True
             self._held -= request._size
             request._parts = []
-            request.body = b""
 
     def _fail_body(self, status: int, message: str) -> None:
         """The body being read cannot be: its handler gets the error, and no further input is parsed."""
