@@ -434,6 +434,7 @@ class Target:
     process: ManagedProcess | None = None  # the gateway
     variant: Variant | None = None
     root: str = ""  # the gateway's base URL
+    admin: str = ""  # the gateway's admin listener (metrics), base URL
 
 
 #
@@ -558,6 +559,7 @@ class Bench:
         targets = [Target("direct", f"{mock_root}/v1/chat/completions", {KEY_HEADER: keys[variants[0].policies]})]
         for variant in variants:
             gateway_root = f"http://127.0.0.1:{free_port()}"
+            admin_port = free_port()  # metrics are scraped from the admin listener, never the client one
             gateway_env = {
                 **child_env,
                 "SLUICE_MANAGEMENT_URL": admin_url,
@@ -566,6 +568,8 @@ class Bench:
                 "SLUICE_SNAPSHOT_CACHE": str(self.workdir / f"snapshot-{variant.policies}.json"),
                 "SLUICE_USAGE_SPOOL": str(self.workdir / f"usage-{variant.policies}.spool"),
                 "SLUICE_GATEWAY_WORKERS": "1",  # one process on the one server core
+                "SLUICE_ADMIN_HOST": "127.0.0.1",
+                "SLUICE_ADMIN_PORT": str(admin_port),
             }
             if variant.uses_redis and self.redis is not None:
                 gateway_env |= {"REDIS_URL": args.redis_url, "SLUICE_USAGE_STREAM": self.redis.stream}
@@ -583,6 +587,7 @@ class Bench:
                     process,
                     variant,
                     gateway_root,
+                    f"http://127.0.0.1:{admin_port}",
                 )
             )
         for target in targets[1:]:
@@ -663,7 +668,7 @@ class Bench:
         token metrics on the gateway. Raises when one is missing (the numbers would not measure governance)."""
         assert self.redis is not None and target.variant is not None
         time.sleep(0.5)  # the usage sink sends every 50 ms
-        metrics = http_text(f"{target.root}/__sluice/metrics")
+        metrics = http_text(f"{target.admin}/metrics")
         found = {
             "records": self.redis.stream_length(),
             "requests": metric_total(metrics, "sluice_requests_total", api=target.variant.api),

@@ -17,7 +17,7 @@ import sys
 
 import uvloop
 
-from gateway.app import create_app
+from gateway.app import AdminApp, GatewayApp, create_app
 from gateway.config import ConfigError, GatewayConfig
 from gateway.http.server import ServerLimits, serve
 from gateway.metrics import MULTIPROC_ENV, Metrics, enable_multiprocess
@@ -29,6 +29,9 @@ from gateway.usage import make_sink
 __all__ = ("main", "run_worker")
 
 logger = logging.getLogger("gateway")
+
+LOG_ADMIN_FAILED = "admin listener not started on %s:%s: %s (set SLUICE_ADMIN_PORT to a free port, or 0 for none)"
+_ADMIN_MAX_CONNECTIONS = 64
 
 
 async def run_worker(config: GatewayConfig, *, reuse_port: bool = False) -> None:
@@ -51,9 +54,10 @@ async def run_worker(config: GatewayConfig, *, reuse_port: bool = False) -> None
     sync = SnapshotSync(app)
     sync.load_cache()
     sync.start()
-    limits = ServerLimits(max_body_bytes=config.max_body_bytes)
+    limits = ServerLimits(max_body_bytes=config.max_body_bytes, max_connections=config.max_connections)
     server = await serve(app, config.host, config.port, limits=limits, reuse_port=reuse_port)
     logger.info("gateway %s listening on %s:%s (pid %s)", config.gateway_id, config.host, config.port, os.getpid())
+    admin = await _serve_admin(app, config, reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -62,12 +66,29 @@ async def run_worker(config: GatewayConfig, *, reuse_port: bool = False) -> None
         await stop.wait()
     finally:
         server.close()
+        if admin is not None:
+            admin.close()
         await sync.stop()
         await app.aclose()
         if journal is not None:
             await journal.close(sink)
         await sink.close()  # delivers or spools what is still buffered
         logger.info("gateway worker %s stopped", os.getpid())
+
+
+async def _serve_admin(app: GatewayApp, config: GatewayConfig, reuse_port: bool) -> asyncio.Server | None:
+    """The admin listener (metrics, health). One that cannot bind is logged, and the gateway serves on without it:
+    traffic matters more than a scrape."""
+    if not config.admin_port:
+        return None
+    limits = ServerLimits(max_body_bytes=0, max_connections=_ADMIN_MAX_CONNECTIONS)
+    try:
+        admin = await serve(AdminApp(app), config.admin_host, config.admin_port, limits=limits, reuse_port=reuse_port)
+    except OSError as exc:
+        logger.error(LOG_ADMIN_FAILED, config.admin_host, config.admin_port, exc)
+        return None
+    logger.info("admin listener (metrics, health) on %s:%s", config.admin_host, config.admin_port)
+    return admin
 
 
 def _run_one(config: GatewayConfig, reuse_port: bool) -> None:

@@ -25,7 +25,7 @@ from gateway.errors import (
 from gateway.forward import Forwarder
 from gateway.http.client import UpstreamPool
 from gateway.http.headers import connection_options
-from gateway.http.server import Request, Response, StreamingResponse
+from gateway.http.server import Request, RequestBodyError, Response, StreamingResponse
 from gateway.ids import next_request_id
 from gateway.limits import TokenStore, create_store
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from gateway.telemetry import UsageJournal
     from gateway.usage import UsageSink
 
-__all__ = ("HEALTH_PATH", "METRICS_PATH", "PUBLIC_METRICS_PATH", "REQUEST_ID_HEADER", "TRACE_HEADER", "GatewayApp",
-           "create_app")  # fmt: skip
+__all__ = ("HEALTH_PATH", "METRICS_PATH", "PUBLIC_METRICS_PATH", "REQUEST_ID_HEADER", "TRACE_HEADER", "AdminApp",
+           "GatewayApp", "create_app")  # fmt: skip
 
 REQUEST_ID_HEADER = b"x-request-id"
 # Debug tracing: a request carrying this header with the gateway token gets the pipeline trace back as JSON in
@@ -50,7 +50,8 @@ REQUEST_ID_HEADER = b"x-request-id"
 TRACE_HEADER = b"x-sluice-trace"
 RESERVED_PREFIX = "/__sluice/"
 HEALTH_PATH = "/__sluice/health"
-# Prometheus exposition: always at METRICS_PATH; at PUBLIC_METRICS_PATH only when no operation matches the request.
+# Prometheus exposition: on the admin listener at both paths (AdminApp); on the client listener only at METRICS_PATH
+# and only with the metrics token (without one configured the path is not found there).
 METRICS_PATH = "/__sluice/metrics"
 PUBLIC_METRICS_PATH = "/metrics"
 
@@ -119,18 +120,14 @@ class GatewayApp:
         snapshot = self.snapshot
         path = request.path
         if path.startswith(RESERVED_PREFIX):
-            if path == METRICS_PATH:
-                return await self._metrics_response(request)
+            if path == METRICS_PATH and self._metrics_auth is not None:  # tokenless scrapes: the admin listener
+                return await self.metrics_response(request)
             return self._internal(path)
         if snapshot is None:
-            if path == PUBLIC_METRICS_PATH and request.method == "GET":
-                return await self._metrics_response(request)
             return error_response(503, MSG_NOT_CONFIGURED)
         started = self.clock()
         match = snapshot.router.match(request.method, path)
         if match is None:
-            if path == PUBLIC_METRICS_PATH and request.method == "GET":
-                return await self._metrics_response(request)
             if self.telemetry is not None:
                 self.telemetry.finish_early(request_id, None, "", 404, started)
             return Response(404, [_CONTENT_TYPE], _BODY_404)
@@ -158,6 +155,13 @@ class GatewayApp:
             no_key_access = api.no_key_access
             assert no_key_access is not None  # always set for APIs that do not require a subscription
             access = no_key_access
+        if not request.body_complete:  # only now, past the subscription check, is the body worth reading
+            try:
+                await request.read_body()
+            except RequestBodyError as exc:
+                if self.telemetry is not None:
+                    self.telemetry.finish_early(request_id, api, match.operation.name, exc.status, started)
+                return Response(exc.status, [_CONTENT_TYPE], error_body(exc.status, exc.message))
         product = access.product
         headers, trace_value = _forward_headers(request, api.drop_headers)
         ctx = RequestContext(
@@ -206,7 +210,8 @@ class GatewayApp:
         telemetry.finish(ctx, True)
         return response
 
-    async def _metrics_response(self, request: Request) -> Response:
+    async def metrics_response(self, request: Request) -> Response:
+        """The Prometheus exposition; with ``SLUICE_METRICS_TOKEN`` set, only for ``Authorization: Bearer <it>``."""
         metrics = self.telemetry.metrics if self.telemetry is not None else None
         if metrics is None:
             return Response(404, [_CONTENT_TYPE], error_body(404, "Not found."))
@@ -219,26 +224,49 @@ class GatewayApp:
 
     def _internal(self, path: str) -> Response:
         if path == HEALTH_PATH:
-            revision = self.revision
-            health: dict[str, object] = {
-                "status": "ok" if revision is not None else "starting",
-                "revision": revision,
-                "gateway_id": self.config.gateway_id,
-            }
-            quarantined = self.snapshot.quarantined if self.snapshot is not None else ()
-            if self.rejected is not None or quarantined:
-                # still serving (200), but not the configuration the management plane published
-                if revision is not None:
-                    health["status"] = "degraded"
-                health["rejected"] = self.rejected
-                health["quarantined"] = [problem.as_dict() for problem in quarantined]
-            return Response(200 if revision is not None else 503, [_CONTENT_TYPE], orjson.dumps(health))
+            return self.health_response()
         return Response(404, [_CONTENT_TYPE], error_body(404, "Not found."))
+
+    def health_response(self) -> Response:
+        revision = self.revision
+        health: dict[str, object] = {
+            "status": "ok" if revision is not None else "starting",
+            "revision": revision,
+            "gateway_id": self.config.gateway_id,
+        }
+        quarantined = self.snapshot.quarantined if self.snapshot is not None else ()
+        if self.rejected is not None or quarantined:
+            # still serving (200), but not the configuration the management plane published
+            if revision is not None:
+                health["status"] = "degraded"
+            health["rejected"] = self.rejected
+            health["quarantined"] = [problem.as_dict() for problem in quarantined]
+        return Response(200 if revision is not None else 503, [_CONTENT_TYPE], orjson.dumps(health))
 
     async def aclose(self) -> None:
         if self.forwarder.limits is not None:
             await self.forwarder.limits.aclose()
         await self.pool.close()
+
+
+class AdminApp:
+    """The handler of the admin listener (``SLUICE_ADMIN_HOST``:``SLUICE_ADMIN_PORT``): metrics at ``/metrics`` and
+    ``/__sluice/metrics``, health at ``/__sluice/health``; nothing else, and never an API."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: GatewayApp) -> None:
+        self.app = app
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.path
+        if path in (METRICS_PATH, PUBLIC_METRICS_PATH):
+            if request.method not in ("GET", "HEAD"):
+                return Response(405, [_CONTENT_TYPE, (b"allow", b"GET, HEAD")], error_body(405, "Use GET."))
+            return await self.app.metrics_response(request)
+        if path == HEALTH_PATH:
+            return self.app.health_response()
+        return Response(404, [_CONTENT_TYPE], error_body(404, "Not found."))
 
 
 def _forward_headers(request: Request, drop: frozenset[bytes]) -> tuple[Headers, bytes | None]:

@@ -54,6 +54,9 @@ class GatewayConfig:
     usage_journal: bool = True  # write each usage record to a local journal first, so a killed gateway loses none
     redis_url: str = ""  # REDIS_URL: usage records go to a Redis stream (else over HTTP to the management plane)
     usage_stream: str = "sluice:usage"  # the Redis stream of usage records (same setting as the management plane)
+    max_connections: int = 10000  # open client connections per worker; beyond, 503 and close
+    admin_host: str = "127.0.0.1"  # the admin listener: metrics and health, never routed to an API
+    admin_port: int = 9180  # 0 = no admin listener
 
     @property
     def usage_spool_path(self) -> str:
@@ -88,4 +91,7 @@ class GatewayConfig:
             usage_journal=_get(env, "SLUICE_USAGE_JOURNAL", "1").lower() not in ("0", "false", "no", "off"),
             redis_url=env.get("REDIS_URL", ""),
             usage_stream=_get(env, "SLUICE_USAGE_STREAM", "sluice:usage"),
+            max_connections=int(_number(env, "SLUICE_MAX_CONNECTIONS", "10000", int, 1)),
+            admin_host=_get(env, "SLUICE_ADMIN_HOST", "127.0.0.1"),
+            admin_port=int(_number(env, "SLUICE_ADMIN_PORT", "9180", int, 0)),
         )

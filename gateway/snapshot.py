@@ -174,7 +174,8 @@ class _Loader:
         self.values: dict[str, str] = {}
         self.backends: dict[str, BackendTarget] = {}
         self.backends_by_url: dict[str, BackendTarget] = {}
-        self.url_targets: dict[str, BackendTarget] = {}
+        self.url_targets: dict[str, BackendTarget] = {}  # literal base URLs, filled while loading only
+        self.loaded = False
         # compiled pipelines by (product with a policy of its own, or None; API name; operation name): names are
         # stable for the whole load, unlike the identity of the short-lived documents they are compiled from
         self.pipelines: dict[tuple[str | None, str, str], Pipeline] = {}
@@ -200,6 +201,7 @@ class _Loader:
         apis = self._apis(raw_apis, products, global_doc)
         keys = self._subscriptions(_list(data, "subscriptions", "snapshot"), apis, products)
         router = self._router(apis)
+        self.loaded = True
         return Config(
             revision=revision,
             generated_at=_str(data, "generated_at", "snapshot", optional=True),
@@ -326,12 +328,17 @@ class _Loader:
         if url.rstrip("/") in self.quarantined_urls:
             # never reach a quarantined backend's URL without its credentials
             raise PolicyError(f"the backend with URL {url!r} could not be loaded")
-        if url not in self.url_targets:
+        target = self.url_targets.get(url)
+        if target is None:
             try:
-                self.url_targets[url] = self._target(None, url, "URL")
+                target = self._target(None, url, "URL")
             except SnapshotError as exc:
                 raise PolicyError(str(exc)) from None
-        return self.url_targets[url]
+            # After the load, URLs come from base-url expressions (request data): the policy's own bounded
+            # cache keeps them, this dict does not grow with traffic.
+            if not self.loaded:
+                self.url_targets[url] = target
+        return target
 
     # policies, products, APIs, subscriptions
 

@@ -7,8 +7,10 @@ response was complete and both sides allow keep-alive.
 
 Failure mapping: DNS, connect and TLS failures, and a fresh connection reset before any response byte, raise
 ``UpstreamConnectError`` (the gateway answers 502); connect and read timeouts raise ``UpstreamTimeout`` (504); a
-malformed or truncated response raises ``UpstreamProtocolError`` (502). A pooled connection that turns out to be
-closed before any response byte arrives is retried once on a fresh connection.
+malformed or truncated response raises ``UpstreamProtocolError`` (502). A pooled connection found closing before the
+request is written is skipped (nothing was sent). One that closes after the request was written but before any
+response byte arrives is retried once on a fresh connection only for an idempotent method: the upstream may have
+read and acted on the request, so a POST is never sent twice (``UpstreamConnectError`` instead).
 
 The read timeout runs between received bytes, not over the whole response, so long model streams live. A slow
 consumer pauses the upstream socket (a high-water mark on the buffered body), and a cancelled request closes
@@ -52,6 +54,9 @@ __all__ = (
 MSG_CONNECT_FAILED: Final = "cannot connect to {origin}: {error}"
 MSG_CONNECT_TIMEOUT: Final = "timed out connecting to {origin}"
 MSG_RESET_BEFORE_RESPONSE: Final = "{origin} closed the connection before sending a response"
+MSG_RESET_NOT_RETRIED: Final = (
+    "{origin} closed a reused connection after the request was written; {method} is not idempotent, not retried"
+)
 MSG_READ_TIMEOUT: Final = "{origin} sent nothing for {timeout:g} s"
 MSG_CLOSED_EARLY: Final = "{origin} closed the connection before the response was complete"
 MSG_MALFORMED: Final = "malformed response from {origin}: {error}"
@@ -78,6 +83,8 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_TARGET: Final = re.compile(r"[\x00-\x20\x7f\u0100-\U0010ffff]")  # CTLs, space, beyond latin-1
 _KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: RFC 9110 section 9.2.2: sending one of these twice has the effect of sending it once
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 #
@@ -394,6 +401,10 @@ class _UpstreamConnection(asyncio.Protocol):
         else:
             self.close()
 
+    def closing(self) -> bool:
+        transport = self._transport
+        return transport is None or transport.is_closing()
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -590,18 +601,23 @@ class UpstreamPool:
         connect_timeout: float = 10.0,
         read_timeout: float = 300.0,
         max_idle_per_origin: int = 512,
+        max_origins: int = 256,
         idle_ttl: float = 60.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_idle_per_origin = max_idle_per_origin
+        #: origins with idle connections kept at most; origins come from request data (a ``base-url``
+        #: expression), so a new one beyond this evicts the idle connections of the oldest (see ``_add_origin``)
+        self.max_origins = max_origins
         self.idle_ttl = idle_ttl
         self._ssl_context = ssl_context
         self._idle: dict[str, list[_UpstreamConnection]] = {}  # by Origin.key
         self._closed = False
-        #: counters: connections ``opened``, requests sent on a ``reused`` connection, stale connections ``retried``
-        self.stats: dict[str, int] = {"opened": 0, "reused": 0, "retried": 0}
+        #: counters: connections ``opened``, requests sent on a ``reused`` connection, stale connections ``retried``,
+        #: origins whose idle connections were ``evicted`` to stay within ``max_origins``
+        self.stats: dict[str, int] = {"opened": 0, "reused": 0, "retried": 0, "evicted": 0}
 
     async def request(
         self,
@@ -642,6 +658,8 @@ class UpstreamPool:
                 raise error
             if not reused:
                 raise UpstreamConnectError(MSG_RESET_BEFORE_RESPONSE.format(origin=origin)) from None
+            if method not in _IDEMPOTENT:  # the upstream may have read it: never send a POST twice
+                raise UpstreamConnectError(MSG_RESET_NOT_RETRIED.format(origin=origin, method=method)) from None
             # A pooled connection the upstream had closed: once more on a fresh one.
             self.stats["retried"] += 1
             reused = False
@@ -659,6 +677,10 @@ class UpstreamPool:
         """Number of idle pooled connections to ``origin``."""
         return len(self._idle.get(origin.key, ()))
 
+    def origin_count(self) -> int:
+        """Number of origins the pool keeps an entry for (at most ``max_origins``)."""
+        return len(self._idle)
+
     # connection bookkeeping
 
     def release(self, conn: _UpstreamConnection) -> None:
@@ -668,7 +690,7 @@ class UpstreamPool:
         key = conn.origin.key
         idle = self._idle.get(key)
         if idle is None:
-            idle = self._idle[key] = []
+            idle = self._add_origin(key)
         elif len(idle) >= self.max_idle_per_origin:
             conn.close()
             return
@@ -677,6 +699,22 @@ class UpstreamPool:
         idle.append(conn)
         if now - idle[0].idle_since > self.idle_ttl:
             idle.pop(0).close()  # LIFO leaves the oldest at the bottom: expire it lazily
+
+    def _add_origin(self, key: str) -> list[_UpstreamConnection]:
+        # Off the hot path: only a connection to an origin without an entry gets here. Entries left empty by
+        # _take_idle/forget stay (a busy origin empties and refills its list every request) until room is needed.
+        idle_map = self._idle
+        if len(idle_map) >= self.max_origins:
+            for old in [k for k, conns in idle_map.items() if not conns]:
+                del idle_map[old]
+            while len(idle_map) >= self.max_origins:  # the least recently added origin loses its idle connections
+                oldest = next(iter(idle_map))
+                for conn in idle_map.pop(oldest):
+                    conn.close()
+                self.stats["evicted"] += 1
+        idle: list[_UpstreamConnection] = []
+        idle_map[key] = idle
+        return idle
 
     def forget(self, conn: _UpstreamConnection) -> None:
         idle = self._idle.get(conn.origin.key)
@@ -690,7 +728,8 @@ class UpstreamPool:
             return None
         conn = idle.pop()
         now = conn.loop.time()
-        while conn.closed or now - conn.idle_since > self.idle_ttl:
+        # closing: the upstream's FIN was seen while idle (connection_lost has not run yet); nothing is written to it
+        while conn.closed or conn.closing() or now - conn.idle_since > self.idle_ttl:
             conn.close()
             if not idle:
                 return None

@@ -1,19 +1,26 @@
 """HTTP/1.1 server for the data plane: one asyncio protocol per connection, on uvloop + httptools.
 
-A request is read whole (bounded by ``ServerLimits``) and handed to an async handler, which answers with a
-``Response`` or a ``StreamingResponse``. The connection owns everything below the handler:
+A request is handed to an async handler as soon as its head has arrived; the handler reads the body with
+``await request.read_body()`` when it has decided the request deserves it (the gateway: after the subscription
+check), and answers with a ``Response`` or a ``StreamingResponse``. Until the body is asked for, at most
+``ServerLimits.body_buffer`` bytes of it are held per connection (then reading pauses), ``Expect: 100-continue`` is
+not answered, and a handler that answers without reading an unfinished body gets the connection closed after its
+response (a lingering close, so the client reads the answer rather than a reset). Body errors (413, 400, 408) reach
+the handler as ``RequestBodyError``; one the handler does not catch is answered as JSON. The connection owns
+everything below the handler:
 
 - framing: ``Content-Length``/chunked bodies in, ``Content-Length``/chunked/close-delimited bodies out, HEAD,
   ``Expect: 100-continue``, keep-alive for HTTP/1.1 and HTTP/1.0, pipelined requests answered in order;
 - smuggling resistance: both Content-Length and Transfer-Encoding, conflicting lengths, unknown codings,
   a missing or repeated Host and obsolete syntax are refused, and the connection is closed;
 - limits and timeouts: body and header sizes, slow heads and bodies (408), idle keep-alive connections, and
-  clients that stop reading a response;
+  clients that stop reading a response; at most ``max_connections`` connections per server (503 beyond);
 - backpressure and disconnects: a streamed body waits while the client's socket is full, and a client that goes
   away cancels the handler's task (so an upstream call in progress is cancelled) and closes the body iterator.
 
 The reading side keeps reading while a handler runs so that a disconnect is seen at once; pipelined requests that
-arrive meanwhile are queued (reading pauses when the queue is long).
+arrive meanwhile are queued (reading pauses when the queue is long, or when the unread body bytes held pass the
+buffer).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from gateway.ids import next_request_id
 __all__ = (
     "Handler",
     "Request",
+    "RequestBodyError",
     "Response",
     "ServerLimits",
     "StreamingResponse",
@@ -57,6 +65,9 @@ MSG_TE_UNSUPPORTED: Final = "Transfer-Encoding other than chunked is not support
 MSG_UPGRADE_UNSUPPORTED: Final = "Protocol upgrade and CONNECT are not supported."
 MSG_VERSION_UNSUPPORTED: Final = "HTTP version not supported."
 MSG_EXPECTATION_FAILED: Final = "Only the 100-continue expectation is supported."
+MSG_BAD_BODY: Final = "Malformed request body."
+MSG_BODY_TIMEOUT: Final = "Timed out reading the request body."
+MSG_TOO_MANY_CONNECTIONS: Final = "The gateway is serving too many connections; try again later."
 
 LOG_HANDLER_FAILED: Final = "handler failed for %s %s"
 LOG_STREAM_FAILED: Final = "response body iterator failed for %s %s"
@@ -73,6 +84,11 @@ _HEAD: Final = 1  # request line and header fields
 _BODY: Final = 2  # body (or the remainder of a chunked body)
 
 _MAX_QUEUED: Final = 16  # pipelined requests waiting for their turn before reading pauses
+
+# Body states of a Request.
+_BODY_READING: Final = 0
+_BODY_DONE: Final = 1
+_BODY_FAILED: Final = 2
 _FLUSH_SIZE: Final = 64 * 1024  # a streamed response's pending writes are flushed at this size
 _LARGE_BODY: Final = 64 * 1024  # above this a complete response's body is written apart from its head
 
@@ -103,10 +119,37 @@ _METHODS: Final[dict[bytes, str]] = {
 #
 
 
-class Request:
-    """One HTTP request, read whole, as handed to the handler."""
+class RequestBodyError(Exception):
+    """The request body cannot be read: too large (413), malformed framing (400) or too slow (408)."""
 
-    __slots__ = ("body", "client_ip", "headers", "http_version", "method", "path", "query")
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Request:
+    """One HTTP request as handed to the handler: the head, and ``body`` once ``read_body()`` has returned.
+
+    A Request built by hand (tests, tools) carries its whole body already; one from the server reads it on demand.
+    """
+
+    __slots__ = (
+        "_body_error",
+        "_body_state",
+        "_conn",
+        "_continue",
+        "_parts",
+        "_size",
+        "_taken",
+        "body",
+        "client_ip",
+        "headers",
+        "http_version",
+        "method",
+        "path",
+        "query",
+    )
 
     def __init__(
         self,
@@ -125,6 +168,27 @@ class Request:
         self.body = body
         self.client_ip = client_ip
         self.http_version = http_version
+        self._conn: _Connection | None = None
+        self._body_state = _BODY_DONE
+        self._body_error: RequestBodyError | None = None
+        self._parts: list[bytes] = []
+        self._size = len(body)  # body bytes received so far
+        self._taken = True  # False while the connection holds body bytes the handler has not asked for
+        self._continue = False  # Expect: 100-continue, not answered yet
+
+    @property
+    def body_complete(self) -> bool:
+        """Whether ``body`` holds the whole body (always, once ``read_body()`` has returned)."""
+        return self._body_state == _BODY_DONE
+
+    async def read_body(self) -> bytes:
+        """Read the whole body (also into ``body``); raises ``RequestBodyError`` when it cannot be read."""
+        if self._body_state == _BODY_DONE:
+            if not self._taken and self._conn is not None:
+                self._conn.take(self)
+            return self.body
+        assert self._conn is not None
+        return await self._conn.read_body(self)
 
     def header(self, name: bytes) -> bytes | None:
         """Return the first value of header ``name`` (given lower-case), or ``None``."""
@@ -181,15 +245,18 @@ Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """Per-connection limits and timeouts (seconds)."""
+    """Per-connection limits and timeouts (seconds), and the server's connection limit."""
 
-    max_body_bytes: int = 16 * 1024 * 1024  # bigger -> 413
+    max_body_bytes: int = 16 * 1024 * 1024  # bigger -> 413 (counted when the handler reads the body)
+    body_buffer: int = 64 * 1024  # unread body bytes held per connection before the handler asks; then reading pauses
+    max_connections: int = 10000  # open client connections per server; beyond, 503 and close
     max_header_bytes: int = 64 * 1024  # request line + header fields; bigger -> 431
     max_headers: int = 100  # more -> 431
     header_timeout: float = 30.0  # to receive a whole request head (slowloris) -> 408 then close
     body_timeout: float = 60.0  # to receive the body -> 408 then close
     keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this
     send_timeout: float = 60.0  # a client that reads nothing of a response for this long is disconnected
+    linger_timeout: float = 2.0  # after an answer that leaves body bytes unread, input is drained this long
 
 
 def error_response(status: int, message: str) -> Response:
@@ -305,13 +372,12 @@ class _Connection(asyncio.Protocol):
     """One client connection: parses requests, runs the handler for each in turn, writes the responses."""
 
     __slots__ = (
-        "_body",
-        "_body_size",
+        "_body_waiter",
         "_client_ip",
         "_close_after",
         "_closed",
         "_content_length",
-        "_continue_pending",
+        "_current",
         "_deadline",
         "_drain_waiter",
         "_draining",
@@ -321,8 +387,11 @@ class _Connection(asyncio.Protocol):
         "_handler",
         "_head_size",
         "_headers",
+        "_held",
         "_host_count",
         "_limits",
+        "_linger_handle",
+        "_lingering",
         "_loop",
         "_max_body",
         "_max_head",
@@ -368,15 +437,15 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
         self._raw_head = 0
-        self._body: list[bytes] = []
-        self._body_size = 0
+        self._current: Request | None = None  # from its head until the end of its body
+        self._body_waiter: asyncio.Future[None] | None = None  # a handler waiting in read_body()
+        self._held = 0  # body bytes received for requests whose handler has not asked for them
         self._content_length = -1
         self._te: bytes | None = None
         self._expect: bytes | None = None
         self._host_count = 0
         self._version = "1.1"
         self._close_after = False
-        self._continue_pending = False
         self._phase_timed = False
         # responding
         self._queue: deque[tuple[Request, bool]] = deque()
@@ -394,12 +463,18 @@ class _Connection(asyncio.Protocol):
         self._deadline = _NEVER
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = _NEVER
+        self._lingering = False
+        self._linger_handle: asyncio.TimerHandle | None = None
 
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self._transport = cast(asyncio.Transport, transport)
+        if len(self._registry.connections) >= self._limits.max_connections:
+            self._stopped = True
+            self._send_error_and_close(error_response(503, MSG_TOO_MANY_CONNECTIONS))
+            return
         self._registry.connections.add(self)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
@@ -416,6 +491,9 @@ class _Connection(asyncio.Protocol):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._linger_handle is not None:
+            self._linger_handle.cancel()
+            self._linger_handle = None
         self._wbuf.clear()
         self._queue.clear()
         if self._task is not None:
@@ -425,6 +503,7 @@ class _Connection(asyncio.Protocol):
             self._drain_waiter = None
             if not waiter.done():
                 waiter.cancel()
+        self._wake_body()
 
     def eof_received(self) -> bool | None:
         # A client that half-closes is treated as gone, like nginx does: the transport closes and any handler in
@@ -460,6 +539,8 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._parser_failed(None)
             return
+        if self._held > self._limits.body_buffer and not self._reading_paused:
+            self._update_reading()
         state = self._state
         if state == _IDLE:
             return
@@ -480,11 +561,11 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._stopped:
             raise _Discard
-        # _url, _headers and _body were reset when the previous message completed
+        # _url and _headers were reset when the previous message completed
         self._state = _HEAD
         self._head_size = 0
         self._raw_head = 0
-        self._body_size = 0
+        self._current = None
         self._content_length = -1
         self._te = None
         self._expect = None
@@ -549,45 +630,126 @@ class _Connection(asyncio.Protocol):
             if has_body or parser.get_method() == b"CONNECT":
                 raise _Reject(501, MSG_UPGRADE_UNSUPPORTED)
             self._close_after = True
+        expect_continue = False
         if self._expect is not None:
             if self._expect.strip().lower() != b"100-continue":
                 raise _Reject(417, MSG_EXPECTATION_FAILED)
-            if has_body and version == "1.1":
-                if self._task is None:
-                    self._write(_CONTINUE)
-                else:
-                    self._continue_pending = True  # an interim answer must not cut into the current response
-
-    def on_body(self, body: bytes) -> None:
-        size = self._body_size + len(body)
-        if size > self._max_body:
-            raise _Reject(413, MSG_BODY_TOO_LARGE)
-        self._body_size = size
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        parser = self._parser
+            expect_continue = has_body and version == "1.1"
+        # The handler gets the request now; its body follows on demand (read_body).
         # should_keep_alive() is only meaningful inside the callbacks.
         keep_alive = parser.should_keep_alive() and not self._close_after
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         path, query = _split_target(self._url)
-        parts = self._body
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
-        request = Request(method, path, query, self._headers, body, self._client_ip, self._version)
-        self._state = _IDLE
-        self._continue_pending = False  # the body came without waiting for 100 Continue
+        request = Request(method, path, query, self._headers, b"", self._client_ip, version)
+        request._conn = self
+        if has_body:
+            request._body_state = _BODY_READING
+            request._taken = False
+            request._continue = expect_continue
+        self._current = request
         self._url = b""
         self._headers = []
-        self._body = []
-        if not keep_alive:
-            self._stopped = True
         self._queue.append((request, keep_alive))
         if self._task is None:
             self._task = self._loop.create_task(self._respond())
-        elif len(self._queue) >= _MAX_QUEUED and not self._reading_paused and self._transport is not None:
-            self._reading_paused = True
-            self._transport.pause_reading()
+        elif len(self._queue) >= _MAX_QUEUED and not self._reading_paused:
+            self._update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        request = self._current
+        assert request is not None
+        size = request._size + len(body)
+        if size > self._max_body:
+            raise _Reject(413, MSG_BODY_TOO_LARGE)
+        request._size = size
+        request._parts.append(body)
+        if not request._taken:
+            self._held += len(body)
+
+    def on_message_complete(self) -> None:
+        request = self._current
+        self._current = None
+        self._state = _IDLE
+        if request is not None and request._body_state == _BODY_READING:
+            parts = request._parts
+            request.body = parts[0] if len(parts) == 1 else b"".join(parts)
+            request._parts = []
+            request._body_state = _BODY_DONE
+            self._wake_body()
+        if not self._parser.should_keep_alive() or self._close_after:
+            self._stopped = True
+
+    # request bodies
+
+    async def read_body(self, request: Request) -> bytes:
+        """The handler of ``request`` (the one being answered) asks for its body: from here on it is read."""
+        self.take(request)
+        if request._continue:
+            request._continue = False
+            self._write(_CONTINUE)  # the responses before this one are out: the interim answer cuts into none
+        if request._body_state == _BODY_READING:
+            self._set_deadline(self._loop.time() + self._limits.body_timeout)
+            try:
+                while request._body_state == _BODY_READING:
+                    waiter: asyncio.Future[None] = self._loop.create_future()
+                    self._body_waiter = waiter
+                    await waiter
+            finally:
+                self._body_waiter = None
+                if self._task is not None and not self._write_paused:
+                    self._deadline = _NEVER
+        if request._body_error is not None:
+            raise request._body_error
+        return request.body
+
+    def take(self, request: Request) -> None:
+        """``request``'s body bytes are the handler's now: they no longer count against the buffer."""
+        if not request._taken:
+            request._taken = True
+            self._held -= request._size
+            if self._reading_paused:
+                self._update_reading()
+
+    def _release(self, request: Request) -> None:
+        """A request is answered: its body no longer counts against the buffer, and an unfinished one is dropped (a
+        complete one stays: a streamed response may still look at it)."""
+        if not request._taken:
+            request._taken = True
+            self._held -= request._size
+            request._parts = []
+
+    def _fail_body(self, status: int, message: str) -> None:
+        """The body being read cannot be: its handler gets the error, and no further input is parsed."""
+        request = self._current
+        assert request is not None
+        self._stopped = True
+        self._current = None
+        request._body_state = _BODY_FAILED
+        request._body_error = RequestBodyError(status, message)
+        request._continue = False
+        self._release(request)
+        self._wake_body()
+
+    def _wake_body(self) -> None:
+        waiter = self._body_waiter
+        if waiter is not None:
+            self._body_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _update_reading(self) -> None:
+        """Pause reading while too many requests wait or too many unread body bytes are held, else resume."""
+        transport = self._transport
+        if transport is None or self._closed:
+            return
+        pause = len(self._queue) >= _MAX_QUEUED or self._held > self._limits.body_buffer
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
     # errors and timeouts
 
@@ -600,12 +762,14 @@ class _Connection(asyncio.Protocol):
             logger.error(LOG_PARSER_FAILED, exc_info=cause)
             self._reject(500, MSG_INTERNAL)
         else:
-            self._reject(400, MSG_BAD_REQUEST)
+            self._reject(400, MSG_BAD_BODY if self._current is not None else MSG_BAD_REQUEST)
 
     def _reject(self, status: int, message: str) -> None:
         """Answer the request being read with an error after any earlier responses, then close."""
+        if self._current is not None:  # its head is with a handler already: the error goes to its read_body()
+            self._fail_body(status, message)
+            return
         self._stopped = True
-        self._continue_pending = False
         response = error_response(status, message)
         if self._task is not None:
             self._pending_error = response
@@ -617,7 +781,7 @@ class _Connection(asyncio.Protocol):
         head, _ = self._serialize_head(response.status, response.headers, framing, False, "1.1")
         if head is not None:
             self._write(head + response.body)
-        self._close()
+        self._linger()
 
     def _set_deadline(self, when: float) -> None:
         # The timer is only moved earlier, never later: when it fires early it re-arms itself for the current
@@ -641,7 +805,11 @@ class _Connection(asyncio.Protocol):
             self._timer_when = deadline
             return
         self._deadline = _NEVER
-        if self._task is not None:
+        if self._lingering:
+            return
+        if self._body_waiter is not None and self._current is not None:
+            self._fail_body(408, MSG_BODY_TIMEOUT)
+        elif self._task is not None:
             if self._write_paused and self._transport is not None:
                 logger.debug("client read nothing for %.1f s; disconnecting", self._limits.send_timeout)
                 self._transport.abort()
@@ -658,8 +826,12 @@ class _Connection(asyncio.Protocol):
         try:
             while queue:
                 request, keep_alive = queue.popleft()
+                if self._reading_paused:
+                    self._update_reading()
                 try:
                     response = await self._handler(request)
+                except RequestBodyError as exc:  # the handler let it through: answer it as the server's own
+                    response = error_response(exc.status, exc.message)
                 except Exception:
                     logger.exception(LOG_HANDLER_FAILED, request.method, request.path)
                     response = error_response(500, MSG_INTERNAL)
@@ -674,8 +846,9 @@ class _Connection(asyncio.Protocol):
                     if isinstance(response, StreamingResponse):
                         await _close_iterator(response.body_iter)
                     return
-                if self._draining:
-                    keep_alive = False
+                if self._draining or request._body_state != _BODY_DONE:
+                    keep_alive = False  # the rest of an unread or failed body cannot be told from a next request
+                self._release(request)
                 if isinstance(response, Response):
                     keep_alive = self._send(response, request, keep_alive)
                 elif isinstance(response, StreamingResponse):
@@ -684,7 +857,10 @@ class _Connection(asyncio.Protocol):
                     logger.error(LOG_BAD_RESPONSE, request.method, request.path, response)
                     keep_alive = self._send(error_response(500, MSG_INTERNAL), request, keep_alive)
                 if not keep_alive:
-                    self._close()
+                    if request._body_state == _BODY_DONE and self._state == _IDLE:
+                        self._close()
+                    else:
+                        self._linger()  # the client may still be sending: drain, so it reads our answer
                     return
                 if self._write_paused:
                     await self._drain()
@@ -702,12 +878,8 @@ class _Connection(asyncio.Protocol):
             response, self._pending_error = self._pending_error, None
             self._send_error_and_close(response)
             return
-        if self._reading_paused and self._transport is not None:
-            self._reading_paused = False
-            self._transport.resume_reading()
-        if self._continue_pending:
-            self._continue_pending = False
-            self._write(_CONTINUE)
+        if self._reading_paused:
+            self._update_reading()
         state = self._state
         limits = self._limits
         if state == _IDLE:
@@ -848,7 +1020,7 @@ class _Connection(asyncio.Protocol):
     # writing
 
     def _write(self, data: bytes) -> None:
-        if not self._closed and self._transport is not None:
+        if not self._closed and not self._lingering and self._transport is not None:
             self._transport.write(data)
 
     def _buffer(self, data: bytes) -> None:
@@ -897,6 +1069,26 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self._abort()
+
+    def _linger(self) -> None:
+        """Close after the client has stopped sending (or ``linger_timeout``): the output side is shut now, input is
+        read and dropped. Closing with unread input would reset the connection, and the client could lose the
+        answer it was sent (RFC 9112 section 9.6)."""
+        self._stopped = True
+        transport = self._transport
+        if self._closed or self._lingering or transport is None:
+            return
+        self._flush()
+        if not transport.can_write_eof():
+            self._close()
+            return
+        self._lingering = True
+        self._deadline = _NEVER
+        transport.write_eof()
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        self._linger_handle = self._loop.call_later(self._limits.linger_timeout, self._close)
 
     def _close(self) -> None:
         self._stopped = True

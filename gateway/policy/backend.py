@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from .base import Attr, BindEnv, Policy, Section, register
@@ -16,7 +18,9 @@ if TYPE_CHECKING:
 
 __all__ = ("ForwardRequest", "SetBackendService")
 
-_MAX_URL_TARGETS = 256  # distinct URLs from a base-url expression kept per statement (each has an upstream origin)
+# Distinct URLs from a base-url expression kept per statement, least recently used first out. The URLs come from
+# request data, so the cache must be bounded; functools.lru_cache keeps the hit path (every request) in C.
+_MAX_URL_TARGETS = 256
 
 
 @register
@@ -30,7 +34,7 @@ class SetBackendService(Policy):
     name = "set-backend-service"
     sections = frozenset({Section.INBOUND, Section.BACKEND})
     attributes = {"backend-id": Attr(), "base-url": Attr()}
-    __slots__ = ("backend_id", "base_url", "env", "target", "url_targets")
+    __slots__ = ("backend_id", "base_url", "env", "target", "url_target")
 
     def __init__(self, backend_id: Value | None, base_url: Value | None) -> None:
         super().__init__()
@@ -38,7 +42,8 @@ class SetBackendService(Policy):
         self.base_url = base_url
         self.target: BackendTarget | None = None
         self.env: BindEnv | None = None
-        self.url_targets: dict[str, BackendTarget] = {}
+        #: a base-url expression's value -> its target, bounded (set by ``bind``)
+        self.url_target: Callable[[str], BackendTarget] | None = None
 
     @classmethod
     def from_element(cls, el: Element) -> SetBackendService:
@@ -61,6 +66,7 @@ class SetBackendService(Policy):
                 self.target = env.target_for_url(self.base_url.literal)
             else:
                 self.env = env
+                self.url_target = lru_cache(maxsize=_MAX_URL_TARGETS)(_url_resolver(env))
 
     def _resolve(self, ctx: RequestContext) -> BackendTarget | None:
         env = self.env
@@ -69,16 +75,8 @@ class SetBackendService(Policy):
         try:
             if self.backend_id is not None:
                 return env.backend(self.backend_id.evaluate(ctx))
-            assert self.base_url is not None
-            url = self.base_url.evaluate(ctx)
-            target = self.url_targets.get(url)
-            if target is None:
-                if not url.startswith(("http://", "https://")):
-                    raise ExpressionRuntimeError(f"'base-url' must be an http(s) URL, got {url!r}.")
-                target = env.target_for_url(url)
-                if len(self.url_targets) < _MAX_URL_TARGETS:
-                    self.url_targets[url] = target
-            return target
+            assert self.base_url is not None and self.url_target is not None
+            return self.url_target(self.base_url.evaluate(ctx))  # a refused URL raises: errors are not cached
         except PolicyError as exc:
             raise ExpressionRuntimeError(exc.message) from None
 
@@ -140,6 +138,15 @@ class ForwardRequest(Policy):
         if ctx.response is not None:
             details["status"] = ctx.response.status
         return details
+
+
+def _url_resolver(env: BindEnv) -> Callable[[str], BackendTarget]:
+    def resolve(url: str) -> BackendTarget:
+        if not url.startswith(("http://", "https://")):
+            raise ExpressionRuntimeError(f"'base-url' must be an http(s) URL, got {url!r}.")
+        return env.target_for_url(url)
+
+    return resolve
 
 
 def _seconds(text: str) -> float | None:

@@ -71,6 +71,7 @@ def sluice(live_server, admin_user, settings, process_factory, tmp_path) -> Slui
         "SLUICE_GATEWAY_TOKEN": gateway_token,
         "SLUICE_MANAGEMENT_URL": live_server.url,
         "SLUICE_GATEWAY_PORT": str(port),
+        "SLUICE_ADMIN_PORT": "0",  # no admin listener: gateways of parallel tests would share 9180
         "SLUICE_SNAPSHOT_CACHE": str(tmp_path / "snapshot.json"),
         "SLUICE_POLL_INTERVAL": "0.25",
         "SLUICE_USAGE_SPOOL": str(tmp_path / "usage.spool"),

@@ -53,3 +53,19 @@ def test_values_from_env():
 def test_errors(env, message):
     with pytest.raises(ConfigError, match=message):
         GatewayConfig.from_env(env)
+
+
+def test_admin_listener_and_connection_limit():
+    defaults = GatewayConfig.from_env({"SLUICE_GATEWAY_TOKEN": "t"})
+    assert (defaults.admin_host, defaults.admin_port, defaults.max_connections) == ("127.0.0.1", 9180, 10000)
+    config = GatewayConfig.from_env(
+        {
+            "SLUICE_GATEWAY_TOKEN": "t",
+            "SLUICE_ADMIN_HOST": "10.0.0.5",
+            "SLUICE_ADMIN_PORT": "0",
+            "SLUICE_MAX_CONNECTIONS": "500",
+        }
+    )
+    assert (config.admin_host, config.admin_port, config.max_connections) == ("10.0.0.5", 0, 500)
+    with pytest.raises(ConfigError, match="SLUICE_MAX_CONNECTIONS: must be at least 1"):
+        GatewayConfig.from_env({"SLUICE_GATEWAY_TOKEN": "t", "SLUICE_MAX_CONNECTIONS": "0"})

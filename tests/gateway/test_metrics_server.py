@@ -1,4 +1,7 @@
-"""/metrics through the real HTTP server: scraped by prometheus_client's parser after traffic to the mock model."""
+"""/metrics through the real HTTP server: scraped by prometheus_client's parser after traffic to the mock model.
+
+Metrics are served on the admin listener (``AdminApp``); on the client listener only ``/__sluice/metrics`` with the
+metrics token (#7 item 12)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.app import METRICS_PATH, PUBLIC_METRICS_PATH, create_app
+from gateway.app import HEALTH_PATH, METRICS_PATH, PUBLIC_METRICS_PATH, AdminApp, create_app
 from gateway.config import GatewayConfig
 from gateway.http.client import UpstreamPool
 from gateway.http.server import ServerLimits, serve
@@ -52,13 +55,16 @@ async def running(upstream: str, *, metrics: Metrics | None = None, extra_apis=(
     app = create_app(GatewayConfig(gateway_token=TOKEN, **config), pool=pool, metrics=metrics, usage_sink=MemorySink())
     app.snapshot = load_snapshot(data, gateway_token=TOKEN)
     server = await serve(app, "127.0.0.1", 0, limits=ServerLimits())
-    port = server.sockets[0].getsockname()[1]
-    session = aiohttp.ClientSession(f"http://127.0.0.1:{port}")
+    admin_server = await serve(AdminApp(app), "127.0.0.1", 0, limits=ServerLimits())
+    session = aiohttp.ClientSession(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    admin = aiohttp.ClientSession(f"http://127.0.0.1:{admin_server.sockets[0].getsockname()[1]}")
     try:
-        yield session, metrics
+        yield session, admin
     finally:
         await session.close()
+        await admin.close()
         server.close()
+        admin_server.close()
         await app.aclose()
 
 
@@ -87,10 +93,10 @@ async def chat(session, *, stream: bool = False, team: str | None = None) -> dic
 
 
 async def test_token_counters_for_json_and_stream_requests(mock_url):
-    async with asyncio.timeout(20), running(mock_url) as (session, _):
+    async with asyncio.timeout(20), running(mock_url) as (session, admin):
         plain = await chat(session, team="research")
         streamed = await chat(session, stream=True, team="research")
-        families = await scrape(session)
+        families = await scrape(admin)
 
     labels = {"api_id": "chat", "subscription_id": "master", "team": "research"}
     for kind in ("prompt", "completion", "total"):
@@ -108,12 +114,12 @@ async def test_token_counters_for_json_and_stream_requests(mock_url):
 
 
 async def test_refused_and_unmatched_requests_are_counted(mock_url):
-    async with asyncio.timeout(20), running(mock_url) as (session, _):
+    async with asyncio.timeout(20), running(mock_url) as (session, admin):
         async with session.post(CHAT, json={}, headers={"Ocp-Apim-Subscription-Key": "wrong"}) as response:
             assert response.status == 401
         async with session.get("/nowhere") as response:
             assert response.status == 404
-        families = await scrape(session)
+        families = await scrape(admin)
     requests = families["sluice_requests"]
     assert value(requests, "sluice_requests_total", api="chat", operation="chat-completions", code="401") == 1
     assert value(requests, "sluice_requests_total", api="", operation="", code="404") == 1
@@ -121,9 +127,9 @@ async def test_refused_and_unmatched_requests_are_counted(mock_url):
 
 
 async def test_label_sets_beyond_the_cap_go_to_the_overflow_series(mock_url):
-    async with asyncio.timeout(20), running(mock_url, metrics=Metrics(max_label_sets=2)) as (session, _):
+    async with asyncio.timeout(20), running(mock_url, metrics=Metrics(max_label_sets=2)) as (session, admin):
         totals = [await chat(session, team=f"team-{i}") for i in range(5)]
-        families = await scrape(session)
+        families = await scrape(admin)
     samples = families["sluice_llm_total_tokens"]
     teams = {s.labels["team"]: s.value for s in samples}
     assert set(teams) == {"team-0", "team-1", OVERFLOW_VALUE}
@@ -133,43 +139,66 @@ async def test_label_sets_beyond_the_cap_go_to_the_overflow_series(mock_url):
     assert value(dropped, "sluice_metric_label_sets_dropped_total", metric="sluice_llm_tokens") == 3
 
 
-async def test_an_api_at_metrics_keeps_its_path_and_the_reserved_path_still_serves(mock_url):
+async def test_an_api_at_metrics_keeps_its_path_and_the_admin_listener_serves_both_paths(mock_url):
     claiming = api("metrics-api", "metrics", mock_url, operations=[op("get", "GET", "/")], subscription_required=False)
-    async with asyncio.timeout(20), running(mock_url, extra_apis=[claiming]) as (session, _):
+    async with asyncio.timeout(20), running(mock_url, extra_apis=[claiming]) as (session, admin):
         async with session.get(PUBLIC_METRICS_PATH) as response:
             assert response.headers.get("content-type", "").startswith("application/json")  # the API's answer
-        families = await scrape(session, METRICS_PATH)
-    assert "sluice_requests" in families
+        for path in (PUBLIC_METRICS_PATH, METRICS_PATH):
+            assert "sluice_requests" in await scrape(admin, path)
+
+
+async def test_client_listener_serves_no_metrics_without_a_token(mock_url):
+    # Regression (#7 item 12): anyone who could reach the gateway read every API, subscription and token count.
+    async with asyncio.timeout(20), running(mock_url) as (session, admin):
+        await chat(session, team="research")
+        for path in (PUBLIC_METRICS_PATH, METRICS_PATH):
+            async with session.get(path) as response:
+                assert response.status == 404
+                body = await response.read()
+                assert orjson.loads(body)["statusCode"] == 404 and b"sluice_" not in body
+        async with session.get(HEALTH_PATH) as response:  # health stays on both listeners (load balancers)
+            assert response.status == 200
+        async with admin.get(HEALTH_PATH) as response:
+            assert response.status == 200 and (await response.json())["status"] == "ok"
+        async with admin.get(CHAT) as response:  # the admin listener routes nothing to an API
+            assert response.status == 404
+        async with admin.post(PUBLIC_METRICS_PATH) as response:
+            assert response.status == 405
 
 
 async def test_metrics_token(mock_url):
-    async with asyncio.timeout(20), running(mock_url, metrics_token="scrape-secret") as (session, _):
-        for path in (PUBLIC_METRICS_PATH, METRICS_PATH):
-            async with session.get(path) as response:
+    async with asyncio.timeout(20), running(mock_url, metrics_token="scrape-secret") as (session, admin):
+        for client in (session, admin):
+            async with client.get(METRICS_PATH) as response:
                 assert response.status == 401
-            async with session.get(path, headers={"Authorization": "Bearer nope"}) as response:
+            async with client.get(METRICS_PATH, headers={"Authorization": "Bearer nope"}) as response:
                 assert response.status == 401
-        families = await scrape(session, Authorization="Bearer scrape-secret")
-    assert "sluice_requests" in families
+            families = await scrape(client, METRICS_PATH, Authorization="Bearer scrape-secret")
+            assert "sluice_requests" in families
+        async with session.get(PUBLIC_METRICS_PATH, headers={"Authorization": "Bearer scrape-secret"}) as response:
+            assert response.status == 404  # the client listener: only the reserved path
 
 
 async def test_metrics_are_served_before_a_snapshot_is_loaded():
     app = create_app(GatewayConfig(gateway_token=TOKEN), metrics=Metrics())
     server = await serve(app, "127.0.0.1", 0, limits=ServerLimits())
+    admin_server = await serve(AdminApp(app), "127.0.0.1", 0, limits=ServerLimits())
     port = server.sockets[0].getsockname()[1]
     try:
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
-            families = await scrape(session)
-            async with session.get("/chat") as response:
-                assert response.status == 503
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{admin_server.sockets[0].getsockname()[1]}") as admin:
+            families = await scrape(admin)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session, session.get("/chat") as response:
+            assert response.status == 503
     finally:
         server.close()
+        admin_server.close()
         await app.aclose()
     assert "sluice_requests" in families
 
 
 async def test_without_metrics_the_paths_are_not_found():
-    app = create_app(GatewayConfig(gateway_token=TOKEN))
+    app = create_app(GatewayConfig(gateway_token=TOKEN, metrics_token="t"))
     server = await serve(app, "127.0.0.1", 0, limits=ServerLimits())
     port = server.sockets[0].getsockname()[1]
     try:

@@ -1,4 +1,6 @@
-"""Several worker processes share one port: /metrics answers with the totals of all of them (multiprocess mode)."""
+"""Several worker processes share one port: /metrics answers with the totals of all of them (multiprocess mode).
+
+The scrapes go to the admin listener (``SLUICE_ADMIN_PORT``, also shared by the workers)."""
 
 from __future__ import annotations
 
@@ -35,12 +37,13 @@ def test_every_worker_serves_the_totals(tmp_path, mock_llm, process_factory):  #
     data["apis"][0]["api_type"] = "openai"
     data["apis"][0]["policy"] = f"<policies><inbound><base/>{TOKEN_METRIC}</inbound></policies>"
     (tmp_path / "snapshot.json").write_bytes(orjson.dumps(data))
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")},
         "SLUICE_GATEWAY_TOKEN": TOKEN,
         "SLUICE_GATEWAY_PORT": str(port),
         "SLUICE_GATEWAY_WORKERS": "2",
+        "SLUICE_ADMIN_PORT": str(admin_port),
         "SLUICE_SNAPSHOT_CACHE": str(tmp_path / "snapshot.json"),
         "SLUICE_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}",
         "SLUICE_USAGE_SETTLE_TIMEOUT": "0",  # the management plane is not there to take usage records
@@ -72,7 +75,7 @@ def test_every_worker_serves_the_totals(tmp_path, mock_llm, process_factory):  #
     prefixes, tokens = asyncio.run(traffic())
     assert len(prefixes) == 2, "both workers should have served requests"
     for _ in range(6):  # whichever worker answers the scrape
-        families = scrape(port)
+        families = scrape(admin_port)
         requests = families["sluice_requests"]
         assert total(requests, "sluice_requests_total", api="chat", code="200") == REQUESTS
         duration = families["sluice_request_duration_seconds"]

@@ -49,6 +49,7 @@ def start_gateways(tmp_path, start, policy: str, mock_url: str, count: int = 2) 
             **os.environ,
             "SLUICE_GATEWAY_TOKEN": TOKEN,
             "SLUICE_GATEWAY_PORT": str(port),
+            "SLUICE_ADMIN_PORT": "0",  # no admin listener: gateways of parallel tests would share 9180
             "SLUICE_GATEWAY_ID": f"concurrency-{index}",
             "SLUICE_SNAPSHOT_CACHE": str(cache),
             "SLUICE_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens: serve from the cache

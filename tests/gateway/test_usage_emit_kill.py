@@ -39,6 +39,7 @@ def gateway_env(tmp_path, port: int, stream: str) -> dict[str, str]:
         **os.environ,
         "SLUICE_GATEWAY_TOKEN": TOKEN,
         "SLUICE_GATEWAY_PORT": str(port),
+        "SLUICE_ADMIN_PORT": "0",  # no admin listener: gateways of parallel tests would share 9180
         "SLUICE_GATEWAY_ID": "kill-test",
         "SLUICE_SNAPSHOT_CACHE": str(tmp_path / "snapshot.json"),
         "SLUICE_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens: serve from the cache

@@ -161,7 +161,7 @@ def child_pids(parent: int) -> dict[int, str]:
 def start_runsluice(
     tmp_path: Path, *options: str, env: dict[str, str] | None = None
 ) -> tuple[ManagedProcess, dict[str, int]]:
-    ports = {"port": free_port(), "gateway": free_port(), "mock": free_port()}
+    ports = {"port": free_port(), "gateway": free_port(), "mock": free_port(), "admin": free_port()}
     argv = [
         sys.executable,
         "manage.py",
@@ -172,6 +172,8 @@ def start_runsluice(
         str(ports["gateway"]),
         "--mock-port",
         str(ports["mock"]),
+        "--admin-port",
+        str(ports["admin"]),
         "--workers",
         "1",
         "--var-dir",
@@ -199,6 +201,9 @@ def test_runsluice_serves_the_demo_and_stops_everything_on_sigterm(tmp_path):
         assert f"http://127.0.0.1:{ports['port']}/api/docs/" in output
         assert "curl http://127.0.0.1:" in output
         assert "from openai import OpenAI" in output
+        assert f"Gateway metrics  http://127.0.0.1:{ports['admin']}/metrics" in output
+        assert http_status(f"http://127.0.0.1:{ports['admin']}/metrics") == 200  # the admin listener
+        assert http_status(f"http://127.0.0.1:{ports['gateway']}/__sluice/metrics") == 404  # not the client one
 
         management = f"http://127.0.0.1:{ports['port']}"
         assert http_status(f"{management}/admin/login/") == 200

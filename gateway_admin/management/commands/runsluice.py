@@ -199,6 +199,12 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000, help="management plane port (default 8000)")
         parser.add_argument("--gateway-port", type=int, default=8080, help="gateway port (default 8080)")
         parser.add_argument("--mock-port", type=int, default=18000, help="demo model port (default 18000)")
+        parser.add_argument(
+            "--admin-port",
+            type=int,
+            default=9180,
+            help="gateway admin listener on 127.0.0.1: Prometheus metrics and health (default 9180, 0 = none)",
+        )
         parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
         parser.add_argument(
             "--var-dir",
@@ -239,6 +245,8 @@ class Command(BaseCommand):
         ports = {"--port": options["port"], "--gateway-port": options["gateway_port"]}
         if demo:
             ports["--mock-port"] = options["mock_port"]
+        if options["admin_port"]:
+            ports["--admin-port"] = options["admin_port"]
         for flag, port in ports.items():
             if port_in_use(connect, port):
                 raise CommandError(f"port {port} on {connect} is in use: stop what runs there or pass {flag}.")
@@ -256,6 +264,7 @@ class Command(BaseCommand):
 
         management_url = f"http://{connect}:{options['port']}"
         gateway_url = f"http://{connect}:{options['gateway_port']}"
+        metrics_url = f"http://127.0.0.1:{options['admin_port']}/metrics" if options["admin_port"] else None
         key = None
         if demo:
             mock_url = f"http://127.0.0.1:{options['mock_port']}"
@@ -286,6 +295,8 @@ class Command(BaseCommand):
                 "SLUICE_GATEWAY_TOKEN": gateway_token,
                 "SLUICE_GATEWAY_HOST": host,
                 "SLUICE_GATEWAY_PORT": str(options["gateway_port"]),
+                "SLUICE_ADMIN_HOST": "127.0.0.1",
+                "SLUICE_ADMIN_PORT": str(options["admin_port"]),
                 "SLUICE_SNAPSHOT_CACHE": str(var_dir / "gateway-snapshot.json"),
                 # the same Redis and stream as the management plane, also when they come from .env
                 "REDIS_URL": redis_url,
@@ -297,7 +308,9 @@ class Command(BaseCommand):
         ]
         if key is not None:
             self.wait_demo(gateway_url, key)
-        self.banner(management_url, gateway_url, username, password, token, key, log_dir, redis_url, workers)
+        self.banner(
+            management_url, gateway_url, username, password, token, key, log_dir, redis_url, workers, metrics_url
+        )
         self.supervise()
 
     def step(self, message: str) -> None:
@@ -352,7 +365,17 @@ class Command(BaseCommand):
         self.stderr.write(f"warning: {url} still answers {status}; the demo may need a moment (see the gateway log)")
 
     def banner(
-        self, management_url, gateway_url, username, password, token, key, log_dir, redis_url="", workers=()
+        self,
+        management_url,
+        gateway_url,
+        username,
+        password,
+        token,
+        key,
+        log_dir,
+        redis_url="",
+        workers=(),
+        metrics_url=None,
     ) -> None:
         style = self.style
         shown_password = password or "(not stored here; set one with `python manage.py changepassword admin`)"
@@ -365,6 +388,8 @@ class Command(BaseCommand):
             f"  API token        {token}   (header  Authorization: Token {token})",
             f"  Gateway          {gateway_url}",
         ]
+        if metrics_url:
+            lines.append(f"  Gateway metrics  {metrics_url}   (admin listener, loopback only)")
         if redis_url:
             lines.append(f"  Redis            {redact_url(redis_url)}   (token counters, usage stream, Celery broker)")
         for worker in workers:

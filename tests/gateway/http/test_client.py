@@ -274,23 +274,79 @@ async def test_invalid_request_parts_are_refused(pool, method, target, headers):
         await pool.request(Origin("http", "127.0.0.1", 9), method, target, headers)
 
 
-async def test_stale_pooled_connection_is_retried_on_a_fresh_one(upstream, pool):
+def close_after_reading_second(seen: list[str]) -> Behaviour:
+    """Answer the first request of the first connection, read the second one whole, then close without a byte of
+    response (a keep-alive timeout racing the request); later connections answer everything."""
+
     async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
         answered = 0
         while (request := await read_request(reader)) is not None:
+            seen.append(request.line)
             if index == 0 and answered == 1:
-                return  # the keep-alive connection "timed out" just as the second request came in
+                return
             answered += 1
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + request.line[:5].encode())
             await writer.drain()
 
-    raw, origin = await upstream(behaviour)
+    return behaviour
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_idempotent_request_on_a_stale_pooled_connection_is_retried(upstream, pool, method):
+    seen: list[str] = []
+    raw, origin = await upstream(close_after_reading_second(seen))
     first = await pool.request(origin, "GET", "/one", [])
     assert await first.read() == b"GET /"
-    second = await pool.request(origin, "POST", "/two", [], b"payload")
-    assert await second.read() == b"POST "
-    assert pool.stats == {"opened": 2, "reused": 1, "retried": 1}
+    second = await pool.request(origin, method, "/two", [], b"payload" if method == "PUT" else b"")
+    assert await second.read() == f"{method} /"[:5].encode()
+    assert pool.stats == {"opened": 2, "reused": 1, "retried": 1, "evicted": 0}
     assert raw.connections == 2
+    assert seen == ["GET /one HTTP/1.1", f"{method} /two HTTP/1.1", f"{method} /two HTTP/1.1"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_non_idempotent_request_written_to_a_dying_connection_is_not_resent(upstream, pool, method):
+    # Regression (#7 item 11): the upstream read the whole POST before the connection died, so it may have acted
+    # on it (a completion billed, a job started). Sending it again on a fresh connection would do it twice.
+    seen: list[str] = []
+    raw, origin = await upstream(close_after_reading_second(seen))
+    first = await pool.request(origin, "GET", "/one", [])
+    assert await first.read() == b"GET /"
+    with pytest.raises(UpstreamConnectError, match="not idempotent"):
+        await pool.request(origin, method, "/two", [], b"payload")
+    assert seen == ["GET /one HTTP/1.1", f"{method} /two HTTP/1.1"]  # the upstream saw it exactly once
+    assert raw.connections == 1
+    assert pool.stats == {"opened": 1, "reused": 1, "retried": 0, "evicted": 0}
+
+
+async def test_pooled_connection_closed_while_idle_is_skipped_before_writing(upstream, pool):
+    # The upstream closes an idle keep-alive connection and the gateway has seen its FIN: nothing of the next
+    # request is written to it, so even a POST goes out (once) on a fresh connection.
+    seen: list[str] = []
+    closed = asyncio.Event()
+
+    async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        while (request := await read_request(reader)) is not None:
+            seen.append(request.line)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            if index == 0:
+                writer.close()
+                await writer.wait_closed()
+                closed.set()
+                return
+
+    _, origin = await upstream(behaviour)
+    first = await pool.request(origin, "GET", "/one", [])
+    assert await first.read() == b"ok"
+    await asyncio.wait_for(closed.wait(), TIMEOUT)
+    async with asyncio.timeout(TIMEOUT):  # the pool has seen the FIN
+        while pool.idle_count(origin):
+            await asyncio.sleep(0)
+    second = await pool.request(origin, "POST", "/two", [], b"payload")
+    assert await second.read() == b"ok"
+    assert seen == ["GET /one HTTP/1.1", "POST /two HTTP/1.1"]
+    assert pool.stats["retried"] == 0
 
 
 async def test_fresh_connection_reset_before_any_byte_is_a_connect_error(upstream, pool):
@@ -428,7 +484,7 @@ async def test_head_response_has_length_but_no_body_and_the_connection_is_reused
     assert await response.read() == b""
     response = await pool.request(origin, "GET", "/", [])
     assert await response.read() == b"x" * 100
-    assert pool.stats == {"opened": 1, "reused": 1, "retried": 0}
+    assert pool.stats == {"opened": 1, "reused": 1, "retried": 0, "evicted": 0}
 
 
 async def test_no_content_and_not_modified_have_no_body(upstream, pool):
@@ -711,3 +767,47 @@ async def test_tls_upstream_with_an_untrusted_certificate_is_a_connect_error(ups
     with pytest.raises(UpstreamConnectError):
         await pool.request(origin, "GET", "/", [])
     await pool.close()
+
+
+async def test_pool_keeps_idle_connections_for_at_most_max_origins(upstream):
+    # Regression (#7 item 7): origins come from request data (a base-url expression), and every new one used to
+    # add an entry to the idle map for good. Beyond max_origins the oldest origin's idle connections are closed.
+    servers = [await upstream(keep_alive_responder()) for _ in range(10)]
+    pool = UpstreamPool(connect_timeout=2.0, read_timeout=5.0, max_origins=4)
+    try:
+        first = None
+        for _, origin in servers:
+            response = await pool.request(origin, "GET", "/", [])
+            assert await response.read() == b"ok"
+            first = first or pool._idle[origin.key][0]
+        assert pool.origin_count() == 4
+        assert [pool.idle_count(origin) for _, origin in servers] == [0] * 6 + [1] * 4
+        assert pool.stats["evicted"] == 6
+        assert first is not None and first.closing()  # the evicted connection is closed, not leaked
+        # an evicted origin works again (on a new connection), and an origin still pooled reuses its connection
+        again = await pool.request(servers[0][1], "GET", "/", [])
+        assert await again.read() == b"ok"
+        last = await pool.request(servers[-1][1], "GET", "/", [])
+        assert await last.read() == b"ok"
+        assert pool.stats["opened"] == 11 and pool.stats["reused"] == 1
+        assert pool.origin_count() <= 4
+    finally:
+        await pool.close()
+
+
+async def test_pool_drops_emptied_origin_entries_before_evicting(upstream):
+    servers = [await upstream(keep_alive_responder()) for _ in range(3)]
+    pool = UpstreamPool(connect_timeout=2.0, read_timeout=5.0, max_origins=2)
+    try:
+        for _, origin in servers[:2]:
+            response = await pool.request(origin, "GET", "/", [])
+            assert await response.read() == b"ok"
+        busy = await pool.request(servers[0][1], "GET", "/", [])  # takes origin 0's only idle connection
+        third = await pool.request(servers[2][1], "GET", "/", [])
+        assert await third.read() == b"ok"
+        # origin 0's empty entry made room: origin 1 keeps its idle connection
+        assert pool.idle_count(servers[1][1]) == 1 and pool.stats["evicted"] == 0
+        assert await busy.read() == b"ok"
+        assert pool.origin_count() == 2
+    finally:
+        await pool.close()
