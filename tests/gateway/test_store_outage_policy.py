@@ -75,6 +75,7 @@ async def test_allow_and_the_default_let_requests_through(name, choice):
 async def test_breaker_metrics_state_and_opened_total():
     metrics = Metrics(CollectorRegistry())
     gw = down_gateway("rate-limit-by-key", "allow", metrics)
+
     def sample(name: str) -> float | None:
         scraped = families(metrics.exposition().decode())
         return value([s for samples in scraped.values() for s in samples], name)
