@@ -21,7 +21,7 @@ import os
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.expressions import ExpressionError, compile_expression
@@ -68,11 +68,11 @@ _MEMBER_CHAINS = st.sampled_from(
         "context.Deployment.Region",
         "context.LastError.Message",
         "DateTime.UtcNow",
-        "DateTime.UtcNow.ToString(\"o\")",
+        'DateTime.UtcNow.ToString("o")',
         "Guid.NewGuid()",
         "Math.Max(1, 2)",
-        "int.Parse(\"7\")",
-        "string.Join(\",\", new[] {\"a\"})",
+        'int.Parse("7")',
+        'string.Join(",", new[] {"a"})',
     ]
 )
 _LITERALS = st.one_of(
@@ -80,15 +80,13 @@ _LITERALS = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
     st.text(max_size=12).map(lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'),
     st.text(max_size=6).map(lambda s: '@"' + s.replace('"', '""') + '"'),
-    st.sampled_from(["true", "false", "null", "'a'", "'\\n'", "1L", "2.5m", "0x1F", "1e400", '"\\u00e9"', "$\"{1}\""]),
+    st.sampled_from(["true", "false", "null", "'a'", "'\\n'", "1L", "2.5m", "0x1F", "1e400", '"\\u00e9"', '$"{1}"']),
 )
 _OPERATORS = st.sampled_from(
     ["+", "-", "*", "/", "%", "==", "!=", "<", ">", "<=", ">=", "&&", "||", "??", "&", "|", "^", "<<", ">>"]
 )
-_TOKENS = st.sampled_from(
-    list("()[]{}<>.,;:?!~=+-*/%&|^@$\"'\\ \n\t")
-    + ["=>", "new", "return", "var", "if", "else", "as", "is", "typeof", "default", "(string)", "(int)", "?.", "??="]
-)
+_WORDS = ["=>", "new", "return", "var", "if", "else", "as", "is", "typeof", "default", "(string)", "(int)", "?.", "??="]
+_TOKENS = st.sampled_from([*"()[]{}<>.,;:?!~=+-*/%&|^@$\"'\\ \n\t", *_WORDS])
 
 
 def _expression_tree(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
@@ -99,14 +97,12 @@ def _expression_tree(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]
         children.map(lambda e: f"-{e}"),
         st.tuples(children, children, children).map(lambda t: f"{t[0]} ? {t[1]} : {t[2]}"),
         st.tuples(children, _IDENT).map(lambda t: f"{t[0]}.{t[1]}"),
-        st.tuples(children, _IDENT, st.lists(children, max_size=3)).map(
-            lambda t: f"{t[0]}.{t[1]}({', '.join(t[2])})"
-        ),
+        st.tuples(children, _IDENT, st.lists(children, max_size=3)).map(lambda t: f"{t[0]}.{t[1]}({', '.join(t[2])})"),
         st.tuples(children, children).map(lambda t: f"{t[0]}[{t[1]}]"),
         children.map(lambda e: f"(string){e}"),
         children.map(lambda e: f"{e}.ToString()"),
         children.map(lambda e: f"{e}?.Length"),
-        st.tuples(_IDENT, children).map(lambda t: f'new[] {{1, 2}}.Where({t[0]} => {t[1]}).Count()'),
+        st.tuples(_IDENT, children).map(lambda t: f"new[] {{1, 2}}.Where({t[0]} => {t[1]}).Count()"),
     )
 
 
@@ -130,14 +126,14 @@ _EXPRESSION = st.one_of(
 # Documents
 #
 
-_GARBAGE = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=24
-)
+_GARBAGE = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=24)
+_SPECIAL_VALUES = [
+    "", " ", "true", "false", "0", "1", "-1", "60", "300", "1000", "Daily", "Monthly", "allow", "deny", "override",
+    "skip", "append", "delete", "x-header", "bad header", "a:b", "200", "999", "http://127.0.0.1:9/x", "not a url",
+    "2024-01-01T00:00:00Z", "{{named}}", "{{missing-value}}", "99999999999999999999999", "1.5", "PT10S",
+]  # fmt: skip
 _VALUE = st.one_of(
-    st.sampled_from(["", " ", "true", "false", "0", "1", "-1", "60", "300", "1000", "Daily", "Monthly", "allow",
-                     "deny", "override", "skip", "append", "delete", "x-header", "bad header", "a:b", "200", "999",
-                     "http://127.0.0.1:9/x", "not a url", "2024-01-01T00:00:00Z", "{{named}}", "{{missing-value}}",
-                     "99999999999999999999999", "1.5", "PT10S"]),  # fmt: skip
+    st.sampled_from(_SPECIAL_VALUES),
     st.integers(min_value=-(2**64), max_value=2**64).map(str),
     _EXPRESSION,
     _GARBAGE,
@@ -188,6 +184,12 @@ def _document(draw: st.DrawFn) -> str:
     return f"<{root}>{newline}{newline.join(parts)}{newline}</{root}>"
 
 
+_INSERTS = [
+    "<", ">", "&", '"', "'", "</", "/>", "<!--", "]]>", "@(", "<!DOCTYPE x>", "<?xml version='1.0'?>", "\x01",
+    "\ufffe", "&lt;", "&#0;", "&#x110000;", "{{", "}}",
+]  # fmt: skip
+
+
 def _mutate(text: str, data: st.DataObject) -> str:
     for _ in range(data.draw(st.integers(min_value=1, max_value=4))):
         if not text:
@@ -197,9 +199,7 @@ def _mutate(text: str, data: st.DataObject) -> str:
         if action == "cut":
             text = text[:at] + text[at + 1 :]
         elif action == "insert":
-            text = text[:at] + data.draw(st.sampled_from(["<", ">", "&", '"', "'", "</", "/>", "<!--", "]]>", "@(",
-                                                          "<!DOCTYPE x>", "<?xml version='1.0'?>", "\x01", "\ufffe",
-                                                          "&lt;", "&#0;", "&#x110000;", "{{", "}}"])) + text[at:]  # fmt: skip
+            text = text[:at] + data.draw(st.sampled_from(_INSERTS)) + text[at:]
         elif action == "duplicate":
             text = text[:at] + text[at:] + text[at:]
         elif action == "swap" and at + 1 < len(text):
