@@ -52,7 +52,7 @@ def optional_header_name(value: Value | None, el: Element) -> bytes | None:
 def parse_count(text: str, low: int, high: int | None) -> int | None:
     """``text`` as a whole number from ``low`` to ``high`` (no upper bound when None); None when it is not one."""
     text = text.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # ASCII only: "²" passes isdigit(), not int()
         return None
     number = int(text)
     if number < low or (high is not None and number > high):

@@ -21,7 +21,7 @@ import os
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.expressions import ExpressionError, compile_expression
@@ -75,11 +75,15 @@ _MEMBER_CHAINS = st.sampled_from(
         'string.Join(",", new[] {"a"})',
     ]
 )
+# numbers as people and other scripts write them: "²" and Arabic-Indic digits pass str.isdigit(); int() and float()
+# take "1_000" and fullwidth digits
+_NUMERIC = st.text(alphabet=st.sampled_from("0123456789²³¹\u0661\u0662\uff19_.-+eExX \u00a0"), min_size=1, max_size=6)
 _LITERALS = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
     st.text(max_size=12).map(lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'),
     st.text(max_size=6).map(lambda s: '@"' + s.replace('"', '""') + '"'),
+    _NUMERIC,
     st.sampled_from(["true", "false", "null", "'a'", "'\\n'", "1L", "2.5m", "0x1F", "1e400", '"\\u00e9"', '$"{1}"']),
 )
 _OPERATORS = st.sampled_from(
@@ -134,6 +138,7 @@ _SPECIAL_VALUES = [
 ]  # fmt: skip
 _VALUE = st.one_of(
     st.sampled_from(_SPECIAL_VALUES),
+    _NUMERIC,
     st.integers(min_value=-(2**64), max_value=2**64).map(str),
     _EXPRESSION,
     _GARBAGE,
@@ -275,6 +280,10 @@ def test_rawxml_documents_are_accepted_or_rejected_with_a_position(text, scope):
 
 @FUZZ
 @given(source=_EXPRESSION)
+@example(source="@(²)")  # regression: ValueError from int() (str.isdigit() accepts "²")
+@example(source="@(1.²)")  # regression: ValueError from float()
+@example(source="@(1_²)")  # regression: ValueError from int()
+@example(source="@(\u0661\u0662)")  # regression: compiled as 12
 def test_expressions_compile_or_fail_with_an_offset(source):
     TRIED["expressions " + check_expression(source)] += 1
 
@@ -338,3 +347,48 @@ def test_each_attribute_of_valid_statements_takes_any_value(name, data):
 def test_the_templates_are_valid():
     for section, statement in TEMPLATES.values():
         assert check_document(f"<policies><{section}>{statement}</{section}></policies>", "operation") == "ok"
+
+
+#
+# Regressions found by this battery (each failed before its fix)
+#
+
+
+def test_regression_an_empty_document_is_rejected_at_line_1_column_1():
+    for text in ("", "   ", "\n\n"):
+        with pytest.raises(PolicyError) as caught:
+            validate_document(text, "api")
+        assert (caught.value.line, caught.value.column) == (1, 1)
+
+
+@pytest.mark.parametrize("number", ["²", "1²", "\u0661\u0662", "\uff19", "1_000", " ³ "])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        '<rate-limit-by-key calls="{}" renewal-period="60" counter-key="k" />',
+        '<quota-by-key calls="{}" renewal-period="3600" counter-key="k" />',
+        '<llm-token-limit counter-key="k" tokens-per-minute="{}" estimate-prompt-tokens="false" />',
+        '<set-status code="{}" />',
+    ],
+)
+def test_regression_counts_and_codes_take_ascii_digits_only(statement, number):
+    """ "²" passed str.isdigit() and int() raised a bare ValueError (a 500 at write time); Arabic-Indic "12" and a
+    fullwidth "9" were read as numbers, which APIM (.NET int.Parse) refuses."""
+    text = f"<policies>\n<inbound>\n{statement.format(number)}\n</inbound>\n</policies>"
+    with pytest.raises(PolicyError) as caught:
+        validate_document(text, "api")
+    assert caught.value.line == 3 and caught.value.column is not None
+
+
+@pytest.mark.parametrize("timeout", ["1_000", "\uff19", "1e3", "inf", "nan", "0x10"])
+def test_regression_forward_request_timeout_is_a_plain_decimal(timeout):
+    """float() accepted "1_000" and "\uff19" (Python syntax, not APIM's)."""
+    text = f'<policies><backend><forward-request timeout="{timeout}" /></backend></policies>'
+    with pytest.raises(PolicyError) as caught:
+        validate_document(text, "api")
+    assert caught.value.line == 1 and caught.value.column is not None
+
+
+@pytest.mark.parametrize("timeout", ["30", "0.5", ".5", "240"])
+def test_plain_decimal_timeouts_are_accepted(timeout):
+    validate_document(f'<policies><backend><forward-request timeout="{timeout}" /></backend></policies>', "api")
