@@ -334,5 +334,8 @@ def create_app(
         )
     if token_store is None:  # REDIS_URL: counters shared by every replica; else per process
         token_store = create_store("redis", url=config.redis_url) if config.redis_url else create_store("memory")
+    breaker = getattr(token_store, "breaker", None)  # the Redis store's circuit breaker (docs/redis-outage.md)
+    if metrics is not None and breaker is not None:
+        breaker.listeners.append(metrics.record_breaker)
     get_tokenizer()  # load the BPE tables now, not on the first request
     return GatewayApp(config, pool, clock, telemetry, token_store)

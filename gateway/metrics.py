@@ -8,6 +8,8 @@ registry). Names (see docs/usage-and-metrics.md):
 ``sluice_request_duration_seconds{api, operation}``         histogram, from the request to the end of the response
 ``sluice_upstream_errors_total{api, backend, reason}``      forwarding failures (connect, timeout, bad response)
 ``sluice_metric_label_sets_dropped_total{metric}``          label sets refused by the cardinality cap
+``sluice_redis_breaker_state``                               counter store circuit: 0 closed, 1 open, 2 half-open
+``sluice_redis_breaker_opened_total``                       times the counter store circuit opened
 ``<namespace>_{prompt,completion,total}_tokens_total{…}``   one family per emit-token-metric namespace and
                                                             dimension set; labels are the dimension names
 
@@ -72,6 +74,8 @@ SNAPSHOT_QUARANTINED: Final = "sluice_snapshot_quarantined_items"
 DURATION: Final = "sluice_request_duration_seconds"
 UPSTREAM_ERRORS: Final = "sluice_upstream_errors"
 DROPPED: Final = "sluice_metric_label_sets_dropped"
+BREAKER_STATE: Final = "sluice_redis_breaker_state"
+BREAKER_OPENED: Final = "sluice_redis_breaker_opened"
 TOKEN_KINDS: Final = ("prompt", "completion", "total")
 
 _INVALID_RUN = re.compile(r"[^a-zA-Z0-9_]+")
@@ -263,8 +267,9 @@ class _TokenCollector:
 class Metrics:
     """The metrics of one gateway app. ``registry`` defaults to a new CollectorRegistry (never the global one)."""
 
-    __slots__ = ("_tokens", "dropped", "duration", "gateway_id", "location", "max_label_sets", "multiprocess_dir",
-                 "registry", "requests", "snapshot_quarantined", "snapshot_rejected", "upstream_errors")  # fmt: skip
+    __slots__ = ("_tokens", "breaker_opened", "breaker_state", "dropped", "duration", "gateway_id", "location",
+                 "max_label_sets", "multiprocess_dir", "registry", "requests", "snapshot_quarantined",
+                 "snapshot_rejected", "upstream_errors")  # fmt: skip
 
     def __init__(
         self,
@@ -319,6 +324,17 @@ class Metrics:
         )  # fmt: skip
         self._tokens: dict[tuple[str, tuple[str, ...]], TokenFamily] = {}
         reg.register(_TokenCollector(self._tokens))  # type: ignore[arg-type]
+        self.breaker_state = Gauge(
+            BREAKER_STATE, "Counter store (Redis) circuit breaker: 0 closed, 1 open, 2 half-open.",
+            registry=reg, multiprocess_mode="max",
+        )  # fmt: skip
+        self.breaker_opened = Counter(BREAKER_OPENED, "Times the counter store circuit breaker opened.", registry=reg)
+
+    def record_breaker(self, state: int, opened: bool) -> None:
+        """Listener of ``gateway.limits.breaker.CircuitBreaker``."""
+        self.breaker_state.set(int(state))
+        if opened:
+            self.breaker_opened.inc()
 
     def _family(self, metric: MetricWrapperBase) -> LabelledFamily:
         return LabelledFamily(metric, self.max_label_sets, self.dropped)

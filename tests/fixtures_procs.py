@@ -27,6 +27,7 @@ __all__ = (
     "process_factory",
     "start_mock_llm",
     "start_process",
+    "start_redis",
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -112,3 +113,39 @@ def mock_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockLLM]:
     start, started = _factory(tmp_path_factory.mktemp("mockllm"))
     yield start_mock_llm(start)
     _stop(started)
+
+
+REDIS_READY = "Ready to accept connections"
+
+
+@dataclass
+class RedisServer:
+    """A ``redis-server`` of the test's own (not the shared CI Redis): it may be killed, stopped and restarted."""
+
+    process: ManagedProcess
+    port: int
+    argv: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def start_redis(
+    start: StartProcess, data_dir: Path, *, port: int | None = None, name: str = "redis", wait: bool = True
+) -> RedisServer:
+    """``redis-server`` on a free loopback port (or ``port``, to restart one), its data in ``data_dir``.
+
+    With ``wait=False`` the caller waits for ``server.process.wait_output(REDIS_READY)`` itself, from another thread
+    say (start the process from the main thread: a child dies with the thread that started it). Every write is
+    appended to the AOF and fsynced before the reply (``appendfsync always``), so a SIGKILLed server restarted on
+    the same directory holds everything it acknowledged.
+    """
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            "--appendfsync", "always", "--dir", str(data_dir), "--logfile", ""]  # fmt: skip
+    process = start(argv, name=name)
+    if wait:
+        process.wait_output(REDIS_READY, timeout=30)
+    return RedisServer(process=process, port=port, argv=argv)

@@ -39,6 +39,9 @@ _SIMPLE_ESCAPES: Final = {
     "t": "\t", "v": "\v",
 }  # fmt: skip
 _HEX: Final = frozenset("0123456789abcdefABCDEF")
+# C# numeric literals use ASCII digits only; str.isdigit() also accepts "²" and other scripts' digits, which int() and
+# float() refuse or read differently
+_DIGITS: Final = frozenset("0123456789")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,7 @@ class _Lexer:
             nxt = text[i + 1] if i + 1 < end else ""
             if ch.isalpha() or ch == "_":
                 self._ident()
-            elif ch.isdigit() or (ch == "." and nxt.isdigit()):
+            elif ch in _DIGITS or (ch == "." and nxt in _DIGITS):
                 self._number()
             elif ch == '"':
                 self._add("string", self._regular_string(i + 1), i)
@@ -152,21 +155,21 @@ class _Lexer:
             self._integer(int(digits, 16), start)
             return
         is_real = False
-        while i < end and (text[i].isdigit() or text[i] == "_"):
+        while i < end and (text[i] in _DIGITS or text[i] == "_"):
             i += 1
-        if i + 1 < end and text[i] == "." and text[i + 1].isdigit():
+        if i + 1 < end and text[i] == "." and text[i + 1] in _DIGITS:
             is_real = True
             i += 1
-            while i < end and (text[i].isdigit() or text[i] == "_"):
+            while i < end and (text[i] in _DIGITS or text[i] == "_"):
                 i += 1
         if i < end and text[i] in "eE":
             j = i + 1
             if j < end and text[j] in "+-":
                 j += 1
-            if j < end and text[j].isdigit():
+            if j < end and text[j] in _DIGITS:
                 is_real = True
                 i = j
-                while i < end and text[i].isdigit():
+                while i < end and text[i] in _DIGITS:
                     i += 1
         literal = text[start:i].replace("_", "")
         if not is_real and len(literal.lstrip("0")) > 19:
@@ -284,7 +287,7 @@ class _Lexer:
         for op in _OPERATORS:
             if text.startswith(op, i) and i + len(op) <= self.end:
                 # "a ?.5 : b" is a conditional with a numeric literal, not a null-conditional access
-                if op == "?." and i + 2 < self.end and text[i + 2].isdigit():
+                if op == "?." and i + 2 < self.end and text[i + 2] in _DIGITS:
                     continue
                 self.i = i + len(op)
                 self._add("op", op, i)

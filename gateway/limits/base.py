@@ -193,6 +193,10 @@ class TokenStore(ABC):
     async def count(self, window: Window) -> int:
         """The current count of ``window`` (0 when absent); for tests and diagnostics."""
 
+    def unavailable_retry_after(self) -> int:
+        """Whole seconds (at least 1) a client refused because the store cannot answer should wait."""
+        return 1
+
     async def flush(self) -> None:
         """Wait until every settlement made so far is applied."""
         return None

@@ -14,6 +14,11 @@ for their replies; errors are logged.
 
 Admissions made during one loop turn also leave in one write (see ``resp.py``), so under load a round trip serves
 many requests.
+
+**Outages.** Every admission goes through a circuit breaker (``breaker.py``): at most ``call_timeout`` (0.5 s) per
+call, and after a few failures in a row no call waits at all until a background ``PING`` finds Redis again.
+Settlements made while the breaker is open are dropped (counted in ``dropped_settlements``): they only correct
+counters that Redis cannot hold meanwhile. See docs/redis-outage.md.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from .base import Admission, Reservation, StoreUnavailable, TokenStore, Window, register_store, reservation_for
+from .breaker import DEFAULT_CALL_TIMEOUT, CircuitBreaker
 from .resp import RespClient, RespError, encode_command
 
 __all__ = ("RESERVE_SCRIPT", "SETTLE_SCRIPT", "RedisTokenStore")
@@ -90,6 +96,8 @@ class RedisTokenStore(TokenStore):
         timeout: float = 2.0,
         client: RespClient | None = None,
         settle_interval: float = SETTLE_INTERVAL,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        breaker: CircuitBreaker | None = None,
         **_: Any,
     ) -> None:
         if clock is None:
@@ -105,6 +113,14 @@ class RedisTokenStore(TokenStore):
         self._flush_scheduled = False
         self._last_log = 0.0
         self.settle_interval = settle_interval
+        self.breaker = breaker or CircuitBreaker(self._ping, call_timeout=call_timeout)
+        self.dropped_settlements = 0
+
+    def unavailable_retry_after(self) -> int:
+        return self.breaker.retry_after()
+
+    async def _ping(self) -> None:
+        await self.client.call("PING")
 
     def _evalsha(self, sha: str, keys: Sequence[str], args: Sequence[int]) -> bytes:
         """``EVALSHA sha numkeys keys… args…`` in RESP, with the constant head cached per key count."""
@@ -123,6 +139,9 @@ class RedisTokenStore(TokenStore):
         return b"".join(parts)
 
     async def reserve(self, windows: Sequence[Window], amount: int, now: float) -> Admission:
+        return await self.breaker.call(lambda: self._reserve(windows, amount, now))
+
+    async def _reserve(self, windows: Sequence[Window], amount: int, now: float) -> Admission:
         prefix = self.prefix
         keys = [prefix + w.key for w in windows]
         args: list[int] = [amount]
@@ -156,6 +175,9 @@ class RedisTokenStore(TokenStore):
     def settle(self, reservation: Reservation, actual: int) -> None:
         delta = actual - reservation.amount
         if delta == 0 or self.clock() >= reservation.expires_at:
+            return
+        if not self.breaker.is_closed:  # nothing would answer: do not pile commands on a dead connection
+            self.dropped_settlements += 1
             return
         pending = self._pending
         pending[reservation.keys] = pending.get(reservation.keys, 0) + delta
@@ -194,6 +216,9 @@ class RedisTokenStore(TokenStore):
                 logger.warning("token settlement not applied: %s", reply)
 
     async def count(self, window: Window) -> int:
+        return await self.breaker.call(lambda: self._count(window))
+
+    async def _count(self, window: Window) -> int:
         try:
             value = await self.client.call("GET", self.prefix + window.key)
         except (RespError, ConnectionError, OSError, TimeoutError) as exc:
@@ -210,8 +235,9 @@ class RedisTokenStore(TokenStore):
 
     async def aclose(self) -> None:
         try:
-            if self._pending or self.client.pending:
+            if self.breaker.is_closed and (self._pending or self.client.pending):
                 await self.flush()
         except StoreUnavailable:
             pass
+        await self.breaker.aclose()
         await self.client.aclose()

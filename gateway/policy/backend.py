@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -149,9 +150,15 @@ def _url_resolver(env: BindEnv) -> Callable[[str], BackendTarget]:
     return resolve
 
 
+_DECIMAL_RE = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
 def _seconds(text: str) -> float | None:
+    text = text.strip()
+    if not _DECIMAL_RE.fullmatch(text):  # float() also takes "1_000", fullwidth digits, "inf" and "nan"
+        return None
     try:
-        timeout = float(text.strip())
+        timeout = float(text)
     except ValueError:
         return None
     if not timeout > 0 or timeout == float("inf"):  # also refuses NaN

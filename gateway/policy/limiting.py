@@ -1,10 +1,13 @@
 """What the counting policies share: ``rate-limit-by-key`` and ``quota-by-key`` (ratelimit.py) and
 ``llm-token-limit`` (token_limit.py) read the same counter store and counter key, take header names and whole
-numbers the same way, and report a refusal's wait (``Retry-After``) the same way."""
+numbers the same way, report a refusal's wait (``Retry-After``) the same way, and fail the same way when the store
+cannot answer (``sluice-on-store-error``: ``allow``, the default, lets the request through; ``deny`` answers 503)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+
+from gateway.errors import GatewayError
 
 from .headers import check_header_name
 
@@ -15,7 +18,19 @@ if TYPE_CHECKING:
     from .values import Value
     from .xml import Element
 
-__all__ = ("counter_key", "counter_store", "optional_header_name", "parse_count", "set_retry_after")
+__all__ = (
+    "MSG_STORE_UNAVAILABLE",
+    "REASON_STORE_UNAVAILABLE",
+    "STORE_ERROR_ATTR",
+    "STORE_ERROR_CHOICES",
+    "counter_key",
+    "counter_store",
+    "denies_on_store_error",
+    "optional_header_name",
+    "parse_count",
+    "set_retry_after",
+    "store_unavailable",
+)
 
 
 def counter_store(ctx: RequestContext) -> TokenStore | None:
@@ -37,7 +52,7 @@ def optional_header_name(value: Value | None, el: Element) -> bytes | None:
 def parse_count(text: str, low: int, high: int | None) -> int | None:
     """``text`` as a whole number from ``low`` to ``high`` (no upper bound when None); None when it is not one."""
     text = text.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # ASCII only: "²" passes isdigit(), not int()
         return None
     number = int(text)
     if number < low or (high is not None and number > high):
@@ -52,3 +67,25 @@ def set_retry_after(ctx: RequestContext, seconds: int, header: bytes, variable: 
         ctx.variables[variable] = seconds
     if seconds > 0:
         ctx.response_headers.append((header, b"%d" % seconds))
+
+
+#
+# When the counter store cannot answer
+#
+
+STORE_ERROR_ATTR: Final = "sluice-on-store-error"
+STORE_ERROR_CHOICES: Final = ("allow", "deny")
+MSG_STORE_UNAVAILABLE: Final = "Rate limit counters are unavailable. Try again in {} seconds."
+REASON_STORE_UNAVAILABLE: Final = "CounterStoreUnavailable"
+
+
+def denies_on_store_error(value: Value | None) -> bool:
+    """The ``sluice-on-store-error`` choice: True for ``deny`` (fail closed), False for ``allow`` (the default)."""
+    return value is not None and value.literal == "deny"
+
+
+def store_unavailable(ctx: RequestContext, store: TokenStore, source: str, header: bytes) -> GatewayError:
+    """The 503 of a policy that fails closed, with ``Retry-After`` set to the store's next probe."""
+    seconds = store.unavailable_retry_after()
+    ctx.response_headers.append((header, b"%d" % seconds))
+    return GatewayError(503, MSG_STORE_UNAVAILABLE.format(seconds), source=source, reason=REASON_STORE_UNAVAILABLE)

@@ -13,7 +13,9 @@ same store ``llm-token-limit`` uses; ``reserve`` checks and adds in one atomic s
   ``QuotaExceeded``.
 
 Both raise a GatewayError, so ``on-error`` runs with ``context.LastError`` set, and put ``Retry-After`` (or the
-configured header) on the response. With ``increment-condition`` the call is reserved when it arrives and kept only
+configured header) on the response. When the counter store cannot answer, ``sluice-on-store-error`` decides:
+``allow`` (the default) lets the call through uncounted, ``deny`` answers 503 with ``Retry-After``
+(docs/redis-outage.md). With ``increment-condition`` the call is reserved when it arrives and kept only
 if the condition holds once the response is known (it may read ``context.Response``).
 """
 
@@ -29,7 +31,17 @@ from gateway.limits.base import StoreUnavailable, Window, counter_tag
 
 from .base import Attr, Policy, Section, register
 from .control import check_boolean, truth
-from .limiting import counter_key, counter_store, optional_header_name, parse_count, set_retry_after
+from .limiting import (
+    STORE_ERROR_ATTR,
+    STORE_ERROR_CHOICES,
+    counter_key,
+    counter_store,
+    denies_on_store_error,
+    optional_header_name,
+    parse_count,
+    set_retry_after,
+    store_unavailable,
+)
 from .values import ExpressionRuntimeError, Value
 from .xml import Element
 
@@ -97,7 +109,7 @@ def _variable(name: Value | None) -> str | None:
 class _Counter(Policy):
     """What both policies share: the counter key, the increment condition and the outcome headers/variables."""
 
-    __slots__ = ("condition", "counter_key", "retry_header", "retry_variable")
+    __slots__ = ("condition", "counter_key", "fail_closed", "retry_header", "retry_variable")
 
     def __init__(self, attrs: dict[str, Value], el: Element) -> None:
         super().__init__()
@@ -107,6 +119,7 @@ class _Counter(Policy):
             check_boolean(self.condition, el, "increment-condition")
         self.retry_header = optional_header_name(attrs.get("retry-after-header-name"), el) or b"retry-after"
         self.retry_variable = _variable(attrs.get("retry-after-variable-name"))
+        self.fail_closed = denies_on_store_error(attrs.get(STORE_ERROR_ATTR))
 
     def key(self, ctx: RequestContext) -> str:
         return counter_key(self.counter_key, ctx)
@@ -133,6 +146,7 @@ class RateLimitByKey(_Counter):
         "remaining-calls-header-name": Attr(expressions=False),
         "remaining-calls-variable-name": Attr(expressions=False),
         "total-calls-header-name": Attr(expressions=False),
+        STORE_ERROR_ATTR: Attr(choices=STORE_ERROR_CHOICES, expressions=False),  # Sluice extension
     }
     __slots__ = (
         "calls",
@@ -182,7 +196,7 @@ class RateLimitByKey(_Counter):
         count = self.count
         if count is None:
             count = 1 if deferred else _runtime_int(self.count_value, ctx, "increment-count", 1)  # type: ignore[arg-type]
-        admission = await _reserve(store, [window], count, now, self.name)
+        admission = await _reserve(ctx, store, [window], count, now, self)
         if admission is None:
             return None
         remaining = max(0, window.limit - admission.used[0]) if admission.allowed else 0
@@ -229,6 +243,7 @@ class QuotaByKey(_Counter):
         "first-period-start": Attr(default=DEFAULT_FIRST_PERIOD_START, expressions=False),
         "retry-after-header-name": Attr(expressions=False),
         "retry-after-variable-name": Attr(expressions=False),
+        STORE_ERROR_ATTR: Attr(choices=STORE_ERROR_CHOICES, expressions=False),  # Sluice extension
     }
     __slots__ = ("bandwidth", "calls", "period", "start")
 
@@ -272,13 +287,18 @@ class QuotaByKey(_Counter):
         deferred = self.condition is not None
         call_reservation = kb_reservation = None
         if calls is not None:
-            admission = await _reserve(store, [calls], 1, now, self.name)
+            admission = await _reserve(ctx, store, [calls], 1, now, self)
             if admission is not None and not admission.allowed:
                 raise self.exceeded(ctx, "calls", admission.retry_after)
             call_reservation = admission.reservation if admission is not None else None
         if kilobytes is not None:
             # nothing to add yet (the size is known at the end); refused once the quota is used up
-            admission = await _reserve(store, [kilobytes], 1, now, self.name)
+            try:
+                admission = await _reserve(ctx, store, [kilobytes], 1, now, self)
+            except GatewayError:
+                if call_reservation is not None:
+                    store.settle(call_reservation, 0)
+                raise
             if admission is not None and not admission.allowed:
                 if call_reservation is not None:
                     store.settle(call_reservation, 0)
@@ -317,11 +337,16 @@ def _first_period_start(text: str, el: Element) -> float:
     return (moment - _EPOCH).total_seconds()
 
 
-async def _reserve(store: TokenStore, windows: list[Window], amount: int, now: float, name: str) -> Admission | None:
+async def _reserve(
+    ctx: RequestContext, store: TokenStore, windows: list[Window], amount: int, now: float, policy: _Counter
+) -> Admission | None:
+    """The admission; None when the store cannot answer and the policy fails open (503 when it fails closed)."""
     try:
         return await store.reserve(windows, amount, now)
-    except StoreUnavailable:
-        logger.warning(MSG_STORE_DOWN, name)
+    except StoreUnavailable as exc:
+        if policy.fail_closed:
+            raise store_unavailable(ctx, store, policy.name, policy.retry_header) from exc
+        logger.warning(MSG_STORE_DOWN, policy.name)
         return None
 
 

@@ -21,7 +21,7 @@ __all__ = ("ReturnResponse", "SetStatus")
 
 def _status_code(text: str) -> int | None:
     text = text.strip()
-    if not text.isdigit() or not 100 <= int(text) <= 599:
+    if not (text.isascii() and text.isdigit()) or not 100 <= int(text) <= 599:
         return None
     return int(text)
 

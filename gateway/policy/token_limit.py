@@ -15,8 +15,9 @@ client cancelled). The guarantee this gives is stated and proved in docs/token-l
 Refusals raise a GatewayError, so ``on-error`` runs with ``context.LastError`` (reasons ``TokenLimitExceeded`` and
 ``TokenQuotaExceeded``: APIM lists none, apim-spec §9 gap 5), and the response carries ``Retry-After`` (or the
 configured header): per-minute 429 ``Token limit is exceeded. Try again in 41 seconds.``, quota 403 ``Token quota
-is exceeded. Try again in 21 minutes and 33 seconds.`` When the store cannot answer, the request is let through
-(fail open) and a warning is logged.
+is exceeded. Try again in 21 minutes and 33 seconds.`` When the store cannot answer, ``sluice-on-store-error``
+decides: ``allow`` (the default) lets the request through and logs a warning, ``deny`` answers 503 ``Rate limit
+counters are unavailable. Try again in N seconds.`` with ``Retry-After`` (docs/redis-outage.md).
 """
 
 from __future__ import annotations
@@ -30,7 +31,17 @@ from gateway.exchange import exchange_for
 from gateway.limits.base import PERIODS, StoreUnavailable, minute_window, quota_window
 
 from .base import Attr, Policy, Section, register
-from .limiting import counter_key, counter_store, optional_header_name, parse_count, set_retry_after
+from .limiting import (
+    STORE_ERROR_ATTR,
+    STORE_ERROR_CHOICES,
+    counter_key,
+    counter_store,
+    denies_on_store_error,
+    optional_header_name,
+    parse_count,
+    set_retry_after,
+    store_unavailable,
+)
 from .values import ExpressionRuntimeError, Value
 from .xml import Element
 
@@ -127,6 +138,8 @@ class LlmTokenLimit(Policy):
         "tokens-consumed-variable-name": Attr(expressions=False),
         # Sluice extension: the completion tokens reserved for a request that sets no max_tokens
         "sluice-default-completion-reservation": Attr(expressions=False),
+        # Sluice extension: what to do when the counter store cannot answer (allow = fail open, deny = 503)
+        STORE_ERROR_ATTR: Attr(choices=STORE_ERROR_CHOICES, expressions=False),
     }
     __slots__ = (
         "consumed_header",
@@ -134,6 +147,7 @@ class LlmTokenLimit(Policy):
         "counter_key",
         "default_completion",
         "estimate",
+        "fail_closed",
         "on_response_needed",
         "period",
         "quota",
@@ -184,6 +198,7 @@ class LlmTokenLimit(Policy):
         reporting = (self.remaining_header, self.remaining_variable, self.quota_header, self.quota_variable)
         self.reports = any(x is not None for x in reporting)
         self.on_response_needed = self.reports or self.consumed_header is not None or self.consumed_variable is not None
+        self.fail_closed = denies_on_store_error(attrs.get(STORE_ERROR_ATTR))
 
     @classmethod
     def from_element(cls, el: Element) -> LlmTokenLimit:
@@ -228,6 +243,8 @@ class LlmTokenLimit(Policy):
         try:
             admission = await store.reserve(windows, amount, now)
         except StoreUnavailable as exc:
+            if self.fail_closed:
+                raise store_unavailable(ctx, store, self.name, self.retry_header) from exc
             _warn(MSG_STORE_DOWN, exc, self.name)
             return None
         outcome = _Outcome(self, store, windows, admission, amount, prompt)

@@ -257,7 +257,7 @@ def parse_xml(text: str, source: Source | None = None) -> Element:
     if not isinstance(text, str):
         raise PolicyError("policy document must be a string")
     if not text.strip():
-        raise PolicyError("policy document is empty")
+        raise PolicyError("policy document is empty", 1, 1)
     if source is None:
         text = normalize_newlines(text)
         source = Source(text)

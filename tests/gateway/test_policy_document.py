@@ -147,7 +147,7 @@ def test_unknown_scope_is_a_programming_error():
         ),
         ('<policies a="1"/>', 1, 1, "<policies> takes no attributes"),
         ("<policies>\n  <inbound>\n</policies>", 3, 3, "malformed XML: mismatched tag"),
-        ("", None, None, "policy document is empty"),
+        ("", 1, 1, "policy document is empty"),  # every rejection has a position (#7)
     ],
 )
 def test_errors_carry_position_and_element(text, line, column, fragment):
