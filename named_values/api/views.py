@@ -21,6 +21,8 @@ class NamedValueViewSet(ConfigurationViewSet):
     queryset = NamedValue.objects.all()
     serializer_class = NamedValueSerializer
     filterset_class = NamedValueFilterSet
+    # Also for a plain value: the action exists to read secrets, and one permission is simpler to reason about.
+    required_permissions = {"list_value": ("named_values.reveal_namedvalue",)}
 
     def perform_destroy(self, instance):
         delete_named_value(instance)

@@ -5,9 +5,9 @@ from gateway_admin.api.serializers import ConfigurationModelSerializer
 
 from ..models import Product, Subscription
 from ..services import (
-    check_open_product_apis,
     MAX_KEY_LENGTH,
     MIN_KEY_LENGTH,
+    check_open_product_apis,
     create_subscription,
     parse_scope,
     update_subscription,

@@ -36,6 +36,11 @@ class SubscriptionViewSet(ConfigurationViewSet):
     queryset = Subscription.objects.select_related("api", "product")
     serializer_class = SubscriptionSerializer
     filterset_class = SubscriptionFilterSet
+    required_permissions = {
+        "list_secrets": ("subscriptions.reveal_subscription_keys",),
+        "regenerate_primary_key": ("subscriptions.change_subscription",),
+        "regenerate_secondary_key": ("subscriptions.change_subscription",),
+    }
 
     @extend_schema(request=None, responses=SubscriptionKeysSerializer, summary="Reveal both keys")
     @action(detail=True, methods=["post"], url_path="list-secrets")
