@@ -11,6 +11,8 @@ __all__ = ("TrustedProxyMiddleware", "trusted_networks")
 # META keys a client could use to pass for the proxy: X-Forwarded-Proto (SECURE_PROXY_SSL_HEADER), -Host
 # (USE_X_FORWARDED_HOST), -Port, -For, and the standard Forwarded header.
 FORWARDING_PREFIXES = ("HTTP_X_FORWARDED_", "HTTP_FORWARDED")
+# The default of SLUICE_TRUSTED_PROXIES (gateway_admin.settings.base), for a SLUICE setting that lacks the key.
+DEFAULT_TRUSTED_PROXIES = ("127.0.0.1/32", "::1/128")
 ERR_BAD_PROXY = "SLUICE_TRUSTED_PROXIES: {!r} is not an IP address or network ({})."
 
 
@@ -25,6 +27,10 @@ def trusted_networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | 
     return tuple(networks)
 
 
+def configured_networks():
+    return trusted_networks(tuple(settings.SLUICE.get("TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES)))
+
+
 class TrustedProxyMiddleware:
     """Drop the forwarding headers of any request whose peer is not in `SLUICE["TRUSTED_PROXIES"]`.
 
@@ -36,7 +42,7 @@ class TrustedProxyMiddleware:
 
     def __init__(self, get_response):
         self.get_response = get_response
-        trusted_networks(tuple(settings.SLUICE["TRUSTED_PROXIES"]))  # a bad entry fails at start-up
+        configured_networks()  # a bad entry fails at start-up
 
     def __call__(self, request):
         if not self.is_trusted(request.META.get("REMOTE_ADDR", "")):
@@ -52,4 +58,4 @@ class TrustedProxyMiddleware:
             return False
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        return any(address in network for network in trusted_networks(tuple(settings.SLUICE["TRUSTED_PROXIES"])))
+        return any(address in network for network in configured_networks())
