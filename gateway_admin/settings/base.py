@@ -131,7 +131,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["gateway_admin.api.permissions.ModelPermissions"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "gateway_admin.api.schema.SluiceAutoSchema",
     "EXCEPTION_HANDLER": "gateway_admin.exceptions.exception_handler",
     "DEFAULT_PARSER_CLASSES": ["gateway_admin.api.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
