@@ -128,8 +128,8 @@ def report():
     started = time.monotonic()
     yield
     print(
-        f"\nREST fuzz: {TALLY['cases']} cases over {len(OPERATIONS)} operations, {TALLY['failures']} failing (shrinking included), "
-        f"in {time.monotonic() - started:.1f} s"
+        f"\nREST fuzz: {TALLY['cases']} cases over {len(OPERATIONS)} operations, "
+        f"{TALLY['failures']} failing (shrinking included), in {time.monotonic() - started:.1f} s"
     )
 
 

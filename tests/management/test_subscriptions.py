@@ -171,9 +171,7 @@ def test_scopes_round_trip(api_client):
     assert [s["name"] for s in api_client.get(URL, {"product": "starter"}).json()] == ["c"]
 
 
-@pytest.mark.parametrize(
-    "key", ["has space" + "x" * 32, "", "x" * 257, "tab\tkey" + "x" * 32, "k", "x" * 31, "é" * 32]
-)
+@pytest.mark.parametrize("key", ["has space" + "x" * 32, "", "x" * 257, "tab\tkey" + "x" * 32, "k", "x" * 31, "é" * 32])
 @pytest.mark.parametrize("which", ["primary_key", "secondary_key"])
 def test_invalid_custom_key_is_400(api_client, key, which):
     response = api_client.post(URL, {"name": "s", "scope": "/apis", which: key})
