@@ -20,6 +20,7 @@ __all__ = ("NamedValueViewSet",)
 class NamedValueViewSet(ConfigurationViewSet):
     queryset = NamedValue.objects.all()
     serializer_class = NamedValueSerializer
+    snapshot_kind = "named_value"
     filterset_class = NamedValueFilterSet
     # Also for a plain value: the action exists to read secrets, and one permission is simpler to reason about.
     required_permissions = {"list_value": ("named_values.reveal_namedvalue",)}
