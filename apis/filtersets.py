@@ -1,12 +1,14 @@
 import django_filters
 
+from gateway_admin.filtersets import FilterSet
+
 from .choices import APITypeChoices, HttpMethodChoices
 from .models import API, Operation
 
 __all__ = ("APIFilterSet", "OperationFilterSet")
 
 
-class APIFilterSet(django_filters.FilterSet):
+class APIFilterSet(FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
     api_type = django_filters.ChoiceFilter(choices=APITypeChoices.choices)
     product = django_filters.CharFilter(field_name="products__name", label="Product name")
@@ -16,7 +18,7 @@ class APIFilterSet(django_filters.FilterSet):
         fields = ("name", "path", "api_type", "subscription_required", "product")
 
 
-class OperationFilterSet(django_filters.FilterSet):
+class OperationFilterSet(FilterSet):
     method = django_filters.ChoiceFilter(choices=HttpMethodChoices.choices)
 
     class Meta:

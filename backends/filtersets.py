@@ -1,11 +1,13 @@
 import django_filters
 
+from gateway_admin.filtersets import FilterSet
+
 from .models import Backend
 
 __all__ = ("BackendFilterSet",)
 
 
-class BackendFilterSet(django_filters.FilterSet):
+class BackendFilterSet(FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
     url = django_filters.CharFilter(lookup_expr="icontains")
 

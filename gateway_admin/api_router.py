@@ -18,7 +18,7 @@ router = DefaultRouter()
 # Names may contain dots, so `.json`-style format suffixes would be ambiguous (use ?format=json).
 router.include_format_suffixes = False
 router.register("apis", APIViewSet)
-router.register(r"apis/(?P<api_name>[^/]+)/operations", OperationViewSet, basename="operation")
+router.register(r"apis/(?P<api_name>[^/\x00]+)/operations", OperationViewSet, basename="operation")
 router.register("backends", BackendViewSet)
 router.register("named-values", NamedValueViewSet)
 router.register("products", ProductViewSet)

@@ -1,11 +1,13 @@
 import django_filters
 
+from gateway_admin.filtersets import FilterSet
+
 from .models import NamedValue
 
 __all__ = ("NamedValueFilterSet",)
 
 
-class NamedValueFilterSet(django_filters.FilterSet):
+class NamedValueFilterSet(FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
     tag = django_filters.CharFilter(method="filter_tag", label="Tag")
 

@@ -51,6 +51,7 @@ class NamedValue(ConfigurationModel):
         ordering = ("name",)
         verbose_name = "named value"
         verbose_name_plural = "named values"
+        permissions = [("reveal_namedvalue", "Can reveal the value of a named value (list-value)")]
         constraints = [
             models.UniqueConstraint(fields=["name"], name="%(app_label)s_%(class)s_unique_name"),
             # A secret row never carries plaintext; a plain row never carries ciphertext.

@@ -1,12 +1,14 @@
 import django_filters
 
+from gateway_admin.filtersets import FilterSet
+
 from .choices import ProductStateChoices, SubscriptionStateChoices
 from .models import Product, Subscription
 
 __all__ = ("ProductFilterSet", "SubscriptionFilterSet")
 
 
-class ProductFilterSet(django_filters.FilterSet):
+class ProductFilterSet(FilterSet):
     state = django_filters.ChoiceFilter(choices=ProductStateChoices.choices)
     api = django_filters.CharFilter(field_name="apis__name", label="API name")
 
@@ -15,7 +17,7 @@ class ProductFilterSet(django_filters.FilterSet):
         fields = ("state", "subscription_required", "api")
 
 
-class SubscriptionFilterSet(django_filters.FilterSet):
+class SubscriptionFilterSet(FilterSet):
     state = django_filters.ChoiceFilter(choices=SubscriptionStateChoices.choices)
     api = django_filters.CharFilter(field_name="api__name", label="API name (API-scoped subscriptions)")
     product = django_filters.CharFilter(field_name="product__name", label="Product name")

@@ -134,6 +134,7 @@ class Subscription(ConfigurationModel):
         ordering = ("name",)
         verbose_name = "subscription"
         verbose_name_plural = "subscriptions"
+        permissions = [("reveal_subscription_keys", "Can reveal the keys of a subscription (list-secrets)")]
         constraints = [
             models.UniqueConstraint(fields=["name"], name="%(app_label)s_%(class)s_unique_name"),
             models.CheckConstraint(

@@ -17,6 +17,8 @@ from .models import Product, Subscription
 
 __all__ = (
     "KEY_BYTES",
+    "MAX_KEY_LENGTH",
+    "MIN_KEY_LENGTH",
     "PRIMARY",
     "SECONDARY",
     "Scope",
@@ -27,11 +29,17 @@ __all__ = (
     "parse_scope",
     "regenerate_key",
     "update_subscription",
+    "validate_key",
 )
 
 KEY_BYTES = 32
 PRIMARY, SECONDARY = "primary", "secondary"
 ERR_SCOPE_FORMAT = "Use '/apis', '/apis/{api name}' or '/products/{product name}'."
+# A custom key must be as hard to guess as a generated one: the gateways keep unsalted SHA-256 digests of the keys
+# (in their snapshot and on-disk cache), which a short key would not survive.
+MIN_KEY_LENGTH, MAX_KEY_LENGTH = 32, 256
+ERR_KEY_LENGTH = f"Keys are {MIN_KEY_LENGTH} to {MAX_KEY_LENGTH} characters long."
+ERR_KEY_CHARACTERS = "Keys are made of visible ASCII characters (no spaces)."
 
 
 @dataclass(frozen=True)
@@ -127,7 +135,19 @@ def regenerate_key(subscription: Subscription, which: str) -> None:
     subscription.save()
 
 
+def validate_key(key: str) -> None:
+    """A custom key: 32 to 256 visible ASCII characters. Raises a plain ValidationError (a list of messages)."""
+    if not MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH:
+        raise ValidationError([ERR_KEY_LENGTH])
+    if any(not 0x21 <= ord(ch) <= 0x7E for ch in key):
+        raise ValidationError([ERR_KEY_CHARACTERS])
+
+
 def _set_key(subscription: Subscription, which: str, key: str) -> None:
+    try:
+        validate_key(key)
+    except ValidationError as error:
+        raise ValidationError({f"{which}_key": error.detail}) from None
     digest = hash_key(key)
     # Digests, not keys, are compared here: equality on a SHA-256 digest leaks nothing usable about the key.
     others = Subscription.objects.exclude(pk=subscription.pk) if subscription.pk else Subscription.objects.all()

@@ -8,7 +8,13 @@ from rest_framework.response import Response
 
 from gateway_admin.api.views import ConfigurationViewSet
 from policies.api.serializers import PolicySerializer
-from policies.api.views import FORMAT_PARAMETER, PolicyActionMixin, PolicyContentNegotiation, policy_format
+from policies.api.views import (
+    FORMAT_PARAMETER,
+    POLICY_PERMISSIONS,
+    PolicyActionMixin,
+    PolicyContentNegotiation,
+    policy_format,
+)
 from policies.choices import PolicyScopeChoices
 from policies.services import effective_policy, render_policy
 from subscriptions.models import Product
@@ -32,6 +38,18 @@ class APIViewSet(PolicyActionMixin, ConfigurationViewSet):
     snapshot_kind = "api"
     filterset_class = APIFilterSet
     policy_scope = PolicyScopeChoices.API
+    # The wizard writes an API, its operations, a backend, a secret named value and the API's policy document.
+    required_permissions = {
+        **PolicyActionMixin.required_permissions,
+        "import_language_model": (
+            "apis.add_api",
+            "apis.add_operation",
+            "backends.add_backend",
+            "named_values.add_namedvalue",
+            "policies.add_policy",
+            "subscriptions.change_product",
+        ),
+    }
 
     @extend_schema(
         request=ImportLanguageModelSerializer,
@@ -92,6 +110,10 @@ class OperationViewSet(PolicyActionMixin, ConfigurationViewSet):
     serializer_class = OperationSerializer
     filterset_class = OperationFilterSet
     policy_scope = PolicyScopeChoices.OPERATION
+    required_permissions = {
+        **PolicyActionMixin.required_permissions,
+        "effective_policy": POLICY_PERMISSIONS["GET"],
+    }
 
     def get_api(self) -> API:
         if not hasattr(self, "_api"):

@@ -17,7 +17,7 @@ from .parsers import JSONParser
 __all__ = ("ConfigurationViewSet", "GatewaySnapshotView", "SnapshotSafeMixin")
 
 # Names may hold dots (`region.eu`), which DRF's default lookup pattern refuses.
-NAME_LOOKUP_REGEX = r"[^/]+"
+NAME_LOOKUP_REGEX = r"[^/\x00]+"
 
 
 class SnapshotSafeMixin:

@@ -62,6 +62,8 @@ INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 # MIDDLEWARE
 # ------------------------------------------------------------------------------
 MIDDLEWARE = [
+    # First: strips forwarding headers that no trusted proxy wrote, before anything reads them.
+    "gateway_admin.middleware.TrustedProxyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -73,6 +75,18 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "gateway_admin.urls"
 WSGI_APPLICATION = "gateway_admin.wsgi.application"
+
+# REVERSE PROXY  (docs/deployment.md)
+# ------------------------------------------------------------------------------
+# Behind a TLS-terminating proxy Django sees plain HTTP: the proxy's X-Forwarded-Proto tells it the client used HTTPS
+# (https://docs.djangoproject.com/en/5.2/ref/settings/#secure-proxy-ssl-header). Opt-in, and only believed from
+# SLUICE_TRUSTED_PROXIES (see gateway_admin.middleware.TrustedProxyMiddleware).
+if env.bool("SLUICE_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Origins, such as "https://sluice.example.com", that may POST forms (the admin) when the proxy's public name is not
+# the Host the management plane sees. https://docs.djangoproject.com/en/5.2/ref/settings/#csrf-trusted-origins
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+USE_X_FORWARDED_HOST = env.bool("DJANGO_USE_X_FORWARDED_HOST", False)
 
 # TEMPLATES
 # ------------------------------------------------------------------------------
@@ -115,9 +129,9 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_PERMISSION_CLASSES": ["gateway_admin.api.permissions.ModelPermissions"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "gateway_admin.api.schema.SluiceAutoSchema",
     "EXCEPTION_HANDLER": "gateway_admin.exceptions.exception_handler",
     "DEFAULT_PARSER_CLASSES": ["gateway_admin.api.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
@@ -187,4 +201,6 @@ SLUICE = {
     # How long counted request ids are remembered to drop re-delivered usage records. Records that started
     # longer ago than this are refused, since they could no longer be told from duplicates.
     "USAGE_DEDUPE_HOURS": env.int("SLUICE_USAGE_DEDUPE_HOURS", 48),
+    # Peers (addresses or networks) whose X-Forwarded-* / Forwarded headers are believed; others' are dropped.
+    "TRUSTED_PROXIES": env.list("SLUICE_TRUSTED_PROXIES", default=["127.0.0.1/32", "::1/128"]),
 }

@@ -22,6 +22,8 @@ class NamedValueViewSet(ConfigurationViewSet):
     serializer_class = NamedValueSerializer
     snapshot_kind = "named_value"
     filterset_class = NamedValueFilterSet
+    # Also for a plain value: the action exists to read secrets, and one permission is simpler to reason about.
+    required_permissions = {"list_value": ("named_values.reveal_namedvalue",)}
 
     def perform_destroy(self, instance):
         delete_named_value(instance)

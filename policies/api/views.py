@@ -17,6 +17,7 @@ from .serializers import PolicySerializer
 
 __all__ = (
     "FORMAT_PARAMETER",
+    "POLICY_PERMISSIONS",
     "GlobalPolicyView",
     "PolicyActionMixin",
     "PolicyContentNegotiation",
@@ -24,6 +25,13 @@ __all__ = (
     "policy_response",
 )
 
+# Policy documents are objects of the `policies` app wherever their URL is (apis/x/policy/, products/x/policy/...),
+# so these, not the owner's change permission, decide who reads and writes them. PUT creates or replaces.
+POLICY_PERMISSIONS = {
+    "GET": ("policies.view_policy",),
+    "PUT": ("policies.add_policy", "policies.change_policy"),
+    "DELETE": ("policies.delete_policy",),
+}
 ERR_NO_POLICY = "No policy document at this scope."
 ERR_FORMAT = "Unknown policy format {!r} (expected xml or rawxml)."
 
@@ -80,6 +88,7 @@ class PolicyActionMixin:
     """Adds `<detail>/policy/` (GET, PUT, DELETE) to a viewset whose objects own a policy scope."""
 
     policy_scope: str
+    required_permissions = {"policy": POLICY_PERMISSIONS}
 
     @extend_schema(
         methods=["GET"],
@@ -111,6 +120,7 @@ class GlobalPolicyView(SnapshotSafeMixin, APIView):
 
     parser_classes = [JSONParser]
     serializer_class = PolicySerializer
+    required_permissions = POLICY_PERMISSIONS
     content_negotiation_class = PolicyContentNegotiation
 
     @extend_schema(parameters=[FORMAT_PARAMETER], responses=PolicySerializer, summary="Get the global policy document")

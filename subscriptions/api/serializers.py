@@ -5,10 +5,13 @@ from gateway_admin.api.serializers import ConfigurationModelSerializer
 
 from ..models import Product, Subscription
 from ..services import (
+    MAX_KEY_LENGTH,
+    MIN_KEY_LENGTH,
     check_open_product_apis,
     create_subscription,
     parse_scope,
     update_subscription,
+    validate_key,
 )
 
 __all__ = ("ProductSerializer", "SubscriptionKeysSerializer", "SubscriptionSerializer")
@@ -16,15 +19,14 @@ __all__ = ("ProductSerializer", "SubscriptionKeysSerializer", "SubscriptionSeria
 KEY_FIELD_KWARGS = {
     "write_only": True,
     "required": False,
-    "min_length": 1,
-    "max_length": 256,
-    "help_text": "Optional on write (generated when omitted); never returned, use list-secrets.",
+    "min_length": MIN_KEY_LENGTH,
+    "max_length": MAX_KEY_LENGTH,
+    "trim_whitespace": False,
+    "help_text": (
+        f"Optional on write (generated when omitted): {MIN_KEY_LENGTH} to {MAX_KEY_LENGTH} visible ASCII characters. "
+        "Never returned, use list-secrets."
+    ),
 }
-
-
-def validate_key_characters(value):
-    if any(not 0x21 <= ord(ch) <= 0x7E for ch in value):
-        raise serializers.ValidationError("Keys are made of visible ASCII characters (no spaces).")
 
 
 class ProductSerializer(ConfigurationModelSerializer):
@@ -59,8 +61,8 @@ class SubscriptionSerializer(ConfigurationModelSerializer):
     """A named pair of keys valid for all APIs, one API or one product; keys are write-only."""
 
     scope = serializers.CharField(max_length=600, help_text="/apis, /apis/{api name} or /products/{product name}")
-    primary_key = serializers.CharField(validators=[validate_key_characters], **KEY_FIELD_KWARGS)
-    secondary_key = serializers.CharField(validators=[validate_key_characters], **KEY_FIELD_KWARGS)
+    primary_key = serializers.CharField(validators=[validate_key], **KEY_FIELD_KWARGS)
+    secondary_key = serializers.CharField(validators=[validate_key], **KEY_FIELD_KWARGS)
 
     class Meta:
         model = Subscription

@@ -38,6 +38,11 @@ class SubscriptionViewSet(ConfigurationViewSet):
     serializer_class = SubscriptionSerializer
     snapshot_kind = "subscription"
     filterset_class = SubscriptionFilterSet
+    required_permissions = {
+        "list_secrets": ("subscriptions.reveal_subscription_keys",),
+        "regenerate_primary_key": ("subscriptions.change_subscription",),
+        "regenerate_secondary_key": ("subscriptions.change_subscription",),
+    }
 
     @extend_schema(request=None, responses=SubscriptionKeysSerializer, summary="Reveal both keys")
     @action(detail=True, methods=["post"], url_path="list-secrets")

@@ -110,7 +110,7 @@ def test_snapshot_contents():
     set_policy(PolicyScopeChoices.API, api, api_doc)
     set_policy(PolicyScopeChoices.OPERATION, operation, op_doc)
     subscription = create_subscription(
-        name="team", scope=Scope(product=product), primary_key="pk-1", secondary_key="sk-1"
+        name="team", scope=Scope(product=product), primary_key="pk-1" * 8, secondary_key="sk-1" * 8
     )
 
     snapshot = build_snapshot()
@@ -157,18 +157,18 @@ def test_snapshot_contents():
         "name": "team",
         "scope": "/products/starter",
         "state": "active",
-        "key_hashes": [hash_key("pk-1"), hash_key("sk-1")],
+        "key_hashes": [hash_key("pk-1" * 8), hash_key("sk-1" * 8)],
     }
     master = Subscription.objects.get(name="master")
     assert subscriptions["master"]["scope"] == "/apis"
     assert subscriptions["master"]["key_hashes"] == [hash_key(master.primary_key), hash_key(master.secondary_key)]
-    assert subscription.primary_key == "pk-1"
+    assert subscription.primary_key == "pk-1" * 8
 
 
 def test_secret_round_trip_and_no_plaintext_in_the_json(gateway_client):
     NamedValueFactory(name="gemini-key", value="Bearer gm-secret-xyz", secret=True)
     create_subscription(
-        name="team", scope=Scope(), primary_key="primary-plain-key", secondary_key="secondary-plain-key"
+        name="team", scope=Scope(), primary_key="primary-plain-key" * 2, secondary_key="secondary-plain-key" * 2
     )
     response = gateway_client.get(URL)
     text = response.content.decode()

@@ -2,6 +2,7 @@
 
 import pytest
 from django.db import connection
+from rest_framework.exceptions import ValidationError
 
 from gateway.secrets import hash_key
 from subscriptions.models import Product, Subscription
@@ -115,7 +116,7 @@ def test_create_without_state_is_active_and_keys_are_generated(api_client):
 
 
 def test_keys_never_listed_nor_stored_in_plaintext(api_client):
-    primary, secondary = "custom-primary-key-0001", "custom-secondary-key-0002"
+    primary, secondary = "custom-primary-key-0001-abcdefghijklmn", "custom-secondary-key-0002-abcdefghijklm"
     response = api_client.post(URL, {"name": "s", "scope": "/apis", "primary_key": primary, "secondary_key": secondary})
     assert response.status_code == 201
     for body in (response.content, api_client.get(URL).content, api_client.get(f"{URL}s/").content):
@@ -126,10 +127,11 @@ def test_keys_never_listed_nor_stored_in_plaintext(api_client):
 
 
 def test_list_secrets(api_client):
-    create_subscription(name="s", scope=Scope(), primary_key="p-key-1", secondary_key="s-key-1")
+    primary, secondary = "p" * 32, "s" * 32
+    create_subscription(name="s", scope=Scope(), primary_key=primary, secondary_key=secondary)
     response = api_client.post(f"{URL}s/list-secrets/")
     assert response.status_code == 200
-    assert response.json() == {"primary_key": "p-key-1", "secondary_key": "s-key-1"}
+    assert response.json() == {"primary_key": primary, "secondary_key": secondary}
 
 
 @pytest.mark.parametrize(("which", "other"), [("primary", "secondary"), ("secondary", "primary")])
@@ -169,16 +171,40 @@ def test_scopes_round_trip(api_client):
     assert [s["name"] for s in api_client.get(URL, {"product": "starter"}).json()] == ["c"]
 
 
-@pytest.mark.parametrize("key", ["has space", "", "x" * 257, "tab\tkey"])
-def test_invalid_custom_key_is_400(api_client, key):
-    response = api_client.post(URL, {"name": "s", "scope": "/apis", "primary_key": key})
+@pytest.mark.parametrize("key", ["has space" + "x" * 32, "", "x" * 257, "tab\tkey" + "x" * 32, "k", "x" * 31, "é" * 32])
+@pytest.mark.parametrize("which", ["primary_key", "secondary_key"])
+def test_invalid_custom_key_is_400(api_client, key, which):
+    response = api_client.post(URL, {"name": "s", "scope": "/apis", which: key})
     assert response.status_code == 400
-    assert "primary_key" in response.json()
+    assert which in response.json()
+    assert not Subscription.objects.filter(name="s").exists()
+
+
+def test_short_custom_key_is_400_on_update_too(api_client):
+    SubscriptionFactory(name="s")
+    response = api_client.patch(f"{URL}s/", {"secondary_key": "short-key"})
+    assert response.status_code == 400
+    assert "32" in response.json()["secondary_key"][0]
+
+
+@pytest.mark.parametrize("key", ["k", "x" * 31, "x" * 257, "has space" + "x" * 32])
+def test_service_refuses_weak_custom_keys(key):
+    """Every write path goes through the service, not only REST (#7 item 13)."""
+    with pytest.raises(ValidationError) as error:
+        create_subscription(name="s", scope=Scope(), primary_key=key)
+    assert "primary_key" in error.value.detail
+
+
+@pytest.mark.parametrize("key", ["x" * 32, "~" * 256, "!" + "A" * 31])
+def test_custom_keys_of_32_to_256_visible_characters_are_accepted(api_client, key):
+    response = api_client.post(URL, {"name": "s", "scope": "/apis", "primary_key": key})
+    assert response.status_code == 201, response.content
+    assert Subscription.objects.get(name="s").primary_key == key
 
 
 def test_key_used_by_another_subscription_is_409(api_client):
-    create_subscription(name="a", scope=Scope(), primary_key="shared-key-123")
-    response = api_client.post(URL, {"name": "b", "scope": "/apis", "secondary_key": "shared-key-123"})
+    create_subscription(name="a", scope=Scope(), primary_key="shared-key-123" * 3)
+    response = api_client.post(URL, {"name": "b", "scope": "/apis", "secondary_key": "shared-key-123" * 3})
     assert response.status_code == 409
     assert "secondary_key" in response.json()
     assert not Subscription.objects.filter(name="b").exists()

@@ -20,6 +20,7 @@ __all__ = (
 DEFAULT_RANGE = timedelta(hours=24)
 # Caps the size of an answer: a week of minutes, over a year of hours.
 MAX_PERIODS = 10_080
+ERR_EMPTY = "Leave the parameter out rather than empty."
 # The request body limit (DATA_UPLOAD_MAX_MEMORY_SIZE) binds first; gateways send 500 at a time.
 MAX_RECORDS_PER_POST = 10_000
 
@@ -73,6 +74,10 @@ class UsageQuerySerializer(serializers.Serializer):
         return fields
 
     def validate(self, attrs):
+        # DRF reads an empty query parameter as an absent one; the schema promises a value.
+        empty = {name: [ERR_EMPTY] for name in self.fields if self.initial_data.get(name) == ""}
+        if empty:
+            raise serializers.ValidationError(empty)
         end = attrs.pop("to", None) or timezone.now()
         start = attrs.pop("from", None) or end - DEFAULT_RANGE
         if start >= end:

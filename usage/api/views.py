@@ -22,6 +22,8 @@ __all__ = ("GatewayUsageView", "UsageView", "gateway_usage_view")
 class UsageView(APIView):
     """`GET /api/usage/`: requests and tokens per period, grouped by API, subscription, product or operation."""
 
+    required_permissions = {"GET": ("usage.view_usagerollup",)}
+
     @extend_schema(
         parameters=[UsageQuerySerializer],
         responses=UsageReportSerializer,
