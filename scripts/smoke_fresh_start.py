@@ -65,7 +65,7 @@ BLOCK_RE = re.compile(
 )
 BANNER_FIELDS = {
     "management_url": r"^\s*Management UI\s+(\S+?)/admin/\s*$",
-    "password": r"^\s*Admin login\s+\S+ / (\S+)\s*$",
+    "password": r"^\s*Admin login\s+\S+ / (.+?)\s*$",
     "username": r"^\s*Admin login\s+(\S+) / ",
     "token": r"^\s*API token\s+(\S+)",
     "gateway_url": r"^\s*Gateway\s+(http\S+)\s*$",
@@ -126,7 +126,7 @@ def parse_banner(output: str) -> Banner:
     for name, pattern in BANNER_FIELDS.items():
         matches = re.findall(pattern, text, re.M)
         if not matches:
-            raise SmokeError(f"`make run` printed no {name.replace('_', ' ')} (pattern {pattern!r})")
+            raise SmokeError(f"`make run` printed no {name.replace('_', ' ')} (a line like {pattern!r})")
         found[name] = matches[-1]
     if found["password"].startswith("("):
         raise SmokeError("`make run` printed no admin password: " + found["password"])
