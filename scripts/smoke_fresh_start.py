@@ -501,6 +501,8 @@ class Smoke:
             # sets (exported or not) are there in the next one; what it exports reaches the python blocks.
             path.write_text(
                 "set -euo pipefail\n"
+                # name the README line of a failing command (the block's first line is this script's line 4)
+                f"trap 'echo \"README.md:$((LINENO + {block.line - 3})): exit $? from: $BASH_COMMAND\" >&2' ERR\n"
                 f"source {_shell_quote(str(state))}\n"
                 f"{code}\n"
                 f"{keep_state}\n"
