@@ -513,7 +513,7 @@ class Smoke:
         done = subprocess.run(  # noqa: S603
             argv, cwd=self.clone, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT
         )
-        output = (done.stdout + done.stderr).strip()
+        output = "\n".join(part.strip() for part in (done.stdout, done.stderr) if part.strip())
         for line in output.splitlines()[-12:]:
             self.say(f"| {line[:160]}")
         if done.returncode != 0:
