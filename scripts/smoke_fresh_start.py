@@ -389,11 +389,12 @@ class Smoke:
             self._summary(time.monotonic() - started, ok=False)
             print(f"[smoke] the clone is kept for a look: {self.clone}", flush=True)
             return 1
+        if not self.keep:
+            with self.step("remove the clone"):
+                shutil.rmtree(self.workdir, ignore_errors=True)
         self._summary(time.monotonic() - started, ok=True)
         if self.keep:
             print(f"[smoke] the clone is kept: {self.clone}", flush=True)
-        else:
-            shutil.rmtree(self.workdir, ignore_errors=True)
         return 0
 
     def _run(self) -> None:
