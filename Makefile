@@ -2,6 +2,7 @@
 #   make run    ARGS='--no-demo --port 8000'      arguments for `manage.py runsluice`
 #   make test   PYTEST_ARGS='-k mockllm -x'       arguments for pytest
 #   make bench  BENCH_ARGS='--duration 5 --conc 1,16 --policies both'
+#   make smoke  SMOKE_ARGS='--skip-test --keep'   arguments for scripts/smoke_fresh_start.py
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,12 +11,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sluice-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench lint clean
+.PHONY: help install run test bench lint clean smoke
 
 help:
 	@echo "make run     start the management plane, a gateway and the demo model (Ctrl-C stops all)"
 	@echo "make test    run the test suite (SQLite and in-process tasks unless DATABASE_URL / REDIS_URL are set)"
 	@echo "make bench   measure gateway overhead against the mock model on loopback"
+	@echo "make smoke   fresh clone of HEAD: make run, the README quickstart, Ctrl-C, make run again, make test"
 	@echo "make lint    ruff"
 	@echo "make clean   remove caches and build output (keeps .venv, .env and var/)"
 
@@ -39,6 +41,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# standard library only: needs no .venv here (the clone it makes builds its own)
+smoke:
+	$(PYTHON) scripts/smoke_fresh_start.py $(SMOKE_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

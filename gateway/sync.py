@@ -34,7 +34,7 @@ logger = logging.getLogger("gateway.sync")
 def write_cache(path: str, raw: bytes) -> None:
     """Write ``raw`` to ``path`` atomically with mode 0600."""
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

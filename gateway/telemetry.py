@@ -270,7 +270,7 @@ class UsageJournal:
     def open(self) -> list[UsageRecord]:
         """Start this process's journal; return the records of journals left by processes that are gone (re-emit
         them to the sink: their files are deleted by the next checkpoint)."""
-        os.makedirs(os.path.dirname(self.prefix) or ".", exist_ok=True)
+        os.makedirs(os.path.dirname(self.prefix) or ".", mode=0o700, exist_ok=True)
         recovered: list[UsageRecord] = []
         for path in sorted(glob.glob(glob.escape(self.prefix) + "*")):
             fd = _lock(path, os.O_RDONLY)

@@ -31,6 +31,21 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'sluice.sqlite3'}")}
 DATABASES["default"]["ATOMIC_REQUESTS"] = True
 
+
+def ensure_sqlite_dir(database: dict) -> None:
+    """Create the folder of a file-backed SQLite database (mode 0700: it holds the database and the admin password).
+
+    A fresh clone has no var/ (git ignores it), and SQLite cannot create the folder itself; every command that opens
+    the database (runsluice, migrate, createsuperuser, …) loads these settings first, so this is the one place.
+    """
+    name = str(database.get("NAME") or "")
+    if not database["ENGINE"].endswith("sqlite3") or not name or name == ":memory:" or name.startswith("file:"):
+        return
+    Path(name).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+ensure_sqlite_dir(DATABASES["default"])
+
 # APPS
 # ------------------------------------------------------------------------------
 DJANGO_APPS = [

@@ -42,9 +42,18 @@ def test_bench_and_lint():
     assert dry_run("lint").splitlines()[-1] == ".venv/bin/ruff check ."
 
 
-def test_ci_script_is_valid_bash_and_ends_with_make_test():
+def test_ci_script_is_valid_bash_and_runs_make_test_then_make_smoke():
     script = ROOT / ".ci" / "run"
     subprocess.run(["bash", "-n", str(script)], check=True, timeout=10)
     text = script.read_text()
     assert "set -euo pipefail" in text
-    assert text.rstrip().splitlines()[-1] == "make test"
+    commands = [line for line in text.splitlines() if line.startswith("make ")]
+    assert commands == ["make test", "make smoke"]
+    assert text.rstrip().splitlines()[-1] == "make smoke"
+
+
+def test_smoke_runs_the_fresh_start_script_without_the_local_venv():
+    assert (
+        dry_run("smoke", "SMOKE_ARGS=--skip-test").splitlines()[-1]
+        == "python3 scripts/smoke_fresh_start.py --skip-test"
+    )

@@ -120,8 +120,10 @@ def test_redact_url():
 
 
 def runsluice_env(tmp_path: Path) -> dict[str, str]:
+    # Without PYTHONUNBUFFERED, as under `make run` in a clean shell: the banner must reach a pipe or file anyway.
+    inherited = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
     return {
-        **os.environ,
+        **inherited,
         "DJANGO_SETTINGS_MODULE": "gateway_admin.settings.local",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'sluice.sqlite3'}",
         "REDIS_URL": "",

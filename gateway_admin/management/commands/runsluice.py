@@ -221,6 +221,7 @@ class Command(BaseCommand):
             self._run(options)
         except (KeyboardInterrupt, _Stop):
             self.stdout.write("\nStopping…")
+            self.stdout.flush()
         finally:
             for sig in previous:  # a second Ctrl-C must not cut the cleanup short
                 signal.signal(sig, signal.SIG_IGN)
@@ -255,6 +256,7 @@ class Command(BaseCommand):
 
         var_dir = options["var_dir"] or Path(settings.VAR_DIR)
         log_dir = var_dir / "log"
+        var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # admin password, logs, snapshot cache: private
         self.step("Applying database migrations")
         call_command("migrate", interactive=False, verbosity=0)
         username, password = ensure_admin(var_dir / "admin-password")
@@ -315,6 +317,7 @@ class Command(BaseCommand):
 
     def step(self, message: str) -> None:
         self.stdout.write(f"• {message}")
+        self.stdout.flush()  # block-buffered when piped (`make run | tee`, the smoke test): show progress now
 
     def start(self, name: str, argv: list[str], log_path: Path, ready_url: str, env=None) -> ManagedProcess:
         self.step(f"Starting the {name} (log: {log_path})")
@@ -419,6 +422,7 @@ class Command(BaseCommand):
             ]
         lines += ["", "Press Ctrl-C to stop."]
         self.stdout.write("\n".join(lines))
+        self.stdout.flush()
 
     def supervise(self) -> None:
         while True:
