@@ -18,6 +18,7 @@ from gateway.http.client import UpstreamError, UpstreamTimeout
 from gateway.http.server import Response, StreamingResponse
 from gateway.policy import Base, Policy, PolicyDocument, Section, merge_sections, walk
 from gateway.policy.backend import ForwardRequest
+from gateway.request_checks import parse_json_body
 
 __all__ = (
     "JSON_HEADERS",
@@ -31,6 +32,8 @@ __all__ = (
 logger = logging.getLogger("gateway.pipeline")
 
 JSON_HEADERS = ((b"content-type", b"application/json; charset=utf-8"),)
+JSON_NONE, JSON_ANY, JSON_OBJECT = 0, 1, 2
+REASON_INVALID_BODY = "InvalidRequestBody"
 _DEFAULT_FORWARD = ForwardRequest(None)
 _DEFAULT_FORWARD.section = Section.BACKEND
 
@@ -45,6 +48,7 @@ class Pipeline:
     on_error: tuple[Policy, ...]
     requires_request_body: bool = False
     requires_response_body: bool = False
+    request_json: int = JSON_NONE  # JSON_ANY / JSON_OBJECT: a request body must be that, else 400 before any step
 
 
 def compile_pipeline(documents: Sequence[PolicyDocument | None]) -> Pipeline:
@@ -58,6 +62,10 @@ def compile_pipeline(documents: Sequence[PolicyDocument | None]) -> Pipeline:
     if not any(isinstance(step, ForwardRequest) for step in walk(backend)):
         backend = [*backend, _DEFAULT_FORWARD]
     steps = list(walk(step for section in merged.values() for step in section))
+    if any(step.requires_json_body or "json_object" in step.uses for step in steps):
+        request_json = JSON_OBJECT
+    else:
+        request_json = JSON_ANY if any("json" in step.uses for step in steps) else JSON_NONE
     return Pipeline(
         inbound=tuple(merged.get(Section.INBOUND, ())),
         backend=tuple(backend),
@@ -65,6 +73,7 @@ def compile_pipeline(documents: Sequence[PolicyDocument | None]) -> Pipeline:
         on_error=tuple(merged.get(Section.ON_ERROR, ())),
         requires_request_body=any(step.requires_request_body or "body" in step.uses for step in steps),
         requires_response_body=any(step.requires_response_body or "response_body" in step.uses for step in steps),
+        request_json=request_json,
     )
 
 
@@ -97,6 +106,8 @@ async def run_pipeline(pipeline: Pipeline, ctx: RequestContext) -> Response | St
 
 async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingResponse:
     try:
+        if pipeline.request_json and ctx.request.body:
+            _check_body(ctx, pipeline.request_json)
         response = await _run_section(ctx, Section.INBOUND, pipeline.inbound)
         if response is None:
             response = await _run_section(ctx, Section.BACKEND, pipeline.backend)
@@ -118,6 +129,16 @@ async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingR
         abandon_filters(ctx.chunk_filters)
         await discard_upstream(ctx)
         raise
+
+
+def _check_body(ctx: RequestContext, level: int) -> None:
+    """Refuse a body the policies would have to read and cannot: 400, and on-error runs (issue #7). Without this a
+    body orjson rejects (NaN, a BOM, a lone surrogate) would pass as "no body": nothing reserved, nothing counted."""
+    problem = parse_json_body(ctx.request.body, need_object=level == JSON_OBJECT)[1]
+    if problem is not None:
+        error = GatewayError(400, problem, source="request", reason=REASON_INVALID_BODY)
+        error.section = Section.INBOUND.value
+        raise error
 
 
 async def _run_section(ctx: RequestContext, section: Section, steps: tuple[Policy, ...]) -> Response | None:
@@ -204,6 +225,10 @@ def _as_gateway_error(exc: Exception, section: Section, step: Policy | None) -> 
         error = exc
     elif isinstance(exc, ExpressionRuntimeError):
         error = cast(GatewayError, exc.as_gateway_error(step.name if step else section.value))
+        where = f"line {step.line}" if step is not None and step.line is not None else "?"
+        logger.warning(
+            "expression of %s (%s, %s) failed: %s", error.source, section.value, where, error.message
+        )
     else:
         logger.exception("policy %s failed in %s", step.name if step else "?", section.value)
         error = GatewayError(
@@ -220,7 +245,8 @@ def _as_gateway_error(exc: Exception, section: Section, step: Policy | None) -> 
 async def _on_error(pipeline: Pipeline, ctx: RequestContext, error: GatewayError) -> Response | StreamingResponse:
     ctx.last_error = error
     abandon_filters(ctx.chunk_filters)
-    ctx.response = ResponseHead(error.status, list(JSON_HEADERS), body=error_body(error.status, error.message))
+    body = error_body(error.status, error.client_message)
+    ctx.response = ResponseHead(error.status, list(JSON_HEADERS), body=body)
     if ctx.trace is not None:
         ctx.trace.append(
             {
@@ -239,7 +265,7 @@ async def _on_error(pipeline: Pipeline, ctx: RequestContext, error: GatewayError
     try:
         response = await _run_section(ctx, Section.ON_ERROR, pipeline.on_error)
     except GatewayError as second:
-        return error_response(second.status, second.message)
+        return error_response(second.status, second.client_message)
     if response is not None:
         return response
     return build_response(ctx)

@@ -49,10 +49,13 @@ class ExpressionRuntimeError(Exception):
 
     def as_gateway_error(self, source: str, status: int = 500) -> Exception:
         """The GatewayError the pipeline raises for this failure (``source``: the policy name)."""
-        from gateway.errors import GatewayError
+        from gateway.errors import MSG_INTERNAL_ERROR, GatewayError
 
         message = f"Expression evaluation failed. {self.message}"
-        return GatewayError(status, message, source=source, reason=REASON_EVALUATION_FAILURE)
+        client_message = MSG_INTERNAL_ERROR if status >= 500 else None
+        return GatewayError(
+            status, message, source=source, reason=REASON_EVALUATION_FAILURE, client_message=client_message
+        )
 
 
 def null_reference(member: str) -> ExpressionRuntimeError:
