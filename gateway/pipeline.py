@@ -226,9 +226,7 @@ def _as_gateway_error(exc: Exception, section: Section, step: Policy | None) -> 
     elif isinstance(exc, ExpressionRuntimeError):
         error = cast(GatewayError, exc.as_gateway_error(step.name if step else section.value))
         where = f"line {step.line}" if step is not None and step.line is not None else "?"
-        logger.warning(
-            "expression of %s (%s, %s) failed: %s", error.source, section.value, where, error.message
-        )
+        logger.warning("expression of %s (%s, %s) failed: %s", error.source, section.value, where, error.message)
     else:
         logger.exception("policy %s failed in %s", step.name if step else "?", section.value)
         error = GatewayError(

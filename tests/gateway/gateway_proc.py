@@ -1,0 +1,144 @@
+"""A real gateway process (``python -m gateway``) for tests, and a small real HTTP server beside it.
+
+``start_gateway(start, tmp_path, snapshot)`` writes the snapshot to the gateway's cache file and starts the process
+with that cache (its management URL points at ``Sidecar`` when given, else at a closed port).
+
+``Sidecar`` is an aiohttp server on loopback, run in a thread of the test process. It plays two parts:
+
+* a lenient model backend under ``/lenient``: it answers every request, whatever its body (many real backends accept
+  ``NaN`` or a BOM that orjson refuses), with a usage the test chooses, as JSON or as server-sent events; it keeps
+  the headers of the requests it got;
+* the management plane's usage endpoint (``/api/gateway/usage/``), keeping the records the gateway delivers; the
+  snapshot endpoint answers 304 (the gateway serves its cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tests.fixtures_procs import free_port
+
+from .conftest import TOKEN
+
+__all__ = ("Sidecar", "start_gateway", "wait_for")
+
+DEFAULT_USAGE = {"prompt_tokens": "16", "completion_tokens": 16.0, "total_tokens": "32"}
+
+
+def start_gateway(start: Callable[..., Any], tmp_path: Path, snapshot: dict, management_url: str | None = None) -> int:
+    """Start ``python -m gateway`` serving ``snapshot``; returns its port once /__sluice/health answers 200."""
+    cache = tmp_path / "snapshot.json"
+    cache.write_bytes(orjson.dumps(snapshot))
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")},
+        "SLUICE_GATEWAY_TOKEN": TOKEN,
+        "SLUICE_GATEWAY_PORT": str(port),
+        "SLUICE_GATEWAY_WORKERS": "1",
+        "SLUICE_SNAPSHOT_CACHE": str(cache),
+        "SLUICE_USAGE_SPOOL": str(tmp_path / "usage-spool"),
+        "SLUICE_MANAGEMENT_URL": management_url or f"http://127.0.0.1:{free_port()}",
+        "SLUICE_LOG_LEVEL": "WARNING",
+    }
+    if management_url is None:
+        env["SLUICE_USAGE_SETTLE_TIMEOUT"] = "0"
+    start([sys.executable, "-m", "gateway"], f"http://127.0.0.1:{port}/__sluice/health", env=env, name="gateway")
+    return port
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``predicate`` until it returns something truthy (bounded): for records delivered asynchronously."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
+
+
+class Sidecar:
+    """See the module docstring. ``usage`` is what the lenient backend reports; ``sse`` makes it stream."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.records: list[dict[str, Any]] = []
+        self.backend_requests: list[dict[str, Any]] = []
+        self.usage: dict[str, Any] = dict(DEFAULT_USAGE)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Sidecar:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the sidecar server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start())
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _start(self) -> None:
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_route("*", "/lenient/{tail:.*}", self._backend)
+        app.router.add_post("/api/gateway/usage/", self._usage)
+        app.router.add_get("/api/gateway/snapshot/", self._snapshot)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _snapshot(self, request: web.Request) -> web.Response:
+        return web.Response(status=304)
+
+    async def _usage(self, request: web.Request) -> web.Response:
+        self.records.extend(orjson.loads(await request.read())["records"])
+        return web.json_response({"accepted": True}, status=202)
+
+    async def _backend(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.backend_requests.append({"headers": dict(request.headers), "body": body, "path": request.path})
+        if request.headers.get("x-test-sse"):
+            response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await response.prepare(request)
+            delta = {"model": "gpt-4o", "choices": [{"index": 0, "delta": {"content": "hello there"}}]}
+            await response.write(b"data: " + orjson.dumps(delta) + b"\n\n")
+            usage_event = {"model": "gpt-4o", "choices": [], "usage": self.usage}
+            await response.write(b"data: " + orjson.dumps(usage_event) + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
+        document = {
+            "id": "x",
+            "object": "chat.completion",
+            "model": "gpt-4o",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello there"}}],
+            "usage": self.usage,
+        }
+        return web.Response(body=orjson.dumps(document), content_type="application/json")

@@ -1,0 +1,100 @@
+"""Raw HTTP/1.1 over a socket, for tests that must send bytes no client library would (``..`` in a path, a
+backslash, a broken header): one request per connection, the response read until the server closes or the body
+announced by Content-Length / chunked framing is complete."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from dataclasses import dataclass
+
+__all__ = ("RawResponse", "exchange", "request_bytes")
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+def request_bytes(
+    method: str, target: str | bytes, headers: list[tuple[str, str]] | None = None, body: bytes = b""
+) -> bytes:
+    """A request with Host, Connection: close and (when there is a body) Content-Length."""
+    raw_target = target if isinstance(target, bytes) else target.encode("latin-1")
+    lines = [method.encode("latin-1") + b" " + raw_target + b" HTTP/1.1", b"Host: gateway", b"Connection: close"]
+    for name, value in headers or []:
+        lines.append(f"{name}: {value}".encode("latin-1"))
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def exchange(port: int, data: bytes, *, timeout: float = 10.0) -> RawResponse | None:
+    """Send ``data`` and parse the first response; None when the server closed without answering."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)  # the server may answer and close before it has read everything
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            response = _parse(b"".join(chunks))
+            if response is not None:
+                return response
+    return _parse(b"".join(chunks), eof=True)
+
+
+def _parse(raw: bytes, *, eof: bool = False) -> RawResponse | None:
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head, rest = raw[:end].decode("latin-1"), raw[end + 4 :]
+    status_line, *header_lines = head.split("\r\n")
+    status = int(status_line.split(" ", 2)[1])
+    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in header_lines if ":" in line]
+    response = RawResponse(status, headers, b"")  # type: ignore[arg-type]
+    length = response.header("content-length")
+    if length is not None:
+        if len(rest) < int(length):
+            return None
+        response.body = rest[: int(length)]
+        return response
+    if (response.header("transfer-encoding") or "").lower() == "chunked":
+        body = _dechunk(rest)
+        if body is None:
+            return None
+        response.body = body
+        return response
+    if status in (204, 304) or 100 <= status < 200:
+        return response
+    if not eof:
+        return None
+    response.body = rest
+    return response
+
+
+def _dechunk(data: bytes) -> bytes | None:
+    body = b""
+    while True:
+        line_end = data.find(b"\r\n")
+        if line_end < 0:
+            return None
+        size = int(data[:line_end].split(b";")[0], 16)
+        if size == 0:
+            return body if data.find(b"\r\n\r\n", line_end) >= 0 or data[line_end:] == b"\r\n\r\n" else None
+        start = line_end + 2
+        if len(data) < start + size + 2:
+            return None
+        body += data[start : start + size]
+        data = data[start + size + 2 :]
