@@ -19,24 +19,46 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 
-from tests.fixtures_procs import free_port
+from tests.fixtures_procs import ManagedProcess, _factory, free_port
 
-from .conftest import TOKEN
+from .conftest import KEYS, TOKEN, api, op, subscription
 
-__all__ = ("Sidecar", "start_gateway", "wait_for")
+__all__ = (
+    "KEY",
+    "RunningGateway",
+    "Sidecar",
+    "safety_gateway",
+    "safety_snapshot",
+    "sidecar",
+    "start_gateway",
+    "wait_for",
+)
 
 DEFAULT_USAGE = {"prompt_tokens": "16", "completion_tokens": 16.0, "total_tokens": "32"}
 
 
-def start_gateway(start: Callable[..., Any], tmp_path: Path, snapshot: dict, management_url: str | None = None) -> int:
-    """Start ``python -m gateway`` serving ``snapshot``; returns its port once /__sluice/health answers 200."""
+@dataclass
+class RunningGateway:
+    port: int
+    process: ManagedProcess
+
+    def log(self) -> str:
+        return self.process.log_path.read_text(errors="replace")
+
+
+def start_gateway(
+    start: Callable[..., Any], tmp_path: Path, snapshot: dict, management_url: str | None = None
+) -> RunningGateway:
+    """Start ``python -m gateway`` serving ``snapshot``; returns once /__sluice/health answers 200."""
     cache = tmp_path / "snapshot.json"
     cache.write_bytes(orjson.dumps(snapshot))
     port = free_port()
@@ -52,8 +74,10 @@ def start_gateway(start: Callable[..., Any], tmp_path: Path, snapshot: dict, man
     }
     if management_url is None:
         env["SLUICE_USAGE_SETTLE_TIMEOUT"] = "0"
-    start([sys.executable, "-m", "gateway"], f"http://127.0.0.1:{port}/__sluice/health", env=env, name="gateway")
-    return port
+    process = start(
+        [sys.executable, "-m", "gateway"], f"http://127.0.0.1:{port}/__sluice/health", env=env, name="gateway"
+    )
+    return RunningGateway(port, process)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -142,3 +166,71 @@ class Sidecar:
             "usage": self.usage,
         }
         return web.Response(body=orjson.dumps(document), content_type="application/json")
+
+
+#
+# The gateway of the request-safety tests and the fuzz battery
+#
+
+KEY = KEYS["master"][0]
+LIMIT = (
+    '<llm-token-limit counter-key="@(context.Subscription.Id)" tokens-per-minute="100000000" '
+    'estimate-prompt-tokens="true" tokens-consumed-header-name="x-consumed"/>'
+)
+METRIC = '<llm-emit-token-metric><dimension name="API ID"/></llm-emit-token-metric>'
+JOBJECT = (
+    '<set-header name="x-model"><value>@((string)context.Request.Body.As&lt;JObject&gt;()["model"])</value>'
+    "</set-header>"
+)
+BOOM = '<set-header name="x-n"><value>@(int.Parse("abc").ToString())</value></set-header>'
+WILD = [op("wild-get", "GET", "/*"), op("wild-post", "POST", "/*")]
+
+
+def inbound(statement: str) -> str:
+    return f"<policies><inbound><base/>{statement}</inbound></policies>"
+
+
+def safety_snapshot(mock_root: str, sidecar: str) -> dict:
+    """APIs: ``llm`` (OpenAI, llm-token-limit, to mockllm), ``llm/private`` (passthrough), ``metric``
+    (llm-emit-token-metric), ``expr`` (reads the body As<JObject>), ``boom`` (an expression that throws), ``free``
+    (no key required), ``lenient`` and ``lenient-limited`` (OpenAI, to the Sidecar's lenient backend)."""
+    chat = [op("chat-completions", "POST", "/chat/completions"), *WILD]
+    lenient = sidecar + "/lenient/v1"
+    return {
+        "version": 1,
+        "revision": 3,
+        "named_values": [],
+        "backends": [],
+        "products": [],
+        "apis": [
+            api("llm", "llm", mock_root + "/v1", api_type="openai", policy=inbound(LIMIT), operations=chat),
+            api("llm-private", "llm/private", mock_root, operations=WILD),
+            api("metric", "metric", mock_root + "/v1", api_type="openai", policy=inbound(METRIC), operations=chat),
+            api("expr", "expr", mock_root + "/v1", policy=inbound(JOBJECT), operations=chat),
+            api("boom", "boom", mock_root + "/v1", policy=inbound(BOOM), operations=chat),
+            api("free", "free", mock_root, subscription_required=False, operations=WILD),
+            api("lenient", "lenient", lenient, api_type="openai", operations=chat),
+            api(
+                "lenient-limited", "lenient-limited", lenient, api_type="openai", policy=inbound(LIMIT), operations=chat
+            ),
+        ],
+        "subscriptions": [subscription("master", "/apis")],
+    }
+
+
+@pytest.fixture(scope="module")
+def sidecar() -> Iterator[Sidecar]:
+    with Sidecar() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def safety_gateway(tmp_path_factory, mock_llm, sidecar) -> Iterator[RunningGateway]:
+    """A gateway process serving ``safety_snapshot`` (needs the ``mock_llm`` fixture imported beside it)."""
+    tmp = tmp_path_factory.mktemp("gateway")
+    start, started = _factory(tmp)
+    try:
+        yield start_gateway(start, tmp, safety_snapshot(mock_llm.root_url, sidecar.url), sidecar.url)
+    finally:
+        for process in reversed(started):
+            process.stop()

@@ -299,7 +299,7 @@ async def test_expression_failure_detail_goes_to_the_trace_not_the_client():
     assert response.status == 500
     assert orjson.loads(response.body) == {"statusCode": 500, "message": "Internal server error."}
     entries = trace_of(response)
-    detail = [e for e in entries if e.get("section") == "on-error"][0]["error"]
+    detail = next(e for e in entries if e.get("section") == "on-error")["error"]
     assert detail["reason"] == "ExpressionValueEvaluationFailure" and detail["source"] == "set-header"
     assert detail["message"].startswith("Expression evaluation failed.") and len(detail["message"]) > 30
 

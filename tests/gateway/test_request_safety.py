@@ -10,82 +10,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import orjson
 import pytest
 
-from tests.fixtures_procs import _factory, mock_llm  # noqa: F401  (fixture)
+from tests.fixtures_procs import mock_llm  # noqa: F401  (fixture)
 
-from .conftest import KEYS, api, op, subscription
-from .gateway_proc import Sidecar, start_gateway, wait_for
+from .gateway_proc import KEY, safety_gateway, sidecar, wait_for  # noqa: F401  (fixtures)
 from .rawhttp import RawResponse, exchange, request_bytes
 
-KEY = KEYS["master"][0]
 KEY_HEADER = ("Ocp-Apim-Subscription-Key", KEY)
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "say hello to me"}]}
-MOCK_TOTAL = 7 + 16  # mockllm: 4 words + 3 per message; 16 completion tokens
-LIMIT = (
-    '<llm-token-limit counter-key="@(context.Subscription.Id)" tokens-per-minute="100000000" '
-    'estimate-prompt-tokens="true" tokens-consumed-header-name="x-consumed"/>'
-)
-METRIC = '<llm-emit-token-metric><dimension name="API ID"/></llm-emit-token-metric>'
-JOBJECT = (
-    '<set-header name="x-model"><value>@((string)context.Request.Body.As&lt;JObject&gt;()["model"])</value>'
-    "</set-header>"
-)
-BOOM = '<set-header name="x-n"><value>@(int.Parse("abc").ToString())</value></set-header>'
-WILD = [op("wild-get", "GET", "/*"), op("wild-post", "POST", "/*")]
-
-
-def inbound(statement: str) -> str:
-    return f"<policies><inbound><base/>{statement}</inbound></policies>"
-
-
-def safety_snapshot(mock_root: str, sidecar: str) -> dict:
-    chat = [op("chat-completions", "POST", "/chat/completions"), *WILD]
-    return {
-        "version": 1,
-        "revision": 3,
-        "named_values": [],
-        "backends": [],
-        "products": [],
-        "apis": [
-            api("llm", "llm", mock_root + "/v1", api_type="openai", policy=inbound(LIMIT), operations=chat),
-            api("llm-private", "llm/private", mock_root, operations=WILD),
-            api("metric", "metric", mock_root + "/v1", api_type="openai", policy=inbound(METRIC), operations=chat),
-            api("expr", "expr", mock_root + "/v1", policy=inbound(JOBJECT), operations=chat),
-            api("boom", "boom", mock_root + "/v1", policy=inbound(BOOM), operations=chat),
-            api("free", "free", mock_root, subscription_required=False, operations=WILD),
-            api("lenient", "lenient", sidecar + "/lenient/v1", api_type="openai", operations=chat),
-            api(
-                "lenient-limited",
-                "lenient-limited",
-                sidecar + "/lenient/v1",
-                api_type="openai",
-                policy=inbound(LIMIT),
-                operations=chat,
-            ),
-        ],
-        "subscriptions": [subscription("master", "/apis")],
-    }
 
 
 @pytest.fixture(scope="module")
-def sidecar() -> Iterator[Sidecar]:
-    with Sidecar() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def port(tmp_path_factory, mock_llm, sidecar) -> Iterator[int]:  # noqa: F811
-    tmp = tmp_path_factory.mktemp("gateway")
-    start, started = _factory(tmp)
-    try:
-        yield start_gateway(start, tmp, safety_snapshot(mock_llm.root_url, sidecar.url), sidecar.url)
-    finally:
-        for process in reversed(started):
-            process.stop()
+def port(safety_gateway) -> int:  # noqa: F811
+    return safety_gateway.port
 
 
 def send(port: int, method: str, target: str | bytes, body: bytes = b"", headers=(KEY_HEADER,)) -> RawResponse:
@@ -129,7 +69,7 @@ def test_a_lone_surrogate_names_the_problem(port):
     assert response.status == 400 and "surrogate" in message(response)
 
 
-def test_usage_is_read_whatever_the_request_was(port, sidecar):
+def test_usage_is_read_whatever_the_request_was(port, sidecar):  # noqa: F811
     """An OpenAI API without token policies forwards a NaN body the backend accepts: the usage it reports (counts
     given as "16" and 16.0) reaches the usage record, and Accept-Encoding is not forwarded (the gateway reads it)."""
     headers = [KEY_HEADER, ("Accept-Encoding", "gzip, br"), ("x-test-id", "nan-json")]
