@@ -32,7 +32,6 @@ __all__ = (
 logger = logging.getLogger("gateway.pipeline")
 
 JSON_HEADERS = ((b"content-type", b"application/json; charset=utf-8"),)
-JSON_NONE, JSON_ANY, JSON_OBJECT = 0, 1, 2
 REASON_INVALID_BODY = "InvalidRequestBody"
 _DEFAULT_FORWARD = ForwardRequest(None)
 _DEFAULT_FORWARD.section = Section.BACKEND
@@ -48,7 +47,7 @@ class Pipeline:
     on_error: tuple[Policy, ...]
     requires_request_body: bool = False
     requires_response_body: bool = False
-    request_json: int = JSON_NONE  # JSON_ANY / JSON_OBJECT: a request body must be that, else 400 before any step
+    requires_json_body: bool = False  # a request body must be a JSON object, else 400 before any step
 
 
 def compile_pipeline(documents: Sequence[PolicyDocument | None]) -> Pipeline:
@@ -62,10 +61,6 @@ def compile_pipeline(documents: Sequence[PolicyDocument | None]) -> Pipeline:
     if not any(isinstance(step, ForwardRequest) for step in walk(backend)):
         backend = [*backend, _DEFAULT_FORWARD]
     steps = list(walk(step for section in merged.values() for step in section))
-    if any(step.requires_json_body or "json_object" in step.uses for step in steps):
-        request_json = JSON_OBJECT
-    else:
-        request_json = JSON_ANY if any("json" in step.uses for step in steps) else JSON_NONE
     return Pipeline(
         inbound=tuple(merged.get(Section.INBOUND, ())),
         backend=tuple(backend),
@@ -73,7 +68,7 @@ def compile_pipeline(documents: Sequence[PolicyDocument | None]) -> Pipeline:
         on_error=tuple(merged.get(Section.ON_ERROR, ())),
         requires_request_body=any(step.requires_request_body or "body" in step.uses for step in steps),
         requires_response_body=any(step.requires_response_body or "response_body" in step.uses for step in steps),
-        request_json=request_json,
+        requires_json_body=any(step.requires_json_body for step in steps),
     )
 
 
@@ -106,8 +101,8 @@ async def run_pipeline(pipeline: Pipeline, ctx: RequestContext) -> Response | St
 
 async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingResponse:
     try:
-        if pipeline.request_json and ctx.request.body:
-            _check_body(ctx, pipeline.request_json)
+        if pipeline.requires_json_body and ctx.request.body:
+            _check_body(ctx)
         response = await _run_section(ctx, Section.INBOUND, pipeline.inbound)
         if response is None:
             response = await _run_section(ctx, Section.BACKEND, pipeline.backend)
@@ -131,10 +126,10 @@ async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingR
         raise
 
 
-def _check_body(ctx: RequestContext, level: int) -> None:
+def _check_body(ctx: RequestContext) -> None:
     """Refuse a body the policies would have to read and cannot: 400, and on-error runs (issue #7). Without this a
     body orjson rejects (NaN, a BOM, a lone surrogate) would pass as "no body": nothing reserved, nothing counted."""
-    problem = parse_json_body(ctx.request.body, need_object=level == JSON_OBJECT)[1]
+    problem = parse_json_body(ctx.request.body, need_object=True)[1]
     if problem is not None:
         error = GatewayError(400, problem, source="request", reason=REASON_INVALID_BODY)
         error.section = Section.INBOUND.value
@@ -226,7 +221,8 @@ def _as_gateway_error(exc: Exception, section: Section, step: Policy | None) -> 
     elif isinstance(exc, ExpressionRuntimeError):
         error = cast(GatewayError, exc.as_gateway_error(step.name if step else section.value))
         where = f"line {step.line}" if step is not None and step.line is not None else "?"
-        logger.warning("expression of %s (%s, %s) failed: %s", error.source, section.value, where, error.message)
+        level = logging.WARNING if error.status >= 500 else logging.DEBUG  # a 400 is the client's: no log noise
+        logger.log(level, "expression of %s (%s, %s) failed: %s", error.source, section.value, where, error.message)
     else:
         logger.exception("policy %s failed in %s", step.name if step else "?", section.value)
         error = GatewayError(

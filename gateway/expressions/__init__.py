@@ -58,17 +58,7 @@ class CompiledExpression:
     ``uses_response_body`` when the response body is read (the pipeline must buffer it first).
     """
 
-    __slots__ = (
-        "_fn",
-        "_n_locals",
-        "result_type",
-        "source",
-        "uses_body",
-        "uses_json",
-        "uses_json_object",
-        "uses_response",
-        "uses_response_body",
-    )
+    __slots__ = ("_fn", "_n_locals", "result_type", "source", "uses_body", "uses_response", "uses_response_body")
 
     def __init__(self, source: str) -> None:
         if len(source) > MAX_EXPRESSION_LENGTH:
@@ -77,8 +67,6 @@ class CompiledExpression:
         self.source = source
         self.result_type = program.result_type
         self.uses_body = "body" in program.flags
-        self.uses_json = "json" in program.flags  # the request body as JToken / JArray
-        self.uses_json_object = "json_object" in program.flags  # the request body as JObject
         self.uses_response = bool({"response", "response_body"} & program.flags)
         self.uses_response_body = "response_body" in program.flags
         self._fn = program.fn

@@ -77,9 +77,6 @@ MSG_ALIGNMENT: Final = "the alignment of an interpolation must be a constant int
 
 _NEXT: Final = object()  # what a statement returns when control continues with the next one
 
-# Request body reads that need JSON: "json_object" (As<JObject>) or any JSON value ("json").
-_JSON_BODY_FLAGS: Final = {"JObject": "json_object", "JToken": "json", "JArray": "json"}
-
 
 class Program:
     """A compiled expression body: ``fn(env)`` computes the value; ``n_locals`` slots are needed per run."""
@@ -496,8 +493,6 @@ class _Compiler:
         result_type, impl, args, flag = self._resolve(overloads, node.type_args, node.args, node.pos, node.name)
         if flag:
             self.flags.add(flag)
-            if flag == "body" and result_type in _JSON_BODY_FLAGS:  # the pipeline checks the body before it runs
-                self.flags.add(_JSON_BODY_FLAGS[result_type])
         return result_type, self._invoke(target_type, target, node.name, impl, args)
 
     def _invoke(self, target_type: str, target: Fn, name: str, impl: Callable[..., Any], args: list[Fn]) -> Fn:

@@ -93,7 +93,8 @@ class Policy:
     requires_request_body: ClassVar[bool] = False
     requires_response_body: ClassVar[bool] = False
     # The request body, when there is one, must be a JSON object (the token policies read its members): the
-    # pipeline answers 400 before any step runs when it is not (gateway.request_checks).
+    # pipeline answers 400 before any step runs when it is not (gateway.request_checks). Expressions that read
+    # the body as JSON answer the same 400 when they read it (gateway.expressions.errors.RequestBodyError).
     requires_json_body: ClassVar[bool] = False
     # Control-flow statements: the pipeline runs ``select(ctx)``'s steps in place of ``apply``.
     is_control: ClassVar[bool] = False
@@ -101,8 +102,7 @@ class Policy:
     __slots__ = ("column", "line", "policy_id", "scope", "section", "uses")
 
     def __init__(self) -> None:
-        # what this statement's expressions read: "body", "json", "json_object", "response", "response_body"
-        # (set by the document parser)
+        # what this statement's expressions read: "body", "response", "response_body" (set by the document parser)
         self.uses: frozenset[str] = frozenset()
         self.policy_id: str | None = None
         self.line: int | None = None

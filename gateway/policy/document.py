@@ -42,13 +42,7 @@ FORMATS = ("xml", "rawxml")
 # the syntax of gateway.snapshot's substitution: {{name}}, the name without spaces
 NAMED_VALUE_RE = re.compile(r"\{\{([A-Za-z0-9\-._]+)\}\}")
 _XML_QUOTES = {'"': "&quot;", "'": "&apos;"}
-_USES = {
-    "body": "uses_body",
-    "json": "uses_json",
-    "json_object": "uses_json_object",
-    "response": "uses_response",
-    "response_body": "uses_response_body",
-}
+_USES = {"body": "uses_body", "response": "uses_response", "response_body": "uses_response_body"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,9 +178,11 @@ LIMIT = (
     'estimate-prompt-tokens="true" tokens-consumed-header-name="x-consumed"/>'
 )
 METRIC = '<llm-emit-token-metric><dimension name="API ID"/></llm-emit-token-metric>'
+# reads the body as a JObject when there is one (a policy that reads it without the null check fails on a GET: the
+# policy's own failure, APIM's generic 500, as for BOOM)
 JOBJECT = (
-    '<set-header name="x-model"><value>@((string)context.Request.Body.As&lt;JObject&gt;()["model"])</value>'
-    "</set-header>"
+    '<set-header name="x-members"><value>@(context.Request.Body == null ? "none" : '
+    "context.Request.Body.As&lt;JObject&gt;(preserveContent: true).Count.ToString())</value></set-header>"
 )
 BOOM = '<set-header name="x-n"><value>@(int.Parse("abc").ToString())</value></set-header>'
 WILD = [op("wild-get", "GET", "/*"), op("wild-post", "POST", "/*")]

@@ -35,8 +35,10 @@ def request_bytes(
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-def exchange(port: int, data: bytes, *, timeout: float = 10.0) -> RawResponse | None:
-    """Send ``data`` and parse the first response; None when the server closed without answering."""
+def exchange(port: int, data: bytes, *, timeout: float = 10.0, head: bool = False) -> RawResponse | None:
+    """Send ``data`` and parse the first final response (1xx skipped); None when the server closed without
+    answering. ``head``: the request was HEAD (the response has no body, whatever it announces). A server that
+    neither answers nor closes within ``timeout`` raises TimeoutError."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(data)  # the server may answer and close before it has read everything
@@ -49,24 +51,33 @@ def exchange(port: int, data: bytes, *, timeout: float = 10.0) -> RawResponse | 
             if not chunk:
                 break
             chunks.append(chunk)
-            response = _parse(b"".join(chunks))
+            response = _parse(b"".join(chunks), head=head)
             if response is not None:
                 return response
-    return _parse(b"".join(chunks), eof=True)
+    return _parse(b"".join(chunks), eof=True, head=head)
 
 
-def _parse(raw: bytes, *, eof: bool = False) -> RawResponse | None:
-    end = raw.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head, rest = raw[:end].decode("latin-1"), raw[end + 4 :]
-    status_line, *header_lines = head.split("\r\n")
-    status = int(status_line.split(" ", 2)[1])
+def _parse(raw: bytes, *, eof: bool = False, head: bool = False) -> RawResponse | None:
+    while True:
+        end = raw.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        text, rest = raw[:end].decode("latin-1"), raw[end + 4 :]
+        status_line, *header_lines = text.split("\r\n")
+        status = int(status_line.split(" ", 2)[1])
+        if not 100 <= status < 200:
+            break
+        raw = rest  # an interim response (100 Continue): the final one follows
     headers = [tuple(part.strip() for part in line.split(":", 1)) for line in header_lines if ":" in line]
     response = RawResponse(status, headers, b"")  # type: ignore[arg-type]
+    if head:
+        return response
     length = response.header("content-length")
     if length is not None:
         if len(rest) < int(length):
+            if eof:
+                response.body = rest
+                return response
             return None
         response.body = rest[: int(length)]
         return response
@@ -76,7 +87,7 @@ def _parse(raw: bytes, *, eof: bool = False) -> RawResponse | None:
             return None
         response.body = body
         return response
-    if status in (204, 304) or 100 <= status < 200:
+    if status in (204, 304):
         return response
     if not eof:
         return None
