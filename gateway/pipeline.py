@@ -19,6 +19,7 @@ from gateway.http.server import Response, StreamingResponse
 from gateway.policy import Base, Policy, PolicyDocument, Section, merge_sections, walk
 from gateway.policy.backend import ForwardRequest
 from gateway.request_checks import parse_json_body
+from gateway.tokens import RequestKind, request_kind
 
 __all__ = (
     "JSON_HEADERS",
@@ -128,7 +129,15 @@ async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingR
 
 def _check_body(ctx: RequestContext) -> None:
     """Refuse a body the policies would have to read and cannot: 400, and on-error runs (issue #7). Without this a
-    body orjson rejects (NaN, a BOM, a lone surrogate) would pass as "no body": nothing reserved, nothing counted."""
+    body orjson rejects (NaN, a BOM, a lone surrogate) would pass as "no body": nothing reserved, nothing counted.
+
+    Model operations (chat, completions, embeddings, responses) take JSON only. Elsewhere a body that says it is not
+    JSON (multipart audio, images) is let through: it reserves nothing and is counted from the response's usage.
+    """
+    if request_kind(ctx.forward_path) == RequestKind.OTHER:
+        content_type = ctx.request.header(b"content-type")
+        if content_type is not None and b"json" not in content_type.lower():
+            return
     problem = parse_json_body(ctx.request.body, need_object=True)[1]
     if problem is not None:
         error = GatewayError(400, problem, source="request", reason=REASON_INVALID_BODY)

@@ -41,10 +41,13 @@ def respond_json(usage=USAGE, status=200):
 
 
 class Gateway:
-    def __init__(self, op_policy: str, *, respond=None, api_type="openai", store=None, clock=None):
+    def __init__(
+        self, op_policy: str | None, *, respond=None, api_type="openai", store=None, clock=None, api_policy=None
+    ):
         data = base_snapshot()
         data["apis"][0]["api_type"] = api_type
         data["apis"][0]["operations"][0]["policy"] = op_policy  # POST /chat/completions
+        data["apis"][0]["policy"] = api_policy
         self.clock = clock or FakeClock()
         self.store = store or create_store("memory", clock=self.clock)
         self.pool = FakePool(respond=respond or respond_json())
@@ -379,3 +382,17 @@ async def test_quota_window_key_matches_the_policy():
     )
     await gateway.send()
     assert await gateway.store.count(quota_window("wq", "Monthly", gateway.clock(), 1000)) == 50
+
+
+async def test_a_multipart_body_elsewhere_than_a_model_operation_is_let_through():
+    """Issue #7: the JSON rule covers model operations, and bodies that claim (or do not say) they are JSON;
+    an audio upload under the same policy is forwarded and counted from the response's usage."""
+    gateway = Gateway(None, api_policy=policy('counter-key="m" tokens-per-minute="1000" estimate-prompt-tokens="true"'))
+    multipart = (b"content-type", b"multipart/form-data; boundary=x")
+    request = make_request("POST", "/llm/chat/audio/transcriptions", "", [KEY, multipart], b"--x\r\n\xff\r\n--x--")
+    assert (await gateway.app(request)).status == 200
+    assert await gateway.minute_count("m") == USAGE["total_tokens"]
+    refused = make_request("POST", "/llm/chat/chat/completions", "", [KEY, multipart], b"--x\r\n\xff\r\n--x--")
+    assert (await gateway.app(refused)).status == 400
+    json_claimed = make_request("POST", "/llm/chat/audio/x", "", [KEY, (b"content-type", b"application/json")], b"NaN")
+    assert (await gateway.app(json_claimed)).status == 400
