@@ -228,7 +228,8 @@ def header_blocks(draw: st.DrawFn) -> bytes:
         lower = name.strip().lower()
         if lower == "content-length":
             framing = True
-            if value.strip().isdigit() and int(value.strip()) > len(body) and value != HEADER_VALUES[9]:
+            digits = value.strip()
+            if digits.isascii() and digits.isdigit() and int(digits) > len(body) and value != HEADER_VALUES[9]:
                 value = str(len(body))  # never more than is sent: the gateway would rightly wait for the rest
         elif lower == "transfer-encoding":
             framing = True
