@@ -8,7 +8,7 @@ import contextlib
 import socket
 from dataclasses import dataclass
 
-__all__ = ("RawResponse", "exchange", "request_bytes")
+__all__ = ("RawResponse", "exchange", "exchange_all", "request_bytes")
 
 
 @dataclass
@@ -57,7 +57,38 @@ def exchange(port: int, data: bytes, *, timeout: float = 10.0, head: bool = Fals
     return _parse(b"".join(chunks), eof=True, head=head)
 
 
+def exchange_all(port: int, data: bytes, *, timeout: float = 10.0) -> list[RawResponse]:
+    """Send ``data`` (pipelined requests, the last one closing the connection) and parse every response until the
+    server closes (no HEAD among them)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    raw, responses = b"".join(chunks), []
+    while raw:
+        parsed = _parse_one(raw, eof=True)
+        if parsed is None:
+            break
+        response, raw = parsed
+        responses.append(response)
+    return responses
+
+
 def _parse(raw: bytes, *, eof: bool = False, head: bool = False) -> RawResponse | None:
+    parsed = _parse_one(raw, eof=eof, head=head)
+    return parsed[0] if parsed is not None else None
+
+
+def _parse_one(raw: bytes, *, eof: bool = False, head: bool = False) -> tuple[RawResponse, bytes] | None:
+    """The first final response in ``raw`` and the bytes after it; None while it is incomplete."""
     while True:
         end = raw.find(b"\r\n\r\n")
         if end < 0:
@@ -70,32 +101,28 @@ def _parse(raw: bytes, *, eof: bool = False, head: bool = False) -> RawResponse 
         raw = rest  # an interim response (100 Continue): the final one follows
     headers = [tuple(part.strip() for part in line.split(":", 1)) for line in header_lines if ":" in line]
     response = RawResponse(status, headers, b"")  # type: ignore[arg-type]
-    if head:
-        return response
+    if head or status in (204, 304):
+        return response, rest
     length = response.header("content-length")
     if length is not None:
-        if len(rest) < int(length):
-            if eof:
-                response.body = rest
-                return response
+        if len(rest) < int(length) and not eof:
             return None
         response.body = rest[: int(length)]
-        return response
+        return response, rest[int(length) :]
     if (response.header("transfer-encoding") or "").lower() == "chunked":
-        body = _dechunk(rest)
-        if body is None:
+        dechunked = _dechunk(rest)
+        if dechunked is None:
             return None
-        response.body = body
-        return response
-    if status in (204, 304):
-        return response
+        response.body, rest = dechunked
+        return response, rest
     if not eof:
         return None
     response.body = rest
-    return response
+    return response, b""
 
 
-def _dechunk(data: bytes) -> bytes | None:
+def _dechunk(data: bytes) -> tuple[bytes, bytes] | None:
+    """(body, the bytes after the chunked body); None while it is incomplete. Trailers are skipped."""
     body = b""
     while True:
         line_end = data.find(b"\r\n")
@@ -103,7 +130,12 @@ def _dechunk(data: bytes) -> bytes | None:
             return None
         size = int(data[:line_end].split(b";")[0], 16)
         if size == 0:
-            return body if data.find(b"\r\n\r\n", line_end) >= 0 or data[line_end:] == b"\r\n\r\n" else None
+            end = data.find(b"\r\n\r\n", line_end)
+            if data[line_end : line_end + 4] == b"\r\n\r\n":
+                end = line_end
+            if end < 0:
+                return None
+            return body, data[end + 4 :]
         start = line_end + 2
         if len(data) < start + size + 2:
             return None

@@ -37,8 +37,9 @@ from hypothesis import strategies as st
 from gateway.http.server import MSG_TE_UNSUPPORTED, MSG_UPGRADE_UNSUPPORTED, MSG_VERSION_UNSUPPORTED
 from tests.fixtures_procs import mock_llm  # noqa: F401  (fixture)
 
+from .conftest import TOKEN
 from .gateway_proc import KEY, RunningGateway, safety_gateway, sidecar  # noqa: F401  (fixtures)
-from .rawhttp import RawResponse, exchange
+from .rawhttp import RawResponse, exchange, exchange_all
 
 EXAMPLES = int(os.environ.get("SLUICE_FUZZ_EXAMPLES", "2000"))
 FUZZ = settings(
@@ -380,12 +381,24 @@ def test_fuzz_paths(gateway: RunningGateway, path: str, query: str, method: str)
 
 
 @FUZZ
-@given(target=st.sampled_from(BODY_TARGETS), body=bodies, content_type=st.sampled_from(["application/json", ""]))
-@example(target="/llm/chat/completions", body=b'{"model": "m", "max_tokens": NaN}', content_type="application/json")
-def test_fuzz_bodies(gateway: RunningGateway, target: str, body: bytes, content_type: str) -> None:
+@given(
+    target=st.sampled_from(BODY_TARGETS),
+    body=bodies,
+    content_type=st.sampled_from(["application/json", "", "multipart/form-data; boundary=x", "text/plain"]),
+    trace=st.booleans(),
+)
+@example(
+    target="/llm/chat/completions",
+    body=b'{"model": "m", "max_tokens": NaN}',
+    content_type="application/json",
+    trace=False,
+)
+def test_fuzz_bodies(gateway: RunningGateway, target: str, body: bytes, content_type: str, trace: bool) -> None:
     lines = [f"POST {target} HTTP/1.1".encode(), b"Host: gateway", b"Connection: close", KEY_LINE]
     if content_type:
         lines.append(b"Content-Type: " + content_type.encode())
+    if trace:  # the pipeline trace, serialised into a response header, for every kind of body
+        lines.append(b"X-Sluice-Trace: " + TOKEN.encode())
     lines.append(b"Content-Length: %d" % len(body))
     response = send(gateway, "bodies", b"\r\n".join(lines) + b"\r\n\r\n" + body)
     if target in BODY_READING_TARGETS and not policies_can_read(body):
@@ -398,3 +411,56 @@ def test_fuzz_bodies(gateway: RunningGateway, target: str, body: bytes, content_
     ):
         usage = orjson.loads(response.body)["usage"]
         assert int(consumed) == int(usage["total_tokens"]), (consumed, usage)
+
+
+def _pipelined(method: str, target: bytes, body: bytes, last: bool) -> bytes:
+    lines = [method.encode() + b" " + target + b" HTTP/1.1", b"Host: gateway", KEY_LINE]
+    if last:
+        lines.append(b"Connection: close")
+    if method == "POST":
+        lines += [b"Content-Type: application/json", b"Content-Length: %d" % len(body)]
+    else:
+        body = b""
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+PIPELINED_BODIES = st.sampled_from(
+    [
+        b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}',
+        b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": true}',
+        b"",
+        b"{}",
+        b'{"max_tokens": NaN}',
+        b'\xef\xbb\xbf{"model": "m"}',
+        b"[1]",
+    ]
+)
+pipelined_requests = st.lists(
+    st.tuples(
+        st.sampled_from(["GET", "POST"]),
+        st.one_of(
+            st.sampled_from([*BODY_TARGETS, "/free/v1/models", "/llm/models", "/nope"]).map(str.encode),
+            st.builds(lambda p, q: (p + q).encode("utf-8", "surrogateescape"), api_paths, queries),
+        ),
+        PIPELINED_BODIES,
+    ),
+    min_size=2,
+    max_size=4,
+)
+
+
+@settings(FUZZ, max_examples=max(1, EXAMPLES // 2))  # 2 to 4 requests per case
+@given(requests=pipelined_requests)
+def test_fuzz_pipelined(gateway: RunningGateway, requests: list[tuple[str, bytes, bytes]]) -> None:
+    """Several generated requests on one keep-alive connection: one answer each, in order, until one of them ends
+    the connection (a malformed request is answered, then the connection closes)."""
+    data = b"".join(_pipelined(m, t, b, i == len(requests) - 1) for i, (m, t, b) in enumerate(requests))
+    responses = exchange_all(gateway.port, data, timeout=SOCKET_TIMEOUT)
+    counts = STATS.setdefault("pipelined", Counter())
+    for response in responses:
+        counts[str(response.status)] += 1
+        check_status(response, data)
+    assert responses, f"no answer to {data[:300]!r}"
+    closing = [i for i, r in enumerate(responses) if (r.header("connection") or "").lower() == "close"]
+    expected = closing[0] + 1 if closing else len(requests)
+    assert len(responses) == expected, (len(requests), [r.status for r in responses], data[:500])
