@@ -352,6 +352,8 @@ def policies_can_read(body: bytes) -> bool:
 @given(data=request_lines())
 @example(data=b"CONNECT llm:443 HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
 @example(data=b"GET * HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+# found by this battery: an absolute-form target that is not a URL was a 500 with a traceback in the log
+@example(data=b"GET http://h:99999/x HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
 def test_fuzz_request_lines(gateway: RunningGateway, data: bytes) -> None:
     send(gateway, "request lines", data, head=data.startswith(b"HEAD "))
 
@@ -393,6 +395,8 @@ def test_fuzz_paths(gateway: RunningGateway, path: str, query: str, method: str)
     content_type="application/json",
     trace=False,
 )
+# found by this battery: an empty body read As<JObject> without a null check (see gateway_proc.JOBJECT)
+@example(target="/expr/chat/completions", body=b"", content_type="application/json", trace=True)
 def test_fuzz_bodies(gateway: RunningGateway, target: str, body: bytes, content_type: str, trace: bool) -> None:
     lines = [f"POST {target} HTTP/1.1".encode(), b"Host: gateway", b"Connection: close", KEY_LINE]
     if content_type:
