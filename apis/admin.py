@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from gateway_admin.admin import SnapshotSafeAdmin
+
 from .models import API, Operation
 
 
@@ -10,7 +12,7 @@ class OperationInline(admin.TabularInline):
 
 
 @admin.register(API)
-class APIAdmin(admin.ModelAdmin):
+class APIAdmin(SnapshotSafeAdmin):
     list_display = ("name", "display_name", "path", "api_type", "subscription_required", "last_updated")
     list_filter = ("api_type",)
     search_fields = ("name", "display_name", "path")

@@ -11,6 +11,7 @@ from rest_framework.exceptions import ValidationError
 
 from backends.models import Backend
 from gateway_admin.exceptions import Conflict
+from gateway_admin.safety import ConfigRejected, field_errors, validated_write
 from named_values.models import NamedValue
 from named_values.services import create_named_value
 from policies.choices import PolicyScopeChoices
@@ -47,8 +48,36 @@ def derive_api_name(display_name: str) -> str:
     return name
 
 
-@transaction.atomic
 def import_language_model(data: Mapping[str, Any]) -> ImportResult:
+    """Create everything the wizard produces, or nothing (see `_import`). A result the gateways could not load is
+    refused with a ValidationError naming the wizard's field (`url`, `access_key`, ...)."""
+    try:
+        with validated_write():
+            return _import(data)
+    except ConfigRejected as exc:
+        raise ValidationError(_wizard_errors(exc, data)) from None
+
+
+def _wizard_errors(exc: ConfigRejected, data: Mapping[str, Any]) -> dict[str, list[str]]:
+    name = data.get("name") or derive_api_name(data["display_name"])
+    fields = {
+        ("backend", f"{name}{BACKEND_SUFFIX}", "url"): "url",
+        ("backend", f"{name}{BACKEND_SUFFIX}", "credentials_header"): "access_key",
+        ("named_value", f"{name}{KEY_SUFFIX}", None): "access_key",
+        ("api", name, "service_url"): "url",
+        ("api", name, "path"): "path",
+    }
+    errors: dict[str, list[str]] = {}
+    for problem in exc.problems:
+        item_errors = field_errors(ConfigRejected([problem]), kind=problem.kind, name=problem.name)
+        for item_field, messages in item_errors.items():
+            key = fields.get((problem.kind, problem.name, None if item_field == "detail" else item_field), "detail")
+            errors.setdefault(key, []).extend(messages)
+    return errors
+
+
+@transaction.atomic
+def _import(data: Mapping[str, Any]) -> ImportResult:
     """Create everything the wizard produces, or nothing.
 
     `data` is the validated wizard input (see `ImportLanguageModelSerializer`): `display_name`, `url`, `path`,

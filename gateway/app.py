@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 import orjson
 
 from gateway.context import Headers, RequestContext
-from gateway.errors import MSG_INVALID_KEY, MSG_MISSING_KEY, MSG_NOT_CONFIGURED, MSG_OPERATION_NOT_FOUND
+from gateway.errors import (
+    MSG_API_UNAVAILABLE,
+    MSG_INVALID_KEY,
+    MSG_MISSING_KEY,
+    MSG_NOT_CONFIGURED,
+    MSG_OPERATION_NOT_FOUND,
+)
 from gateway.forward import Forwarder
 from gateway.http.client import UpstreamPool
 from gateway.http.headers import connection_options
@@ -50,6 +56,7 @@ METRICS_PATH = "/__sluice/metrics"
 PUBLIC_METRICS_PATH = "/metrics"
 
 _BODY_404 = error_body(404, MSG_OPERATION_NOT_FOUND)
+_BODY_UNAVAILABLE = error_body(503, MSG_API_UNAVAILABLE)
 _BODY_401 = {MSG_MISSING_KEY: error_body(401, MSG_MISSING_KEY), MSG_INVALID_KEY: error_body(401, MSG_INVALID_KEY)}
 _CONTENT_TYPE = JSON_HEADERS[0]
 _XFF = b"x-forwarded-for"
@@ -77,7 +84,8 @@ class _Services(Forwarder):
 class GatewayApp:
     """The request handler. ``snapshot`` is the Config being served (None until one is loaded)."""
 
-    __slots__ = ("_metrics_auth", "_trace_token", "clock", "config", "forwarder", "pool", "snapshot", "telemetry")
+    __slots__ = ("_metrics_auth", "_trace_token", "clock", "config", "forwarder", "pool", "rejected", "snapshot",
+                 "telemetry")  # fmt: skip
 
     def __init__(
         self,
@@ -93,6 +101,8 @@ class GatewayApp:
         self.telemetry = telemetry
         self.forwarder = _Services(pool, clock, telemetry.metrics if telemetry is not None else None, limits)
         self.snapshot: Config | None = None
+        # the last snapshot refused as a whole and why ({"revision": ..., "reason": ...}); set by gateway.sync
+        self.rejected: dict[str, object] | None = None
         self._trace_token = config.gateway_token.encode("utf-8")
         self._metrics_auth = b"Bearer " + config.metrics_token.encode("utf-8") if config.metrics_token else None
 
@@ -131,6 +141,10 @@ class GatewayApp:
                 self.telemetry.finish_early(request_id, None, "", 404, started)
             return Response(404, [_CONTENT_TYPE], _BODY_404)
         api = match.api
+        if api.unavailable:
+            if self.telemetry is not None:
+                self.telemetry.finish_early(request_id, api, match.operation.name, 503, started)
+            return Response(503, [_CONTENT_TYPE], _BODY_UNAVAILABLE)
         query = request.query
         if api.subscription_required:
             key = request.header(api.key_header)
@@ -214,14 +228,19 @@ class GatewayApp:
     def _internal(self, path: str) -> Response:
         if path == HEALTH_PATH:
             revision = self.revision
-            body = orjson.dumps(
-                {
-                    "status": "ok" if revision is not None else "starting",
-                    "revision": revision,
-                    "gateway_id": self.config.gateway_id,
-                }
-            )
-            return Response(200 if revision is not None else 503, [_CONTENT_TYPE], body)
+            health: dict[str, object] = {
+                "status": "ok" if revision is not None else "starting",
+                "revision": revision,
+                "gateway_id": self.config.gateway_id,
+            }
+            quarantined = self.snapshot.quarantined if self.snapshot is not None else ()
+            if self.rejected is not None or quarantined:
+                # still serving (200), but not the configuration the management plane published
+                if revision is not None:
+                    health["status"] = "degraded"
+                health["rejected"] = self.rejected
+                health["quarantined"] = [problem.as_dict() for problem in quarantined]
+            return Response(200 if revision is not None else 503, [_CONTENT_TYPE], orjson.dumps(health))
         return Response(404, [_CONTENT_TYPE], error_body(404, "Not found."))
 
     async def aclose(self) -> None:

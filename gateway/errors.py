@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = (
+    "MSG_API_UNAVAILABLE",
     "MSG_BACKEND_CONNECT",
     "MSG_BACKEND_PROTOCOL",
     "MSG_BACKEND_TIMEOUT",
@@ -30,6 +31,7 @@ MSG_BACKEND_PROTOCOL = "The backend service sent an invalid response."
 MSG_BAD_TARGET = "The request cannot be forwarded: invalid characters in its target."
 MSG_NO_BACKEND = "No backend service is configured for this API."
 MSG_NOT_CONFIGURED = "The gateway has no configuration loaded yet."
+MSG_API_UNAVAILABLE = "The API is unavailable: the gateway could not load its configuration."
 # APIM's generic answer to a failure inside the gateway (an expression that threw): the detail is kept for the log,
 # the trace and context.LastError, never sent to the client.
 MSG_INTERNAL_ERROR = "Internal server error."

@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
@@ -67,6 +67,8 @@ MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 DURATION_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 REQUESTS: Final = "sluice_requests"
+SNAPSHOT_REJECTED: Final = "sluice_snapshot_rejected"  # exposed as sluice_snapshot_rejected_total
+SNAPSHOT_QUARANTINED: Final = "sluice_snapshot_quarantined_items"
 DURATION: Final = "sluice_request_duration_seconds"
 UPSTREAM_ERRORS: Final = "sluice_upstream_errors"
 DROPPED: Final = "sluice_metric_label_sets_dropped"
@@ -262,7 +264,7 @@ class Metrics:
     """The metrics of one gateway app. ``registry`` defaults to a new CollectorRegistry (never the global one)."""
 
     __slots__ = ("_tokens", "dropped", "duration", "gateway_id", "location", "max_label_sets", "multiprocess_dir",
-                 "registry", "requests", "upstream_errors")  # fmt: skip
+                 "registry", "requests", "snapshot_quarantined", "snapshot_rejected", "upstream_errors")  # fmt: skip
 
     def __init__(
         self,
@@ -308,6 +310,13 @@ class Metrics:
                 registry=reg,
             )
         )
+        self.snapshot_rejected = Counter(
+            SNAPSHOT_REJECTED, "Snapshots refused as a whole (the previous revision kept serving).", registry=reg
+        )
+        self.snapshot_quarantined = Gauge(
+            SNAPSHOT_QUARANTINED, "Items of the served snapshot set aside by the loader.", registry=reg,
+            multiprocess_mode="max",
+        )  # fmt: skip
         self._tokens: dict[tuple[str, tuple[str, ...]], TokenFamily] = {}
         reg.register(_TokenCollector(self._tokens))  # type: ignore[arg-type]
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import unquote_plus
 
 if TYPE_CHECKING:
     from gateway.http.client import Origin
     from gateway.pipeline import Pipeline
     from gateway.routing import Router
+    from gateway.snapshot import Problem
 
 __all__ = (
     "Access",
@@ -34,10 +36,14 @@ class BackendTarget:
     headers: tuple[tuple[bytes, bytes], ...] = ()
     header_names: frozenset[bytes] = frozenset()
     query: str = ""  # encoded credential query parameters, appended to the forwarded query
+    # the URL's own query parameters as (decoded name, encoded "name=value"): sent unless the client sends the name
+    url_query: tuple[tuple[str, str], ...] = ()
 
     def url_for(self, forward_path: str, query: str) -> str:
         """The request target (path + query) sent upstream."""
         path = self.base_path + forward_path or "/"
+        if self.url_query:
+            query = _merge_query(query, self.url_query)
         if self.query:
             query = f"{query}&{self.query}" if query else self.query
         return f"{path}?{query}" if query else path
@@ -109,6 +115,7 @@ class ApiEntry:
     products: Mapping[str, ProductEntry]  # published products containing this API
     open_access: Access | None  # context of the open product containing the API, if any
     no_key_access: Access | None  # access without key: open product, else API context when not required
+    unavailable: bool = False  # quarantined at load (gateway.snapshot): every request answers 503
 
     def __repr__(self) -> str:
         return f"<ApiEntry {self.name} /{self.path}>"
@@ -125,6 +132,16 @@ class Config:
     products: Mapping[str, ProductEntry]
     backends: Mapping[str, BackendTarget]
     subscriptions: Mapping[str, KeyRecord]  # key hash (sha256 hex) -> key record
+    quarantined: tuple[Problem, ...] = ()  # items the loader set aside (gateway.snapshot, quarantine mode)
 
     def __repr__(self) -> str:
         return f"<Config revision={self.revision} apis={len(self.apis)}>"
+
+
+def _merge_query(query: str, defaults: tuple[tuple[str, str], ...]) -> str:
+    """The client's query plus each default parameter whose name the client did not send (APIM: the client wins)."""
+    sent = {unquote_plus(part.partition("=")[0]) for part in query.split("&")} if query else set()
+    extra = "&".join(pair for name, pair in defaults if name not in sent)
+    if not extra:
+        return query
+    return f"{query}&{extra}" if query else extra

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 from xml.sax.saxutils import escape
 
 from cryptography.fernet import InvalidToken
@@ -32,7 +33,14 @@ from gateway.policy import BindEnv, PolicyDocument, PolicyError, Scope, bind_ste
 from gateway.routing import Router, RoutingError
 from gateway.secrets import snapshot_fernet
 
-__all__ = ("SNAPSHOT_VERSION", "SnapshotError", "load_snapshot", "substitute_named_values")
+__all__ = (
+    "SNAPSHOT_VERSION",
+    "Problem",
+    "SnapshotError",
+    "check_snapshot",
+    "load_snapshot",
+    "substitute_named_values",
+)
 
 SNAPSHOT_VERSION = 1
 REFERENCE_RE = re.compile(r"\{\{([A-Za-z0-9\-._]+)\}\}")
@@ -49,6 +57,19 @@ class SnapshotError(ValueError):
     """The snapshot is invalid; the message says where and why."""
 
 
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One item the loader could not load: ``kind`` is ``snapshot`` (the whole snapshot), ``named_value``,
+    ``backend``, ``product``, ``api`` or ``subscription``; ``name`` the item's name ("" when it has none)."""
+
+    kind: str
+    name: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "name": self.name, "message": self.message}
+
+
 def substitute_named_values(text: str, values: Mapping[str, str], where: str, *, xml: bool) -> str:
     """Replace ``{{name}}`` references; unknown names raise SnapshotError. XML-escape values for policies."""
 
@@ -62,9 +83,31 @@ def substitute_named_values(text: str, values: Mapping[str, str], where: str, *,
     return REFERENCE_RE.sub(replace, text)
 
 
-def load_snapshot(data: Any, *, gateway_token: str, origin_factory: OriginFactory = Origin.from_url) -> Config:
-    """Validate and compile a snapshot dict; raises SnapshotError on anything wrong."""
-    return _Loader(gateway_token, origin_factory).load(data)
+def load_snapshot(
+    data: Any, *, gateway_token: str, origin_factory: OriginFactory = Origin.from_url, quarantine: bool = False
+) -> Config:
+    """Validate and compile a snapshot dict.
+
+    Strict (the default): raises SnapshotError on anything wrong. With ``quarantine=True`` an item that cannot be
+    loaded is set aside (``Config.quarantined``) together with what depends on it, and everything else loads; an
+    API that cannot be compiled stays routable and answers 503. Only what cannot be isolated still raises: the
+    format version, the revision, the global policy, an undecryptable secret, a top-level shape error.
+    """
+    loader = _Loader(gateway_token, origin_factory)
+    config = loader.load(data)
+    if loader.problems and not quarantine:
+        raise SnapshotError(loader.problems[0].message)
+    return config
+
+
+def check_snapshot(data: Any, *, gateway_token: str) -> list[Problem]:
+    """Every problem the gateway would meet loading ``data`` (the management plane's write-time check)."""
+    loader = _Loader(gateway_token, Origin.from_url)
+    try:
+        loader.load(data)
+    except SnapshotError as exc:
+        return [*loader.problems, Problem("snapshot", "", str(exc))]
+    return loader.problems
 
 
 def bind_document(document: PolicyDocument, env: BindEnv) -> None:
@@ -135,6 +178,11 @@ class _Loader:
         # compiled pipelines by (product with a policy of its own, or None; API name; operation name): names are
         # stable for the whole load, unlike the identity of the short-lived documents they are compiled from
         self.pipelines: dict[tuple[str | None, str, str], Pipeline] = {}
+        self.problems: list[Problem] = []
+        self.quarantined_urls: set[str] = set()
+
+    def _quarantine(self, kind: str, name: str, message: str) -> None:
+        self.problems.append(Problem(kind, name, message))
 
     def load(self, data: Any) -> Config:
         data = _obj(data, "snapshot")
@@ -151,10 +199,7 @@ class _Loader:
         products = self._products(_list(data, "products", "snapshot"), api_names)
         apis = self._apis(raw_apis, products, global_doc)
         keys = self._subscriptions(_list(data, "subscriptions", "snapshot"), apis, products)
-        try:
-            router = Router(apis.values())
-        except RoutingError as exc:
-            raise SnapshotError(str(exc)) from None
+        router = self._router(apis)
         return Config(
             revision=revision,
             generated_at=_str(data, "generated_at", "snapshot", optional=True),
@@ -163,7 +208,24 @@ class _Loader:
             products=products,
             backends=dict(self.backends),
             subscriptions=keys,
+            quarantined=tuple(self.problems),
         )
+
+    def _router(self, apis: dict[str, ApiEntry]) -> Router:
+        try:
+            return Router(apis.values())
+        except RoutingError:
+            pass
+        # isolate the APIs that cannot be routed: add them one by one (only on this error path)
+        routable: list[ApiEntry] = []
+        for api in apis.values():
+            try:
+                Router([*routable, api])
+            except RoutingError as exc:
+                self._quarantine("api", api.name, str(exc))
+                continue
+            routable.append(api)
+        return Router(routable)
 
     # named values and backends
 
@@ -172,10 +234,15 @@ class _Loader:
         seen: set[str] = set()
         for i, item in enumerate(items):
             where = f"snapshot.named_values[{i}]"
-            item = _obj(item, where)
-            name = _name(item, where, seen)
-            if _bool(item, "secret", where, default=False):
-                token = _str(item, "encrypted_value", where, empty=False)
+            try:
+                item = _obj(item, where)
+                name = _name(item, where, seen)
+                secret = _bool(item, "secret", where, default=False)
+                token = _str(item, "encrypted_value", where, empty=False) if secret else ""
+            except SnapshotError as exc:
+                self._quarantine("named_value", _item_name(item), str(exc))
+                continue
+            if secret:
                 fernet = fernet or snapshot_fernet(self.token)
                 try:
                     self.values[name] = fernet.decrypt(token.encode("ascii")).decode("utf-8")
@@ -184,50 +251,64 @@ class _Loader:
                         f"named value '{name}': cannot decrypt the secret (wrong gateway token?)"
                     ) from None
             else:
-                self.values[name] = _str(item, "value", where)
+                try:
+                    self.values[name] = _str(item, "value", where)
+                except SnapshotError as exc:
+                    self._quarantine("named_value", name, str(exc))
 
     def _target(self, name: str | None, url: str, where: str) -> BackendTarget:
         if not url.startswith(("http://", "https://")):
             raise SnapshotError(f"{where}: expected an http(s) URL, got {url!r}")
+        # APIM: the URL's query parameters are sent with every request (the client's own value wins)
+        base, _, query = url.partition("?")
         try:
-            origin, base_path = self.origin_factory(url)
+            origin, base_path = self.origin_factory(base)
+            params = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query), errors="strict")
         except Exception as exc:  # the factory's own validation error types
             raise SnapshotError(f"{where}: invalid URL {url!r}: {exc}") from None
-        return BackendTarget(name, url, origin, base_path.rstrip("/"))
+        return BackendTarget(name, url, origin, base_path.rstrip("/"), url_query=_encode_defaults(params))
 
     def _backends(self, items: list[Any]) -> None:
         seen: set[str] = set()
         for i, item in enumerate(items):
-            where = f"snapshot.backends[{i}]"
-            item = _obj(item, where)
-            name = _name(item, where, seen)
-            where = f"backend '{name}'"
-            target = self._target(name, _str(item, "url", where, empty=False), where + " url")
-            headers = []
-            for key, value in _obj(item.get("credentials_header") or {}, where + " credentials_header").items():
-                if not isinstance(value, str) or not _TOKEN_RE.match(key):
-                    raise SnapshotError(f"{where}: invalid credential header {key!r}")
-                value = substitute_named_values(value, self.values, where, xml=False)
-                if any(c in value for c in "\r\n\x00"):
-                    raise SnapshotError(f"{where}: credential header {key!r} contains CR, LF or NUL")
-                headers.append((key.lower().encode("ascii"), value.encode("utf-8")))
-            query = []
-            for key, value in _obj(item.get("credentials_query") or {}, where + " credentials_query").items():
-                if not isinstance(value, str) or not key:
-                    raise SnapshotError(f"{where}: invalid credential query parameter {key!r}")
-                value = substitute_named_values(value, self.values, where, xml=False)
-                query.append(f"{quote(key, safe='')}={quote(value, safe='')}")
-            target = BackendTarget(
-                name,
-                target.url,
-                target.origin,
-                target.base_path,
-                tuple(headers),
-                frozenset(h[0] for h in headers),
-                "&".join(query),
-            )
-            self.backends[name] = target
-            self.backends_by_url.setdefault(target.url.rstrip("/"), target)
+            try:
+                self._backend(item, f"snapshot.backends[{i}]", seen)
+            except SnapshotError as exc:
+                self._quarantine("backend", _item_name(item), str(exc))
+                if isinstance(item, dict) and isinstance(item.get("url"), str):
+                    self.quarantined_urls.add(item["url"].rstrip("/"))
+
+    def _backend(self, item: Any, where: str, seen: set[str]) -> None:
+        item = _obj(item, where)
+        name = _name(item, where, seen)
+        where = f"backend '{name}'"
+        target = self._target(name, _str(item, "url", where, empty=False), where + " url")
+        headers = []
+        for key, value in _obj(item.get("credentials_header") or {}, where + " credentials_header").items():
+            if not isinstance(value, str) or not _TOKEN_RE.match(key):
+                raise SnapshotError(f"{where}: invalid credential header {key!r}")
+            value = substitute_named_values(value, self.values, where, xml=False)
+            if any(c in value for c in "\r\n\x00"):
+                raise SnapshotError(f"{where}: credential header {key!r} contains CR, LF or NUL")
+            headers.append((key.lower().encode("ascii"), value.encode("utf-8")))
+        query = []
+        for key, value in _obj(item.get("credentials_query") or {}, where + " credentials_query").items():
+            if not isinstance(value, str) or not key:
+                raise SnapshotError(f"{where}: invalid credential query parameter {key!r}")
+            value = substitute_named_values(value, self.values, where, xml=False)
+            query.append(f"{quote(key, safe='')}={quote(value, safe='')}")
+        target = BackendTarget(
+            name,
+            target.url,
+            target.origin,
+            target.base_path,
+            tuple(headers),
+            frozenset(h[0] for h in headers),
+            "&".join(query),
+            target.url_query,
+        )
+        self.backends[name] = target
+        self.backends_by_url.setdefault(target.url.rstrip("/"), target)
 
     # BindEnv for policies
 
@@ -242,6 +323,9 @@ class _Loader:
         entity = self.backends_by_url.get(url.rstrip("/"))
         if entity is not None:
             return entity
+        if url.rstrip("/") in self.quarantined_urls:
+            # never reach a quarantined backend's URL without its credentials
+            raise PolicyError(f"the backend with URL {url!r} could not be loaded")
         if url not in self.url_targets:
             try:
                 self.url_targets[url] = self._target(None, url, "URL")
@@ -278,32 +362,69 @@ class _Loader:
     def _products(self, items: list[Any], api_names: set[Any]) -> dict[str, ProductEntry]:
         products: dict[str, ProductEntry] = {}
         self.product_docs: dict[str, PolicyDocument | None] = {}
+        seen: set[str] = set()
         for i, item in enumerate(items):
-            where = f"snapshot.products[{i}]"
-            item = _obj(item, where)
-            name = _name(item, where, set(products))
-            where = f"product '{name}'"
-            apis = _list(item, "apis", where)
-            for api in apis:
-                if api not in api_names:
-                    raise SnapshotError(f"{where}: unknown API {api!r}")
-            products[name] = ProductEntry(
-                name=name,
-                published=_str(item, "state", where) == "published",
-                subscription_required=_bool(item, "subscription_required", where, default=True),
-                apis=tuple(apis),
-            )
-            self.product_docs[name] = self._policy(_opt_str(item, "policy", where), Scope.PRODUCT, where + " policy")
+            try:
+                self._product(item, f"snapshot.products[{i}]", seen, api_names, products)
+            except SnapshotError as exc:
+                self._quarantine("product", _item_name(item), str(exc))
         return products
+
+    def _product(
+        self, item: Any, where: str, seen: set[str], api_names: set[Any], products: dict[str, ProductEntry]
+    ) -> None:
+        item = _obj(item, where)
+        name = _name(item, where, seen)
+        where = f"product '{name}'"
+        apis = _list(item, "apis", where)
+        for api in apis:
+            if api not in api_names:
+                raise SnapshotError(f"{where}: unknown API {api!r}")
+        entry = ProductEntry(
+            name=name,
+            published=_str(item, "state", where) == "published",
+            subscription_required=_bool(item, "subscription_required", where, default=True),
+            apis=tuple(apis),
+        )
+        self.product_docs[name] = self._policy(_opt_str(item, "policy", where), Scope.PRODUCT, where + " policy")
+        products[name] = entry
 
     def _apis(
         self, items: list[dict[str, Any]], products: dict[str, ProductEntry], global_doc: PolicyDocument | None
     ) -> dict[str, ApiEntry]:
         apis: dict[str, ApiEntry] = {}
+        seen: set[str] = set()
         for i, item in enumerate(items):
-            name = _name(item, f"snapshot.apis[{i}]", set(apis))
-            apis[name] = self._api(item, name, products, global_doc)
+            try:
+                name = _name(item, f"snapshot.apis[{i}]", seen)
+            except SnapshotError as exc:  # without a name it cannot even answer 503
+                self._quarantine("api", _item_name(item), str(exc))
+                continue
+            try:
+                apis[name] = self._api(item, name, products, global_doc)
+            except SnapshotError as exc:
+                self._quarantine("api", name, str(exc))
+                unavailable = self._unavailable_api(item, name)
+                if unavailable is not None:
+                    apis[name] = unavailable
         return apis
+
+    def _unavailable_api(self, item: dict[str, Any], name: str) -> ApiEntry | None:
+        """A stand-in for an API that cannot be compiled: same path and operations, answering 503."""
+        path = item.get("path")
+        if not isinstance(path, str):
+            return None
+        operations = []
+        for raw in item.get("operations") or ():
+            if isinstance(raw, dict) and all(isinstance(raw.get(k), str) for k in ("name", "method", "url_template")):
+                method = raw["method"].upper()
+                if method in _METHODS:
+                    operations.append(OperationEntry(raw["name"], "", method, raw["url_template"]))
+        try:
+            Router([_stand_in(name, path.strip("/"), tuple(operations))])
+        except RoutingError:
+            operations = []
+        return _stand_in(name, path.strip("/"), tuple(operations))
 
     def _api(
         self, item: dict[str, Any], name: str, products: dict[str, ProductEntry], global_doc: PolicyDocument | None
@@ -377,25 +498,70 @@ class _Loader:
         keys: dict[str, KeyRecord] = {}
         seen: set[str] = set()
         for i, item in enumerate(items):
-            where = f"snapshot.subscriptions[{i}]"
-            item = _obj(item, where)
-            name = _name(item, where, seen)
-            where = f"subscription '{name}'"
-            scope = _str(item, "scope", where)
-            product = None
-            kind, _, target = scope.lstrip("/").partition("/")
-            if scope == "/apis" or (kind == "apis" and target in apis):
-                pass
-            elif kind == "products" and target in products:
-                product = products[target]
-            else:
-                raise SnapshotError(f"{where}: invalid or unknown scope {scope!r}")
-            entry = SubscriptionEntry(name, scope, _str(item, "state", where) == "active", product)
-            for key_hash in _list(item, "key_hashes", where):
-                if not isinstance(key_hash, str) or not _HASH_RE.match(key_hash):
-                    raise SnapshotError(f"{where}: key_hashes must be lower-case SHA-256 hex digests")
-                if key_hash in keys and keys[key_hash].subscription is not entry:
-                    other = keys[key_hash].subscription.name
-                    raise SnapshotError(f"{where}: a key is shared with subscription '{other}'")
-                keys[key_hash] = KeyRecord(key_hash, entry, Access(product, entry))
+            try:
+                self._subscription(item, f"snapshot.subscriptions[{i}]", seen, apis, products, keys)
+            except SnapshotError as exc:
+                self._quarantine("subscription", _item_name(item), str(exc))
         return keys
+
+    def _subscription(
+        self,
+        item: Any,
+        where: str,
+        seen: set[str],
+        apis: Mapping[str, ApiEntry],
+        products: Mapping[str, ProductEntry],
+        keys: dict[str, KeyRecord],
+    ) -> None:
+        item = _obj(item, where)
+        name = _name(item, where, seen)
+        where = f"subscription '{name}'"
+        scope = _str(item, "scope", where)
+        product = None
+        kind, _, target = scope.lstrip("/").partition("/")
+        if scope == "/apis" or (kind == "apis" and target in apis):
+            pass
+        elif kind == "products" and target in products:
+            product = products[target]
+        else:
+            raise SnapshotError(f"{where}: invalid or unknown scope {scope!r}")
+        entry = SubscriptionEntry(name, scope, _str(item, "state", where) == "active", product)
+        records: dict[str, KeyRecord] = {}
+        for key_hash in _list(item, "key_hashes", where):
+            if not isinstance(key_hash, str) or not _HASH_RE.match(key_hash):
+                raise SnapshotError(f"{where}: key_hashes must be lower-case SHA-256 hex digests")
+            if key_hash in keys:
+                other = keys[key_hash].subscription.name
+                raise SnapshotError(f"{where}: a key is shared with subscription '{other}'")
+            records[key_hash] = KeyRecord(key_hash, entry, Access(product, entry))
+        keys.update(records)  # all of its keys or none
+
+
+def _item_name(item: Any) -> str:
+    name = item.get("name") if isinstance(item, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def _encode_defaults(params: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """A backend URL's query as (decoded name, encoded ``name=value``) pairs."""
+    return tuple((k, f"{quote(k, safe='')}={quote(v, safe='')}") for k, v in params)
+
+
+def _stand_in(name: str, path: str, operations: tuple[OperationEntry, ...]) -> ApiEntry:
+    return ApiEntry(
+        name=name,
+        path=path,
+        api_type="",
+        service_url="",
+        subscription_required=False,
+        key_header=b"",
+        key_query="",
+        backend=None,
+        operations=operations,
+        drop_headers=CLIENT_OWNED,
+        allowed_scopes=frozenset(),
+        products={},
+        open_access=None,
+        no_key_access=None,
+        unavailable=True,
+    )

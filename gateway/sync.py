@@ -23,6 +23,7 @@ from gateway.snapshot import SnapshotError, load_snapshot
 
 if TYPE_CHECKING:
     from gateway.app import GatewayApp
+    from gateway.metrics import Metrics
     from gateway.model import Config
 
 __all__ = ("SnapshotSync", "write_cache")
@@ -81,6 +82,7 @@ class SnapshotSync:
             return False
         self.app.snapshot = config
         self.etag = f'"{config.revision}"'
+        self._report_quarantine(config)
         logger.info("serving cached snapshot revision %s from %s", config.revision, path)
         return True
 
@@ -105,16 +107,21 @@ class SnapshotSync:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._problem(f"management plane unreachable: {exc.__class__.__name__}: {exc}")
             return False
+        data: Any = None
         try:
-            config = self._load(orjson.loads(raw))
+            data = orjson.loads(raw)
+            config = self._load(data)
         except (orjson.JSONDecodeError, SnapshotError) as exc:
+            self._rejected(_revision_of(data, etag), str(exc))
             # remember the bad ETag so the same snapshot is not fetched and validated again and again
             self.etag = etag or self.etag
             self._problem(f"rejected snapshot {etag or ''}: {exc}", level=logging.ERROR)
             return False
         self.app.snapshot = config  # the atomic swap
+        self.app.rejected = None
         self.etag = etag or f'"{config.revision}"'
         self._recovered()
+        self._report_quarantine(config)
         logger.info("loaded snapshot revision %s", config.revision)
         try:
             await asyncio.to_thread(write_cache, self.config.snapshot_cache, raw)
@@ -149,7 +156,25 @@ class SnapshotSync:
     # helpers
 
     def _load(self, data: Any) -> Config:
-        return load_snapshot(data, gateway_token=self.config.gateway_token)
+        return load_snapshot(data, gateway_token=self.config.gateway_token, quarantine=True)
+
+    def _rejected(self, revision: int | str | None, reason: str) -> None:
+        self.app.rejected = {"revision": revision, "reason": reason}
+        metrics = self._metrics()
+        if metrics is not None:
+            metrics.snapshot_rejected.inc()
+
+    def _report_quarantine(self, config: Config) -> None:
+        for problem in config.quarantined:
+            logger.error("revision %s: quarantined %s '%s': %s", config.revision, problem.kind, problem.name,
+                         problem.message)  # fmt: skip
+        metrics = self._metrics()
+        if metrics is not None:
+            metrics.snapshot_quarantined.set(len(config.quarantined))
+
+    def _metrics(self) -> Metrics | None:
+        telemetry = self.app.telemetry
+        return telemetry.metrics if telemetry is not None else None
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -167,3 +192,11 @@ class SnapshotSync:
         if self._failing is not None:
             self._failing = None
             logger.info("management plane reachable again")
+
+
+def _revision_of(data: Any, etag: str | None) -> int | str | None:
+    """The revision a refused snapshot claims: its body's, else its ETag's."""
+    revision = data.get("revision") if isinstance(data, dict) else None
+    if isinstance(revision, int) and not isinstance(revision, bool):
+        return revision
+    return etag.strip('"') if etag else None

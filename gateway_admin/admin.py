@@ -1,6 +1,8 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
 
 from .models import ConfigRevision
+from .safety import MSG_BREAKS, ConfigRejected, validated_write
 
 
 @admin.register(ConfigRevision)
@@ -13,3 +15,28 @@ class ConfigRevisionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class SnapshotSafeAdmin(admin.ModelAdmin):
+    """A ModelAdmin whose writes (add, change, delete, bulk actions, list edits) commit only if gateways can load the
+    resulting snapshot (gateway_admin.safety). A refused write is rolled back and the page says why."""
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        return self._checked(request, super().changeform_view, request, object_id, form_url, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        return self._checked(request, super().delete_view, request, object_id, extra_context)
+
+    def changelist_view(self, request, extra_context=None):
+        return self._checked(request, super().changelist_view, request, extra_context)
+
+    def _checked(self, request, view, *args):
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return view(*args)
+        try:
+            with validated_write():
+                return view(*args)
+        except ConfigRejected as exc:
+            for problem in exc.problems:
+                self.message_user(request, MSG_BREAKS.format(message=problem.message), level=messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())

@@ -2,6 +2,8 @@
 
 Endpoints: ``POST /chat/completions`` (JSON, or SSE with ``"stream": true``), ``POST /completions``,
 ``POST /embeddings``, ``GET /models``, ``GET /models/{id}``, ``POST /responses``, ``GET /health``, ``ANY /echo/…``
+(Azure OpenAI style, too: ``POST /openai/deployments/{deployment}/chat/completions``, ``…/completions`` and
+``…/embeddings``, which answer 400 without an ``api-version`` query parameter, as Azure does)
 (answers with what it received), ``GET /mock/stats`` and ``POST /mock/reset``. Every endpoint but the ``/mock/``
 ones is served under ``/v1`` and at the root, so ``http://host:port/v1`` and ``http://host:port`` are both valid
 base URLs. ``--require-key`` guards everything except ``/health`` and ``/mock/…``.
@@ -34,6 +36,7 @@ ERR_NOT_OBJECT = "The JSON body of your request must be an object."
 ERR_REQUIRED = "'{param}' is a required property"
 ERR_BAD_KEY = "Incorrect API key provided."
 ERR_NO_ROUTE = "Invalid URL ({method} {path})"
+ERR_NO_API_VERSION = "Missing required query parameter: api-version."
 
 ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
@@ -499,6 +502,18 @@ async def not_found(request: web.Request) -> web.StreamResponse:
     return error_response(404, ERR_NO_ROUTE.format(method=request.method, path=request.path), code="unknown_url")
 
 
+def _azure(handler: Handler) -> Handler:
+    """An Azure OpenAI deployment route: the same answers, once the request carries ``api-version``."""
+
+    async def deployment(request: web.Request) -> web.StreamResponse:
+        if not request.query.get("api-version"):
+            request.app[STATS].last_request = request
+            return error_response(400, ERR_NO_API_VERSION, param="api-version", code="missing_api_version")
+        return await handler(request)
+
+    return deployment
+
+
 def create_app(config: MockConfig | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[CONFIG] = config or MockConfig()
@@ -517,6 +532,9 @@ def create_app(config: MockConfig | None = None) -> web.Application:
     for prefix in ("", "/v1"):
         for method, path, handler in routes:
             app.router.add_route(method, prefix + path, handler)
+    for path, handler in (("chat/completions", chat_completions), ("completions", completions),
+                          ("embeddings", embeddings)):  # fmt: skip
+        app.router.add_post(f"/openai/deployments/{{deployment}}/{path}", _azure(handler))
     app.router.add_get("/mock/stats", stats)
     app.router.add_post("/mock/reset", reset_stats)
     app.router.add_route("*", "/{tail:.*}", not_found)

@@ -1,6 +1,8 @@
 from django import forms
 from django.contrib import admin
 
+from gateway_admin.admin import SnapshotSafeAdmin
+
 from .models import NamedValue
 
 
@@ -26,7 +28,7 @@ class NamedValueForm(forms.ModelForm):
 
 
 @admin.register(NamedValue)
-class NamedValueAdmin(admin.ModelAdmin):
+class NamedValueAdmin(SnapshotSafeAdmin):
     form = NamedValueForm
     list_display = ("name", "secret", "shown_value", "last_updated")
     list_filter = ("secret",)

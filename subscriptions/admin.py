@@ -1,10 +1,12 @@
 from django.contrib import admin
 
+from gateway_admin.admin import SnapshotSafeAdmin
+
 from .models import Product, Subscription
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(SnapshotSafeAdmin):
     list_display = ("name", "display_name", "state", "subscription_required", "last_updated")
     list_filter = ("state",)
     search_fields = ("name", "display_name")
@@ -12,7 +14,7 @@ class ProductAdmin(admin.ModelAdmin):
 
 
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(SnapshotSafeAdmin):
     list_display = ("name", "display_name", "scope", "state", "last_updated")
     list_filter = ("state",)
     search_fields = ("name", "display_name")

@@ -29,6 +29,7 @@ __all__ = ("APIViewSet", "OperationViewSet")
 class APIViewSet(PolicyActionMixin, ConfigurationViewSet):
     queryset = API.objects.prefetch_related("products")
     serializer_class = APISerializer
+    snapshot_kind = "api"
     filterset_class = APIFilterSet
     policy_scope = PolicyScopeChoices.API
 

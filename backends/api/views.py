@@ -16,6 +16,7 @@ __all__ = ("BackendViewSet",)
 class BackendViewSet(ConfigurationViewSet):
     queryset = Backend.objects.all()
     serializer_class = BackendSerializer
+    snapshot_kind = "backend"
     filterset_class = BackendFilterSet
 
     def perform_destroy(self, instance):

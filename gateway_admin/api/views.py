@@ -2,24 +2,69 @@
 
 from django.db import transaction
 from drf_spectacular.utils import extend_schema
-from rest_framework import viewsets
+from rest_framework import permissions, status, viewsets
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gateway_admin.models import ConfigRevision
+from gateway_admin.safety import ConfigRejected, field_errors, validated_write
 from gateway_admin.snapshot import build_snapshot
 
 from .authentication import GatewayTokenAuthentication, IsGateway
 from .parsers import JSONParser
 
-__all__ = ("ConfigurationViewSet", "GatewaySnapshotView")
+__all__ = ("ConfigurationViewSet", "GatewaySnapshotView", "SnapshotSafeMixin")
 
 # Names may hold dots (`region.eu`), which DRF's default lookup pattern refuses.
 NAME_LOOKUP_REGEX = r"[^/]+"
 
 
-class ConfigurationViewSet(viewsets.ModelViewSet):
+class SnapshotSafeMixin:
+    """Every unsafe request (whatever its action) commits only if gateways can load the resulting snapshot
+    (gateway_admin.safety): otherwise 400 naming the field (409 for a DELETE) and nothing is saved."""
+
+    #: the snapshot item kind of the view's objects ("backend", "api", ...), to name fields of the written item
+    snapshot_kind: str | None = None
+
+    def dispatch(self, request, *args, **kwargs):
+        if request.method in permissions.SAFE_METHODS:
+            return super().dispatch(request, *args, **kwargs)
+        try:
+            with validated_write() as guard:
+                response = super().dispatch(request, *args, **kwargs)
+                guard.skip = response.status_code >= 400  # refused already: nothing to check
+        except ConfigRejected as exc:
+            return self._rejected(request, exc, args, kwargs)
+        return response
+
+    def _rejected(self, request, exc: ConfigRejected, args, kwargs):
+        name = getattr(self, "_written_name", None) or kwargs.get(getattr(self, "lookup_field", "name"))
+        code = status.HTTP_409_CONFLICT if request.method == "DELETE" else status.HTTP_400_BAD_REQUEST
+        data = getattr(self.request, "data", None)
+        data = data if isinstance(data, dict) else {}
+        # a problem of another item (a reference this write broke) is put on the field most likely to blame
+        fallback = next((key for key in ("value", "name") if key in data), "detail")
+        if getattr(self, "action", None) == "policy":
+            fallback = "value"
+        errors = field_errors(exc, kind=self.snapshot_kind, name=name, fallback=fallback)
+        if getattr(self, "action", None) == "policy" and "policy" in errors:
+            errors.setdefault("value", []).extend(errors.pop("policy"))
+        if code == status.HTTP_409_CONFLICT:
+            errors = {"detail": " ".join(message for messages in errors.values() for message in messages)}
+        response = Response(errors, status=code)
+        return self.finalize_response(self.request, response, *args, **kwargs)
+
+    def perform_create(self, serializer):
+        self._written_name = serializer.validated_data.get("name")
+        super().perform_create(serializer)
+
+    def perform_update(self, serializer):
+        self._written_name = serializer.validated_data.get("name")
+        super().perform_update(serializer)
+
+
+class ConfigurationViewSet(SnapshotSafeMixin, viewsets.ModelViewSet):
     """CRUD over one kind of named configuration object, addressed by its name."""
 
     lookup_field = "name"

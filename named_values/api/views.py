@@ -20,6 +20,7 @@ __all__ = ("NamedValueViewSet",)
 class NamedValueViewSet(ConfigurationViewSet):
     queryset = NamedValue.objects.all()
     serializer_class = NamedValueSerializer
+    snapshot_kind = "named_value"
     filterset_class = NamedValueFilterSet
 
     def perform_destroy(self, instance):

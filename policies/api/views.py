@@ -9,6 +9,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from gateway_admin.api.parsers import JSONParser
+from gateway_admin.api.views import SnapshotSafeMixin
 
 from ..choices import PolicyContentFormatChoices, PolicyScopeChoices
 from ..services import DEFAULT_GLOBAL_POLICY, delete_policy, export_policy, get_policy, set_policy
@@ -105,7 +106,7 @@ class PolicyActionMixin:
         return policy_response(request, self.policy_scope, self.get_object())
 
 
-class GlobalPolicyView(APIView):
+class GlobalPolicyView(SnapshotSafeMixin, APIView):
     """`policies/global/`: the document applied to every API (a default one until written)."""
 
     parser_classes = [JSONParser]

@@ -23,6 +23,7 @@ __all__ = ("ProductViewSet", "SubscriptionViewSet")
 class ProductViewSet(PolicyActionMixin, ConfigurationViewSet):
     queryset = Product.objects.prefetch_related("apis")
     serializer_class = ProductSerializer
+    snapshot_kind = "product"
     filterset_class = ProductFilterSet
     policy_scope = PolicyScopeChoices.PRODUCT
 
@@ -35,6 +36,7 @@ class ProductViewSet(PolicyActionMixin, ConfigurationViewSet):
 class SubscriptionViewSet(ConfigurationViewSet):
     queryset = Subscription.objects.select_related("api", "product")
     serializer_class = SubscriptionSerializer
+    snapshot_kind = "subscription"
     filterset_class = SubscriptionFilterSet
 
     @extend_schema(request=None, responses=SubscriptionKeysSerializer, summary="Reveal both keys")

@@ -250,3 +250,23 @@ def test_sigterm_stops_the_server(process_factory):
     mock = start_mock_llm(process_factory)
     assert mock.process.stop(grace=5) is not None
     assert not mock.process.alive
+
+
+#
+# Azure OpenAI deployment routes
+#
+
+
+def test_azure_deployment_route_with_the_sdk(mock_llm):
+    client = openai.AzureOpenAI(
+        azure_endpoint=mock_llm.root_url, api_key="unused", api_version="2024-10-21", max_retries=0
+    )
+    answer = client.chat.completions.create(model="d", messages=MESSAGES)
+    assert answer.choices[0].message.content == DEFAULT_TEXT
+    assert mock_llm.stats()["last_request"]["query"] == "api-version=2024-10-21"
+
+
+def test_azure_deployment_route_requires_api_version(mock_llm):
+    body = json.dumps({"model": "d", "messages": MESSAGES})
+    status, answer = call(f"{mock_llm.root_url}/openai/deployments/d/chat/completions", "POST", body)
+    assert status == 400 and answer["error"]["param"] == "api-version"

@@ -1,8 +1,8 @@
 """`manage.py rotate_secrets`: re-encrypt every secret at rest with the first SLUICE_SECRET_KEYS key."""
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
+from gateway_admin.safety import ConfigRejected, validated_write
 from named_values import crypto
 from named_values.models import NamedValue
 from subscriptions.models import Subscription
@@ -16,7 +16,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            with transaction.atomic():
+            with validated_write():
                 named_values = list(NamedValue.objects.select_for_update().filter(secret=True))
                 for named_value in named_values:
                     named_value.encrypted_value = crypto.rotate(named_value.encrypted_value)
@@ -28,6 +28,8 @@ class Command(BaseCommand):
                     subscription.encrypted_secondary_key = crypto.rotate(subscription.encrypted_secondary_key)
                 Subscription.objects.bulk_update(subscriptions, ["encrypted_primary_key", "encrypted_secondary_key"])
         except crypto.SecretDecryptionError as exc:
+            raise CommandError(f"{exc} Nothing was changed.") from exc
+        except ConfigRejected as exc:
             raise CommandError(f"{exc} Nothing was changed.") from exc
         self.stdout.write(
             f"Re-encrypted {len(named_values)} secret named value(s) and {len(subscriptions)} subscription(s) "
