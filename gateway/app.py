@@ -31,6 +31,7 @@ from gateway.limits import TokenStore, create_store
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics
 from gateway.pipeline import JSON_HEADERS, Pipeline, error_body, error_response, run_pipeline
+from gateway.request_checks import path_problem
 from gateway.subscription import check_subscription, split_query_param
 from gateway.telemetry import Telemetry
 from gateway.tokens import get_tokenizer
@@ -126,6 +127,11 @@ class GatewayApp:
         if snapshot is None:
             return error_response(503, MSG_NOT_CONFIGURED)
         started = self.clock()
+        problem = path_problem(path)
+        if problem is not None:  # dot and empty segments: refused before routing, never normalised
+            if self.telemetry is not None:
+                self.telemetry.finish_early(request_id, None, "", 400, started)
+            return error_response(400, problem)
         match = snapshot.router.match(request.method, path)
         if match is None:
             if self.telemetry is not None:
@@ -152,6 +158,8 @@ class GatewayApp:
                 return Response(401, [_CONTENT_TYPE], _BODY_401[decision])
             access = decision
         else:
+            if query:  # the key never reaches the backend, even where it is not checked
+                query = split_query_param(query, api.key_query)[1]
             no_key_access = api.no_key_access
             assert no_key_access is not None  # always set for APIs that do not require a subscription
             access = no_key_access

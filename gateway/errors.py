@@ -8,6 +8,7 @@ __all__ = (
     "MSG_BACKEND_PROTOCOL",
     "MSG_BACKEND_TIMEOUT",
     "MSG_BAD_TARGET",
+    "MSG_INTERNAL_ERROR",
     "MSG_INVALID_KEY",
     "MSG_MISSING_KEY",
     "MSG_NOT_CONFIGURED",
@@ -31,6 +32,9 @@ MSG_BAD_TARGET = "The request cannot be forwarded: invalid characters in its tar
 MSG_NO_BACKEND = "No backend service is configured for this API."
 MSG_NOT_CONFIGURED = "The gateway has no configuration loaded yet."
 MSG_API_UNAVAILABLE = "The API is unavailable: the gateway could not load its configuration."
+# APIM's generic answer to a failure inside the gateway (an expression that threw): the detail is kept for the log,
+# the trace and context.LastError, never sent to the client.
+MSG_INTERNAL_ERROR = "Internal server error."
 
 
 class GatewayError(Exception):
@@ -38,13 +42,17 @@ class GatewayError(Exception):
 
     ``source`` is the policy name or built-in step, ``reason`` a machine code (``BackendConnectionFailure``),
     ``status`` the HTTP status of the default error response. The pipeline fills ``section``, ``scope``
-    and ``policy_id`` when it catches the error.
+    and ``policy_id`` when it catches the error. ``client_message`` is what the default error response says when
+    it differs from ``message`` (which ``context.LastError.Message`` reads).
     """
 
-    def __init__(self, status: int, message: str, *, source: str, reason: str) -> None:
+    def __init__(
+        self, status: int, message: str, *, source: str, reason: str, client_message: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.client_message = message if client_message is None else client_message
         self.source = source
         self.reason = reason
         self.section: str | None = None

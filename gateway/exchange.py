@@ -1,13 +1,15 @@
 """The language-model side of one request: its JSON body, parsed once, and the accounting of its token usage.
 
-Every POST with a JSON object body to an ``openai`` API gets an :class:`LlmExchange` when it is forwarded (and any
-request whose pipeline has ``llm-token-limit``, whatever the API type, gets one in the inbound section). The
-exchange
+Every request to an ``openai`` API gets an :class:`LlmExchange` when it is forwarded (and any request whose pipeline
+has a token policy, whatever the API type, gets one in the inbound section); its ``body`` is the parsed request when
+that is a JSON object. The exchange
 
 * rewrites the upstream body of a streamed Chat Completions / Completions request that did not ask for
   ``stream_options.include_usage``, so the backend reports usage at the end of the stream; the usage event is then
   removed from the client's stream (``SseUsageMeter(strip=True)``);
 * asks the backend for an uncompressed response (``Accept-Encoding`` is not forwarded) so usage can be read;
+* reads the usage the backend reports (JSON or SSE) whatever the request body was: a body the gateway could not
+  parse must not settle to 0 tokens (issue #7; pipelines with token policies refuse such bodies with 400 first);
 * sets ``ctx.usage`` once the usage is known: at the response head for a buffered JSON body, at the end of the
   stream otherwise (before any ``on_finish`` callback runs), estimated when the backend reported none (a cancelled
   stream is settled with the completion tokens that passed);
@@ -99,7 +101,7 @@ class LlmExchange:
         request = ctx.request
         raw = request.body
         body = None
-        if request.method == "POST" and raw and raw[0] in _JSON_START:
+        if raw and raw[0] in _JSON_START:
             try:
                 document = orjson.loads(raw)
             except orjson.JSONDecodeError:
@@ -107,12 +109,12 @@ class LlmExchange:
             if isinstance(document, dict):
                 body = document
         exchange = cls(body, raw, request_kind(ctx.forward_path), rewrite=ctx.api.api_type == OPENAI_API_TYPE)
-        if body is not None:
-            headers = ctx.request_headers
-            for name, _ in headers:
-                if name == _ACCEPT_ENCODING:
-                    headers[:] = [h for h in headers if h[0] != _ACCEPT_ENCODING]
-                    break
+        # The usage is read from every response, whatever the request looked like: ask for it uncompressed.
+        headers = ctx.request_headers
+        for name, _ in headers:
+            if name == _ACCEPT_ENCODING:
+                headers[:] = [h for h in headers if h[0] != _ACCEPT_ENCODING]
+                break
         return exchange
 
     # request side
@@ -170,7 +172,7 @@ class LlmExchange:
     def on_response(self, ctx: RequestContext) -> None:
         """Called by the forwarder once the backend's response head (and a buffered body) is in ``ctx.response``."""
         head = ctx.response
-        if head is not None and self.body is not None and 200 <= head.status < 300:
+        if head is not None and 200 <= head.status < 300:  # even for a body it could not parse (issue #7)
             if head.upstream is None:
                 self._read_buffered(ctx, head.body, find_header(head.headers, b"content-encoding"))
             else:
@@ -192,7 +194,7 @@ class LlmExchange:
         model = model or self.model
         if usage is not None:
             ctx.usage = usage_from_mapping(usage, model)
-        elif isinstance(document, dict):
+        elif isinstance(document, dict) and self.body is not None:  # no model request, no estimate (GET /models)
             count = get_tokenizer().counter(self.encoding)
             self.set_estimate(ctx, completion_text_tokens(document, count), model)
 
@@ -232,5 +234,5 @@ class _TailDone:
         self.ctx = self.exchange = None  # type: ignore[assignment]
         if usage is not None:
             ctx.usage = usage_from_mapping(usage, model or exchange.model)
-        elif complete:
+        elif complete and exchange.body is not None:
             exchange.set_estimate(ctx, 0, model)

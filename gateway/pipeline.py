@@ -18,6 +18,8 @@ from gateway.http.client import UpstreamError, UpstreamTimeout
 from gateway.http.server import Response, StreamingResponse
 from gateway.policy import Base, Policy, PolicyDocument, Section, merge_sections, walk
 from gateway.policy.backend import ForwardRequest
+from gateway.request_checks import parse_json_body
+from gateway.tokens import RequestKind, request_kind
 
 __all__ = (
     "JSON_HEADERS",
@@ -31,6 +33,7 @@ __all__ = (
 logger = logging.getLogger("gateway.pipeline")
 
 JSON_HEADERS = ((b"content-type", b"application/json; charset=utf-8"),)
+REASON_INVALID_BODY = "InvalidRequestBody"
 _DEFAULT_FORWARD = ForwardRequest(None)
 _DEFAULT_FORWARD.section = Section.BACKEND
 
@@ -45,6 +48,7 @@ class Pipeline:
     on_error: tuple[Policy, ...]
     requires_request_body: bool = False
     requires_response_body: bool = False
+    requires_json_body: bool = False  # a request body must be a JSON object, else 400 before any step
 
 
 def compile_pipeline(documents: Sequence[PolicyDocument | None]) -> Pipeline:
@@ -65,6 +69,7 @@ def compile_pipeline(documents: Sequence[PolicyDocument | None]) -> Pipeline:
         on_error=tuple(merged.get(Section.ON_ERROR, ())),
         requires_request_body=any(step.requires_request_body or "body" in step.uses for step in steps),
         requires_response_body=any(step.requires_response_body or "response_body" in step.uses for step in steps),
+        requires_json_body=any(step.requires_json_body for step in steps),
     )
 
 
@@ -97,6 +102,8 @@ async def run_pipeline(pipeline: Pipeline, ctx: RequestContext) -> Response | St
 
 async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingResponse:
     try:
+        if pipeline.requires_json_body and ctx.request.body:
+            _check_body(ctx)
         response = await _run_section(ctx, Section.INBOUND, pipeline.inbound)
         if response is None:
             response = await _run_section(ctx, Section.BACKEND, pipeline.backend)
@@ -118,6 +125,24 @@ async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingR
         abandon_filters(ctx.chunk_filters)
         await discard_upstream(ctx)
         raise
+
+
+def _check_body(ctx: RequestContext) -> None:
+    """Refuse a body the policies would have to read and cannot: 400, and on-error runs (issue #7). Without this a
+    body orjson rejects (NaN, a BOM, a lone surrogate) would pass as "no body": nothing reserved, nothing counted.
+
+    Model operations (chat, completions, embeddings, responses) take JSON only. Elsewhere a body that says it is not
+    JSON (multipart audio, images) is let through: it reserves nothing and is counted from the response's usage.
+    """
+    if request_kind(ctx.forward_path) == RequestKind.OTHER:
+        content_type = ctx.request.header(b"content-type")
+        if content_type is not None and b"json" not in content_type.lower():
+            return
+    problem = parse_json_body(ctx.request.body, need_object=True)[1]
+    if problem is not None:
+        error = GatewayError(400, problem, source="request", reason=REASON_INVALID_BODY)
+        error.section = Section.INBOUND.value
+        raise error
 
 
 async def _run_section(ctx: RequestContext, section: Section, steps: tuple[Policy, ...]) -> Response | None:
@@ -204,6 +229,9 @@ def _as_gateway_error(exc: Exception, section: Section, step: Policy | None) -> 
         error = exc
     elif isinstance(exc, ExpressionRuntimeError):
         error = cast(GatewayError, exc.as_gateway_error(step.name if step else section.value))
+        where = f"line {step.line}" if step is not None and step.line is not None else "?"
+        level = logging.WARNING if error.status >= 500 else logging.DEBUG  # a 400 is the client's: no log noise
+        logger.log(level, "expression of %s (%s, %s) failed: %s", error.source, section.value, where, error.message)
     else:
         logger.exception("policy %s failed in %s", step.name if step else "?", section.value)
         error = GatewayError(
@@ -220,7 +248,8 @@ def _as_gateway_error(exc: Exception, section: Section, step: Policy | None) -> 
 async def _on_error(pipeline: Pipeline, ctx: RequestContext, error: GatewayError) -> Response | StreamingResponse:
     ctx.last_error = error
     abandon_filters(ctx.chunk_filters)
-    ctx.response = ResponseHead(error.status, list(JSON_HEADERS), body=error_body(error.status, error.message))
+    body = error_body(error.status, error.client_message)
+    ctx.response = ResponseHead(error.status, list(JSON_HEADERS), body=body)
     if ctx.trace is not None:
         ctx.trace.append(
             {
@@ -239,7 +268,7 @@ async def _on_error(pipeline: Pipeline, ctx: RequestContext, error: GatewayError
     try:
         response = await _run_section(ctx, Section.ON_ERROR, pipeline.on_error)
     except GatewayError as second:
-        return error_response(second.status, second.message)
+        return error_response(second.status, second.client_message)
     if response is not None:
         return response
     return build_response(ctx)

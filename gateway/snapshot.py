@@ -492,7 +492,7 @@ class _Loader:
             key_query=key_query,
             backend=backend,
             operations=tuple(operations),
-            drop_headers=CLIENT_OWNED | {key_header_b} if subscription_required else CLIENT_OWNED,
+            drop_headers=CLIENT_OWNED | {key_header_b},  # the key is never forwarded, checked or not
             allowed_scopes=frozenset({"/apis", f"/apis/{name}", *(f"/products/{p}" for p in published)}),
             products=published,
             open_access=open_access,

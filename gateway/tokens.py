@@ -88,8 +88,28 @@ class TokenUsage:
     reasoning_tokens: int = 0  # part of the completion spent on reasoning
 
 
+MAX_USAGE_TOKENS: Final = 10**15  # a reported count above this is treated as this (the counters stay exact)
+_NUMERIC: Final = re.compile(r"\s*(\d{1,30})(?:\.0*)?\s*")
+
+
 def _int(value: Any) -> int:
-    return value if type(value) is int and value >= 0 else 0
+    """A reported token count: an integer, also when sent as ``16.0`` or ``"16"`` (some backends do); anything
+    negative, fractional or not a number counts 0."""
+    kind = type(value)
+    if kind is int:
+        number = value
+    elif kind is float:
+        if not value.is_integer():  # also NaN and the infinities
+            return 0
+        number = int(value)
+    elif kind is str and len(value) <= 40:
+        match = _NUMERIC.fullmatch(value)
+        if match is None:
+            return 0
+        number = int(match.group(1))
+    else:
+        return 0
+    return min(number, MAX_USAGE_TOKENS) if number >= 0 else 0
 
 
 def usage_from_mapping(usage: dict[str, Any], model: str | None) -> TokenUsage:

@@ -38,7 +38,7 @@ from urllib.parse import unquote_plus, urlsplit
 
 from .conversions import cast_converter, default_of
 from .dotnet import Guid, utc
-from .errors import ExpressionRuntimeError
+from .errors import ExpressionRuntimeError, RequestBodyError
 from .jsonlib import parse_json
 from .runtime import wall_now
 from .typesys import (
@@ -238,7 +238,10 @@ def _body_as(target: str, ctx: RequestContext, data: bytes, slot: str) -> Any:
 
 def _request_body_factory(target: str) -> Callable[..., Any]:
     def as_(ctx: RequestContext, preserve_content: bool = False) -> Any:
-        return _body_as(target, ctx, ctx.request.body, "request-body")
+        try:
+            return _body_as(target, ctx, ctx.request.body, "request-body")
+        except ExpressionRuntimeError as exc:  # not JSON, or not the JSON type read: 400, the client's mistake
+            raise RequestBodyError(exc.message) from None
 
     return as_
 

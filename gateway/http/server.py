@@ -1109,7 +1109,10 @@ def _split_target(url: bytes) -> tuple[str, str]:
         url = url.split(b"#", 1)[0]
     if url[:1] != b"/" and url != b"*":
         # absolute-form (``http://host/path?q``), as a forward proxy would receive it
-        parsed: Any = httptools.parse_url(url)
+        try:
+            parsed: Any = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:  # found by the fuzz battery: was a 500 and a traceback
+            raise _Reject(400, MSG_BAD_REQUEST) from None
         path = parsed.path or b"/"
         query = parsed.query or b""
         return path.decode("latin-1"), query.decode("latin-1")

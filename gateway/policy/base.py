@@ -92,6 +92,10 @@ class Policy:
     # Flags the pipeline and forwarder can check before buffering (httpx ``Auth`` style).
     requires_request_body: ClassVar[bool] = False
     requires_response_body: ClassVar[bool] = False
+    # The request body, when there is one, must be a JSON object (the token policies read its members): the
+    # pipeline answers 400 before any step runs when it is not (gateway.request_checks). Expressions that read
+    # the body as JSON answer the same 400 when they read it (gateway.expressions.errors.RequestBodyError).
+    requires_json_body: ClassVar[bool] = False
     # Control-flow statements: the pipeline runs ``select(ctx)``'s steps in place of ``apply``.
     is_control: ClassVar[bool] = False
 

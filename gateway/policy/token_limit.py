@@ -122,6 +122,7 @@ class LlmTokenLimit(Policy):
 
     name = "llm-token-limit"
     sections = frozenset({Section.INBOUND})
+    requires_json_body = True
     attributes = {
         "counter-key": Attr(required=True),
         "tokens-per-minute": Attr(),

@@ -122,6 +122,7 @@ class LlmEmitTokenMetric(Policy):
 
     name = "llm-emit-token-metric"
     sections = frozenset({Section.INBOUND})
+    requires_json_body = True
     scopes = ALL_SCOPES
     attributes = {
         "namespace": Attr(default=DEFAULT_NAMESPACE, expressions=False),

@@ -208,11 +208,20 @@ async def test_backend_conditional_fixture_chooses_backend_and_query():
     assert premium.status == 203
 
 
-async def test_set_backend_service_expression_with_unknown_backend_is_an_evaluation_failure():
-    gw = gateway(upstream(), api_policy=inbound('<set-backend-service backend-id="@(&quot;nope&quot;)"/>'))
+async def test_set_backend_service_expression_with_unknown_backend_is_an_evaluation_failure(caplog):
+    on_error = "<on-error><set-header name='x-detail'><value>@(context.LastError.Message)</value></set-header>"
+    gw = gateway(
+        upstream(),
+        api_policy=inbound('<set-backend-service backend-id="@(&quot;nope&quot;)"/>').replace(
+            "</policies>", on_error + "</on-error></policies>"
+        ),
+    )
     response = await gw.chat()
     assert response.status == 500
-    assert "unknown backend 'nope'" in orjson.loads(response.body)["message"]
+    # issue #7 item 9: the client gets APIM's generic answer; the detail is in context.LastError and the log
+    assert orjson.loads(response.body) == {"statusCode": 500, "message": "Internal server error."}
+    assert b"unknown backend 'nope'" in header(response, b"x-detail")
+    assert "unknown backend 'nope'" in caplog.text
 
 
 #
@@ -274,9 +283,25 @@ async def test_expression_failure_is_expression_value_evaluation_failure_of_the_
     assert response.status == 500
     assert header(response, b"x-source") == b"set-header"
     assert header(response, b"x-reason") == b"ExpressionValueEvaluationFailure"
-    body = orjson.loads(response.body)
-    assert body["statusCode"] == 500 and body["message"].startswith("Expression evaluation failed.")
+    assert orjson.loads(response.body) == {"statusCode": 500, "message": "Internal server error."}
     assert gw.pool.calls == []
+
+
+async def test_expression_failure_detail_goes_to_the_trace_not_the_client():
+    """Issue #7 item 9: Python's exception text (``invalid literal for int()``) never reaches the client."""
+    gw = gateway(
+        upstream(),
+        api_policy="<policies><inbound><base/>"
+        '<set-header name="x-n"><value>@(int.Parse("abc").ToString())</value></set-header>'
+        "</inbound></policies>",
+    )
+    response = await gw.chat(trace=True)
+    assert response.status == 500
+    assert orjson.loads(response.body) == {"statusCode": 500, "message": "Internal server error."}
+    entries = trace_of(response)
+    detail = next(e for e in entries if e.get("section") == "on-error")["error"]
+    assert detail["reason"] == "ExpressionValueEvaluationFailure" and detail["source"] == "set-header"
+    assert detail["message"].startswith("Expression evaluation failed.") and len(detail["message"]) > 30
 
 
 async def test_failing_when_condition_is_reported_against_choose():

@@ -41,10 +41,13 @@ def respond_json(usage=USAGE, status=200):
 
 
 class Gateway:
-    def __init__(self, op_policy: str, *, respond=None, api_type="openai", store=None, clock=None):
+    def __init__(
+        self, op_policy: str | None, *, respond=None, api_type="openai", store=None, clock=None, api_policy=None
+    ):
         data = base_snapshot()
         data["apis"][0]["api_type"] = api_type
         data["apis"][0]["operations"][0]["policy"] = op_policy  # POST /chat/completions
+        data["apis"][0]["policy"] = api_policy
         self.clock = clock or FakeClock()
         self.store = store or create_store("memory", clock=self.clock)
         self.pool = FakePool(respond=respond or respond_json())
@@ -249,14 +252,37 @@ async def test_the_alias_behaves_the_same():
     assert [(await gateway.send()).status for _ in range(2)] == [200, 429]
 
 
-async def test_a_request_without_json_body_reserves_nothing_but_is_blocked_when_over():
+async def test_a_request_without_body_reserves_nothing_but_is_blocked_when_over():
     gateway = Gateway(policy('counter-key="g" tokens-per-minute="60" estimate-prompt-tokens="true"'))
-    assert (await gateway.send(b"not json")).status == 200
+    gateway.pool.respond = respond_json({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+    assert (await gateway.send(b"")).status == 200
     assert await gateway.minute_count("g") == 0
     gateway.pool.respond = respond_json({"prompt_tokens": 60, "completion_tokens": 10, "total_tokens": 70})
     assert (await gateway.send()).status == 200  # overshoot detected on the response: 70 > 60
     gateway.pool.respond = respond_json()
-    assert (await gateway.send(b"not json")).status == 429
+    assert (await gateway.send(b"")).status == 429
+
+
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        (b'{"messages": [], "max_tokens": NaN}', "unexpected character"),
+        (b'\xef\xbb\xbf{"model": "gpt-4", "messages": []}', "byte order mark"),
+        (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "surrogate"),
+        (b"not json", "(line 1, column 1)"),
+        (b"[1, 2]", "a JSON object is expected, got an array"),
+        (b"17", "a JSON object is expected, got a number"),
+    ],
+)
+async def test_a_body_orjson_refuses_is_a_400_not_a_free_request(raw, detail):
+    """Issue #7 item 2: such bodies used to pass as "no body": nothing reserved, and the request settled to 0."""
+    gateway = Gateway(policy('counter-key="g" tokens-per-minute="60" estimate-prompt-tokens="true"'))
+    response = await gateway.send(raw)
+    assert response.status == 400
+    body = orjson.loads(response.body)
+    assert body["statusCode"] == 400 and body["message"].startswith("Request body is not valid JSON: ")
+    assert detail in body["message"]
+    assert gateway.pool.calls == [] and await gateway.minute_count("g") == 0
 
 
 async def test_the_store_failing_lets_requests_through():
@@ -356,3 +382,17 @@ async def test_quota_window_key_matches_the_policy():
     )
     await gateway.send()
     assert await gateway.store.count(quota_window("wq", "Monthly", gateway.clock(), 1000)) == 50
+
+
+async def test_a_multipart_body_elsewhere_than_a_model_operation_is_let_through():
+    """Issue #7: the JSON rule covers model operations, and bodies that claim (or do not say) they are JSON;
+    an audio upload under the same policy is forwarded and counted from the response's usage."""
+    gateway = Gateway(None, api_policy=policy('counter-key="m" tokens-per-minute="1000" estimate-prompt-tokens="true"'))
+    multipart = (b"content-type", b"multipart/form-data; boundary=x")
+    request = make_request("POST", "/llm/chat/audio/transcriptions", "", [KEY, multipart], b"--x\r\n\xff\r\n--x--")
+    assert (await gateway.app(request)).status == 200
+    assert await gateway.minute_count("m") == USAGE["total_tokens"]
+    refused = make_request("POST", "/llm/chat/chat/completions", "", [KEY, multipart], b"--x\r\n\xff\r\n--x--")
+    assert (await gateway.app(refused)).status == 400
+    json_claimed = make_request("POST", "/llm/chat/audio/x", "", [KEY, (b"content-type", b"application/json")], b"NaN")
+    assert (await gateway.app(json_claimed)).status == 400

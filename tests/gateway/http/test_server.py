@@ -874,3 +874,14 @@ async def test_absolute_form_and_asterisk_targets(start_server, connect):
     await conn.send(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n")
     got = json.loads((await conn.read_response()).body)
     assert (got["method"], got["path"], got["query"]) == ("OPTIONS", "*", "")
+
+
+@pytest.mark.parametrize("target", [b"http://h:99999/x", b"http://h:/x", b"http://[::1/x"])
+async def test_an_absolute_form_target_that_is_not_a_url_is_400(start_server, connect, caplog, target):
+    """Found by the gateway fuzz battery (issue #7): httptools.parse_url raised inside the parser callback, which
+    answered 500 and logged a traceback."""
+    port = await start_server(echo)
+    conn = await connect(port)
+    await conn.send(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert_error(await conn.read_response(), 400)
+    assert "Traceback" not in caplog.text and "parser callback failed" not in caplog.text
