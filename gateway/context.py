@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from gateway.errors import GatewayError
-    from gateway.exchange import LlmExchange
     from gateway.http.client import UpstreamResponse
-    from gateway.http.server import Request
+    from gateway.http.messages import Request
     from gateway.model import ApiEntry, BackendTarget, OperationEntry, ProductEntry, SubscriptionEntry
-    from gateway.policy.base import Section
+    from gateway.types import Section
 
-__all__ = ("ChunkFilter", "FinishCallback", "Headers", "RequestContext", "ResponseHead", "Services")
+__all__ = ("ChunkFilter", "FinishCallback", "Headers", "LlmState", "RequestContext", "ResponseHead", "Services")
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -33,6 +32,17 @@ class ChunkFilter(Protocol):
     def feed(self, chunk: bytes) -> bytes: ...
 
     def finish(self, complete: bool) -> bytes: ...
+
+
+class LlmState(Protocol):
+    """What the context shows of the request's LLM exchange (``gateway.llm_accounting.LlmExchange``, which sits
+    above this module); ``llm_accounting.current_exchange`` gives the whole object."""
+
+    raw: bytes
+    body: dict[str, Any] | None  # the parsed JSON object body, None when the request has none
+    model: str | None
+    admissions: list[Any]  # what token-limit policies decided (for traces)
+    response_hooks: list[Callable[[RequestContext], None]]  # run when the backend's response head is in
 
 
 class Services(Protocol):
@@ -83,7 +93,7 @@ class RequestContext:
     section: Section | None = None
     trace: list[dict[str, Any]] | None = None
     usage: Any = None  # gateway.tokens.TokenUsage once known (set before on_finish callbacks run)
-    llm: LlmExchange | None = None  # the parsed LLM request and its usage accounting (gateway.exchange)
+    llm: LlmState | None = None  # the parsed LLM request and its usage accounting (gateway.llm_accounting)
     chunk_filters: list[ChunkFilter] = field(default_factory=list)
     # added to whatever response the client gets (backend, return-response or error): Retry-After, remaining calls
     response_headers: Headers = field(default_factory=list)

@@ -24,7 +24,7 @@ from gateway.snapshot import SnapshotError, load_snapshot
 if TYPE_CHECKING:
     from gateway.app import GatewayApp
     from gateway.metrics import Metrics
-    from gateway.model import Config
+    from gateway.snapshot import Snapshot
 
 __all__ = ("SnapshotSync", "write_cache")
 
@@ -155,7 +155,7 @@ class SnapshotSync:
 
     # helpers
 
-    def _load(self, data: Any) -> Config:
+    def _load(self, data: Any) -> Snapshot:
         return load_snapshot(data, gateway_token=self.config.gateway_token, quarantine=True)
 
     def _rejected(self, revision: int | str | None, reason: str) -> None:
@@ -164,7 +164,7 @@ class SnapshotSync:
         if metrics is not None:
             metrics.snapshot_rejected.inc()
 
-    def _report_quarantine(self, config: Config) -> None:
+    def _report_quarantine(self, config: Snapshot) -> None:
         for problem in config.quarantined:
             logger.error("revision %s: quarantined %s '%s': %s", config.revision, problem.kind, problem.name,
                          problem.message)  # fmt: skip

@@ -31,14 +31,29 @@ import logging
 import socket
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import httptools
 import orjson
 
-from gateway.http.headers import SERVER_OWNED, find_header, has_token
+from gateway.http.headers import SERVER_OWNED, has_token
+from gateway.http.messages import (
+    BODY_DONE as _BODY_DONE,
+)
+from gateway.http.messages import (
+    BODY_FAILED as _BODY_FAILED,
+)
+from gateway.http.messages import (
+    BODY_READING as _BODY_READING,
+)
+from gateway.http.messages import (
+    Request,
+    RequestBodyError,
+    Response,
+    StreamingResponse,
+)
 from gateway.ids import next_request_id
 
 __all__ = (
@@ -86,9 +101,6 @@ _BODY: Final = 2  # body (or the remainder of a chunked body)
 _MAX_QUEUED: Final = 16  # pipelined requests waiting for their turn before reading pauses
 
 # Body states of a Request.
-_BODY_READING: Final = 0
-_BODY_DONE: Final = 1
-_BODY_FAILED: Final = 2
 _FLUSH_SIZE: Final = 64 * 1024  # a streamed response's pending writes are flushed at this size
 _LARGE_BODY: Final = 64 * 1024  # above this a complete response's body is written apart from its head
 
@@ -117,127 +129,6 @@ _METHODS: Final[dict[bytes, str]] = {
 #
 # Messages
 #
-
-
-class RequestBodyError(Exception):
-    """The request body cannot be read: too large (413), malformed framing (400) or too slow (408)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class Request:
-    """One HTTP request as handed to the handler: the head, and ``body`` once ``read_body()`` has returned.
-
-    A Request built by hand (tests, tools) carries its whole body already; one from the server reads it on demand.
-    """
-
-    __slots__ = (
-        "_body_error",
-        "_body_state",
-        "_conn",
-        "_continue",
-        "_parts",
-        "_size",
-        "_taken",
-        "body",
-        "client_ip",
-        "headers",
-        "http_version",
-        "method",
-        "path",
-        "query",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        client_ip: str,
-        http_version: str,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.body = body
-        self.client_ip = client_ip
-        self.http_version = http_version
-        self._conn: _Connection | None = None
-        self._body_state = _BODY_DONE
-        self._body_error: RequestBodyError | None = None
-        self._parts: list[bytes] = []
-        self._size = len(body)  # body bytes received so far
-        self._taken = True  # False while the connection holds body bytes the handler has not asked for
-        self._continue = False  # Expect: 100-continue, not answered yet
-
-    @property
-    def body_complete(self) -> bool:
-        """Whether ``body`` holds the whole body (always, once ``read_body()`` has returned)."""
-        return self._body_state == _BODY_DONE
-
-    async def read_body(self) -> bytes:
-        """Read the whole body (also into ``body``); raises ``RequestBodyError`` when it cannot be read."""
-        if self._body_state == _BODY_DONE:
-            if not self._taken and self._conn is not None:
-                self._conn.take(self)
-            return self.body
-        assert self._conn is not None
-        return await self._conn.read_body(self)
-
-    def header(self, name: bytes) -> bytes | None:
-        """Return the first value of header ``name`` (given lower-case), or ``None``."""
-        return find_header(self.headers, name)
-
-    def __repr__(self) -> str:
-        target = f"{self.path}?{self.query}" if self.query else self.path
-        return f"<Request {self.method} {target} HTTP/{self.http_version} from {self.client_ip}>"
-
-
-class Response:
-    """A complete response. The server adds Content-Length (except for 204 and 304) and drops any framing or
-    hop-by-hop header given; for HEAD it keeps Content-Length and sends no body bytes."""
-
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b"") -> None:
-        self.status = status
-        self.headers: list[tuple[bytes, bytes]] = headers if headers is not None else []
-        self.body = body
-
-    def __repr__(self) -> str:
-        return f"<Response {self.status} {len(self.body)} bytes>"
-
-
-class StreamingResponse:
-    """A response whose body is produced incrementally (SSE passthrough).
-
-    With ``content_length=None`` the body goes out chunked to HTTP/1.1 clients and close-delimited to HTTP/1.0
-    clients. The iterator is closed (``aclose()``) when the response ends, fails or the client goes away; for HEAD,
-    204 and 304 it is closed without being iterated.
-    """
-
-    __slots__ = ("body_iter", "content_length", "headers", "status")
-
-    def __init__(
-        self,
-        status: int,
-        headers: list[tuple[bytes, bytes]] | None,
-        body_iter: AsyncIterator[bytes],
-        content_length: int | None = None,
-    ) -> None:
-        self.status = status
-        self.headers: list[tuple[bytes, bytes]] = headers if headers is not None else []
-        self.body_iter = body_iter
-        self.content_length = content_length
-
-    def __repr__(self) -> str:
-        return f"<StreamingResponse {self.status} content_length={self.content_length}>"
 
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]

@@ -30,9 +30,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from gateway.redis import RespClient, RespError, encode_command
+
 from .base import Admission, Reservation, StoreUnavailable, TokenStore, Window, register_store, reservation_for
 from .breaker import DEFAULT_CALL_TIMEOUT, CircuitBreaker
-from .resp import RespClient, RespError, encode_command
 
 __all__ = ("RESERVE_SCRIPT", "SETTLE_SCRIPT", "RedisTokenStore")
 

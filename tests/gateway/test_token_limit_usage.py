@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from gateway.exchange import LlmExchange
+from gateway.llm_accounting import LlmExchange
 from gateway.tokens import (
     CL100K,
     O200K,

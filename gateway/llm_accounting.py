@@ -19,7 +19,7 @@ that is a JSON object. The exchange
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import orjson
 
@@ -42,7 +42,7 @@ from gateway.tokens import (
 if TYPE_CHECKING:
     from gateway.context import RequestContext
 
-__all__ = ("OPENAI_API_TYPE", "LlmExchange", "exchange_for")
+__all__ = ("OPENAI_API_TYPE", "LlmExchange", "current_exchange", "exchange_for")
 
 OPENAI_API_TYPE: Final = "openai"
 _STREAM_OPTIONS_KINDS: Final = frozenset({RequestKind.CHAT, RequestKind.COMPLETIONS})
@@ -56,10 +56,16 @@ ResponseHook = Callable[["RequestContext"], None]
 
 def exchange_for(ctx: RequestContext) -> LlmExchange:
     """The request's exchange, opened (and the body parsed) on first use."""
-    exchange = ctx.llm
+    exchange = current_exchange(ctx)
     if exchange is None:
-        exchange = ctx.llm = LlmExchange.open(ctx)
+        exchange = LlmExchange.open(ctx)
+        ctx.llm = exchange
     return exchange
+
+
+def current_exchange(ctx: RequestContext) -> LlmExchange | None:
+    """The request's exchange if one is open (``ctx.llm`` is only ever set by ``exchange_for``)."""
+    return cast("LlmExchange | None", ctx.llm)
 
 
 class LlmExchange:
