@@ -323,7 +323,7 @@ class Metrics:
             multiprocess_mode="max",
         )  # fmt: skip
         self._tokens: dict[tuple[str, tuple[str, ...]], TokenFamily] = {}
-        reg.register(_TokenCollector(self._tokens))  # type: ignore[arg-type]
+        reg.register(_TokenCollector(self._tokens))
         self.breaker_state = Gauge(
             BREAKER_STATE, "Counter store (Redis) circuit breaker: 0 closed, 1 open, 2 half-open.",
             registry=reg, multiprocess_mode="max",

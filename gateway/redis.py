@@ -258,9 +258,7 @@ class RespClient:
         try:
             context = ssl.create_default_context() if self.tls else None
             async with asyncio.timeout(self.connect_timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: _Protocol(self), self.host, self.port, ssl=context
-                )
+                _, protocol = await loop.create_connection(lambda: _Protocol(self), self.host, self.port, ssl=context)
         except (OSError, TimeoutError) as exc:
             self._connecting = None
             self._fail_all(ConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}"))

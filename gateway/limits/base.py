@@ -20,10 +20,10 @@ import hashlib
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
 __all__ = (
     "GRACE_SECONDS",
@@ -34,12 +34,11 @@ __all__ = (
     "TokenStore",
     "Window",
     "counter_tag",
-    "create_store",
     "minute_window",
     "period_bounds",
     "quota_window",
     "register_store",
-    "store_names",
+    "registered_stores",
 )
 
 PERIODS: Final = ("Hourly", "Daily", "Weekly", "Monthly", "Yearly")
@@ -216,20 +215,5 @@ def register_store(cls: type[TokenStore]) -> type[TokenStore]:
     return cls
 
 
-def store_names() -> tuple[str, ...]:
-    _load_builtin()
-    return tuple(sorted(_STORES))
-
-
-def create_store(name: str, **options: Any) -> TokenStore:
-    """Build the store registered as ``name`` (``memory`` or ``redis``; ``redis`` needs ``url=``)."""
-    _load_builtin()
-    try:
-        cls = _STORES[name]
-    except KeyError:
-        raise ValueError(f"unknown token store {name!r} (known: {', '.join(sorted(_STORES))})") from None
-    return cls(**options)
-
-
-def _load_builtin() -> None:
-    from . import memory, redis  # noqa: F401  (register the built-in stores)
+def registered_stores() -> Mapping[str, type[TokenStore]]:
+    return _STORES

@@ -28,6 +28,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Final
 
 from gateway.redis import RespClient, RespError, encode_command
@@ -200,7 +201,7 @@ class RedisTokenStore(TokenStore):
             full = [prefix + key for key in keys]
             self.client.send_encoded(
                 self._evalsha(self._settle_sha, full, (delta,)),
-                lambda reply, full=full, delta=delta: self._settled(reply, full, delta),
+                partial(self._settled, keys=full, delta=delta),
             )
 
     def _settled(self, reply: Any, keys: list[str], delta: int) -> None:

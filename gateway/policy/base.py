@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "ALL_SCOPES",
+    "ALL_SECTIONS",
     "Attr",
     "Base",
     "BindEnv",
@@ -34,8 +35,6 @@ __all__ = (
     "text_value",
     "walk",
 )
-
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,8 +79,10 @@ async def test_429_after_the_minute_budget(mock_llm):  # noqa: F811
         body = await third.json()
         retry = int(third.headers["Retry-After"])
         assert 1 <= retry <= 60
-        assert body == {"statusCode": 429, "message": f"Token limit is exceeded. Try again in {retry} second"
-                        f"{'' if retry == 1 else 's'}."}
+        assert body == {
+            "statusCode": 429,
+            "message": f"Token limit is exceeded. Try again in {retry} second{'' if retry == 1 else 's'}.",
+        }
         assert third.headers["x-remaining-tokens"] == str(60 - 2 * MOCK_TOTAL)
         assert third.headers["content-type"].startswith("application/json")
         assert third.headers["x-request-id"]

@@ -296,9 +296,7 @@ async def test_the_store_failing_lets_requests_through():
         async def aclose(self):
             pass
 
-    gateway = Gateway(
-        policy('counter-key="d" tokens-per-minute="1" estimate-prompt-tokens="true"'), store=DownStore()
-    )
+    gateway = Gateway(policy('counter-key="d" tokens-per-minute="1" estimate-prompt-tokens="true"'), store=DownStore())
     assert (await gateway.send()).status == 200
 
 
@@ -316,8 +314,10 @@ async def test_streams_are_counted_and_the_injected_usage_event_removed():
         return FakeUpstream(chunks=events, headers=[(b"content-type", b"text/event-stream")])
 
     gateway = Gateway(
-        policy('counter-key="st" tokens-per-minute="1000" estimate-prompt-tokens="false" '
-               'tokens-consumed-header-name="x-consumed"'),
+        policy(
+            'counter-key="st" tokens-per-minute="1000" estimate-prompt-tokens="false" '
+            'tokens-consumed-header-name="x-consumed"'
+        ),
         respond=respond,
     )
     response = await gateway.send({**CHAT, "stream": True})
