@@ -37,9 +37,12 @@ from gateway.telemetry import Telemetry
 from gateway.tokens import get_tokenizer
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from gateway.settings import GatewaySettings
     from gateway.snapshot import Snapshot
     from gateway.telemetry import UsageJournal
+    from gateway.types import Deployment
     from gateway.usage import UsageSink
 
 __all__ = ("HEALTH_PATH", "METRICS_PATH", "PUBLIC_METRICS_PATH", "REQUEST_ID_HEADER", "TRACE_HEADER", "AdminApp",
@@ -68,7 +71,7 @@ class _Services(Forwarder):
     """The app's ``ctx.services``: the forwarder, plus the metrics policies record into and the counter store of
     the limit policies (``limits``: gateway.limits, in memory or Redis)."""
 
-    __slots__ = ("limits", "metrics")
+    __slots__ = ("deployment", "limits", "metrics", "now")
 
     def __init__(
         self,
@@ -80,6 +83,8 @@ class _Services(Forwarder):
         super().__init__(pool, clock)
         self.metrics = metrics
         self.limits = limits
+        self.now: Callable[[], datetime] | None = None  # expressions use the system's wall clock
+        self.deployment: Deployment | None = None
 
 
 class GatewayApp:

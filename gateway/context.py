@@ -7,11 +7,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from gateway.errors import GatewayError
     from gateway.http.client import UpstreamResponse
     from gateway.http.messages import Request
+    from gateway.limits import TokenStore
+    from gateway.metrics import Metrics
     from gateway.model import ApiEntry, BackendTarget, OperationEntry, ProductEntry, SubscriptionEntry
-    from gateway.types import Section
+    from gateway.types import Deployment, Section
 
 __all__ = ("ChunkFilter", "FinishCallback", "Headers", "LlmState", "RequestContext", "ResponseHead", "Services")
 
@@ -46,9 +50,13 @@ class LlmState(Protocol):
 
 
 class Services(Protocol):
-    """Per-app dependencies reachable from policies (injected by ``create_app``)."""
+    """Per-app dependencies reachable from policies and expressions (``ctx.services``, injected by ``create_app``)."""
 
-    clock: Callable[[], float]
+    clock: Callable[[], float]  # monotonic seconds
+    now: Callable[[], datetime] | None  # the wall clock of expressions (DateTime.UtcNow); None: the system's
+    deployment: Deployment | None  # what context.Deployment reports; None: empty strings
+    metrics: Metrics | None  # where llm-emit-token-metric records; None: metrics are off
+    limits: TokenStore | None  # the counters of the limit policies (gateway.limits); None: no store configured
 
     def forward(self, ctx: RequestContext, timeout: float | None) -> Awaitable[None]:
         """Send the request to ``ctx.backend`` and set ``ctx.response``; raises GatewayError."""

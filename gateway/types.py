@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ("ALL_SCOPES", "ALL_SECTIONS", "Scope", "Section")
+__all__ = ("ALL_SCOPES", "ALL_SECTIONS", "Deployment", "Scope", "Section")
 
 
 class Section(StrEnum):
@@ -27,3 +28,13 @@ class Scope(StrEnum):
 
 ALL_SCOPES = frozenset(Scope)
 ALL_SECTIONS = frozenset(Section)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """Where this gateway runs, as expressions see it (``context.Deployment``, from ``ctx.services.deployment``)."""
+
+    region: str = ""
+    service_name: str = ""
+    gateway_id: str = ""
+    instance_id: str = ""

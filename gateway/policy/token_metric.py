@@ -20,7 +20,7 @@ none or the client cancelled a stream); a response without usage (an error, a re
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.llm_accounting import exchange_for
 from gateway.metrics import DEFAULT_NAMESPACE, label_name, metric_prefix
@@ -95,13 +95,8 @@ BUILT_IN_DIMENSIONS: Final[dict[str, Callable[[RequestContext], str]]] = {
 }
 
 
-class _HasMetrics(Protocol):
-    metrics: Metrics | None
-
-
 def _metrics_of(ctx: RequestContext) -> Metrics | None:
-    services: _HasMetrics | Any = ctx.services
-    return getattr(services, "metrics", None)
+    return ctx.services.metrics
 
 
 class _Dimension:
