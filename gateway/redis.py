@@ -1,12 +1,9 @@
-"""A small pipelined Redis client (RESP2) for the token store's hot path.
+"""A small pipelined Redis client (RESP2), shared by the token store and usage delivery.
 
-One connection per process. Every command written during one turn of the event loop leaves in a single write
-(auto-pipelining) and replies are matched to callers in order, so sixteen concurrent admissions cost one write, one
-read and one round trip. Commands can also be sent without waiting for the reply (``send``), which is how
-settlements stay off the request path.
-
-A connection that stops answering for ``timeout`` seconds while replies are owed is dropped, failing every pending
-command; the next command reconnects. URLs: ``redis://[[user]:password@]host[:port][/db]`` and ``rediss://`` (TLS).
+One connection per process; every command written during one turn of the event loop leaves in a single write and
+replies are matched to callers in order. ``send`` writes without waiting for the reply. A connection that owes
+replies and stays silent for ``timeout`` seconds is dropped (failing what is pending); the next command reconnects.
+URLs: ``redis://[[user]:password@]host[:port][/db]`` and ``rediss://`` (TLS).
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""Keeping the served configuration in step with the management plane.
-
-A poller GETs ``/api/gateway/snapshot/`` with the gateway token and ``If-None-Match`` every poll interval,
-validates a changed snapshot completely (``load_snapshot``), swaps it into the app with one attribute
-assignment and writes the raw JSON to the cache file (tmp + ``os.replace``, mode 0600; secrets stay
-encrypted). A bad snapshot or an unreachable management plane is logged (once per episode) and the current
-configuration keeps serving. At start-up the cache file is loaded first, so the gateway serves even when
-the management plane is down.
+"""Keeping the served ``Snapshot`` in step with the management plane: poll with ``If-None-Match``, validate, swap
+atomically, cache the last good snapshot on disk and serve from it at start-up. See docs/architecture.md ("The
+snapshot").
 """
 
 from __future__ import annotations

@@ -1,26 +1,12 @@
 """HTTP/1.1 server for the data plane: one asyncio protocol per connection, on uvloop + httptools.
 
-A request is handed to an async handler as soon as its head has arrived; the handler reads the body with
-``await request.read_body()`` when it has decided the request deserves it (the gateway: after the subscription
-check), and answers with a ``Response`` or a ``StreamingResponse``. Until the body is asked for, at most
-``ServerLimits.body_buffer`` bytes of it are held per connection (then reading pauses), ``Expect: 100-continue`` is
-not answered, and a handler that answers without reading an unfinished body gets the connection closed after its
-response (a lingering close, so the client reads the answer rather than a reset). Body errors (413, 400, 408) reach
-the handler as ``RequestBodyError``; one the handler does not catch is answered as JSON. The connection owns
-everything below the handler:
-
-- framing: ``Content-Length``/chunked bodies in, ``Content-Length``/chunked/close-delimited bodies out, HEAD,
-  ``Expect: 100-continue``, keep-alive for HTTP/1.1 and HTTP/1.0, pipelined requests answered in order;
-- smuggling resistance: both Content-Length and Transfer-Encoding, conflicting lengths, unknown codings,
-  a missing or repeated Host and obsolete syntax are refused, and the connection is closed;
-- limits and timeouts: body and header sizes, slow heads and bodies (408), idle keep-alive connections, and
-  clients that stop reading a response; at most ``max_connections`` connections per server (503 beyond);
-- backpressure and disconnects: a streamed body waits while the client's socket is full, and a client that goes
-  away cancels the handler's task (so an upstream call in progress is cancelled) and closes the body iterator.
-
-The reading side keeps reading while a handler runs so that a disconnect is seen at once; pipelined requests that
-arrive meanwhile are queued (reading pauses when the queue is long, or when the unread body bytes held pass the
-buffer).
+The handler gets a ``Request`` (``gateway.http.messages``) as soon as its head has arrived, reads the body with
+``await request.read_body()`` when it wants it (until then at most ``ServerLimits.body_buffer`` bytes are held and
+``Expect: 100-continue`` is not answered), and answers with a ``Response`` or ``StreamingResponse``. The connection
+owns everything below the handler: framing (Content-Length, chunked, HEAD, keep-alive, pipelining in order),
+smuggling resistance (conflicting lengths, unknown codings, a missing or repeated Host are refused and the
+connection closed), limits and timeouts (``ServerLimits``), backpressure, and disconnects (a client that goes away
+cancels the handler's task). Body errors reach the handler as ``RequestBodyError``. See docs/gateway-operations.md.
 """
 
 from __future__ import annotations
