@@ -266,7 +266,7 @@ class RespClient:
             raise
         self._connecting = None
         if self._closed:
-            protocol.transport.close()  # type: ignore[union-attr]
+            protocol.transport.close()  # type: ignore[union-attr]  # set by connection_made, which create_connection has run
             return
         # AUTH / SELECT go first: their replies come before those of the commands queued while connecting.
         setup: list[bytes] = []
