@@ -18,7 +18,7 @@ help:
 	@echo "make test    run the test suite (SQLite and in-process tasks unless DATABASE_URL / REDIS_URL are set)"
 	@echo "make bench   measure gateway overhead against the mock model on loopback"
 	@echo "make smoke   fresh clone of HEAD: make run, the README quickstart, Ctrl-C, make run again, make test"
-	@echo "make lint    ruff"
+	@echo "make lint    ruff (check and format), mypy --strict for gateway/, import-linter layers"
 	@echo "make clean   remove caches and build output (keeps .venv, .env and var/)"
 
 $(PY):
@@ -46,8 +46,12 @@ bench: $(STAMP)
 smoke:
 	$(PYTHON) scripts/smoke_fresh_start.py $(SMOKE_ARGS)
 
+# ruff, formatting, strict typing of gateway/ and its import layers ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache var/static

@@ -12,12 +12,15 @@ from xml.sax.saxutils import escape, quoteattr
 
 from rest_framework import serializers
 
-from gateway.limits.base import PERIODS
-from gateway.metrics import metric_prefix
-from gateway.policy.errors import PolicyError
-from gateway.policy.token_limit import MAX_TOKENS
-from gateway.policy.token_metric import BUILT_IN_DIMENSIONS
-from gateway.policy.values import is_expression, parse_value
+from gateway.contract import (
+    BUILT_IN_DIMENSIONS,
+    MAX_TOKENS,
+    PERIODS,
+    PolicyError,
+    is_expression,
+    metric_prefix,
+    parse_value,
+)
 from gateway_admin.api.serializers import StrictFieldsMixin
 
 from .choices import APITypeChoices, HttpMethodChoices

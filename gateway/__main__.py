@@ -18,9 +18,9 @@ import sys
 import uvloop
 
 from gateway.app import AdminApp, GatewayApp, create_app
-from gateway.config import ConfigError, GatewayConfig
 from gateway.http.server import ServerLimits, serve
 from gateway.metrics import MULTIPROC_ENV, Metrics, enable_multiprocess
+from gateway.settings import GatewaySettings, SettingsError
 from gateway.sync import SnapshotSync
 from gateway.telemetry import UsageJournal
 from gateway.tokens import get_tokenizer
@@ -34,7 +34,7 @@ LOG_ADMIN_FAILED = "admin listener not started on %s:%s: %s (set SLUICE_ADMIN_PO
 _ADMIN_MAX_CONNECTIONS = 64
 
 
-async def run_worker(config: GatewayConfig, *, reuse_port: bool = False) -> None:
+async def run_worker(config: GatewaySettings, *, reuse_port: bool = False) -> None:
     """Serve until SIGINT/SIGTERM: cache first, then poll the management plane."""
     metrics = Metrics(max_label_sets=config.metrics_max_label_sets)  # Gateway ID and Location come from config
     sink = make_sink(
@@ -76,7 +76,7 @@ async def run_worker(config: GatewayConfig, *, reuse_port: bool = False) -> None
         logger.info("gateway worker %s stopped", os.getpid())
 
 
-async def _serve_admin(app: GatewayApp, config: GatewayConfig, reuse_port: bool) -> asyncio.Server | None:
+async def _serve_admin(app: GatewayApp, config: GatewaySettings, reuse_port: bool) -> asyncio.Server | None:
     """The admin listener (metrics, health). One that cannot bind is logged, and the gateway serves on without it:
     traffic matters more than a scrape."""
     if not config.admin_port:
@@ -91,11 +91,11 @@ async def _serve_admin(app: GatewayApp, config: GatewayConfig, reuse_port: bool)
     return admin
 
 
-def _run_one(config: GatewayConfig, reuse_port: bool) -> None:
+def _run_one(config: GatewaySettings, reuse_port: bool) -> None:
     uvloop.run(run_worker(config, reuse_port=reuse_port))
 
 
-def _run_many(config: GatewayConfig) -> int:
+def _run_many(config: GatewaySettings) -> int:
     metrics_dir = os.environ.get(MULTIPROC_ENV) or os.path.join(
         os.path.dirname(config.snapshot_cache) or ".", "gateway-metrics"
     )
@@ -134,8 +134,8 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
     try:
-        config = GatewayConfig.from_env()
-    except ConfigError as exc:
+        config = GatewaySettings.from_env()
+    except SettingsError as exc:
         print(f"sluice-gateway: {exc}", file=sys.stderr)
         sys.exit(2)
     if config.workers > 1:

@@ -25,7 +25,7 @@ from gateway.errors import (
 from gateway.forward import Forwarder
 from gateway.http.client import UpstreamPool
 from gateway.http.headers import connection_options
-from gateway.http.server import Request, RequestBodyError, Response, StreamingResponse
+from gateway.http.messages import Request, RequestBodyError, Response, StreamingResponse
 from gateway.ids import next_request_id
 from gateway.limits import TokenStore, create_store
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -37,9 +37,12 @@ from gateway.telemetry import Telemetry
 from gateway.tokens import get_tokenizer
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
-    from gateway.model import Config
+    from datetime import datetime
+
+    from gateway.settings import GatewaySettings
+    from gateway.snapshot import Snapshot
     from gateway.telemetry import UsageJournal
+    from gateway.types import Deployment
     from gateway.usage import UsageSink
 
 __all__ = ("HEALTH_PATH", "METRICS_PATH", "PUBLIC_METRICS_PATH", "REQUEST_ID_HEADER", "TRACE_HEADER", "AdminApp",
@@ -68,7 +71,7 @@ class _Services(Forwarder):
     """The app's ``ctx.services``: the forwarder, plus the metrics policies record into and the counter store of
     the limit policies (``limits``: gateway.limits, in memory or Redis)."""
 
-    __slots__ = ("limits", "metrics")
+    __slots__ = ("deployment", "limits", "metrics", "now")
 
     def __init__(
         self,
@@ -80,17 +83,19 @@ class _Services(Forwarder):
         super().__init__(pool, clock)
         self.metrics = metrics
         self.limits = limits
+        self.now: Callable[[], datetime] | None = None  # expressions use the system's wall clock
+        self.deployment: Deployment | None = None
 
 
 class GatewayApp:
-    """The request handler. ``snapshot`` is the Config being served (None until one is loaded)."""
+    """The request handler. ``snapshot`` is the Snapshot being served (None until one is loaded)."""
 
     __slots__ = ("_metrics_auth", "_trace_token", "clock", "config", "forwarder", "pool", "rejected", "snapshot",
                  "telemetry")  # fmt: skip
 
     def __init__(
         self,
-        config: GatewayConfig,
+        config: GatewaySettings,
         pool: UpstreamPool,
         clock: Callable[[], float],
         telemetry: Telemetry | None = None,
@@ -101,7 +106,7 @@ class GatewayApp:
         self.clock = clock
         self.telemetry = telemetry
         self.forwarder = _Services(pool, clock, telemetry.metrics if telemetry is not None else None, limits)
-        self.snapshot: Config | None = None
+        self.snapshot: Snapshot | None = None
         # the last snapshot refused as a whole and why ({"revision": ..., "reason": ...}); set by gateway.sync
         self.rejected: dict[str, object] | None = None
         self._trace_token = config.gateway_token.encode("utf-8")
@@ -187,7 +192,7 @@ class GatewayApp:
             matched_parameters=match.params,
             started=started,
         )
-        pipeline = match.operation.pipelines[product.name if product is not None else None]
+        pipeline = snapshot.pipelines[match.operation][product.name if product is not None else None]
         if trace_value is None:
             return await self._run(pipeline, ctx)
         if not hmac.compare_digest(trace_value, self._trace_token):
@@ -306,7 +311,7 @@ def _forward_headers(request: Request, drop: frozenset[bytes]) -> tuple[Headers,
 
 
 def create_app(
-    config: GatewayConfig,
+    config: GatewaySettings,
     *,
     pool: UpstreamPool | None = None,
     clock: Callable[[], float] = time.monotonic,

@@ -7,14 +7,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from gateway.errors import GatewayError
-    from gateway.exchange import LlmExchange
-    from gateway.http.client import UpstreamResponse
-    from gateway.http.server import Request
-    from gateway.model import ApiEntry, BackendTarget, OperationEntry, ProductEntry, SubscriptionEntry
-    from gateway.policy.base import Section
+    from datetime import datetime
 
-__all__ = ("ChunkFilter", "FinishCallback", "Headers", "RequestContext", "ResponseHead", "Services")
+    from gateway.errors import GatewayError
+    from gateway.http.client import UpstreamResponse
+    from gateway.http.messages import Request
+    from gateway.limits import TokenStore
+    from gateway.metrics import Metrics
+    from gateway.model import ApiEntry, BackendTarget, OperationEntry, ProductEntry, SubscriptionEntry
+    from gateway.types import Deployment, Section
+
+__all__ = ("ChunkFilter", "FinishCallback", "Headers", "LlmState", "RequestContext", "ResponseHead", "Services")
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -35,10 +38,25 @@ class ChunkFilter(Protocol):
     def finish(self, complete: bool) -> bytes: ...
 
 
-class Services(Protocol):
-    """Per-app dependencies reachable from policies (injected by ``create_app``)."""
+class LlmState(Protocol):
+    """What the context shows of the request's LLM exchange (``gateway.llm_accounting.LlmExchange``, which sits
+    above this module); ``llm_accounting.current_exchange`` gives the whole object."""
 
-    clock: Callable[[], float]
+    raw: bytes
+    body: dict[str, Any] | None  # the parsed JSON object body, None when the request has none
+    model: str | None
+    admissions: list[Any]  # what token-limit policies decided (for traces)
+    response_hooks: list[Callable[[RequestContext], None]]  # run when the backend's response head is in
+
+
+class Services(Protocol):
+    """Per-app dependencies reachable from policies and expressions (``ctx.services``, injected by ``create_app``)."""
+
+    clock: Callable[[], float]  # monotonic seconds
+    now: Callable[[], datetime] | None  # the wall clock of expressions (DateTime.UtcNow); None: the system's
+    deployment: Deployment | None  # what context.Deployment reports; None: empty strings
+    metrics: Metrics | None  # where llm-emit-token-metric records; None: metrics are off
+    limits: TokenStore | None  # the counters of the limit policies (gateway.limits); None: no store configured
 
     def forward(self, ctx: RequestContext, timeout: float | None) -> Awaitable[None]:
         """Send the request to ``ctx.backend`` and set ``ctx.response``; raises GatewayError."""
@@ -83,7 +101,7 @@ class RequestContext:
     section: Section | None = None
     trace: list[dict[str, Any]] | None = None
     usage: Any = None  # gateway.tokens.TokenUsage once known (set before on_finish callbacks run)
-    llm: LlmExchange | None = None  # the parsed LLM request and its usage accounting (gateway.exchange)
+    llm: LlmState | None = None  # the parsed LLM request and its usage accounting (gateway.llm_accounting)
     chunk_filters: list[ChunkFilter] = field(default_factory=list)
     # added to whatever response the client gets (backend, return-response or error): Retry-After, remaining calls
     response_headers: Headers = field(default_factory=list)

@@ -22,9 +22,9 @@ from gateway.errors import (
     MSG_NO_BACKEND,
     GatewayError,
 )
-from gateway.exchange import OPENAI_API_TYPE, exchange_for
 from gateway.http.client import UpstreamConnectError, UpstreamError, UpstreamTimeout
-from gateway.http.server import Response, StreamingResponse
+from gateway.http.messages import Response, StreamingResponse
+from gateway.llm_accounting import OPENAI_API_TYPE, current_exchange, exchange_for
 
 if TYPE_CHECKING:
     from gateway.http.client import UpstreamPool, UpstreamResponse
@@ -62,7 +62,7 @@ class Forwarder:
         target = ctx.backend
         if target is None:
             raise GatewayError(500, MSG_NO_BACKEND, source="forward-request", reason="BackendNotConfigured")
-        exchange = ctx.llm
+        exchange = current_exchange(ctx)
         if exchange is None and ctx.api.api_type == OPENAI_API_TYPE:
             exchange = exchange_for(ctx)  # usage accounting for every OpenAI request (may drop Accept-Encoding)
         headers = ctx.request_headers

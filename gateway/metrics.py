@@ -1,32 +1,7 @@
 """Prometheus metrics of the gateway: requests, latency, upstream errors and the token counters of
-``llm-emit-token-metric``, with a bounded number of label sets per metric.
-
-Everything lives in the ``CollectorRegistry`` given to :class:`Metrics` (one per app, never the global default
-registry). Names (see docs/usage-and-metrics.md):
-
-``sluice_requests_total{api, operation, code}``             requests answered (``code`` is the HTTP status)
-``sluice_request_duration_seconds{api, operation}``         histogram, from the request to the end of the response
-``sluice_upstream_errors_total{api, backend, reason}``      forwarding failures (connect, timeout, bad response)
-``sluice_metric_label_sets_dropped_total{metric}``          label sets refused by the cardinality cap
-``sluice_redis_breaker_state``                               counter store circuit: 0 closed, 1 open, 2 half-open
-``sluice_redis_breaker_opened_total``                       times the counter store circuit opened
-``<namespace>_{prompt,completion,total}_tokens_total{…}``   one family per emit-token-metric namespace and
-                                                            dimension set; labels are the dimension names
-
-**Cardinality.** Each metric family keeps at most ``max_label_sets`` label sets of its own. A new label set beyond
-that is recorded in the family's overflow series (every label value ``__other__``) and counts once in
-``sluice_metric_label_sets_dropped_total``; refused label sets are remembered (up to ``max_label_sets`` of them) so
-that a repeat costs a dict hit and is not counted again. Label values are cut at ``MAX_LABEL_VALUE`` characters.
-
-**Hot path.** ``labels()`` of prometheus_client is not free (string conversion, a lock), so each family caches its
-children by the tuple of label values; recording is a dict hit and an ``inc``/``observe`` (about 3 µs per request
-for the request counter and histogram). The app records when the request is over (``gateway.telemetry``), never
-before the response head has been produced.
-
-**Several worker processes** (``SLUICE_GATEWAY_WORKERS`` > 1) share one port, so a scrape reaches any one of them.
-``enable_multiprocess(path)`` (called by ``gateway.__main__`` before forking) switches prometheus_client to its
-multiprocess mode: every worker writes its values to memory-mapped files in ``path`` and each scrape merges the files
-of all workers, so ``/metrics`` answers with the gateway's totals whichever worker serves it.
+``llm-emit-token-metric``. Each family keeps at most ``max_label_sets`` label sets (the rest go to an ``__other__``
+series) and caches its children by label values, so recording is a dict hit. With several workers,
+``enable_multiprocess`` makes every scrape report the totals. Names and scraping: docs/usage-and-metrics.md.
 """
 
 from __future__ import annotations
@@ -323,7 +298,7 @@ class Metrics:
             multiprocess_mode="max",
         )  # fmt: skip
         self._tokens: dict[tuple[str, tuple[str, ...]], TokenFamily] = {}
-        reg.register(_TokenCollector(self._tokens))  # type: ignore[arg-type]
+        reg.register(_TokenCollector(self._tokens))
         self.breaker_state = Gauge(
             BREAKER_STATE, "Counter store (Redis) circuit breaker: 0 closed, 1 open, 2 half-open.",
             registry=reg, multiprocess_mode="max",

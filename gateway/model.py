@@ -1,23 +1,19 @@
-"""The compiled configuration: frozen, slotted objects built once per snapshot by ``gateway.snapshot``."""
+"""The configuration as plain data: frozen, slotted objects built once per snapshot by ``gateway.snapshot``."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
 
 if TYPE_CHECKING:
     from gateway.http.client import Origin
-    from gateway.pipeline import Pipeline
-    from gateway.routing import Router
-    from gateway.snapshot import Problem
 
 __all__ = (
     "Access",
     "ApiEntry",
     "BackendTarget",
-    "Config",
     "KeyRecord",
     "OperationEntry",
     "ProductEntry",
@@ -92,8 +88,6 @@ class OperationEntry:
     display_name: str
     method: str
     url_template: str
-    # compiled pipelines by product context (None = no product); only published products containing the API
-    pipelines: Mapping[str | None, Pipeline] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"<OperationEntry {self.name} {self.method} {self.url_template}>"
@@ -119,23 +113,6 @@ class ApiEntry:
 
     def __repr__(self) -> str:
         return f"<ApiEntry {self.name} /{self.path}>"
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Config:
-    """One loaded snapshot. Swapped atomically as a whole; never mutated after load."""
-
-    revision: int
-    generated_at: str
-    router: Router
-    apis: Mapping[str, ApiEntry]
-    products: Mapping[str, ProductEntry]
-    backends: Mapping[str, BackendTarget]
-    subscriptions: Mapping[str, KeyRecord]  # key hash (sha256 hex) -> key record
-    quarantined: tuple[Problem, ...] = ()  # items the loader set aside (gateway.snapshot, quarantine mode)
-
-    def __repr__(self) -> str:
-        return f"<Config revision={self.revision} apis={len(self.apis)}>"
 
 
 def _merge_query(query: str, defaults: tuple[tuple[str, str], ...]) -> str:

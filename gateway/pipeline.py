@@ -15,7 +15,7 @@ from gateway.errors import MSG_BACKEND_PROTOCOL, MSG_BACKEND_TIMEOUT, GatewayErr
 from gateway.expressions.errors import ExpressionRuntimeError
 from gateway.forward import abandon_filters, build_response, discard_upstream, run_finish
 from gateway.http.client import UpstreamError, UpstreamTimeout
-from gateway.http.server import Response, StreamingResponse
+from gateway.http.messages import Response, StreamingResponse
 from gateway.policy import Base, Policy, PolicyDocument, Section, merge_sections, walk
 from gateway.policy.backend import ForwardRequest
 from gateway.request_checks import parse_json_body

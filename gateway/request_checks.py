@@ -1,16 +1,6 @@
-"""Checks a request must pass before it is routed or its policies run: the path (dot and empty segments) and, for
-pipelines whose policies read it, the JSON body.
-
-**Paths are rejected, not normalised.** A path is forwarded as the client sent it, so the gateway refuses any path
-that a backend, a proxy or a file server could resolve to somewhere else than the route the gateway matched:
-
-* a ``.`` or ``..`` segment, in any spelling a decoder turns into one: ``%2e``, ``%2E``, double encoding
-  (``%252e``), a ``;parameter`` after it (``..;``);
-* the same segments hidden behind an encoded separator (``%2f``, ``%5c``) or a backslash;
-* an empty segment (``//``), which would let ``/llm//private/x`` be routed to the API at ``/llm`` while a backend
-  that merges slashes serves ``/llm/private/x``. One trailing slash (``/v1/models/``) is allowed.
-
-The answer is ``400 {"statusCode": 400, "message": "Invalid request path: …"}``. See docs/request-handling.md.
+"""Checks before a request is routed or its policies run: paths with ``.``/``..`` or empty segments, in any
+encoding, are refused with 400 (never normalised), and the JSON body is checked for pipelines whose policies read
+it. See docs/request-handling.md.
 """
 
 from __future__ import annotations

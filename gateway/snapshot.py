@@ -1,4 +1,4 @@
-"""Load a configuration snapshot (docs/architecture.md) into a compiled, immutable ``Config``.
+"""Load a configuration snapshot (docs/architecture.md) into a compiled, immutable ``Snapshot``.
 
 Everything is validated and compiled here, once: named values decrypted and substituted, every policy
 parsed and bound, routes and per-(product context, operation) pipelines built, header lists turned into
@@ -22,7 +22,6 @@ from gateway.model import (
     Access,
     ApiEntry,
     BackendTarget,
-    Config,
     KeyRecord,
     OperationEntry,
     ProductEntry,
@@ -36,6 +35,7 @@ from gateway.secrets import snapshot_fernet
 __all__ = (
     "SNAPSHOT_VERSION",
     "Problem",
+    "Snapshot",
     "SnapshotError",
     "check_snapshot",
     "load_snapshot",
@@ -70,6 +70,26 @@ class Problem:
         return {"kind": self.kind, "name": self.name, "message": self.message}
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Snapshot:
+    """One loaded configuration, with its compiled pipelines. Swapped atomically as a whole; never mutated."""
+
+    revision: int
+    generated_at: str
+    router: Router
+    apis: Mapping[str, ApiEntry]
+    products: Mapping[str, ProductEntry]
+    backends: Mapping[str, BackendTarget]
+    subscriptions: Mapping[str, KeyRecord]  # key hash (sha256 hex) -> key record
+    # compiled pipelines of each operation by product context (None = no product; only published products
+    # containing the API); operations of an API quarantined at load have none
+    pipelines: Mapping[OperationEntry, Mapping[str | None, Pipeline]]
+    quarantined: tuple[Problem, ...] = ()  # items the loader set aside (quarantine mode)
+
+    def __repr__(self) -> str:
+        return f"<Snapshot revision={self.revision} apis={len(self.apis)}>"
+
+
 def substitute_named_values(text: str, values: Mapping[str, str], where: str, *, xml: bool) -> str:
     """Replace ``{{name}}`` references; unknown names raise SnapshotError. XML-escape values for policies."""
 
@@ -85,11 +105,11 @@ def substitute_named_values(text: str, values: Mapping[str, str], where: str, *,
 
 def load_snapshot(
     data: Any, *, gateway_token: str, origin_factory: OriginFactory = Origin.from_url, quarantine: bool = False
-) -> Config:
+) -> Snapshot:
     """Validate and compile a snapshot dict.
 
     Strict (the default): raises SnapshotError on anything wrong. With ``quarantine=True`` an item that cannot be
-    loaded is set aside (``Config.quarantined``) together with what depends on it, and everything else loads; an
+    loaded is set aside (``Snapshot.quarantined``) together with what depends on it, and everything else loads; an
     API that cannot be compiled stays routable and answers 503. Only what cannot be isolated still raises: the
     format version, the revision, the global policy, an undecryptable secret, a top-level shape error.
     """
@@ -179,13 +199,14 @@ class _Loader:
         # compiled pipelines by (product with a policy of its own, or None; API name; operation name): names are
         # stable for the whole load, unlike the identity of the short-lived documents they are compiled from
         self.pipelines: dict[tuple[str | None, str, str], Pipeline] = {}
+        self.operation_pipelines: dict[OperationEntry, dict[str | None, Pipeline]] = {}
         self.problems: list[Problem] = []
         self.quarantined_urls: set[str] = set()
 
     def _quarantine(self, kind: str, name: str, message: str) -> None:
         self.problems.append(Problem(kind, name, message))
 
-    def load(self, data: Any) -> Config:
+    def load(self, data: Any) -> Snapshot:
         data = _obj(data, "snapshot")
         if data.get("version") != SNAPSHOT_VERSION:
             raise SnapshotError(f"snapshot.version: unsupported version {data.get('version')!r} (expected 1)")
@@ -202,7 +223,7 @@ class _Loader:
         keys = self._subscriptions(_list(data, "subscriptions", "snapshot"), apis, products)
         router = self._router(apis)
         self.loaded = True
-        return Config(
+        return Snapshot(
             revision=revision,
             generated_at=_str(data, "generated_at", "snapshot", optional=True),
             router=router,
@@ -210,6 +231,7 @@ class _Loader:
             products=products,
             backends=dict(self.backends),
             subscriptions=keys,
+            pipelines=self.operation_pipelines,
             quarantined=tuple(self.problems),
         )
 
@@ -453,6 +475,7 @@ class _Loader:
         published = {p.name: p for p in products.values() if p.published and name in p.apis}
         open_product = next((p for p in published.values() if not p.subscription_required), None)
         operations = []
+        api_pipelines: dict[OperationEntry, dict[str | None, Pipeline]] = {}  # kept only if the whole API loads
         seen: set[str] = set()
         for j, raw in enumerate(_list(item, "operations", where)):
             op_where = f"{where} operations[{j}]"
@@ -470,18 +493,18 @@ class _Loader:
                 pipelines[product.name] = self._pipeline(
                     name, op_name, product.name, global_doc, self.product_docs[product.name], api_doc, op_doc
                 )
-            operations.append(
-                OperationEntry(
-                    name=op_name,
-                    display_name=_str(raw, "display_name", op_where, optional=True),
-                    method=method,
-                    url_template=_str(raw, "url_template", op_where, empty=False),
-                    pipelines=pipelines,
-                )
+            operation = OperationEntry(
+                name=op_name,
+                display_name=_str(raw, "display_name", op_where, optional=True),
+                method=method,
+                url_template=_str(raw, "url_template", op_where, empty=False),
             )
+            operations.append(operation)
+            api_pipelines[operation] = pipelines
         subscription_required = _bool(item, "subscription_required", where, default=True)
         open_access = Access(open_product, None) if open_product is not None else None
         key_header_b = key_header.lower().encode("ascii")
+        self.operation_pipelines.update(api_pipelines)
         return ApiEntry(
             name=name,
             path=path,

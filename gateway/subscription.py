@@ -1,4 +1,6 @@
-"""The subscription check (apim-spec 6.4): find the key, decide access and the product context."""
+"""The subscription check: find the key, decide access and the product context
+(https://learn.microsoft.com/azure/api-management/api-management-subscriptions).
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""Keeping the served configuration in step with the management plane.
-
-A poller GETs ``/api/gateway/snapshot/`` with the gateway token and ``If-None-Match`` every poll interval,
-validates a changed snapshot completely (``load_snapshot``), swaps it into the app with one attribute
-assignment and writes the raw JSON to the cache file (tmp + ``os.replace``, mode 0600; secrets stay
-encrypted). A bad snapshot or an unreachable management plane is logged (once per episode) and the current
-configuration keeps serving. At start-up the cache file is loaded first, so the gateway serves even when
-the management plane is down.
+"""Keeping the served ``Snapshot`` in step with the management plane: poll with ``If-None-Match``, validate, swap
+atomically, cache the last good snapshot on disk and serve from it at start-up. See docs/architecture.md ("The
+snapshot").
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ from gateway.snapshot import SnapshotError, load_snapshot
 if TYPE_CHECKING:
     from gateway.app import GatewayApp
     from gateway.metrics import Metrics
-    from gateway.model import Config
+    from gateway.snapshot import Snapshot
 
 __all__ = ("SnapshotSync", "write_cache")
 
@@ -155,7 +150,7 @@ class SnapshotSync:
 
     # helpers
 
-    def _load(self, data: Any) -> Config:
+    def _load(self, data: Any) -> Snapshot:
         return load_snapshot(data, gateway_token=self.config.gateway_token, quarantine=True)
 
     def _rejected(self, revision: int | str | None, reason: str) -> None:
@@ -164,7 +159,7 @@ class SnapshotSync:
         if metrics is not None:
             metrics.snapshot_rejected.inc()
 
-    def _report_quarantine(self, config: Config) -> None:
+    def _report_quarantine(self, config: Snapshot) -> None:
         for problem in config.quarantined:
             logger.error("revision %s: quarantined %s '%s': %s", config.revision, problem.kind, problem.name,
                          problem.message)  # fmt: skip

@@ -1,19 +1,6 @@
-"""Token accounting: the ``TokenUsage`` of a request, the offline BPE tokenizer, prompt estimation and the
-extraction of ``usage`` from model responses (whole JSON bodies and server-sent event streams).
-
-**Tokenizer.** ``bpe-openai`` (GitHub's linear-time BPE from the ``rust-gems`` crates, Python bindings with the
-``cl100k_base`` and ``o200k_base`` tables compiled into the wheel): nothing is downloaded at run time, and its
-worst case stays linear, so a hostile prompt (``"A" * 40_000``) cannot stall the event loop the way quadratic BPE
-merges do. The encoders are loaded once per process (:func:`get_tokenizer`, called by ``create_app``).
-
-**Estimation** (:func:`estimate_prompt_tokens`) follows OpenAI's published chat accounting: 3 tokens per message,
-the tokens of every string field of the message, 1 more for a ``name`` and 3 to prime the reply. Images count
-``IMAGE_TOKENS`` each (the upper figure APIM uses), tool definitions count the tokens of their JSON.
-
-**Extraction.** Whole bodies are parsed once with orjson (:func:`usage_from_body`). Streams go through
-:class:`SseUsageMeter`, a chunk filter that never holds more than the one incomplete line at the end of a chunk: it
-counts the content deltas as they pass, takes the final ``usage`` event when the backend sends one and, when the
-gateway (not the client) asked for that event, removes it from what the client receives.
+"""Token counting: ``TokenUsage``, the offline BPE tokenizer (``bpe-openai``: tables in the wheel, linear worst
+case), prompt estimation (OpenAI's chat accounting) and usage extraction from JSON bodies and SSE streams
+(:class:`SseUsageMeter`, a chunk filter that holds at most one incomplete line). See docs/token-limits.md.
 """
 
 from __future__ import annotations

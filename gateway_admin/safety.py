@@ -22,7 +22,7 @@ from django.db import transaction
 from django.db.models.signals import post_migrate
 from django.dispatch import receiver
 
-from gateway.snapshot import Problem, check_snapshot
+from gateway.contract import Problem, check_snapshot
 
 from .models import ConfigRevision
 from .snapshot import build_snapshot

@@ -18,7 +18,7 @@ from django.db import connection, transaction
 
 from apis.models import API
 from backends.models import Backend
-from gateway.secrets import snapshot_fernet
+from gateway.contract import snapshot_fernet
 from named_values.models import NamedValue
 from policies.choices import PolicyScopeChoices
 from policies.models import Policy

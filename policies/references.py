@@ -1,6 +1,6 @@
 """Backends named by `<set-backend-service backend-id="…"/>` in a policy document (also inside `<choose>`)."""
 
-from gateway.policy import Element, PolicyError, is_expression, parse_xml
+from gateway.contract import Element, PolicyError, is_expression, parse_xml
 from named_values.references import Reference
 
 __all__ = ("backend_references", "backend_references_in")

@@ -7,7 +7,7 @@ from django.db import transaction
 from rest_framework.exceptions import ValidationError
 
 from backends.models import Backend
-from gateway.policy import (
+from gateway.contract import (
     Element,
     PolicyError,
     effective_document,
@@ -15,8 +15,8 @@ from gateway.policy import (
     rawxml_to_xml,
     to_rawxml,
     to_xml,
+    xml_to_rawxml,
 )
-from gateway.policy.rawxml import xml_to_rawxml
 from named_values.crypto import SecretDecryptionError
 from named_values.models import NamedValue
 from named_values.references import find_references

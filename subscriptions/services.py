@@ -8,7 +8,7 @@ from django.db import transaction
 from rest_framework.exceptions import ValidationError
 
 from apis.models import API
-from gateway.secrets import hash_key
+from gateway.contract import hash_key
 from gateway_admin.exceptions import Conflict
 from named_values import crypto
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+from gateway.types import Deployment
+
 from .compiler import MAX_AST_DEPTH, MAX_NODES, compile_parsed
-from .context import Deployment
 from .dotnet import to_string
 from .errors import REASON_EVALUATION_FAILURE, ExpressionError, ExpressionRuntimeError
 from .parser import parse

@@ -5,15 +5,10 @@ of ``context``, ``context.Request``, ``context.Subscription`` and ``context.Requ
 itself; the others are the gateway's own objects (ApiEntry, OperationEntry, ProductEntry, ResponseHead,
 GatewayError, the header list, the variables dict) or a small :class:`Url`.
 
-What the gateway must provide on ``ctx.services`` (all optional):
-
-* ``now: Callable[[], datetime]`` -- the wall clock for ``DateTime.UtcNow`` and ``context.Timestamp``
-  (default: the system clock); ``clock`` (monotonic seconds, already there) gives ``context.Elapsed``;
-* ``deployment: Deployment`` -- ``context.Deployment.Region/ServiceName/GatewayId``.
-
-And on the RequestContext (optional): an ``expression_cache: dict | None`` slot, where the parsed JSON body is kept
-for the rest of the request; without it only the most recently parsed body is remembered. A body already parsed by
-the LLM exchange (``ctx.llm``) is reused.
+What it reads of ``ctx.services`` (``gateway.context.Services``): ``now``, the wall clock for ``DateTime.UtcNow``
+and ``context.Timestamp`` (None: the system clock); ``clock`` (monotonic seconds) for ``context.Elapsed``;
+``deployment`` for ``context.Deployment`` (None: empty strings). The most recently parsed body is remembered, and
+a body already parsed by the LLM exchange (``ctx.llm``) is reused.
 
 Deviations from APIM, by design:
 
@@ -31,10 +26,11 @@ from __future__ import annotations
 
 import http
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_plus, urlsplit
+
+from gateway.types import Deployment
 
 from .conversions import cast_converter, default_of
 from .dotnet import Guid, utc
@@ -83,16 +79,6 @@ MSG_NOT_TRACKED: Final = "{} is not available: the gateway does not track it"
 MSG_STREAMED_BODY: Final = (
     "The response body is being streamed and cannot be read; the policy must ask the pipeline to buffer it."
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Deployment:
-    """What ``context.Deployment`` reports (``ctx.services.deployment``)."""
-
-    region: str = ""
-    service_name: str = ""
-    gateway_id: str = ""
-    instance_id: str = ""
 
 
 _NO_DEPLOYMENT: Final = Deployment()
@@ -183,52 +169,34 @@ def _presented_key(ctx: RequestContext) -> str | None:
     return value or None
 
 
-def _cache(ctx: RequestContext) -> dict[str, Any] | None:
-    try:
-        cache = ctx.expression_cache  # type: ignore[attr-defined]
-    except AttributeError:
-        return None
-    if cache is None:
-        cache = {}
-        try:
-            ctx.expression_cache = cache  # type: ignore[attr-defined]
-        except AttributeError:
-            return None
-    return cache  # type: ignore[no-any-return]
-
-
-# Fallback cache when the context has no expression_cache: one (body bytes object, parsed value) pair, replaced
-# as a whole so that a body is never paired with another one's value.
+# The most recently parsed body: (body bytes object, parsed value), replaced as a whole so that a body is never
+# paired with another one's value.
 _last_body: list[tuple[bytes, Any] | None] = [None]
 
 
-def _parsed_body(ctx: RequestContext, data: bytes, slot: str) -> Any:
-    """The JSON value of ``data`` (a body), parsed once per request: keyed by the identity of the bytes object.
+def _parsed_body(ctx: RequestContext | None, data: bytes) -> Any:
+    """The JSON value of ``data`` (a body); the last one parsed is remembered, keyed by the identity of the bytes.
 
     A request body the LLM exchange already parsed (``ctx.llm``, from the same bytes) is reused as it is: neither
     the exchange nor expressions modify it.
     """
-    cache = _cache(ctx)
-    entry = cache.get(slot) if cache is not None else _last_body[0]
+    entry = _last_body[0]
     if entry is not None and entry[0] is data:
         return entry[1]
-    exchange = getattr(ctx, "llm", None)
+    exchange = ctx.llm if ctx is not None else None
     if exchange is not None and exchange.raw is data and exchange.body is not None:
         return exchange.body
     parsed = parse_json(data)
-    if cache is not None:
-        cache[slot] = (data, parsed)
-    else:
-        _last_body[0] = (data, parsed)
+    _last_body[0] = (data, parsed)
     return parsed
 
 
-def _body_as(target: str, ctx: RequestContext, data: bytes, slot: str) -> Any:
+def _body_as(target: str, ctx: RequestContext | None, data: bytes) -> Any:
     if target == STRING:
         return data.decode("utf-8", errors="replace")
     if target == "byte[]":
         return data
-    value = _parsed_body(ctx, data, slot)
+    value = _parsed_body(ctx, data)
     if target == JOBJECT and type(value) is not dict:
         raise ExpressionRuntimeError("Error reading JObject from JsonReader. Current JsonReader item is not an object.")
     if target == JARRAY and type(value) is not list:
@@ -239,7 +207,7 @@ def _body_as(target: str, ctx: RequestContext, data: bytes, slot: str) -> Any:
 def _request_body_factory(target: str) -> Callable[..., Any]:
     def as_(ctx: RequestContext, preserve_content: bool = False) -> Any:
         try:
-            return _body_as(target, ctx, ctx.request.body, "request-body")
+            return _body_as(target, ctx, ctx.request.body)
         except ExpressionRuntimeError as exc:  # not JSON, or not the JSON type read: 400, the client's mistake
             raise RequestBodyError(exc.message) from None
 
@@ -250,18 +218,9 @@ def _response_body_factory(target: str) -> Callable[..., Any]:
     def as_(head: ResponseHead, preserve_content: bool = False) -> Any:
         if head.upstream is not None:
             raise ExpressionRuntimeError(MSG_STREAMED_BODY)
-        return _body_as(target, _NO_CTX, head.body, "response-body")
+        return _body_as(target, None, head.body)
 
     return as_
-
-
-class _NoContext:
-    """Stand-in context for response bodies: they are not cached per request (the fallback slot is used)."""
-
-    __slots__ = ()
-
-
-_NO_CTX: Any = _NoContext()
 
 
 def _elapsed(ctx: RequestContext) -> timedelta:
@@ -269,13 +228,7 @@ def _elapsed(ctx: RequestContext) -> timedelta:
 
 
 def _timestamp(ctx: RequestContext) -> Any:
-    cache = _cache(ctx)
-    if cache is not None and "timestamp" in cache:
-        return cache["timestamp"]
-    value = utc(wall_now(ctx)) - _elapsed(ctx)
-    if cache is not None:
-        cache["timestamp"] = value
-    return value
+    return utc(wall_now(ctx)) - _elapsed(ctx)
 
 
 def _trace(ctx: RequestContext, message: str | None) -> None:
@@ -371,7 +324,7 @@ _context.prop("User", "IUser", lambda ctx: None)
 _context.prop("Request", "IRequest", lambda ctx: ctx)
 _context.prop("Response", "IResponse", lambda ctx: ctx.response, flag="response")
 _context.prop("Variables", "IVariables", lambda ctx: ctx.variables)
-_context.prop("Deployment", "IDeployment", lambda ctx: getattr(ctx.services, "deployment", None) or _NO_DEPLOYMENT)
+_context.prop("Deployment", "IDeployment", lambda ctx: ctx.services.deployment or _NO_DEPLOYMENT)
 _context.prop("RequestId", GUID, lambda ctx: Guid(ctx.request_id.decode("ascii", errors="replace")))
 _context.prop("Timestamp", DATETIME, _timestamp)
 _context.prop("Elapsed", TIMESPAN, _elapsed)

@@ -70,5 +70,5 @@ def check_length(text: str) -> str:
 
 def wall_now(ctx: RequestContext) -> datetime:
     """The current UTC time from the gateway's injectable wall clock (``ctx.services.now``), else the system's."""
-    now: Callable[[], datetime] | None = getattr(ctx.services, "now", None)
+    now = ctx.services.now
     return utc(now()) if now is not None else datetime.now(UTC)

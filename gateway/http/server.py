@@ -1,26 +1,12 @@
 """HTTP/1.1 server for the data plane: one asyncio protocol per connection, on uvloop + httptools.
 
-A request is handed to an async handler as soon as its head has arrived; the handler reads the body with
-``await request.read_body()`` when it has decided the request deserves it (the gateway: after the subscription
-check), and answers with a ``Response`` or a ``StreamingResponse``. Until the body is asked for, at most
-``ServerLimits.body_buffer`` bytes of it are held per connection (then reading pauses), ``Expect: 100-continue`` is
-not answered, and a handler that answers without reading an unfinished body gets the connection closed after its
-response (a lingering close, so the client reads the answer rather than a reset). Body errors (413, 400, 408) reach
-the handler as ``RequestBodyError``; one the handler does not catch is answered as JSON. The connection owns
-everything below the handler:
-
-- framing: ``Content-Length``/chunked bodies in, ``Content-Length``/chunked/close-delimited bodies out, HEAD,
-  ``Expect: 100-continue``, keep-alive for HTTP/1.1 and HTTP/1.0, pipelined requests answered in order;
-- smuggling resistance: both Content-Length and Transfer-Encoding, conflicting lengths, unknown codings,
-  a missing or repeated Host and obsolete syntax are refused, and the connection is closed;
-- limits and timeouts: body and header sizes, slow heads and bodies (408), idle keep-alive connections, and
-  clients that stop reading a response; at most ``max_connections`` connections per server (503 beyond);
-- backpressure and disconnects: a streamed body waits while the client's socket is full, and a client that goes
-  away cancels the handler's task (so an upstream call in progress is cancelled) and closes the body iterator.
-
-The reading side keeps reading while a handler runs so that a disconnect is seen at once; pipelined requests that
-arrive meanwhile are queued (reading pauses when the queue is long, or when the unread body bytes held pass the
-buffer).
+The handler gets a ``Request`` (``gateway.http.messages``) as soon as its head has arrived, reads the body with
+``await request.read_body()`` when it wants it (until then at most ``ServerLimits.body_buffer`` bytes are held and
+``Expect: 100-continue`` is not answered), and answers with a ``Response`` or ``StreamingResponse``. The connection
+owns everything below the handler: framing (Content-Length, chunked, HEAD, keep-alive, pipelining in order),
+smuggling resistance (conflicting lengths, unknown codings, a missing or repeated Host are refused and the
+connection closed), limits and timeouts (``ServerLimits``), backpressure, and disconnects (a client that goes away
+cancels the handler's task). Body errors reach the handler as ``RequestBodyError``. See docs/gateway-operations.md.
 """
 
 from __future__ import annotations
@@ -31,14 +17,29 @@ import logging
 import socket
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import httptools
 import orjson
 
-from gateway.http.headers import SERVER_OWNED, find_header, has_token
+from gateway.http.headers import SERVER_OWNED, has_token
+from gateway.http.messages import (
+    BODY_DONE as _BODY_DONE,
+)
+from gateway.http.messages import (
+    BODY_FAILED as _BODY_FAILED,
+)
+from gateway.http.messages import (
+    BODY_READING as _BODY_READING,
+)
+from gateway.http.messages import (
+    Request,
+    RequestBodyError,
+    Response,
+    StreamingResponse,
+)
 from gateway.ids import next_request_id
 
 __all__ = (
@@ -86,9 +87,6 @@ _BODY: Final = 2  # body (or the remainder of a chunked body)
 _MAX_QUEUED: Final = 16  # pipelined requests waiting for their turn before reading pauses
 
 # Body states of a Request.
-_BODY_READING: Final = 0
-_BODY_DONE: Final = 1
-_BODY_FAILED: Final = 2
 _FLUSH_SIZE: Final = 64 * 1024  # a streamed response's pending writes are flushed at this size
 _LARGE_BODY: Final = 64 * 1024  # above this a complete response's body is written apart from its head
 
@@ -117,127 +115,6 @@ _METHODS: Final[dict[bytes, str]] = {
 #
 # Messages
 #
-
-
-class RequestBodyError(Exception):
-    """The request body cannot be read: too large (413), malformed framing (400) or too slow (408)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class Request:
-    """One HTTP request as handed to the handler: the head, and ``body`` once ``read_body()`` has returned.
-
-    A Request built by hand (tests, tools) carries its whole body already; one from the server reads it on demand.
-    """
-
-    __slots__ = (
-        "_body_error",
-        "_body_state",
-        "_conn",
-        "_continue",
-        "_parts",
-        "_size",
-        "_taken",
-        "body",
-        "client_ip",
-        "headers",
-        "http_version",
-        "method",
-        "path",
-        "query",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        client_ip: str,
-        http_version: str,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.body = body
-        self.client_ip = client_ip
-        self.http_version = http_version
-        self._conn: _Connection | None = None
-        self._body_state = _BODY_DONE
-        self._body_error: RequestBodyError | None = None
-        self._parts: list[bytes] = []
-        self._size = len(body)  # body bytes received so far
-        self._taken = True  # False while the connection holds body bytes the handler has not asked for
-        self._continue = False  # Expect: 100-continue, not answered yet
-
-    @property
-    def body_complete(self) -> bool:
-        """Whether ``body`` holds the whole body (always, once ``read_body()`` has returned)."""
-        return self._body_state == _BODY_DONE
-
-    async def read_body(self) -> bytes:
-        """Read the whole body (also into ``body``); raises ``RequestBodyError`` when it cannot be read."""
-        if self._body_state == _BODY_DONE:
-            if not self._taken and self._conn is not None:
-                self._conn.take(self)
-            return self.body
-        assert self._conn is not None
-        return await self._conn.read_body(self)
-
-    def header(self, name: bytes) -> bytes | None:
-        """Return the first value of header ``name`` (given lower-case), or ``None``."""
-        return find_header(self.headers, name)
-
-    def __repr__(self) -> str:
-        target = f"{self.path}?{self.query}" if self.query else self.path
-        return f"<Request {self.method} {target} HTTP/{self.http_version} from {self.client_ip}>"
-
-
-class Response:
-    """A complete response. The server adds Content-Length (except for 204 and 304) and drops any framing or
-    hop-by-hop header given; for HEAD it keeps Content-Length and sends no body bytes."""
-
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b"") -> None:
-        self.status = status
-        self.headers: list[tuple[bytes, bytes]] = headers if headers is not None else []
-        self.body = body
-
-    def __repr__(self) -> str:
-        return f"<Response {self.status} {len(self.body)} bytes>"
-
-
-class StreamingResponse:
-    """A response whose body is produced incrementally (SSE passthrough).
-
-    With ``content_length=None`` the body goes out chunked to HTTP/1.1 clients and close-delimited to HTTP/1.0
-    clients. The iterator is closed (``aclose()``) when the response ends, fails or the client goes away; for HEAD,
-    204 and 304 it is closed without being iterated.
-    """
-
-    __slots__ = ("body_iter", "content_length", "headers", "status")
-
-    def __init__(
-        self,
-        status: int,
-        headers: list[tuple[bytes, bytes]] | None,
-        body_iter: AsyncIterator[bytes],
-        content_length: int | None = None,
-    ) -> None:
-        self.status = status
-        self.headers: list[tuple[bytes, bytes]] = headers if headers is not None else []
-        self.body_iter = body_iter
-        self.content_length = content_length
-
-    def __repr__(self) -> str:
-        return f"<StreamingResponse {self.status} content_length={self.content_length}>"
 
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]

@@ -12,12 +12,11 @@ from .base import (
     StoreUnavailable,
     TokenStore,
     Window,
-    create_store,
     minute_window,
     period_bounds,
     quota_window,
-    store_names,
 )
+from .stores import create_store, store_names
 
 __all__ = (
     "PERIODS",

@@ -1,17 +1,9 @@
 """The token-counter store interface and the counter windows.
 
-A store keeps one integer per counter window. ``reserve`` is the admission: in one atomic step it checks that
-``used + amount <= limit`` holds for *every* window given and, only if so, adds ``amount`` to all of them. ``settle``
-later moves the same windows by ``actual - amount`` once the real usage is known; it may be deferred and batched,
-since it only corrects counts after the fact. Stores are chosen by name (``memory``, ``redis``), the way Kong's
-rate-limiting policies are, and all of them pass the same contract tests (tests/gateway/limits/).
-
-Windows are fixed and aligned in UTC: the minute (``tokens-per-minute``) and the quota periods (``Hourly`` … ``Yearly``,
-the unit's start: the hour, midnight, Monday 00:00, the 1st of the month, January 1st). A fixed minute, not a
-sliding one, because the admission bound (docs/token-limits.md) is then exact per window and ``Retry-After`` is the
-true time to the window's end; the cost is that two adjacent minutes may each be used fully around their border.
-
-The clock is injected (``clock``, epoch seconds, ``time.time`` by default) so tests never sleep.
+``reserve`` checks and adds an amount to every window of an admission in one atomic step; ``settle`` corrects them
+later by ``actual - amount``. Windows are fixed and aligned in UTC: the minute and the quota periods (``Hourly`` …
+``Yearly``). Every store passes the contract tests in tests/gateway/limits/; the clock is injected. See
+docs/token-limits.md.
 """
 
 from __future__ import annotations
@@ -20,10 +12,10 @@ import hashlib
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
 __all__ = (
     "GRACE_SECONDS",
@@ -34,12 +26,11 @@ __all__ = (
     "TokenStore",
     "Window",
     "counter_tag",
-    "create_store",
     "minute_window",
     "period_bounds",
     "quota_window",
     "register_store",
-    "store_names",
+    "registered_stores",
 )
 
 PERIODS: Final = ("Hourly", "Daily", "Weekly", "Monthly", "Yearly")
@@ -216,20 +207,5 @@ def register_store(cls: type[TokenStore]) -> type[TokenStore]:
     return cls
 
 
-def store_names() -> tuple[str, ...]:
-    _load_builtin()
-    return tuple(sorted(_STORES))
-
-
-def create_store(name: str, **options: Any) -> TokenStore:
-    """Build the store registered as ``name`` (``memory`` or ``redis``; ``redis`` needs ``url=``)."""
-    _load_builtin()
-    try:
-        cls = _STORES[name]
-    except KeyError:
-        raise ValueError(f"unknown token store {name!r} (known: {', '.join(sorted(_STORES))})") from None
-    return cls(**options)
-
-
-def _load_builtin() -> None:
-    from . import memory, redis  # noqa: F401  (register the built-in stores)
+def registered_stores() -> Mapping[str, type[TokenStore]]:
+    return _STORES

@@ -1,24 +1,9 @@
 """The Redis token store: counters shared by every gateway process and replica.
 
-**Admission** is one ``EVALSHA`` of ``RESERVE_SCRIPT`` (loaded once, re-loaded after a ``NOSCRIPT`` reply): it
-reads every window of the admission, refuses if one would go over its limit, else ``INCRBY``s all of them and sets
-their expiry (window end + grace) when it creates them. A Lua script runs atomically in Redis, so concurrent
-admissions from any number of replicas are serialised. All keys of one admission carry the same hash tag
-(``{counter key}``), so they share one Redis Cluster slot.
-
-**Settlement** is off the request path: ``settle`` only records ``actual - reserved`` per set of counters; what
-accumulated over ``SETTLE_INTERVAL`` (5 ms) goes out as one command per counter set, pipelined with whatever else is
-being written, with ``SETTLE_SCRIPT``
-(``INCRBY`` only on counters that still exist, so an expired window is never re-created without a TTL). Nobody waits
-for their replies; errors are logged.
-
-Admissions made during one loop turn also leave in one write (see ``resp.py``), so under load a round trip serves
-many requests.
-
-**Outages.** Every admission goes through a circuit breaker (``breaker.py``): at most ``call_timeout`` (0.5 s) per
-call, and after a few failures in a row no call waits at all until a background ``PING`` finds Redis again.
-Settlements made while the breaker is open are dropped (counted in ``dropped_settlements``): they only correct
-counters that Redis cannot hold meanwhile. See docs/redis-outage.md.
+An admission is one atomic ``EVALSHA`` of ``RESERVE_SCRIPT`` over all its windows (one hash tag, so one Redis
+Cluster slot); settlements are batched off the request path (``SETTLE_SCRIPT``, never re-creating an expired
+window); every call goes through the circuit breaker (``breaker.py``). See docs/token-limits.md and
+docs/redis-outage.md.
 """
 
 from __future__ import annotations
@@ -28,11 +13,13 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Final
+
+from gateway.redis import RespClient, RespError, encode_command
 
 from .base import Admission, Reservation, StoreUnavailable, TokenStore, Window, register_store, reservation_for
 from .breaker import DEFAULT_CALL_TIMEOUT, CircuitBreaker
-from .resp import RespClient, RespError, encode_command
 
 __all__ = ("RESERVE_SCRIPT", "SETTLE_SCRIPT", "RedisTokenStore")
 
@@ -199,7 +186,7 @@ class RedisTokenStore(TokenStore):
             full = [prefix + key for key in keys]
             self.client.send_encoded(
                 self._evalsha(self._settle_sha, full, (delta,)),
-                lambda reply, full=full, delta=delta: self._settled(reply, full, delta),
+                partial(self._settled, keys=full, delta=delta),
             )
 
     def _settled(self, reply: Any, keys: list[str], delta: int) -> None:

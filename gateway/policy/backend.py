@@ -14,7 +14,7 @@ from .xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
-    from gateway.http.server import Response
+    from gateway.http.messages import Response
     from gateway.model import BackendTarget
 
 __all__ = ("ForwardRequest", "SetBackendService")

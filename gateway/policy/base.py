@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from gateway.types import ALL_SCOPES, ALL_SECTIONS, Scope, Section
 
 from .errors import PolicyError
 from .values import Locate, Value, parse_value
@@ -13,11 +14,12 @@ from .xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
-    from gateway.http.server import Response
+    from gateway.http.messages import Response
     from gateway.model import BackendTarget
 
 __all__ = (
     "ALL_SCOPES",
+    "ALL_SECTIONS",
     "Attr",
     "Base",
     "BindEnv",
@@ -33,24 +35,6 @@ __all__ = (
     "text_value",
     "walk",
 )
-
-
-class Section(StrEnum):
-    INBOUND = "inbound"
-    BACKEND = "backend"
-    OUTBOUND = "outbound"
-    ON_ERROR = "on-error"
-
-
-class Scope(StrEnum):
-    GLOBAL = "global"
-    PRODUCT = "product"
-    API = "api"
-    OPERATION = "operation"
-
-
-ALL_SCOPES = frozenset(Scope)
-ALL_SECTIONS = frozenset(Section)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,10 @@
 """The APIM policy catalog: where every policy Sluice knows of may be used, and what is said about the rest.
 
-Each registered policy class declares its own usage (``sections``/``scopes``); this table records the usage of every
-APIM policy name from apim-spec §2-§3 and of other common APIM policies, so that a document copied from APIM gets
-"not supported by Sluice yet" rather than "unknown policy" for a real policy we do not implement, and a policy that
-cannot work outside Azure gets a message saying so. ``ALIASES`` maps APIM's other names of a policy to the
-registered one (used only when that other name is not registered itself).
-
-``on-error`` admits exactly the policies apim-spec §2.3 lists (plus ``base`` and ``include-fragment``).
+Registered policy classes declare their own sections and scopes; this table covers the other policies of the APIM
+policy reference (https://learn.microsoft.com/azure/api-management/api-management-policies), so that a document
+copied from APIM gets "not supported by Sluice yet" rather than "unknown policy", and a policy that only works in
+Azure says so. ``ALIASES`` maps APIM's other names of a policy to the registered one. ``on-error`` admits the
+policies APIM allows there (https://learn.microsoft.com/azure/api-management/api-management-error-handling-policies).
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ def _u(*sections: Section, scopes: frozenset[Scope] = ALL_SCOPES, message: str =
 
 
 CATALOG: Final[dict[str, Usage]] = {
-    # document structure, control flow and variables (apim-spec §2, the on-error list of §2.3)
+    # document structure, control flow and variables (and what on-error admits)
     "base": _u(*_ALL),
     "include-fragment": _u(*_ALL),
     "choose": _u(*_ALL),
@@ -66,7 +64,7 @@ CATALOG: Final[dict[str, Usage]] = {
     "retry": _u(*_ALL),
     "trace": _u(*_ALL),
     "wait": _u(IN, BE, OUT),
-    # routing and transformation (§3.5-§3.7)
+    # routing and transformation
     "set-backend-service": _u(IN, BE),
     "forward-request": _u(BE),
     "set-query-parameter": _u(IN, BE),
@@ -75,7 +73,7 @@ CATALOG: Final[dict[str, Usage]] = {
     "cors": _u(IN),
     "redirect-content-urls": _u(IN, OUT),
     "xsl-transform": _u(IN, OUT),
-    # AI gateway (§3.1-§3.4)
+    # AI gateway
     "llm-token-limit": _u(IN),
     "llm-emit-token-metric": _u(IN),
     "llm-semantic-cache-lookup": _u(IN),
@@ -85,7 +83,7 @@ CATALOG: Final[dict[str, Usage]] = {
     "azure-openai-emit-token-metric": _u(IN),
     "azure-openai-semantic-cache-lookup": _u(IN),
     "azure-openai-semantic-cache-store": _u(OUT),
-    # access restriction and authentication (§3.7-§3.8, §2.3)
+    # access restriction and authentication
     "rate-limit": _u(IN, scopes=_NOT_GLOBAL),
     "rate-limit-by-key": _u(IN),
     "quota": _u(IN, scopes=_NOT_GLOBAL),

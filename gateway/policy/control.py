@@ -16,7 +16,7 @@ from .xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
-    from gateway.http.server import Response
+    from gateway.http.messages import Response
 
 __all__ = ("Choose", "SetVariable", "truth")
 

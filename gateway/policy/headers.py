@@ -10,7 +10,7 @@ from .xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import Headers, RequestContext
-    from gateway.http.server import Response
+    from gateway.http.messages import Response
 
 __all__ = ("ACTIONS", "SetHeader", "check_header_name", "check_header_value")
 

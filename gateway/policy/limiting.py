@@ -35,8 +35,7 @@ __all__ = (
 
 def counter_store(ctx: RequestContext) -> TokenStore | None:
     """The gateway's counter store (``gateway.limits``); None when none is configured."""
-    store: TokenStore | None = getattr(ctx.services, "limits", None)
-    return store
+    return ctx.services.limits
 
 
 def counter_key(value: Value, ctx: RequestContext) -> str:

@@ -11,7 +11,7 @@ from .xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
-    from gateway.http.server import Response
+    from gateway.http.messages import Response
 
 __all__ = ("SetQueryParameter", "set_query_parameter")
 

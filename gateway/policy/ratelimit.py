@@ -47,7 +47,7 @@ from .xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
-    from gateway.http.server import Response
+    from gateway.http.messages import Response
     from gateway.limits import Admission, Reservation, TokenStore
 
 __all__ = (

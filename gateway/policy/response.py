@@ -14,7 +14,7 @@ from .xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
-    from gateway.http.server import Response
+    from gateway.http.messages import Response
 
 __all__ = ("ReturnResponse", "SetStatus")
 
@@ -159,7 +159,7 @@ class ReturnResponse(Policy):
         return cls(status, tuple(headers), body, variable)
 
     async def apply(self, ctx: RequestContext) -> Response | None:
-        from gateway.http.server import Response
+        from gateway.http.messages import Response
 
         status = self.status
         if status is None:

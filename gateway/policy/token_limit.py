@@ -27,8 +27,8 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.errors import GatewayError
-from gateway.exchange import exchange_for
 from gateway.limits.base import PERIODS, StoreUnavailable, minute_window, quota_window
+from gateway.llm_accounting import exchange_for
 
 from .base import Attr, Policy, Section, register
 from .limiting import (
@@ -47,9 +47,9 @@ from .xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
-    from gateway.exchange import LlmExchange
-    from gateway.http.server import Response
+    from gateway.http.messages import Response
     from gateway.limits import Admission, TokenStore, Window
+    from gateway.llm_accounting import LlmExchange
 
 __all__ = (
     "DEFAULT_COMPLETION_RESERVATION",

@@ -13,16 +13,16 @@ The namespace becomes the metric-name prefix and each dimension name a label (``
 one of the built-in names, filled from the request when it ends; a dimension with a ``value`` is custom (at most
 ``MAX_CUSTOM_DIMENSIONS``) and its value — a literal or an expression — is evaluated in the inbound section, while
 the request body is still there. The counters move once the response is over (``ctx.on_finish``), by the token
-usage of the response (``ctx.usage``, see gateway.exchange: reported by the backend, estimated when it reported
+usage of the response (``ctx.usage``, see gateway.llm_accounting: reported by the backend, estimated when it reported
 none or the client cancelled a stream); a response without usage (an error, a refused request) counts nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
-from gateway.exchange import exchange_for
+from gateway.llm_accounting import exchange_for
 from gateway.metrics import DEFAULT_NAMESPACE, label_name, metric_prefix
 
 from .base import ALL_SCOPES, Attr, Policy, Section, register
@@ -31,7 +31,7 @@ from .xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
-    from gateway.http.server import Response
+    from gateway.http.messages import Response
     from gateway.metrics import Metrics, TokenFamily
 
 __all__ = ("BUILT_IN_DIMENSIONS", "MAX_CUSTOM_DIMENSIONS", "AzureOpenAiEmitTokenMetric", "LlmEmitTokenMetric")
@@ -95,13 +95,8 @@ BUILT_IN_DIMENSIONS: Final[dict[str, Callable[[RequestContext], str]]] = {
 }
 
 
-class _HasMetrics(Protocol):
-    metrics: Metrics | None
-
-
 def _metrics_of(ctx: RequestContext) -> Metrics | None:
-    services: _HasMetrics | Any = ctx.services
-    return getattr(services, "metrics", None)
+    return ctx.services.metrics
 
 
 class _Dimension:

@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 
 from gateway.app import TRACE_HEADER, create_app
-from gateway.config import GatewayConfig
 from gateway.limits import create_store
 from gateway.policy import rawxml_to_xml
+from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 
 from .conftest import KEYS, TOKEN, api, base_snapshot, op
@@ -83,7 +83,7 @@ class Gateway:
         self.pool = FakePool(respond=respond)
         self.store = store or create_store("memory", clock=self.clock)
         self.app = create_app(
-            GatewayConfig(gateway_token=TOKEN), pool=self.pool, token_store=self.store, metrics=metrics
+            GatewaySettings(gateway_token=TOKEN), pool=self.pool, token_store=self.store, metrics=metrics
         )
         self.app.snapshot = load_snapshot(data, gateway_token=TOKEN)
 

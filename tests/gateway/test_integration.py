@@ -14,10 +14,10 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig
 from gateway.errors import MSG_INVALID_KEY, MSG_MISSING_KEY, MSG_OPERATION_NOT_FOUND
 from gateway.http.client import UpstreamPool
 from gateway.http.server import ServerLimits, serve
+from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 
 from .conftest import KEYS, TOKEN, api, base_snapshot, op
@@ -102,7 +102,7 @@ def snapshot_for(upstream_url: str) -> dict:
 
 @contextlib.asynccontextmanager
 async def running_gateway(upstream_url: str, *, read_timeout: float = 10.0):
-    config = GatewayConfig(gateway_token=TOKEN, upstream_read_timeout=read_timeout)
+    config = GatewaySettings(gateway_token=TOKEN, upstream_read_timeout=read_timeout)
     pool = UpstreamPool(connect_timeout=2.0, read_timeout=read_timeout)
     app = create_app(config, pool=pool)
     app.snapshot = load_snapshot(snapshot_for(upstream_url + "/base"), gateway_token=TOKEN)

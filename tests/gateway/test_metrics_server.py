@@ -14,10 +14,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import HEALTH_PATH, METRICS_PATH, PUBLIC_METRICS_PATH, AdminApp, create_app
-from gateway.config import GatewayConfig
 from gateway.http.client import UpstreamPool
 from gateway.http.server import ServerLimits, serve
 from gateway.metrics import OVERFLOW_VALUE, Metrics
+from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 from gateway.usage import MemorySink
 from mockllm.app import MockConfig
@@ -52,7 +52,9 @@ async def running(upstream: str, *, metrics: Metrics | None = None, extra_apis=(
     data["apis"].extend(extra_apis)
     metrics = metrics or Metrics()
     pool = UpstreamPool(connect_timeout=2.0, read_timeout=10.0)
-    app = create_app(GatewayConfig(gateway_token=TOKEN, **config), pool=pool, metrics=metrics, usage_sink=MemorySink())
+    app = create_app(
+        GatewaySettings(gateway_token=TOKEN, **config), pool=pool, metrics=metrics, usage_sink=MemorySink()
+    )
     app.snapshot = load_snapshot(data, gateway_token=TOKEN)
     server = await serve(app, "127.0.0.1", 0, limits=ServerLimits())
     admin_server = await serve(AdminApp(app), "127.0.0.1", 0, limits=ServerLimits())
@@ -181,7 +183,7 @@ async def test_metrics_token(mock_url):
 
 
 async def test_metrics_are_served_before_a_snapshot_is_loaded():
-    app = create_app(GatewayConfig(gateway_token=TOKEN), metrics=Metrics())
+    app = create_app(GatewaySettings(gateway_token=TOKEN), metrics=Metrics())
     server = await serve(app, "127.0.0.1", 0, limits=ServerLimits())
     admin_server = await serve(AdminApp(app), "127.0.0.1", 0, limits=ServerLimits())
     port = server.sockets[0].getsockname()[1]
@@ -198,7 +200,7 @@ async def test_metrics_are_served_before_a_snapshot_is_loaded():
 
 
 async def test_without_metrics_the_paths_are_not_found():
-    app = create_app(GatewayConfig(gateway_token=TOKEN, metrics_token="t"))
+    app = create_app(GatewaySettings(gateway_token=TOKEN, metrics_token="t"))
     server = await serve(app, "127.0.0.1", 0, limits=ServerLimits())
     port = server.sockets[0].getsockname()[1]
     try:

@@ -21,10 +21,10 @@ import orjson
 import pytest
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig
 from gateway.errors import MSG_BACKEND_CONNECT, MSG_BACKEND_PROTOCOL, MSG_BACKEND_TIMEOUT
 from gateway.http.client import UpstreamPool
 from gateway.http.server import ServerLimits, serve
+from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 from gateway.usage import MemorySink
 from tests.fixtures_procs import free_port
@@ -101,7 +101,7 @@ async def gateway(backend_url: str, limits: ServerLimits = DEFAULT_LIMITS):
     """A gateway serving one OpenAI API (``/llm``) in front of ``backend_url``; yields (client session, sink)."""
     sink = MemorySink()
     pool = UpstreamPool(connect_timeout=2.0, read_timeout=READ_TIMEOUT)
-    app = create_app(GatewayConfig(gateway_token=TOKEN), pool=pool, usage_sink=sink)
+    app = create_app(GatewaySettings(gateway_token=TOKEN), pool=pool, usage_sink=sink)
     app.snapshot = load_snapshot(llm_snapshot(backend_url, None), gateway_token=TOKEN)
     server = await serve(app, "127.0.0.1", 0, limits=limits)
     session = aiohttp.ClientSession(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")

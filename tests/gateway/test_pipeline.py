@@ -6,13 +6,13 @@ import orjson
 import pytest
 
 from gateway.app import TRACE_HEADER, create_app
-from gateway.config import GatewayConfig
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.http.client import UpstreamConnectError, UpstreamTimeout
 from gateway.http.server import Response, StreamingResponse
 from gateway.pipeline import Pipeline, run_pipeline
 from gateway.policy import Policy, Section
+from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 
 from .conftest import KEYS, TOKEN, base_snapshot
@@ -27,7 +27,7 @@ def make_gateway(api_policy=None, op_policy=None, global_policy=None, pool=None)
     data["apis"][0]["policy"] = api_policy
     data["apis"][0]["operations"][0]["policy"] = op_policy  # POST /chat/completions
     pool = pool or FakePool()
-    app = create_app(GatewayConfig(gateway_token=TOKEN), pool=pool)
+    app = create_app(GatewaySettings(gateway_token=TOKEN), pool=pool)
     app.snapshot = load_snapshot(data, gateway_token=TOKEN)
     return app, pool
 
@@ -252,7 +252,7 @@ def context(app, pool) -> RequestContext:
 
 
 def forward_step(app):
-    return app.snapshot.apis["chat"].operations[0].pipelines[None].backend[-1]
+    return app.snapshot.pipelines[app.snapshot.apis["chat"].operations[0]][None].backend[-1]
 
 
 async def test_gateway_error_jumps_to_on_error_with_last_error():
@@ -356,7 +356,7 @@ async def test_large_known_length_body_is_streamed_with_its_length():
 
 
 async def test_503_until_configured_and_health():
-    app = create_app(GatewayConfig(gateway_token=TOKEN, gateway_id="gw-1"), pool=FakePool())
+    app = create_app(GatewaySettings(gateway_token=TOKEN, gateway_id="gw-1"), pool=FakePool())
     response = await app(make_request("GET", "/llm/chat/x"))
     assert response.status == 503 and orjson.loads(response.body)["statusCode"] == 503
     health = await app(make_request("GET", "/__sluice/health"))

@@ -20,12 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig
 from gateway.http.client import UpstreamPool
 from gateway.http.server import ServerLimits, serve
 from gateway.policy import walk
 from gateway.policy.backend import SetBackendService
 from gateway.policy.headers import SetHeader
+from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 
 from .conftest import KEYS, TOKEN, encrypt, op
@@ -133,7 +133,7 @@ def check_config(config, count: int) -> None:
     for i in range(count):
         api = config.apis[f"api-{i}"]
         for operation in api.operations:
-            for product, pipeline in operation.pipelines.items():
+            for product, pipeline in config.pipelines[operation].items():
                 where = f"api-{i}/{operation.name} in product {product}"
                 assert backend_of(pipeline) == f"be-{i}", where
                 target = config.backends[backend_of(pipeline)]
@@ -156,10 +156,10 @@ def test_many_apis_keep_their_own_pipelines_across_reloads():
 
 def test_products_without_policy_still_share_the_api_context_pipeline():
     config = load_snapshot(many_apis("http://127.0.0.1:9", 4), gateway_token=TOKEN)
-    pipelines = config.apis["api-1"].operations[0].pipelines
+    pipelines = config.pipelines[config.apis["api-1"].operations[0]]
     assert set(pipelines) == {None, "plain"}
     assert pipelines[None] is pipelines["plain"]
-    with_policy = config.apis["api-2"].operations[0].pipelines
+    with_policy = config.pipelines[config.apis["api-2"].operations[0]]
     assert with_policy["with-policy"] is not with_policy[None]
 
 
@@ -179,7 +179,7 @@ async def gateway_and_upstream():
     server = TestServer(EchoUpstream().app, host="127.0.0.1")
     await server.start_server()
     pool = UpstreamPool(connect_timeout=2.0, read_timeout=10.0)
-    app = create_app(GatewayConfig(gateway_token=TOKEN), pool=pool)
+    app = create_app(GatewaySettings(gateway_token=TOKEN), pool=pool)
     gateway = await serve(app, "127.0.0.1", 0, limits=ServerLimits())
     port = gateway.sockets[0].getsockname()[1]
     session = aiohttp.ClientSession(f"http://127.0.0.1:{port}")
@@ -293,8 +293,8 @@ def test_random_snapshots_route_every_operation_to_its_own_backend(drawn, reload
         for (api_name, op_name), want in expected.items():
             operation = next(o for o in config.apis[api_name].operations if o.name == op_name)
             contexts = {None} | {p for p, apis in members.items() if api_name in apis}
-            assert set(operation.pipelines) == contexts
-            for product, pipeline in operation.pipelines.items():
+            assert set(config.pipelines[operation]) == contexts
+            for product, pipeline in config.pipelines[operation].items():
                 where = (api_name, op_name, product)
                 backend = backend_of(pipeline)
                 assert backend == want["backend"], where

@@ -13,10 +13,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.app import HEALTH_PATH, create_app
-from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.model import BackendTarget
 from gateway.secrets import hash_key
+from gateway.settings import GatewaySettings
 from gateway.snapshot import check_snapshot, load_snapshot
 from gateway.sync import SnapshotSync
 
@@ -106,7 +106,7 @@ def test_what_cannot_be_isolated_still_rejects_the_whole_snapshot():
 async def test_unavailable_api_answers_503_and_the_rest_serves():
     data = base_snapshot()
     data["apis"][1]["policy"] = "<policies><inbound><unknown-policy/></inbound></policies>"  # API "other"
-    app = create_app(GatewayConfig(gateway_token=TOKEN), pool=FakePool())
+    app = create_app(GatewaySettings(gateway_token=TOKEN), pool=FakePool())
     app.snapshot = quarantined(data)
     broken = await app.handle(make_request("GET", "/other/x", headers=key_header()), b"r1")
     assert broken.status == 503 and orjson.loads(broken.body) == UNAVAILABLE
@@ -117,7 +117,7 @@ async def test_unavailable_api_answers_503_and_the_rest_serves():
 async def test_sync_applies_a_partly_bad_snapshot_and_health_tells(management, cache_path):  # noqa: F811
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    config = GatewayConfig(gateway_token=TOKEN, management_url=management.url, snapshot_cache=cache_path)
+    config = GatewaySettings(gateway_token=TOKEN, management_url=management.url, snapshot_cache=cache_path)
     sync = SnapshotSync(create_app(config, pool=FakePool(), metrics=metrics))
     try:
         await sync.poll_once()
@@ -182,5 +182,5 @@ def test_set_backend_service_base_url_with_a_query():
         "<policies><inbound><set-backend-service base-url='http://h:1/p?v=1&amp;w=2'/></inbound></policies>"
     )
     config = load_snapshot(data, gateway_token=TOKEN)
-    target = config.apis["other"].operations[0].pipelines[None].inbound[0].target
+    target = config.pipelines[config.apis["other"].operations[0]][None].inbound[0].target
     assert target.url_for("/x", "w=9") == "/p/x?w=9&v=1"

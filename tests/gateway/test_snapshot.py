@@ -36,7 +36,7 @@ def test_loads_and_compiles(snapshot_data):
 
 def test_products_without_policy_share_the_api_pipeline(snapshot_data):
     config = load(snapshot_data)
-    pipelines = config.apis["chat"].operations[0].pipelines
+    pipelines = config.pipelines[config.apis["chat"].operations[0]]
     assert set(pipelines) == {None, "starter"}
     assert pipelines[None] is pipelines["starter"]
     assert pipelines[None].backend[-1].name == "forward-request"  # implicit forward-request
@@ -51,7 +51,7 @@ def test_named_values_are_xml_escaped_in_policies(snapshot_data):
         "</inbound></policies>"
     )
     config = load(snapshot_data)
-    step = config.apis["chat"].operations[0].pipelines[None].inbound[0]
+    step = config.pipelines[config.apis["chat"].operations[0]][None].inbound[0]
     assert isinstance(step, SetHeader)
     assert step.entries == ((b"x-t", b'a<b&"c"-s3cret'),)
 
@@ -68,10 +68,10 @@ def test_set_backend_service_resolves_backend_ids_and_urls(snapshot_data):
     )
     config = load(snapshot_data)
     ops = config.apis["chat"].operations
-    first = ops[0].pipelines[None].inbound
+    first = config.pipelines[ops[0]][None].inbound
     assert first[0].target is config.backends["llm-backend"]
     assert first[1].target is config.backends["llm-backend"]  # same URL as a backend entity: uses it
-    other = ops[1].pipelines[None].inbound[1].target
+    other = config.pipelines[ops[1]][None].inbound[1].target
     assert (other.name, other.origin.host, other.origin.port, other.base_path) == (
         None,
         "elsewhere.example",
@@ -174,7 +174,7 @@ def test_operation_policy_inherits_through_all_scopes(snapshot_data):
         f"<policies><inbound>{marker('o')}<base/></inbound></policies>"
     )
     config = load(snapshot_data)
-    pipelines = config.apis["chat"].operations[0].pipelines
+    pipelines = config.pipelines[config.apis["chat"].operations[0]]
     assert [s.header for s in pipelines["starter"].inbound] == [b"x-o", b"x-g", b"x-p", b"x-a"]
     assert [s.header for s in pipelines[None].inbound] == [b"x-o", b"x-g", b"x-a"]
     assert all(s.section is Section.INBOUND for s in pipelines[None].inbound)

@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig
 from gateway.errors import MSG_INVALID_KEY, MSG_MISSING_KEY
+from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 from gateway.subscription import split_query_param
 
@@ -28,7 +28,7 @@ def gateway():
     for product in data["products"]:
         product["policy"] = product_marker(product["name"])
     pool = FakePool()
-    app = create_app(GatewayConfig(gateway_token=TOKEN), pool=pool)
+    app = create_app(GatewaySettings(gateway_token=TOKEN), pool=pool)
     app.snapshot = load_snapshot(data, gateway_token=TOKEN)
     return app, pool
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig
+from gateway.settings import GatewaySettings
 from gateway.sync import SnapshotSync, write_cache
 
 from .conftest import TOKEN, api, base_snapshot, op
@@ -50,7 +50,7 @@ async def management():
 
 
 def make_sync(url: str, cache: str, token: str = TOKEN) -> SnapshotSync:
-    config = GatewayConfig(gateway_token=token, management_url=url, snapshot_cache=cache, poll_interval=0.05)
+    config = GatewaySettings(gateway_token=token, management_url=url, snapshot_cache=cache, poll_interval=0.05)
     return SnapshotSync(create_app(config, pool=FakePool()))
 
 

@@ -60,8 +60,13 @@ def start_gateways(tmp_path, start, policy: str, mock_url: str, count: int = 2) 
             "REDIS_URL": REDIS_URL,
             "SLUICE_LOG_LEVEL": "WARNING",
         }
-        start([sys.executable, "-m", "gateway"], f"http://127.0.0.1:{port}/__sluice/health", env=env,
-              name=f"gateway-{index}", timeout=30)
+        start(
+            [sys.executable, "-m", "gateway"],
+            f"http://127.0.0.1:{port}/__sluice/health",
+            env=env,
+            name=f"gateway-{index}",
+            timeout=30,
+        )
         ports.append(port)
     return ports
 
@@ -157,8 +162,11 @@ def test_bounded_reservations_never_exceed_the_limit(tmp_path, mock_llm, process
     try:
         # mock usage: prompt 3 + 5 words = 8, completion min(X-Mock-Tokens, max_tokens) = 20: 28 per request;
         # reservation: estimate (3 + 1 + 5 + 3 = 12) + max_tokens 24 = 36 >= 28
-        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three four five"}],
-                "max_tokens": 24}
+        body = {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "one two three four five"}],
+            "max_tokens": 24,
+        }
         headers = {**KEY, "X-Mock-Tokens": "20", "X-Mock-Delay-Ms": "30"}
         minute = wait_for_fresh_minute()
         figures = burst(ports, body, headers)

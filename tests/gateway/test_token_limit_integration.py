@@ -11,11 +11,11 @@ import orjson
 import pytest
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig
 from gateway.http.client import UpstreamPool
 from gateway.http.server import ServerLimits, serve
 from gateway.limits import create_store, minute_window, quota_window
 from gateway.policy.token_limit import format_wait
+from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 from tests.fixtures_procs import mock_llm, process_factory  # noqa: F401  (fixtures)
 
@@ -36,7 +36,7 @@ def limit_policy(attrs: str) -> str:
 async def gateway(base_url: str, policy: str):
     store = create_store("memory")
     pool = UpstreamPool(connect_timeout=2.0, read_timeout=10.0)
-    app = create_app(GatewayConfig(gateway_token=TOKEN), pool=pool, token_store=store)
+    app = create_app(GatewaySettings(gateway_token=TOKEN), pool=pool, token_store=store)
     app.snapshot = load_snapshot(llm_snapshot(base_url, policy), gateway_token=TOKEN)
     server = await serve(app, "127.0.0.1", 0, limits=ServerLimits())
     port = server.sockets[0].getsockname()[1]
@@ -79,8 +79,10 @@ async def test_429_after_the_minute_budget(mock_llm):  # noqa: F811
         body = await third.json()
         retry = int(third.headers["Retry-After"])
         assert 1 <= retry <= 60
-        assert body == {"statusCode": 429, "message": f"Token limit is exceeded. Try again in {retry} second"
-                        f"{'' if retry == 1 else 's'}."}
+        assert body == {
+            "statusCode": 429,
+            "message": f"Token limit is exceeded. Try again in {retry} second{'' if retry == 1 else 's'}.",
+        }
         assert third.headers["x-remaining-tokens"] == str(60 - 2 * MOCK_TOTAL)
         assert third.headers["content-type"].startswith("application/json")
         assert third.headers["x-request-id"]

@@ -6,12 +6,12 @@ import orjson
 import pytest
 
 from gateway.app import TRACE_HEADER, create_app
-from gateway.config import GatewayConfig
 from gateway.limits import StoreUnavailable, create_store, minute_window, quota_window
 from gateway.pipeline import Pipeline
 from gateway.policy import Policy, PolicyError, Scope, Section, parse_document
 from gateway.policy.backend import ForwardRequest
 from gateway.policy.token_limit import format_wait
+from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 from gateway.tokens import TokenUsage
 
@@ -51,7 +51,7 @@ class Gateway:
         self.clock = clock or FakeClock()
         self.store = store or create_store("memory", clock=self.clock)
         self.pool = FakePool(respond=respond or respond_json())
-        self.app = create_app(GatewayConfig(gateway_token=TOKEN), pool=self.pool, token_store=self.store)
+        self.app = create_app(GatewaySettings(gateway_token=TOKEN), pool=self.pool, token_store=self.store)
         self.app.snapshot = load_snapshot(data, gateway_token=TOKEN)
 
     async def send(self, body=CHAT, key=KEY, headers=()):
@@ -296,9 +296,7 @@ async def test_the_store_failing_lets_requests_through():
         async def aclose(self):
             pass
 
-    gateway = Gateway(
-        policy('counter-key="d" tokens-per-minute="1" estimate-prompt-tokens="true"'), store=DownStore()
-    )
+    gateway = Gateway(policy('counter-key="d" tokens-per-minute="1" estimate-prompt-tokens="true"'), store=DownStore())
     assert (await gateway.send()).status == 200
 
 
@@ -316,8 +314,10 @@ async def test_streams_are_counted_and_the_injected_usage_event_removed():
         return FakeUpstream(chunks=events, headers=[(b"content-type", b"text/event-stream")])
 
     gateway = Gateway(
-        policy('counter-key="st" tokens-per-minute="1000" estimate-prompt-tokens="false" '
-               'tokens-consumed-header-name="x-consumed"'),
+        policy(
+            'counter-key="st" tokens-per-minute="1000" estimate-prompt-tokens="false" '
+            'tokens-consumed-header-name="x-consumed"'
+        ),
         respond=respond,
     )
     response = await gateway.send({**CHAT, "stream": True})
@@ -366,7 +366,7 @@ async def test_usage_is_accounted_without_the_policy(api_type):
     gateway = Gateway(None, api_type=api_type)
     capture = Capture()
     operation = gateway.app.snapshot.apis["chat"].operations[0]
-    operation.pipelines[None] = Pipeline((capture,), (ForwardRequest(None),), (), ())
+    gateway.app.snapshot.pipelines[operation][None] = Pipeline((capture,), (ForwardRequest(None),), (), ())
     assert (await gateway.send(headers=[(b"accept-encoding", b"gzip")])).status == 200
     if api_type == "openai":
         assert capture.usages == [(TokenUsage(20, 30, 50, "gpt-4"), True)]

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from gateway.exchange import LlmExchange
+from gateway.llm_accounting import LlmExchange
 from gateway.tokens import (
     CL100K,
     O200K,
@@ -311,8 +311,13 @@ def test_sse_gives_up_on_an_endless_line():
 
 
 def test_tail_meter_reads_usage_of_a_large_body():
-    body = orjson.dumps({"model": "text-embedding-3-small", "data": [{"embedding": [0.5] * 50_000}],
-                         "usage": {"prompt_tokens": 8, "total_tokens": 8}})
+    body = orjson.dumps(
+        {
+            "model": "text-embedding-3-small",
+            "data": [{"embedding": [0.5] * 50_000}],
+            "usage": {"prompt_tokens": 8, "total_tokens": 8},
+        }
+    )
     got: list = []
     meter = TailUsageMeter(lambda usage, model, complete: got.append((usage, model)))
     assert b"".join(meter.feed(c) for c in splits(body, 8192)) == body
@@ -342,8 +347,10 @@ def test_stream_options_are_added_without_reserialising():
     exchange = LlmExchange.open(ctx)
     assert exchange.stream and exchange.injected_usage and not exchange.client_wants_usage
     sent = exchange.upstream_body(raw)
-    assert sent == b'{"stream_options":{"include_usage":true}, "model":"gpt-4o",  "stream":true, ' \
+    assert (
+        sent == b'{"stream_options":{"include_usage":true}, "model":"gpt-4o",  "stream":true, '
         b'"messages":[{"role":"user","content":"hi"}]}'
+    )
     assert orjson.loads(sent)["stream_options"] == {"include_usage": True}
     assert ctx.request_headers == []  # Accept-Encoding is not forwarded: the gateway must read the usage
     assert exchange.upstream_body(b'{"replaced": true}') == b'{"replaced": true}'  # a policy's new body is kept

@@ -7,10 +7,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.policy import PolicyError, parse_document
 from gateway.policy.token_metric import BUILT_IN_DIMENSIONS, MAX_CUSTOM_DIMENSIONS, LlmEmitTokenMetric
+from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 
 from .conftest import KEYS, TOKEN, base_snapshot
@@ -135,7 +135,7 @@ def gateway(api_policy=None, global_policy=None, respond=chat_response, **config
     data["apis"][0]["policy"] = api_policy
     pool = FakePool(respond=lambda call: respond())
     metrics = Metrics()
-    cfg = GatewayConfig(gateway_token=TOKEN, gateway_id=config.pop("gateway_id", "gw-1"), **config)
+    cfg = GatewaySettings(gateway_token=TOKEN, gateway_id=config.pop("gateway_id", "gw-1"), **config)
     app = create_app(cfg, pool=pool, metrics=metrics)
     app.snapshot = load_snapshot(data, gateway_token=TOKEN)
     return app, metrics, pool
@@ -243,7 +243,7 @@ async def test_no_usage_no_count():
 async def test_without_metrics_the_policy_does_nothing():
     data = base_snapshot()
     data["apis"][0]["policy"] = policies(statement('<dimension name="API ID"/>'))
-    app = create_app(GatewayConfig(gateway_token=TOKEN), pool=FakePool(respond=lambda call: chat_response()))
+    app = create_app(GatewaySettings(gateway_token=TOKEN), pool=FakePool(respond=lambda call: chat_response()))
     app.snapshot = load_snapshot(data, gateway_token=TOKEN)
     response, _ = await send(app, KEY)
     assert response.status == 200

@@ -15,7 +15,7 @@ POLICY = (
 
 
 def statement(gw) -> SetBackendService:
-    pipeline = next(iter(gw.app.snapshot.apis["aoai"].operations[0].pipelines.values()))
+    pipeline = next(iter(gw.app.snapshot.pipelines[gw.app.snapshot.apis["aoai"].operations[0]].values()))
     return next(step for step in walk(pipeline.inbound) if isinstance(step, SetBackendService))
 
 

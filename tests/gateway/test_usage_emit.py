@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig
 from gateway.forward import DEFAULT_BUFFER_LIMIT
 from gateway.http.server import StreamingResponse
 from gateway.metrics import Metrics
+from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 from gateway.telemetry import CLIENT_CLOSED, UsageJournal
 from gateway.usage import MemorySink, UsageRecord
@@ -56,7 +56,7 @@ def make_gateway(sink=None, *, respond=chat_response, api_policy=None, metrics=N
     clock, wall = Clock(100.0), Clock(1_700_000_000.0)
     pool = kw.pop("pool", None) or FakePool(respond=lambda call: respond())
     app = create_app(
-        GatewayConfig(gateway_token=TOKEN, gateway_id="gw-test"),
+        GatewaySettings(gateway_token=TOKEN, gateway_id="gw-test"),
         pool=pool,
         clock=clock,
         wall_clock=wall,

@@ -31,7 +31,7 @@ def test_full_block_by_subscription(api_client):
     )
     assert (
         '<inbound><base/><set-backend-service backend-id="gemini-backend"/>'
-        '<llm-token-limit counter-key=\'@(context.Subscription?.Id ?? "anonymous")\' '
+        "<llm-token-limit counter-key='@(context.Subscription?.Id ?? \"anonymous\")' "
         'tokens-per-minute="5000" token-quota="100000" token-quota-period="Daily" estimate-prompt-tokens="true"/>'
     ) in value
     step = token_limit_of(value)
@@ -39,9 +39,7 @@ def test_full_block_by_subscription(api_client):
 
 
 def test_ip_key_and_tpm_only_with_estimation_off(api_client):
-    value = imported_policy(
-        api_client, {"counter_key": "ip", "tokens_per_minute": 60, "estimate_prompt_tokens": False}
-    )
+    value = imported_policy(api_client, {"counter_key": "ip", "tokens_per_minute": 60, "estimate_prompt_tokens": False})
     assert (
         '<llm-token-limit counter-key="@(context.Request.IpAddress)" tokens-per-minute="60" '
         'estimate-prompt-tokens="false"/>'

@@ -39,16 +39,21 @@ def test_test_runs_pytest():
 
 def test_bench_and_lint():
     assert dry_run("bench").splitlines()[-1] == ".venv/bin/python bench/run.py"
-    assert dry_run("lint").splitlines()[-1] == ".venv/bin/ruff check ."
+    assert dry_run("lint").splitlines()[-4:] == [
+        ".venv/bin/ruff check .",
+        ".venv/bin/ruff format --check .",
+        ".venv/bin/mypy",
+        ".venv/bin/lint-imports",
+    ]
 
 
-def test_ci_script_is_valid_bash_and_runs_make_test_then_make_smoke():
+def test_ci_script_is_valid_bash_and_runs_make_lint_test_then_smoke():
     script = ROOT / ".ci" / "run"
     subprocess.run(["bash", "-n", str(script)], check=True, timeout=10)
     text = script.read_text()
     assert "set -euo pipefail" in text
     commands = [line for line in text.splitlines() if line.startswith("make ")]
-    assert commands == ["make test", "make smoke"]
+    assert commands == ["make lint", "make test", "make smoke"]
     assert text.rstrip().splitlines()[-1] == "make smoke"
 
 

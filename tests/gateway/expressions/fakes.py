@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 
 from gateway.context import RequestContext, ResponseHead
-from gateway.expressions import Deployment
 from gateway.http.server import Request
 from gateway.model import ApiEntry, OperationEntry, ProductEntry, SubscriptionEntry
+from gateway.types import Deployment
 
 NOW = datetime(2026, 11, 25, 18, 30, 5, 123456, tzinfo=UTC)
 REQUEST_ID = b"3f2a9c1e-5b7d-4e21-9a0b-00000000002a"
@@ -39,6 +39,9 @@ class FakeServices:
             region="westeurope", service_name="sluice-gw", gateway_id="gw-1", instance_id="gw-1-pod-a"
         )
     )
+
+    metrics: None = None
+    limits: None = None
 
     def clock(self) -> float:
         return self.monotonic

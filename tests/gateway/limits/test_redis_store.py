@@ -10,7 +10,7 @@ import pytest
 
 from gateway.limits import StoreUnavailable, create_store, minute_window
 from gateway.limits.redis import RedisTokenStore
-from gateway.limits.resp import RespClient, RespError, encode_command, parse_reply
+from gateway.redis import RespClient, RespError, encode_command, parse_reply
 
 from .conftest import REDIS_URL, FakeClock
 

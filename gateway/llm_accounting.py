@@ -1,25 +1,14 @@
-"""The language-model side of one request: its JSON body, parsed once, and the accounting of its token usage.
+"""LLM accounting for one request (:class:`LlmExchange`): the JSON body parsed once, and its token usage.
 
-Every request to an ``openai`` API gets an :class:`LlmExchange` when it is forwarded (and any request whose pipeline
-has a token policy, whatever the API type, gets one in the inbound section); its ``body`` is the parsed request when
-that is a JSON object. The exchange
-
-* rewrites the upstream body of a streamed Chat Completions / Completions request that did not ask for
-  ``stream_options.include_usage``, so the backend reports usage at the end of the stream; the usage event is then
-  removed from the client's stream (``SseUsageMeter(strip=True)``);
-* asks the backend for an uncompressed response (``Accept-Encoding`` is not forwarded) so usage can be read;
-* reads the usage the backend reports (JSON or SSE) whatever the request body was: a body the gateway could not
-  parse must not settle to 0 tokens (issue #7; pipelines with token policies refuse such bodies with 400 first);
-* sets ``ctx.usage`` once the usage is known: at the response head for a buffered JSON body, at the end of the
-  stream otherwise (before any ``on_finish`` callback runs), estimated when the backend reported none (a cancelled
-  stream is settled with the completion tokens that passed);
-* runs the ``response_hooks`` of policies (token-limit headers) when the response head is known.
+The exchange asks a stream for its usage when the client did not (and hides that event from the client), asks for
+an uncompressed response, reads the usage the backend reports (JSON or SSE) or estimates it, sets ``ctx.usage``
+before the ``on_finish`` callbacks run, and runs the policies' ``response_hooks``. See docs/token-limits.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import orjson
 
@@ -42,7 +31,7 @@ from gateway.tokens import (
 if TYPE_CHECKING:
     from gateway.context import RequestContext
 
-__all__ = ("OPENAI_API_TYPE", "LlmExchange", "exchange_for")
+__all__ = ("OPENAI_API_TYPE", "LlmExchange", "current_exchange", "exchange_for")
 
 OPENAI_API_TYPE: Final = "openai"
 _STREAM_OPTIONS_KINDS: Final = frozenset({RequestKind.CHAT, RequestKind.COMPLETIONS})
@@ -56,10 +45,16 @@ ResponseHook = Callable[["RequestContext"], None]
 
 def exchange_for(ctx: RequestContext) -> LlmExchange:
     """The request's exchange, opened (and the body parsed) on first use."""
-    exchange = ctx.llm
+    exchange = current_exchange(ctx)
     if exchange is None:
-        exchange = ctx.llm = LlmExchange.open(ctx)
+        exchange = LlmExchange.open(ctx)
+        ctx.llm = exchange
     return exchange
+
+
+def current_exchange(ctx: RequestContext) -> LlmExchange | None:
+    """The request's exchange if one is open (``ctx.llm`` is only ever set by ``exchange_for``)."""
+    return cast("LlmExchange | None", ctx.llm)
 
 
 class LlmExchange:

@@ -1,15 +1,15 @@
-"""GatewayConfig from the environment."""
+"""GatewaySettings from the environment."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, GatewayConfig
+from gateway.settings import GatewaySettings, SettingsError
 
 
 def test_defaults():
-    config = GatewayConfig.from_env({"SLUICE_GATEWAY_TOKEN": "t", "SLUICE_GATEWAY_ID": "gw"})
-    assert config == GatewayConfig(gateway_token="t", gateway_id="gw")
+    config = GatewaySettings.from_env({"SLUICE_GATEWAY_TOKEN": "t", "SLUICE_GATEWAY_ID": "gw"})
+    assert config == GatewaySettings(gateway_token="t", gateway_id="gw")
     assert config.snapshot_url == "http://127.0.0.1:8000/api/gateway/snapshot/"
     assert (config.host, config.port, config.poll_interval, config.max_body_bytes) == (
         "127.0.0.1",
@@ -22,7 +22,7 @@ def test_defaults():
 
 
 def test_values_from_env():
-    config = GatewayConfig.from_env(
+    config = GatewaySettings.from_env(
         {
             "SLUICE_GATEWAY_TOKEN": "t",
             "SLUICE_MANAGEMENT_URL": "http://mgmt:8000/",
@@ -51,14 +51,14 @@ def test_values_from_env():
     ],
 )
 def test_errors(env, message):
-    with pytest.raises(ConfigError, match=message):
-        GatewayConfig.from_env(env)
+    with pytest.raises(SettingsError, match=message):
+        GatewaySettings.from_env(env)
 
 
 def test_admin_listener_and_connection_limit():
-    defaults = GatewayConfig.from_env({"SLUICE_GATEWAY_TOKEN": "t"})
+    defaults = GatewaySettings.from_env({"SLUICE_GATEWAY_TOKEN": "t"})
     assert (defaults.admin_host, defaults.admin_port, defaults.max_connections) == ("127.0.0.1", 9180, 10000)
-    config = GatewayConfig.from_env(
+    config = GatewaySettings.from_env(
         {
             "SLUICE_GATEWAY_TOKEN": "t",
             "SLUICE_ADMIN_HOST": "10.0.0.5",
@@ -67,5 +67,5 @@ def test_admin_listener_and_connection_limit():
         }
     )
     assert (config.admin_host, config.admin_port, config.max_connections) == ("10.0.0.5", 0, 500)
-    with pytest.raises(ConfigError, match="SLUICE_MAX_CONNECTIONS: must be at least 1"):
-        GatewayConfig.from_env({"SLUICE_GATEWAY_TOKEN": "t", "SLUICE_MAX_CONNECTIONS": "0"})
+    with pytest.raises(SettingsError, match="SLUICE_MAX_CONNECTIONS: must be at least 1"):
+        GatewaySettings.from_env({"SLUICE_GATEWAY_TOKEN": "t", "SLUICE_MAX_CONNECTIONS": "0"})

@@ -7,10 +7,10 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ("ConfigError", "GatewayConfig")
+__all__ = ("GatewaySettings", "SettingsError")
 
 
-class ConfigError(ValueError):
+class SettingsError(ValueError):
     """A required setting is missing or a value cannot be parsed."""
 
 
@@ -18,7 +18,7 @@ def _get(env: Mapping[str, str], key: str, default: str | None = None) -> str:
     value = env.get(key)
     if value is None or value == "":
         if default is None:
-            raise ConfigError(f"{key} is missing, and has no default.")
+            raise SettingsError(f"{key} is missing, and has no default.")
         return default
     return value
 
@@ -28,14 +28,14 @@ def _number(env: Mapping[str, str], key: str, default: str, cast: type[int] | ty
     try:
         value = cast(raw)
     except ValueError:
-        raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
+        raise SettingsError(f"{key}: expected a number, got {raw!r}") from None
     if value < minimum:
-        raise ConfigError(f"{key}: must be at least {minimum}, got {raw!r}")
+        raise SettingsError(f"{key}: must be at least {minimum}, got {raw!r}")
     return value
 
 
 @dataclass(frozen=True, slots=True)
-class GatewayConfig:
+class GatewaySettings:
     gateway_token: str
     management_url: str = "http://127.0.0.1:8000"
     host: str = "127.0.0.1"
@@ -70,7 +70,7 @@ class GatewayConfig:
         return self.management_url.rstrip("/") + "/api/gateway/snapshot/"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
         env = os.environ if env is None else env
         return cls(
             gateway_token=_get(env, "SLUICE_GATEWAY_TOKEN"),

@@ -1,0 +1,49 @@
+"""What the management plane may use of the gateway: one public module, so the data plane's modules can move.
+
+The Django apps import from here (and ``gateway.usage`` for the usage record), never from other gateway modules.
+Everything here is re-exported; the definitions stay where they belong.
+"""
+
+from __future__ import annotations
+
+from gateway.limits.base import PERIODS
+from gateway.metrics import metric_prefix
+from gateway.policy import (
+    Element,
+    PolicyError,
+    effective_document,
+    is_expression,
+    parse_document,
+    parse_value,
+    parse_xml,
+    rawxml_to_xml,
+    to_rawxml,
+    to_xml,
+)
+from gateway.policy.rawxml import xml_to_rawxml
+from gateway.policy.token_limit import MAX_TOKENS
+from gateway.policy.token_metric import BUILT_IN_DIMENSIONS
+from gateway.secrets import hash_key, snapshot_fernet
+from gateway.snapshot import Problem, check_snapshot
+
+__all__ = (
+    "BUILT_IN_DIMENSIONS",
+    "MAX_TOKENS",
+    "PERIODS",
+    "Element",
+    "PolicyError",
+    "Problem",
+    "check_snapshot",
+    "effective_document",
+    "hash_key",
+    "is_expression",
+    "metric_prefix",
+    "parse_document",
+    "parse_value",
+    "parse_xml",
+    "rawxml_to_xml",
+    "snapshot_fernet",
+    "to_rawxml",
+    "to_xml",
+    "xml_to_rawxml",
+)
