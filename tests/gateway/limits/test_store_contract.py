@@ -126,3 +126,11 @@ async def test_large_counter_keys_are_hashed(store: TokenStore, clock: FakeClock
     assert len(windows[0].key) < 120
     assert (await store.reserve(windows, 10, clock())).allowed
     assert not (await store.reserve(windows_for(clock, tpm=10, key=key), 1, clock())).allowed
+
+
+def test_the_test_clock_never_starts_in_the_last_hour_of_a_day():
+    midnight = 1_800_000_000 - 1_800_000_000 % 86400
+    late = FakeClock(real=lambda: midnight - 1800.5)
+    assert late() == midnight + 1.0  # the next day, 1 s in
+    early = FakeClock(real=lambda: midnight + 7200.5)
+    assert early() == midnight + 7200 + 61.0  # the next minute, 1 s in
