@@ -78,6 +78,7 @@ def test_group_by_subscription_per_minute(api_client, rows):
 def test_group_by_product_per_day(api_client, rows):
     params = {"from": BASE.isoformat(), "to": (BASE + timedelta(days=2)).isoformat()}
     results = api_client.get(URL, {**params, "group_by": "product", "interval": "day"}).json()["results"]
+
     # BASE follows the clock, so the row at +1h05 falls on the next day when BASE is 23:00
     def day(offset: timedelta) -> str:
         return iso((BASE + offset).replace(hour=0, minute=0))
