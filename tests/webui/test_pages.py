@@ -30,7 +30,7 @@ def page_url(page: str, kind: str, obj) -> str:
     return reverse(f"webui:object-{page}", kwargs={"kind": kind, **kwargs})
 
 
-def make(kind: str, n: int = 0):
+def make(kind: str):
     factories = {
         "apis": lambda: APIFactory(),
         "operations": lambda: OperationFactory(),
@@ -235,7 +235,7 @@ def test_no_n_plus_one_on_lists_and_details(operator_client, kind):
     for _ in range(29):
         make(kind)
     if kind == "apis":
-        for n in range(5):
+        for _ in range(5):
             OperationFactory(api=first)
     assert _queries(operator_client, list_url(kind)) == one_list
     assert _queries(operator_client, page_url("detail", kind, first)) == one_detail
