@@ -120,7 +120,10 @@ class TokensForm(forms.Form):
 
     limit_tokens = forms.BooleanField(label="Limit tokens", required=False)
     counter_key = forms.ChoiceField(
-        label="Limit by", choices=[("subscription", "Subscription"), ("ip", "IP address")], initial="subscription"
+        label="Limit by",
+        choices=[("subscription", "Subscription"), ("ip", "IP address")],
+        initial="subscription",
+        required=False,
     )
     tokens_per_minute = forms.IntegerField(label="Tokens per minute", required=False)
     token_quota = forms.IntegerField(label="Token quota", required=False)
@@ -141,7 +144,10 @@ class TokensForm(forms.Form):
         cleaned = self.cleaned_data
         blocks = {}
         if cleaned.get("limit_tokens"):
-            block = {"counter_key": cleaned["counter_key"], "estimate_prompt_tokens": cleaned["estimate_prompt_tokens"]}
+            block = {
+                "counter_key": cleaned["counter_key"] or "subscription",
+                "estimate_prompt_tokens": cleaned["estimate_prompt_tokens"],
+            }
             for key in ("tokens_per_minute", "token_quota", "token_quota_period"):
                 if cleaned.get(key) not in (None, ""):
                     block[key] = cleaned[key]
