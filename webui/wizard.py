@@ -25,6 +25,7 @@ from apis.wizard import (
 )
 from gateway.limits.base import PERIODS
 from gateway.policy.token_metric import BUILT_IN_DIMENSIONS
+from named_values import crypto
 from subscriptions.models import Product
 
 from .errors import REFUSALS, add_errors, refusal_errors
@@ -204,6 +205,23 @@ class ImportWizardView(LoginRequiredMixin, PermissionRequiredMixin, SessionWizar
         if tokens is not None:
             data.update(tokens.blocks())
         return data
+
+    # The access key never rests in the session in plaintext: formtools keeps each step's data there (in the
+    # database with the default session engine) until the wizard ends, so it is stored encrypted at rest.
+    def get_form_step_data(self, form):
+        data = form.data.copy()
+        field = form.add_prefix("access_key_value")
+        if data.get(field):
+            data[field] = crypto.encrypt(data[field])
+        return data
+
+    def get_form(self, step=None, data=None, files=None):
+        step = step or self.steps.current
+        field = f"{step}-access_key_value"
+        if data is not None and data is not self.request.POST and data.get(field):
+            data = data.copy()
+            data[field] = crypto.decrypt(data[field])
+        return super().get_form(step=step, data=data, files=files)
 
     def _form(self, step: str) -> forms.Form | None:
         form = self.get_form(step=step, data=self.storage.get_step_data(step), files=self.storage.get_step_files(step))

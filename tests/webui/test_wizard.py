@@ -1,6 +1,8 @@
 """The import wizard through Django's test client (formtools steps, service errors mapped back to their step and
 field), and the Test connection's address rules."""
 
+import json
+
 import pytest
 from django.urls import reverse
 
@@ -46,6 +48,18 @@ def test_the_wizard_creates_through_the_import_service(operator_client):
     api = API.objects.get(name="gemini")
     assert api.operations.count() == 1
     assert 'backend-id="gemini-backend"' in api.policies.get().value
+    assert NamedValue.objects.get(name="gemini-key").value == "Bearer sk-1"
+
+
+def test_the_access_key_is_not_kept_in_the_session_in_plaintext(operator_client):
+    response = operator_client.post(URL, CONFIGURE)
+    assert response.context["wizard"]["steps"].current == "tokens"
+    stored = json.dumps(dict(operator_client.session.items()))
+    assert "configure-display_name" in stored  # the wizard's step data is there
+    assert "sk-1" not in stored
+    for name in ("tokens", "caching", "safety"):
+        step(operator_client, name)
+    assert step(operator_client, "review").status_code == 302
     assert NamedValue.objects.get(name="gemini-key").value == "Bearer sk-1"
 
 
