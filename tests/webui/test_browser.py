@@ -64,9 +64,15 @@ def page(browser, live_server, admin_user):
 
 
 def shot(page, name: str) -> None:
+    """Save a screenshot of a key page, and check it with axe-core: no serious or critical violation."""
     (REPO_ROOT / "var").mkdir(mode=0o700, exist_ok=True)
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    from axe_playwright_python.sync_playwright import Axe
+
+    violations = Axe().run(page).response["violations"]
+    grave = [(v["id"], v["impact"], v["help"]) for v in violations if v["impact"] in ("serious", "critical")]
+    assert not grave, f"{name}: {grave}"
 
 
 def test_wizard_end_to_end_with_test_connection(page, live_server, mock_llm):
