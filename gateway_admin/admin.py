@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 from django.http import HttpResponseRedirect
 
-from .models import ConfigRevision
+from .models import ConfigRevision, RevealRecord
 from .safety import MSG_BREAKS, ConfigRejected, validated_write
 
 
@@ -11,6 +11,24 @@ class ConfigRevisionAdmin(admin.ModelAdmin):
     readonly_fields = ("revision",)
 
     def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(RevealRecord)
+class RevealRecordAdmin(admin.ModelAdmin):
+    """The audit log of reveals: read only, here as anywhere else."""
+
+    list_display = ("created", "username", "kind", "name", "channel")
+    list_filter = ("kind", "channel")
+    search_fields = ("username", "name")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False
 
     def has_delete_permission(self, request, obj=None):

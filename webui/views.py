@@ -2,6 +2,7 @@
 audit record) and the subscription key regeneration. Writes go through the kind's REST serializer and services,
 inside the write-time snapshot check (`gateway_admin.safety.validated_write`), like the REST API's."""
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin, PermissionRequiredMixin
 from django.core.paginator import Paginator
@@ -13,6 +14,7 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 from django.views.generic import TemplateView
 
+from gateway_admin.filtersets import StrictBooleanField
 from gateway_admin.models import RevealRecord
 from gateway_admin.safety import validated_write
 from subscriptions.services import PRIMARY, SECONDARY, regenerate_key
@@ -31,6 +33,7 @@ __all__ = (
 )
 
 PAGE_SIZE = 25
+BOOLEAN_CHOICES = [("", "Any"), ("true", "Yes"), ("false", "No")]
 MASK = "••••••••"
 REVEAL_PERMISSIONS = {
     "named_value": "named_values.reveal_namedvalue",
@@ -134,6 +137,9 @@ class ObjectListView(KindMixin, UIView):
         # an empty box in the filter form means "no filter" (the REST filter sets refuse empty parameters)
         data = {key: value for key, value in params.items() if value and key not in ("q", "page")}
         filterset = kind.filterset_class(data, queryset=kind.queryset())
+        for form_field in filterset.form.fields.values():
+            if isinstance(form_field, StrictBooleanField):  # "true" / "false" as REST takes them, as a menu
+                form_field.widget = forms.Select(choices=BOOLEAN_CHOICES)
         queryset = filterset.qs if filterset.is_valid() else kind.queryset().none()
         query = params.get("q", "").strip()
         if query:

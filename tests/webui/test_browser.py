@@ -11,7 +11,8 @@ import pytest
 from apis.models import API
 from gateway_admin.models import RevealRecord
 from named_values.models import NamedValue
-from tests.management.factories import NamedValueFactory
+from subscriptions.models import Subscription
+from tests.management.factories import BackendFactory, NamedValueFactory, SubscriptionFactory
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -166,3 +167,30 @@ def test_narrow_window_and_keyboard(page, live_server):
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline == "solid"  # a visible focus ring
     shot(page, "apis-list-narrow")
+
+
+def test_subscription_keys_regenerate_and_reveal(page, live_server):
+    subscription = SubscriptionFactory(name="team-a", display_name="Team A")
+    old_primary = subscription.primary_key
+    page.goto(f"{live_server.url}/ui/subscriptions/team-a/")
+    assert old_primary not in page.content()
+    shot(page, "subscription-detail")
+    page.get_by_role("button", name="Regenerate primary key").click()
+    page.get_by_text("Regenerated the primary key").wait_for()
+    new_primary = Subscription.objects.get(name="team-a").primary_key
+    assert new_primary != old_primary
+    page.get_by_role("link", name="Reveal keys").click()
+    page.get_by_role("button", name="Yes, reveal").click()
+    page.get_by_text(new_primary).wait_for()
+    assert RevealRecord.objects.get().kind == "subscription"
+
+
+def test_refused_edit_shows_the_field_error(page, live_server):
+    BackendFactory(name="openai-backend")
+    page.goto(f"{live_server.url}/ui/backends/openai-backend/edit/")
+    page.get_by_label("Credential headers (JSON object):").fill('{"api-key": "{{no-such-value}}"}')
+    page.get_by_role("button", name="Save").click()
+    error = page.locator(".errorlist").first
+    error.wait_for()
+    assert "no-such-value" in error.inner_text()
+    shot(page, "backend-edit-refused")
