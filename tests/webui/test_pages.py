@@ -214,7 +214,7 @@ def test_list_search_filter_and_pages(operator_client):
     assert filtered.context["page"].paginator.count == 10
     open_ones = operator_client.get(list_url("apis"), {"subscription_required": "false"})
     assert open_ones.context["page"].paginator.count == 0
-    assert '<option value="false">No</option>' in open_ones.content.decode()
+    assert '<option value="false" selected>No</option>' in open_ones.content.decode()
     first = operator_client.get(list_url("apis"))
     assert first.context["page"].paginator.num_pages == 2
     second = operator_client.get(list_url("apis"), {"page": 2})
