@@ -17,13 +17,8 @@ class ConfigRevisionAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.register(RevealRecord)
-class RevealRecordAdmin(admin.ModelAdmin):
-    """The audit log of reveals: read only, here as anywhere else."""
-
-    list_display = ("created", "username", "kind", "name", "channel")
-    list_filter = ("kind", "channel")
-    search_fields = ("username", "name")
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by the system only (audit records, usage rollups): the admin shows them."""
 
     def has_add_permission(self, request):
         return False
@@ -33,6 +28,15 @@ class RevealRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(RevealRecord)
+class RevealRecordAdmin(ReadOnlyAdmin):
+    """The audit log of reveals: read only, here as anywhere else."""
+
+    list_display = ("created", "username", "kind", "name", "channel")
+    list_filter = ("kind", "channel")
+    search_fields = ("username", "name")
 
 
 class SnapshotSafeAdmin(admin.ModelAdmin):

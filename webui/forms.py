@@ -9,7 +9,16 @@ from apis.models import API
 from subscriptions.choices import ProductStateChoices, SubscriptionStateChoices
 from subscriptions.models import Product
 
-__all__ = ("APIForm", "BackendForm", "NamedValueForm", "OperationForm", "ProductForm", "SubscriptionForm", "UIForm")
+__all__ = (
+    "APIForm",
+    "BackendForm",
+    "NamedValueForm",
+    "OperationForm",
+    "ProductForm",
+    "SubscriptionForm",
+    "UIForm",
+    "names_field",
+)
 
 
 class UIForm(forms.Form):
@@ -26,6 +35,17 @@ class UIForm(forms.Form):
                 value = []
             data[name] = value
         return data
+
+
+def names_field(label: str, model) -> forms.ModelMultipleChoiceField:
+    """Pick any of a model's objects by name (checkboxes); the value is sent to the serializer as names."""
+    return forms.ModelMultipleChoiceField(
+        label=label,
+        queryset=model.objects.order_by("name"),
+        to_field_name="name",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+    )
 
 
 def _text(label: str, required: bool = True, **kwargs) -> forms.CharField:
@@ -45,13 +65,7 @@ class APIForm(UIForm):
     subscription_required = forms.BooleanField(label="Subscription required", required=False)
     subscription_key_header = _text("Subscription key header name")
     subscription_key_query = _text("Subscription key query parameter name")
-    products = forms.ModelMultipleChoiceField(
-        label="Products",
-        queryset=Product.objects.order_by("name"),
-        to_field_name="name",
-        required=False,
-        widget=forms.CheckboxSelectMultiple,
-    )
+    products = names_field("Products", Product)
 
 
 class OperationForm(UIForm):
@@ -107,13 +121,7 @@ class ProductForm(UIForm):
     approval_required = forms.BooleanField(label="Approval required", required=False)
     subscriptions_limit = forms.IntegerField(label="Subscriptions limit", required=False)
     state = forms.ChoiceField(label="State", choices=ProductStateChoices.choices)
-    apis = forms.ModelMultipleChoiceField(
-        label="APIs",
-        queryset=API.objects.order_by("name"),
-        to_field_name="name",
-        required=False,
-        widget=forms.CheckboxSelectMultiple,
-    )
+    apis = names_field("APIs", API)
 
 
 class SubscriptionForm(UIForm):

@@ -14,10 +14,9 @@ from rest_framework.exceptions import ValidationError
 from apis.api.serializers import WIZARD_TYPE_CHOICES, ImportLanguageModelSerializer
 from apis.api.views import APIViewSet
 from apis.choices import APITypeChoices
-from apis.services import BACKEND_SUFFIX, KEY_SUFFIX, derive_api_name, import_language_model
+from apis.services import import_context, import_language_model
 from apis.wizard import (
     OPTIONAL_OPENAI_OPERATIONS,
-    ImportContext,
     TokenLimitSerializer,
     TokenMetricsSerializer,
     build_api_policy,
@@ -29,6 +28,7 @@ from named_values import crypto
 from subscriptions.models import Product
 
 from .errors import REFUSALS, add_errors, refusal_errors
+from .forms import names_field
 from .probe import probe_url
 
 __all__ = ("ImportWizardView",)
@@ -57,13 +57,7 @@ class ConfigureForm(forms.Form):
     )
     description = forms.CharField(label="Description", required=False, widget=forms.Textarea(attrs={"rows": 2}))
     url = forms.CharField(label="URL", help_text="Base URL of the model, e.g. https://api.openai.com/v1.")
-    products = forms.ModelMultipleChoiceField(
-        label="Products",
-        queryset=Product.objects.order_by("name"),
-        to_field_name="name",
-        required=False,
-        widget=forms.CheckboxSelectMultiple,
-    )
+    products = names_field("Products", Product)
     path = forms.CharField(label="Path", help_text="Where the gateway publishes the API, e.g. gemini/v1.")
     type = forms.ChoiceField(
         label="Type", choices=WIZARD_TYPE_CHOICES, initial=APITypeChoices.OPENAI, widget=forms.RadioSelect
@@ -241,16 +235,10 @@ class ImportWizardView(LoginRequiredMixin, PermissionRequiredMixin, SessionWizar
         return context
 
     def preview(self, data: dict) -> dict:
-        name = data.get("name") or derive_api_name(data["display_name"])
+        context = import_context(data)
         access_key = data.get("access_key")
-        context = ImportContext(
-            api_name=name,
-            api_type=data["type"],
-            backend_name=f"{name}{BACKEND_SUFFIX}",
-            named_value_name=f"{name}{KEY_SUFFIX}" if access_key else None,
-        )
         return {
-            "name": name,
+            "name": context.api_name,
             "data": data,
             "operations": operation_specs(data["type"], data.get("operations") or ()),
             "backend": context.backend_name,
