@@ -23,7 +23,7 @@ from subscriptions.services import check_open_products
 from .models import API, Operation
 from .wizard import ImportContext, build_api_policy, operation_specs
 
-__all__ = ("MAX_IMPORT_NAME_LENGTH", "ImportResult", "derive_api_name", "import_language_model")
+__all__ = ("MAX_IMPORT_NAME_LENGTH", "ImportResult", "derive_api_name", "import_context", "import_language_model")
 
 BACKEND_SUFFIX = "-backend"
 KEY_SUFFIX = "-key"
@@ -46,6 +46,17 @@ def derive_api_name(display_name: str) -> str:
     if not name:
         raise ValidationError({"name": ["Cannot derive a name from display_name; give one."]})
     return name
+
+
+def import_context(data: Mapping[str, Any]) -> ImportContext:
+    """The names of what an import of `data` creates (the web UI's review step shows them before it does)."""
+    name = data.get("name") or derive_api_name(data["display_name"])
+    return ImportContext(
+        api_name=name,
+        api_type=data["type"],
+        backend_name=f"{name}{BACKEND_SUFFIX}",
+        named_value_name=f"{name}{KEY_SUFFIX}" if data.get("access_key") else None,
+    )
 
 
 def import_language_model(data: Mapping[str, Any]) -> ImportResult:
@@ -86,14 +97,8 @@ def _import(data: Mapping[str, Any]) -> ImportResult:
     (default true), `operations` (extra OpenAI operations such as "POST /embeddings") and the optional blocks of
     the policy contributors. Duplicate names or paths raise `Conflict` (409), unknown products `ValidationError`.
     """
-    name = data.get("name") or derive_api_name(data["display_name"])
-    access_key = data.get("access_key")
-    context = ImportContext(
-        api_name=name,
-        api_type=data["type"],
-        backend_name=f"{name}{BACKEND_SUFFIX}",
-        named_value_name=f"{name}{KEY_SUFFIX}" if access_key else None,
-    )
+    context = import_context(data)
+    name, access_key = context.api_name, data.get("access_key")
     _check_conflicts(context, data["path"])
     products = _resolve_products(data.get("products") or ())
     check_open_products(products)

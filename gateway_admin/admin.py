@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 from django.http import HttpResponseRedirect
 
-from .models import ConfigRevision
+from .models import ConfigRevision, RevealRecord
 from .safety import MSG_BREAKS, ConfigRejected, validated_write
 
 
@@ -15,6 +15,28 @@ class ConfigRevisionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by the system only (audit records, usage rollups): the admin shows them."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(RevealRecord)
+class RevealRecordAdmin(ReadOnlyAdmin):
+    """The audit log of reveals: read only, here as anywhere else."""
+
+    list_display = ("created", "username", "kind", "name", "channel")
+    list_filter = ("kind", "channel")
+    search_fields = ("username", "name")
 
 
 class SnapshotSafeAdmin(admin.ModelAdmin):

@@ -1,9 +1,11 @@
-"""Project-wide model base class and the configuration revision counter."""
+"""Project-wide model base class, the configuration revision counter and the reveal audit log."""
 
+from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
+from django.utils import timezone
 
-__all__ = ("ConfigRevision", "ConfigurationModel")
+__all__ = ("ConfigRevision", "ConfigurationModel", "RevealRecord")
 
 
 class ConfigurationModel(models.Model):
@@ -59,3 +61,55 @@ class ConfigRevision(models.Model):
             # The row is created by the initial migration; this only runs if someone deleted it.
             cls.objects.get_or_create(pk=cls.SINGLETON_ID)
             cls.objects.filter(pk=cls.SINGLETON_ID).update(revision=F("revision") + 1)
+
+
+class RevealRecord(models.Model):
+    """One reveal of a secret (a named value's value, a subscription's keys): who, what and when.
+
+    Written by every path that shows a secret in plaintext (the web UI's Reveal action and the REST reveal actions),
+    in the same transaction as the read. The secret itself is never stored here.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name="user",
+        on_delete=models.SET_NULL,
+        null=True,
+        related_name="+",
+    )
+    username = models.CharField(
+        verbose_name="username",
+        max_length=150,
+        help_text="Kept when the user is deleted.",
+    )
+    kind = models.CharField(
+        verbose_name="kind",
+        max_length=40,
+        help_text='What was revealed: "named_value" or "subscription".',
+    )
+    name = models.CharField(
+        verbose_name="name",
+        max_length=80,
+    )
+    channel = models.CharField(
+        verbose_name="channel",
+        max_length=10,
+        help_text='"ui" or "rest".',
+    )
+    created = models.DateTimeField(
+        verbose_name="when",
+        default=timezone.now,
+        db_index=True,
+    )
+
+    class Meta:
+        ordering = ("-created", "-pk")
+        verbose_name = "reveal record"
+        verbose_name_plural = "reveal records"
+
+    def __str__(self):
+        return f"{self.username} revealed {self.kind} '{self.name}' ({self.channel}) at {self.created:%Y-%m-%d %H:%M}"
+
+    @classmethod
+    def record(cls, user, kind: str, name: str, channel: str) -> "RevealRecord":
+        return cls.objects.create(user=user, username=user.get_username(), kind=kind, name=name, channel=channel)

@@ -64,7 +64,7 @@ BLOCK_RE = re.compile(
     r"^" + re.escape(MARKER) + r"[ \t]*\n```(?P<lang>[\w+-]*)[ \t]*\n(?P<code>.*?)^```[ \t]*$", re.M | re.S
 )
 BANNER_FIELDS = {
-    "management_url": r"^\s*Management UI\s+(\S+?)/admin/\s*$",
+    "management_url": r"^\s*Web UI\s+(\S+?)/ui/\s",
     "password": r"^\s*Admin login\s+\S+ / (.+?)\s*$",
     "username": r"^\s*Admin login\s+(\S+) / ",
     "token": r"^\s*API token\s+(\S+)",

@@ -1,10 +1,14 @@
 from django.contrib import admin
 
+from gateway_admin.admin import ReadOnlyAdmin
+
 from .models import UsageRollup
 
 
 @admin.register(UsageRollup)
-class UsageRollupAdmin(admin.ModelAdmin):
+class UsageRollupAdmin(ReadOnlyAdmin):
+    """Rollups are written by the ingestion only."""
+
     list_display = (
         "minute",
         "api",
@@ -21,13 +25,3 @@ class UsageRollupAdmin(admin.ModelAdmin):
     list_filter = ("cache_hit", "status")
     search_fields = ("api", "operation", "subscription", "product", "model")
     date_hierarchy = "minute"
-
-    # Rollups are written by the ingestion only; the admin shows them.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

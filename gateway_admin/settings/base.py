@@ -62,6 +62,7 @@ THIRD_PARTY_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "formtools",
 ]
 LOCAL_APPS = [
     "gateway_admin",
@@ -72,7 +73,9 @@ LOCAL_APPS = [
     "policies",
     "usage",
 ]
-INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
+# The web UI holds no configuration of its own (no models, no permissions): views, forms and templates only.
+UI_APPS = ["webui"]
+INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS + UI_APPS
 
 # MIDDLEWARE
 # ------------------------------------------------------------------------------
@@ -135,7 +138,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+# The web UI's own login page (docs/web-ui.md); the Django admin keeps its own at /admin/login/.
+LOGIN_URL = "webui:login"
+LOGIN_REDIRECT_URL = "webui:index"
+LOGOUT_REDIRECT_URL = "webui:login"
 
 # REST FRAMEWORK  https://www.django-rest-framework.org/api-guide/settings/
 # ------------------------------------------------------------------------------
@@ -218,4 +224,8 @@ SLUICE = {
     "USAGE_DEDUPE_HOURS": env.int("SLUICE_USAGE_DEDUPE_HOURS", 48),
     # Peers (addresses or networks) whose X-Forwarded-* / Forwarded headers are believed; others' are dropped.
     "TRUSTED_PROXIES": env.list("SLUICE_TRUSTED_PROXIES", default=["127.0.0.1/32", "::1/128"]),
+    # The wizard's Test connection (webui.probe): loopback URLs (the local mock model; `make run` turns it on) and
+    # link-local / cloud metadata addresses are refused unless allowed here.
+    "PROBE_ALLOW_LOOPBACK": env.bool("SLUICE_PROBE_ALLOW_LOOPBACK", False),
+    "PROBE_ALLOW_LINK_LOCAL": env.bool("SLUICE_PROBE_ALLOW_LINK_LOCAL", False),
 }

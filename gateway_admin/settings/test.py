@@ -17,6 +17,8 @@ SLUICE = {
     **SLUICE,
     "SECRET_KEYS": ["4-EeuvhFWBrcspQYU2fIeA5CmBcIS_g7uLJ4Xv-dBe4="],
     "GATEWAY_TOKEN": "test-gateway-token",
+    # the tests probe the mock model on loopback (webui.probe)
+    "PROBE_ALLOW_LOOPBACK": True,
 }
 
 # SQLite: a file, not pytest-django's shared in-memory database, so that the live server's request threads (the

@@ -3,6 +3,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from gateway_admin.api.views import ConfigurationViewSet
+from gateway_admin.models import RevealRecord
 
 from ..filtersets import NamedValueFilterSet
 from ..models import NamedValue
@@ -31,4 +32,6 @@ class NamedValueViewSet(ConfigurationViewSet):
     @extend_schema(request=None, responses=NamedValueValueSerializer, summary="Reveal the value (also of a secret)")
     @action(detail=True, methods=["post"], url_path="list-value")
     def list_value(self, request, name=None):
-        return Response({"value": self.get_object().value})
+        named_value = self.get_object()
+        RevealRecord.record(request.user, "named_value", named_value.name, "rest")
+        return Response({"value": named_value.value})

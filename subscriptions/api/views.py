@@ -4,6 +4,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from gateway_admin.api.views import ConfigurationViewSet
+from gateway_admin.models import RevealRecord
 from policies.api.views import PolicyActionMixin
 from policies.choices import PolicyScopeChoices
 
@@ -48,6 +49,7 @@ class SubscriptionViewSet(ConfigurationViewSet):
     @action(detail=True, methods=["post"], url_path="list-secrets")
     def list_secrets(self, request, name=None):
         subscription = self.get_object()
+        RevealRecord.record(request.user, "subscription", subscription.name, "rest")
         return Response({"primary_key": subscription.primary_key, "secondary_key": subscription.secondary_key})
 
     @extend_schema(request=None, responses={204: None}, summary="Replace the primary key with a new random one")

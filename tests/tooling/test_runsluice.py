@@ -209,6 +209,8 @@ def test_runsluice_serves_the_demo_and_stops_everything_on_sigterm(tmp_path):
 
         management = f"http://127.0.0.1:{ports['port']}"
         assert http_status(f"{management}/admin/login/") == 200
+        assert f"Web UI           {management}/ui/" in output
+        assert http_status(f"{management}/ui/login/") == 200
         assert http_status(f"{management}/api/schema/", headers={"Authorization": f"Token {token}"}) == 200
         assert http_status(f"{management}/api/schema/") in (401, 403)
 

@@ -284,6 +284,8 @@ class Command(BaseCommand):
             gunicorn_argv(f"{host}:{options['port']}", options["workers"]),
             log_dir / "management.log",
             f"{management_url}/admin/login/",
+            # the import wizard's Test connection may probe the local mock model (docs/web-ui.md)
+            env={**os.environ, "SLUICE_PROBE_ALLOW_LOOPBACK": os.environ.get("SLUICE_PROBE_ALLOW_LOOPBACK", "1")},
         )
         redis_url = settings.REDIS_URL
         self.start(
@@ -385,8 +387,9 @@ class Command(BaseCommand):
         lines = [
             "",
             style.SUCCESS("Sluice is running."),
-            f"  Management UI    {management_url}/admin/",
-            f"  API docs         {management_url}/api/docs/   (log in at /admin/ first)",
+            f"  Web UI           {management_url}/ui/   (import wizard and object pages)",
+            f"  Django admin     {management_url}/admin/",
+            f"  API docs         {management_url}/api/docs/   (log in at /ui/ or /admin/ first)",
             f"  Admin login      {username} / {shown_password}",
             f"  API token        {token}   (header  Authorization: Token {token})",
             f"  Gateway          {gateway_url}",

@@ -1,0 +1,130 @@
+"""Edit forms of the object pages. They give each field its widget and label only: what is valid, and what is
+written, is decided by the kind's REST serializer and the services behind it (see `webui.views.ObjectEditView`)."""
+
+from django import forms
+from django.db import models
+
+from apis.choices import APITypeChoices, HttpMethodChoices
+from apis.models import API
+from subscriptions.choices import ProductStateChoices, SubscriptionStateChoices
+from subscriptions.models import Product
+
+__all__ = (
+    "APIForm",
+    "BackendForm",
+    "NamedValueForm",
+    "OperationForm",
+    "ProductForm",
+    "SubscriptionForm",
+    "UIForm",
+    "names_field",
+)
+
+
+class UIForm(forms.Form):
+    """Base of the edit forms: `to_data()` turns the cleaned values into the serializer's input."""
+
+    def to_data(self) -> dict:
+        data = {}
+        for name, value in self.cleaned_data.items():
+            if isinstance(value, models.Model):
+                value = value.name
+            elif isinstance(value, models.QuerySet | list | tuple) and value and isinstance(value[0], models.Model):
+                value = [item.name for item in value]
+            elif isinstance(value, models.QuerySet):
+                value = []
+            data[name] = value
+        return data
+
+
+def names_field(label: str, model) -> forms.ModelMultipleChoiceField:
+    """Pick any of a model's objects by name (checkboxes); the value is sent to the serializer as names."""
+    return forms.ModelMultipleChoiceField(
+        label=label,
+        queryset=model.objects.order_by("name"),
+        to_field_name="name",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+    )
+
+
+def _text(label: str, required: bool = True, **kwargs) -> forms.CharField:
+    return forms.CharField(label=label, required=required, **kwargs)
+
+
+def _area(label: str) -> forms.CharField:
+    return forms.CharField(label=label, required=False, widget=forms.Textarea(attrs={"rows": 3}))
+
+
+class APIForm(UIForm):
+    display_name = _text("Display name")
+    description = _area("Description")
+    path = _text("API URL suffix (path)")
+    service_url = _text("Web service URL", required=False)
+    api_type = forms.ChoiceField(label="Type", choices=APITypeChoices.choices, widget=forms.RadioSelect)
+    subscription_required = forms.BooleanField(label="Subscription required", required=False)
+    subscription_key_header = _text("Subscription key header name")
+    subscription_key_query = _text("Subscription key query parameter name")
+    products = names_field("Products", Product)
+
+
+class OperationForm(UIForm):
+    display_name = _text("Display name")
+    method = forms.ChoiceField(label="Method", choices=HttpMethodChoices.choices)
+    url_template = _text("URL template")
+    description = _area("Description")
+
+
+class BackendForm(UIForm):
+    url = _text("URL")
+    description = _area("Description")
+    credentials_header = forms.JSONField(
+        label="Credential headers (JSON object)", required=False, help_text='For example {"api-key": "{{my-key}}"}.'
+    )
+    credentials_query = forms.JSONField(label="Credential query parameters (JSON object)", required=False)
+
+    def to_data(self) -> dict:
+        data = super().to_data()
+        for name in ("credentials_header", "credentials_query"):
+            if data[name] is None:
+                data[name] = {}
+        return data
+
+
+class NamedValueForm(UIForm):
+    secret = forms.BooleanField(label="Secret", required=False)
+    value = forms.CharField(
+        label="Value",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Leave empty to keep the current value.",
+    )
+    tags = _text("Tags (comma separated)", required=False)
+
+    def __init__(self, *args, initial=None, **kwargs):
+        if initial is not None:
+            initial = {**initial, "tags": ", ".join(initial.get("tags") or ()), "value": ""}
+        super().__init__(*args, initial=initial, **kwargs)
+
+    def to_data(self) -> dict:
+        data = super().to_data()
+        data["value"] = data["value"] or None
+        data["tags"] = [tag.strip() for tag in data["tags"].split(",") if tag.strip()]
+        return data
+
+
+class ProductForm(UIForm):
+    display_name = _text("Display name")
+    description = _area("Description")
+    subscription_required = forms.BooleanField(label="Subscription required", required=False)
+    approval_required = forms.BooleanField(label="Approval required", required=False)
+    subscriptions_limit = forms.IntegerField(label="Subscriptions limit", required=False)
+    state = forms.ChoiceField(label="State", choices=ProductStateChoices.choices)
+    apis = names_field("APIs", API)
+
+
+class SubscriptionForm(UIForm):
+    display_name = _text("Display name", required=False)
+    scope = _text("Scope", help_text="/apis, /apis/{api name} or /products/{product name}")
+    state = forms.ChoiceField(label="State", choices=SubscriptionStateChoices.choices)

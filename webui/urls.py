@@ -1,0 +1,34 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from . import views
+from .wizard import ImportWizardView
+
+app_name = "webui"
+
+# Operations are addressed by their API and their name; every other kind by its name.
+# The detail page comes last: its pattern would also match the others.
+OBJECT_PAGES = (
+    ("edit/", views.ObjectEditView, "object-edit"),
+    ("delete/", views.ObjectDeleteView, "object-delete"),
+    ("reveal/", views.RevealView, "object-reveal"),
+    ("", views.ObjectDetailView, "object-detail"),
+)
+
+urlpatterns = [
+    path("", views.IndexView.as_view(), name="index"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("import/", ImportWizardView.as_view(), name="import"),
+    path("<slug:kind>/", views.ObjectListView.as_view(), name="object-list"),
+    path(
+        "<slug:kind>/<str:name>/regenerate/<str:which>/",
+        views.RegenerateKeyView.as_view(),
+        name="object-regenerate",
+    ),
+    *(
+        path(f"operations/<str:api>/<str:name>/{suffix}", view.as_view(), {"kind": "operations"}, name=name_)
+        for suffix, view, name_ in OBJECT_PAGES
+    ),
+    *(path(f"<slug:kind>/<str:name>/{suffix}", view.as_view(), name=name_) for suffix, view, name_ in OBJECT_PAGES),
+]
