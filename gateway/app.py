@@ -39,8 +39,8 @@ from gateway.tokens import get_tokenizer
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.model import Config
-    from gateway.telemetry import UsageJournal
-    from gateway.usage import UsageSink
+    from gateway.usage.journal import UsageJournal
+    from gateway.usage.sinks import UsageSink
 
 __all__ = ("HEALTH_PATH", "METRICS_PATH", "PUBLIC_METRICS_PATH", "REQUEST_ID_HEADER", "TRACE_HEADER", "AdminApp",
            "GatewayApp", "create_app")  # fmt: skip

@@ -3,7 +3,7 @@ from datetime import timedelta
 from django.utils import timezone
 from rest_framework import serializers
 
-from gateway.usage import RecordError, UsageRecord
+from gateway.usage.record import RecordError, UsageRecord
 
 from ..choices import UsageGroupByChoices, UsageIntervalChoices
 from ..services import INTERVAL_STEPS
