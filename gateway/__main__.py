@@ -22,9 +22,9 @@ from gateway.http.server import ServerLimits, serve
 from gateway.metrics import MULTIPROC_ENV, Metrics, enable_multiprocess
 from gateway.settings import GatewaySettings, SettingsError
 from gateway.sync import SnapshotSync
-from gateway.telemetry import UsageJournal
 from gateway.tokens import get_tokenizer
-from gateway.usage import make_sink
+from gateway.usage.journal import UsageJournal
+from gateway.usage.sinks import make_sink
 
 __all__ = ("main", "run_worker")
 

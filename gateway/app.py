@@ -41,9 +41,9 @@ if TYPE_CHECKING:
 
     from gateway.settings import GatewaySettings
     from gateway.snapshot import Snapshot
-    from gateway.telemetry import UsageJournal
     from gateway.types import Deployment
-    from gateway.usage import UsageSink
+    from gateway.usage.journal import UsageJournal
+    from gateway.usage.sinks import UsageSink
 
 __all__ = ("HEALTH_PATH", "METRICS_PATH", "PUBLIC_METRICS_PATH", "REQUEST_ID_HEADER", "TRACE_HEADER", "AdminApp",
            "GatewayApp", "create_app")  # fmt: skip

@@ -1,6 +1,6 @@
 """What the management plane may use of the gateway: one public module, so the data plane's modules can move.
 
-The Django apps import from here (and ``gateway.usage`` for the usage record), never from other gateway modules.
+The Django apps import from here (and ``gateway.usage.record`` for the usage record), never from other gateway modules.
 Everything here is re-exported; the definitions stay where they belong.
 """
 

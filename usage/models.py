@@ -2,7 +2,7 @@
 
 from django.db import models
 
-from gateway.usage import MAX_LENGTHS
+from gateway.usage.record import MAX_LENGTHS
 
 __all__ = ("ROLLUP_DIMENSIONS", "UsageRecordSeen", "UsageRollup")
 

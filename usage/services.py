@@ -20,7 +20,7 @@ from django.db.models import F, Q, Sum, Value
 from django.db.models.functions import Greatest, Trunc
 from django.utils import timezone
 
-from gateway.usage import UsageRecord
+from gateway.usage.record import UsageRecord
 
 from .choices import UsageGroupByChoices, UsageIntervalChoices
 from .models import ROLLUP_DIMENSIONS, UsageRecordSeen, UsageRollup

@@ -16,7 +16,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from gateway.usage import RecordError, UsageRecord
+from gateway.usage.record import RecordError, UsageRecord
 
 from .services import IngestResult, ingest_records
 

@@ -217,7 +217,7 @@ SLUICE = {
     "GATEWAY_TOKEN": env("SLUICE_GATEWAY_TOKEN", default=""),
     # Public base URL of the gateway, shown in the UI and in `make run` output.
     "GATEWAY_URL": env("SLUICE_GATEWAY_URL", default="http://127.0.0.1:8080"),
-    # Redis stream the gateways append usage records to (gateway.usage.DEFAULT_STREAM); read by usage.tasks.
+    # Redis stream the gateways append usage records to (gateway.usage.record.DEFAULT_STREAM); read by usage.tasks.
     "USAGE_STREAM": env("SLUICE_USAGE_STREAM", default="sluice:usage"),
     # How long counted request ids are remembered to drop re-delivered usage records. Records that started
     # longer ago than this are refused, since they could no longer be told from duplicates.

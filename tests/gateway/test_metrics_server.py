@@ -19,7 +19,7 @@ from gateway.http.server import ServerLimits, serve
 from gateway.metrics import OVERFLOW_VALUE, Metrics
 from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
-from gateway.usage import MemorySink
+from gateway.usage.sinks import MemorySink
 from mockllm.app import MockConfig
 from mockllm.app import create_app as create_mock
 

@@ -26,7 +26,7 @@ from gateway.http.client import UpstreamPool
 from gateway.http.server import ServerLimits, serve
 from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
-from gateway.usage import MemorySink
+from gateway.usage.sinks import MemorySink
 from tests.fixtures_procs import free_port
 
 from .conftest import KEYS, TOKEN, llm_snapshot

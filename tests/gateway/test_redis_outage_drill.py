@@ -29,7 +29,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.usage import UsageRecord
+from gateway.usage.record import UsageRecord
 from tests.fixtures_procs import REDIS_READY, free_port, mock_llm, process_factory, start_redis  # noqa: F401
 
 from .conftest import KEYS, TOKEN, llm_snapshot

@@ -9,8 +9,9 @@ import os
 import orjson
 import pytest
 
-from gateway.telemetry import UsageJournal
-from gateway.usage import MemorySink, UsageRecord
+from gateway.usage.journal import UsageJournal
+from gateway.usage.record import UsageRecord
+from gateway.usage.sinks import MemorySink
 
 
 def record(n: int) -> UsageRecord:
@@ -50,10 +51,13 @@ def files(spool: str) -> list[str]:
 
 def abandon(journal: UsageJournal) -> None:
     """What SIGKILL does to a journal: its descriptors (and locks) go, its files stay."""
-    os.close(journal._fd)
-    for _, fd in journal._sealed:
-        os.close(fd)
-    journal._fd = -1
+    writer = journal._writer
+    if writer._fd >= 0:
+        os.close(writer._fd)
+        writer._fd = -1
+    for segment in journal._sealed:
+        segment.release()
+    journal._sealed = []
 
 
 @pytest.fixture
@@ -61,12 +65,14 @@ def spool(tmp_path) -> str:
     return str(tmp_path / "var" / "gateway-usage.spool")
 
 
-def test_open_creates_a_locked_file(spool):
+def test_the_first_record_creates_a_locked_file_of_this_process(spool):
     journal = UsageJournal(spool)
     assert journal.open() == []
+    assert files(spool) == []
+    journal.append(record(1))
     (path,) = files(spool)
     assert f".journal-{os.getpid()}-" in path
-    assert os.path.getsize(path) == 0
+    assert UsageJournal(spool).open() == []  # locked: not taken over
 
 
 def test_append_writes_one_json_line_per_record(spool):
@@ -90,8 +96,10 @@ async def test_checkpoint_seals_flushes_and_deletes(spool):
     first = files(spool)
     await journal.checkpoint(sink)
     assert sink.flushes == 1
+    assert first and files(spool) == []
+    journal.append(record(2))
     (current,) = files(spool)
-    assert current not in first and os.path.getsize(current) == 0
+    assert current not in first
 
 
 async def test_a_failed_flush_keeps_the_files_for_the_next_checkpoint(spool):
@@ -105,7 +113,7 @@ async def test_a_failed_flush_keeps_the_files_for_the_next_checkpoint(spool):
     assert len(files(spool)) == 2
     sink.fail = False
     await journal.checkpoint(sink)
-    assert len(files(spool)) == 1 and sink.flushes == 2
+    assert files(spool) == [] and sink.flushes == 2
 
 
 def test_files_of_a_live_journal_are_not_recovered(spool):
@@ -114,7 +122,7 @@ def test_files_of_a_live_journal_are_not_recovered(spool):
     alive.append(record(1))
     other = UsageJournal(spool)
     assert other.open() == []
-    assert len(files(spool)) == 2
+    assert len(files(spool)) == 1
 
 
 async def test_files_of_a_dead_journal_are_recovered_then_deleted(spool):
@@ -122,16 +130,15 @@ async def test_files_of_a_dead_journal_are_recovered_then_deleted(spool):
     dead.open()
     dead.append(record(1))
     dead.append(record(2))
-    dead._sealed.append((dead._path, dead._fd))  # a sealed file whose flush never happened ...
-    dead._new_file()
+    dead._sealed.append(dead._writer.seal())  # a sealed file whose flush never happened ...
     dead.append(record(3))  # ... and the current one
     abandon(dead)
     successor = UsageJournal(spool)
     assert successor.open() == [record(1), record(2), record(3)]
-    assert len(files(spool)) == 3
+    assert len(files(spool)) == 2
     sink = CountingSink()
     await successor.checkpoint(sink)
-    assert len(files(spool)) == 1  # only the successor's own (empty) file
+    assert files(spool) == []
     assert UsageJournal(spool).open() == []
 
 
@@ -139,7 +146,7 @@ def test_a_torn_last_line_is_skipped(spool):
     dead = UsageJournal(spool)
     dead.open()
     dead.append(record(1))
-    os.write(dead._fd, b'{"request_id": "3f2a9c1e-5b7d-4e21-9a0b-0000')  # killed in the middle of a write
+    os.write(dead._writer._fd, b'{"request_id": "3f2a9c1e-5b7d-4e21-9a0b-0000')  # killed in the middle of a write
     abandon(dead)
     assert UsageJournal(spool).open() == [record(1)]
 
@@ -178,8 +185,10 @@ async def test_background_checkpoints(spool):
 def test_a_write_error_is_logged_not_raised(spool, caplog):
     journal = UsageJournal(spool)
     journal.open()
-    os.close(journal._fd)
-    journal._fd = os.open(os.devnull, os.O_RDONLY)  # writes fail with EBADF
+    journal.append(record(0))
+    writer = journal._writer
+    os.close(writer._fd)
+    writer._fd = os.open(os.devnull, os.O_RDONLY)  # writes fail with EBADF
     journal.append(record(1))
     journal.append(record(2))
     assert sum("cannot write the usage journal" in r.message for r in caplog.records) == 1

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.usage import UsageRecord
+from gateway.usage.record import UsageRecord
 from tests.fixtures_procs import free_port, mock_llm, process_factory  # noqa: F401  (fixtures)
 
 from .conftest import KEYS, TOKEN, base_snapshot

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.sync import write_cache
-from gateway.telemetry import UsageJournal
-from gateway.usage import Spool
+from gateway.usage.journal import Spool, UsageJournal
 
 ROOT = Path(__file__).resolve().parents[2]
 COPY_IGNORE = shutil.ignore_patterns(
@@ -96,10 +95,10 @@ def test_usage_journal_creates_a_private_folder(tmp_path):
     journal = UsageJournal(str(spool))
     assert journal.open() == []
     assert mode(spool.parent) == 0o700
-    os.close(journal._fd)
+    journal._writer.close()
 
 
 def test_usage_spool_creates_a_private_folder(tmp_path):
     spool = tmp_path / "spool" / "usage.spool"
-    assert Spool(str(spool)).claim() == []
+    assert Spool(str(spool)).claim(adopt=True) == []  # a sink's start
     assert mode(spool.parent) == 0o700

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import glob
 import socket
 import uuid
 
@@ -57,12 +58,12 @@ class FakeClock:
 
 
 def spool_lines(path) -> int:
-    """Records waiting in a spool file (0 when there is none)."""
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for _ in f)
-    except FileNotFoundError:
-        return 0
+    """Records waiting in the spool files of `path` (0 when there are none)."""
+    count = 0
+    for name in glob.glob(glob.escape(str(path)) + ".spool-*"):
+        with open(name, "rb") as f:
+            count += sum(1 for _ in f)
+    return count
 
 
 def closed_port() -> int:

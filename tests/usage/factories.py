@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import factory
 from factory.django import DjangoModelFactory
 
-from gateway.usage import UsageRecord
+from gateway.usage.record import UsageRecord
 from usage.models import UsageRollup
 
 __all__ = ("BASE", "BASE_MS", "UsageRecordFactory", "UsageRollupFactory", "at")

@@ -37,7 +37,8 @@ from django.db import connection
 from django.db.models import Sum
 from kombu import pools as kombu_pools
 
-from gateway.usage import RedisStreamSink, UsageRecord
+from gateway.usage.record import UsageRecord
+from gateway.usage.sinks import RedisStreamSink
 from gateway_admin.celery import app as celery_app
 from tests.fixtures_procs import ManagedProcess, process_factory  # noqa: F401  (fixture)
 from usage.models import UsageRollup

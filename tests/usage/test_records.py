@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from gateway.usage import FIELD_NAMES, MAX_LENGTHS, RecordError, UsageRecord
+from gateway.usage.record import FIELD_NAMES, MAX_LENGTHS, RecordError, UsageRecord
 
 from .factories import UsageRecordFactory
 

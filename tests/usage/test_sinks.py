@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from gateway.usage import (
+from gateway.usage.journal import Spool
+from gateway.usage.record import UsageRecord
+from gateway.usage.sinks import (
     Backoff,
     BatchingSink,
     DeliveryError,
@@ -14,8 +16,6 @@ from gateway.usage import (
     MemorySink,
     NullSink,
     RedisStreamSink,
-    Spool,
-    UsageRecord,
     make_sink,
 )
 
@@ -219,7 +219,7 @@ async def test_failed_batches_go_to_the_spool_and_are_replayed_after_recovery(tm
     clock.now += 1  # the backoff is over
     await sink.flush()
     assert sorted(r.request_id for r in sink.records) == sorted(r.request_id for r in sent + more)
-    assert os.listdir(tmp_path) == ["usage.spool.lock"]
+    assert os.listdir(tmp_path) == []
 
 
 async def test_a_restarted_sink_replays_the_spool(tmp_path):
@@ -236,14 +236,16 @@ async def test_a_restarted_sink_replays_the_spool(tmp_path):
     await second.start()
     await second.flush()
     assert len(second.records) == 5 and second.records[:4] == sent
-    assert [name for name in os.listdir(tmp_path) if "replay" in name or name == "usage.spool"] == []
+    assert os.listdir(tmp_path) == []
     await second.close()
 
 
 async def test_a_replay_interrupted_by_a_failure_resumes_at_the_failed_batch(tmp_path):
     path = str(tmp_path / "usage.spool")
     sent = records(5)
-    Spool(path).append(sent)
+    dead = Spool(path)
+    dead.append(sent)
+    dead.close()  # as when its process ends
     clock = FakeClock()
     sink = FakeSink(batch_max=2, spool_path=path, clock=clock)
     await sink.start()
@@ -286,17 +288,17 @@ def test_spool_claims_are_locked_and_orphans_adopted(tmp_path):
     spool.append(records(2))
     (claim,) = spool.claim()
     spool.append(records(1))  # appends go on into a new file while the claim is replayed
-    # the claim is locked: another process adopting orphans skips it, but takes the new spool file
-    adopted = other_process.claim(adopt=True)
-    assert len(adopted) == 1 and len(adopted[0].read(10)) == 1
-    adopted[0].done()
-    # the first process dies without finishing: its claim is released and becomes an orphan
+    # both files are locked: another process adopting orphans takes neither
+    assert other_process.claim(adopt=True) == []
+    # the first process dies without finishing: its files are released and become orphans
     assert len(claim.read(10)) == 2
     claim.release()
-    (orphan,) = other_process.claim(adopt=True)
-    assert len(orphan.read(10)) == 2
-    orphan.done()
-    assert sorted(os.listdir(tmp_path)) == ["usage.spool.lock"]
+    spool.close()
+    orphans = other_process.claim(adopt=True)
+    assert [len(orphan.read(10)) for orphan in orphans] == [2, 1]
+    for orphan in orphans:
+        orphan.done()
+    assert os.listdir(tmp_path) == []
 
 
 def test_spool_skips_unreadable_lines(tmp_path):
@@ -304,7 +306,7 @@ def test_spool_skips_unreadable_lines(tmp_path):
     spool = Spool(path)
     good = records(2)
     spool.append(good[:1])
-    with open(path, "ab") as f:
+    with open(spool._writer.path, "ab") as f:
         f.write(b'{"request_id": "torn\n\n')
     spool.append(good[1:])
     (claim,) = spool.claim()
@@ -316,8 +318,9 @@ def test_spool_skips_unreadable_lines(tmp_path):
 
 def test_spool_file_is_private(tmp_path):
     path = str(tmp_path / "var" / "usage.spool")
-    Spool(path).append(records(1))
-    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    spool = Spool(path)
+    spool.append(records(1))
+    assert oct(os.stat(spool._writer.path).st_mode & 0o777) == "0o600"
 
 
 #

@@ -7,7 +7,7 @@ import pytest
 import redis
 from django.db import connection, connections
 
-from gateway.usage import UsageRecord
+from gateway.usage.record import UsageRecord
 from usage.models import UsageRollup
 from usage.stream import GROUP, StreamConsumer
 from usage.tasks import ingest_usage_stream, purge_usage_dedupe

@@ -3,7 +3,7 @@ from datetime import timedelta
 from django.utils import timezone
 from rest_framework import serializers
 
-from gateway.usage import RecordError, UsageRecord
+from gateway.usage.record import RecordError, UsageRecord
 
 from ..choices import UsageGroupByChoices, UsageIntervalChoices
 from ..services import INTERVAL_STEPS
@@ -31,7 +31,7 @@ MAX_RECORDS_PER_POST = 10_000
 
 
 class UsageRecordField(serializers.Field):
-    """One usage record as a gateway sends it; validated by `gateway.usage.UsageRecord.from_json` (the contract)."""
+    """One usage record as a gateway sends it; validated by `UsageRecord.from_json` of gateway.usage.record."""
 
     def to_internal_value(self, data):
         try:

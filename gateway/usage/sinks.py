@@ -1,44 +1,5 @@
-"""Usage records, and the sinks that carry them from the gateway to the management plane.
-
-CONTRACT (version 1). The management plane's ``usage`` app and the gateway's request handler code against it.
-
-Record
-    ``UsageRecord`` (dataclass, slots), one for each request the gateway answered:
-
-    =====================  ============  =======================================================================
-    field                  type          meaning
-    =====================  ============  =======================================================================
-    ``request_id``         str           unique per request, GUID-shaped (``gateway.ids``); the deduplication key
-    ``ts_ms``              int           request start, epoch milliseconds, UTC
-    ``api``                str           API name
-    ``operation``          str           operation name
-    ``subscription``       str | None    subscription name; None when no key was needed
-    ``product``            str | None    product that gave access
-    ``backend``            str | None    backend name; None when the API's service URL was used
-    ``model``              str | None    model reported by the backend (or, failing that, requested)
-    ``prompt_tokens``      int           >= 0
-    ``completion_tokens``  int           >= 0
-    ``status``             int           HTTP status sent to the client (0 to 999)
-    ``latency_ms``         float         request start to last byte sent, >= 0
-    ``cache_hit``          bool          answered from the semantic cache
-    ``gateway_id``         str           the gateway that served it (``SLUICE_GATEWAY_ID``)
-    =====================  ============  =======================================================================
-
-    Readers cut strings longer than ``MAX_LENGTHS`` and read ``""`` as None. They ignore fields they do not
-    know, so a newer gateway may add some. A bad record raises ``RecordError`` naming the field.
-
-Wire formats
-    Redis (production): stream ``sluice:usage`` (``DEFAULT_STREAM``, configurable), one ``XADD`` entry per
-    record, ``MAXLEN ~ 1000000`` (``DEFAULT_MAXLEN``) so the stream stays bounded. Each entry has flat string
-    fields named as above (``UsageRecord.to_fields``): None is ``""``, booleans are ``"1"`` or ``"0"``, numbers
-    are in decimal. ``UsageRecord.from_fields`` reads an entry back.
-
-    HTTP (the embedded default, which has no Redis): ``POST {management}/api/gateway/usage/`` with the header
-    ``Authorization: Gateway <token>`` and the body ``{"records": [UsageRecord.to_json(), ...]}``, in JSON types
-    (null, true/false, numbers). The answer is ``202`` once the records are committed. A ``400`` names the bad
-    field (``{"records": {"3": {"status": ["..."]}}}``); the batch is then logged and dropped, because sending
-    it again cannot succeed. A ``413`` splits the batch in two. Any other answer, and any network error, is
-    retried.
+"""The sinks that carry usage records from the gateway to the management plane (the record and its wire
+formats: ``gateway.usage.record``).
 
 Sinks
     ``UsageSink.emit(record)`` never blocks, never raises and does no I/O. Call it on the event loop's thread.
@@ -52,10 +13,11 @@ Sinks
     it is full, or ``flush_interval`` seconds after its first record. Each batch is one pipelined round trip
     (Redis) or one POST (HTTP). When a delivery fails the sink backs off (exponential, jittered, capped) and
     keeps the records. Without ``spool_path`` they stay in memory: at most ``buffer_max`` records, and beyond
-    that the oldest are dropped and counted in ``stats.dropped``. With ``spool_path`` they are appended to a
-    JSON-lines spool file, fsynced. The spool is replayed and then deleted after the next successful
-    delivery, and at the next ``start()``, so neither an outage nor a restart loses a record that was handed
-    to the sink. Several processes (pre-forked workers) may share one spool path.
+    that the oldest are dropped and counted in ``stats.dropped``. With ``spool_path`` they are appended to this
+    process's spool file (``gateway.usage.journal.Spool``), fsynced. The spool is replayed and then deleted
+    after the next successful delivery, and at the next ``start()``, so neither an outage nor a restart loses
+    a record that was handed to the sink. Several processes (pre-forked workers) may share one spool path:
+    each writes its own files (``gateway.usage.journal``) and replays those of processes that are gone.
 
     A killed process (SIGKILL, power loss) loses what it held in memory: the records of the last
     ``flush_interval``; while backing off, fewer than ``batch_max`` with a spool, the whole buffer without.
@@ -73,187 +35,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import glob
 import logging
-import math
-import os
 import random
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
-from gateway.limits.resp import RespClient, RespError
+from gateway.redis import RespClient, RespError
+from gateway.usage.journal import Segment, Spool
+from gateway.usage.record import DEFAULT_MAXLEN, DEFAULT_STREAM, FIELD_NAMES, USAGE_PATH, UsageRecord
 
 __all__ = (
-    "DEFAULT_MAXLEN",
-    "DEFAULT_STREAM",
-    "FIELD_NAMES",
-    "MAX_LENGTHS",
-    "USAGE_PATH",
     "Backoff",
     "BatchingSink",
     "DeliveryError",
     "HttpSink",
     "MemorySink",
     "NullSink",
-    "RecordError",
     "RedisStreamSink",
     "SinkStats",
-    "Spool",
-    "SpoolClaim",
-    "UsageRecord",
     "UsageSink",
     "make_sink",
 )
 
 logger = logging.getLogger("gateway.usage")
 
-DEFAULT_STREAM = "sluice:usage"
-DEFAULT_MAXLEN = 1_000_000
-USAGE_PATH = "/api/gateway/usage/"
-
-MAX_LENGTHS = {
-    "api": 80,
-    "operation": 80,
-    "subscription": 80,
-    "product": 80,
-    "backend": 80,
-    "model": 200,
-    "gateway_id": 200,
-}
-MAX_TOKENS = 2**31 - 1
-MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
-MAX_STATUS = 999
-
-ERR_REQUIRED = "This field is required."
-ERR_NULL = "This field may not be null."
-ERR_BLANK = "This field may not be blank."
-ERR_STRING = "Not a valid string."
-ERR_INTEGER = "A valid integer is required."
-ERR_NUMBER = "A valid number is required."
-ERR_BOOLEAN = "Must be a valid boolean."
-ERR_GUID = "Must be a GUID."
-
-
-#
-# Records
-#
-
-
-class RecordError(ValueError):
-    """A usage record that cannot be read: ``field`` names the culprit (as DRF would)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-@dataclass(slots=True)
-class UsageRecord:
-    """What the gateway reports about one request (see the module docstring for the meaning of each field)."""
-
-    request_id: str
-    ts_ms: int
-    api: str
-    operation: str
-    subscription: str | None
-    product: str | None
-    backend: str | None
-    model: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    status: int
-    latency_ms: float
-    cache_hit: bool
-    gateway_id: str
-
-    def to_fields(self) -> dict[str, str]:
-        """The Redis stream entry: flat strings."""
-        return dict(zip(FIELD_NAMES, self.field_values(), strict=True))
-
-    def field_values(self) -> tuple[str, ...]:
-        """``to_fields``'s values, in ``FIELD_NAMES`` order."""
-        return (
-            self.request_id,
-            str(self.ts_ms),
-            self.api,
-            self.operation,
-            self.subscription or "",
-            self.product or "",
-            self.backend or "",
-            self.model or "",
-            str(self.prompt_tokens),
-            str(self.completion_tokens),
-            str(self.status),
-            repr(float(self.latency_ms)),
-            "1" if self.cache_hit else "0",
-            self.gateway_id,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON object used by the HTTP sink and the spool file."""
-        return {
-            "request_id": self.request_id,
-            "ts_ms": self.ts_ms,
-            "api": self.api,
-            "operation": self.operation,
-            "subscription": self.subscription,
-            "product": self.product,
-            "backend": self.backend,
-            "model": self.model,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "status": self.status,
-            "latency_ms": self.latency_ms,
-            "cache_hit": self.cache_hit,
-            "gateway_id": self.gateway_id,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> UsageRecord:
-        """Validate a JSON object (``to_json``'s shape); raises ``RecordError``. The request id is normalised."""
-        if not isinstance(data, Mapping):
-            raise RecordError("non_field_errors", "Expected an object.")
-        return cls(
-            request_id=_guid(data),
-            ts_ms=_integer(data, "ts_ms", 0, MAX_TS_MS),
-            api=_name(data, "api"),
-            operation=_name(data, "operation"),
-            subscription=_optional_name(data, "subscription"),
-            product=_optional_name(data, "product"),
-            backend=_optional_name(data, "backend"),
-            model=_optional_name(data, "model"),
-            prompt_tokens=_integer(data, "prompt_tokens", 0, MAX_TOKENS),
-            completion_tokens=_integer(data, "completion_tokens", 0, MAX_TOKENS),
-            status=_integer(data, "status", 0, MAX_STATUS),
-            latency_ms=_latency(data),
-            cache_hit=_boolean(data, "cache_hit"),
-            gateway_id=_gateway_id(data),
-        )
-
-    @classmethod
-    def from_fields(cls, fields: Mapping[Any, Any]) -> UsageRecord:
-        """Read a Redis stream entry (``to_fields``'s shape; keys and values may be bytes); raises ``RecordError``."""
-        data: dict[str, Any] = {_text(key): _text(value) for key, value in fields.items()}
-        for name in _INTEGER_FIELDS:
-            if isinstance(data.get(name), str):
-                data[name] = _parse_int(name, data[name])
-        if isinstance(data.get("latency_ms"), str):
-            data["latency_ms"] = _parse_float("latency_ms", data["latency_ms"])
-        if isinstance(data.get("cache_hit"), str):
-            data["cache_hit"] = _parse_bool("cache_hit", data["cache_hit"])
-        return cls.from_json(data)
-
-
-FIELD_NAMES: tuple[str, ...] = UsageRecord.__match_args__
 # The fields of one XADD in RESP: each name's bulk string, then a "$<length>\r\n<value>\r\n" slot for its value
 _FIELDS_TEMPLATE: bytes = b"".join(b"$%d\r\n%s\r\n$%%d\r\n%%s\r\n" % (len(name), name.encode()) for name in FIELD_NAMES)
 
@@ -277,104 +88,6 @@ def _xadd_command(prefix: bytes, record: UsageRecord) -> bytes:
         args.append(len(data))
         args.append(data)
     return prefix + _FIELDS_TEMPLATE % tuple(args)
-
-
-_INTEGER_FIELDS = ("ts_ms", "prompt_tokens", "completion_tokens", "status")
-
-
-def _text(value: Any) -> Any:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def _get(data: Mapping[str, Any], name: str) -> Any:
-    if name not in data:
-        raise RecordError(name, ERR_REQUIRED)
-    return data[name]
-
-
-def _guid(data: Mapping[str, Any]) -> str:
-    value = _get(data, "request_id")
-    if not isinstance(value, str):
-        raise RecordError("request_id", ERR_STRING)
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise RecordError("request_id", ERR_GUID) from None
-
-
-def _name(data: Mapping[str, Any], name: str) -> str:
-    value = _optional_name(data, name)
-    if value is None:
-        raise RecordError(name, ERR_NULL if data[name] is None else ERR_BLANK)
-    return value
-
-
-def _optional_name(data: Mapping[str, Any], name: str) -> str | None:
-    value = _get(data, name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise RecordError(name, ERR_STRING)
-    return value[: MAX_LENGTHS[name]] or None
-
-
-def _gateway_id(data: Mapping[str, Any]) -> str:
-    value = _get(data, "gateway_id")
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise RecordError("gateway_id", ERR_STRING)
-    return value[: MAX_LENGTHS["gateway_id"]]
-
-
-def _integer(data: Mapping[str, Any], name: str, lowest: int, highest: int) -> int:
-    value = _get(data, name)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise RecordError(name, ERR_INTEGER)
-    if not lowest <= value <= highest:
-        raise RecordError(name, f"Must be between {lowest} and {highest}.")
-    return value
-
-
-def _latency(data: Mapping[str, Any]) -> float:
-    value = _get(data, "latency_ms")
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise RecordError("latency_ms", ERR_NUMBER)
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise RecordError("latency_ms", "Must be a finite number, at least 0.")
-    return value
-
-
-def _boolean(data: Mapping[str, Any], name: str) -> bool:
-    value = _get(data, name)
-    if not isinstance(value, bool):
-        raise RecordError(name, ERR_BOOLEAN)
-    return value
-
-
-def _parse_int(name: str, text: str) -> int:
-    if not (text[1:] if text.startswith("-") else text).isdigit():
-        raise RecordError(name, ERR_INTEGER)
-    return int(text)
-
-
-def _parse_float(name: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise RecordError(name, ERR_NUMBER) from None
-
-
-def _parse_bool(name: str, text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true"):
-        return True
-    if lowered in ("0", "false"):
-        return False
-    raise RecordError(name, ERR_BOOLEAN)
 
 
 #
@@ -431,121 +144,6 @@ class MemorySink:
 
 
 #
-# Spool file
-#
-
-
-class Spool:
-    """A JSON-lines file of records not delivered yet; any number of processes may share the path.
-
-    ``append`` and ``claim`` are serialised by ``flock`` on ``<path>.lock`` and are short. ``claim`` renames the
-    file to ``<path>.replay-<random>`` and returns it locked (``SpoolClaim``), so appends go on into a new file
-    while the claimed one is replayed. The lock dies with its process: a claim file left by a process that
-    died is adopted by the next ``claim(adopt=True)``. These methods block (file I/O, fsync); run them in a
-    thread from async code.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._lock_path = f"{path}.lock"
-
-    def append(self, records: Sequence[UsageRecord]) -> None:
-        if not records:
-            return
-        data = b"".join(orjson.dumps(record.to_json()) + b"\n" for record in records)
-        with self._locked():
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-    def claim(self, *, adopt: bool = False) -> list[SpoolClaim]:
-        """Take the spooled records for replay; with ``adopt``, also the claim files no live process holds."""
-        paths: list[str] = []
-        with self._locked(), contextlib.suppress(FileNotFoundError):
-            if os.path.getsize(self.path):
-                target = f"{self.path}.replay-{uuid.uuid4().hex}"
-                os.replace(self.path, target)
-                paths.append(target)
-        if adopt:
-            paths += [p for p in sorted(glob.glob(glob.escape(self.path) + ".replay-*")) if p not in paths]
-        claims = (SpoolClaim.open(path) for path in paths)
-        return [claim for claim in claims if claim is not None]
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
-
-
-class SpoolClaim:
-    """A claimed spool file, locked by this process: ``read`` a batch, ``commit`` it once sent, ``done`` at the end."""
-
-    def __init__(self, path: str, file: IO[bytes]) -> None:
-        self.path = path
-        self._file = file
-        self._offset = 0
-        self._next = 0
-
-    @classmethod
-    def open(cls, path: str) -> SpoolClaim | None:
-        """Lock ``path`` for replay; None when it is gone or another live process is replaying it."""
-        try:
-            file = open(path, "rb")  # noqa: SIM115  (kept open, and locked, until done() or release())
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.close()
-            return None
-        if os.fstat(file.fileno()).st_nlink == 0:  # replayed and deleted while we waited
-            file.close()
-            return None
-        return cls(path, file)
-
-    def read(self, limit: int) -> list[UsageRecord]:
-        """Up to ``limit`` records after the committed position; an empty list at the end of the file."""
-        self._file.seek(self._offset)
-        records: list[UsageRecord] = []
-        while len(records) < limit:
-            line = self._file.readline()
-            if not line:
-                break
-            if not line.strip():
-                continue
-            try:
-                records.append(UsageRecord.from_json(orjson.loads(line)))
-            except (orjson.JSONDecodeError, RecordError) as exc:
-                # a torn last line after a crash, or a hand-edited file: skip it, keep the rest
-                logger.warning("skipping an unreadable line in the usage spool %s: %s", self.path, exc)
-        self._next = self._file.tell()
-        return records
-
-    def commit(self) -> None:
-        self._offset = self._next
-
-    def done(self) -> None:
-        """Delete the replayed file and release it."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        self._file.close()
-
-    def release(self) -> None:
-        """Release the file unfinished; the next ``Spool.claim(adopt=True)`` replays it from the start."""
-        self._file.close()
-
-
-#
 # Batching sinks
 #
 
@@ -595,7 +193,7 @@ class _SinkState:
     spool_dirty: bool = False  # records were spooled since the last claim
     spill_failed: bool = False  # the spool could not be written in this backoff period
     dropping: bool = False  # records are being dropped (logged once per episode)
-    claims: list[SpoolClaim] = field(default_factory=list)
+    claims: list[Segment] = field(default_factory=list)
 
 
 class BatchingSink:
@@ -676,6 +274,8 @@ class BatchingSink:
             for claim in self._state.claims:
                 claim.release()
             self._state.claims.clear()
+            if self.spool is not None:
+                self.spool.close()
         await self._close_transport()
 
     # to override
