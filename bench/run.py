@@ -25,7 +25,16 @@ With 2+ cores the mock, the management plane and the gateway(s) share one server
 another, so the numbers compare like with like (Redis, started outside the benchmark, is not pinned; its CPU time is
 reported separately). Every step is bounded in time; everything started is stopped.
 
+Comparing runs. Wall-clock RPS and latency on a shared 2-core machine move with whatever else runs there; the
+gateway's CPU time per request (utime+stime of its process ÷ requests) is the figure least disturbed by other load,
+so judge a change by `gateway CPU µs/req` first. `--save-baseline FILE` writes every figure of the run as JSON;
+`--baseline FILE` prints each figure next to the baseline's with their ratio, and marks `WORSE` any figure more than
+10 % worse (lower RPS; higher latency or CPU). `--profile DIR` records a py-spy flame graph (SVG) of each gateway
+during its cell at the highest concurrency; `--cprofile DIR` runs each gateway under cProfile for the whole run and
+writes `DIR/gateway-<policies>.prof` when it stops (cProfile slows the gateway: its figures are not comparable).
+
     python bench/run.py [--duration 5] [--conc 1,16] [--policies none|governance|both] [--out results.md]
+                        [--save-baseline base.json] [--baseline base.json] [--profile DIR] [--cprofile DIR]
 """
 
 import argparse
@@ -573,9 +582,14 @@ class Bench:
             }
             if variant.uses_redis and self.redis is not None:
                 gateway_env |= {"REDIS_URL": args.redis_url, "SLUICE_USAGE_STREAM": self.redis.stream}
+            gateway_argv = [python, "-m", "gateway"]
+            if args.cprofile:
+                Path(args.cprofile).mkdir(parents=True, exist_ok=True)
+                profile_path = Path(args.cprofile).resolve() / f"gateway-{variant.policies}.prof"
+                gateway_argv = [python, "-m", "cProfile", "-o", str(profile_path), "-m", "gateway"]
             process = self.start(
                 f"gateway-{variant.policies}",
-                [python, "-m", "gateway"],
+                gateway_argv,
                 f"{gateway_root}/__sluice/health",
                 gateway_env,
             )
@@ -623,7 +637,10 @@ class Bench:
                 gateway_before = group_cpu_seconds(gateway.pid) if gateway else 0.0
                 mock_before, management_before = group_cpu_seconds(mock.pid), group_cpu_seconds(management.pid)
                 redis_before = redis.cpu_seconds() if redis else 0.0
+                profiler = self.start_profiler(target, conc)
                 result = measure(target, conc, args.duration)
+                if profiler is not None:
+                    profiler.wait(timeout=args.duration + 60)
                 redis_cpu = redis.cpu_seconds() - redis_before if redis else None
                 gateway_cpu = group_cpu_seconds(gateway.pid) - gateway_before if gateway else None
                 mock_cpu = group_cpu_seconds(mock.pid) - mock_before
@@ -658,10 +675,38 @@ class Bench:
                 self.governance_check = self.check_governance(target)
         report = render(cells, streams, self, tool)
         print(report)
+        if args.save_baseline:
+            Path(args.save_baseline).write_text(
+                json.dumps(figures(cells, stream_summary(streams)), indent=1, ensure_ascii=False) + "\n"
+            )
+            log(f"wrote the baseline {args.save_baseline}")
         if args.out:
             Path(args.out).write_text(report + "\n")
             log(f"wrote {args.out}")
         return 0
+
+    def start_profiler(self, target: Target, conc: int) -> subprocess.Popen | None:
+        """With --profile, py-spy sampling the gateway for the cell at the highest concurrency (a flame graph)."""
+        if not self.args.profile or target.process is None or conc != max(self.args.conc):
+            return None
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        out = Path(self.args.profile).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        argv = [
+            py_spy,
+            "record",
+            "--nonblocking",
+            "-r",
+            "250",
+            "-d",
+            str(self.args.duration),
+            "-p",
+            str(target.process.pid),
+            "-o",
+            str(out / f"gateway-{target.name}-c{conc}.svg"),
+        ]
+        log(f"py-spy: {' '.join(argv[1:])}")
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
 
     def check_governance(self, target: Target) -> dict[str, float]:
         """Evidence that the governance policies ran: usage records in the run's stream, token counters in Redis,
@@ -706,6 +751,62 @@ def wait_serving(url: str, headers: dict[str, str], timeout: float, process: Man
             last = repr(exc)
         time.sleep(0.25)
     raise RuntimeError(f"the gateway did not serve {url} within {timeout:.0f}s: {last}\n{process.tail()}")
+
+
+#
+# Baselines: every figure of a run, keyed "<target> c=<conc> <figure>", and their ratio to an earlier run
+#
+
+HIGHER_IS_BETTER = ("RPS",)
+WORSE_THRESHOLD = 0.10
+
+
+def figures(cells: list[Cell], streams: dict[str, dict[str, float | None]]) -> dict[str, float]:
+    """The run's figures by key; what a baseline file holds."""
+    direct = {c.conc: c for c in cells if c.target == "direct"}
+    found: dict[str, float | None] = {}
+    for c in cells:
+        prefix = f"{c.label} c={c.conc}"
+        found[f"{prefix} RPS"] = c.rps
+        found[f"{prefix} p50 ms"] = c.p50_ms
+        found[f"{prefix} p99 ms"] = c.p99_ms
+        if c.target == "gateway":
+            found[f"{prefix} gateway CPU µs/req"] = c.gateway_cpu_us
+            if c.conc in direct:
+                found[f"{prefix} added p50 ms"] = c.p50_ms - direct[c.conc].p50_ms
+    for name, row in streams.items():
+        found[f"{name} stream TTFB p50 ms"] = row.get("ttfb_p50")
+        if row.get("added") is not None:
+            found[f"{name} stream added TTFB p50 ms"] = row["added"]
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def worse(key: str, before: float, after: float) -> bool:
+    """Whether ``after`` is more than 10 % worse than ``before`` (RPS: lower; every other figure: higher)."""
+    if key.endswith(HIGHER_IS_BETTER):
+        return after < before * (1 - WORSE_THRESHOLD)
+    return after > before + abs(before) * WORSE_THRESHOLD
+
+
+def render_baseline(current: dict[str, float], baseline: dict[str, float], name: str) -> list[str]:
+    rows = [
+        f"Against the baseline `{name}` (ratio = this run ÷ baseline; `WORSE` = more than "
+        f"{WORSE_THRESHOLD:.0%} worse; RPS and latency are wall-clock figures on a shared machine, CPU µs/req is "
+        "the steadier one):",
+        "",
+        "| figure | baseline | this run | ratio | |",
+        "|---|---|---|---|---|",
+    ]
+    for key, value in current.items():
+        before = baseline.get(key)
+        if before is None:
+            rows.append(f"| {key} | - | {value:.3f} | - | new |")
+            continue
+        ratio = f"x{value / before:.2f}" if before else "-"
+        rows.append(
+            f"| {key} | {before:.3f} | {value:.3f} | {ratio} | {'WORSE' if worse(key, before, value) else ''} |"
+        )
+    return rows
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -845,6 +946,10 @@ def render(cells: list[Cell], streams: dict, bench: Bench, tool: str) -> str:
             f"{check['requests']:.0f} requests counted by the gateway; {check['counters']:.0f} token counter "
             f"key(s) in Redis; `{GOVERNANCE_METRIC_NAMESPACE}_total_tokens_total` = {check['tokens']:.0f}"
         )
+    baseline_rows = []
+    if args.baseline:
+        baseline = json.loads(Path(args.baseline).read_text())
+        baseline_rows = ["", *render_baseline(figures(cells, stream_rows_by_target), baseline, args.baseline)]
     return "\n".join(
         [
             *notes,
@@ -859,6 +964,7 @@ def render(cells: list[Cell], streams: dict, bench: Bench, tool: str) -> str:
             "Python aiohttp client, requests alternate between targets):",
             "",
             *stream_rows,
+            *baseline_rows,
         ]
     )
 
@@ -894,6 +1000,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_REDIS_URL,
         help=f"loopback Redis for --policies governance/both (default {DEFAULT_REDIS_URL})",
     )
+    parser.add_argument("--save-baseline", metavar="FILE", help="write every figure of this run to FILE (JSON)")
+    parser.add_argument("--baseline", metavar="FILE", help="print each figure's ratio to the figures in FILE")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy flame graph of each gateway at the highest --conc")
+    parser.add_argument("--cprofile", metavar="DIR", help="run each gateway under cProfile; DIR/gateway-*.prof")
     args = parser.parse_args(argv)
     if args.duration < 1 or not args.conc or min(args.conc) < 1:
         parser.error("--duration and --conc must be positive")
