@@ -168,6 +168,7 @@ class Cell:
     policies: str = ""  # the gateway's configuration ("none" | "governance"); "" for direct
     management_cpu_us: float | None = None
     redis_cpu_us: float | None = None
+    gateway_ir: float | None = None  # --callgrind: instructions the gateway executed per request
 
     @property
     def rps(self) -> float:
@@ -583,7 +584,16 @@ class Bench:
             if variant.uses_redis and self.redis is not None:
                 gateway_env |= {"REDIS_URL": args.redis_url, "SLUICE_USAGE_STREAM": self.redis.stream}
             gateway_argv = [python, "-m", "gateway"]
-            if args.cprofile:
+            if args.callgrind:
+                out = Path(args.callgrind).resolve()
+                out.mkdir(parents=True, exist_ok=True)
+                gateway_argv = [
+                    "valgrind",
+                    "--tool=callgrind",
+                    f"--callgrind-out-file={out}/callgrind.gateway-{variant.policies}.%p",
+                    *gateway_argv,
+                ]
+            elif args.cprofile:
                 Path(args.cprofile).mkdir(parents=True, exist_ok=True)
                 profile_path = Path(args.cprofile).resolve() / f"gateway-{variant.policies}.prof"
                 gateway_argv = [python, "-m", "cProfile", "-o", str(profile_path), "-m", "gateway"]
@@ -638,7 +648,10 @@ class Bench:
                 mock_before, management_before = group_cpu_seconds(mock.pid), group_cpu_seconds(management.pid)
                 redis_before = redis.cpu_seconds() if redis else 0.0
                 profiler = self.start_profiler(target, conc)
+                if args.callgrind and gateway:
+                    callgrind_control("-z", gateway.pid)  # count this cell only
                 result = measure(target, conc, args.duration)
+                instructions = callgrind_control("-d", gateway.pid) if args.callgrind and gateway else None
                 if profiler is not None:
                     profiler.wait(timeout=args.duration + 60)
                 redis_cpu = redis.cpu_seconds() - redis_before if redis else None
@@ -660,6 +673,7 @@ class Bench:
                     target.name if gateway else "",
                     per_request(management_cpu, requests) if gateway else None,
                     per_request(redis_cpu, requests) if redis_cpu is not None else None,
+                    instructions / requests if instructions is not None and requests else None,
                 )
                 cells.append(cell)
                 log(
@@ -727,6 +741,21 @@ class Bench:
         return found
 
 
+def callgrind_control(option: str, pid: int) -> float | None:
+    """Zero (``-z``) or dump (``-d``) the counters of a gateway running under callgrind; a dump returns the
+    instructions counted since the last zeroing (the ``totals:`` line of the newest dump file)."""
+    subprocess.run(["callgrind_control", option, str(pid)], capture_output=True, timeout=120, check=True)  # noqa: S603,S607
+    if option != "-d":
+        return None
+    argv = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a.startswith(b"--callgrind-out-file=")]
+    pattern = argv[0].split(b"=", 1)[1].decode().replace("%p", str(pid))
+    dumps = sorted(Path(pattern).parent.glob(Path(pattern).name + "*"), key=lambda p: p.stat().st_mtime)
+    for line in dumps[-1].read_text(errors="replace").splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return float(line.split()[1])
+    return None
+
+
 def wait_serving(url: str, headers: dict[str, str], timeout: float, process: ManagedProcess) -> None:
     """The gateway answers health before its first snapshot arrives; wait until the API itself answers."""
     import urllib.error
@@ -772,6 +801,8 @@ def figures(cells: list[Cell], streams: dict[str, dict[str, float | None]]) -> d
         found[f"{prefix} p99 ms"] = c.p99_ms
         if c.target == "gateway":
             found[f"{prefix} gateway CPU µs/req"] = c.gateway_cpu_us
+            if c.gateway_ir is not None:
+                found[f"{prefix} gateway instructions/req"] = c.gateway_ir
             if c.conc in direct:
                 found[f"{prefix} added p50 ms"] = c.p50_ms - direct[c.conc].p50_ms
     for name, row in streams.items():
@@ -878,6 +909,8 @@ def render_comparison(cells: list[Cell], streams: dict[str, dict[str, float | No
         }
         row(str(conc), "added p50 ms", added, 3)
         row(str(conc), "gateway CPU µs/req", pick("gateway_cpu_us"), 0)
+        if any(cell is not None and cell.gateway_ir is not None for cell in got.values()):
+            row(str(conc), "gateway instructions/req (callgrind)", pick("gateway_ir"), 0)
     row("1, stream", "TTFB p50 ms", {label: streams.get(label, {}).get("ttfb_p50") for label in labels}, 3)
     row("1, stream", "added TTFB p50 ms", {label: streams.get(label, {}).get("added") for label in labels}, 3)
     return rows
@@ -1004,6 +1037,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline", metavar="FILE", help="print each figure's ratio to the figures in FILE")
     parser.add_argument("--profile", metavar="DIR", help="py-spy flame graph of each gateway at the highest --conc")
     parser.add_argument("--cprofile", metavar="DIR", help="run each gateway under cProfile; DIR/gateway-*.prof")
+    parser.add_argument(
+        "--callgrind",
+        metavar="DIR",
+        help="run each gateway under valgrind's callgrind and report instructions per request, counted over each "
+        "cell only (deterministic, unlike wall-clock figures on a shared machine; the gateway runs ~50x slower, so "
+        "use short cells and a long --ready-timeout); the dumps in DIR open with callgrind_annotate",
+    )
     args = parser.parse_args(argv)
     if args.duration < 1 or not args.conc or min(args.conc) < 1:
         parser.error("--duration and --conc must be positive")
