@@ -124,7 +124,12 @@ def log(message: str) -> None:
 
 def group_cpu_seconds(pgid: int) -> float:
     """utime + stime of every process in a process group (a gateway may fork workers)."""
-    ticks = 0
+    return sum(group_cpu_times(pgid))
+
+
+def group_cpu_times(pgid: int) -> tuple[float, float]:
+    """(utime, stime) of every process in a process group: user-space CPU, and CPU spent in the kernel for it."""
+    user = system = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -135,8 +140,10 @@ def group_cpu_seconds(pgid: int) -> float:
             continue
         # after "pid (comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
         if int(fields[2]) == pgid:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+            user += int(fields[11])
+            system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 def cpu_layout(no_pin: bool) -> tuple[str, str]:
@@ -169,6 +176,7 @@ class Cell:
     management_cpu_us: float | None = None
     redis_cpu_us: float | None = None
     gateway_ir: float | None = None  # --callgrind: instructions the gateway executed per request
+    gateway_sys_us: float | None = None  # the part of gateway_cpu_us spent in the kernel (stime)
 
     @property
     def rps(self) -> float:
@@ -644,7 +652,7 @@ class Bench:
                     measure(target, conc, args.cell_warmup)
                 gateway = target.process
                 redis = self.redis if target.variant is not None and target.variant.uses_redis else None
-                gateway_before = group_cpu_seconds(gateway.pid) if gateway else 0.0
+                gateway_before = group_cpu_times(gateway.pid) if gateway else (0.0, 0.0)
                 mock_before, management_before = group_cpu_seconds(mock.pid), group_cpu_seconds(management.pid)
                 redis_before = redis.cpu_seconds() if redis else 0.0
                 profiler = self.start_profiler(target, conc)
@@ -655,7 +663,9 @@ class Bench:
                 if profiler is not None:
                     profiler.wait(timeout=args.duration + 60)
                 redis_cpu = redis.cpu_seconds() - redis_before if redis else None
-                gateway_cpu = group_cpu_seconds(gateway.pid) - gateway_before if gateway else None
+                gateway_after = group_cpu_times(gateway.pid) if gateway else (0.0, 0.0)
+                gateway_cpu = sum(gateway_after) - sum(gateway_before) if gateway else None
+                gateway_sys = gateway_after[1] - gateway_before[1] if gateway else None
                 mock_cpu = group_cpu_seconds(mock.pid) - mock_before
                 management_cpu = group_cpu_seconds(management.pid) - management_before
                 requests = result["requests"]
@@ -675,6 +685,7 @@ class Bench:
                     per_request(redis_cpu, requests) if redis_cpu is not None else None,
                     instructions / requests if instructions is not None and requests else None,
                 )
+                cell.gateway_sys_us = per_request(gateway_sys, requests) if gateway_sys is not None else None
                 cells.append(cell)
                 log(
                     f"{target.name:10} c={conc:<3} rps={cell.rps:9.1f} p50={cell.p50_ms:.3f}ms "
@@ -801,6 +812,8 @@ def figures(cells: list[Cell], streams: dict[str, dict[str, float | None]]) -> d
         found[f"{prefix} p99 ms"] = c.p99_ms
         if c.target == "gateway":
             found[f"{prefix} gateway CPU µs/req"] = c.gateway_cpu_us
+            if c.gateway_sys_us is not None:
+                found[f"{prefix} gateway kernel CPU µs/req"] = c.gateway_sys_us
             if c.gateway_ir is not None:
                 found[f"{prefix} gateway instructions/req"] = c.gateway_ir
             if c.conc in direct:
@@ -909,6 +922,7 @@ def render_comparison(cells: list[Cell], streams: dict[str, dict[str, float | No
         }
         row(str(conc), "added p50 ms", added, 3)
         row(str(conc), "gateway CPU µs/req", pick("gateway_cpu_us"), 0)
+        row(str(conc), "of which kernel (stime)", pick("gateway_sys_us"), 0)
         if any(cell is not None and cell.gateway_ir is not None for cell in got.values()):
             row(str(conc), "gateway instructions/req (callgrind)", pick("gateway_ir"), 0)
     row("1, stream", "TTFB p50 ms", {label: streams.get(label, {}).get("ttfb_p50") for label in labels}, 3)
