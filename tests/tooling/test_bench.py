@@ -175,20 +175,20 @@ def test_render_puts_both_configurations_side_by_side(bench):
 #
 
 
-def run_bench(tmp_path, *options):
+def run_child(argv):
+    """Run a bench script without the suite's database and Redis settings (it makes its own); returns it done."""
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL")}
-    out = tmp_path / "report.md"
-    short = ["--duration", "1", "--conc", "2", "--warmup", "0", "--cell-warmup", "0", "--stream-requests", "5"]
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), *short, "--python-client", "--out", str(out), *options],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+        [sys.executable, *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def run_bench(tmp_path, *options):
+    out = tmp_path / "report.md"
+    short = ["--duration", "1", "--conc", "2", "--warmup", "0", "--cell-warmup", "0", "--stream-requests", "5"]
+    done = run_child([str(SCRIPT), *short, "--python-client", "--out", str(out), *options])
     return out.read_text(), done.stderr
 
 
@@ -280,31 +280,10 @@ def test_short_real_run_saves_and_compares_a_baseline(tmp_path):
     assert re.search(r"\| none c=2 gateway CPU µs/req \| [\d.]+ \| [\d.]+ \| x[\d.]+ \|", report)
 
 
-def test_memory_mode_short_run(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "bench" / "memory.py"),
-            "--policies",
-            "none",
-            "--requests",
-            "300",
-            "--subscriptions",
-            "30",
-            "--conc",
-            "4",
-            "--checkpoints",
-            "3",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_memory_mode_short_run():
+    memory = str(REPO_ROOT / "bench" / "memory.py")
+    options = ["--policies", "none", "--requests", "300", "--subscriptions", "30", "--conc", "4", "--checkpoints", "3"]
+    done = run_child([memory, *options])
     assert "300 requests over 30 subscriptions" in done.stdout
     assert re.search(r"\| 300 \| [\d.]+ \|", done.stdout)
     assert "errors: 0" in done.stdout
