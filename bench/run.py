@@ -25,7 +25,16 @@ With 2+ cores the mock, the management plane and the gateway(s) share one server
 another, so the numbers compare like with like (Redis, started outside the benchmark, is not pinned; its CPU time is
 reported separately). Every step is bounded in time; everything started is stopped.
 
+Comparing runs. Wall-clock RPS and latency on a shared 2-core machine move with whatever else runs there; the
+gateway's CPU time per request (utime+stime of its process ÷ requests) is the figure least disturbed by other load,
+so judge a change by `gateway CPU µs/req` first. `--save-baseline FILE` writes every figure of the run as JSON;
+`--baseline FILE` prints each figure next to the baseline's with their ratio, and marks `WORSE` any figure more than
+10 % worse (lower RPS; higher latency or CPU). `--profile DIR` records a py-spy flame graph (SVG) of each gateway
+during its cell at the highest concurrency; `--cprofile DIR` runs each gateway under cProfile for the whole run and
+writes `DIR/gateway-<policies>.prof` when it stops (cProfile slows the gateway: its figures are not comparable).
+
     python bench/run.py [--duration 5] [--conc 1,16] [--policies none|governance|both] [--out results.md]
+                        [--save-baseline base.json] [--baseline base.json] [--profile DIR] [--cprofile DIR]
 """
 
 import argparse
@@ -115,7 +124,12 @@ def log(message: str) -> None:
 
 def group_cpu_seconds(pgid: int) -> float:
     """utime + stime of every process in a process group (a gateway may fork workers)."""
-    ticks = 0
+    return sum(group_cpu_times(pgid))
+
+
+def group_cpu_times(pgid: int) -> tuple[float, float]:
+    """(utime, stime) of every process in a process group: user-space CPU, and CPU spent in the kernel for it."""
+    user = system = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -126,8 +140,10 @@ def group_cpu_seconds(pgid: int) -> float:
             continue
         # after "pid (comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
         if int(fields[2]) == pgid:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+            user += int(fields[11])
+            system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 def cpu_layout(no_pin: bool) -> tuple[str, str]:
@@ -159,6 +175,8 @@ class Cell:
     policies: str = ""  # the gateway's configuration ("none" | "governance"); "" for direct
     management_cpu_us: float | None = None
     redis_cpu_us: float | None = None
+    gateway_ir: float | None = None  # --callgrind: instructions the gateway executed per request
+    gateway_sys_us: float | None = None  # the part of gateway_cpu_us spent in the kernel (stime)
 
     @property
     def rps(self) -> float:
@@ -573,9 +591,23 @@ class Bench:
             }
             if variant.uses_redis and self.redis is not None:
                 gateway_env |= {"REDIS_URL": args.redis_url, "SLUICE_USAGE_STREAM": self.redis.stream}
+            gateway_argv = [python, "-m", "gateway"]
+            if args.callgrind:
+                out = Path(args.callgrind).resolve()
+                out.mkdir(parents=True, exist_ok=True)
+                gateway_argv = [
+                    "valgrind",
+                    "--tool=callgrind",
+                    f"--callgrind-out-file={out}/callgrind.gateway-{variant.policies}.%p",
+                    *gateway_argv,
+                ]
+            elif args.cprofile:
+                Path(args.cprofile).mkdir(parents=True, exist_ok=True)
+                profile_path = Path(args.cprofile).resolve() / f"gateway-{variant.policies}.prof"
+                gateway_argv = [python, "-m", "cProfile", "-o", str(profile_path), "-m", "gateway"]
             process = self.start(
                 f"gateway-{variant.policies}",
-                [python, "-m", "gateway"],
+                gateway_argv,
                 f"{gateway_root}/__sluice/health",
                 gateway_env,
             )
@@ -620,12 +652,20 @@ class Bench:
                     measure(target, conc, args.cell_warmup)
                 gateway = target.process
                 redis = self.redis if target.variant is not None and target.variant.uses_redis else None
-                gateway_before = group_cpu_seconds(gateway.pid) if gateway else 0.0
+                gateway_before = group_cpu_times(gateway.pid) if gateway else (0.0, 0.0)
                 mock_before, management_before = group_cpu_seconds(mock.pid), group_cpu_seconds(management.pid)
                 redis_before = redis.cpu_seconds() if redis else 0.0
+                profiler = self.start_profiler(target, conc)
+                if args.callgrind and gateway:
+                    callgrind_control("-z", gateway.pid)  # count this cell only
                 result = measure(target, conc, args.duration)
+                instructions = callgrind_control("-d", gateway.pid) if args.callgrind and gateway else None
+                if profiler is not None:
+                    profiler.wait(timeout=args.duration + 60)
                 redis_cpu = redis.cpu_seconds() - redis_before if redis else None
-                gateway_cpu = group_cpu_seconds(gateway.pid) - gateway_before if gateway else None
+                gateway_after = group_cpu_times(gateway.pid) if gateway else (0.0, 0.0)
+                gateway_cpu = sum(gateway_after) - sum(gateway_before) if gateway else None
+                gateway_sys = gateway_after[1] - gateway_before[1] if gateway else None
                 mock_cpu = group_cpu_seconds(mock.pid) - mock_before
                 management_cpu = group_cpu_seconds(management.pid) - management_before
                 requests = result["requests"]
@@ -643,7 +683,9 @@ class Bench:
                     target.name if gateway else "",
                     per_request(management_cpu, requests) if gateway else None,
                     per_request(redis_cpu, requests) if redis_cpu is not None else None,
+                    instructions / requests if instructions is not None and requests else None,
                 )
+                cell.gateway_sys_us = per_request(gateway_sys, requests) if gateway_sys is not None else None
                 cells.append(cell)
                 log(
                     f"{target.name:10} c={conc:<3} rps={cell.rps:9.1f} p50={cell.p50_ms:.3f}ms "
@@ -658,10 +700,38 @@ class Bench:
                 self.governance_check = self.check_governance(target)
         report = render(cells, streams, self, tool)
         print(report)
+        if args.save_baseline:
+            Path(args.save_baseline).write_text(
+                json.dumps(figures(cells, stream_summary(streams)), indent=1, ensure_ascii=False) + "\n"
+            )
+            log(f"wrote the baseline {args.save_baseline}")
         if args.out:
             Path(args.out).write_text(report + "\n")
             log(f"wrote {args.out}")
         return 0
+
+    def start_profiler(self, target: Target, conc: int) -> subprocess.Popen | None:
+        """With --profile, py-spy sampling the gateway for the cell at the highest concurrency (a flame graph)."""
+        if not self.args.profile or target.process is None or conc != max(self.args.conc):
+            return None
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        out = Path(self.args.profile).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        argv = [
+            py_spy,
+            "record",
+            "--nonblocking",
+            "-r",
+            "250",
+            "-d",
+            str(self.args.duration),
+            "-p",
+            str(target.process.pid),
+            "-o",
+            str(out / f"gateway-{target.name}-c{conc}.svg"),
+        ]
+        log(f"py-spy: {' '.join(argv[1:])}")
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
 
     def check_governance(self, target: Target) -> dict[str, float]:
         """Evidence that the governance policies ran: usage records in the run's stream, token counters in Redis,
@@ -680,6 +750,21 @@ class Bench:
         if missing:
             raise RuntimeError(f"the governance policies left no trace ({', '.join(missing)} missing): {found}")
         return found
+
+
+def callgrind_control(option: str, pid: int) -> float | None:
+    """Zero (``-z``) or dump (``-d``) the counters of a gateway running under callgrind; a dump returns the
+    instructions counted since the last zeroing (the ``totals:`` line of the newest dump file)."""
+    subprocess.run(["callgrind_control", option, str(pid)], capture_output=True, timeout=120, check=True)  # noqa: S603,S607
+    if option != "-d":
+        return None
+    argv = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a.startswith(b"--callgrind-out-file=")]
+    pattern = argv[0].split(b"=", 1)[1].decode().replace("%p", str(pid))
+    dumps = sorted(Path(pattern).parent.glob(Path(pattern).name + "*"), key=lambda p: p.stat().st_mtime)
+    for line in dumps[-1].read_text(errors="replace").splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return float(line.split()[1])
+    return None
 
 
 def wait_serving(url: str, headers: dict[str, str], timeout: float, process: ManagedProcess) -> None:
@@ -706,6 +791,66 @@ def wait_serving(url: str, headers: dict[str, str], timeout: float, process: Man
             last = repr(exc)
         time.sleep(0.25)
     raise RuntimeError(f"the gateway did not serve {url} within {timeout:.0f}s: {last}\n{process.tail()}")
+
+
+#
+# Baselines: every figure of a run, keyed "<target> c=<conc> <figure>", and their ratio to an earlier run
+#
+
+HIGHER_IS_BETTER = ("RPS",)
+WORSE_THRESHOLD = 0.10
+
+
+def figures(cells: list[Cell], streams: dict[str, dict[str, float | None]]) -> dict[str, float]:
+    """The run's figures by key; what a baseline file holds."""
+    direct = {c.conc: c for c in cells if c.target == "direct"}
+    found: dict[str, float | None] = {}
+    for c in cells:
+        prefix = f"{c.label} c={c.conc}"
+        found[f"{prefix} RPS"] = c.rps
+        found[f"{prefix} p50 ms"] = c.p50_ms
+        found[f"{prefix} p99 ms"] = c.p99_ms
+        if c.target == "gateway":
+            found[f"{prefix} gateway CPU µs/req"] = c.gateway_cpu_us
+            if c.gateway_sys_us is not None:
+                found[f"{prefix} gateway kernel CPU µs/req"] = c.gateway_sys_us
+            if c.gateway_ir is not None:
+                found[f"{prefix} gateway instructions/req"] = c.gateway_ir
+            if c.conc in direct:
+                found[f"{prefix} added p50 ms"] = c.p50_ms - direct[c.conc].p50_ms
+    for name, row in streams.items():
+        found[f"{name} stream TTFB p50 ms"] = row.get("ttfb_p50")
+        if row.get("added") is not None:
+            found[f"{name} stream added TTFB p50 ms"] = row["added"]
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def worse(key: str, before: float, after: float) -> bool:
+    """Whether ``after`` is more than 10 % worse than ``before`` (RPS: lower; every other figure: higher)."""
+    if key.endswith(HIGHER_IS_BETTER):
+        return after < before * (1 - WORSE_THRESHOLD)
+    return after > before + abs(before) * WORSE_THRESHOLD
+
+
+def render_baseline(current: dict[str, float], baseline: dict[str, float], name: str) -> list[str]:
+    rows = [
+        f"Against the baseline `{name}` (ratio = this run ÷ baseline; `WORSE` = more than "
+        f"{WORSE_THRESHOLD:.0%} worse; RPS and latency are wall-clock figures on a shared machine, CPU µs/req is "
+        "the steadier one):",
+        "",
+        "| figure | baseline | this run | ratio | |",
+        "|---|---|---|---|---|",
+    ]
+    for key, value in current.items():
+        before = baseline.get(key)
+        if before is None:
+            rows.append(f"| {key} | - | {value:.3f} | - | new |")
+            continue
+        ratio = f"x{value / before:.2f}" if before else "-"
+        rows.append(
+            f"| {key} | {before:.3f} | {value:.3f} | {ratio} | {'WORSE' if worse(key, before, value) else ''} |"
+        )
+    return rows
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -777,6 +922,9 @@ def render_comparison(cells: list[Cell], streams: dict[str, dict[str, float | No
         }
         row(str(conc), "added p50 ms", added, 3)
         row(str(conc), "gateway CPU µs/req", pick("gateway_cpu_us"), 0)
+        row(str(conc), "of which kernel (stime)", pick("gateway_sys_us"), 0)
+        if any(cell is not None and cell.gateway_ir is not None for cell in got.values()):
+            row(str(conc), "gateway instructions/req (callgrind)", pick("gateway_ir"), 0)
     row("1, stream", "TTFB p50 ms", {label: streams.get(label, {}).get("ttfb_p50") for label in labels}, 3)
     row("1, stream", "added TTFB p50 ms", {label: streams.get(label, {}).get("added") for label in labels}, 3)
     return rows
@@ -845,6 +993,10 @@ def render(cells: list[Cell], streams: dict, bench: Bench, tool: str) -> str:
             f"{check['requests']:.0f} requests counted by the gateway; {check['counters']:.0f} token counter "
             f"key(s) in Redis; `{GOVERNANCE_METRIC_NAMESPACE}_total_tokens_total` = {check['tokens']:.0f}"
         )
+    baseline_rows = []
+    if args.baseline:
+        baseline = json.loads(Path(args.baseline).read_text())
+        baseline_rows = ["", *render_baseline(figures(cells, stream_rows_by_target), baseline, args.baseline)]
     return "\n".join(
         [
             *notes,
@@ -859,6 +1011,7 @@ def render(cells: list[Cell], streams: dict, bench: Bench, tool: str) -> str:
             "Python aiohttp client, requests alternate between targets):",
             "",
             *stream_rows,
+            *baseline_rows,
         ]
     )
 
@@ -893,6 +1046,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--redis-url",
         default=DEFAULT_REDIS_URL,
         help=f"loopback Redis for --policies governance/both (default {DEFAULT_REDIS_URL})",
+    )
+    parser.add_argument("--save-baseline", metavar="FILE", help="write every figure of this run to FILE (JSON)")
+    parser.add_argument("--baseline", metavar="FILE", help="print each figure's ratio to the figures in FILE")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy flame graph of each gateway at the highest --conc")
+    parser.add_argument("--cprofile", metavar="DIR", help="run each gateway under cProfile; DIR/gateway-*.prof")
+    parser.add_argument(
+        "--callgrind",
+        metavar="DIR",
+        help="run each gateway under valgrind's callgrind and report instructions per request, counted over each "
+        "cell only (deterministic, unlike wall-clock figures on a shared machine; the gateway runs ~50x slower, so "
+        "use short cells and a long --ready-timeout); the dumps in DIR open with callgrind_annotate",
     )
     args = parser.parse_args(argv)
     if args.duration < 1 or not args.conc or min(args.conc) < 1:

@@ -175,20 +175,20 @@ def test_render_puts_both_configurations_side_by_side(bench):
 #
 
 
-def run_bench(tmp_path, *options):
+def run_child(argv):
+    """Run a bench script without the suite's database and Redis settings (it makes its own); returns it done."""
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL")}
-    out = tmp_path / "report.md"
-    short = ["--duration", "1", "--conc", "2", "--warmup", "0", "--cell-warmup", "0", "--stream-requests", "5"]
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), *short, "--python-client", "--out", str(out), *options],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+        [sys.executable, *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def run_bench(tmp_path, *options):
+    out = tmp_path / "report.md"
+    short = ["--duration", "1", "--conc", "2", "--warmup", "0", "--cell-warmup", "0", "--stream-requests", "5"]
+    done = run_child([str(SCRIPT), *short, "--python-client", "--out", str(out), *options])
     return out.read_text(), done.stderr
 
 
@@ -220,3 +220,71 @@ def test_short_real_run_with_governance_cleans_up_redis(tmp_path):
         assert not list(client.scan_iter(match=f"sluice:tl:{{bench-gov-{run_id}}}:*"))
     finally:
         client.close()
+
+
+#
+# Baselines, CPU split, memory mode
+#
+
+
+def test_group_cpu_times_splits_user_and_kernel(bench):
+    sum(i * i for i in range(200_000))
+    user, system = bench.group_cpu_times(os.getpgid(0))
+    assert user > 0 and system >= 0
+    assert bench.group_cpu_seconds(os.getpgid(0)) >= user + system
+
+
+def test_figures_and_worse(bench):
+    cells = [
+        bench.Cell("direct", 16, "wrk", 20000, 2.0, 0.700, 1.500, 0, None, 40.0),
+        bench.Cell("gateway", 16, "wrk", 8000, 2.0, 1.900, 4.000, 0, 100.0, 45.0, "none", 30.0, None, None, 40.0),
+    ]
+    found = bench.figures(cells, {"none": {"ttfb_p50": 1.0, "added": 0.25}})
+    assert found["direct c=16 RPS"] == 10000
+    assert found["none c=16 RPS"] == 4000
+    assert found["none c=16 gateway CPU µs/req"] == 100.0
+    assert found["none c=16 gateway kernel CPU µs/req"] == 40.0
+    assert abs(found["none c=16 added p50 ms"] - 1.2) < 1e-9
+    assert found["none stream added TTFB p50 ms"] == 0.25
+    assert "direct c=16 gateway CPU µs/req" not in found
+    # RPS: lower is worse; every other figure: higher is worse; 10 % is the line
+    assert bench.worse("none c=16 RPS", 4000, 3500) and not bench.worse("none c=16 RPS", 4000, 3700)
+    assert bench.worse("none c=16 gateway CPU µs/req", 100, 115)
+    assert not bench.worse("none c=16 gateway CPU µs/req", 100, 105)
+    assert not bench.worse("none c=16 gateway CPU µs/req", 100, 80)
+
+
+def test_render_baseline_marks_what_got_worse(bench):
+    rows = "\n".join(
+        bench.render_baseline(
+            {"none c=16 RPS": 3000.0, "none c=16 gateway CPU µs/req": 90.0, "none c=16 p99 ms": 5.0},
+            {"none c=16 RPS": 4000.0, "none c=16 gateway CPU µs/req": 100.0},
+            "before.json",
+        )
+    )
+    assert "| none c=16 RPS | 4000.000 | 3000.000 | x0.75 | WORSE |" in rows
+    assert "| none c=16 gateway CPU µs/req | 100.000 | 90.000 | x0.90 |  |" in rows
+    assert "| none c=16 p99 ms | - | 5.000 | - | new |" in rows
+
+
+def test_short_real_run_saves_and_compares_a_baseline(tmp_path):
+    import json
+
+    base = tmp_path / "base.json"
+    report, _ = run_bench(tmp_path, "--save-baseline", str(base))
+    saved = json.loads(base.read_text())
+    assert saved["none c=2 RPS"] > 0 and saved["none c=2 gateway CPU µs/req"] > 0
+    assert "| 2 | of which kernel (stime) | - |" in report
+    report, _ = run_bench(tmp_path, "--baseline", str(base))
+    assert f"Against the baseline `{base}`" in report
+    assert re.search(r"\| none c=2 gateway CPU µs/req \| [\d.]+ \| [\d.]+ \| x[\d.]+ \|", report)
+
+
+def test_memory_mode_short_run():
+    memory = str(REPO_ROOT / "bench" / "memory.py")
+    options = ["--policies", "none", "--requests", "300", "--subscriptions", "30", "--conc", "4", "--checkpoints", "3"]
+    done = run_child([memory, *options])
+    assert "300 requests over 30 subscriptions" in done.stdout
+    assert re.search(r"\| 300 \| [\d.]+ \|", done.stdout)
+    assert "errors: 0" in done.stdout
+    assert re.search(r"growth after the first pass over the subscriptions \(from 100 requests", done.stdout)

@@ -149,6 +149,47 @@ async def test_a_call_that_hangs_is_cut_at_the_call_timeout():
     assert breaker.failures == 1
 
 
+async def test_a_cancellation_from_outside_propagates_and_is_no_store_failure():
+    breaker, _, _ = make_breaker(call_timeout=5.0, threshold=1)
+    started = asyncio.Event()
+
+    async def hang() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.get_running_loop().create_task(breaker.call(hang))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert breaker.failures == 0 and breaker.state is BreakerState.CLOSED
+
+
+async def test_a_timeout_inside_an_outer_timeout_is_the_store_timeout_and_leaves_the_outer_one_armed():
+    breaker, _, _ = make_breaker(call_timeout=0.02, threshold=5)
+
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    async with asyncio.timeout(5.0) as outer:
+        with pytest.raises(StoreUnavailable, match="did not answer"):
+            await breaker.call(hang)
+        assert asyncio.current_task().cancelling() == 0
+    assert not outer.expired()
+    assert breaker.failures == 1
+
+
+async def test_an_answer_in_time_cancels_the_timer():
+    breaker, _, _ = make_breaker(call_timeout=0.02, threshold=1)
+
+    async def answer() -> int:
+        return 7
+
+    assert await breaker.call(answer) == 7
+    await asyncio.sleep(0.05)  # past the call timeout: a timer left armed would cancel this task here
+    assert breaker.failures == 0 and breaker.state is BreakerState.CLOSED
+
+
 #
 # Regression: a hung Redis made every admission wait the client's full 2 s timeout, on every call, forever.
 #
