@@ -18,8 +18,8 @@ from gateway.snapshot import load_snapshot
 from gateway.telemetry import CLIENT_CLOSED, UsageJournal
 from gateway.usage import MemorySink, UsageRecord
 
-from .conftest import KEYS, TOKEN, base_snapshot
 from .fakes import FakePool, FakeUpstream, header, make_request
+from .helpers import KEYS, TOKEN, base_snapshot
 
 KEY = (b"ocp-apim-subscription-key", KEYS["master"][0].encode())
 STARTER_KEY = (b"ocp-apim-subscription-key", KEYS["starter-sub"][0].encode())
