@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 from ..base import Base, Policy
+from .check_header import CheckHeader
 from .choose import Choose
 from .forward_request import ForwardRequest
 from .llm_emit_token_metric import AzureOpenAiEmitTokenMetric, LlmEmitTokenMetric
@@ -30,6 +31,7 @@ BUILTINS: Final[tuple[type[Policy], ...]] = (
     Choose,
     SetVariable,
     # requests and responses
+    CheckHeader,
     SetHeader,
     SetQueryParameter,
     SetStatus,

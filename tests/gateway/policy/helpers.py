@@ -29,6 +29,8 @@ START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 # The smallest valid statement of each built-in policy (docs/adding-a-policy.md: a new policy adds its line).
 EXAMPLES = {
     "base": "<base />",
+    "check-header": '<check-header name="x-a" failed-check-httpcode="401" failed-check-error-message="no" '
+    'ignore-case="true" />',
     "choose": '<choose><when condition="true" /></choose>',
     "set-variable": '<set-variable name="v" value="1" />',
     "set-header": '<set-header name="x-a" exists-action="delete" />',

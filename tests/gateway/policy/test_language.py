@@ -36,7 +36,7 @@ ALL, IN, BE, ERR = frozenset(Section), Section.INBOUND, Section.BACKEND, Section
 APIM_SECTIONS = {
     "base": ALL, "choose": ALL, "set-variable": ALL, "return-response": ALL, "set-status": ALL, "set-header": ALL,
     "set-backend-service": {IN, BE}, "forward-request": {BE}, "set-query-parameter": {IN, BE},
-    "rate-limit-by-key": {IN}, "quota-by-key": {IN},
+    "rate-limit-by-key": {IN}, "quota-by-key": {IN}, "check-header": {IN},
     "llm-token-limit": {IN}, "azure-openai-token-limit": {IN},
     "llm-emit-token-metric": {IN}, "azure-openai-emit-token-metric": {IN},
 }  # fmt: skip
