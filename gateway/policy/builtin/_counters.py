@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Final
 from gateway.errors import GatewayError
 from gateway.limits.base import StoreUnavailable, Window
 
-from ..base import Policy, check_boolean, truth
+from ..base import Attr, Policy, check_boolean, truth
 from ..values import ExpressionRuntimeError, Value
 from ..xml import Element
 from ._limiting import (
     STORE_ERROR_ATTR,
+    STORE_ERROR_CHOICES,
     counter_key,
     denies_on_store_error,
     optional_header_name,
@@ -29,12 +30,30 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.limits import Admission, Reservation, TokenStore
 
-__all__ = ("Counter", "Settle", "format_timespan", "literal_int", "reserve", "runtime_int", "variable_name")
+__all__ = (
+    "COUNTER_ATTRIBUTES",
+    "Counter",
+    "Settle",
+    "format_timespan",
+    "literal_int",
+    "reserve",
+    "runtime_int",
+    "variable_name",
+)
 
 logger = logging.getLogger("gateway.policy.ratelimit")
 
 MSG_NO_STORE: Final = "no counter store is configured; %s is not enforced"
 MSG_STORE_DOWN: Final = "the counter store is unavailable; %s lets the request through"
+
+# the attributes both policies take, and read in Counter.__init__
+COUNTER_ATTRIBUTES: Final = {
+    "counter-key": Attr(required=True),
+    "increment-condition": Attr(),
+    "retry-after-header-name": Attr(expressions=False),
+    "retry-after-variable-name": Attr(expressions=False),
+    STORE_ERROR_ATTR: Attr(choices=STORE_ERROR_CHOICES, expressions=False),  # Sluice extension
+}
 
 
 def format_timespan(seconds: int) -> str:

@@ -19,8 +19,8 @@ from gateway.limits.base import Window, counter_tag
 from ..base import Attr, Section
 from ..values import Value
 from ..xml import Element
-from ._counters import MSG_NO_STORE, Counter, Settle, format_timespan, literal_int, logger, reserve
-from ._limiting import STORE_ERROR_ATTR, STORE_ERROR_CHOICES, counter_store
+from ._counters import COUNTER_ATTRIBUTES, MSG_NO_STORE, Counter, Settle, format_timespan, literal_int, logger, reserve
+from ._limiting import counter_store
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -47,12 +47,8 @@ class QuotaByKey(Counter):
         "calls": Attr(expressions=False),
         "bandwidth": Attr(expressions=False),
         "renewal-period": Attr(required=True, expressions=False),
-        "counter-key": Attr(required=True),
-        "increment-condition": Attr(),
         "first-period-start": Attr(default=DEFAULT_FIRST_PERIOD_START, expressions=False),
-        "retry-after-header-name": Attr(expressions=False),
-        "retry-after-variable-name": Attr(expressions=False),
-        STORE_ERROR_ATTR: Attr(choices=STORE_ERROR_CHOICES, expressions=False),  # Sluice extension
+        **COUNTER_ATTRIBUTES,
     }
     __slots__ = ("bandwidth", "calls", "period", "start")
 

@@ -16,8 +16,18 @@ from gateway.limits.base import Window, counter_tag
 from ..base import Attr, Section, truth
 from ..values import Value
 from ..xml import Element
-from ._counters import MSG_NO_STORE, Counter, Settle, literal_int, logger, reserve, runtime_int, variable_name
-from ._limiting import STORE_ERROR_ATTR, STORE_ERROR_CHOICES, counter_store, optional_header_name
+from ._counters import (
+    COUNTER_ATTRIBUTES,
+    MSG_NO_STORE,
+    Counter,
+    Settle,
+    literal_int,
+    logger,
+    reserve,
+    runtime_int,
+    variable_name,
+)
+from ._limiting import counter_store, optional_header_name
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -37,15 +47,11 @@ class RateLimitByKey(Counter):
     attributes = {
         "calls": Attr(required=True),
         "renewal-period": Attr(required=True),
-        "counter-key": Attr(required=True),
-        "increment-condition": Attr(),
         "increment-count": Attr(),
-        "retry-after-header-name": Attr(expressions=False),
-        "retry-after-variable-name": Attr(expressions=False),
         "remaining-calls-header-name": Attr(expressions=False),
         "remaining-calls-variable-name": Attr(expressions=False),
         "total-calls-header-name": Attr(expressions=False),
-        STORE_ERROR_ATTR: Attr(choices=STORE_ERROR_CHOICES, expressions=False),  # Sluice extension
+        **COUNTER_ATTRIBUTES,
     }
     __slots__ = (
         "calls",
