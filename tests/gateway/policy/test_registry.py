@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.policy import BUILTINS, IMPLEMENTED, REGISTRY, Policy, PolicyError, Registry, Section, parse_document
+from gateway.policy import (
+    BUILTINS,
+    IMPLEMENTED,
+    REGISTRY,
+    UNSUPPORTED,
+    Policy,
+    PolicyError,
+    Registry,
+    Section,
+    parse_document,
+)
 from gateway.policy.builtin.set_header import SetHeader
 from gateway.policy.catalog import MSG_NOT_SUPPORTED
 from gateway.policy.registry import get_policy_class, policy_names
@@ -21,6 +31,10 @@ def test_every_implemented_catalog_entry_has_exactly_one_builtin_class():
 
 def test_every_builtin_class_is_marked_implemented_in_the_catalog():
     assert [cls.__name__ for cls in BUILTINS if cls.name not in IMPLEMENTED] == []
+
+
+def test_an_implemented_policy_has_no_second_usage_entry_in_the_catalog():
+    assert sorted(IMPLEMENTED & UNSUPPORTED.keys()) == []
 
 
 def test_the_gateway_compiles_against_the_registry_of_builtins():
