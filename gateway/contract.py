@@ -20,9 +20,9 @@ from gateway.policy import (
     to_rawxml,
     to_xml,
 )
+from gateway.policy.builtin.llm_emit_token_metric import BUILT_IN_DIMENSIONS
+from gateway.policy.builtin.llm_token_limit import MAX_TOKENS
 from gateway.policy.rawxml import xml_to_rawxml
-from gateway.policy.token_limit import MAX_TOKENS
-from gateway.policy.token_metric import BUILT_IN_DIMENSIONS
 from gateway.secrets import hash_key, snapshot_fernet
 from gateway.snapshot import Problem, check_snapshot
 

@@ -17,7 +17,7 @@ from gateway.forward import abandon_filters, build_response, discard_upstream, r
 from gateway.http.client import UpstreamError, UpstreamTimeout
 from gateway.http.messages import Response, StreamingResponse
 from gateway.policy import Base, Policy, PolicyDocument, Section, merge_sections, walk
-from gateway.policy.backend import ForwardRequest
+from gateway.policy.builtin.forward_request import ForwardRequest
 from gateway.request_checks import parse_json_body
 from gateway.tokens import RequestKind, request_kind
 

@@ -1,15 +1,18 @@
-"""The Policy base class, its usage tables (sections, scopes, attributes) and the policy registry."""
+"""The Policy base class, how a policy declares its usage (names, sections, scopes, attributes), and ``<base/>``.
+
+How to add a policy: docs/adding-a-policy.md.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from gateway.types import ALL_SCOPES, ALL_SECTIONS, Scope, Section
 
 from .errors import PolicyError
-from .values import Locate, Value, parse_value
+from .values import ExpressionRuntimeError, Locate, Value, parse_value
 from .xml import Element
 
 if TYPE_CHECKING:
@@ -28,11 +31,10 @@ __all__ = (
     "Scope",
     "Section",
     "bind_steps",
+    "check_boolean",
     "check_element",
-    "get_policy_class",
-    "policy_names",
-    "register",
     "text_value",
+    "truth",
     "walk",
 )
 
@@ -166,6 +168,31 @@ def text_value(el: Element, where: str | None = None, *, expressions: bool = Tru
     return parse_value(el.text, where=where or f"<{el.tag}>", locate=_locate(el, None), expressions=expressions)
 
 
+MSG_NOT_BOOLEAN: Final = "The condition of <when> must evaluate to a Boolean, got {}."
+_LITERAL_BOOLS: Final = {"true": True, "false": False}
+
+
+def truth(value: Value, ctx: RequestContext) -> bool:
+    """A Boolean value: a literal ``true``/``false`` (checked at load time) or an expression's ``bool`` result."""
+    if value.is_literal:
+        return _LITERAL_BOOLS[value.literal.strip().lower()]
+    result = value.evaluate_object(ctx)
+    if not isinstance(result, bool):
+        raise ExpressionRuntimeError(MSG_NOT_BOOLEAN.format(type(result).__name__))
+    return result
+
+
+def check_boolean(value: Value, el: Element, attr: str) -> None:
+    """Load-time check of a Boolean attribute: literals must be ``true``/``false``, expressions must yield bool."""
+    if value.is_literal:
+        if value.literal.strip().lower() not in _LITERAL_BOOLS:
+            raise el.error(f"<{el.tag}>: attribute '{attr}' must be true, false or a Boolean expression")
+        return
+    result_type = getattr(getattr(value, "compiled", None), "result_type", None)
+    if isinstance(result_type, str) and result_type not in ("bool", "bool?", "object", "dynamic", "JToken"):
+        raise el.value_error(attr, f"<{el.tag}>: attribute '{attr}' must be a Boolean expression, not {result_type}")
+
+
 def check_element(
     el: Element, attributes: Mapping[str, Attr], children: Iterable[str], text_allowed: bool
 ) -> dict[str, Value]:
@@ -202,41 +229,6 @@ def check_element(
     return values
 
 
-#
-# Registry
-#
-
-_POLICIES: dict[str, type[Policy]] = {}
-
-P = TypeVar("P", bound=type[Policy])
-
-
-def register(cls: P) -> P:
-    """Class decorator adding a policy to the registry; the name must be new and the usage declared."""
-    name = getattr(cls, "name", "")
-    if not name:
-        raise TypeError(f"{cls.__name__} has no policy name")
-    if not cls.sections:
-        raise TypeError(f"policy {name!r} declares no sections")
-    if not cls.scopes:
-        raise TypeError(f"policy {name!r} declares no scopes")
-    if name in _POLICIES:
-        raise ValueError(f"policy {name!r} is already registered by {_POLICIES[name].__name__}")
-    _POLICIES[name] = cls
-    return cls
-
-
-def get_policy_class(name: str) -> type[Policy]:
-    try:
-        return _POLICIES[name]
-    except KeyError:
-        raise LookupError(f"unknown policy {name!r}") from None
-
-
-def policy_names() -> tuple[str, ...]:
-    return tuple(sorted(_POLICIES))
-
-
 def bind_steps(steps: Iterable[Policy], env: BindEnv) -> None:
     """Bind each of ``steps``; an error without a position gets the position of the step that raised it."""
     for step in steps:
@@ -255,7 +247,6 @@ def walk(steps: Iterable[Policy]) -> Iterable[Policy]:
         yield from walk(step.substeps())
 
 
-@register
 class Base(Policy):
     """``<base/>``: where the parent scope's same section is spliced in (a no-op at global scope)."""
 

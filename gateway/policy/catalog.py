@@ -1,10 +1,11 @@
-"""The APIM policy catalog: where every policy Sluice knows of may be used, and what is said about the rest.
+"""The APIM policy catalog: which policies Sluice implements, and what is said about the rest.
 
-Registered policy classes declare their own sections and scopes; this table covers the other policies of the APIM
-policy reference (https://learn.microsoft.com/azure/api-management/api-management-policies), so that a document
-copied from APIM gets "not supported by Sluice yet" rather than "unknown policy", and a policy that only works in
-Azure says so. ``ALIASES`` maps APIM's other names of a policy to the registered one. ``on-error`` admits the
-policies APIM allows there (https://learn.microsoft.com/azure/api-management/api-management-error-handling-policies).
+Registered policy classes declare their own sections and scopes; ``IMPLEMENTED`` only names them. ``UNSUPPORTED``
+covers the other policies of the APIM policy reference
+(https://learn.microsoft.com/azure/api-management/api-management-policies), so that a document copied from APIM
+gets "not supported by Sluice yet" rather than "unknown policy", and a policy that only works in Azure says so.
+``on-error`` admits the policies APIM allows there
+(https://learn.microsoft.com/azure/api-management/api-management-error-handling-policies).
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ from typing import Final
 
 from .base import ALL_SCOPES, Scope, Section
 
-__all__ = ("ALIASES", "CATALOG", "MSG_MANAGED_IDENTITY", "MSG_NOT_SUPPORTED", "MSG_UNKNOWN", "Usage", "rejection")
+__all__ = (
+    "ALIASES",
+    "IMPLEMENTED",
+    "KNOWN",
+    "MSG_MANAGED_IDENTITY",
+    "MSG_NOT_SUPPORTED",
+    "MSG_UNKNOWN",
+    "UNSUPPORTED",
+    "Usage",
+    "rejection",
+)
 
 MSG_UNKNOWN: Final = "unknown policy <{name}>"
 MSG_NOT_SUPPORTED: Final = "policy <{name}> is not supported by Sluice yet"
@@ -43,15 +54,33 @@ def _u(*sections: Section, scopes: frozenset[Scope] = ALL_SCOPES, message: str =
     return Usage(frozenset(sections), scopes, message)
 
 
-CATALOG: Final[dict[str, Usage]] = {
+# The policies ``gateway.policy.builtin.BUILTINS`` registers (aliases included). Their usage is declared on their
+# classes, nowhere else; tests/gateway/policy/test_registry.py holds this set and BUILTINS together.
+IMPLEMENTED: Final[frozenset[str]] = frozenset(
+    {
+        "azure-openai-emit-token-metric",
+        "azure-openai-token-limit",
+        "base",
+        "check-header",
+        "choose",
+        "forward-request",
+        "llm-emit-token-metric",
+        "llm-token-limit",
+        "quota-by-key",
+        "rate-limit-by-key",
+        "return-response",
+        "set-backend-service",
+        "set-header",
+        "set-query-parameter",
+        "set-status",
+        "set-variable",
+    }
+)
+
+# The other policies of the APIM reference: where APIM allows them, and what a document using one is told.
+UNSUPPORTED: Final[dict[str, Usage]] = {
     # document structure, control flow and variables (and what on-error admits)
-    "base": _u(*_ALL),
     "include-fragment": _u(*_ALL),
-    "choose": _u(*_ALL),
-    "set-variable": _u(*_ALL),
-    "return-response": _u(*_ALL),
-    "set-status": _u(*_ALL),
-    "set-header": _u(*_ALL),
     "set-method": _u(IN, ERR),
     "find-and-replace": _u(*_ALL),
     "send-request": _u(*_ALL),
@@ -65,31 +94,21 @@ CATALOG: Final[dict[str, Usage]] = {
     "trace": _u(*_ALL),
     "wait": _u(IN, BE, OUT),
     # routing and transformation
-    "set-backend-service": _u(IN, BE),
-    "forward-request": _u(BE),
-    "set-query-parameter": _u(IN, BE),
     "set-body": _u(IN, BE, OUT),
     "rewrite-uri": _u(IN, scopes=_NOT_GLOBAL),
     "cors": _u(IN),
     "redirect-content-urls": _u(IN, OUT),
     "xsl-transform": _u(IN, OUT),
     # AI gateway
-    "llm-token-limit": _u(IN),
-    "llm-emit-token-metric": _u(IN),
     "llm-semantic-cache-lookup": _u(IN),
     "llm-semantic-cache-store": _u(OUT),
     "llm-content-safety": _u(IN, OUT, scopes=frozenset({Scope.GLOBAL, Scope.PRODUCT, Scope.API})),
-    "azure-openai-token-limit": _u(IN),
-    "azure-openai-emit-token-metric": _u(IN),
     "azure-openai-semantic-cache-lookup": _u(IN),
     "azure-openai-semantic-cache-store": _u(OUT),
     # access restriction and authentication
     "rate-limit": _u(IN, scopes=_NOT_GLOBAL),
-    "rate-limit-by-key": _u(IN),
     "quota": _u(IN, scopes=_NOT_GLOBAL),
-    "quota-by-key": _u(IN),
     "ip-filter": _u(IN),
-    "check-header": _u(IN),
     "validate-jwt": _u(IN),
     "validate-azure-ad-token": _u(IN),
     "validate-content": _u(IN, OUT),
@@ -109,6 +128,9 @@ CATALOG: Final[dict[str, Usage]] = {
     "emit-metric": _u(IN, BE, OUT),
 }
 
+KNOWN: Final[frozenset[str]] = IMPLEMENTED | UNSUPPORTED.keys()
+
+# APIM's Azure OpenAI names of the LLM policies. An implemented alias is a subclass of its policy that only renames it.
 ALIASES: Final[dict[str, str]] = {
     "azure-openai-token-limit": "llm-token-limit",
     "azure-openai-emit-token-metric": "llm-emit-token-metric",
@@ -118,8 +140,10 @@ ALIASES: Final[dict[str, str]] = {
 
 
 def rejection(name: str) -> str:
-    """Why an element that is not a registered policy is refused."""
-    usage = CATALOG.get(name)
-    if usage is None:
-        return MSG_UNKNOWN.replace("{name}", name)
-    return usage.message.replace("{name}", name)
+    """Why an element that is not a registered policy is refused (an implemented one only when left unregistered)."""
+    usage = UNSUPPORTED.get(name)
+    if usage is not None:
+        return usage.message.replace("{name}", name)
+    if name in IMPLEMENTED:
+        return MSG_NOT_SUPPORTED.replace("{name}", name)
+    return MSG_UNKNOWN.replace("{name}", name)

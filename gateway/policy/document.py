@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 from xml.sax.saxutils import escape
 
-from .base import Base, Policy, Scope, Section, get_policy_class
-from .catalog import ALIASES, rejection
+from .base import Base, Policy, Scope, Section
+from .catalog import rejection
 from .errors import PolicyError
 from .rawxml import rawxml_source
+from .registry import Registry, installed
 from .values import collect_expressions
 from .xml import Element, OffsetMap, Source, normalize_newlines, parse_xml
 
@@ -104,10 +105,19 @@ def _substitute(source: Source, values: Mapping[str, str]) -> Source:
 
 
 def parse_document(
-    text: str, scope: str | Scope, format: str = "xml", named_values: Mapping[str, str] | None = None
+    text: str,
+    scope: str | Scope,
+    format: str = "xml",
+    named_values: Mapping[str, str] | None = None,
+    *,
+    registry: Registry | None = None,
 ) -> PolicyDocument:
-    """Parse and validate a policy document of ``scope``; raises PolicyError with line/column."""
+    """Parse and validate a policy document of ``scope``; raises PolicyError with line/column.
+
+    Policy elements are looked up in ``registry`` (by default the gateway's, built from the built-in policies).
+    """
     scope = _scope(scope)
+    policies = installed() if registry is None else registry
     root = parse_tree(text, format, named_values)
     if root.tag != "policies":
         raise root.error(f"the root element must be <policies>, not <{root.tag}>")
@@ -130,23 +140,17 @@ def parse_document(
             raise section_el.error(f"<{section_el.tag}> must not contain text")
         if section is Section.BACKEND and len(section_el.children) > 1:
             raise section_el.children[1].error("<backend> may hold only one policy element")
-        sections[section] = tuple(_parse_policy(el, section, scope) for el in section_el.children)
+        sections[section] = tuple(_parse_policy(el, section, scope, policies) for el in section_el.children)
     return PolicyDocument(scope, root, sections)
 
 
-def policy_class(name: str) -> type[Policy] | None:
-    """The registered class of a policy element name (or of its APIM alias), None when there is none."""
-    for candidate in (name, ALIASES.get(name)):
-        if candidate is not None:
-            try:
-                return get_policy_class(candidate)
-            except LookupError:
-                pass
-    return None
+def policy_class(name: str, registry: Registry | None = None) -> type[Policy] | None:
+    """The registered class of a policy element name, None when there is none."""
+    return (installed() if registry is None else registry).get(name)
 
 
-def _parse_policy(el: Element, section: Section, scope: Scope, nested: bool = False) -> Policy:
-    cls = policy_class(el.tag)
+def _parse_policy(el: Element, section: Section, scope: Scope, policies: Registry, nested: bool = False) -> Policy:
+    cls = policies.get(el.tag)
     if cls is None:
         raise el.error(rejection(el.tag))
     if nested and cls is Base:
@@ -158,7 +162,7 @@ def _parse_policy(el: Element, section: Section, scope: Scope, nested: bool = Fa
         allowed = ", ".join(s.value for s in SCOPE_ORDER if s in cls.scopes)
         raise el.error(f"<{el.tag}> is not allowed at {scope.value} scope (allowed: {allowed})")
     with collect_expressions() as expressions:
-        policy = cls.build(el, lambda child: _parse_policy(child, section, scope, nested=True))
+        policy = cls.build(el, lambda child: _parse_policy(child, section, scope, policies, nested=True))
     policy.locate(el, section, scope)
     if expressions:
         policy.uses = frozenset(use for e in expressions for use in _USES if getattr(e.compiled, _USES[use], False))
@@ -166,10 +170,15 @@ def _parse_policy(el: Element, section: Section, scope: Scope, nested: bool = Fa
 
 
 def validate_document(
-    text: str, scope: str | Scope, format: str = "xml", named_values: Mapping[str, str] | None = None
+    text: str,
+    scope: str | Scope,
+    format: str = "xml",
+    named_values: Mapping[str, str] | None = None,
+    *,
+    registry: Registry | None = None,
 ) -> None:
     """Raise PolicyError if ``text`` is not a valid policy document for ``scope``."""
-    parse_document(text, scope, format, named_values)
+    parse_document(text, scope, format, named_values, registry=registry)
 
 
 #

@@ -30,7 +30,7 @@ from aiohttp import web
 
 from tests.fixtures_procs import ManagedProcess, _factory, free_port
 
-from .conftest import KEYS, TOKEN, api, op, subscription
+from .helpers import KEYS, TOKEN, api, op, subscription
 
 __all__ = (
     "KEY",

@@ -12,7 +12,7 @@ import orjson
 
 from tests.fixtures_procs import free_port, http_status, process_factory  # noqa: F401  (fixture)
 
-from .conftest import TOKEN, base_snapshot
+from .helpers import TOKEN, base_snapshot
 
 
 def gateway_env(tmp_path, name: str, port: int, admin_port: int) -> dict[str, str]:

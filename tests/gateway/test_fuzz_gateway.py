@@ -37,8 +37,8 @@ from hypothesis import strategies as st
 from gateway.http.server import MSG_TE_UNSUPPORTED, MSG_UPGRADE_UNSUPPORTED, MSG_VERSION_UNSUPPORTED
 from tests.fixtures_procs import mock_llm  # noqa: F401  (fixture)
 
-from .conftest import TOKEN
 from .gateway_proc import KEY, RunningGateway, safety_gateway, sidecar  # noqa: F401  (fixtures)
+from .helpers import TOKEN
 from .rawhttp import RawResponse, exchange, exchange_all
 
 EXAMPLES = int(os.environ.get("SLUICE_FUZZ_EXAMPLES", "2000"))

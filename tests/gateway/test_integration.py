@@ -20,7 +20,7 @@ from gateway.http.server import ServerLimits, serve
 from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 
-from .conftest import KEYS, TOKEN, api, base_snapshot, op
+from .helpers import KEYS, TOKEN, api, base_snapshot, op
 
 KEY = KEYS["master"][0]
 VERBS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")

@@ -23,8 +23,8 @@ from gateway.usage.sinks import MemorySink
 from mockllm.app import MockConfig
 from mockllm.app import create_app as create_mock
 
-from .conftest import KEYS, TOKEN, api, base_snapshot, op
 from .exposition import families, value
+from .helpers import KEYS, TOKEN, api, base_snapshot, op
 
 KEY = {"Ocp-Apim-Subscription-Key": KEYS["master"][0]}
 CHAT = "/llm/chat/chat/completions"

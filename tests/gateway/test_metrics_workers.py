@@ -14,8 +14,8 @@ import orjson
 
 from tests.fixtures_procs import free_port, mock_llm, process_factory  # noqa: F401  (fixtures)
 
-from .conftest import KEYS, TOKEN, base_snapshot
 from .exposition import families
+from .helpers import KEYS, TOKEN, base_snapshot
 
 KEY = {"Ocp-Apim-Subscription-Key": KEYS["master"][0]}
 REQUESTS = 60

@@ -29,7 +29,7 @@ from gateway.snapshot import load_snapshot
 from gateway.usage.sinks import MemorySink
 from tests.fixtures_procs import free_port
 
-from .conftest import KEYS, TOKEN, llm_snapshot
+from .helpers import KEYS, TOKEN, llm_snapshot
 
 REQUESTS = 3
 DEFAULT_LIMITS = ServerLimits()

@@ -15,8 +15,8 @@ from gateway.policy import Policy, Section
 from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 
-from .conftest import KEYS, TOKEN, base_snapshot
 from .fakes import FakePool, FakeUpstream, header, make_request
+from .helpers import KEYS, TOKEN, base_snapshot
 
 KEY = (b"ocp-apim-subscription-key", KEYS["master"][0].encode())
 

@@ -23,12 +23,12 @@ from gateway.app import create_app
 from gateway.http.client import UpstreamPool
 from gateway.http.server import ServerLimits, serve
 from gateway.policy import walk
-from gateway.policy.backend import SetBackendService
-from gateway.policy.headers import SetHeader
+from gateway.policy.builtin.set_backend_service import SetBackendService
+from gateway.policy.builtin.set_header import SetHeader
 from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 
-from .conftest import KEYS, TOKEN, encrypt, op
+from .helpers import KEYS, TOKEN, encrypt, op
 
 KEY = KEYS["master"][0]
 RELOADS = 6

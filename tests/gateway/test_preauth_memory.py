@@ -17,7 +17,7 @@ import orjson
 
 from tests.fixtures_procs import free_port, process_factory  # noqa: F401  (fixture)
 
-from .conftest import TOKEN, base_snapshot
+from .helpers import TOKEN, base_snapshot
 
 CONNECTIONS = 24
 BODY = 8 * 1024 * 1024

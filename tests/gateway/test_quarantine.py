@@ -20,8 +20,8 @@ from gateway.settings import GatewaySettings
 from gateway.snapshot import check_snapshot, load_snapshot
 from gateway.sync import SnapshotSync
 
-from .conftest import KEYS, TOKEN, api, base_snapshot, op
 from .fakes import FakePool, make_request
+from .helpers import KEYS, TOKEN, api, base_snapshot, op
 from .test_sync import cache_path, management  # noqa: F401  (fixtures)
 
 AZURE_URL = "https://x.openai.azure.com/openai/deployments/d?api-version=2024-10-21"

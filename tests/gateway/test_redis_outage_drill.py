@@ -32,7 +32,7 @@ import pytest
 from gateway.usage.record import UsageRecord
 from tests.fixtures_procs import REDIS_READY, free_port, mock_llm, process_factory, start_redis  # noqa: F401
 
-from .conftest import KEYS, TOKEN, llm_snapshot
+from .helpers import KEYS, TOKEN, llm_snapshot
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/redis-server") and not os.environ.get("CI"),
                                 reason="needs redis-server on PATH")  # fmt: skip

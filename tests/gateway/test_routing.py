@@ -7,7 +7,7 @@ import pytest
 from gateway.routing import parse_template
 from gateway.snapshot import SnapshotError, load_snapshot
 
-from .conftest import TOKEN, api, base_snapshot, op
+from .helpers import TOKEN, api, base_snapshot, op
 
 
 def config_with(*apis):

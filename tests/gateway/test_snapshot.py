@@ -7,10 +7,10 @@ import copy
 import pytest
 
 from gateway.policy import Section
-from gateway.policy.headers import SetHeader
+from gateway.policy.builtin.set_header import SetHeader
 from gateway.snapshot import SnapshotError, load_snapshot
 
-from .conftest import TOKEN, api, base_snapshot, encrypt, op
+from .helpers import TOKEN, api, base_snapshot, encrypt, op
 
 
 def load(data, token=TOKEN):

@@ -11,8 +11,8 @@ from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 from gateway.subscription import split_query_param
 
-from .conftest import KEYS, TOKEN, base_snapshot
 from .fakes import FakePool, header, make_request
+from .helpers import KEYS, TOKEN, base_snapshot
 
 KEY_HEADER = b"ocp-apim-subscription-key"
 

@@ -16,8 +16,8 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gateway.sync import SnapshotSync, write_cache
 
-from .conftest import TOKEN, api, base_snapshot, op
 from .fakes import FakePool, make_request
+from .helpers import TOKEN, api, base_snapshot, op
 
 
 class Management:

@@ -26,7 +26,7 @@ import pytest
 
 from tests.fixtures_procs import free_port, mock_llm, process_factory  # noqa: F401  (fixtures)
 
-from .conftest import KEYS, TOKEN, llm_snapshot
+from .helpers import KEYS, TOKEN, llm_snapshot
 
 pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis: set REDIS_URL (CI does)")
 

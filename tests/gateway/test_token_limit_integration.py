@@ -14,12 +14,12 @@ from gateway.app import create_app
 from gateway.http.client import UpstreamPool
 from gateway.http.server import ServerLimits, serve
 from gateway.limits import create_store, minute_window, quota_window
-from gateway.policy.token_limit import format_wait
+from gateway.policy.builtin.llm_token_limit import format_wait
 from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 from tests.fixtures_procs import mock_llm, process_factory  # noqa: F401  (fixtures)
 
-from .conftest import KEYS, TOKEN, llm_snapshot
+from .helpers import KEYS, TOKEN, llm_snapshot
 
 KEY = {"Ocp-Apim-Subscription-Key": KEYS["master"][0]}
 CHAT_URL = "/llm/chat/completions"

@@ -20,8 +20,8 @@ from gateway.usage.journal import UsageJournal
 from gateway.usage.record import UsageRecord
 from gateway.usage.sinks import MemorySink
 
-from .conftest import KEYS, TOKEN, base_snapshot
 from .fakes import FakePool, FakeUpstream, header, make_request
+from .helpers import KEYS, TOKEN, base_snapshot
 
 KEY = (b"ocp-apim-subscription-key", KEYS["master"][0].encode())
 STARTER_KEY = (b"ocp-apim-subscription-key", KEYS["starter-sub"][0].encode())

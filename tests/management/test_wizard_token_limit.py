@@ -3,7 +3,7 @@
 import pytest
 
 from apis.models import API
-from gateway.policy.token_limit import LlmTokenLimit
+from gateway.policy.builtin.llm_token_limit import LlmTokenLimit
 
 from .wizard import BASE, URL, imported_policy_xml, only_step
 

@@ -3,7 +3,7 @@
 import pytest
 
 from apis.models import API
-from gateway.policy.token_metric import BUILT_IN_DIMENSIONS, LlmEmitTokenMetric
+from gateway.policy.builtin.llm_emit_token_metric import BUILT_IN_DIMENSIONS, LlmEmitTokenMetric
 
 from .wizard import BASE, URL, imported_policy_xml, only_step
 

@@ -2,49 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from gateway.limits import TokenStore, create_store
 
-REDIS_URL = os.environ.get("REDIS_URL", "")
-NO_REDIS = "REDIS_URL is not set (CI sets redis://127.0.0.1:6379/0)"
-DAY = 86400
-
-
-class FakeClock:
-    """Epoch seconds that only move when a test says so. Starts near the real time, 1 s into a minute, so that
-    Redis expiries (real time) agree with the windows. Within the last hour of a UTC day it starts just after
-    midnight instead (later, never earlier, than the real time), so a test's daily window never ends mid-test."""
-
-    def __init__(self, real: Callable[[], float] = time.time) -> None:
-        now = real()
-        start = now - now % 60 + 61.0
-        if start % DAY > DAY - 3600:
-            start = start - start % DAY + DAY + 1.0
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def delete_prefix(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+from .helpers import NO_REDIS, REDIS_URL, FakeClock, delete_prefix
 
 
 @pytest.fixture

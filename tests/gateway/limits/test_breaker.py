@@ -14,7 +14,7 @@ import pytest
 from gateway.limits import StoreUnavailable, create_store, minute_window
 from gateway.limits.breaker import BreakerState, CircuitBreaker
 
-from .conftest import FakeClock
+from .helpers import FakeClock
 
 
 class ManualTime:

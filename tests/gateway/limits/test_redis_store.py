@@ -12,7 +12,7 @@ from gateway.limits import StoreUnavailable, create_store, minute_window
 from gateway.limits.redis import RedisTokenStore
 from gateway.redis import RespClient, RespError, encode_command, parse_reply
 
-from .conftest import REDIS_URL, FakeClock
+from .helpers import REDIS_URL, FakeClock
 
 #
 # RESP (no server)

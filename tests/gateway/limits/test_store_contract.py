@@ -7,7 +7,7 @@ import random
 
 from gateway.limits import Admission, TokenStore, minute_window, quota_window
 
-from .conftest import FakeClock
+from .helpers import FakeClock
 
 
 def windows_for(clock: FakeClock, tpm: int = 100, quota: int | None = None, key: str = "sub-1"):

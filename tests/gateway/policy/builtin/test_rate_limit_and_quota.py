@@ -12,9 +12,11 @@ import pytest
 
 from gateway.limits import StoreUnavailable, create_store
 from gateway.policy import PolicyError, parse_document
-from gateway.policy.ratelimit import QuotaByKey, RateLimitByKey, format_timespan
+from gateway.policy.builtin._counters import format_timespan
+from gateway.policy.builtin.quota_by_key import QuotaByKey
+from gateway.policy.builtin.rate_limit_by_key import RateLimitByKey
 
-from .policy_gateway import START, Clock, fixture, gateway, header, upstream
+from ..helpers import START, Clock, fixture, gateway, header, upstream
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 

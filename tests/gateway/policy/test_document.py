@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.policy import (
-    Policy,
-    PolicyError,
-    Section,
-    get_policy_class,
-    parse_document,
-    policy_names,
-    register,
-    validate_document,
-)
-from gateway.policy.backend import ForwardRequest, SetBackendService
-from gateway.policy.headers import SetHeader
-from gateway.policy.response import ReturnResponse, SetStatus
+from gateway.policy import PolicyError, Section, parse_document, validate_document
+from gateway.policy.builtin.forward_request import ForwardRequest
+from gateway.policy.builtin.return_response import ReturnResponse
+from gateway.policy.builtin.set_backend_service import SetBackendService
+from gateway.policy.builtin.set_header import SetHeader
+from gateway.policy.builtin.set_status import SetStatus
 
 GOOD = """<policies>
     <inbound>
@@ -200,38 +193,3 @@ def test_return_response_children_are_validated():
         "<policies><inbound><return-response><set-body><b/></set-body></return-response></inbound></policies>"
     )
     assert "<set-body> must contain text only" in err.message
-
-
-#
-# Registry
-#
-
-
-def test_registry_lists_builtin_policies():
-    assert {"base", "set-backend-service", "set-header", "return-response", "forward-request", "set-status"} <= set(
-        policy_names()
-    )
-    assert get_policy_class("set-header") is SetHeader
-    with pytest.raises(LookupError):
-        get_policy_class("nope")
-
-
-def test_register_rejects_duplicates_and_incomplete_declarations():
-    class Duplicate(Policy):
-        name = "set-header"
-        sections = frozenset({Section.INBOUND})
-
-    with pytest.raises(ValueError, match="already registered"):
-        register(Duplicate)
-
-    class Nameless(Policy):
-        sections = frozenset({Section.INBOUND})
-
-    with pytest.raises(TypeError, match="no policy name"):
-        register(Nameless)
-
-    class Sectionless(Policy):
-        name = "sectionless-test-policy"
-
-    with pytest.raises(TypeError, match="declares no sections"):
-        register(Sectionless)

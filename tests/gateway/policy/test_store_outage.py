@@ -17,8 +17,8 @@ from gateway.limits.breaker import BreakerState
 from gateway.metrics import Metrics
 from gateway.policy import PolicyError, parse_document
 
-from .exposition import families, value
-from .policy_gateway import Clock, gateway, header, upstream
+from ..exposition import families, value
+from .helpers import Clock, gateway, header, upstream
 
 CHAT = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
 POLICIES = {

@@ -1,7 +1,6 @@
-"""What the counting policies share: ``rate-limit-by-key`` and ``quota-by-key`` (ratelimit.py) and
-``llm-token-limit`` (token_limit.py) read the same counter store and counter key, take header names and whole
-numbers the same way, report a refusal's wait (``Retry-After``) the same way, and fail the same way when the store
-cannot answer (``sluice-on-store-error``: ``allow``, the default, lets the request through; ``deny`` answers 503)."""
+"""What the counting policies share (``rate-limit-by-key``, ``quota-by-key``, ``llm-token-limit``): the counter
+store and key, header names and whole numbers, a refusal's ``Retry-After``, and ``sluice-on-store-error``
+(docs/redis-outage.md)."""
 
 from __future__ import annotations
 
@@ -9,14 +8,14 @@ from typing import TYPE_CHECKING, Final
 
 from gateway.errors import GatewayError
 
-from .headers import check_header_name
+from .set_header import check_header_name
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.limits import TokenStore
 
-    from .values import Value
-    from .xml import Element
+    from ..values import Value
+    from ..xml import Element
 
 __all__ = (
     "MSG_STORE_UNAVAILABLE",

@@ -4,9 +4,9 @@ snapshot loader's own cache of literal URLs does not grow with traffic."""
 from __future__ import annotations
 
 from gateway.policy import walk
-from gateway.policy.backend import _MAX_URL_TARGETS, SetBackendService
+from gateway.policy.builtin.set_backend_service import _MAX_URL_TARGETS, SetBackendService
 
-from .policy_gateway import gateway, upstream
+from ..helpers import gateway, upstream
 
 POLICY = (
     '<policies><inbound><base/><set-backend-service base-url=\'@("http://127.0.0.1:9/t/" + '

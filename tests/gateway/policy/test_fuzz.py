@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from gateway.expressions import ExpressionError, compile_expression
 from gateway.policy import PolicyError, get_policy_class, policy_names, validate_document
-from gateway.policy.catalog import CATALOG
+from gateway.policy.catalog import KNOWN
 
 EXAMPLES = int(os.environ.get("SLUICE_FUZZ_EXAMPLES", "600"))
 FUZZ = settings(
@@ -163,7 +163,7 @@ def _escape_text(value: str) -> str:
 @st.composite
 def _element(draw: st.DrawFn, depth: int = 0) -> str:
     if depth == 0:
-        tag = draw(st.sampled_from(REGISTERED) | st.sampled_from(sorted(CATALOG)) | st.just("not-a-policy"))
+        tag = draw(st.sampled_from(REGISTERED) | st.sampled_from(sorted(KNOWN)) | st.just("not-a-policy"))
     else:
         tag = draw(st.sampled_from(CHILD_TAGS) | st.sampled_from(REGISTERED))
     known: list[str] = []

@@ -1,12 +1,15 @@
-"""``set-header``: add, replace, append or delete a request header (inbound/backend) or response header."""
+"""``set-header``: adds, replaces, appends or deletes a request header (inbound, backend) or response header.
+
+APIM reference: https://learn.microsoft.com/azure/api-management/set-header-policy
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import ALL_SCOPES, Attr, Policy, Section, register, text_value
-from .values import ExpressionRuntimeError, Value
-from .xml import Element
+from ..base import ALL_SCOPES, Attr, Policy, Section, text_value
+from ..values import ExpressionRuntimeError, Value
+from ..xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import Headers, RequestContext
@@ -52,7 +55,6 @@ def check_header_value(value: str, el: Element) -> bytes:
     return value.encode("utf-8")
 
 
-@register
 class SetHeader(Policy):
     """``<set-header name="X" exists-action="override|skip|append|delete"><value>v</value>…</set-header>``.
 

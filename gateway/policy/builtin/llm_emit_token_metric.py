@@ -1,20 +1,9 @@
-"""``llm-emit-token-metric`` (alias ``azure-openai-emit-token-metric``): count prompt, completion and total tokens
-in Prometheus counters labelled by the statement's dimensions (apim-spec §3.2).
+"""``llm-emit-token-metric`` (alias ``azure-openai-emit-token-metric``): prompt, completion and total tokens as
+Prometheus counters labelled by the statement's dimensions.
 
-.. code-block:: xml
+APIM reference: https://learn.microsoft.com/azure/api-management/llm-emit-token-metric-policy
 
-    <llm-emit-token-metric namespace="MyLLM">
-        <dimension name="API ID" />
-        <dimension name="Client IP" value="@(context.Request.IpAddress)" />
-    </llm-emit-token-metric>
-
-The namespace becomes the metric-name prefix and each dimension name a label (``gateway.metrics.metric_prefix`` /
-``label_name``): ``myllm_prompt_tokens_total{api_id="…", client_ip="…"}``. A dimension without ``value`` must be
-one of the built-in names, filled from the request when it ends; a dimension with a ``value`` is custom (at most
-``MAX_CUSTOM_DIMENSIONS``) and its value — a literal or an expression — is evaluated in the inbound section, while
-the request body is still there. The counters move once the response is over (``ctx.on_finish``), by the token
-usage of the response (``ctx.usage``, see gateway.llm_accounting: reported by the backend, estimated when it reported
-none or the client cancelled a stream); a response without usage (an error, a refused request) counts nothing.
+Metric names, built-in and custom dimensions and when the counters move: docs/usage-and-metrics.md.
 """
 
 from __future__ import annotations
@@ -25,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Final
 from gateway.llm_accounting import exchange_for
 from gateway.metrics import DEFAULT_NAMESPACE, label_name, metric_prefix
 
-from .base import ALL_SCOPES, Attr, Policy, Section, register
-from .values import Value, parse_value
-from .xml import Element
+from ..base import ALL_SCOPES, Attr, Policy, Section
+from ..values import Value, parse_value
+from ..xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -111,7 +100,6 @@ class _Dimension:
         self.value = value
 
 
-@register
 class LlmEmitTokenMetric(Policy):
     """``<llm-emit-token-metric namespace="…"><dimension name="…" [value="…"]/>…</llm-emit-token-metric>``."""
 
@@ -121,7 +109,7 @@ class LlmEmitTokenMetric(Policy):
     scopes = ALL_SCOPES
     attributes = {
         "namespace": Attr(default=DEFAULT_NAMESPACE, expressions=False),
-        # Listed by the older azure-openai page (copied from emit-metric); accepted and ignored (apim-spec §3.2).
+        # Listed by the older azure-openai page (copied from emit-metric); accepted and ignored.
         "value": Attr(),
     }
     children = frozenset({"dimension"})
@@ -186,7 +174,6 @@ class LlmEmitTokenMetric(Policy):
         return {"namespace": self.namespace, "dimensions": [d.name for d in self.dimensions]}
 
 
-@register
 class AzureOpenAiEmitTokenMetric(LlmEmitTokenMetric):
     """``azure-openai-emit-token-metric``: the same statement under its Azure OpenAI name."""
 

@@ -9,12 +9,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.app import create_app
 from gateway.metrics import Metrics
 from gateway.policy import PolicyError, parse_document
-from gateway.policy.token_metric import BUILT_IN_DIMENSIONS, MAX_CUSTOM_DIMENSIONS, LlmEmitTokenMetric
+from gateway.policy.builtin.llm_emit_token_metric import BUILT_IN_DIMENSIONS, MAX_CUSTOM_DIMENSIONS, LlmEmitTokenMetric
 from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 
-from .conftest import KEYS, TOKEN, base_snapshot
-from .fakes import FakePool, FakeUpstream, make_request
+from ...fakes import FakePool, FakeUpstream, make_request
+from ...helpers import KEYS, TOKEN, base_snapshot
 
 KEY = (b"ocp-apim-subscription-key", KEYS["master"][0].encode())
 STARTER_KEY = (b"ocp-apim-subscription-key", KEYS["starter-sub"][0].encode())

@@ -10,7 +10,7 @@ from gateway.metrics import Metrics
 from gateway.policy import get_policy_class, parse_document
 from gateway.policy.document import policy_class
 
-from .policy_gateway import FIXTURES, fixture, gateway, header, upstream
+from .helpers import FIXTURES, fixture, gateway, header, upstream
 
 CHAT = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hello."}]})
 

@@ -13,17 +13,46 @@ import orjson
 
 from gateway.app import TRACE_HEADER, create_app
 from gateway.limits import create_store
-from gateway.policy import rawxml_to_xml
+from gateway.policy import SECTION_ORDER, Policy, rawxml_to_xml
 from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 
-from .conftest import KEYS, TOKEN, api, base_snapshot, op
-from .fakes import FakePool, FakeUpstream, header, make_request
+from ..fakes import FakePool, FakeUpstream, header, make_request
+from ..helpers import KEYS, TOKEN, api, base_snapshot, op
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "policies"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "policies"
 KEY = (b"ocp-apim-subscription-key", KEYS["master"][0].encode())
 UPSTREAM = "http://127.0.0.1:9"
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+# The smallest valid statement of each built-in policy (docs/adding-a-policy.md: a new policy adds its line).
+EXAMPLES = {
+    "base": "<base />",
+    "check-header": '<check-header name="x-a" failed-check-httpcode="401" failed-check-error-message="no" '
+    'ignore-case="true" />',
+    "choose": '<choose><when condition="true" /></choose>',
+    "set-variable": '<set-variable name="v" value="1" />',
+    "set-header": '<set-header name="x-a" exists-action="delete" />',
+    "set-query-parameter": '<set-query-parameter name="a" exists-action="delete" />',
+    "set-status": '<set-status code="200" />',
+    "return-response": "<return-response />",
+    "set-backend-service": '<set-backend-service base-url="http://127.0.0.1:9" />',
+    "forward-request": "<forward-request />",
+    "rate-limit-by-key": '<rate-limit-by-key calls="1" renewal-period="1" counter-key="k" />',
+    "quota-by-key": '<quota-by-key calls="1" renewal-period="300" counter-key="k" />',
+    "llm-token-limit": '<llm-token-limit counter-key="k" tokens-per-minute="60" estimate-prompt-tokens="false" />',
+    "llm-emit-token-metric": '<llm-emit-token-metric><dimension name="API ID" /></llm-emit-token-metric>',
+}
+# an APIM alias is written like the policy it renames
+EXAMPLES["azure-openai-token-limit"] = EXAMPLES["llm-token-limit"].replace("llm-", "azure-openai-")
+EXAMPLES["azure-openai-emit-token-metric"] = EXAMPLES["llm-emit-token-metric"].replace("llm-", "azure-openai-")
+
+
+def usage_document(cls: type[Policy]) -> str:
+    """A document holding the example statement of ``cls`` (line 3) in the first section it may appear in."""
+    section = next(s for s in SECTION_ORDER if s in cls.sections).value
+    return f"<policies>\n  <{section}>\n    {EXAMPLES[cls.name]}\n  </{section}>\n</policies>"
 
 
 def fixture(name: str) -> str:

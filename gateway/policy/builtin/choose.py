@@ -1,4 +1,6 @@
-"""Control flow and variables: ``choose`` / ``when`` / ``otherwise`` and ``set-variable``.
+"""``choose`` / ``when`` / ``otherwise``: runs the statements of the first branch whose condition is true.
+
+APIM reference: https://learn.microsoft.com/azure/api-management/choose-policy
 
 ``choose`` holds nested statements compiled with the rules of its section and scope. It is a *control* step: the
 pipeline asks it which statements to run (``select``) and runs them itself, so tracing, errors and short-circuits
@@ -8,47 +10,23 @@ work the same at any depth.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
-from .base import ALL_SECTIONS, Attr, BindEnv, ParseChild, Policy, bind_steps, check_element, register
-from .values import ExpressionRuntimeError, Value
-from .xml import Element
+from ..base import ALL_SECTIONS, Attr, BindEnv, ParseChild, Policy, bind_steps, check_boolean, check_element, truth
+from ..values import Value
+from ..xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.http.messages import Response
 
-__all__ = ("Choose", "SetVariable", "truth")
+__all__ = ("Choose",)
 
-MSG_NOT_BOOLEAN: Final = "The condition of <when> must evaluate to a Boolean, got {}."
 _WHEN_ATTRS: Final = {"condition": Attr(required=True)}
-_LITERAL_BOOLS: Final = {"true": True, "false": False}
 
 Branch = tuple[str, tuple[Policy, ...]]
 
 
-def truth(value: Value, ctx: RequestContext) -> bool:
-    """A Boolean value: a literal ``true``/``false`` (checked at load time) or an expression's ``bool`` result."""
-    if value.is_literal:
-        return _LITERAL_BOOLS[value.literal.strip().lower()]
-    result = value.evaluate_object(ctx)
-    if not isinstance(result, bool):
-        raise ExpressionRuntimeError(MSG_NOT_BOOLEAN.format(type(result).__name__))
-    return result
-
-
-def check_boolean(value: Value, el: Element, attr: str) -> None:
-    """Load-time check of a Boolean attribute: literals must be ``true``/``false``, expressions must yield bool."""
-    if value.is_literal:
-        if value.literal.strip().lower() not in _LITERAL_BOOLS:
-            raise el.error(f"<{el.tag}>: attribute '{attr}' must be true, false or a Boolean expression")
-        return
-    result_type = getattr(getattr(value, "compiled", None), "result_type", None)
-    if isinstance(result_type, str) and result_type not in ("bool", "bool?", "object", "dynamic", "JToken"):
-        raise el.value_error(attr, f"<{el.tag}>: attribute '{attr}' must be a Boolean expression, not {result_type}")
-
-
-@register
 class Choose(Policy):
     """``<choose><when condition="…">…</when>…<otherwise>…</otherwise></choose>``: the first true branch runs."""
 
@@ -108,35 +86,3 @@ def _branch_attrs(el: Element, attributes: dict[str, Attr]) -> dict[str, Value]:
     if el.text.strip():
         raise el.error(f"<{el.tag}> must not contain text")
     return check_element(el, attributes, {c.tag for c in el.children}, True)
-
-
-@register
-class SetVariable(Policy):
-    """``<set-variable name="x" value="…"/>``: stores a value in ``context.Variables`` (an expression keeps its type:
-    bool, int, string, JSON ...; a literal is a string)."""
-
-    name = "set-variable"
-    sections = ALL_SECTIONS
-    attributes = {"name": Attr(required=True, expressions=False), "value": Attr(required=True)}
-    __slots__ = ("value", "variable")
-
-    def __init__(self, variable: str, value: Value) -> None:
-        super().__init__()
-        self.variable = variable
-        self.value = value
-
-    @classmethod
-    def from_element(cls, el: Element) -> SetVariable:
-        attrs = cls.check_element(el)
-        variable = attrs["name"].literal
-        if not variable.strip():
-            raise el.error("<set-variable>: 'name' must not be empty")
-        return cls(variable, attrs["value"])
-
-    async def apply(self, ctx: RequestContext) -> Response | None:
-        value = self.value
-        ctx.variables[self.variable] = value.literal if value.is_literal else value.evaluate_object(ctx)
-        return None
-
-    def trace_details(self, ctx: RequestContext) -> dict[str, Any] | None:
-        return {"name": self.variable, "value": ctx.variables.get(self.variable)}

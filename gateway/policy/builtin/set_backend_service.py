@@ -1,30 +1,31 @@
-"""``set-backend-service`` (choose the forwarding target) and ``forward-request`` (forward to it)."""
+"""``set-backend-service``: chooses the backend the request is forwarded to (a backend entity or a base URL).
+
+APIM reference: https://learn.microsoft.com/azure/api-management/set-backend-service-policy
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .base import Attr, BindEnv, Policy, Section, register
-from .errors import PolicyError
-from .values import ExpressionRuntimeError, Value
-from .xml import Element
+from ..base import Attr, BindEnv, Policy, Section
+from ..errors import PolicyError
+from ..values import ExpressionRuntimeError, Value
+from ..xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.http.messages import Response
     from gateway.model import BackendTarget
 
-__all__ = ("ForwardRequest", "SetBackendService")
+__all__ = ("SetBackendService",)
 
 # Distinct URLs from a base-url expression kept per statement, least recently used first out. The URLs come from
 # request data, so the cache must be bounded; functools.lru_cache keeps the hit path (every request) in C.
 _MAX_URL_TARGETS = 256
 
 
-@register
 class SetBackendService(Policy):
     """``<set-backend-service backend-id="…"/>`` or ``<set-backend-service base-url="…"/>`` (exactly one).
 
@@ -94,53 +95,6 @@ class SetBackendService(Policy):
         return {"base-url": backend.url if backend is not None else self.base_url.source if self.base_url else None}
 
 
-@register
-class ForwardRequest(Policy):
-    """``<forward-request timeout="seconds" buffer-response="…"/>``: the backend section's forwarding step."""
-
-    name = "forward-request"
-    sections = frozenset({Section.BACKEND})
-    attributes = {"timeout": Attr(), "buffer-response": Attr(choices=("true", "false"), expressions=False)}
-    __slots__ = ("timeout", "timeout_value")
-
-    def __init__(self, timeout: float | None, timeout_value: Value | None = None) -> None:
-        super().__init__()
-        self.timeout = timeout
-        self.timeout_value = timeout_value  # an expression, evaluated per request
-
-    @classmethod
-    def from_element(cls, el: Element) -> ForwardRequest:
-        attrs = cls.check_element(el)
-        value = attrs.get("timeout")
-        if value is None:
-            return cls(None)
-        if not value.is_literal:
-            return cls(None, value)
-        timeout = _seconds(value.literal)
-        if timeout is None:
-            raise el.error(f"<forward-request>: 'timeout' must be a positive number of seconds, got {value.literal!r}")
-        return cls(timeout)
-
-    async def apply(self, ctx: RequestContext) -> Response | None:
-        timeout = self.timeout
-        if self.timeout_value is not None:
-            text = self.timeout_value.evaluate(ctx)
-            timeout = _seconds(text)
-            if timeout is None:
-                raise ExpressionRuntimeError(f"'timeout' must be a positive number of seconds, got {text!r}.")
-        await ctx.services.forward(ctx, timeout)
-        return None
-
-    def trace_details(self, ctx: RequestContext) -> dict[str, Any] | None:
-        details: dict[str, Any] = {}
-        if ctx.backend is not None:
-            details["backend"] = ctx.backend.name or ctx.backend.url
-            details["target"] = ctx.backend.url_for(ctx.forward_path, ctx.query)
-        if ctx.response is not None:
-            details["status"] = ctx.response.status
-        return details
-
-
 def _url_resolver(env: BindEnv) -> Callable[[str], BackendTarget]:
     def resolve(url: str) -> BackendTarget:
         if not url.startswith(("http://", "https://")):
@@ -148,19 +102,3 @@ def _url_resolver(env: BindEnv) -> Callable[[str], BackendTarget]:
         return env.target_for_url(url)
 
     return resolve
-
-
-_DECIMAL_RE = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
-
-
-def _seconds(text: str) -> float | None:
-    text = text.strip()
-    if not _DECIMAL_RE.fullmatch(text):  # float() also takes "1_000", fullwidth digits, "inf" and "nan"
-        return None
-    try:
-        timeout = float(text)
-    except ValueError:
-        return None
-    if not timeout > 0 or timeout == float("inf"):  # also refuses NaN
-        return None
-    return timeout

@@ -9,15 +9,15 @@ from gateway.app import TRACE_HEADER, create_app
 from gateway.limits import StoreUnavailable, create_store, minute_window, quota_window
 from gateway.pipeline import Pipeline
 from gateway.policy import Policy, PolicyError, Scope, Section, parse_document
-from gateway.policy.backend import ForwardRequest
-from gateway.policy.token_limit import format_wait
+from gateway.policy.builtin.forward_request import ForwardRequest
+from gateway.policy.builtin.llm_token_limit import format_wait
 from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 from gateway.tokens import TokenUsage
 
-from .conftest import KEYS, TOKEN, base_snapshot
-from .fakes import FakePool, FakeUpstream, header, make_request
-from .limits.conftest import FakeClock
+from ...fakes import FakePool, FakeUpstream, header, make_request
+from ...helpers import KEYS, TOKEN, base_snapshot
+from ...limits.helpers import FakeClock
 
 KEY = (b"ocp-apim-subscription-key", KEYS["master"][0].encode())
 OTHER_KEY = (b"ocp-apim-subscription-key", KEYS["chat-only"][0].encode())

@@ -1,23 +1,10 @@
-"""``llm-token-limit`` and ``azure-openai-token-limit`` (apim-spec §3.1): tokens per minute and token quotas per key.
+"""``llm-token-limit`` (alias ``azure-openai-token-limit``): tokens per minute and token quotas per key.
 
-Unlike APIM, which counts a request's tokens only once its response is known, Sluice *reserves* tokens at
-admission, atomically in the shared counter store (``gateway.limits``):
+APIM reference: https://learn.microsoft.com/azure/api-management/llm-token-limit-policy
 
-    reservation = estimated prompt tokens (``estimate-prompt-tokens="true"``, or any streamed request, as APIM does)
-                + completion cap x choices (``max_completion_tokens`` / ``max_tokens`` / ``max_output_tokens``;
-                  without one, ``sluice-default-completion-reservation``, 1024 by default)
-                  capped at the smallest limit of the policy, and at least 1 for a model request.
-
-A request is admitted only if the reservation fits in every window (``used + reservation <= limit``); when its
-response is over, the counters are settled to the real total (``ctx.usage``, the tokens that passed for a stream the
-client cancelled). The guarantee this gives is stated and proved in docs/token-limits.md.
-
-Refusals raise a GatewayError, so ``on-error`` runs with ``context.LastError`` (reasons ``TokenLimitExceeded`` and
-``TokenQuotaExceeded``: APIM lists none, apim-spec §9 gap 5), and the response carries ``Retry-After`` (or the
-configured header): per-minute 429 ``Token limit is exceeded. Try again in 41 seconds.``, quota 403 ``Token quota
-is exceeded. Try again in 21 minutes and 33 seconds.`` When the store cannot answer, ``sluice-on-store-error``
-decides: ``allow`` (the default) lets the request through and logs a warning, ``deny`` answers 503 ``Rate limit
-counters are unavailable. Try again in N seconds.`` with ``Retry-After`` (docs/redis-outage.md).
+Sluice reserves an estimate at admission, atomically in the shared counter store, and settles to the real usage
+when the response is over; the bound this gives, the refusals and their reasons are in docs/token-limits.md, store
+outages (``sluice-on-store-error``) in docs/redis-outage.md.
 """
 
 from __future__ import annotations
@@ -30,8 +17,10 @@ from gateway.errors import GatewayError
 from gateway.limits.base import PERIODS, StoreUnavailable, minute_window, quota_window
 from gateway.llm_accounting import exchange_for
 
-from .base import Attr, Policy, Section, register
-from .limiting import (
+from ..base import Attr, Policy, Section
+from ..values import ExpressionRuntimeError, Value
+from ..xml import Element
+from ._limiting import (
     STORE_ERROR_ATTR,
     STORE_ERROR_CHOICES,
     counter_key,
@@ -42,8 +31,6 @@ from .limiting import (
     set_retry_after,
     store_unavailable,
 )
-from .values import ExpressionRuntimeError, Value
-from .xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -115,7 +102,6 @@ def _variable(value: Value | None, el: Element, attr: str) -> str | None:
     return value.literal
 
 
-@register
 class LlmTokenLimit(Policy):
     """``<llm-token-limit counter-key="…" tokens-per-minute="N" token-quota="N" token-quota-period="Daily"
     estimate-prompt-tokens="true|false" …/>``."""
@@ -265,9 +251,8 @@ class LlmTokenLimit(Policy):
         return None
 
 
-@register
 class AzureOpenAiTokenLimit(LlmTokenLimit):
-    """``azure-openai-token-limit``: the same attributes and behaviour (apim-spec §3.1)."""
+    """``azure-openai-token-limit``: the Azure OpenAI name of the same policy."""
 
     name = "azure-openai-token-limit"
     __slots__ = ()

@@ -1,13 +1,16 @@
-"""``set-query-parameter``: add, replace, append or delete a query parameter of the request sent to the backend."""
+"""``set-query-parameter``: adds, replaces, appends or deletes a query parameter of the request to the backend.
+
+APIM reference: https://learn.microsoft.com/azure/api-management/set-query-parameter-policy
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote_plus
 
-from .base import Attr, Policy, Section, register, text_value
-from .values import ExpressionRuntimeError, Value
-from .xml import Element
+from ..base import Attr, Policy, Section, text_value
+from ..values import ExpressionRuntimeError, Value
+from ..xml import Element
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -35,7 +38,6 @@ def set_query_parameter(query: str, name: str, action: str, values: tuple[str, .
     return "&".join(pairs)
 
 
-@register
 class SetQueryParameter(Policy):
     """``<set-query-parameter name="p" exists-action="override|skip|append|delete"><value>v</value>…``.
 

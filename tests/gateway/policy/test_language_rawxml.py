@@ -7,7 +7,7 @@ import pytest
 from gateway.policy import PolicyError, parse_document, parse_tree, rawxml_to_xml, to_rawxml, to_xml
 from gateway.policy.rawxml import xml_to_rawxml
 
-from .policy_gateway import FIXTURES
+from .helpers import FIXTURES
 
 
 def same_tree(a: str, b: str, fmt_a: str = "xml", fmt_b: str = "rawxml") -> bool:

@@ -9,11 +9,12 @@ import pytest
 from gateway.http.client import UpstreamConnectError
 from gateway.pipeline import compile_pipeline
 from gateway.policy import parse_document
-from gateway.policy.backend import ForwardRequest
-from gateway.policy.control import Choose, SetVariable
+from gateway.policy.builtin.choose import Choose
+from gateway.policy.builtin.forward_request import ForwardRequest
+from gateway.policy.builtin.set_variable import SetVariable
 
-from .fakes import FakeUpstream
-from .policy_gateway import fixture, gateway, header, trace_of, upstream
+from ..fakes import FakeUpstream
+from .helpers import fixture, gateway, header, trace_of, upstream
 
 
 def inbound(*statements: str) -> str:
