@@ -1,0 +1,70 @@
+"""Command line: ``python -m embeddings --host 127.0.0.1 --port 18100 [--max-batch 256]``."""
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+
+from aiohttp import web
+
+from .app import MAX_BATCH, ServerConfig, create_app
+from .model import MODEL_NAME, MiniLM, ModelNotInstalled
+
+__all__ = ("main", "parse_args")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m embeddings", description=f"OpenAI-compatible /v1/embeddings with {MODEL_NAME}, in numpy."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18100)
+    parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help=f"inputs per request (default {MAX_BATCH})")
+    args = parser.parse_args(argv)
+    if args.max_batch < 1:
+        parser.error("--max-batch must be positive")
+    return args
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but the server works without it
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here downloads; say so to any library that might
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    started = time.perf_counter()
+    try:
+        model = MiniLM.load()
+    except ModelNotInstalled as exc:
+        print(f"embeddings: {exc}", file=sys.stderr, flush=True)
+        return 2
+    model.encode(["warm up"])  # the first forward pass pays for page faults and BLAS start-up
+    loop = _event_loop()
+    asyncio.set_event_loop(loop)
+    print(
+        f"embeddings ({MODEL_NAME}, {model.dimensions} dims, loaded in {time.perf_counter() - started:.1f}s) "
+        f"listening on http://{args.host}:{args.port}/v1/embeddings",
+        flush=True,
+    )
+    web.run_app(
+        create_app(model, ServerConfig(max_batch=args.max_batch)),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=1.0,
+        loop=loop,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
