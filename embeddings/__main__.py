@@ -8,6 +8,7 @@ import sys
 import time
 
 from aiohttp import web
+from threadpoolctl import threadpool_limits
 
 from .app import MAX_BATCH, ServerConfig, create_app
 from .model import MODEL_NAME, MiniLM, ModelNotInstalled
@@ -22,9 +23,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18100)
     parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help=f"inputs per request (default {MAX_BATCH})")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS threads for the forward pass (default 1: leaves the other cores to the gateway; see "
+        "docs/semantic-cache.md for the measured difference)",
+    )
     args = parser.parse_args(argv)
-    if args.max_batch < 1:
-        parser.error("--max-batch must be positive")
+    if args.max_batch < 1 or args.threads < 1:
+        parser.error("--max-batch and --threads must be positive")
     return args
 
 
@@ -40,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here downloads; say so to any library that might
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    threadpool_limits(limits=args.threads, user_api="blas")  # process-wide, before the first matrix product
     started = time.perf_counter()
     try:
         model = MiniLM.load()
@@ -50,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     loop = _event_loop()
     asyncio.set_event_loop(loop)
     print(
-        f"embeddings ({MODEL_NAME}, {model.dimensions} dims, loaded in {time.perf_counter() - started:.1f}s) "
+        f"embeddings ({MODEL_NAME}, {model.dimensions} dims, {args.threads} BLAS thread(s), "
+        f"loaded in {time.perf_counter() - started:.1f}s) "
         f"listening on http://{args.host}:{args.port}/v1/embeddings",
         flush=True,
     )
