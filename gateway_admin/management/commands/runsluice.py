@@ -1,8 +1,9 @@
 """`manage.py runsluice`: the embedded default. One command gives a working Sluice on this machine.
 
 It migrates the database, makes sure the `admin` user and its API token exist, collects static files, seeds a demo
-API backed by the mock model server (unless `--no-demo` or `SLUICE_DEMO=0`), then runs the management plane
-(gunicorn) and one gateway as child processes and prints where everything is. With `REDIS_URL` set (a
+API backed by the mock model server (unless `--no-demo` or `SLUICE_DEMO=0`), then runs the local embeddings server
+(`python -m embeddings`, unless `--embeddings-port 0`), the management plane (gunicorn) and one gateway as child
+processes and prints where everything is. With `REDIS_URL` set (a
 production-like local run) it also runs a Celery worker with beat, which ingests the usage stream the gateway writes
 to Redis; on the embedded default (no Redis) the gateway posts usage over HTTP and tasks run in-process. Ctrl-C or
 SIGTERM stops all the children; when a child dies its last log lines are printed and the command exits non-zero.
@@ -200,6 +201,12 @@ class Command(BaseCommand):
         parser.add_argument("--gateway-port", type=int, default=8080, help="gateway port (default 8080)")
         parser.add_argument("--mock-port", type=int, default=18000, help="demo model port (default 18000)")
         parser.add_argument(
+            "--embeddings-port",
+            type=int,
+            default=18100,
+            help="local embeddings server (all-MiniLM-L6-v2) on 127.0.0.1 (default 18100, 0 = none)",
+        )
+        parser.add_argument(
             "--admin-port",
             type=int,
             default=9180,
@@ -246,6 +253,8 @@ class Command(BaseCommand):
         ports = {"--port": options["port"], "--gateway-port": options["gateway_port"]}
         if demo:
             ports["--mock-port"] = options["mock_port"]
+        if options["embeddings_port"]:
+            ports["--embeddings-port"] = options["embeddings_port"]
         if options["admin_port"]:
             ports["--admin-port"] = options["admin_port"]
         for flag, port in ports.items():
@@ -277,6 +286,7 @@ class Command(BaseCommand):
                 f"{mock_url}/health",
             )
             key = self.seed_demo(f"{mock_url}/v1")
+        embeddings_url = self.start_embeddings(options["embeddings_port"], log_dir)
         connections.close_all()  # the children open their own
 
         self.start(
@@ -311,7 +321,17 @@ class Command(BaseCommand):
         if key is not None:
             self.wait_demo(gateway_url, key)
         self.banner(
-            management_url, gateway_url, username, password, token, key, log_dir, redis_url, workers, metrics_url
+            management_url,
+            gateway_url,
+            username,
+            password,
+            token,
+            key,
+            log_dir,
+            redis_url,
+            workers,
+            metrics_url,
+            embeddings_url,
         )
         self.supervise()
 
@@ -339,6 +359,18 @@ class Command(BaseCommand):
         except ProcessError as exc:
             raise CommandError(str(exc)) from exc
         return process
+
+    def start_embeddings(self, port: int, log_dir: Path) -> str | None:
+        """The local embeddings server on loopback (it loads the model before it answers); its endpoint URL."""
+        if not port:
+            return None
+        self.start(
+            "embeddings server",
+            [sys.executable, "-m", "embeddings", "--host", "127.0.0.1", "--port", str(port)],
+            log_dir / "embeddings.log",
+            f"http://127.0.0.1:{port}/health",
+        )
+        return f"http://127.0.0.1:{port}/v1/embeddings"
 
     def seed_demo(self, mock_base_url: str) -> str:
         imported = ensure_language_model_api(
@@ -379,6 +411,7 @@ class Command(BaseCommand):
         redis_url="",
         workers=(),
         metrics_url=None,
+        embeddings_url=None,
     ) -> None:
         style = self.style
         shown_password = password or "(not stored here; set one with `python manage.py changepassword admin`)"
@@ -393,6 +426,8 @@ class Command(BaseCommand):
         ]
         if metrics_url:
             lines.append(f"  Gateway metrics  {metrics_url}   (admin listener, loopback only)")
+        if embeddings_url:
+            lines.append(f"  Embeddings       {embeddings_url}   (all-MiniLM-L6-v2, local, OpenAI-compatible)")
         if redis_url:
             lines.append(f"  Redis            {redact_url(redis_url)}   (token counters, usage stream, Celery broker)")
         for worker in workers:
