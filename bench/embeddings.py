@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     model.encode(["warm up"])
     lines = [
         f"# {MODEL_NAME} in numpy: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"numpy {np.__version__}; model loaded in {loaded:.2f} s",
+        f"numpy {np.__version__}; model loaded in {loaded:.2f} s; load average at start "
+        f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1 / 5 / 15 min)",
         "",
     ]
     if "engine" in args.only:

@@ -164,7 +164,8 @@ class MiniLM:
         for layer in self.layers:
             qkv = x @ layer.qkv_w + layer.qkv_b  # (batch, width, 3 * hidden)
             qkv = qkv.reshape(batch, width, 3, self.heads, head).transpose(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]  # (batch, heads, width, head)
+            # (batch, heads, width, head); contiguous copies make the batched products below run on BLAS
+            q, k, v = (np.ascontiguousarray(part) for part in qkv)
             scores = (q @ k.transpose(0, 1, 3, 2)) * scale + bias
             scores -= scores.max(axis=-1, keepdims=True)
             np.exp(scores, out=scores)
