@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+import uvloop
 from aiohttp import web
 from threadpoolctl import threadpool_limits
 
@@ -36,14 +37,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency, but the server works without it
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here downloads; say so to any library that might
@@ -56,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embeddings: {exc}", file=sys.stderr, flush=True)
         return 2
     model.encode(["warm up"])  # the first forward pass pays for page faults and BLAS start-up
-    loop = _event_loop()
+    loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     print(
         f"embeddings ({MODEL_NAME}, {model.dimensions} dims, {args.threads} BLAS thread(s), "

@@ -4,8 +4,6 @@ import base64
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import numpy as np
 import openai
@@ -13,17 +11,13 @@ import pytest
 
 from tests.fixtures_embeddings import embeddings_argv
 from tests.fixtures_procs import REPO_ROOT, free_port
+from tests.mockllm.test_server import call as mockllm_call
 
 
-def call(url: str, body: bytes | str | dict | None = None, method: str = "POST"):
-    data = json.dumps(body).encode() if isinstance(body, dict | list) else body
-    data = data.encode() if isinstance(data, str) else data
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+def call(url: str, body: str | dict | list | None = None, method: str = "POST"):
+    """``(status, JSON body)``; a dict or list ``body`` is sent as JSON, a string as it is."""
+    data = body if body is None or isinstance(body, str) else json.dumps(body)
+    return mockllm_call(url, method, data, {"Content-Type": "application/json"})
 
 
 @pytest.fixture

@@ -193,6 +193,7 @@ class Command(BaseCommand):
     help = "Run Sluice on this machine: management plane, one gateway and (by default) a demo model."
 
     requires_migrations_checks = False
+    embeddings_url: str | None = None  # set once the embeddings server answers; shown in the banner
 
     def add_arguments(self, parser):
         parser.add_argument("--no-demo", action="store_true", help="do not start the mock model nor seed the demo")
@@ -286,7 +287,7 @@ class Command(BaseCommand):
                 f"{mock_url}/health",
             )
             key = self.seed_demo(f"{mock_url}/v1")
-        embeddings_url = self.start_embeddings(options["embeddings_port"], log_dir)
+        self.embeddings_url = self.start_embeddings(options["embeddings_port"], log_dir)
         connections.close_all()  # the children open their own
 
         self.start(
@@ -321,17 +322,7 @@ class Command(BaseCommand):
         if key is not None:
             self.wait_demo(gateway_url, key)
         self.banner(
-            management_url,
-            gateway_url,
-            username,
-            password,
-            token,
-            key,
-            log_dir,
-            redis_url,
-            workers,
-            metrics_url,
-            embeddings_url,
+            management_url, gateway_url, username, password, token, key, log_dir, redis_url, workers, metrics_url
         )
         self.supervise()
 
@@ -411,7 +402,6 @@ class Command(BaseCommand):
         redis_url="",
         workers=(),
         metrics_url=None,
-        embeddings_url=None,
     ) -> None:
         style = self.style
         shown_password = password or "(not stored here; set one with `python manage.py changepassword admin`)"
@@ -426,8 +416,8 @@ class Command(BaseCommand):
         ]
         if metrics_url:
             lines.append(f"  Gateway metrics  {metrics_url}   (admin listener, loopback only)")
-        if embeddings_url:
-            lines.append(f"  Embeddings       {embeddings_url}   (all-MiniLM-L6-v2, local, OpenAI-compatible)")
+        if self.embeddings_url:
+            lines.append(f"  Embeddings       {self.embeddings_url}   (all-MiniLM-L6-v2, local, OpenAI-compatible)")
         if redis_url:
             lines.append(f"  Redis            {redact_url(redis_url)}   (token counters, usage stream, Celery broker)")
         for worker in workers:
