@@ -33,6 +33,7 @@ ERR_BATCH = "'input' has {n} items; this server takes at most {cap} per request.
 ERR_LONG = "'input[{i}]' has {n} characters; this server takes at most {cap} per input."
 ERR_FORMAT = "'encoding_format' must be 'float' or 'base64'."
 ERR_DIMENSIONS = "'dimensions' must be {dim} for {model} (it does not shorten its vectors)."
+ERR_TOO_LARGE = "The request body is larger than this server takes ({cap} bytes)."
 ERR_NO_ROUTE = "Unknown request URL: {method} {path}."
 
 
@@ -104,6 +105,9 @@ def _vector(row: np.ndarray, as_base64: bool) -> list[float] | str:
 async def embeddings(request: web.Request) -> web.StreamResponse:
     try:
         body = orjson.loads(await request.read())
+    except web.HTTPRequestEntityTooLarge:
+        cap = request.client_max_size
+        return error_response(413, ERR_TOO_LARGE.format(cap=cap), param="body", code="body_too_large")
     except orjson.JSONDecodeError as exc:
         return _bad(ERR_BAD_JSON.format(detail=exc), "body")
     if not isinstance(body, dict):

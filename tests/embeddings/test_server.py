@@ -95,6 +95,13 @@ def test_bad_input_is_a_400_naming_the_problem(embeddings_server, body, param, f
     assert fragment in answer["error"]["message"]
 
 
+def test_a_body_past_the_size_cap_is_a_json_413(embeddings_server):
+    # --max-batch 8: the cap is 8 inputs of 8,000 characters, JSON-escaped, plus 64 KiB
+    status, answer = call(embeddings_server.url, {"model": "m", "input": "\u0001" * 80_000})
+    assert status == 413
+    assert answer["error"]["param"] == "body" and "larger than this server takes" in answer["error"]["message"]
+
+
 def test_dimensions_384_and_the_batch_cap_are_accepted(embeddings_server):
     status, body = call(embeddings_server.url, {"model": "m", "input": ["a"] * 8, "dimensions": 384})
     assert status == 200 and len(body["data"]) == 8
