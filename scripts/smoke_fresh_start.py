@@ -50,7 +50,7 @@ __all__ = (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- quickstart -->"
 KEPT_VARIABLES = ("PATH", "HOME", "LANG")
-DEFAULT_PORTS = {"management": 8000, "gateway": 8080, "mock": 18000}
+DEFAULT_PORTS = {"management": 8000, "gateway": 8080, "mock": 18000, "embeddings": 18100}
 READY_LINE = "Press Ctrl-C to stop."
 FIRST_START_TIMEOUT = 900.0  # creates .venv and installs the project (pip cache / wheelhouse warm: about a minute)
 START_TIMEOUT = 180.0
@@ -280,7 +280,10 @@ class MakeRun:
     """`make run` in its own process group (a terminal's foreground job), its output copied to a log file."""
 
     def __init__(self, clone: Path, env: Mapping[str, str], ports: Mapping[str, int], log_path: Path) -> None:
-        args = f"--port {ports['management']} --gateway-port {ports['gateway']} --mock-port {ports['mock']}"
+        args = (
+            f"--port {ports['management']} --gateway-port {ports['gateway']} --mock-port {ports['mock']} "
+            f"--embeddings-port {ports['embeddings']}"
+        )
         self.argv = ["make", "--no-print-directory", "run", f"ARGS={args}"]
         self.log_path = log_path
         self.lines: list[str] = []
@@ -485,6 +488,7 @@ class Smoke:
             DEFAULT_PORTS["management"]: banner.management_url,
             DEFAULT_PORTS["gateway"]: banner.gateway_url,
             DEFAULT_PORTS["mock"]: f"http://127.0.0.1:{self.ports['mock']}",
+            DEFAULT_PORTS["embeddings"]: f"http://127.0.0.1:{self.ports['embeddings']}",
         }
         code = substitute(block.code, banner.values, urls)
         if block.lang == "python":

@@ -163,7 +163,7 @@ def child_pids(parent: int) -> dict[int, str]:
 def start_runsluice(
     tmp_path: Path, *options: str, env: dict[str, str] | None = None
 ) -> tuple[ManagedProcess, dict[str, int]]:
-    ports = {"port": free_port(), "gateway": free_port(), "mock": free_port(), "admin": free_port()}
+    ports = {name: free_port() for name in ("port", "gateway", "mock", "admin", "embeddings")}
     argv = [
         sys.executable,
         "manage.py",
@@ -176,6 +176,8 @@ def start_runsluice(
         str(ports["mock"]),
         "--admin-port",
         str(ports["admin"]),
+        "--embeddings-port",
+        str(ports["embeddings"]),
         "--workers",
         "1",
         "--var-dir",
@@ -228,8 +230,13 @@ def test_runsluice_serves_the_demo_and_stops_everything_on_sigterm(tmp_path):
                 base_url=f"http://127.0.0.1:{ports['gateway']}/demo/v1", api_key="unused", max_retries=0
             ).models.list()
 
+        embeddings = f"http://127.0.0.1:{ports['embeddings']}/v1/embeddings"
+        assert f"Embeddings       {embeddings}" in output
+        vectors = openai.OpenAI(base_url=embeddings.removesuffix("/embeddings"), api_key="unused", max_retries=0)
+        assert len(vectors.embeddings.create(model="all-MiniLM-L6-v2", input="Hello").data[0].embedding) == 384
+
         children = child_pids(process.pid)
-        assert len(children) == 3, children
+        assert len(children) == 4, children  # mock model, embeddings server, management plane, gateway
         os.kill(process.pid, signal.SIGTERM)  # the command itself, not its group: it must stop its children
         process.popen.wait(timeout=30)
         assert process.returncode == 0, process.tail(40)

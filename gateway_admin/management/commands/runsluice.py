@@ -1,8 +1,9 @@
 """`manage.py runsluice`: the embedded default. One command gives a working Sluice on this machine.
 
 It migrates the database, makes sure the `admin` user and its API token exist, collects static files, seeds a demo
-API backed by the mock model server (unless `--no-demo` or `SLUICE_DEMO=0`), then runs the management plane
-(gunicorn) and one gateway as child processes and prints where everything is. With `REDIS_URL` set (a
+API backed by the mock model server (unless `--no-demo` or `SLUICE_DEMO=0`), then runs the local embeddings server
+(`python -m embeddings`, unless `--embeddings-port 0`), the management plane (gunicorn) and one gateway as child
+processes and prints where everything is. With `REDIS_URL` set (a
 production-like local run) it also runs a Celery worker with beat, which ingests the usage stream the gateway writes
 to Redis; on the embedded default (no Redis) the gateway posts usage over HTTP and tasks run in-process. Ctrl-C or
 SIGTERM stops all the children; when a child dies its last log lines are printed and the command exits non-zero.
@@ -192,6 +193,7 @@ class Command(BaseCommand):
     help = "Run Sluice on this machine: management plane, one gateway and (by default) a demo model."
 
     requires_migrations_checks = False
+    embeddings_url: str | None = None  # set once the embeddings server answers; shown in the banner
 
     def add_arguments(self, parser):
         parser.add_argument("--no-demo", action="store_true", help="do not start the mock model nor seed the demo")
@@ -199,6 +201,12 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000, help="management plane port (default 8000)")
         parser.add_argument("--gateway-port", type=int, default=8080, help="gateway port (default 8080)")
         parser.add_argument("--mock-port", type=int, default=18000, help="demo model port (default 18000)")
+        parser.add_argument(
+            "--embeddings-port",
+            type=int,
+            default=18100,
+            help="local embeddings server (all-MiniLM-L6-v2) on 127.0.0.1 (default 18100, 0 = none)",
+        )
         parser.add_argument(
             "--admin-port",
             type=int,
@@ -246,6 +254,8 @@ class Command(BaseCommand):
         ports = {"--port": options["port"], "--gateway-port": options["gateway_port"]}
         if demo:
             ports["--mock-port"] = options["mock_port"]
+        if options["embeddings_port"]:
+            ports["--embeddings-port"] = options["embeddings_port"]
         if options["admin_port"]:
             ports["--admin-port"] = options["admin_port"]
         for flag, port in ports.items():
@@ -277,6 +287,7 @@ class Command(BaseCommand):
                 f"{mock_url}/health",
             )
             key = self.seed_demo(f"{mock_url}/v1")
+        self.embeddings_url = self.start_embeddings(options["embeddings_port"], log_dir)
         connections.close_all()  # the children open their own
 
         self.start(
@@ -342,6 +353,18 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         return process
 
+    def start_embeddings(self, port: int, log_dir: Path) -> str | None:
+        """The local embeddings server on loopback (it loads the model before it answers); its endpoint URL."""
+        if not port:
+            return None
+        self.start(
+            "embeddings server",
+            [sys.executable, "-m", "embeddings", "--host", "127.0.0.1", "--port", str(port)],
+            log_dir / "embeddings.log",
+            f"http://127.0.0.1:{port}/health",
+        )
+        return f"http://127.0.0.1:{port}/v1/embeddings"
+
     def seed_demo(self, mock_base_url: str) -> str:
         imported = ensure_language_model_api(
             {
@@ -396,6 +419,8 @@ class Command(BaseCommand):
         ]
         if metrics_url:
             lines.append(f"  Gateway metrics  {metrics_url}   (admin listener, loopback only)")
+        if self.embeddings_url:
+            lines.append(f"  Embeddings       {self.embeddings_url}   (all-MiniLM-L6-v2, local, OpenAI-compatible)")
         if redis_url:
             lines.append(f"  Redis            {redact_url(redis_url)}   (token counters, usage stream, Celery broker)")
         for worker in workers:
