@@ -35,6 +35,8 @@ __all__ = (
 PAGE_SIZE = 25
 BOOLEAN_CHOICES = [("", "Any"), ("true", "Yes"), ("false", "No")]
 MASK = "••••••••"
+# those of the test console (webui.console.PERMISSIONS: it sends with a subscription's key)
+CONSOLE_PERMISSIONS = ("apis.view_api", "subscriptions.view_subscription", "subscriptions.reveal_subscription_keys")
 REVEAL_PERMISSIONS = {
     "named_value": "named_values.reveal_namedvalue",
     "subscription": "subscriptions.reveal_subscription_keys",
@@ -191,6 +193,8 @@ class ObjectDetailView(KindMixin, UIView):
                 (reverse("webui:object-detail", kwargs={"kind": "operations", "api": obj.name, "name": op.name}), op)
                 for op in obj.operations.order_by("name")
             ]
+            if user.has_perms(CONSOLE_PERMISSIONS):
+                context["console_url"] = reverse("webui:console", kwargs={"name": obj.name})
         return super().get_context_data(**context, **kwargs)
 
 

@@ -285,7 +285,12 @@ class Command(BaseCommand):
             log_dir / "management.log",
             f"{management_url}/admin/login/",
             # the import wizard's Test connection may probe the local mock model (docs/web-ui.md)
-            env={**os.environ, "SLUICE_PROBE_ALLOW_LOOPBACK": os.environ.get("SLUICE_PROBE_ALLOW_LOOPBACK", "1")},
+            # and the test console relays to the gateway started here
+            env={
+                **os.environ,
+                "SLUICE_PROBE_ALLOW_LOOPBACK": os.environ.get("SLUICE_PROBE_ALLOW_LOOPBACK", "1"),
+                "SLUICE_GATEWAY_URL": os.environ.get("SLUICE_GATEWAY_URL", gateway_url),
+            },
         )
         redis_url = settings.REDIS_URL
         self.start(
