@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import console, views
+from . import console, usage, views
 from .wizard import ImportWizardView
 
 app_name = "webui"
@@ -20,6 +20,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("import/", ImportWizardView.as_view(), name="import"),
+    path("usage/", usage.UsageView.as_view(), name="usage"),
     path("apis/<str:name>/console/", console.ConsoleView.as_view(), name="console"),
     path("apis/<str:name>/console/send/", console.ConsoleSendView.as_view(), name="console-send"),
     path("apis/<str:name>/console/key/", console.ConsoleKeyView.as_view(), name="console-key"),

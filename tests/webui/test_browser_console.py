@@ -4,6 +4,8 @@ its answer streamed into the page, the pipeline trace, and the key's eye button 
 import json
 
 from gateway_admin.models import RevealRecord
+from tests.gateway.gateway_proc import wait_for
+from usage.models import UsageRollup
 
 from .conftest import import_mock_api
 from .test_browser import browser, page, pytestmark, shot  # noqa: F401  (fixtures and the module's marks)
@@ -11,7 +13,7 @@ from .test_browser import browser, page, pytestmark, shot  # noqa: F401  (fixtur
 
 def test_console_sends_through_the_gateway_and_shows_the_trace(page, live_server, mock_llm, gateway_for):  # noqa: F811
     import_mock_api(mock_llm)
-    gateway_for()
+    gateway_for(live_server.url)  # it reports its usage records to this management plane
     page.goto(f"{live_server.url}/ui/apis/chat/")
     page.get_by_role("link", name="Test console").click()
     page.get_by_role("heading", name="Test console chat").wait_for()
@@ -39,3 +41,12 @@ def test_console_sends_through_the_gateway_and_shows_the_trace(page, live_server
     page.locator("#response-body").get_by_text("data: [DONE]").wait_for()
     page.get_by_text("Tokens: prompt").wait_for()
     assert page.locator("#response-body").inner_text().count("data: ") > 2
+
+    # the usage dashboard shows both requests, once the gateway has delivered their records
+    assert wait_for(lambda: sum(UsageRollup.objects.filter(api="chat").values_list("requests", flat=True)) == 2)
+    page.get_by_role("link", name="Usage").click()
+    page.get_by_role("heading", name="Usage").wait_for()
+    page.locator("#chart-tokens .main-svg").first.wait_for()  # drawn by plotly.js, served locally
+    top = page.get_by_role("row", name="chat")
+    assert top.locator("td").first.inner_text() == "2"
+    shot(page, "usage")
