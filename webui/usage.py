@@ -97,7 +97,7 @@ class UsageView(UIView):
                 **chart_series(rows, [row["key"] for row in top]),
                 "step_ms": INTERVAL_STEPS[params["interval"]].total_seconds() * 1000,
                 "range": [params["start"].isoformat(), params["end"].isoformat()],
-            },  # fmt: skip
+            },
             group_label=UsageGroupByChoices(params["group_by"]).label,
             csv_query=_with_csv(request.GET),
         )

@@ -21,10 +21,18 @@ URL = reverse("webui:usage")
 
 def rollup(api: str, subscription: str, tokens: int, minutes_ago: int = 5, product: str = "", requests: int = 1):
     return UsageRollup.objects.create(
-        minute=NOW - timedelta(minutes=minutes_ago), api=api, operation="chat", subscription=subscription,
-        product=product, status=200, cache_hit=False, requests=requests, prompt_tokens=tokens // 2, completion_tokens=tokens - tokens // 2,
+        minute=NOW - timedelta(minutes=minutes_ago),
+        api=api,
+        operation="chat",
+        subscription=subscription,
+        product=product,
+        status=200,
+        cache_hit=False,
+        requests=requests,
+        prompt_tokens=tokens // 2,
+        completion_tokens=tokens - tokens // 2,
         total_tokens=tokens,
-    )  # fmt: skip
+    )
 
 
 def test_usage_needs_the_permission(client, django_user_model):
