@@ -244,6 +244,11 @@ class GatewayApp:
         return Response(404, [_CONTENT_TYPE], error_body(404, "Not found."))
 
     def health_response(self) -> Response:
+        health = self.health()
+        return Response(200 if health["revision"] is not None else 503, [_CONTENT_TYPE], orjson.dumps(health))
+
+    def health(self) -> dict[str, object]:
+        """What ``/__sluice/health`` answers and the heartbeat reports (gateway.sync)."""
         revision = self.revision
         health: dict[str, object] = {
             "status": "ok" if revision is not None else "starting",
@@ -257,7 +262,7 @@ class GatewayApp:
                 health["status"] = "degraded"
             health["rejected"] = self.rejected
             health["quarantined"] = [problem.as_dict() for problem in quarantined]
-        return Response(200 if revision is not None else 503, [_CONTENT_TYPE], orjson.dumps(health))
+        return health
 
     async def aclose(self) -> None:
         if self.forwarder.limits is not None:

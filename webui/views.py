@@ -20,6 +20,7 @@ from gateway_admin.safety import validated_write
 from subscriptions.services import PRIMARY, SECONDARY, regenerate_key
 
 from .errors import REFUSALS, add_errors, refusal_errors
+from .home import home_overview
 from .objects import KINDS, Kind
 
 __all__ = (
@@ -54,12 +55,14 @@ class UIView(LoginRequiredMixin, PermissionRequiredMixin, TemplateView):
 
 
 class IndexView(UIView):
+    """The home page: the gateways seen (from their heartbeats), recent errors and a first-run checklist."""
+
     template_name = "webui/index.html"
 
     def get_context_data(self, **kwargs):
         user = self.request.user
         kinds = [kind for kind in KINDS.values() if user.has_perm(kind.perm("view"))]
-        return super().get_context_data(kinds=kinds, **kwargs)
+        return super().get_context_data(kinds=kinds, **home_overview(user), **kwargs)
 
 
 #

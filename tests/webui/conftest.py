@@ -54,10 +54,14 @@ def gateway_for(process_factory, tmp_path, settings):  # noqa: F811
 
 
 def import_mock_api(mock, name: str = "chat", path: str = "chat/v1"):
-    """An OpenAI-compatible API on the real mock model, through the import service (the all-access `master`
-    subscription comes with every install)."""
+    """An OpenAI-compatible API on the real mock model, through the import service, and the all-access `master`
+    subscription (a data migration creates it; a transactional test before this one may have flushed it)."""
     from apis.services import import_language_model
+    from subscriptions.models import Subscription
+    from subscriptions.services import create_subscription, parse_scope
 
+    if not Subscription.objects.filter(name="master").exists():
+        create_subscription(name="master", scope=parse_scope("/apis"), display_name="Built-in all-access subscription")
     return import_language_model(
         {"display_name": "Chat", "name": name, "url": mock.base_url, "path": path, "type": "openai",
          "subscription_required": True}

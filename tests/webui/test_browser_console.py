@@ -3,7 +3,7 @@ its answer streamed into the page, the pipeline trace, and the key's eye button 
 
 import json
 
-from gateway_admin.models import RevealRecord
+from gateway_admin.models import ConfigRevision, GatewayHeartbeat, RevealRecord
 from tests.gateway.gateway_proc import wait_for
 from usage.models import UsageRollup
 
@@ -50,3 +50,14 @@ def test_console_sends_through_the_gateway_and_shows_the_trace(page, live_server
     top = page.get_by_role("row", name="chat")
     assert top.locator("td").first.inner_text() == "2"
     shot(page, "usage")
+
+    # the home page: the gateway seen through its heartbeat, serving the current revision, and the checklist done
+    assert wait_for(lambda: GatewayHeartbeat.objects.filter(revision=ConfigRevision.current()).exists())
+    page.get_by_role("link", name="Sluice", exact=True).click()
+    page.get_by_role("heading", name="Gateways").wait_for()
+    gateway = GatewayHeartbeat.objects.get()
+    row = page.get_by_role("row", name=gateway.gateway_id)
+    assert "ok" in row.inner_text() and "behind" not in row.inner_text()
+    steps = page.locator(".checklist li").all_inner_texts()  # no subscription besides master yet
+    assert [step.split(":")[0] for step in steps] == ["Done", "To do", "Done"]
+    shot(page, "home")
