@@ -2,6 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from . import console, usage, views
+from .policy_editor import PolicyEditorView
 from .wizard import ImportWizardView
 
 app_name = "webui"
@@ -21,6 +22,14 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("import/", ImportWizardView.as_view(), name="import"),
     path("usage/", usage.UsageView.as_view(), name="usage"),
+    path("policy/global/", PolicyEditorView.as_view(), {"scope": "global"}, name="policy-global"),
+    path(
+        "policy/operation/<str:api>/<str:name>/",
+        PolicyEditorView.as_view(),
+        {"scope": "operation"},
+        name="policy-operation",
+    ),
+    path("policy/<slug:scope>/<str:name>/", PolicyEditorView.as_view(), name="policy"),
     path("apis/<str:name>/console/", console.ConsoleView.as_view(), name="console"),
     path("apis/<str:name>/console/send/", console.ConsoleSendView.as_view(), name="console-send"),
     path("apis/<str:name>/console/key/", console.ConsoleKeyView.as_view(), name="console-key"),

@@ -36,6 +36,7 @@ __all__ = (
 PAGE_SIZE = 25
 BOOLEAN_CHOICES = [("", "Any"), ("true", "Yes"), ("false", "No")]
 MASK = "••••••••"
+POLICY_SCOPES = {"apis": "api", "operations": "operation", "products": "product"}
 # those of the test console (webui.console.PERMISSIONS: it sends with a subscription's key)
 CONSOLE_PERMISSIONS = ("apis.view_api", "subscriptions.view_subscription", "subscriptions.reveal_subscription_keys")
 REVEAL_PERMISSIONS = {
@@ -96,6 +97,15 @@ DISPLAY = {
     "masked_primary_key": lambda sub: MASK,
     "masked_secondary_key": lambda sub: MASK,
 }
+
+
+def policy_editor_url(scope: str, owner=None) -> str:
+    """The policy editor of a scope (webui.policy_editor): global without an owner."""
+    if owner is None:
+        return reverse("webui:policy-global")
+    if scope == "operation":
+        return reverse("webui:policy-operation", kwargs={"api": owner.api.name, "name": owner.name})
+    return reverse("webui:policy", kwargs={"scope": scope, "name": owner.name})
 
 
 class KindMixin:
@@ -191,6 +201,8 @@ class ObjectDetailView(KindMixin, UIView):
             ),
             "can_regenerate": self.kind.slug == "subscriptions" and user.has_perm(self.kind.perm("change")),
         }
+        if self.kind.slug in POLICY_SCOPES and user.has_perm("policies.view_policy"):
+            context["policy_url"] = policy_editor_url(POLICY_SCOPES[self.kind.slug], obj)
         if self.kind.slug == "apis":
             context["operations"] = [
                 (reverse("webui:object-detail", kwargs={"kind": "operations", "api": obj.name, "name": op.name}), op)

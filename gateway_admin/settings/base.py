@@ -63,6 +63,7 @@ THIRD_PARTY_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "formtools",
+    "django_ace",  # the policy editor's code editor (static files only)
 ]
 LOCAL_APPS = [
     "gateway_admin",
