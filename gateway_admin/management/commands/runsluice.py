@@ -121,6 +121,10 @@ def gunicorn_argv(bind: str, workers: int) -> list[str]:
         str(workers),
         "--graceful-timeout",
         "5",
+        # threads (gthread): the test console's relay holds a thread while a streamed answer lasts, and a sync
+        # worker busy longer than the 30 s timeout would be killed
+        "--threads",
+        "4",
     ]
     if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
         argv.append("--no-control-socket")
