@@ -32,6 +32,7 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics
 from gateway.pipeline import JSON_HEADERS, Pipeline, error_body, error_response, run_pipeline
 from gateway.request_checks import path_problem
+from gateway.secrets import trace_key, verify_trace_token
 from gateway.subscription import check_subscription, split_query_param
 from gateway.telemetry import Telemetry
 from gateway.tokens import get_tokenizer
@@ -39,6 +40,7 @@ from gateway.tokens import get_tokenizer
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from gateway.model import Access
     from gateway.settings import GatewaySettings
     from gateway.snapshot import Snapshot
     from gateway.types import Deployment
@@ -49,8 +51,9 @@ __all__ = ("HEALTH_PATH", "METRICS_PATH", "PUBLIC_METRICS_PATH", "REQUEST_ID_HEA
            "GatewayApp", "create_app")  # fmt: skip
 
 REQUEST_ID_HEADER = b"x-request-id"
-# Debug tracing: a request carrying this header with the gateway token gets the pipeline trace back as JSON in
-# the same response header (the management plane's test console uses it).
+# Debug tracing: a request carrying this header with a valid trace token for its API (signed by the management
+# plane, short-lived: gateway.secrets.sign_trace_token) gets the pipeline trace back as JSON in the same response
+# header. The management plane's test console asks for one; the gateway token itself no longer enables it.
 TRACE_HEADER = b"x-sluice-trace"
 RESERVED_PREFIX = "/__sluice/"
 HEALTH_PATH = "/__sluice/health"
@@ -90,8 +93,8 @@ class _Services(Forwarder):
 class GatewayApp:
     """The request handler. ``snapshot`` is the Snapshot being served (None until one is loaded)."""
 
-    __slots__ = ("_metrics_auth", "_trace_token", "clock", "config", "forwarder", "pool", "rejected", "snapshot",
-                 "telemetry")  # fmt: skip
+    __slots__ = ("_metrics_auth", "_trace_key", "clock", "config", "forwarder", "pool", "rejected", "snapshot",
+                 "telemetry", "wall_clock")  # fmt: skip
 
     def __init__(
         self,
@@ -100,8 +103,10 @@ class GatewayApp:
         clock: Callable[[], float],
         telemetry: Telemetry | None = None,
         limits: TokenStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.wall_clock = wall_clock  # Unix time: the expiry of trace tokens
         self.pool = pool
         self.clock = clock
         self.telemetry = telemetry
@@ -109,7 +114,7 @@ class GatewayApp:
         self.snapshot: Snapshot | None = None
         # the last snapshot refused as a whole and why ({"revision": ..., "reason": ...}); set by gateway.sync
         self.rejected: dict[str, object] | None = None
-        self._trace_token = config.gateway_token.encode("utf-8")
+        self._trace_key = trace_key(config.gateway_token)
         self._metrics_auth = b"Bearer " + config.metrics_token.encode("utf-8") if config.metrics_token else None
 
     @property
@@ -193,11 +198,9 @@ class GatewayApp:
             started=started,
         )
         pipeline = snapshot.pipelines[match.operation][product.name if product is not None else None]
-        if trace_value is None:
+        if trace_value is None or not verify_trace_token(self._trace_key, trace_value, api.name, self.wall_clock()):
             return await self._run(pipeline, ctx)
-        if not hmac.compare_digest(trace_value, self._trace_token):
-            return await self._run(pipeline, ctx)
-        ctx.trace = []
+        ctx.trace = [_access_entry(api.subscription_required, access)]
         response = await self._run(pipeline, ctx)
         try:
             trace = orjson.dumps(ctx.trace, default=str, option=orjson.OPT_NON_STR_KEYS)
@@ -241,6 +244,11 @@ class GatewayApp:
         return Response(404, [_CONTENT_TYPE], error_body(404, "Not found."))
 
     def health_response(self) -> Response:
+        health = self.health()
+        return Response(200 if health["revision"] is not None else 503, [_CONTENT_TYPE], orjson.dumps(health))
+
+    def health(self) -> dict[str, object]:
+        """What ``/__sluice/health`` answers and the heartbeat reports (gateway.sync)."""
         revision = self.revision
         health: dict[str, object] = {
             "status": "ok" if revision is not None else "starting",
@@ -254,7 +262,7 @@ class GatewayApp:
                 health["status"] = "degraded"
             health["rejected"] = self.rejected
             health["quarantined"] = [problem.as_dict() for problem in quarantined]
-        return Response(200 if revision is not None else 503, [_CONTENT_TYPE], orjson.dumps(health))
+        return health
 
     async def aclose(self) -> None:
         if self.forwarder.limits is not None:
@@ -280,6 +288,21 @@ class AdminApp:
         if path == HEALTH_PATH:
             return self.app.health_response()
         return Response(404, [_CONTENT_TYPE], error_body(404, "Not found."))
+
+
+def _access_entry(required: bool, access: Access) -> dict[str, object]:
+    """The first trace entry: what the subscription check decided."""
+    subscription = access.subscription
+    return {
+        "section": "inbound",
+        "policy": "subscription-check",
+        "scope": None,
+        "elapsed_ms": 0.0,
+        "key-required": required,
+        "key-matched": subscription is not None,
+        "subscription": subscription.name if subscription is not None else None,
+        "product": access.product.name if access.product is not None else None,
+    }
 
 
 def _forward_headers(request: Request, drop: frozenset[bytes]) -> tuple[Headers, bytes | None]:
@@ -351,4 +374,4 @@ def create_app(
     if metrics is not None and breaker is not None:
         breaker.listeners.append(metrics.record_breaker)
     get_tokenizer()  # load the BPE tables now, not on the first request
-    return GatewayApp(config, pool, clock, telemetry, token_store)
+    return GatewayApp(config, pool, clock, telemetry, token_store, wall_clock)

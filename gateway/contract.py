@@ -23,7 +23,7 @@ from gateway.policy import (
 from gateway.policy.builtin.llm_emit_token_metric import BUILT_IN_DIMENSIONS
 from gateway.policy.builtin.llm_token_limit import MAX_TOKENS
 from gateway.policy.rawxml import xml_to_rawxml
-from gateway.secrets import hash_key, snapshot_fernet
+from gateway.secrets import hash_key, sign_trace_token, snapshot_fernet, trace_key
 from gateway.snapshot import Problem, check_snapshot
 
 __all__ = (
@@ -42,8 +42,10 @@ __all__ = (
     "parse_value",
     "parse_xml",
     "rawxml_to_xml",
+    "sign_trace_token",
     "snapshot_fernet",
     "to_rawxml",
     "to_xml",
+    "trace_key",
     "xml_to_rawxml",
 )

@@ -42,6 +42,7 @@ class GatewaySettings:
     port: int = 8080
     snapshot_cache: str = "var/gateway-snapshot.json"
     poll_interval: float = 1.0
+    heartbeat_interval: float = 15.0  # seconds between heartbeats to the management plane (gateway.sync); 0 = none
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0
     max_body_bytes: int = 16 * 1024 * 1024
@@ -69,6 +70,10 @@ class GatewaySettings:
     def snapshot_url(self) -> str:
         return self.management_url.rstrip("/") + "/api/gateway/snapshot/"
 
+    @property
+    def heartbeat_url(self) -> str:
+        return self.management_url.rstrip("/") + "/api/gateway/heartbeat/"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
         env = os.environ if env is None else env
@@ -79,6 +84,7 @@ class GatewaySettings:
             port=int(_number(env, "SLUICE_GATEWAY_PORT", "8080", int, 0)),
             snapshot_cache=_get(env, "SLUICE_SNAPSHOT_CACHE", "var/gateway-snapshot.json"),
             poll_interval=_number(env, "SLUICE_POLL_INTERVAL", "1.0", float, 0.05),
+            heartbeat_interval=_number(env, "SLUICE_HEARTBEAT_INTERVAL", "15", float, 0),
             upstream_connect_timeout=_number(env, "SLUICE_UPSTREAM_CONNECT_TIMEOUT", "10", float, 0.001),
             upstream_read_timeout=_number(env, "SLUICE_UPSTREAM_READ_TIMEOUT", "300", float, 0.001),
             max_body_bytes=int(_number(env, "SLUICE_MAX_BODY_BYTES", str(16 * 1024 * 1024), int, 0)),

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -56,6 +57,7 @@ class SnapshotSync:
         self._own_session = session is None
         self._task: asyncio.Task[None] | None = None
         self._failing: str | None = None  # the last logged problem, to log each episode once
+        self._last_heartbeat: tuple[float, object] | None = None  # (monotonic time, health) of the last one sent
 
     # cache file
 
@@ -124,10 +126,37 @@ class SnapshotSync:
             logger.warning("cannot write the snapshot cache %s: %s", self.config.snapshot_cache, exc)
         return True
 
+    async def heartbeat(self, now: float | None = None) -> bool:
+        """Report this gateway (id, region, health: revision, status, refused configuration) to the management
+        plane, when ``heartbeat_interval`` has passed since the last report or the health changed. Returns whether
+        one was sent. A failure is only logged at debug level: the snapshot poll reports an unreachable plane."""
+        interval = self.config.heartbeat_interval
+        if interval <= 0:
+            return False
+        now = time.monotonic() if now is None else now
+        health = self.app.health()
+        last = self._last_heartbeat
+        if last is not None and now - last[0] < interval and last[1] == health:
+            return False
+        body = {**health, "region": self.config.region, "interval": interval}
+        headers = {"Authorization": f"Gateway {self.config.gateway_token}", "Content-Type": "application/json"}
+        try:
+            async with self._get_session().post(self.config.heartbeat_url, data=orjson.dumps(body),
+                                                headers=headers) as response:  # fmt: skip
+                if response.status >= 300:
+                    logger.debug("heartbeat answered %s", response.status)
+                    return False
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            logger.debug("heartbeat failed: %s", exc)
+            return False
+        self._last_heartbeat = (now, health)
+        return True
+
     async def run(self) -> None:
         while True:
             try:
                 await self.poll_once()
+                await self.heartbeat()
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let the poller die

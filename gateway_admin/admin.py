@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 from django.http import HttpResponseRedirect
 
-from .models import ConfigRevision, RevealRecord
+from .models import ConfigRevision, GatewayHeartbeat, RevealRecord
 from .safety import MSG_BREAKS, ConfigRejected, validated_write
 
 
@@ -37,6 +37,18 @@ class RevealRecordAdmin(ReadOnlyAdmin):
     list_display = ("created", "username", "kind", "name", "channel")
     list_filter = ("kind", "channel")
     search_fields = ("username", "name")
+
+
+@admin.register(GatewayHeartbeat)
+class GatewayHeartbeatAdmin(ReadOnlyAdmin):
+    """What each gateway last reported. A gateway that is gone for good can be deleted (it comes back if it reports
+    again)."""
+
+    list_display = ("gateway_id", "region", "revision", "status", "last_seen")
+    search_fields = ("gateway_id",)
+
+    def has_delete_permission(self, request, obj=None):
+        return admin.ModelAdmin.has_delete_permission(self, request, obj)
 
 
 class SnapshotSafeAdmin(admin.ModelAdmin):

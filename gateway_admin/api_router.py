@@ -10,7 +10,7 @@ from policies.api.views import GlobalPolicyView
 from subscriptions.api.views import ProductViewSet, SubscriptionViewSet
 from usage.api.views import UsageView, gateway_usage_view
 
-from .api.views import snapshot_view
+from .api.views import heartbeat_view, snapshot_view
 
 app_name = "api"
 
@@ -28,6 +28,7 @@ urlpatterns = [
     path("policies/global/", GlobalPolicyView.as_view(), name="global-policy"),
     path("gateway/snapshot/", snapshot_view, name="gateway-snapshot"),
     path("gateway/usage/", gateway_usage_view, name="gateway-usage"),
+    path("gateway/heartbeat/", heartbeat_view, name="gateway-heartbeat"),
     path("usage/", UsageView.as_view(), name="usage"),
     *router.urls,
 ]

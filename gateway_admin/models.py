@@ -94,7 +94,7 @@ class RevealRecord(models.Model):
     channel = models.CharField(
         verbose_name="channel",
         max_length=10,
-        help_text='"ui" or "rest".',
+        help_text='"ui", "console" (the test console\'s Show key) or "rest".',
     )
     created = models.DateTimeField(
         verbose_name="when",
@@ -113,3 +113,64 @@ class RevealRecord(models.Model):
     @classmethod
     def record(cls, user, kind: str, name: str, channel: str) -> "RevealRecord":
         return cls.objects.create(user=user, username=user.get_username(), kind=kind, name=name, channel=channel)
+
+
+class GatewayHeartbeat(models.Model):
+    """The last report of one gateway (`POST /api/gateway/heartbeat/`, sent by gateway.sync): what it serves and
+    how it is. One row per gateway id, updated in place."""
+
+    gateway_id = models.CharField(
+        verbose_name="gateway id",
+        max_length=200,
+        unique=True,
+    )
+    region = models.CharField(
+        verbose_name="region",
+        max_length=100,
+        blank=True,
+        default="",
+    )
+    revision = models.BigIntegerField(
+        verbose_name="snapshot revision",
+        null=True,
+        blank=True,
+        help_text="The revision it serves; empty while it has none.",
+    )
+    status = models.CharField(
+        verbose_name="status",
+        max_length=20,
+        help_text='"ok", "starting" or "degraded" (serving, but not the configuration last published).',
+    )
+    problems = models.JSONField(
+        verbose_name="problems",
+        default=dict,
+        blank=True,
+        help_text="The refused snapshot and the quarantined items it reported.",
+    )
+    interval = models.FloatField(
+        verbose_name="interval",
+        default=15.0,
+        help_text="Seconds between its heartbeats.",
+    )
+    first_seen = models.DateTimeField(
+        verbose_name="first seen",
+        default=timezone.now,
+    )
+    last_seen = models.DateTimeField(
+        verbose_name="last seen",
+        default=timezone.now,
+        db_index=True,
+    )
+
+    class Meta:
+        ordering = ("gateway_id",)
+        verbose_name = "gateway heartbeat"
+        verbose_name_plural = "gateway heartbeats"
+
+    def __str__(self):
+        return f"{self.gateway_id} ({self.status}, revision {self.revision})"
+
+    def is_stale(self, now=None) -> bool:
+        """No heartbeat for three intervals (and at least 45 s): the gateway is probably gone."""
+        now = now or timezone.now()
+        return (now - self.last_seen).total_seconds() > max(45.0, 3 * self.interval)

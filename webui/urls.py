@@ -1,7 +1,8 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import views
+from . import console, usage, views
+from .policy_editor import PolicyEditorView
 from .wizard import ImportWizardView
 
 app_name = "webui"
@@ -20,6 +21,18 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("import/", ImportWizardView.as_view(), name="import"),
+    path("usage/", usage.UsageView.as_view(), name="usage"),
+    path("policy/global/", PolicyEditorView.as_view(), {"scope": "global"}, name="policy-global"),
+    path(
+        "policy/operation/<str:api>/<str:name>/",
+        PolicyEditorView.as_view(),
+        {"scope": "operation"},
+        name="policy-operation",
+    ),
+    path("policy/<slug:scope>/<str:name>/", PolicyEditorView.as_view(), name="policy"),
+    path("apis/<str:name>/console/", console.ConsoleView.as_view(), name="console"),
+    path("apis/<str:name>/console/send/", console.ConsoleSendView.as_view(), name="console-send"),
+    path("apis/<str:name>/console/key/", console.ConsoleKeyView.as_view(), name="console-key"),
     path("<slug:kind>/", views.ObjectListView.as_view(), name="object-list"),
     path(
         "<slug:kind>/<str:name>/regenerate/<str:which>/",

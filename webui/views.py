@@ -20,6 +20,7 @@ from gateway_admin.safety import validated_write
 from subscriptions.services import PRIMARY, SECONDARY, regenerate_key
 
 from .errors import REFUSALS, add_errors, refusal_errors
+from .home import home_overview
 from .objects import KINDS, Kind
 
 __all__ = (
@@ -35,6 +36,9 @@ __all__ = (
 PAGE_SIZE = 25
 BOOLEAN_CHOICES = [("", "Any"), ("true", "Yes"), ("false", "No")]
 MASK = "••••••••"
+POLICY_SCOPES = {"apis": "api", "operations": "operation", "products": "product"}
+# those of the test console (webui.console.PERMISSIONS: it sends with a subscription's key)
+CONSOLE_PERMISSIONS = ("apis.view_api", "subscriptions.view_subscription", "subscriptions.reveal_subscription_keys")
 REVEAL_PERMISSIONS = {
     "named_value": "named_values.reveal_namedvalue",
     "subscription": "subscriptions.reveal_subscription_keys",
@@ -52,12 +56,14 @@ class UIView(LoginRequiredMixin, PermissionRequiredMixin, TemplateView):
 
 
 class IndexView(UIView):
+    """The home page: the gateways seen (from their heartbeats), recent errors and a first-run checklist."""
+
     template_name = "webui/index.html"
 
     def get_context_data(self, **kwargs):
         user = self.request.user
         kinds = [kind for kind in KINDS.values() if user.has_perm(kind.perm("view"))]
-        return super().get_context_data(kinds=kinds, **kwargs)
+        return super().get_context_data(kinds=kinds, **home_overview(user), **kwargs)
 
 
 #
@@ -91,6 +97,15 @@ DISPLAY = {
     "masked_primary_key": lambda sub: MASK,
     "masked_secondary_key": lambda sub: MASK,
 }
+
+
+def policy_editor_url(scope: str, owner=None) -> str:
+    """The policy editor of a scope (webui.policy_editor): global without an owner."""
+    if owner is None:
+        return reverse("webui:policy-global")
+    if scope == "operation":
+        return reverse("webui:policy-operation", kwargs={"api": owner.api.name, "name": owner.name})
+    return reverse("webui:policy", kwargs={"scope": scope, "name": owner.name})
 
 
 class KindMixin:
@@ -186,11 +201,15 @@ class ObjectDetailView(KindMixin, UIView):
             ),
             "can_regenerate": self.kind.slug == "subscriptions" and user.has_perm(self.kind.perm("change")),
         }
+        if self.kind.slug in POLICY_SCOPES and user.has_perm("policies.view_policy"):
+            context["policy_url"] = policy_editor_url(POLICY_SCOPES[self.kind.slug], obj)
         if self.kind.slug == "apis":
             context["operations"] = [
                 (reverse("webui:object-detail", kwargs={"kind": "operations", "api": obj.name, "name": op.name}), op)
                 for op in obj.operations.order_by("name")
             ]
+            if user.has_perms(CONSOLE_PERMISSIONS):
+                context["console_url"] = reverse("webui:console", kwargs={"name": obj.name})
         return super().get_context_data(**context, **kwargs)
 
 

@@ -1,20 +1,21 @@
 """View base classes for the REST API and the gateway snapshot endpoint."""
 
 from django.db import transaction
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
-from rest_framework import permissions, status, viewsets
+from rest_framework import permissions, serializers, status, viewsets
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from gateway_admin.models import ConfigRevision
+from gateway_admin.models import ConfigRevision, GatewayHeartbeat
 from gateway_admin.safety import ConfigRejected, field_errors, validated_write
 from gateway_admin.snapshot import build_snapshot
 
 from .authentication import GatewayTokenAuthentication, IsGateway
 from .parsers import JSONParser
 
-__all__ = ("ConfigurationViewSet", "GatewaySnapshotView", "SnapshotSafeMixin")
+__all__ = ("ConfigurationViewSet", "GatewayHeartbeatView", "GatewaySnapshotView", "SnapshotSafeMixin", "heartbeat_view")
 
 # Names may hold dots (`region.eu`), which DRF's default lookup pattern refuses.
 NAME_LOOKUP_REGEX = r"[^/\x00]+"
@@ -101,3 +102,46 @@ def _if_none_match(request) -> set[str]:
 # build_snapshot() opens its own transaction (REPEATABLE READ on PostgreSQL), which must be the first statement
 # of that transaction, so this view is kept out of ATOMIC_REQUESTS.
 snapshot_view = transaction.non_atomic_requests(GatewaySnapshotView.as_view())
+
+
+class HeartbeatSerializer(serializers.Serializer):
+    """What a gateway reports (gateway.sync.SnapshotSync.heartbeat): its health document plus region and interval."""
+
+    gateway_id = serializers.CharField(max_length=200)
+    region = serializers.CharField(max_length=100, allow_blank=True, required=False, default="")
+    revision = serializers.IntegerField(allow_null=True, min_value=0)
+    status = serializers.ChoiceField(choices=["ok", "starting", "degraded"])
+    rejected = serializers.DictField(allow_null=True, required=False, default=None)
+    quarantined = serializers.ListField(child=serializers.DictField(), required=False, default=list)
+    interval = serializers.FloatField(min_value=0.05, max_value=86400, required=False, default=15.0)
+
+
+@extend_schema(exclude=True)
+class GatewayHeartbeatView(APIView):
+    """`POST /api/gateway/heartbeat/`: a gateway says what it serves and how it is (the home page shows it)."""
+
+    authentication_classes = [GatewayTokenAuthentication]
+    permission_classes = [IsGateway]
+    parser_classes = [JSONParser]
+    renderer_classes = [JSONRenderer]
+
+    def post(self, request):
+        serializer = HeartbeatSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        problems = {key: data[key] for key in ("rejected", "quarantined") if data[key]}
+        GatewayHeartbeat.objects.update_or_create(
+            gateway_id=data["gateway_id"],
+            defaults={
+                "region": data["region"],
+                "revision": data["revision"],
+                "status": data["status"],
+                "problems": problems,
+                "interval": data["interval"],
+                "last_seen": timezone.now(),
+            },
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+heartbeat_view = GatewayHeartbeatView.as_view()

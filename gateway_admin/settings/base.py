@@ -63,6 +63,7 @@ THIRD_PARTY_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "formtools",
+    "django_ace",  # the policy editor's code editor (static files only)
 ]
 LOCAL_APPS = [
     "gateway_admin",
@@ -127,6 +128,12 @@ TEMPLATES = [
 # ------------------------------------------------------------------------------
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    # single browser assets shipped inside Python packages (plotly.js), under vendor/ (webui/staticfiles.py)
+    "webui.staticfiles.PackageFileFinder",
+]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from gateway.secrets import hash_key, snapshot_fernet
+from gateway.secrets import hash_key, sign_trace_token, snapshot_fernet, trace_key
 
 TOKEN = "test-gateway-token"
 KEYS = {
@@ -19,6 +20,11 @@ KEYS = {
 
 def encrypt(value: str, token: str = TOKEN) -> str:
     return snapshot_fernet(token).encrypt(value.encode()).decode()
+
+
+def trace_token(api: str, token: str = TOKEN, ttl: int = 120) -> bytes:
+    """A debug-trace token for ``api``, as the management plane's test console signs one."""
+    return sign_trace_token(trace_key(token), api, int(time.time()) + ttl).encode("ascii")
 
 
 def subscription(name: str, scope: str, state: str = "active") -> dict[str, Any]:

@@ -16,7 +16,7 @@ from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 
 from .fakes import FakePool, FakeUpstream, header, make_request
-from .helpers import KEYS, TOKEN, base_snapshot
+from .helpers import KEYS, TOKEN, base_snapshot, trace_token
 
 KEY = (b"ocp-apim-subscription-key", KEYS["master"][0].encode())
 
@@ -168,22 +168,41 @@ async def test_forward_request_timeout_attribute_gives_504():
     assert response.status == 504
 
 
-async def test_trace_when_requested_with_the_gateway_token():
+async def test_trace_when_requested_with_a_trace_token_for_the_api():
     app, _ = make_gateway(
         api_policy='<policies><inbound><base/><set-header name="x-a"><value>1</value></set-header></inbound></policies>'
     )
-    plain = await send(app)
-    assert header(plain, TRACE_HEADER) is None
-    wrong = await send(app, headers=[(TRACE_HEADER, b"nope")])
-    assert header(wrong, TRACE_HEADER) is None
-    traced = await send(app, headers=[(TRACE_HEADER, TOKEN.encode())])
+    traced = await send(app, headers=[(TRACE_HEADER, trace_token("chat"))])
     trace = orjson.loads(header(traced, TRACE_HEADER))
     assert [(e["section"], e["policy"], e["scope"]) for e in trace] == [
+        ("inbound", "subscription-check", None),
         ("inbound", "set-header", "api"),
         ("backend", "forward-request", None),
     ]
+    assert trace[0]["key-matched"] is True and trace[0]["subscription"] == "master"
     assert all(e["elapsed_ms"] >= 0 for e in trace)
-    assert trace[1]["status"] == 200 and trace[1]["target"] == "/base/chat/completions"
+    assert trace[2]["status"] == 200 and trace[2]["target"] == "/base/chat/completions"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,  # never on by default
+        b"nope",
+        TOKEN.encode(),  # the gateway token itself no longer enables the trace
+        trace_token("other"),  # signed for another API
+        trace_token("chat", ttl=-1),  # expired
+        trace_token("chat", ttl=3600),  # would live longer than TRACE_TOKEN_MAX_TTL
+        trace_token("chat", token="another-gateway-token"),  # signed with another key
+        trace_token("chat")[:-1] + b"x",  # signature altered
+        b"Y2hhdA.99999999999." + b"0" * 64,  # forged
+    ],
+)
+async def test_no_trace_without_a_valid_trace_token(value):
+    app, _ = make_gateway()
+    response = await send(app, headers=[] if value is None else [(TRACE_HEADER, value)])
+    assert response.status == 200
+    assert header(response, TRACE_HEADER) is None
 
 
 #

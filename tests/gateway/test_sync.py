@@ -27,6 +27,15 @@ class Management:
         self.polled = asyncio.Event()
         self.app = web.Application()
         self.app.router.add_get("/api/gateway/snapshot/", self.serve)
+        self.heartbeats: list[dict] = []
+        self.heartbeat_status = 204
+        self.app.router.add_post("/api/gateway/heartbeat/", self.heartbeat)
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Gateway {TOKEN}":
+            return web.json_response({"detail": "bad token"}, status=401)
+        self.heartbeats.append(await request.json())
+        return web.Response(status=self.heartbeat_status)
 
     async def serve(self, request: web.Request) -> web.Response:
         self.requests.append(dict(request.headers))
@@ -49,8 +58,16 @@ async def management():
     await server.close()
 
 
-def make_sync(url: str, cache: str, token: str = TOKEN) -> SnapshotSync:
-    config = GatewaySettings(gateway_token=token, management_url=url, snapshot_cache=cache, poll_interval=0.05)
+def make_sync(url: str, cache: str, token: str = TOKEN, heartbeat_interval: float = 15.0) -> SnapshotSync:
+    config = GatewaySettings(
+        gateway_token=token,
+        management_url=url,
+        snapshot_cache=cache,
+        poll_interval=0.05,
+        heartbeat_interval=heartbeat_interval,
+        gateway_id="gw-1",
+        region="eu",
+    )
     return SnapshotSync(create_app(config, pool=FakePool()))
 
 
@@ -172,3 +189,58 @@ async def test_background_task_polls_until_stopped(management, cache_path):
         assert sync.app.snapshot.revision == 7
     finally:
         await sync.stop()
+
+
+#
+# Heartbeat
+#
+
+
+async def test_heartbeat_reports_health_when_due_or_changed(management, cache_path):
+    sync = make_sync(management.url, cache_path, heartbeat_interval=10)
+    try:
+        assert await sync.heartbeat(now=100.0) is True  # before any snapshot: starting, no revision
+        assert management.heartbeats[-1] == {
+            "status": "starting", "revision": None, "gateway_id": "gw-1", "region": "eu", "interval": 10,
+        }  # fmt: skip
+        assert await sync.heartbeat(now=105.0) is False  # not due, nothing changed
+        await sync.poll_once()
+        assert await sync.heartbeat(now=106.0) is True  # changed: now serving revision 7
+        assert (management.heartbeats[-1]["status"], management.heartbeats[-1]["revision"]) == ("ok", 7)
+        assert await sync.heartbeat(now=110.0) is False
+        assert await sync.heartbeat(now=116.5) is True  # due again
+        assert len(management.heartbeats) == 3
+    finally:
+        await sync.stop()
+
+
+async def test_heartbeat_reports_a_refused_snapshot(management, cache_path):
+    sync = make_sync(management.url, cache_path)
+    try:
+        await sync.poll_once()
+        management.snapshot = {**copy.deepcopy(management.snapshot), "revision": 8, "apis": "nope"}
+        await sync.poll_once()
+        assert await sync.heartbeat(now=1.0) is True
+        beat = management.heartbeats[-1]
+        assert beat["status"] == "degraded" and beat["revision"] == 7 and beat["rejected"]["revision"] == 8
+    finally:
+        await sync.stop()
+
+
+async def test_heartbeat_off_or_refused_is_not_fatal(management, cache_path):
+    off = make_sync(management.url, cache_path, heartbeat_interval=0)
+    assert await off.heartbeat(now=1.0) is False
+    await off.stop()
+    sync = make_sync(management.url, cache_path)
+    management.heartbeat_status = 404  # an older management plane
+    try:
+        assert await sync.heartbeat(now=1.0) is False
+        assert await sync.heartbeat(now=2.0) is False  # not remembered as sent: tried again
+        assert len(management.heartbeats) == 2
+    finally:
+        await sync.stop()
+    down = make_sync(unreachable_url(), cache_path)
+    try:
+        assert await down.heartbeat(now=1.0) is False
+    finally:
+        await down.stop()

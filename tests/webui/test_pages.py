@@ -2,8 +2,6 @@
 serializers and the write-time snapshot check, reveal with its audit record, key regeneration, and query counts."""
 
 import pytest
-from django.db import connection
-from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from apis.models import API
@@ -17,6 +15,8 @@ from tests.management.factories import (
     ProductFactory,
     SubscriptionFactory,
 )
+
+from .conftest import page_queries
 
 pytestmark = pytest.mark.django_db
 
@@ -222,23 +222,17 @@ def test_list_search_filter_and_pages(operator_client):
     assert API.objects.count() == 30
 
 
-def _queries(client, url) -> int:
-    with CaptureQueriesContext(connection) as captured:
-        assert client.get(url).status_code == 200
-    return len(captured)
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_no_n_plus_one_on_lists_and_details(operator_client, kind):
     first = make(kind)
     one_list, one_detail = (
-        _queries(operator_client, list_url(kind)),
-        _queries(operator_client, page_url("detail", kind, first)),
+        page_queries(operator_client, list_url(kind)),
+        page_queries(operator_client, page_url("detail", kind, first)),
     )
     for _ in range(29):
         make(kind)
     if kind == "apis":
         for _ in range(5):
             OperationFactory(api=first)
-    assert _queries(operator_client, list_url(kind)) == one_list
-    assert _queries(operator_client, page_url("detail", kind, first)) == one_detail
+    assert page_queries(operator_client, list_url(kind)) == one_list
+    assert page_queries(operator_client, page_url("detail", kind, first)) == one_detail

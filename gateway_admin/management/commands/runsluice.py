@@ -122,6 +122,10 @@ def gunicorn_argv(bind: str, workers: int) -> list[str]:
         str(workers),
         "--graceful-timeout",
         "5",
+        # threads (gthread): the test console's relay holds a thread while a streamed answer lasts, and a sync
+        # worker busy longer than the 30 s timeout would be killed
+        "--threads",
+        "4",
     ]
     if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
         argv.append("--no-control-socket")
@@ -296,7 +300,12 @@ class Command(BaseCommand):
             log_dir / "management.log",
             f"{management_url}/admin/login/",
             # the import wizard's Test connection may probe the local mock model (docs/web-ui.md)
-            env={**os.environ, "SLUICE_PROBE_ALLOW_LOOPBACK": os.environ.get("SLUICE_PROBE_ALLOW_LOOPBACK", "1")},
+            # and the test console relays to the gateway started here
+            env={
+                **os.environ,
+                "SLUICE_PROBE_ALLOW_LOOPBACK": os.environ.get("SLUICE_PROBE_ALLOW_LOOPBACK", "1"),
+                "SLUICE_GATEWAY_URL": os.environ.get("SLUICE_GATEWAY_URL", gateway_url),
+            },
         )
         redis_url = settings.REDIS_URL
         self.start(

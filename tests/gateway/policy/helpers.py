@@ -18,7 +18,7 @@ from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 
 from ..fakes import FakePool, FakeUpstream, header, make_request
-from ..helpers import KEYS, TOKEN, api, base_snapshot, op
+from ..helpers import KEYS, TOKEN, api, base_snapshot, op, trace_token
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "policies"
 KEY = (b"ocp-apim-subscription-key", KEYS["master"][0].encode())
@@ -117,7 +117,7 @@ class Gateway:
         self.app.snapshot = load_snapshot(data, gateway_token=TOKEN)
 
     async def chat(self, deployment="gpt-4o", *, headers=(), query="", body=b"{}", client_ip="10.0.0.1", trace=False):
-        extra = [(TRACE_HEADER, TOKEN.encode())] if trace else []
+        extra = [(TRACE_HEADER, trace_token("aoai"))] if trace else []
         request = make_request(
             "POST", f"/aoai/deployments/{deployment}/chat/completions", query, [KEY, *headers, *extra], body, client_ip
         )
@@ -142,7 +142,10 @@ def upstream(status=200, body=b'{"ok": true}', headers=None):
 
 
 def trace_of(response) -> list[dict]:
-    return orjson.loads(header(response, TRACE_HEADER))
+    """The policies' trace entries (without the subscription check's, which comes first)."""
+    trace = orjson.loads(header(response, TRACE_HEADER))
+    assert trace[0]["policy"] == "subscription-check"
+    return trace[1:]
 
 
 __all__ = ("FIXTURES", "KEY", "START", "Clock", "Gateway", "fixture", "gateway", "header", "trace_of", "upstream")

@@ -16,7 +16,7 @@ from gateway.snapshot import load_snapshot
 from gateway.tokens import TokenUsage
 
 from ...fakes import FakePool, FakeUpstream, header, make_request
-from ...helpers import KEYS, TOKEN, base_snapshot
+from ...helpers import KEYS, TOKEN, base_snapshot, trace_token
 from ...limits.helpers import FakeClock
 
 KEY = (b"ocp-apim-subscription-key", KEYS["master"][0].encode())
@@ -185,7 +185,7 @@ async def test_quota_refusal_wins_over_the_minute():
 async def test_reservation_is_prompt_estimate_plus_completion_cap():
     gateway = Gateway(policy('counter-key="r" tokens-per-minute="10000" estimate-prompt-tokens="true"'))
     gateway.pool.respond = lambda call: FakeUpstream(body=b"{}")  # no usage: settled to the estimate (prompt only)
-    trace_key = (TRACE_HEADER, TOKEN.encode())
+    trace_key = (TRACE_HEADER, trace_token("chat"))
     cases = [
         (CHAT, PROMPT_ESTIMATE + 40),
         ({**CHAT, "n": 3}, PROMPT_ESTIMATE + 120),
@@ -209,7 +209,7 @@ async def test_without_estimation_only_streams_reserve_the_prompt():
         )
     )
     gateway.pool.respond = lambda call: FakeUpstream(body=b"{}")
-    trace_key = (TRACE_HEADER, TOKEN.encode())
+    trace_key = (TRACE_HEADER, trace_token("chat"))
     response = await gateway.send({**CHAT, "max_tokens": None}, headers=[trace_key])
     entry = next(e for e in orjson.loads(header(response, TRACE_HEADER)) if e["policy"] == "llm-token-limit")
     assert entry["reserved"] == 7 and entry["prompt-estimate"] == 0

@@ -1,0 +1,84 @@
+"""The usage dashboard (Django test client): the report as the REST API computes it, top consumers, CSV export,
+filter errors on their field, permissions and query counts."""
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.urls import reverse
+
+from usage.models import UsageRollup
+
+from .conftest import page_queries
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+URL = reverse("webui:usage")
+
+
+def rollup(api: str, subscription: str, tokens: int, minutes_ago: int = 5, product: str = "", requests: int = 1):
+    return UsageRollup.objects.create(
+        minute=NOW - timedelta(minutes=minutes_ago),
+        api=api,
+        operation="chat",
+        subscription=subscription,
+        product=product,
+        status=200,
+        cache_hit=False,
+        requests=requests,
+        prompt_tokens=tokens // 2,
+        completion_tokens=tokens - tokens // 2,
+        total_tokens=tokens,
+    )
+
+
+def test_usage_needs_the_permission(client, django_user_model):
+    assert client.get(URL).status_code == 302  # to the login page
+    client.force_login(django_user_model.objects.create_user("nobody", password="x"))
+    assert client.get(URL).status_code == 403
+
+
+def test_top_consumers_and_chart_series(reader_client):
+    rollup("chat", "alice", 100, requests=2)
+    rollup("chat", "alice", 50, minutes_ago=70)
+    rollup("embed", "bob", 400)
+    page = reader_client.get(URL, {"group_by": "api", "interval": "hour"})
+    assert page.status_code == 200
+    top = page.context["top"]
+    assert [(row["key"], row["requests"], row["total_tokens"]) for row in top] == [("embed", 1, 400), ("chat", 3, 150)]
+    chart = json.loads(
+        page.content.decode().split('id="usage-chart" type="application/json">')[1].split("</script>")[0]
+    )
+    assert sum(chart["series"]["chat"]["tokens"]) == 150 and sum(chart["series"]["embed"]["requests"]) == 1
+    assert "vendor/plotly/plotly.min.js" in page.content.decode()
+    by_subscription = reader_client.get(URL, {"group_by": "subscription", "api": "chat"}).context["top"]
+    assert [(row["key"], row["total_tokens"]) for row in by_subscription] == [("alice", 150)]
+
+
+def test_csv_export(reader_client):
+    rollup("chat", "alice", 100, product="starter")
+    answer = reader_client.get(URL, {"group_by": "product", "interval": "day", "format": "csv"})
+    assert answer["Content-Type"].startswith("text/csv")
+    assert "attachment" in answer["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(answer.content.decode())))
+    assert [(r["key"], r["requests"], r["total_tokens"]) for r in rows] == [("starter", "1", "100")]
+
+
+def test_bad_filters_show_the_rest_api_message_on_the_field(reader_client):
+    start = (NOW - timedelta(days=30)).isoformat()
+    page = reader_client.get(URL, {"interval": "minute", "start": start})
+    assert page.status_code == 400
+    assert "more than" in str(page.context["form"].errors["interval"])
+    page = reader_client.get(URL, {"start": "yesterday"})
+    assert page.status_code == 400 and page.context["form"].errors["start"]
+
+
+def test_usage_page_queries_do_not_grow(reader_client):
+    rollup("chat", "alice", 10)
+    first = page_queries(reader_client, URL)
+    for i in range(50):
+        rollup(f"api-{i}", f"sub-{i}", 10 + i, minutes_ago=i % 30 + 1)
+    assert page_queries(reader_client, URL) == first
