@@ -45,14 +45,18 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
-from typing import IO, TYPE_CHECKING, Final
+from typing import IO, Final, Protocol
 
 import orjson
 
 from gateway.usage.record import RecordError, UsageRecord
 
-if TYPE_CHECKING:
-    from gateway.usage.sinks import UsageSink
+
+class UsageSink(Protocol):
+    """What the journal needs of a sink (gateway.usage.sinks): a flush that delivers or spools what was emitted."""
+
+    async def flush(self) -> None: ...
+
 
 __all__ = (
     "CHECKPOINT_INTERVAL",

@@ -81,7 +81,7 @@ async def test_429_after_the_minute_budget(mock_llm):  # noqa: F811
         assert 1 <= retry <= 60
         assert body == {
             "statusCode": 429,
-            "message": f"Token limit is exceeded. Try again in {retry} second{'' if retry == 1 else 's'}.",
+            "message": f"Token limit is exceeded. Try again in {format_wait(retry)}.",  # 60 s reads "1 minute"
         }
         assert third.headers["x-remaining-tokens"] == str(60 - 2 * MOCK_TOTAL)
         assert third.headers["content-type"].startswith("application/json")
