@@ -8,7 +8,7 @@ products, subscriptions of every scope, a day of usage rows), logs in a member o
 queries, template), no network. Each page is fetched once to warm up, then `--runs` times; the median and the
 slowest run are printed with the page's query count, as a Markdown table (docs/web-ui.md keeps one).
 
-    python bench/webui_pages.py [--runs 20] [--apis 1000] [--subscriptions 10000]
+    python bench/webui_pages.py [--runs 20] [--apis 1000] [--subscriptions 10000] [--only usage]
 """
 
 import argparse
@@ -30,6 +30,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20, help="timed GETs per page (after one warm-up)")
     parser.add_argument("--apis", type=int, default=1000)
     parser.add_argument("--subscriptions", type=int, default=10_000)
+    parser.add_argument("--only", default="", help="measure only the pages whose label holds this text")
     args = parser.parse_args()
 
     import django
@@ -64,6 +65,8 @@ def main() -> int:
         print("| --- | --- | ---: | ---: | ---: | ---: |")
         over = []
         for label, url in page_urls():
+            if args.only not in label:
+                continue
             with CaptureQueriesContext(connection) as queries:
                 response = client.get(url)  # warm-up, and the query count
             query_count = len(queries)  # now: each request clears the connection's log (reset_queries)
