@@ -60,6 +60,11 @@ def test_product_created_from_the_keyboard_with_field_errors(page, live_server):
     assert [api.name for api in product.apis.all()] == ["chat"] and product.subscription_required
     shot(page, "product-detail")
 
+    page.set_viewport_size({"width": 360, "height": 740})  # a narrow window: nothing scrolls sideways
+    page.goto(f"{live_server.url}/ui/products/+new/")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    shot(page, "product-create-narrow")
+
 
 def test_subscription_created_from_its_api_page(page, live_server):  # noqa: F811
     APIFactory(name="chat")
