@@ -36,10 +36,10 @@ def main() -> int:
     import django
 
     django.setup()
+    from django.conf import settings
     from django.contrib.auth.models import Group, User
     from django.db import connection
     from django.test import Client
-    from django.conf import settings
     from django.test.utils import CaptureQueriesContext
 
     from gateway_admin.groups import OPERATORS

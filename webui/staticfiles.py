@@ -1,7 +1,8 @@
 """Browser assets shipped inside Python packages, served like our own static files (WhiteNoise, collectstatic).
 
-`PackageFileFinder` exposes single files (plotly.js, htmx) of installed packages under `vendor/<name>/`: only the files listed in
-`PACKAGE_FILES`, never the rest of the package's folder. No asset is copied into the repository or fetched from a CDN.
+`PackageFileFinder` exposes single files (plotly.js, htmx) of installed packages under `vendor/<name>/`: only the
+files listed in `PACKAGE_FILES`, never the rest of the package's folder. No asset is copied into the repository or
+fetched from a CDN.
 """
 
 import importlib.util

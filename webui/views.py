@@ -11,8 +11,8 @@ from django.db.models import Model, Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
-from django.utils.http import urlencode
 from django.utils.decorators import method_decorator
+from django.utils.http import urlencode
 from django.views.decorators.cache import never_cache
 from django.views.generic import TemplateView
 
@@ -264,7 +264,8 @@ class ObjectCreateView(KindMixin, UIView):
         return super().get_context_data(creating=True, cancel_url=cancel_url, **kwargs)
 
     def initial(self) -> dict:
-        """The form's or else the model's defaults, then what the link asked for (`?scope=/apis/chat` from an API's page)."""
+        """The form's or else the model's defaults, then what the link asked for (`?scope=/apis/chat` from an API's
+        page)."""
         fields = self.kind.create_form_class.base_fields
         initial = model_defaults(self.kind.model, [name for name, field in fields.items() if field.initial is None])
         initial.update({key: value for key, value in self.request.GET.items() if key in fields and key != "value"})

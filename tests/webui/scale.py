@@ -60,7 +60,10 @@ def seed(
         batch_size=BATCH,
     )
     Product.objects.bulk_create(
-        [Product(name=f"{prefix}product-{n:03}", display_name=f"Product {n}", state="published") for n in range(products)]
+        [
+            Product(name=f"{prefix}product-{n:03}", display_name=f"Product {n}", state="published")
+            for n in range(products)
+        ]
     )
     product_rows = list(Product.objects.filter(name__startswith=prefix).order_by("name"))
     Through = Product.apis.through

@@ -10,7 +10,7 @@ from tests.management.factories import APIFactory
 from .test_browser import browser, page, pytestmark, shot  # noqa: F401  (fixtures and the module's marks)
 
 
-def tab_to(page, text: str, limit: int = 40) -> None:
+def tab_to(page, text: str, limit: int = 40) -> None:  # noqa: F811
     """Press Tab until the focused element's text (or value) is `text`, as a keyboard user would."""
     for _ in range(limit):
         page.keyboard.press("Tab")
@@ -19,7 +19,7 @@ def tab_to(page, text: str, limit: int = 40) -> None:
     raise AssertionError(f"{text!r} is not reachable with Tab")
 
 
-def focused_id(page) -> str:
+def focused_id(page) -> str:  # noqa: F811
     return page.evaluate("document.activeElement.id")
 
 

@@ -50,7 +50,9 @@ def test_product_refusals_show_on_their_fields(operator_client):
     response = operator_client.post(create_url("products"), {"name": "x", "display_name": "", "state": "published"})
     assert response.status_code == 400
     assert field_errors(response, "display_name") == ["This field is required."]
-    response = operator_client.post(create_url("products"), {"name": "taken", "display_name": "T", "state": "published"})
+    response = operator_client.post(
+        create_url("products"), {"name": "taken", "display_name": "T", "state": "published"}
+    )
     assert response.status_code == 400
     assert field_errors(response, "name") == ["product with this name already exists."]  # the serializer's
     body = response.content.decode()
@@ -58,7 +60,8 @@ def test_product_refusals_show_on_their_fields(operator_client):
     assert 'aria-invalid="true"' in body
     # the open-product rule of the service, on the APIs field
     response = operator_client.post(
-        create_url("products"), {"name": "second-open", "display_name": "Second", "state": "published", "apis": ["chat"]}
+        create_url("products"),
+        {"name": "second-open", "display_name": "Second", "state": "published", "apis": ["chat"]},
     )
     assert response.status_code == 400
     assert field_errors(response, "apis") == ["API 'chat' is already in the open product 'open'."]
@@ -66,7 +69,9 @@ def test_product_refusals_show_on_their_fields(operator_client):
 
 
 def test_bad_name_is_refused_on_the_name_field(operator_client):
-    response = operator_client.post(create_url("products"), {"name": "no spaces", "display_name": "X", "state": "published"})
+    response = operator_client.post(
+        create_url("products"), {"name": "no spaces", "display_name": "X", "state": "published"}
+    )
     assert response.status_code == 400
     assert "Use letters, digits" in " ".join(field_errors(response, "name"))
 
@@ -80,7 +85,8 @@ def test_subscription_created_from_an_api_page_with_generated_keys(operator_clie
     assert form.context["form"].initial["scope"] == "/apis/chat"
     assert form.context["form"].initial["state"] == "active"
     response = operator_client.post(
-        create_url("subscriptions"), {"name": "team-a", "display_name": "Team A", "scope": "/apis/chat", "state": "active"}
+        create_url("subscriptions"),
+        {"name": "team-a", "display_name": "Team A", "scope": "/apis/chat", "state": "active"},
     )
     assert response.status_code == 302
     subscription = Subscription.objects.get(name="team-a")
@@ -103,7 +109,8 @@ def test_named_value_secret_is_stored_encrypted_and_never_shown(operator_client)
     form = operator_client.get(create_url("named-values"))
     assert form.context["form"]["secret"].value() is True  # the create form starts secret
     response = operator_client.post(
-        create_url("named-values"), {"name": "openai-key", "secret": "on", "value": "sk-typed-once", "tags": "llm, prod"}
+        create_url("named-values"),
+        {"name": "openai-key", "secret": "on", "value": "sk-typed-once", "tags": "llm, prod"},
     )
     assert response.status_code == 302
     named_value = NamedValue.objects.get(name="openai-key")
@@ -113,7 +120,9 @@ def test_named_value_secret_is_stored_encrypted_and_never_shown(operator_client)
     for url in (response.url, reverse("webui:object-list", kwargs={"kind": "named-values"})):
         assert "sk-typed-once" not in operator_client.get(url).content.decode()
     # a refused form does not send the typed value back either
-    again = operator_client.post(create_url("named-values"), {"name": "openai-key", "secret": "on", "value": "sk-again"})
+    again = operator_client.post(
+        create_url("named-values"), {"name": "openai-key", "secret": "on", "value": "sk-again"}
+    )
     assert again.status_code == 400
     assert field_errors(again, "name")
     assert "sk-again" not in again.content.decode()
@@ -138,7 +147,9 @@ def test_named_value_value_from_the_query_string_is_ignored(operator_client):
 def test_reader_cannot_create(reader_client, kind):
     assert reader_client.get(create_url(kind)).status_code == 403
     assert reader_client.post(create_url(kind), {"name": "x"}).status_code == 403
-    assert create_url(kind) not in reader_client.get(reverse("webui:object-list", kwargs={"kind": kind})).content.decode()
+    assert (
+        create_url(kind) not in reader_client.get(reverse("webui:object-list", kwargs={"kind": kind})).content.decode()
+    )
 
 
 @pytest.mark.parametrize("kind", CREATABLE)
@@ -154,7 +165,10 @@ def test_kinds_without_a_create_page(operator_client):
 
 def test_an_object_named_new_is_still_reachable(operator_client):
     ProductFactory(name="new")
-    assert operator_client.get(reverse("webui:object-detail", kwargs={"kind": "products", "name": "new"})).status_code == 200
+    assert (
+        operator_client.get(reverse("webui:object-detail", kwargs={"kind": "products", "name": "new"})).status_code
+        == 200
+    )
 
 
 def test_home_checklist_links_to_the_create_page(operator_client):
