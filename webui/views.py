@@ -40,6 +40,8 @@ PAGE_SIZE = 25
 BOOLEAN_CHOICES = [("", "Any"), ("true", "Yes"), ("false", "No")]
 MASK = "••••••••"
 SUBSCRIBABLE = ("apis", "products")  # kinds a subscription can be scoped to
+# text fields a link may fill in on a create page (never a secret's value; a box's "false" would read as ticked)
+PREFILLABLE = ("name", "display_name", "scope", "description")
 POLICY_SCOPES = {"apis": "api", "operations": "operation", "products": "product"}
 # those of the test console (webui.console.PERMISSIONS: it sends with a subscription's key)
 CONSOLE_PERMISSIONS = ("apis.view_api", "subscriptions.view_subscription", "subscriptions.reveal_subscription_keys")
@@ -268,7 +270,7 @@ class ObjectCreateView(KindMixin, UIView):
         page)."""
         fields = self.kind.create_form_class.base_fields
         initial = model_defaults(self.kind.model, [name for name, field in fields.items() if field.initial is None])
-        initial.update({key: value for key, value in self.request.GET.items() if key in fields and key != "value"})
+        initial.update({key: value for key, value in self.request.GET.items() if key in fields and key in PREFILLABLE})
         return initial
 
     def post(self, request, *args, **kwargs):

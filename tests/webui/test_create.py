@@ -137,9 +137,12 @@ def test_named_value_without_a_value_gets_the_rest_message(operator_client):
     assert NamedValue.objects.get(name="region").plain_value == "eu-west"
 
 
-def test_named_value_value_from_the_query_string_is_ignored(operator_client):
-    form = operator_client.get(create_url("named-values"), {"value": "sk-in-a-link", "name": "prefilled"})
+def test_named_value_value_and_boxes_from_the_query_string_are_ignored(operator_client):
+    form = operator_client.get(
+        create_url("named-values"), {"value": "sk-in-a-link", "name": "prefilled", "secret": "false"}
+    )
     assert form.context["form"].initial["name"] == "prefilled"
+    assert form.context["form"]["secret"].value() is True  # only text fields are taken from a link
     assert "sk-in-a-link" not in form.content.decode()
 
 
