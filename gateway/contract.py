@@ -6,6 +6,8 @@ Everything here is re-exported; the definitions stay where they belong.
 
 from __future__ import annotations
 
+from gateway.blocklists import ITEM_KINDS as BLOCKLIST_ITEM_KINDS
+from gateway.blocklists import check_item as check_blocklist_item
 from gateway.limits.base import PERIODS
 from gateway.metrics import metric_prefix
 from gateway.policy import (
@@ -27,12 +29,14 @@ from gateway.secrets import hash_key, sign_trace_token, snapshot_fernet, trace_k
 from gateway.snapshot import Problem, check_snapshot
 
 __all__ = (
+    "BLOCKLIST_ITEM_KINDS",
     "BUILT_IN_DIMENSIONS",
     "MAX_TOKENS",
     "PERIODS",
     "Element",
     "PolicyError",
     "Problem",
+    "check_blocklist_item",
     "check_snapshot",
     "effective_document",
     "hash_key",
