@@ -191,6 +191,7 @@ def _rollup_key(record: UsageRecord) -> tuple:
         record.model or "",
         record.status,
         record.cache_hit,
+        record.block_reason or "",
     )
 
 
