@@ -22,6 +22,8 @@ from gateway.policy import (
     to_rawxml,
     to_xml,
 )
+from gateway.policy.builtin._safety import BUILTIN_BACKEND as CONTENT_SAFETY_BUILTIN
+from gateway.policy.builtin._safety import CATEGORIES as CONTENT_SAFETY_CATEGORIES
 from gateway.policy.builtin.llm_emit_token_metric import BUILT_IN_DIMENSIONS
 from gateway.policy.builtin.llm_token_limit import MAX_TOKENS
 from gateway.policy.rawxml import xml_to_rawxml
@@ -31,6 +33,8 @@ from gateway.snapshot import Problem, check_snapshot
 __all__ = (
     "BLOCKLIST_ITEM_KINDS",
     "BUILT_IN_DIMENSIONS",
+    "CONTENT_SAFETY_BUILTIN",
+    "CONTENT_SAFETY_CATEGORIES",
     "MAX_TOKENS",
     "PERIODS",
     "Element",

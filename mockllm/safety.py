@@ -9,7 +9,7 @@ It speaks two protocols with deterministic answers:
 
 A text's severity in a category is the highest severity of the ``--flag`` words it contains (case-insensitive,
 whole words); a user prompt containing ``--attack`` phrase is an attack. For moderation, severity S is reported as
-the score ``S / 8`` (so Sluice's mapping, score × 8, gives S back). ``GET /stats`` counts the calls.
+the score ``S / 8`` (so Sluice's mapping, score times 8, gives S back). ``GET /stats`` counts the calls.
 """
 
 from __future__ import annotations
