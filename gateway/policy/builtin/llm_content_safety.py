@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.http.messages import Response
 
-__all__ = ("MSG_BLOCKED", "MSG_UNAVAILABLE", "STREAM_WINDOW", "LlmContentSafety")
+__all__ = ("CUT_EVENT", "MSG_BLOCKED", "MSG_UNAVAILABLE", "STREAM_OVERLAP", "STREAM_WINDOW", "LlmContentSafety")
 
 logger = logging.getLogger("gateway.policy.content_safety")
 
@@ -53,7 +53,10 @@ MSG_BLOCKED: Final = "Request failed content safety check."
 MSG_UNAVAILABLE: Final = "The content safety check could not be performed."
 REASON_BLOCKED: Final = "ContentSafetyViolation"
 REASON_UNAVAILABLE: Final = "ContentSafetyUnavailable"
-STREAM_WINDOW: Final = 1000  # characters per check of a streamed completion when window-size is not given
+# a streamed completion without window-size is checked every 1000 characters, each window overlapping the previous
+# one by 100 (a blocklist term or a harmful phrase across two windows is seen whole in the overlap)
+STREAM_WINDOW: Final = 1000
+STREAM_OVERLAP: Final = 100
 OUTPUT_TYPES: Final = ("FourSeverityLevels", "EightSeverityLevels")
 # what the client of a cut stream gets last: one SSE error event (OpenAI's error shape), then the end of the body
 CUT_EVENT: Final = (
@@ -395,6 +398,7 @@ class _CheckedStream:
         "_ctx",
         "_done",
         "_held",
+        "_overlap",
         "_policy",
         "_ready",
         "_source",
@@ -407,7 +411,10 @@ class _CheckedStream:
         self._policy = policy
         self._ctx = ctx
         self._source = source
-        self._window = policy.window or STREAM_WINDOW
+        if policy.window:
+            self._window, self._overlap = policy.window, policy.overlap
+        else:
+            self._window, self._overlap = STREAM_WINDOW, STREAM_OVERLAP
         self._buffer = b""
         self._held: deque[tuple[bytes, int]] = deque()  # (event, offset of the end of its text)
         self._ready: list[bytes] = []
@@ -448,7 +455,7 @@ class _CheckedStream:
     async def _check_full_windows(self) -> None:
         text = "".join(self._text)
         self._text = [text] if text else []
-        window, overlap = self._window, self._policy.overlap
+        window, overlap = self._window, self._overlap
         while len(text) - self._start >= window and not self._done:
             end = self._start + window
             if await self._passes(text[self._start : end]):
