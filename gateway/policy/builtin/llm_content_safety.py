@@ -57,6 +57,7 @@ REASON_UNAVAILABLE: Final = "ContentSafetyUnavailable"
 # one by 100 (a blocklist term or a harmful phrase across two windows is seen whole in the overlap)
 STREAM_WINDOW: Final = 1000
 STREAM_OVERLAP: Final = 100
+MAX_PARALLEL_CALLS: Final = 4  # engine calls in flight for one text (its windows, and the prompt shield)
 OUTPUT_TYPES: Final = ("FourSeverityLevels", "EightSeverityLevels")
 # what the client of a cut stream gets last: one SSE error event (OpenAI's error shape), then the end of the body
 CUT_EVENT: Final = (
@@ -87,6 +88,8 @@ class LlmContentSafety(Policy):
         "fail-open": Attr(default="false"),  # Sluice's extension: pass when the engine cannot answer
     }
     children = frozenset({"categories", "blocklists"})
+    # a prompt the policy cannot read must not pass unchecked: a body that is not a JSON object gets 400 first
+    requires_json_body = True
 
     __slots__ = (
         "backend_id",
@@ -306,9 +309,9 @@ class LlmContentSafety(Policy):
             ]
         if user:
             calls.append(engine.shield(ctx.services.pool, user, ()))
-        if not calls:
-            return
-        results = await asyncio.gather(*calls, return_exceptions=True)
+        results: list[Analysis | bool | BaseException] = []
+        for start in range(0, len(calls), MAX_PARALLEL_CALLS):  # a long text: a few calls at a time
+            results += await asyncio.gather(*calls[start : start + MAX_PARALLEL_CALLS], return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result

@@ -219,6 +219,9 @@ def test_blocks_are_in_the_metrics_and_the_usage_records(stack, sidecar):
     base, _, _ = stack
     chat(base, "azure", UNSAFE_PROMPT)
     chat(base, "down-open", "hello")
+    chat(base, "down", "hello")
+    chat(base, "builtin", "a b0mb")
+    chat(base, "azure", "count", tokens=20, stream=True)  # cut
     auth = {"Authorization": f"Bearer {METRICS_TOKEN}"}
     metrics = requests.get(f"{base}/__sluice/metrics", headers=auth, timeout=10).text
     assert re.search(
