@@ -395,20 +395,8 @@ class _CheckedStream:
     ever sent, and the response is recorded with ``ctx.block_reason``.
     """
 
-    __slots__ = (
-        "_buffer",
-        "_checked",
-        "_ctx",
-        "_done",
-        "_held",
-        "_overlap",
-        "_policy",
-        "_ready",
-        "_source",
-        "_start",
-        "_text",
-        "_window",
-    )  # fmt: skip
+    __slots__ = ("_buffer", "_checked", "_ctx", "_done", "_held", "_length", "_overlap", "_parts", "_pending",
+                 "_policy", "_ready", "_source", "_start", "_window")  # fmt: skip
 
     def __init__(self, policy: LlmContentSafety, ctx: RequestContext, source: AsyncIterator[bytes]) -> None:
         self._policy = policy
@@ -418,10 +406,13 @@ class _CheckedStream:
             self._window, self._overlap = policy.window, policy.overlap
         else:
             self._window, self._overlap = STREAM_WINDOW, STREAM_OVERLAP
-        self._buffer = b""
+        self._buffer = b""  # the start of an event whose end has not arrived
         self._held: deque[tuple[bytes, int]] = deque()  # (event, offset of the end of its text)
         self._ready: list[bytes] = []
-        self._text: list[str] = []
+        # offsets count characters of the streamed text from its start
+        self._parts: list[str] = []  # the text from ``_start`` on, joined only when a window is full
+        self._pending = 0  # its length
+        self._length = 0  # all the text so far
         self._start = 0  # where the next window starts
         self._checked = 0  # the end of the text checked so far
         self._done = False
@@ -439,38 +430,40 @@ class _CheckedStream:
                 await self._end()
                 continue
             self._take(chunk)
-            await self._check_full_windows()
+            if self._pending >= self._window:
+                await self._check_full_windows()
         out = b"".join(self._ready)
         self._ready.clear()
         return out
 
     def _take(self, chunk: bytes) -> None:
-        data = self._buffer + chunk.replace(b"\r\n", b"\n")
-        *events, self._buffer = data.split(b"\n\n")
-        length = sum(map(len, self._text))
+        *events, self._buffer = (self._buffer + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
         for event in events:
             text = _event_text(event)
             if text:
-                self._text.append(text)
-                length += len(text)
-            self._held.append((event + b"\n\n", length))
+                self._parts.append(text)
+                self._pending += len(text)
+                self._length += len(text)
+            self._held.append((event + b"\n\n", self._length))
 
     async def _check_full_windows(self) -> None:
-        text = "".join(self._text)
-        self._text = [text] if text else []
-        window, overlap = self._window, self._overlap
-        while len(text) - self._start >= window and not self._done:
-            end = self._start + window
-            if await self._passes(text[self._start : end]):
-                self._release(end)
-                self._checked = end
-                self._start = end - overlap
+        text = "".join(self._parts)
+        window, step = self._window, self._window - self._overlap
+        position = 0
+        while len(text) - position >= window:
+            if not await self._passes(text[position : position + window]):
+                return
+            self._checked = self._start + window
+            self._release(self._checked)
+            position += step
+            self._start += step
+        self._parts = [text[position:]]
+        self._pending = len(text) - position
 
     async def _end(self) -> None:
         if self._buffer:
             self._take(b"\n\n")
-        text = "".join(self._text)
-        if len(text) > self._checked and not await self._passes(text[self._start :]):
+        if self._length > self._checked and not await self._passes("".join(self._parts)):
             return
         self._release(None)
         self._done = True

@@ -119,6 +119,16 @@ async def test_a_stream_is_checked_whatever_its_chunking(cut_at):
     assert b'"alpha "' in body  # the first windows passed
 
 
+async def test_crlf_events_cut_between_cr_and_lf_are_checked():
+    chunks = [c.replace(b"\n", b"\r\n") for c in sse(["alpha ", "forbidden ", "omega"], 10_000)]
+    crlf = b"".join(chunks)
+    attrs = 'backend-id="builtin" window-size="12" window-overlap-size="10"'
+    gw = Gateway(data(document(outbound=statement(attrs))), streamed([crlf[i : i + 1] for i in range(len(crlf))]))
+    body = await body_of(await gw.chat(body=chat_body("hello", stream=True)))
+    assert body.endswith(CUT_EVENT)
+    assert b"forbidden" not in body
+
+
 @pytest.mark.parametrize("cut_at", [3, 10_000])
 async def test_a_safe_stream_passes_unchanged(cut_at):
     chunks = sse(["alpha ", "beta ", "gamma"], cut_at)
