@@ -65,12 +65,19 @@ class SafetyService:
             return None
         return body if isinstance(body, dict) else None
 
-    async def analyze(self, request: web.Request) -> web.Response:
-        self.stats["analyze"] += 1
+    def _azure_refusal(self, request: web.Request, operation: str) -> web.Response | None:
+        """Count the call; the error answer for a wrong api-version or key, else None."""
+        self.stats[operation] += 1
         if request.query.get("api-version") != API_VERSION:
             return _error(404, "ApiVersionUnsupported", "api-version 2024-09-01 is required")
         if not self._authorised(request):
             return _error(401, "Unauthorized", "invalid key")
+        return None
+
+    async def analyze(self, request: web.Request) -> web.Response:
+        refusal = self._azure_refusal(request, "analyze")
+        if refusal is not None:
+            return refusal
         body = await self._body(request)
         if body is None or not isinstance(body.get("text"), str):
             return _error(400, "InvalidRequestBody", "text is required")
@@ -88,11 +95,9 @@ class SafetyService:
         return _json({"blocklistsMatch": [], "categoriesAnalysis": analysis})
 
     async def shield(self, request: web.Request) -> web.Response:
-        self.stats["shield"] += 1
-        if request.query.get("api-version") != API_VERSION:
-            return _error(404, "ApiVersionUnsupported", "api-version 2024-09-01 is required")
-        if not self._authorised(request):
-            return _error(401, "Unauthorized", "invalid key")
+        refusal = self._azure_refusal(request, "shield")
+        if refusal is not None:
+            return refusal
         body = await self._body(request)
         if body is None:
             return _error(400, "InvalidRequestBody", "a JSON object is required")

@@ -146,20 +146,26 @@ def prompt_texts(body: Mapping[str, Any]) -> tuple[list[str], str]:
     return texts, user
 
 
-def completion_text(document: Any) -> str:
-    """The generated text of a chat completion, completion, responses or Anthropic messages response."""
-    if not isinstance(document, dict):
-        return ""
+def _choice_texts(document: dict[str, Any], member: str) -> list[str]:
+    """The texts of ``choices[].<member>.content`` (``message`` or ``delta``) and of ``choices[].text``."""
     texts: list[str] = []
     choices = document.get("choices")
     if isinstance(choices, list):
         for choice in choices:
             if isinstance(choice, dict):
-                message = choice.get("message")
+                message = choice.get(member)
                 if isinstance(message, dict):
                     texts.extend(_content_text(message.get("content")))
                 if isinstance(choice.get("text"), str):
                     texts.append(choice["text"])
+    return texts
+
+
+def completion_text(document: Any) -> str:
+    """The generated text of a chat completion, completion, responses or Anthropic messages response."""
+    if not isinstance(document, dict):
+        return ""
+    texts = _choice_texts(document, "message")
     output = document.get("output")
     if isinstance(output, list):
         for item in output:
@@ -174,16 +180,7 @@ def delta_text(event: Any) -> str:
     ``response.output_text.delta``, Anthropic ``content_block_delta``)."""
     if not isinstance(event, dict):
         return ""
-    texts: list[str] = []
-    choices = event.get("choices")
-    if isinstance(choices, list):
-        for choice in choices:
-            if isinstance(choice, dict):
-                delta = choice.get("delta")
-                if isinstance(delta, dict):
-                    texts.extend(_content_text(delta.get("content")))
-                if isinstance(choice.get("text"), str):
-                    texts.append(choice["text"])
+    texts = _choice_texts(event, "delta")
     kind = event.get("type")
     if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
         texts.append(event["delta"])

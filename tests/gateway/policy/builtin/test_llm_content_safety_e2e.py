@@ -51,6 +51,7 @@ def snapshot(mock_url: str, safety_url: str) -> dict:
         "builtin": policy("builtin", categories=False, window=' window-size="40"'),
         "down": policy("cs-down"),
         "down-open": policy("cs-down", extra=' fail-open="true"'),
+        "wrong-key": policy("cs-wrong-key"),
         "outbound": "<policies><inbound><base/></inbound><outbound><base/>"
         '<llm-content-safety backend-id="builtin"><blocklists><id>words</id></blocklists></llm-content-safety>'
         "</outbound></policies>",
@@ -68,6 +69,7 @@ def snapshot(mock_url: str, safety_url: str) -> dict:
                 "credentials_header": {"Authorization": f"Bearer {SAFETY_KEY}"},
             },
             {"name": "cs-down", "url": down},
+            {"name": "cs-wrong-key", "url": safety_url, "credentials_header": {"Ocp-Apim-Subscription-Key": "nope"}},
         ],
         "blocklists": [
             {"name": "words", "items": [{"kind": "term", "value": "WORD7"}, {"kind": "regex", "value": "b[o0]mb"}]}
@@ -207,6 +209,14 @@ def test_an_engine_that_is_down_fails_closed(stack):
     assert response.status_code == 500
     assert response.json() == {"statusCode": 500, "message": "The content safety check could not be performed."}
     assert mock.stats() == before
+
+
+def test_refused_credentials_fail_closed(stack):
+    base, safety_url, _ = stack
+    response = chat(base, "wrong-key", "hello")
+    assert response.status_code == 500
+    assert response.json()["message"] == "The content safety check could not be performed."
+    assert requests.get(f"{safety_url}/stats", timeout=5).json()["analyze"] >= 1  # it was asked, and said 401
 
 
 def test_fail_open_lets_the_request_through(stack):
