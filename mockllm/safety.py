@@ -8,8 +8,9 @@ It speaks two protocols with deterministic answers:
 - OpenAI moderation: ``POST /v1/moderations`` (and ``/moderations``), with ``Authorization: Bearer <key>``.
 
 A text's severity in a category is the highest severity of the ``--flag`` words it contains (case-insensitive,
-whole words); a user prompt containing ``--attack`` phrase is an attack. For moderation, severity S is reported as
-the score ``S / 8`` (so Sluice's mapping, score times 8, gives S back). ``GET /stats`` counts the calls.
+whole words). A user prompt containing the ``--attack`` phrase is an attack. A text containing ``--fail-word`` gets
+a 500. For moderation, severity S is reported as the score ``S / 8`` (so Sluice's mapping, score times 8, gives S
+back). ``GET /stats`` counts the calls.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 class SafetyService:
-    def __init__(self, flags: dict[str, tuple[str, int]], attack: str, key: str | None) -> None:
+    def __init__(self, flags: dict[str, tuple[str, int]], attack: str, key: str | None, fail_word: str = "") -> None:
         self.flags = flags
+        self.fail_word = fail_word.lower()
         self.attack = attack.lower()
         self.key = key
         self.stats: Counter[str] = Counter()
@@ -82,6 +84,8 @@ class SafetyService:
         if body is None or not isinstance(body.get("text"), str):
             return _error(400, "InvalidRequestBody", "text is required")
         text = body["text"]
+        if self.fail_word and self.fail_word in text.lower():
+            return _error(500, "InternalServerError", "the service failed (--fail-word)")
         if len(text) > MAX_CHARS:
             return _error(400, "InvalidRequestBody", "text is longer than 10000 characters")
         four = body.get("outputType", "FourSeverityLevels") == "FourSeverityLevels"
@@ -166,8 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flag", type=_flag, action="append", default=[], help="WORD=Category:severity")
     parser.add_argument("--attack", default="ignore previous instructions", help="phrase that is a prompt attack")
     parser.add_argument("--key", default=None, help="require this key (Ocp-Apim-Subscription-Key or Bearer)")
+    parser.add_argument("--fail-word", default="", help="text:analyze answers 500 for a text containing it")
     args = parser.parse_args(argv)
-    service = SafetyService(dict(args.flag), args.attack, args.key)
+    service = SafetyService(dict(args.flag), args.attack, args.key, args.fail_word)
     web.run_app(service.app(), host=args.host, port=args.port, access_log=None, print=None)
 
 

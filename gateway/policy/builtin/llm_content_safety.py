@@ -312,9 +312,11 @@ class LlmContentSafety(Policy):
         results: list[Analysis | bool | BaseException] = []
         for start in range(0, len(calls), MAX_PARALLEL_CALLS):  # a long text: a few calls at a time
             results += await asyncio.gather(*calls[start : start + MAX_PARALLEL_CALLS], return_exceptions=True)
+        failure: BaseException | None = None
         for result in results:
             if isinstance(result, BaseException):
-                raise result
+                failure = failure or result  # a block found by another call still wins (fail-open must not hide it)
+                continue
             if isinstance(result, bool):
                 if result:
                     raise _Blocked("PromptAttack", "prompt shields detected an attack")
@@ -325,6 +327,8 @@ class LlmContentSafety(Policy):
                 severity = result.severities.get(category, 0)
                 if severity >= threshold:
                     raise _Blocked(category, f"{category} severity {severity} >= threshold {threshold}")
+        if failure is not None:
+            raise failure
 
     def _record(self, ctx: RequestContext, direction: str, outcome: str, reason: str, detail: str) -> None:
         metrics = ctx.services.metrics

@@ -52,6 +52,7 @@ def snapshot(mock_url: str, safety_url: str) -> dict:
         "down": policy("cs-down"),
         "down-open": policy("cs-down", extra=' fail-open="true"'),
         "wrong-key": policy("cs-wrong-key"),
+        "azure-open": policy("cs-azure", window=' window-size="12"', extra=' fail-open="true"'),
         "outbound": "<policies><inbound><base/></inbound><outbound><base/>"
         '<llm-content-safety backend-id="builtin"><blocklists><id>words</id></blocklists></llm-content-safety>'
         "</outbound></policies>",
@@ -97,7 +98,7 @@ def stack(tmp_path_factory, mock_llm, sidecar):  # noqa: F811
     start, started = _factory(tmp)
     port = free_port()
     argv = [sys.executable, "-m", "mockllm.safety", "--port", str(port), "--key", SAFETY_KEY]
-    argv += ["--flag", "word7=Violence:6", "--flag", "bomb=Violence:6"]
+    argv += ["--flag", "word7=Violence:6", "--flag", "bomb=Violence:6", "--fail-word", "crash"]
     start(argv, f"http://127.0.0.1:{port}/health", name="safety")
     safety_url = f"http://127.0.0.1:{port}"
     extra = {"SLUICE_METRICS_TOKEN": METRICS_TOKEN, "SLUICE_ADMIN_PORT": "0"}
@@ -217,6 +218,12 @@ def test_refused_credentials_fail_closed(stack):
     assert response.status_code == 500
     assert response.json()["message"] == "The content safety check could not be performed."
     assert requests.get(f"{safety_url}/stats", timeout=5).json()["analyze"] >= 1  # it was asked, and said 401
+
+
+def test_fail_open_never_hides_a_block_found_in_another_window(stack):
+    base, _, _ = stack
+    assert chat(base, "azure-open", "crash crash a bomb here").status_code == 403  # windows: 500, then Violence
+    assert chat(base, "azure-open", "crash crash a cake here").status_code == 200  # 500 only: fails open
 
 
 def test_fail_open_lets_the_request_through(stack):
