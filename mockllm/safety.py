@@ -8,9 +8,10 @@ It speaks two protocols with deterministic answers:
 - OpenAI moderation: ``POST /v1/moderations`` (and ``/moderations``), with ``Authorization: Bearer <key>``.
 
 A text's severity in a category is the highest severity of the ``--flag`` words it contains (case-insensitive,
-whole words). A user prompt containing the ``--attack`` phrase is an attack. A text containing ``--fail-word`` gets
-a 500. For moderation, severity S is reported as the score ``S / 8`` (so Sluice's mapping, score times 8, gives S
-back). ``GET /stats`` counts the calls.
+whole words). ``--blocklist NAME=WORD`` gives the resource a blocklist (matched when ``blocklistNames`` names it). A
+user prompt containing the ``--attack`` phrase is an attack. A text containing ``--fail-word`` gets a 500. For
+moderation, severity S is reported as the score ``S / 8`` (so Sluice's mapping, score times 8, gives S back).
+``GET /stats`` counts the calls.
 """
 
 from __future__ import annotations
@@ -38,8 +39,16 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 class SafetyService:
-    def __init__(self, flags: dict[str, tuple[str, int]], attack: str, key: str | None, fail_word: str = "") -> None:
+    def __init__(
+        self,
+        flags: dict[str, tuple[str, int]],
+        attack: str,
+        key: str | None,
+        fail_word: str = "",
+        blocklists: dict[str, set[str]] | None = None,
+    ) -> None:
         self.flags = flags
+        self.blocklists = blocklists or {}
         self.fail_word = fail_word.lower()
         self.attack = attack.lower()
         self.key = key
@@ -96,7 +105,15 @@ class SafetyService:
             for name in wanted
             if name in severities
         ]
-        return _json({"blocklistsMatch": [], "categoriesAnalysis": analysis})
+        words = set(re.findall(r"\w+", text.lower()))
+        matches = [
+            {"blocklistName": name, "blocklistItemId": f"{name}-{word}", "blocklistItemText": word}
+            for name in body.get("blocklistNames") or []
+            for word in sorted(self.blocklists.get(name, set()) & words)
+        ]
+        if matches and body.get("haltOnBlocklistHit"):
+            analysis = []
+        return _json({"blocklistsMatch": matches, "categoriesAnalysis": analysis})
 
     async def shield(self, request: web.Request) -> web.Response:
         refusal = self._azure_refusal(request, "shield")
@@ -163,6 +180,13 @@ def _flag(value: str) -> tuple[str, tuple[str, int]]:
     return word.lower(), (category, int(severity))
 
 
+def _blocklist(value: str) -> tuple[str, str]:
+    name, _, word = value.partition("=")
+    if not name or not word:
+        raise argparse.ArgumentTypeError(f"expected NAME=WORD, got {value!r}")
+    return name, word.lower()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mockllm.safety", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -171,8 +195,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attack", default="ignore previous instructions", help="phrase that is a prompt attack")
     parser.add_argument("--key", default=None, help="require this key (Ocp-Apim-Subscription-Key or Bearer)")
     parser.add_argument("--fail-word", default="", help="text:analyze answers 500 for a text containing it")
+    parser.add_argument(
+        "--blocklist", type=_blocklist, action="append", default=[], help="NAME=WORD: a blocklist of the resource"
+    )
     args = parser.parse_args(argv)
-    service = SafetyService(dict(args.flag), args.attack, args.key, args.fail_word)
+    blocklists: dict[str, set[str]] = {}
+    for name, word in args.blocklist:
+        blocklists.setdefault(name, set()).add(word)
+    service = SafetyService(dict(args.flag), args.attack, args.key, args.fail_word, blocklists)
     web.run_app(service.app(), host=args.host, port=args.port, access_log=None, print=None)
 
 

@@ -20,6 +20,7 @@ from tests.fixtures_procs import free_port, mock_llm, process_factory  # noqa: F
 
 from ...gateway_proc import Sidecar, start_gateway, wait_for
 from ...helpers import KEYS, api, op, subscription
+from ..helpers import FIXTURES
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,6 +42,9 @@ def policy(backend: str, *, extra: str = "", categories: bool = True, shield: bo
     return f"<policies><inbound><base/><llm-content-safety {attrs}>{cats}</llm-content-safety></inbound></policies>"
 
 
+LAB = (FIXTURES / "content-safety.xml").read_text()
+
+
 def snapshot(mock_url: str, safety_url: str) -> dict:
     down = f"http://127.0.0.1:{free_port()}"
     chat = [op("chat", "POST", "/chat/completions")]
@@ -52,6 +56,7 @@ def snapshot(mock_url: str, safety_url: str) -> dict:
         "down": policy("cs-down"),
         "down-open": policy("cs-down", extra=' fail-open="true"'),
         "wrong-key": policy("cs-wrong-key"),
+        "lab": LAB,
         "azure-open": policy("cs-azure", window=' window-size="12"', extra=' fail-open="true"'),
         "outbound": "<policies><inbound><base/></inbound><outbound><base/>"
         '<llm-content-safety backend-id="builtin"><blocklists><id>words</id></blocklists></llm-content-safety>'
@@ -70,6 +75,11 @@ def snapshot(mock_url: str, safety_url: str) -> dict:
                 "credentials_header": {"Authorization": f"Bearer {SAFETY_KEY}"},
             },
             {"name": "cs-down", "url": down},
+            {
+                "name": "content-safety-backend",
+                "url": safety_url,
+                "credentials_header": {"Ocp-Apim-Subscription-Key": SAFETY_KEY},
+            },
             {"name": "cs-wrong-key", "url": safety_url, "credentials_header": {"Ocp-Apim-Subscription-Key": "nope"}},
         ],
         "blocklists": [
@@ -99,6 +109,7 @@ def stack(tmp_path_factory, mock_llm, sidecar):  # noqa: F811
     port = free_port()
     argv = [sys.executable, "-m", "mockllm.safety", "--port", str(port), "--key", SAFETY_KEY]
     argv += ["--flag", "word7=Violence:6", "--flag", "bomb=Violence:6", "--fail-word", "crash"]
+    argv += ["--blocklist", "blocklist1=nightingale"]
     start(argv, f"http://127.0.0.1:{port}/health", name="safety")
     safety_url = f"http://127.0.0.1:{port}"
     extra = {"SLUICE_METRICS_TOKEN": METRICS_TOKEN, "SLUICE_ADMIN_PORT": "0"}
@@ -189,6 +200,19 @@ def test_a_safe_stream_is_whole(stack, api_name):
     text, events = sse_texts(response.text)
     assert text == " ".join(f"word{i}" for i in range(6))
     assert events[-1] == "data: [DONE]"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "status"),
+    [("hello", 200), ("tell me about nightingale", 403), (UNSAFE_PROMPT, 403), (ATTACK, 403)],
+)
+def test_the_lab_policy_behaves_as_documented(stack, prompt, status):
+    """Violence 6 >= 4, a hit in the resource's blocklist1 (blocklistNames), an attack: each refused."""
+    base, _, _ = stack
+    response = chat(base, "lab", prompt)
+    assert response.status_code == status
+    if status == 403:
+        assert response.json() == BLOCKED
 
 
 def test_prompt_shields_block_an_attack(stack):
