@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -10,14 +10,24 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from gateway.errors import GatewayError
-    from gateway.http.client import UpstreamResponse
+    from gateway.http.client import UpstreamPool, UpstreamResponse
     from gateway.http.messages import Request
     from gateway.limits import TokenStore
     from gateway.metrics import Metrics
     from gateway.model import ApiEntry, BackendTarget, OperationEntry, ProductEntry, SubscriptionEntry
     from gateway.types import Deployment, Section
 
-__all__ = ("ChunkFilter", "FinishCallback", "Headers", "LlmState", "RequestContext", "ResponseHead", "Services")
+__all__ = (
+    "ChunkFilter",
+    "FinishCallback",
+    "Headers",
+    "LlmState",
+    "RequestContext",
+    "ResponseCheck",
+    "ResponseHead",
+    "Services",
+    "StreamStage",
+)
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -36,6 +46,15 @@ class ChunkFilter(Protocol):
     def feed(self, chunk: bytes) -> bytes: ...
 
     def finish(self, complete: bool) -> bytes: ...
+
+
+StreamStage = Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
+"""Wraps a streamed response body before the chunk filters see it (added by outbound steps). Unlike a ChunkFilter a
+stage may await (a content-safety check of each window), hold chunks back, and end the body early."""
+
+ResponseCheck = Callable[["RequestContext"], Awaitable[None]]
+"""Registered by an inbound step: runs once the backend section has produced its response, before outbound (and
+before a streamed body is built). Raises GatewayError to fail the request; may add stream stages."""
 
 
 class LlmState(Protocol):
@@ -57,6 +76,7 @@ class Services(Protocol):
     deployment: Deployment | None  # what context.Deployment reports; None: empty strings
     metrics: Metrics | None  # where llm-emit-token-metric records; None: metrics are off
     limits: TokenStore | None  # the counters of the limit policies (gateway.limits); None: no store configured
+    pool: UpstreamPool  # the upstream connection pool, for policies that call a service (content safety)
 
     def forward(self, ctx: RequestContext, timeout: float | None) -> Awaitable[None]:
         """Send the request to ``ctx.backend`` and set ``ctx.response``; raises GatewayError."""
@@ -103,6 +123,11 @@ class RequestContext:
     usage: Any = None  # gateway.tokens.TokenUsage once known (set before on_finish callbacks run)
     llm: LlmState | None = None  # the parsed LLM request and its usage accounting (gateway.llm_accounting)
     chunk_filters: list[ChunkFilter] = field(default_factory=list)
+    stream_stages: list[StreamStage] = field(default_factory=list)
+    response_checks: list[ResponseCheck] = field(default_factory=list)
+    # why a policy refused the request or cut its response ("ContentSafety.Hate", ...): in the usage record; a
+    # response with a block reason is never complete (a cache must not store it)
+    block_reason: str | None = None
     # added to whatever response the client gets (backend, return-response or error): Retry-After, remaining calls
     response_headers: Headers = field(default_factory=list)
     # run once when the response is over (after the last chunk of a stream); token settlement, metrics, usage

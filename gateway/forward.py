@@ -143,7 +143,7 @@ def build_response(ctx: RequestContext) -> Response | StreamingResponse:
     if head.upstream is None:
         body = _filter_whole(filters, head.body) if filters else head.body
         return Response(head.status, head.headers, body)
-    length = None if filters else head.content_length
+    length = None if filters or ctx.stream_stages else head.content_length
     return StreamingResponse(head.status, head.headers, UpstreamBody(head.upstream, filters, ctx), length)
 
 
@@ -211,7 +211,10 @@ class UpstreamBody:
         if self.closed:
             raise StopAsyncIteration
         if self._iter is None:
-            self._iter = self._upstream.__aiter__()
+            source: AsyncIterator[bytes] = self._upstream.__aiter__()
+            for stage in self._ctx.stream_stages:
+                source = stage(source)
+            self._iter = source
         filters = self._filters
         try:
             while True:

@@ -51,6 +51,7 @@ UPSTREAM_ERRORS: Final = "sluice_upstream_errors"
 DROPPED: Final = "sluice_metric_label_sets_dropped"
 BREAKER_STATE: Final = "sluice_redis_breaker_state"
 BREAKER_OPENED: Final = "sluice_redis_breaker_opened"
+CONTENT_SAFETY: Final = "sluice_content_safety_checks"
 TOKEN_KINDS: Final = ("prompt", "completion", "total")
 
 _INVALID_RUN = re.compile(r"[^a-zA-Z0-9_]+")
@@ -242,9 +243,23 @@ class _TokenCollector:
 class Metrics:
     """The metrics of one gateway app. ``registry`` defaults to a new CollectorRegistry (never the global one)."""
 
-    __slots__ = ("_tokens", "breaker_opened", "breaker_state", "dropped", "duration", "gateway_id", "location",
-                 "max_label_sets", "multiprocess_dir", "registry", "requests", "snapshot_quarantined",
-                 "snapshot_rejected", "upstream_errors")  # fmt: skip
+    __slots__ = (
+        "_tokens",
+        "breaker_opened",
+        "breaker_state",
+        "content_safety",
+        "dropped",
+        "duration",
+        "gateway_id",
+        "location",
+        "max_label_sets",
+        "multiprocess_dir",
+        "registry",
+        "requests",
+        "snapshot_quarantined",
+        "snapshot_rejected",
+        "upstream_errors",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -304,6 +319,15 @@ class Metrics:
             registry=reg, multiprocess_mode="max",
         )  # fmt: skip
         self.breaker_opened = Counter(BREAKER_OPENED, "Times the counter store circuit breaker opened.", registry=reg)
+        self.content_safety = self._family(
+            Counter(
+                CONTENT_SAFETY,
+                "Content-safety checks (llm-content-safety) of prompts and completions, by outcome: allowed, blocked, "
+                "failed_open or failed_closed (the engine could not answer).",
+                ["api", "direction", "outcome", "reason"],
+                registry=reg,
+            )
+        )
 
     def record_breaker(self, state: int, opened: bool) -> None:
         """Listener of ``gateway.limits.breaker.CircuitBreaker``."""
@@ -328,6 +352,9 @@ class Metrics:
 
     def record_upstream_error(self, api: str, backend: str, reason: str) -> None:
         self.upstream_errors.child((api, backend, reason)).inc()
+
+    def record_content_safety(self, api: str, direction: str, outcome: str, reason: str) -> None:
+        self.content_safety.child((api, direction, outcome, reason)).inc()
 
     def exposition(self) -> bytes:
         """The text exposition (format 0.0.4) of this app, or of all workers in multiprocess mode."""

@@ -16,6 +16,7 @@ from xml.sax.saxutils import escape
 
 from cryptography.fernet import InvalidToken
 
+from gateway.blocklists import Blocklist, BlocklistError, BlocklistItem
 from gateway.http.client import Origin
 from gateway.http.headers import CLIENT_OWNED
 from gateway.model import (
@@ -193,6 +194,7 @@ class _Loader:
         self.origin_factory = origin_factory
         self.values: dict[str, str] = {}
         self.backends: dict[str, BackendTarget] = {}
+        self.blocklists: dict[str, Blocklist] = {}
         self.backends_by_url: dict[str, BackendTarget] = {}
         self.url_targets: dict[str, BackendTarget] = {}  # literal base URLs, filled while loading only
         self.loaded = False
@@ -215,6 +217,7 @@ class _Loader:
             raise SnapshotError("snapshot.revision: expected a non-negative integer")
         self._named_values(_list(data, "named_values", "snapshot"))
         self._backends(_list(data, "backends", "snapshot"))
+        self._blocklists(data.get("blocklists", []))
         global_doc = self._policy(_opt_str(data, "global_policy", "snapshot"), Scope.GLOBAL, "global policy")
         raw_apis = [_obj(a, f"snapshot.apis[{i}]") for i, a in enumerate(_list(data, "apis", "snapshot"))]
         api_names = {a.get("name") for a in raw_apis}
@@ -334,7 +337,30 @@ class _Loader:
         self.backends[name] = target
         self.backends_by_url.setdefault(target.url.rstrip("/"), target)
 
+    def _blocklists(self, items: Any) -> None:
+        """Content-safety blocklists (optional key: snapshots without it have none). A bad one is quarantined; a
+        policy naming it then fails to bind, as for an unknown name."""
+        if not isinstance(items, list):
+            raise SnapshotError("snapshot.blocklists: expected a list")
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            where = f"snapshot.blocklists[{i}]"
+            try:
+                item = _obj(item, where)
+                name = _name(item, where, seen)
+                entries = []
+                for j, entry in enumerate(_list(item, "items", f"blocklist '{name}'")):
+                    entry = _obj(entry, f"blocklist '{name}' items[{j}]")
+                    kind = _str(entry, "kind", f"blocklist '{name}' items[{j}]")
+                    entries.append(BlocklistItem(kind, _str(entry, "value", f"blocklist '{name}' items[{j}]")))
+                self.blocklists[name] = Blocklist(name, entries)
+            except (SnapshotError, BlocklistError) as exc:
+                self._quarantine("blocklist", _item_name(item), str(exc))
+
     # BindEnv for policies
+
+    def blocklist(self, name: str) -> Blocklist | None:
+        return self.blocklists.get(name)
 
     def backend(self, backend_id: str) -> BackendTarget:
         try:

@@ -98,6 +98,7 @@ class Telemetry:
                 model=_model(ctx),
                 prompt_tokens=usage.prompt_tokens if usage is not None else 0,
                 completion_tokens=usage.completion_tokens if usage is not None else 0,
+                block_reason=ctx.block_reason,
             )
 
     def finish_early(
@@ -134,6 +135,7 @@ class Telemetry:
         model: str | None = None,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        block_reason: str | None = None,
     ) -> None:
         """Build the request's usage record and hand it to the journal and the sink."""
         record = UsageRecord(
@@ -151,6 +153,7 @@ class Telemetry:
             latency_ms=elapsed * 1000.0,
             cache_hit=False,
             gateway_id=self.gateway_id,
+            block_reason=block_reason,
         )
         if self.journal is not None:
             self.journal.append(record)

@@ -18,6 +18,7 @@ from django.db import connection, transaction
 
 from apis.models import API
 from backends.models import Backend
+from content_safety.models import Blocklist
 from gateway.contract import snapshot_fernet
 from named_values.models import NamedValue
 from policies.choices import PolicyScopeChoices
@@ -49,6 +50,9 @@ def build_snapshot(gateway_token: str | None = None) -> dict:
             "global_policy": policies.get((PolicyScopeChoices.GLOBAL, None), DEFAULT_GLOBAL_POLICY),
             "named_values": [_named_value(nv, fernet) for nv in NamedValue.objects.order_by("name")],
             "backends": [_backend(backend) for backend in Backend.objects.order_by("name")],
+            "blocklists": [
+                {"name": blocklist.name, "items": blocklist.items} for blocklist in Blocklist.objects.order_by("name")
+            ],
             "products": [
                 _product(product, policies) for product in Product.objects.prefetch_related("apis").order_by("name")
             ],

@@ -193,6 +193,7 @@ def _rollup_key(record: UsageRecord) -> tuple:
         record.model or "",
         record.status,
         record.cache_hit,
+        record.block_reason or "",
     )
 
 
@@ -255,6 +256,7 @@ def usage_report(
             total_tokens_sum=Sum("total_tokens"),
             latency_sum=Sum("latency_ms_sum"),
             cache_hits=Sum("requests", filter=Q(cache_hit=True)),
+            blocked=Sum("requests", filter=~Q(block_reason="")),
         )
         .order_by("period", *dimensions)
     )
@@ -268,6 +270,7 @@ def usage_report(
             "total_tokens": row["total_tokens_sum"],
             "avg_latency_ms": round(row["latency_sum"] / row["requests_sum"], 3) if row["requests_sum"] else 0.0,
             "cache_hits": row["cache_hits"] or 0,
+            "blocked": row["blocked"] or 0,
         }
         for row in rows
     ]

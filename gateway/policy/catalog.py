@@ -64,6 +64,7 @@ IMPLEMENTED: Final[frozenset[str]] = frozenset(
         "check-header",
         "choose",
         "forward-request",
+        "llm-content-safety",
         "llm-emit-token-metric",
         "llm-token-limit",
         "quota-by-key",
@@ -102,7 +103,6 @@ UNSUPPORTED: Final[dict[str, Usage]] = {
     # AI gateway
     "llm-semantic-cache-lookup": _u(IN),
     "llm-semantic-cache-store": _u(OUT),
-    "llm-content-safety": _u(IN, OUT, scopes=frozenset({Scope.GLOBAL, Scope.PRODUCT, Scope.API})),
     "azure-openai-semantic-cache-lookup": _u(IN),
     "azure-openai-semantic-cache-store": _u(OUT),
     # access restriction and authentication

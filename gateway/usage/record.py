@@ -22,6 +22,8 @@ Record
     ``latency_ms``         float         request start to last byte sent, >= 0
     ``cache_hit``          bool          answered from the semantic cache
     ``gateway_id``         str           the gateway that served it (``SLUICE_GATEWAY_ID``)
+    ``block_reason``       str | None    why a policy refused the request or cut its response
+                                         (``content-safety:Hate``, ``content-safety:Blocklist``, ...); optional
     =====================  ============  =======================================================================
 
     Readers cut strings longer than ``MAX_LENGTHS`` and read ``""`` as None. They ignore fields they do not
@@ -74,6 +76,7 @@ MAX_LENGTHS = {
     "backend": 80,
     "model": 200,
     "gateway_id": 200,
+    "block_reason": 80,
 }
 MAX_TOKENS = 2**31 - 1
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
@@ -121,6 +124,7 @@ class UsageRecord:
     latency_ms: float
     cache_hit: bool
     gateway_id: str
+    block_reason: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         """The Redis stream entry: flat strings."""
@@ -143,6 +147,7 @@ class UsageRecord:
             repr(float(self.latency_ms)),
             "1" if self.cache_hit else "0",
             self.gateway_id,
+            self.block_reason or "",
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -162,6 +167,7 @@ class UsageRecord:
             "latency_ms": self.latency_ms,
             "cache_hit": self.cache_hit,
             "gateway_id": self.gateway_id,
+            "block_reason": self.block_reason,
         }
 
     @classmethod
@@ -184,6 +190,7 @@ class UsageRecord:
             latency_ms=_latency(data),
             cache_hit=_boolean(data, "cache_hit"),
             gateway_id=_gateway_id(data),
+            block_reason=_optional_name(data, "block_reason") if data.get("block_reason") is not None else None,
         )
 
     @classmethod

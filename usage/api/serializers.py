@@ -110,6 +110,10 @@ class UsageRowSerializer(serializers.Serializer):
     total_tokens = serializers.IntegerField()
     avg_latency_ms = serializers.FloatField()
     cache_hits = serializers.IntegerField()
+    blocked = serializers.IntegerField(
+        help_text="Requests a policy refused or whose response it cut (content safety); see the usage records' "
+        "block_reason."
+    )
 
 
 class UsageReportSerializer(serializers.Serializer):

@@ -12,6 +12,7 @@ from ..base import Base, Policy
 from .check_header import CheckHeader
 from .choose import Choose
 from .forward_request import ForwardRequest
+from .llm_content_safety import LlmContentSafety
 from .llm_emit_token_metric import AzureOpenAiEmitTokenMetric, LlmEmitTokenMetric
 from .llm_token_limit import AzureOpenAiTokenLimit, LlmTokenLimit
 from .quota_by_key import QuotaByKey
@@ -46,4 +47,6 @@ BUILTINS: Final[tuple[type[Policy], ...]] = (
     AzureOpenAiTokenLimit,
     LlmEmitTokenMetric,
     AzureOpenAiEmitTokenMetric,
+    # content safety
+    LlmContentSafety,
 )

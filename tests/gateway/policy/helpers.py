@@ -42,6 +42,7 @@ EXAMPLES = {
     "rate-limit-by-key": '<rate-limit-by-key calls="1" renewal-period="1" counter-key="k" />',
     "quota-by-key": '<quota-by-key calls="1" renewal-period="300" counter-key="k" />',
     "llm-token-limit": '<llm-token-limit counter-key="k" tokens-per-minute="60" estimate-prompt-tokens="false" />',
+    "llm-content-safety": '<llm-content-safety backend-id="builtin" />',
     "llm-emit-token-metric": '<llm-emit-token-metric><dimension name="API ID" /></llm-emit-token-metric>',
 }
 # an APIM alias is written like the policy it renames
