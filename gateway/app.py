@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from gateway.backends import BackendStates
 from gateway.context import Headers, RequestContext
 from gateway.errors import (
     MSG_API_UNAVAILABLE,
@@ -82,8 +83,9 @@ class _Services(Forwarder):
         clock: Callable[[], float],
         metrics: Metrics | None,
         limits: TokenStore | None = None,
+        backends: BackendStates | None = None,
     ) -> None:
-        super().__init__(pool, clock)
+        super().__init__(pool, clock, backends=backends)
         self.metrics = metrics
         self.limits = limits
         self.now: Callable[[], datetime] | None = None  # expressions use the system's wall clock
@@ -104,13 +106,19 @@ class GatewayApp:
         telemetry: Telemetry | None = None,
         limits: TokenStore | None = None,
         wall_clock: Callable[[], float] = time.time,
+        backends: BackendStates | None = None,
     ) -> None:
         self.config = config
         self.wall_clock = wall_clock  # Unix time: the expiry of trace tokens
         self.pool = pool
         self.clock = clock
         self.telemetry = telemetry
-        self.forwarder = _Services(pool, clock, telemetry.metrics if telemetry is not None else None, limits)
+        metrics = telemetry.metrics if telemetry is not None else None
+        if backends is None:
+            backends = BackendStates(clock, wall_clock=wall_clock, max_trip=config.max_retry_after)
+        if metrics is not None:
+            backends.listeners.append(metrics.record_backend_state)
+        self.forwarder = _Services(pool, clock, metrics, limits, backends)
         self.snapshot: Snapshot | None = None
         # the last snapshot refused as a whole and why ({"revision": ..., "reason": ...}); set by gateway.sync
         self.rejected: dict[str, object] | None = None
@@ -262,6 +270,10 @@ class GatewayApp:
                 health["status"] = "degraded"
             health["rejected"] = self.rejected
             health["quarantined"] = [problem.as_dict() for problem in quarantined]
+        if self.snapshot is not None:
+            guarded = [name for name, target in self.snapshot.backends.items() if target.breaker is not None]
+            if guarded:
+                health["backends"] = self.forwarder.backends.snapshot(guarded)
         return health
 
     async def aclose(self) -> None:
@@ -343,6 +355,7 @@ def create_app(
     wall_clock: Callable[[], float] = time.time,
     usage_journal: UsageJournal | None = None,
     token_store: TokenStore | None = None,
+    backends: BackendStates | None = None,
 ) -> GatewayApp:
     """Build the request handler; a default UpstreamPool is created from the config's timeouts.
 
@@ -374,4 +387,4 @@ def create_app(
     if metrics is not None and breaker is not None:
         breaker.listeners.append(metrics.record_breaker)
     get_tokenizer()  # load the BPE tables now, not on the first request
-    return GatewayApp(config, pool, clock, telemetry, token_store, wall_clock)
+    return GatewayApp(config, pool, clock, telemetry, token_store, wall_clock, backends)
