@@ -295,7 +295,8 @@ class BackendStates:
         counts[0] += 1
         failures = sum(c[0] for c in buckets.values())
         if rule.count is not None and failures >= rule.count:
-            return self._trip(name, breaker, rule, retry_after, now, f"{failures} failure(s) within {rule.interval:g} s")
+            why = f"{failures} failure(s) within {rule.interval:g} s"
+            return self._trip(name, breaker, rule, retry_after, now, why)
         if rule.percentage is not None:
             answers = sum(c[1] for c in buckets.values())
             if answers >= rule.min_samples and failures * 100 >= rule.percentage * answers:

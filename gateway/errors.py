@@ -6,7 +6,6 @@ __all__ = (
     "MSG_API_UNAVAILABLE",
     "MSG_BACKEND_CONNECT",
     "MSG_BACKEND_OPEN",
-    "MSG_POOL_UNAVAILABLE",
     "MSG_BACKEND_PROTOCOL",
     "MSG_BACKEND_TIMEOUT",
     "MSG_BAD_TARGET",
@@ -16,6 +15,7 @@ __all__ = (
     "MSG_NOT_CONFIGURED",
     "MSG_NO_BACKEND",
     "MSG_OPERATION_NOT_FOUND",
+    "MSG_POOL_UNAVAILABLE",
     "GatewayError",
 )
 

@@ -244,7 +244,8 @@ class _TokenCollector:
 class Metrics:
     """The metrics of one gateway app. ``registry`` defaults to a new CollectorRegistry (never the global one)."""
 
-    __slots__ = ("_tokens", "backend_state", "backend_trips", "breaker_opened", "breaker_state", "dropped", "duration", "gateway_id", "location",
+    __slots__ = ("_tokens", "backend_state", "backend_trips", "breaker_opened", "breaker_state", "dropped", "duration",
+                 "gateway_id", "location",
                  "max_label_sets", "multiprocess_dir", "registry", "requests", "snapshot_quarantined",
                  "snapshot_rejected", "upstream_errors")  # fmt: skip
 

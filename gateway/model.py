@@ -17,9 +17,9 @@ __all__ = (
     "BackendPool",
     "BackendTarget",
     "BreakerRule",
-    "PoolMember",
     "KeyRecord",
     "OperationEntry",
+    "PoolMember",
     "ProductEntry",
     "SubscriptionEntry",
 )

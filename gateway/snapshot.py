@@ -25,9 +25,9 @@ from gateway.model import (
     BackendPool,
     BackendTarget,
     BreakerRule,
-    PoolMember,
     KeyRecord,
     OperationEntry,
+    PoolMember,
     ProductEntry,
     SubscriptionEntry,
 )
