@@ -22,6 +22,10 @@ Record
     ``latency_ms``         float         request start to last byte sent, >= 0
     ``cache_hit``          bool          answered from the semantic cache
     ``gateway_id``         str           the gateway that served it (``SLUICE_GATEWAY_ID``)
+    ``failed_attempts``    str | None    forwarding attempts that failed before the answer (``retry``), space
+                                         separated ``backend:status`` or ``backend:Reason`` (``ptu:429``);
+                                         optional (None when absent). ``backend`` then names the pool member
+                                         that answered.
     =====================  ============  =======================================================================
 
     Readers cut strings longer than ``MAX_LENGTHS`` and read ``""`` as None. They ignore fields they do not
@@ -74,6 +78,7 @@ MAX_LENGTHS = {
     "backend": 80,
     "model": 200,
     "gateway_id": 200,
+    "failed_attempts": 1000,
 }
 MAX_TOKENS = 2**31 - 1
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
@@ -121,6 +126,7 @@ class UsageRecord:
     latency_ms: float
     cache_hit: bool
     gateway_id: str
+    failed_attempts: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         """The Redis stream entry: flat strings."""
@@ -143,6 +149,7 @@ class UsageRecord:
             repr(float(self.latency_ms)),
             "1" if self.cache_hit else "0",
             self.gateway_id,
+            self.failed_attempts or "",
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -162,6 +169,7 @@ class UsageRecord:
             "latency_ms": self.latency_ms,
             "cache_hit": self.cache_hit,
             "gateway_id": self.gateway_id,
+            "failed_attempts": self.failed_attempts,
         }
 
     @classmethod
@@ -184,6 +192,7 @@ class UsageRecord:
             latency_ms=_latency(data),
             cache_hit=_boolean(data, "cache_hit"),
             gateway_id=_gateway_id(data),
+            failed_attempts=_optional_name(data, "failed_attempts") if "failed_attempts" in data else None,
         )
 
     @classmethod

@@ -25,6 +25,7 @@ def test_field_names_are_the_contract():
         "latency_ms",
         "cache_hit",
         "gateway_id",
+        "failed_attempts",
     )
 
 

@@ -1,0 +1,430 @@
+"""Backend pools, circuit breakers and retries against real failing model servers (issue #11).
+
+Three ``python -m mockllm`` processes sit behind an in-process gateway (the real HTTP server and upstream pool).
+Each test tells the mocks how to fail (``POST /mock/fail``: 429 with Retry-After, 500s, resets, hangs, slow first
+bytes, mid-stream cuts) and counts what each one received. Breaker time is an injected clock moved by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.app import create_app
+from gateway.backends import BackendState, BackendStates
+from gateway.http.client import UpstreamPool
+from gateway.http.server import ServerLimits, serve
+from gateway.metrics import Metrics
+from gateway.settings import GatewaySettings
+from gateway.snapshot import load_snapshot
+from tests.fixtures_procs import MockLLM, _factory, _stop, start_mock_llm
+
+from .helpers import KEYS, TOKEN, api, op, subscription, trace_token
+
+KEY = KEYS["master"][0]
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+RULE_429 = {  # the Azure OpenAI rule of APIM's labs: trip on one 429 for a minute, accepting Retry-After
+    "name": "aoai-429",
+    "failure_count": 1,
+    "interval_seconds": 60,
+    "status_code_ranges": [[429, 429]],
+    "error_reasons": [],
+    "trip_duration_seconds": 60,
+    "accept_retry_after": True,
+}
+RULE_5XX = {
+    "name": "server-errors",
+    "failure_count": 3,
+    "interval_seconds": 60,
+    "status_code_ranges": [[500, 599]],
+    "error_reasons": ["BackendConnectionFailure", "Timeout"],
+    "trip_duration_seconds": 30,
+    "accept_retry_after": False,
+}
+RETRY_FORWARD = (
+    '<retry condition="@(context.Response.StatusCode == 429 || context.Response.StatusCode >= 500)" '
+    'count="{count}" interval="0" first-fast-retry="true"><forward-request timeout="{timeout}" /></retry>'
+)
+
+
+class Clock:
+    """Monotonic and wall seconds that a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return 1_800_000_000.0 + self.now
+
+
+@pytest.fixture(scope="module")
+def mocks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[MockLLM]]:
+    start, started = _factory(tmp_path_factory.mktemp("pool-mocks"))
+    yield [start_mock_llm(start, "--tokens", "5", name=f"mock{i}") for i in range(3)]
+    _stop(started)
+
+
+@pytest.fixture(autouse=True)
+def reset_mocks(mocks: list[MockLLM]) -> None:
+    for mock in mocks:
+        mock.reset()
+
+
+def calls(mock: MockLLM) -> int:
+    """Model requests the mock received (answered, or refused on purpose: slow and cut ones are answered)."""
+    stats = mock.stats()
+    refused = sum(n for mode, n in stats["failures"].items() if mode in ("status", "reset", "hang"))
+    return stats["requests"].get("/chat/completions", 0) + refused
+
+
+def backend(name: str, mock: MockLLM, rule: dict[str, Any] | None = RULE_429) -> dict[str, Any]:
+    return {"name": name, "type": "Single", "url": mock.base_url, "circuit_breaker": rule}
+
+
+def pool(name: str, *members: tuple[str, int, int]) -> dict[str, Any]:
+    services = [{"backend": b, "priority": p, "weight": w} for b, p, w in members]
+    return {"name": name, "type": "Pool", "url": None, "pool_services": services}
+
+
+def pool_snapshot(backends: list[dict[str, Any]], backend_id: str, backend_policy: str = "<base />") -> dict:
+    policy = (
+        f'<policies><inbound><base /><set-backend-service backend-id="{backend_id}" /></inbound>'
+        f"<backend>{backend_policy}</backend></policies>"
+    )
+    return {
+        "version": 1,
+        "revision": 1,
+        "named_values": [],
+        "backends": backends,
+        "products": [],
+        "apis": [
+            api(
+                "llm",
+                "llm",
+                "http://127.0.0.1:9/unused",
+                api_type="openai",
+                policy=policy,
+                operations=[op("chat-completions", "POST", "/chat/completions")],
+            )
+        ],
+        "subscriptions": [subscription("master", "/apis")],
+    }
+
+
+class Gateway:
+    def __init__(self, session: aiohttp.ClientSession, states: BackendStates, app: Any) -> None:
+        self.session = session
+        self.states = states
+        self.app = app
+
+    async def chat(self, body: dict[str, Any] | None = None, *, trace: bool = False) -> tuple[int, dict, Any]:
+        headers = {"Ocp-Apim-Subscription-Key": KEY}
+        if trace:
+            headers["x-sluice-trace"] = trace_token("llm").decode()
+        async with self.session.post("/llm/chat/completions", json=body or CHAT, headers=headers) as response:
+            raw = await response.read()
+            return response.status, dict(response.headers), raw
+
+
+@contextlib.asynccontextmanager
+async def gateway(data: dict[str, Any], clock: Clock, *, metrics: Metrics | None = None) -> AsyncIterator[Gateway]:
+    config = GatewaySettings(gateway_token=TOKEN, max_retry_after=120)
+    upstream = UpstreamPool(connect_timeout=2.0, read_timeout=10.0)
+    states = BackendStates(clock.monotonic, wall_clock=clock.wall, max_trip=config.max_retry_after)
+    app = create_app(config, pool=upstream, backends=states, metrics=metrics)
+    app.snapshot = load_snapshot(data, gateway_token=TOKEN)
+    assert app.snapshot.quarantined == ()
+    server = await serve(app, "127.0.0.1", 0, limits=ServerLimits())
+    port = server.sockets[0].getsockname()[1]
+    session = aiohttp.ClientSession(f"http://127.0.0.1:{port}")
+    try:
+        yield Gateway(session, states, app)
+    finally:
+        await session.close()
+        server.close()
+        await app.aclose()
+
+
+# Balancing
+
+
+async def test_round_robin_and_weighted_splits_are_exact(mocks):
+    a, b, c = mocks
+    data = pool_snapshot(
+        [
+            backend("a", a, None),
+            backend("b", b, None),
+            backend("c", c, None),
+            pool("rr", ("a", 1, 1), ("b", 1, 1), ("c", 1, 1)),
+            pool("weighted", ("a", 1, 3), ("b", 1, 1)),
+        ],  # fmt: skip
+        "rr",
+    )
+    async with gateway(data, Clock()) as gw:
+        for _ in range(9):
+            assert (await gw.chat())[0] == 200
+    assert [calls(m) for m in mocks] == [3, 3, 3]
+    for m in mocks:
+        m.reset()
+    data["apis"][0]["policy"] = data["apis"][0]["policy"].replace('backend-id="rr"', 'backend-id="weighted"')
+    async with gateway(data, Clock()) as gw:
+        for _ in range(8):
+            assert (await gw.chat())[0] == 200
+    assert [calls(m) for m in mocks] == [6, 2, 0]
+
+
+# The lab setup: PTU first, spill over to pay-as-you-go on 429
+
+
+async def test_ptu_first_spills_over_on_429_and_comes_back_after_retry_after(mocks):
+    ptu, paygo, _ = mocks
+    data = pool_snapshot(
+        [backend("ptu", ptu), backend("paygo", paygo), pool("aoai", ("ptu", 1, 1), ("paygo", 2, 1))],
+        "aoai",
+        RETRY_FORWARD.format(count=2, timeout=5),
+    )
+    clock = Clock()
+    metrics = Metrics()
+    async with gateway(data, clock, metrics=metrics) as gw:
+        for _ in range(3):  # healthy: everything to the PTU
+            assert (await gw.chat())[0] == 200
+        assert (calls(ptu), calls(paygo)) == (3, 0)
+
+        ptu.fail("status", status=429, retry_after="20")
+        status, _, raw = await gw.chat(trace=True)
+        assert status == 200  # the 429 tripped the PTU, the retry went to pay-as-you-go
+        assert (calls(ptu), calls(paygo)) == (4, 1)
+        assert gw.states.state("ptu") == BackendState.OPEN
+        assert gw.states.retry_in("ptu") == 20  # Retry-After, not the rule's 60 s
+
+        for _ in range(5):  # while tripped, the PTU gets nothing
+            assert (await gw.chat())[0] == 200
+        assert (calls(ptu), calls(paygo)) == (4, 6)
+        health = gw.app.health()["backends"]
+        assert health["ptu"]["state"] == "open" and health["paygo"]["state"] == "closed"
+        assert b'sluice_backend_state{backend="ptu"} 1.0' in metrics.exposition()
+
+        ptu.fail("none")
+        clock.now += 19.9
+        assert (await gw.chat())[0] == 200
+        assert (calls(ptu), calls(paygo)) == (4, 7)  # not yet
+        clock.now += 0.1
+        assert (await gw.chat())[0] == 200  # the half-open probe, which succeeds
+        assert (calls(ptu), calls(paygo)) == (5, 7)
+        assert gw.states.state("ptu") == BackendState.CLOSED
+        for _ in range(3):
+            assert (await gw.chat())[0] == 200
+        assert (calls(ptu), calls(paygo)) == (8, 7)
+        assert b'sluice_backend_state{backend="ptu"} 0.0' in metrics.exposition()
+        assert b'sluice_backend_trips_total{backend="ptu"} 1.0' in metrics.exposition()
+
+
+async def test_a_failed_probe_trips_again_and_retry_after_is_capped(mocks):
+    ptu, paygo, _ = mocks
+    data = pool_snapshot(
+        [backend("ptu", ptu), backend("paygo", paygo), pool("aoai", ("ptu", 1, 1), ("paygo", 2, 1))],
+        "aoai",
+        RETRY_FORWARD.format(count=2, timeout=5),
+    )
+    clock = Clock()
+    async with gateway(data, clock) as gw:
+        ptu.fail("status", status=429, retry_after="86400")  # a day: capped by max_retry_after (120 s)
+        assert (await gw.chat())[0] == 200
+        assert gw.states.retry_in("ptu") == 120
+        clock.now += 120
+        assert (await gw.chat())[0] == 200  # the probe got a 429 again: tripped again, answered by paygo
+        assert (calls(ptu), calls(paygo)) == (2, 2)
+        assert gw.states.state("ptu") == BackendState.OPEN
+
+
+async def test_the_probe_is_one_request_not_a_herd(mocks):
+    ptu, paygo, _ = mocks
+    data = pool_snapshot(
+        [backend("ptu", ptu), backend("paygo", paygo), pool("aoai", ("ptu", 1, 1), ("paygo", 2, 1))], "aoai"
+    )
+    clock = Clock()
+    async with gateway(data, clock) as gw:
+        ptu.fail("status", count=1, status=429, retry_after="10")
+        assert (await gw.chat())[0] == 429  # no retry declared: the client sees the 429 that tripped it
+        clock.now += 10
+        ptu.fail("slow", count=1, delay_ms=300)  # the probe takes a while
+        results = await asyncio.gather(*(gw.chat() for _ in range(6)))
+        assert [r[0] for r in results] == [200] * 6
+        assert (calls(ptu), calls(paygo)) == (2, 5)  # one probe; the others went to the fallback group
+        assert gw.states.state("ptu") == BackendState.CLOSED
+
+
+# Failures without an answer, single backends
+
+
+async def test_resets_and_hangs_trip_a_server_error_rule_and_clients_do_not_fail(mocks):
+    a, b, c = mocks
+    data = pool_snapshot(
+        [
+            backend("a", a, RULE_5XX),
+            backend("b", b, RULE_5XX),
+            backend("c", c, RULE_5XX),
+            pool("p", ("a", 1, 1), ("b", 1, 1), ("c", 1, 1)),
+        ],  # fmt: skip
+        "p",
+        RETRY_FORWARD.format(count=2, timeout=0.5),
+    )
+    async with gateway(data, Clock()) as gw:
+        a.fail("reset")
+        b.fail("hang")
+        results = [await gw.chat() for _ in range(12)]
+        assert [r[0] for r in results] == [200] * 12  # c is healthy: no client failure
+        assert gw.states.state("a") == BackendState.OPEN
+        assert gw.states.state("b") == BackendState.OPEN
+        assert gw.states.state("c") == BackendState.CLOSED
+        assert a.stats()["failures"]["reset"] == 3  # the threshold, then no more traffic
+        assert b.stats()["failures"]["hang"] == 3
+        assert c.stats()["requests"]["/chat/completions"] == 12  # each client request answered once by c
+
+
+async def test_a_tripped_single_backend_answers_503_with_retry_after(mocks):
+    a = mocks[0]
+    data = pool_snapshot([backend("a", a)], "a")
+    clock = Clock()
+    async with gateway(data, clock) as gw:
+        a.fail("status", count=1, status=429, retry_after="7")
+        assert (await gw.chat())[0] == 429
+        status, headers, raw = await gw.chat()
+        assert status == 503
+        assert orjson.loads(raw) == {"statusCode": 503, "message": "The backend 'a' is temporarily unavailable "
+                                     "(circuit breaker open)."}  # fmt: skip
+        assert headers["Retry-After"] == "7"
+        assert calls(a) == 1
+        clock.now += 7
+        assert (await gw.chat())[0] == 200
+
+
+async def test_a_pool_with_every_member_tripped_answers_503(mocks):
+    a, b, _ = mocks
+    data = pool_snapshot([backend("a", a), backend("b", b), pool("p", ("a", 1, 1), ("b", 1, 1))], "p")
+    async with gateway(data, Clock()) as gw:
+        a.fail("status", status=429, retry_after="30")
+        b.fail("status", status=429, retry_after="5")
+        assert [(await gw.chat())[0] for _ in range(2)] == [429, 429]
+        status, headers, raw = await gw.chat()
+        assert status == 503 and headers["Retry-After"] == "5"  # the soonest member back
+        assert "pool 'p'" in orjson.loads(raw)["message"]
+        assert calls(a) + calls(b) == 2
+
+
+# Streams
+
+
+async def test_a_stream_is_retried_before_its_first_byte_and_a_cut_is_never_silent(mocks):
+    a, b, _ = mocks
+    data = pool_snapshot(
+        [backend("a", a, RULE_5XX), backend("b", b, RULE_5XX), pool("p", ("a", 1, 1), ("b", 2, 1))],
+        "p",
+        RETRY_FORWARD.format(count=1, timeout=5),
+    )
+    stream = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    async with gateway(data, Clock()) as gw:
+        a.fail("status", count=1, status=500)
+        status, headers, raw = await gw.chat(stream)
+        assert status == 200 and raw.endswith(b"data: [DONE]\n\n")
+        assert (calls(a), calls(b)) == (1, 1)
+
+        a.fail("cut", count=1, after=2)  # two events reach the client, then the backend connection resets
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await gw.chat(stream)
+        assert (calls(a), calls(b)) == (2, 1)  # not retried once bytes were sent
+
+
+async def test_a_slow_first_byte_past_the_timeout_fails_over(mocks):
+    a, b, _ = mocks
+    data = pool_snapshot(
+        [backend("a", a, RULE_5XX), backend("b", b, RULE_5XX), pool("p", ("a", 1, 1), ("b", 2, 1))],
+        "p",
+        RETRY_FORWARD.format(count=1, timeout=0.3),
+    )
+    async with gateway(data, Clock()) as gw:
+        a.fail("slow", count=1, delay_ms=2000)
+        status, headers, raw = await gw.chat(trace=True)
+        assert status == 200
+        assert a.stats()["failures"] == {"slow": 1}  # given up on after 0.3 s, before it answered
+        assert calls(b) == 1
+        forward = [e for e in orjson.loads(headers["x-sluice-trace"]) if e.get("policy") == "retry"][0]
+        assert [(x["backend"], x.get("error"), x.get("status")) for x in forward["attempts"]] == [
+            ("a", "Timeout", None),
+            ("b", None, 200),
+        ]
+
+
+# Usage and the trace
+
+
+async def test_usage_names_the_answering_member_and_the_failed_attempts(mocks):
+    from gateway.usage.sinks import MemorySink
+
+    a, b, _ = mocks
+    data = pool_snapshot(
+        [backend("a", a), backend("b", b), pool("p", ("a", 1, 1), ("b", 2, 1))],
+        "p",
+        RETRY_FORWARD.format(count=2, timeout=5),
+    )
+    config = GatewaySettings(gateway_token=TOKEN)
+    sink = MemorySink()
+    upstream = UpstreamPool(connect_timeout=2.0, read_timeout=10.0)
+    app = create_app(config, pool=upstream, usage_sink=sink)
+    app.snapshot = load_snapshot(data, gateway_token=TOKEN)
+    server = await serve(app, "127.0.0.1", 0, limits=ServerLimits())
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+            a.fail("status", count=1, status=429, retry_after="30")
+            async with session.post(
+                "/llm/chat/completions", json=CHAT, headers={"Ocp-Apim-Subscription-Key": KEY}
+            ) as response:
+                answer = await response.json()
+                assert response.status == 200
+    finally:
+        server.close()
+        await app.aclose()
+    record = sink.records[-1]
+    assert record.backend == "b"
+    assert record.failed_attempts == "a:429"
+    assert record.prompt_tokens == answer["usage"]["prompt_tokens"]
+    assert record.completion_tokens == answer["usage"]["completion_tokens"] == 5
+
+
+async def test_context_backend_is_exposed_to_expressions(mocks):
+    a, b, _ = mocks
+    data = pool_snapshot([backend("a", a), backend("b", b), pool("p", ("a", 1, 1), ("b", 1, 1))], "p")
+    data["apis"][0]["policy"] = data["apis"][0]["policy"].replace(
+        "<backend>",
+        '<outbound><set-header name="x-backend" exists-action="override"><value>@(context.Backend.Id + "/" + '
+        "context.Backend.Type)</value></set-header></outbound><backend>",
+    )
+    async with gateway(data, Clock()) as gw:
+        status, headers, _ = await gw.chat()
+        assert status == 200 and headers["x-backend"] == "p/Pool"
+
+
+async def test_limit_concurrency_answers_429_when_full(mocks):
+    a = mocks[0]
+    data = pool_snapshot(
+        [backend("a", a, None)],
+        "a",
+        '<limit-concurrency key="one" max-count="2"><forward-request /></limit-concurrency>',
+    )
+    async with gateway(data, Clock()) as gw:
+        a.fail("slow", delay_ms=400)
+        results = await asyncio.gather(*(gw.chat() for _ in range(4)))
+        statuses = sorted(r[0] for r in results)
+        assert statuses == [200, 200, 429, 429]
+        a.fail("none")
+        assert (await gw.chat())[0] == 200  # the slots were released
