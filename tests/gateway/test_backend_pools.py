@@ -166,7 +166,7 @@ async def test_round_robin_and_weighted_splits_are_exact(mocks):
             backend("c", c, None),
             pool("rr", ("a", 1, 1), ("b", 1, 1), ("c", 1, 1)),
             pool("weighted", ("a", 1, 3), ("b", 1, 1)),
-        ],  # fmt: skip
+        ],
         "rr",
     )
     async with gateway(data, Clock()) as gw:
@@ -200,7 +200,7 @@ async def test_ptu_first_spills_over_on_429_and_comes_back_after_retry_after(moc
         assert (calls(ptu), calls(paygo)) == (3, 0)
 
         ptu.fail("status", status=429, retry_after="20")
-        status, _, raw = await gw.chat(trace=True)
+        status, _, _ = await gw.chat(trace=True)
         assert status == 200  # the 429 tripped the PTU, the retry went to pay-as-you-go
         assert (calls(ptu), calls(paygo)) == (4, 1)
         assert gw.states.state("ptu") == BackendState.OPEN
@@ -274,7 +274,7 @@ async def test_resets_and_hangs_trip_a_server_error_rule_and_clients_do_not_fail
             backend("b", b, RULE_5XX),
             backend("c", c, RULE_5XX),
             pool("p", ("a", 1, 1), ("b", 1, 1), ("c", 1, 1)),
-        ],  # fmt: skip
+        ],
         "p",
         RETRY_FORWARD.format(count=2, timeout=0.5),
     )
@@ -334,7 +334,7 @@ async def test_a_stream_is_retried_before_its_first_byte_and_a_cut_is_never_sile
     stream = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     async with gateway(data, Clock()) as gw:
         a.fail("status", count=1, status=500)
-        status, headers, raw = await gw.chat(stream)
+        status, _, raw = await gw.chat(stream)
         assert status == 200 and raw.endswith(b"data: [DONE]\n\n")
         assert (calls(a), calls(b)) == (1, 1)
 
@@ -353,11 +353,11 @@ async def test_a_slow_first_byte_past_the_timeout_fails_over(mocks):
     )
     async with gateway(data, Clock()) as gw:
         a.fail("slow", count=1, delay_ms=2000)
-        status, headers, raw = await gw.chat(trace=True)
+        status, headers, _ = await gw.chat(trace=True)
         assert status == 200
         assert a.stats()["failures"] == {"slow": 1}  # given up on after 0.3 s, before it answered
         assert calls(b) == 1
-        forward = [e for e in orjson.loads(headers["x-sluice-trace"]) if e.get("policy") == "retry"][0]
+        forward = next(e for e in orjson.loads(headers["x-sluice-trace"]) if e.get("policy") == "retry")
         assert [(x["backend"], x.get("error"), x.get("status")) for x in forward["attempts"]] == [
             ("a", "Timeout", None),
             ("b", None, 200),

@@ -59,6 +59,13 @@ def test_unknown_fields_are_ignored_and_long_names_cut():
     assert record.model == "m" * MAX_LENGTHS["model"]
 
 
+def test_failed_attempts_is_optional_for_records_of_older_gateways():
+    data = UsageRecordFactory(failed_attempts="ptu:429 ptu2:Timeout").to_json()
+    assert UsageRecord.from_json(data).failed_attempts == "ptu:429 ptu2:Timeout"
+    del data["failed_attempts"]
+    assert UsageRecord.from_json(data).failed_attempts is None
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -85,7 +92,7 @@ def test_bad_json_values_name_the_field(field, value):
     assert excinfo.value.field == field
 
 
-@pytest.mark.parametrize("field", FIELD_NAMES)
+@pytest.mark.parametrize("field", [name for name in FIELD_NAMES if name != "failed_attempts"])
 def test_every_field_is_required(field):
     data = UsageRecordFactory().to_json()
     del data[field]
