@@ -7,6 +7,8 @@ assignment (``app.snapshot = config``); each request reads it once, so a swap ne
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import time
 from collections.abc import Callable
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from gateway.backends import BackendStates
+from gateway.backends import BackendStates, RedisBreakers
 from gateway.context import Headers, RequestContext
 from gateway.errors import (
     MSG_API_UNAVAILABLE,
@@ -32,6 +34,7 @@ from gateway.limits import TokenStore, create_store
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics
 from gateway.pipeline import JSON_HEADERS, Pipeline, error_body, error_response, run_pipeline
+from gateway.redis import RespClient
 from gateway.request_checks import path_problem
 from gateway.secrets import trace_key, verify_trace_token
 from gateway.subscription import check_subscription, split_query_param
@@ -95,8 +98,8 @@ class _Services(Forwarder):
 class GatewayApp:
     """The request handler. ``snapshot`` is the Snapshot being served (None until one is loaded)."""
 
-    __slots__ = ("_metrics_auth", "_trace_key", "clock", "config", "forwarder", "pool", "rejected", "snapshot",
-                 "telemetry", "wall_clock")  # fmt: skip
+    __slots__ = ("_backend_sync", "_metrics_auth", "_trace_key", "clock", "config", "forwarder", "pool", "rejected",
+                 "snapshot", "telemetry", "wall_clock")  # fmt: skip
 
     def __init__(
         self,
@@ -115,7 +118,10 @@ class GatewayApp:
         self.telemetry = telemetry
         metrics = telemetry.metrics if telemetry is not None else None
         if backends is None:
-            backends = BackendStates(clock, wall_clock=wall_clock, max_trip=config.max_retry_after)
+            # REDIS_URL: circuit breakers shared by every replica; else per process
+            shared = RedisBreakers(RespClient(config.redis_url)) if config.redis_url else None
+            backends = BackendStates(clock, wall_clock=wall_clock, max_trip=config.max_retry_after, shared=shared)
+        self._backend_sync: asyncio.Task[None] | None = None
         if metrics is not None:
             backends.listeners.append(metrics.record_backend_state)
         self.forwarder = _Services(pool, clock, metrics, limits, backends)
@@ -270,13 +276,36 @@ class GatewayApp:
                 health["status"] = "degraded"
             health["rejected"] = self.rejected
             health["quarantined"] = [problem.as_dict() for problem in quarantined]
-        if self.snapshot is not None:
-            guarded = [name for name, target in self.snapshot.backends.items() if target.breaker is not None]
-            if guarded:
-                health["backends"] = self.forwarder.backends.snapshot(guarded)
+        guarded = self.guarded_backends()
+        if guarded:
+            health["backends"] = self.forwarder.backends.snapshot(guarded)
         return health
 
+    def guarded_backends(self) -> list[str]:
+        """Names of the served backends that have a circuit breaker."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return []
+        return [name for name, target in snapshot.backends.items() if target.breaker is not None]
+
+    def start(self) -> None:
+        """Start the background work: polling the circuit breaker state other replicas share (Redis)."""
+        shared = self.forwarder.backends.shared
+        if isinstance(shared, RedisBreakers) and self._backend_sync is None:
+            interval = self.config.poll_interval
+            self._backend_sync = asyncio.create_task(
+                shared.run(self.forwarder.backends, self.guarded_backends, interval)
+            )
+
     async def aclose(self) -> None:
+        if self._backend_sync is not None:
+            self._backend_sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._backend_sync
+            self._backend_sync = None
+        shared = self.forwarder.backends.shared
+        if isinstance(shared, RedisBreakers):
+            await shared.aclose()
         if self.forwarder.limits is not None:
             await self.forwarder.limits.aclose()
         await self.pool.close()

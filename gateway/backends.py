@@ -19,6 +19,7 @@ Time is injected: ``clock`` (monotonic seconds) and ``wall_clock`` (Unix seconds
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -27,6 +28,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Final, Protocol
 
 from gateway.model import BackendPool, BreakerRule, PoolMember
+from gateway.redis import RespClient
 
 if TYPE_CHECKING:
     from gateway.model import BackendTarget
@@ -37,6 +39,7 @@ __all__ = (
     "BackendStates",
     "BreakerRule",
     "PoolMember",
+    "RedisBreakers",
     "SharedBreakers",
     "parse_retry_after",
 )
@@ -81,11 +84,13 @@ def parse_retry_after(value: bytes | None, wall_now: float) -> float | None:
 class SharedBreakers(Protocol):
     """Breaker state shared by the replicas (``gateway.backend_sync.RedisBreakers``)."""
 
-    def publish_trip(self, name: str, until_wall: float) -> None: ...
+    def publish_trip(self, name: str, until_wall: float, duration: float) -> None: ...
 
     def publish_close(self, name: str) -> None: ...
 
     async def claim_probe(self, name: str, ttl: float) -> bool: ...
+
+    async def poll(self, states: BackendStates, names: list[str]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -96,6 +101,7 @@ class _Breaker:
     buckets: dict[int, list[int]] = field(default_factory=dict)  # bucket index -> [failures, answers]
     trips: int = 0
     last_trip_reason: str = ""
+    probe_elsewhere: bool = False  # another replica holds the half-open probe (shared state)
 
 
 class BackendStates:
@@ -179,7 +185,8 @@ class BackendStates:
             return
         breaker.open_until = until
         breaker.probe_started = None
-        breaker.last_trip_reason = "shared"
+        breaker.probe_elsewhere = False
+        breaker.last_trip_reason = "tripped by another gateway"
         self._set(name, breaker, BackendState.OPEN)
 
     def apply_shared_close(self, name: str) -> None:
@@ -187,7 +194,19 @@ class BackendStates:
         if breaker is not None and breaker.state != BackendState.CLOSED:
             breaker.buckets.clear()
             breaker.probe_started = None
+            breaker.probe_elsewhere = False
             self._set(name, breaker, BackendState.CLOSED)
+
+    def forget_probe_elsewhere(self, name: str) -> None:
+        """The other replica's probe left no verdict (it died): the next request here may probe."""
+        breaker = self._breakers.get(name)
+        if breaker is not None and breaker.probe_elsewhere:
+            breaker.probe_elsewhere = False
+            breaker.probe_started = None
+
+    def waits_for_shared_probe(self, name: str) -> bool:
+        breaker = self._breakers.get(name)
+        return breaker is not None and breaker.probe_elsewhere
 
     # admission
 
@@ -210,8 +229,9 @@ class BackendStates:
                 claimed = await self.shared.claim_probe(name, self.probe_timeout)
             except Exception:  # the shared store is down: decide locally
                 claimed = True
-            if not claimed:  # another replica probes; keep away until it reports
+            if not claimed:  # another replica probes; keep away until it reports (RedisBreakers.poll)
                 breaker.probe_started = now
+                breaker.probe_elsewhere = True
                 return False
         self._set(name, breaker, BackendState.HALF_OPEN)
         return True
@@ -317,7 +337,7 @@ class BackendStates:
         breaker.last_trip_reason = why
         self._set(name, breaker, BackendState.OPEN)
         if self.shared is not None:
-            self.shared.publish_trip(name, self.wall_clock() + duration)
+            self.shared.publish_trip(name, self.wall_clock() + duration, duration)
         return True
 
     def release_probe(self, target: BackendTarget) -> None:
@@ -325,3 +345,77 @@ class BackendStates:
         breaker = self._breakers.get(target.name or "")
         if breaker is not None and breaker.state != BackendState.CLOSED:
             breaker.probe_started = None
+
+
+_CLOSED: Final = b"closed"
+
+
+class RedisBreakers:
+    """Circuit breaker state shared by every replica through Redis.
+
+    * ``{prefix}{name}:open`` holds the Unix time a trip ends, and expires then. A replica that trips a backend
+      sets it; the others read it on their next ``poll`` (every ``SLUICE_POLL_INTERVAL``) and stop sending too.
+    * ``{prefix}{name}:probe`` is the half-open probe: claimed with ``SET NX`` (only one replica probes), then set
+      to ``closed`` for a few poll intervals when the probe succeeded, so the other replicas close as well. A
+      failed probe sets ``:open`` again.
+
+    Writes are sent without waiting for the reply; a Redis that is down only makes each replica decide alone.
+    """
+
+    def __init__(self, client: RespClient, *, prefix: str = "sluice:backend:", closed_ttl: float = 10.0) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.closed_ttl = closed_ttl
+
+    def _key(self, name: str, what: str) -> str:
+        return f"{self.prefix}{name}:{what}"
+
+    def publish_trip(self, name: str, until_wall: float, duration: float) -> None:
+        ttl_ms = max(1, int(duration * 1000))
+        self.client.send("SET", self._key(name, "open"), repr(until_wall), "PX", ttl_ms, on_reply=_ignore)
+        self.client.send("DEL", self._key(name, "probe"), on_reply=_ignore)
+
+    def publish_close(self, name: str) -> None:
+        self.client.send("DEL", self._key(name, "open"), on_reply=_ignore)
+        ttl_ms = int(self.closed_ttl * 1000)
+        self.client.send("SET", self._key(name, "probe"), _CLOSED, "PX", ttl_ms, on_reply=_ignore)
+
+    async def claim_probe(self, name: str, ttl: float) -> bool:
+        reply = await self.client.call("SET", self._key(name, "probe"), "probing", "NX", "PX", max(1, int(ttl * 1000)))
+        return reply is not None
+
+    async def poll(self, states: BackendStates, names: list[str]) -> None:
+        """Apply what the other replicas published about ``names``."""
+        if not names:
+            return
+        keys = [self._key(name, what) for name in names for what in ("open", "probe")]
+        values = await self.client.call("MGET", *keys)
+        for index, name in enumerate(names):
+            until, probe = values[2 * index], values[2 * index + 1]
+            if until is not None:
+                try:
+                    states.apply_shared_trip(name, float(until))
+                except ValueError:
+                    continue
+            elif probe == _CLOSED:
+                states.apply_shared_close(name)
+            elif probe is None and states.waits_for_shared_probe(name):
+                states.forget_probe_elsewhere(name)
+
+    async def run(self, states: BackendStates, names: Callable[[], list[str]], interval: float) -> None:
+        """Poll forever (a task of the gateway); errors are logged at debug level and retried."""
+        while True:
+            try:
+                await self.poll(states, names())
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                logger.debug("backend state poll failed: %s", exc)
+            except Exception:
+                logger.exception("backend state poll failed")
+            await asyncio.sleep(interval)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _ignore(reply: object) -> None:
+    return None

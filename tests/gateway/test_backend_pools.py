@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,10 +19,11 @@ import orjson
 import pytest
 
 from gateway.app import create_app
-from gateway.backends import BackendState, BackendStates
+from gateway.backends import BackendState, BackendStates, RedisBreakers
 from gateway.http.client import UpstreamPool
 from gateway.http.server import ServerLimits, serve
 from gateway.metrics import Metrics
+from gateway.redis import RespClient
 from gateway.settings import GatewaySettings
 from gateway.snapshot import load_snapshot
 from tests.fixtures_procs import MockLLM, _factory, _stop, start_mock_llm
@@ -136,10 +139,13 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def gateway(data: dict[str, Any], clock: Clock, *, metrics: Metrics | None = None) -> AsyncIterator[Gateway]:
+async def gateway(
+    data: dict[str, Any], clock: Clock, *, metrics: Metrics | None = None, states: BackendStates | None = None
+) -> AsyncIterator[Gateway]:
     config = GatewaySettings(gateway_token=TOKEN, max_retry_after=120)
     upstream = UpstreamPool(connect_timeout=2.0, read_timeout=10.0)
-    states = BackendStates(clock.monotonic, wall_clock=clock.wall, max_trip=config.max_retry_after)
+    if states is None:
+        states = BackendStates(clock.monotonic, wall_clock=clock.wall, max_trip=config.max_retry_after)
     app = create_app(config, pool=upstream, backends=states, metrics=metrics)
     app.snapshot = load_snapshot(data, gateway_token=TOKEN)
     assert app.snapshot.quarantined == ()
@@ -428,3 +434,41 @@ async def test_limit_concurrency_answers_429_when_full(mocks):
         assert statuses == [200, 200, 429, 429]
         a.fail("none")
         assert (await gw.chat())[0] == 200  # the slots were released
+
+
+# Two gateways sharing Redis
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="REDIS_URL is not set (CI sets redis://127.0.0.1:6379/0)")
+async def test_two_gateways_share_a_trip_and_one_probe_decides_for_both(mocks):
+    ptu, paygo, _ = mocks
+    data = pool_snapshot(
+        [backend("ptu", ptu), backend("paygo", paygo), pool("aoai", ("ptu", 1, 1), ("paygo", 2, 1))],
+        "aoai",
+        RETRY_FORWARD.format(count=2, timeout=5),
+    )
+    clock = Clock()
+    prefix = f"sluice-test:{uuid.uuid4().hex}:"
+    shared = [RedisBreakers(RespClient(os.environ["REDIS_URL"]), prefix=prefix) for _ in range(2)]
+    states = [BackendStates(clock.monotonic, wall_clock=clock.wall, shared=s) for s in shared]
+    async with gateway(data, clock, states=states[0]) as one, gateway(data, clock, states=states[1]) as two:
+        ptu.fail("status", status=429, retry_after="30")
+        assert (await one.chat())[0] == 200  # one trips the PTU (and retries on paygo)
+        assert two.states.state("ptu") == BackendState.CLOSED
+        await shared[1].poll(states[1], ["ptu", "paygo"])  # what two's background poll does every interval
+        assert two.states.state("ptu") == BackendState.OPEN
+        assert two.states.retry_in("ptu") == 30
+        assert [(await two.chat())[0] for _ in range(3)] == [200] * 3
+        assert (calls(ptu), calls(paygo)) == (1, 4)  # two never sent to the tripped PTU
+
+        ptu.fail("slow", count=1, delay_ms=300)
+        clock.now += 30
+        results = await asyncio.gather(one.chat(), two.chat(), one.chat(), two.chat())
+        assert [r[0] for r in results] == [200] * 4
+        assert calls(ptu) == 2  # a single probe for both gateways
+        assert one.states.state("ptu") == BackendState.CLOSED or two.states.state("ptu") == BackendState.CLOSED
+        for s, st in zip(shared, states, strict=True):
+            await s.poll(st, ["ptu", "paygo"])
+        assert one.states.state("ptu") == two.states.state("ptu") == BackendState.CLOSED
+        assert [(await gw.chat())[0] for gw in (one, two)] == [200, 200]
+        assert calls(ptu) == 4
