@@ -1,4 +1,5 @@
 from rest_framework import serializers
+from rest_framework.exceptions import ErrorDetail
 
 from backends.api.serializers import MAX_POOL_MEMBERS, BackendSerializer
 from gateway_admin.api.serializers import ConfigurationModelSerializer, StrictFieldsMixin
@@ -171,6 +172,15 @@ class ImportLanguageModelSerializer(StrictFieldsMixin, serializers.Serializer):
             if contributor.key and contributor.serializer_class is not None:
                 fields[contributor.key] = contributor.serializer_class(required=False, allow_null=True)
         return fields
+
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            # name a missing url with the other missing fields (rather than only once they are fixed)
+            if isinstance(exc.detail, dict) and isinstance(data, dict) and "url" not in data and "backends" not in data:
+                exc.detail.setdefault("url", [ErrorDetail("This field is required (or give backends).", "required")])
+            raise
 
     def validate(self, attrs):
         if ("url" in attrs) == ("backends" in attrs):
