@@ -373,7 +373,8 @@ async def test_a_slow_first_byte_past_the_timeout_fails_over(mocks):
 # Usage and the trace
 
 
-async def test_usage_names_the_answering_member_and_the_failed_attempts(mocks):
+@pytest.mark.parametrize("stream", [False, True])
+async def test_usage_names_the_answering_member_and_the_failed_attempts(mocks, stream):
     from gateway.usage.sinks import MemorySink
 
     a, b, _ = mocks
@@ -392,11 +393,17 @@ async def test_usage_names_the_answering_member_and_the_failed_attempts(mocks):
     try:
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
             a.fail("status", count=1, status=429, retry_after="30")
+            body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}} if stream else CHAT
             async with session.post(
-                "/llm/chat/completions", json=CHAT, headers={"Ocp-Apim-Subscription-Key": KEY}
+                "/llm/chat/completions", json=body, headers={"Ocp-Apim-Subscription-Key": KEY}
             ) as response:
-                answer = await response.json()
                 assert response.status == 200
+                raw = await response.read()
+            if stream:
+                events = [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: {")]
+                answer = orjson.loads(events[-1])
+            else:
+                answer = orjson.loads(raw)
     finally:
         server.close()
         await app.aclose()

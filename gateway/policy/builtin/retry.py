@@ -15,6 +15,7 @@ retried while attempts remain, whatever the condition: the condition decides for
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from gateway.http.messages import Response
 
 __all__ = ("MAX_COUNT", "MAX_INTERVAL", "Retry", "run_steps")
+
+logger = logging.getLogger("gateway.policy.retry")
 
 MAX_COUNT: Final = 50
 MAX_INTERVAL: Final = 300.0
@@ -56,8 +59,18 @@ async def run_steps(ctx: RequestContext, steps: Iterable[Policy]) -> Response | 
     return None
 
 
-async def close_response(ctx: RequestContext) -> None:
-    """Drop an answer that will not be sent (a retried attempt): close its stream, if any."""
+async def close_response(ctx: RequestContext, filters: int) -> None:
+    """Drop an answer that will not be sent (a retried attempt): close its stream, if any, and drop what it set up
+    for the client's answer: the chunk filters added after the first ``filters`` (token meters, told the body is
+    abandoned) and its usage, so that only the answer the client gets is counted."""
+    extra = ctx.chunk_filters[filters:]
+    del ctx.chunk_filters[filters:]
+    for chunk_filter in extra:
+        try:
+            chunk_filter.finish(False)
+        except Exception:  # a filter of a dropped answer must not fail the retry
+            logger.exception("chunk filter failed while dropping a retried answer")
+    ctx.usage = None
     head = ctx.response
     ctx.response = None
     if head is not None and head.upstream is not None:
@@ -139,6 +152,7 @@ class Retry(Policy):
 
     async def apply(self, ctx: RequestContext) -> Response | None:
         retry = 0
+        filters = len(ctx.chunk_filters)
         while True:
             failure: GatewayError | None = None
             try:
@@ -152,7 +166,7 @@ class Retry(Policy):
                 if response is not None or retry >= self.count or not truth(self.condition, ctx):
                     return response
             retry += 1
-            await close_response(ctx)
+            await close_response(ctx, filters)
             if failure is None and ctx.attempts:
                 ctx.attempts[-1]["retried"] = True
             wait = self.wait_before(retry)
