@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import sys
 import tempfile
@@ -44,7 +45,7 @@ from gateway.settings import GatewaySettings  # noqa: E402
 from gateway.snapshot import load_snapshot  # noqa: E402
 from gateway_admin.management.processes import ManagedProcess, free_port  # noqa: E402
 
-TOKEN = "bench-pool-token"
+TOKEN = "bench-pool-token"  # noqa: S105 - a throwaway gateway token of this run
 KEY = "bench-pool-key"
 RULE = {
     "name": "trip-on-429",
@@ -81,7 +82,7 @@ def snapshot(ptu: str, paygo: str) -> dict[str, Any]:
                     {"backend": "paygo", "priority": 2, "weight": 1},
                 ],
             },
-        ],  # fmt: skip
+        ],
         "products": [],
         "apis": [
             {
@@ -197,7 +198,7 @@ def figures(data: dict[str, Any]) -> dict[str, float | int | None]:
     first_429 = next((s["t"] for s in samples if s["ptu_429"] > 0), None)
     healed_served = None
     last_ok = None
-    for before, after in zip(samples, samples[1:], strict=False):
+    for before, after in itertools.pairwise(samples):
         if after["t"] >= args["heal_at"] and after["ptu_ok"] > before["ptu_ok"] and healed_served is None:
             healed_served = after["t"]
         if after["t"] < args["heal_at"] and after["ptu_ok"] > before["ptu_ok"]:
