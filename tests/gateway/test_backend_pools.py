@@ -123,6 +123,12 @@ def pool_snapshot(backends: list[dict[str, Any]], backend_id: str, backend_polic
     }
 
 
+def lab_snapshot(ptu: MockLLM, paygo: MockLLM, backend_policy: str = "<base />") -> dict:
+    """APIM's lab: the pool ``aoai`` of ``ptu`` (priority 1) and ``paygo`` (priority 2), each with the 429 rule."""
+    members = [backend("ptu", ptu), backend("paygo", paygo), pool("aoai", ("ptu", 1, 1), ("paygo", 2, 1))]
+    return pool_snapshot(members, "aoai", backend_policy)
+
+
 class Gateway:
     def __init__(self, session: aiohttp.ClientSession, states: BackendStates, app: Any) -> None:
         self.session = session
@@ -193,11 +199,7 @@ async def test_round_robin_and_weighted_splits_are_exact(mocks):
 
 async def test_ptu_first_spills_over_on_429_and_comes_back_after_retry_after(mocks):
     ptu, paygo, _ = mocks
-    data = pool_snapshot(
-        [backend("ptu", ptu), backend("paygo", paygo), pool("aoai", ("ptu", 1, 1), ("paygo", 2, 1))],
-        "aoai",
-        RETRY_FORWARD.format(count=2, timeout=5),
-    )
+    data = lab_snapshot(ptu, paygo, RETRY_FORWARD.format(count=2, timeout=5))
     clock = Clock()
     metrics = Metrics()
     async with gateway(data, clock, metrics=metrics) as gw:
@@ -236,11 +238,7 @@ async def test_ptu_first_spills_over_on_429_and_comes_back_after_retry_after(moc
 
 async def test_a_failed_probe_trips_again_and_retry_after_is_capped(mocks):
     ptu, paygo, _ = mocks
-    data = pool_snapshot(
-        [backend("ptu", ptu), backend("paygo", paygo), pool("aoai", ("ptu", 1, 1), ("paygo", 2, 1))],
-        "aoai",
-        RETRY_FORWARD.format(count=2, timeout=5),
-    )
+    data = lab_snapshot(ptu, paygo, RETRY_FORWARD.format(count=2, timeout=5))
     clock = Clock()
     async with gateway(data, clock) as gw:
         ptu.fail("status", status=429, retry_after="86400")  # a day: capped by max_retry_after (120 s)
@@ -254,9 +252,7 @@ async def test_a_failed_probe_trips_again_and_retry_after_is_capped(mocks):
 
 async def test_the_probe_is_one_request_not_a_herd(mocks):
     ptu, paygo, _ = mocks
-    data = pool_snapshot(
-        [backend("ptu", ptu), backend("paygo", paygo), pool("aoai", ("ptu", 1, 1), ("paygo", 2, 1))], "aoai"
-    )
+    data = lab_snapshot(ptu, paygo)
     clock = Clock()
     async with gateway(data, clock) as gw:
         ptu.fail("status", count=1, status=429, retry_after="10")
@@ -449,11 +445,7 @@ async def test_limit_concurrency_answers_429_when_full(mocks):
 @pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="REDIS_URL is not set (CI sets redis://127.0.0.1:6379/0)")
 async def test_two_gateways_share_a_trip_and_one_probe_decides_for_both(mocks):
     ptu, paygo, _ = mocks
-    data = pool_snapshot(
-        [backend("ptu", ptu), backend("paygo", paygo), pool("aoai", ("ptu", 1, 1), ("paygo", 2, 1))],
-        "aoai",
-        RETRY_FORWARD.format(count=2, timeout=5),
-    )
+    data = lab_snapshot(ptu, paygo, RETRY_FORWARD.format(count=2, timeout=5))
     clock = Clock()
     prefix = f"sluice-test:{uuid.uuid4().hex}:"
     shared = [RedisBreakers(RespClient(os.environ["REDIS_URL"]), prefix=prefix) for _ in range(2)]

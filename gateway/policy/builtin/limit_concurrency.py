@@ -8,15 +8,14 @@ slot is held until the response is over (the last byte of a stream), not only wh
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.errors import GatewayError
 
-from ..base import ALL_SECTIONS, Attr, BindEnv, ParseChild, Policy, bind_steps, check_element
+from ..base import ALL_SECTIONS, Attr, ParseChild, Policy, check_element
 from ..values import Value
 from ..xml import Element
-from .retry import run_steps
+from .retry import Wrapper, run_steps
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -28,23 +27,18 @@ MSG_FULL: Final = "Too many concurrent requests for this key; try again later."
 _ATTRS: Final = {"key": Attr(required=True), "max-count": Attr(required=True, expressions=False)}
 
 
-class LimitConcurrency(Policy):
+class LimitConcurrency(Wrapper):
     """``<limit-concurrency key="@(…)" max-count="3">…</limit-concurrency>``."""
 
     name = "limit-concurrency"
     sections = ALL_SECTIONS
-    __slots__ = ("in_flight", "key", "max_count", "steps")
+    __slots__ = ("in_flight", "key", "max_count")
 
     def __init__(self, key: Value, max_count: int, steps: tuple[Policy, ...]) -> None:
-        super().__init__()
+        super().__init__(steps)
         self.key = key
         self.max_count = max_count
-        self.steps = steps
         self.in_flight: dict[str, int] = {}  # key -> requests holding a slot (keys at 0 are removed)
-
-    @classmethod
-    def from_element(cls, el: Element) -> LimitConcurrency:
-        raise el.error("<limit-concurrency> holds other policies and can only be compiled within a document")
 
     @classmethod
     def build(cls, el: Element, parse_child: ParseChild) -> LimitConcurrency:
@@ -53,12 +47,6 @@ class LimitConcurrency(Policy):
         if not text.isdigit() or int(text) < 1:
             raise el.error(f"<limit-concurrency>: 'max-count' must be a positive integer, got {text!r}")
         return cls(attrs["key"], int(text), tuple(parse_child(child) for child in el.children))
-
-    def substeps(self) -> Iterable[Policy]:
-        return self.steps
-
-    def bind(self, env: BindEnv) -> None:
-        bind_steps(self.steps, env)
 
     async def apply(self, ctx: RequestContext) -> Response | None:
         key = self.key.evaluate(ctx)

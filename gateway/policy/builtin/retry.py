@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.http.messages import Response
 
-__all__ = ("MAX_COUNT", "MAX_INTERVAL", "Retry", "run_steps")
+__all__ = ("MAX_COUNT", "MAX_INTERVAL", "Retry", "Wrapper", "run_steps")
 
 logger = logging.getLogger("gateway.policy.retry")
 
@@ -78,12 +78,33 @@ async def close_response(ctx: RequestContext, filters: int) -> None:
         await upstream.aclose()
 
 
-class Retry(Policy):
+class Wrapper(Policy):
+    """A policy that runs child policies itself (``retry``, ``limit-concurrency``): they are compiled with the rules
+    of the enclosing section and scope, and bound with it."""
+
+    __slots__ = ("steps",)
+
+    def __init__(self, steps: tuple[Policy, ...]) -> None:
+        super().__init__()
+        self.steps = steps
+
+    @classmethod
+    def from_element(cls, el: Element) -> Policy:
+        raise el.error(f"<{el.tag}> holds other policies and can only be compiled within a document")
+
+    def substeps(self) -> Iterable[Policy]:
+        return self.steps
+
+    def bind(self, env: BindEnv) -> None:
+        bind_steps(self.steps, env)
+
+
+class Retry(Wrapper):
     """``<retry condition="@(…)" count="3" interval="1" [max-interval="…" delta="…" first-fast-retry="…"]>``."""
 
     name = "retry"
     sections = ALL_SECTIONS
-    __slots__ = ("condition", "count", "delta", "fast_first", "interval", "max_interval", "steps")
+    __slots__ = ("condition", "count", "delta", "fast_first", "interval", "max_interval")
 
     def __init__(
         self,
@@ -96,18 +117,13 @@ class Retry(Policy):
         delta: float | None = None,
         fast_first: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(steps)
         self.condition = condition
         self.count = count
         self.interval = interval
         self.max_interval = max_interval
         self.delta = delta
         self.fast_first = fast_first
-        self.steps = steps
-
-    @classmethod
-    def from_element(cls, el: Element) -> Retry:
-        raise el.error("<retry> holds other policies and can only be compiled within a document")
 
     @classmethod
     def build(cls, el: Element, parse_child: ParseChild) -> Retry:
@@ -130,12 +146,6 @@ class Retry(Policy):
         return cls(
             condition, int(count), interval, steps, max_interval=max_interval, delta=delta, fast_first=fast_first
         )
-
-    def substeps(self) -> Iterable[Policy]:
-        return self.steps
-
-    def bind(self, env: BindEnv) -> None:
-        bind_steps(self.steps, env)
 
     def wait_before(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based): fixed, linear (``delta``) or exponential
