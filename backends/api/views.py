@@ -1,5 +1,5 @@
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
@@ -28,7 +28,7 @@ class BackendViewSet(ConfigurationViewSet):
         delete_backend(instance)
 
     @extend_schema(
-        responses=serializers.DictField(),
+        responses={200: OpenApiTypes.OBJECT},
         description="The circuit breaker state of the backend (and of a pool's members), as the gateways reported "
         "it in their last heartbeats: closed, open, half-open, or unknown when no live gateway reported it.",
     )
