@@ -217,8 +217,10 @@ async def test_ptu_first_spills_over_on_429_and_comes_back_after_retry_after(moc
         for _ in range(5):  # while tripped, the PTU gets nothing
             assert (await gw.chat())[0] == 200
         assert (calls(ptu), calls(paygo)) == (4, 6)
-        health = gw.app.health()["backends"]
+        async with gw.session.get("/__sluice/health") as response:
+            health = (await response.json())["backends"]
         assert health["ptu"]["state"] == "open" and health["paygo"]["state"] == "closed"
+        assert health["ptu"]["open_until"] == int(clock.wall() + 20) and health["ptu"]["trips"] == 1
         assert b'sluice_backend_state{backend="ptu"} 1.0' in metrics.exposition()
 
         ptu.fail("none")

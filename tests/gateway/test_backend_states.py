@@ -145,3 +145,23 @@ async def test_priority_groups_weights_and_tried_members():
 def test_bad_attributes_are_refused_when_the_document_is_written(statement, message):
     with pytest.raises(PolicyError, match=message):
         parse_document(f"<policies><backend>{statement}</backend></policies>", "api")
+
+
+def _retry(attrs: str):
+    document = parse_document(
+        f"<policies><backend><retry {attrs}><forward-request /></retry></backend></policies>", "api"
+    )
+    return next(iter(document.sections.values()))[0]
+
+
+def test_retry_intervals_fixed_linear_exponential_and_first_fast():
+    fixed = _retry('condition="true" count="3" interval="2"')
+    assert [fixed.wait_before(n) for n in (1, 2, 3)] == [2, 2, 2]
+    linear = _retry('condition="true" count="3" interval="1" delta="2" first-fast-retry="true"')
+    assert [linear.wait_before(n) for n in (1, 2, 3)] == [0, 3, 5]
+    exponential = _retry('condition="true" count="5" interval="1" delta="2" max-interval="10"')
+    waits = [exponential.wait_before(n) for n in (1, 2, 3, 4, 5)]
+    assert waits[0] == 1
+    assert 1 + 1.6 <= waits[1] <= 1 + 2.4  # 1 + (2^1 - 1) * delta ±20 %
+    assert 1 + 3 * 1.6 <= waits[2] <= 1 + 3 * 2.4
+    assert waits[3] == waits[4] == 10  # capped by max-interval
