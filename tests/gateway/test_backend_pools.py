@@ -260,7 +260,7 @@ async def test_the_probe_is_one_request_not_a_herd(mocks):
         ptu.fail("status", count=1, status=429, retry_after="10")
         assert (await gw.chat())[0] == 429  # no retry declared: the client sees the 429 that tripped it
         clock.now += 10
-        ptu.fail("slow", count=1, delay_ms=300)  # the probe takes a while
+        ptu.fail("slow", count=1, delay_ms=1000)  # the probe takes a while
         results = await asyncio.gather(*(gw.chat() for _ in range(6)))
         assert [r[0] for r in results] == [200] * 6
         assert (calls(ptu), calls(paygo)) == (2, 5)  # one probe; the others went to the fallback group
@@ -433,7 +433,7 @@ async def test_limit_concurrency_answers_429_when_full(mocks):
         '<limit-concurrency key="one" max-count="2"><forward-request /></limit-concurrency>',
     )
     async with gateway(data, Clock()) as gw:
-        a.fail("slow", delay_ms=400)
+        a.fail("slow", delay_ms=1000)
         results = await asyncio.gather(*(gw.chat() for _ in range(4)))
         statuses = sorted(r[0] for r in results)
         assert statuses == [200, 200, 429, 429]
@@ -462,7 +462,7 @@ async def test_two_gateways_share_a_trip_and_one_probe_decides_for_both(mocks):
         assert [(await two.chat())[0] for _ in range(3)] == [200] * 3
         assert (calls(ptu), calls(paygo)) == (1, 4)  # two never sent to the tripped PTU
 
-        ptu.fail("slow", count=1, delay_ms=300)
+        ptu.fail("slow", count=1, delay_ms=1000)
         clock.now += 30
         results = await asyncio.gather(one.chat(), two.chat(), one.chat(), two.chat())
         assert [r[0] for r in results] == [200] * 4
