@@ -473,3 +473,25 @@ async def test_two_gateways_share_a_trip_and_one_probe_decides_for_both(mocks):
         assert one.states.state("ptu") == two.states.state("ptu") == BackendState.CLOSED
         assert [(await gw.chat())[0] for gw in (one, two)] == [200, 200]
         assert calls(ptu) == 4
+
+
+async def test_fail_on_error_status_code_goes_to_on_error_unless_the_retry_condition_holds(mocks):
+    a, b, _ = mocks
+    data = pool_snapshot(
+        [backend("a", a, None), backend("b", b, None), pool("p", ("a", 1, 1), ("b", 2, 1))],
+        "p",
+        '<retry condition="@(context.Response.StatusCode &gt;= 500)" count="1" interval="0">'
+        '<forward-request fail-on-error-status-code="true" /></retry>',
+    )
+    data["apis"][0]["policy"] = data["apis"][0]["policy"].replace(
+        "</backend>",
+        '</backend><on-error><set-header name="x-error" exists-action="override">'
+        "<value>@(context.LastError.Reason)</value></set-header></on-error>",
+    )
+    async with gateway(data, Clock()) as gw:
+        a.fail("status", count=1, status=502)
+        assert (await gw.chat())[0] == 200  # judged by the condition: retried on b
+        a.fail("status", count=1, status=404)
+        status, headers, _ = await gw.chat()
+        assert status == 404 and headers["x-error"] == "BackendErrorStatusCode"  # not retried
+        assert (calls(a), calls(b)) == (2, 1)

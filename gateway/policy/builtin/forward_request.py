@@ -13,6 +13,7 @@ from gateway.errors import GatewayError
 from ..base import Attr, Policy, Section
 from ..values import ExpressionRuntimeError, Value
 from ..xml import Element
+from .retry import REASON_ERROR_STATUS
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -73,9 +74,7 @@ class ForwardRequest(Policy):
         response = ctx.response
         if self.fail_on_error and response is not None and response.status >= 400:
             status = response.status
-            raise GatewayError(
-                status, f"The backend answered {status}.", source=self.name, reason="BackendErrorStatusCode"
-            )
+            raise GatewayError(status, f"The backend answered {status}.", source=self.name, reason=REASON_ERROR_STATUS)
         return None
 
     def trace_details(self, ctx: RequestContext) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ logger = logging.getLogger("gateway.policy.retry")
 MAX_COUNT: Final = 50
 MAX_INTERVAL: Final = 300.0
 _RETRYABLE_SOURCES: Final = frozenset({"forward-request"})
+REASON_ERROR_STATUS: Final = "BackendErrorStatusCode"  # forward-request fail-on-error-status-code
 _ATTRS: Final = {
     "condition": Attr(required=True),
     "count": Attr(required=True, expressions=False),
@@ -170,6 +171,8 @@ class Retry(Wrapper):
             except GatewayError as error:
                 if error.source not in _RETRYABLE_SOURCES or error.status == 400 or retry >= self.count:
                     raise
+                if error.reason == REASON_ERROR_STATUS and not truth(self.condition, ctx):
+                    raise  # fail-on-error-status-code: an answer, which the condition judges
                 failure = error
                 ctx.last_error = error
             else:
