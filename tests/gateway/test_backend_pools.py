@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -495,3 +496,29 @@ async def test_fail_on_error_status_code_goes_to_on_error_unless_the_retry_condi
         status, headers, _ = await gw.chat()
         assert status == 404 and headers["x-error"] == "BackendErrorStatusCode"  # not retried
         assert (calls(a), calls(b)) == (2, 1)
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="REDIS_URL is not set (CI sets redis://127.0.0.1:6379/0)")
+async def test_the_background_poll_carries_a_trip_to_another_gateway_within_its_interval(mocks):
+    ptu, paygo, _ = mocks
+    config = GatewaySettings(gateway_token=TOKEN, redis_url=os.environ["REDIS_URL"], poll_interval=0.05)
+    apps = [create_app(config, pool=UpstreamPool()) for _ in range(2)]
+    prefix = f"sluice-test:{uuid.uuid4().hex}:"
+    for app in apps:
+        app.snapshot = load_snapshot(lab_snapshot(ptu, paygo), gateway_token=TOKEN)
+        app.forwarder.backends.shared.prefix = prefix  # this test's own keys
+    one, two = apps
+    two.start()
+    try:
+        ptu_target = one.snapshot.backends["ptu"]
+        assert one.forwarder.backends.record(ptu_target, 429, None, 30.0)
+        started = time.monotonic()
+        async with asyncio.timeout(5):
+            while two.forwarder.backends.state("ptu") != BackendState.OPEN:
+                await asyncio.sleep(0.01)
+        assert time.monotonic() - started < 3.0  # poll intervals (0.05 s), not the trip time (30 s)
+        assert 29 < two.forwarder.backends.retry_in("ptu") <= 30
+        assert two.health()["backends"]["ptu"]["reason"] == "tripped by another gateway"
+    finally:
+        for app in apps:
+            await app.aclose()
