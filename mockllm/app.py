@@ -40,6 +40,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from . import content
 
@@ -47,6 +48,7 @@ __all__ = ("MockConfig", "MockStats", "create_app")
 
 ERR_BAD_JSON = "We could not parse the JSON body of your request. ({detail})"
 ERR_NOT_OBJECT = "The JSON body of your request must be an object."
+ERR_BAD_PAYLOAD = "We could not read the body of your request. ({detail})"
 ERR_REQUIRED = "'{param}' is a required property"
 ERR_BAD_KEY = "Incorrect API key provided."
 ERR_NO_ROUTE = "Invalid URL ({method} {path})"
@@ -632,8 +634,19 @@ def _azure(handler: Handler) -> Handler:
     return deployment
 
 
+@web.middleware
+async def unreadable_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A body that cannot be read (a Content-Encoding it is not in, a broken chunk) is the client's 400, as a real
+    provider answers it, not a 500 with a traceback."""
+    try:
+        return await handler(request)
+    except RequestPayloadError as exc:
+        detail = " ".join(str(exc).split())
+        return error_response(400, ERR_BAD_PAYLOAD.format(detail=detail), code="invalid_request_body")
+
+
 def create_app(config: MockConfig | None = None) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[unreadable_body])
     app[CONFIG] = config or MockConfig()
     app[STATS] = MockStats()
     app[FAILURE] = FailurePlan()

@@ -272,6 +272,20 @@ def test_azure_deployment_route_requires_api_version(mock_llm):
     assert status == 400 and answer["error"]["param"] == "api-version"
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/echo"])
+def test_a_body_that_does_not_match_its_content_encoding_is_a_400(mock_llm: MockLLM, path):
+    # found by the gateway fuzz battery: the mock answered aiohttp's plain-text 500 and the gateway relayed it
+    status, body = call(
+        mock_llm.base_url.removesuffix("/v1") + path,
+        "POST",
+        b'{"model": "gpt-4o-mini", "messages": []}',
+        {"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert status == 400
+    assert body["error"]["code"] == "invalid_request_body"
+    assert "content-encoding: gzip" in body["error"]["message"]
+
+
 #
 # Failure modes (POST /mock/fail)
 #
