@@ -114,6 +114,7 @@ class ImportContext:
     api_type: str
     backend_name: str
     named_value_name: str | None = None
+    pool_size: int = 0  # members of the pool the import creates (0: a single backend)
 
 
 class PolicyContributor:
@@ -358,9 +359,23 @@ def build_api_policy(data: Mapping[str, Any], context: ImportContext) -> str:
         "policies",
         children=[
             Element("inbound", children=inbound),
-            Element("backend", children=[Element("base")]),
+            Element("backend", children=_backend_section(context)),
             Element("outbound", children=outbound),
             Element("on-error", children=[Element("base")]),
         ],
     )
     return document.render()
+
+
+def _backend_section(context: ImportContext) -> list[Element]:
+    """``<base/>``; for a pool, a retry that sends a 429 or 503 answer to the next member (its breaker has tripped
+    the one that answered), as APIM's backend pool labs do."""
+    if context.pool_size < 2:
+        return [Element("base")]
+    condition = "@(context.Response.StatusCode == 429 || context.Response.StatusCode == 503)"
+    retry = Element(
+        "retry",
+        {"condition": condition, "count": str(context.pool_size - 1), "interval": "0", "first-fast-retry": "true"},
+        children=[Element("forward-request", {"buffer-request-body": "true"})],
+    )
+    return [retry]

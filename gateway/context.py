@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from gateway.backends import BackendStates
     from gateway.errors import GatewayError
     from gateway.http.client import UpstreamPool, UpstreamResponse
     from gateway.http.messages import Request
@@ -77,6 +78,7 @@ class Services(Protocol):
     metrics: Metrics | None  # where llm-emit-token-metric records; None: metrics are off
     limits: TokenStore | None  # the counters of the limit policies (gateway.limits); None: no store configured
     pool: UpstreamPool  # the upstream connection pool, for policies that call a service (content safety)
+    backends: BackendStates  # circuit breakers and pool positions (gateway.backends)
 
     def forward(self, ctx: RequestContext, timeout: float | None) -> Awaitable[None]:
         """Send the request to ``ctx.backend`` and set ``ctx.response``; raises GatewayError."""
@@ -133,4 +135,6 @@ class RequestContext:
     # run once when the response is over (after the last chunk of a stream); token settlement, metrics, usage
     on_finish: list[FinishCallback] = field(default_factory=list)
     status: int = 0  # the status sent to the client, set before ``on_finish`` runs
+    # one entry per forwarding attempt (gateway.forward): backend, why it was chosen, status or error reason
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     started: float = 0.0

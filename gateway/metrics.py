@@ -52,6 +52,8 @@ DROPPED: Final = "sluice_metric_label_sets_dropped"
 BREAKER_STATE: Final = "sluice_redis_breaker_state"
 BREAKER_OPENED: Final = "sluice_redis_breaker_opened"
 CONTENT_SAFETY: Final = "sluice_content_safety_checks"
+BACKEND_STATE: Final = "sluice_backend_state"
+BACKEND_TRIPS: Final = "sluice_backend_trips"
 TOKEN_KINDS: Final = ("prompt", "completion", "total")
 
 _INVALID_RUN = re.compile(r"[^a-zA-Z0-9_]+")
@@ -245,6 +247,8 @@ class Metrics:
 
     __slots__ = (
         "_tokens",
+        "backend_state",
+        "backend_trips",
         "breaker_opened",
         "breaker_state",
         "content_safety",
@@ -328,6 +332,21 @@ class Metrics:
                 registry=reg,
             )
         )
+        self.backend_state = self._family(
+            Gauge(
+                BACKEND_STATE, "Backend circuit breaker: 0 closed, 1 open (tripped), 2 half-open (probing).",
+                ["backend"], registry=reg, multiprocess_mode="max",
+            )
+        )  # fmt: skip
+        self.backend_trips = self._family(
+            Counter(BACKEND_TRIPS, "Times a backend circuit breaker tripped.", ["backend"], registry=reg)
+        )
+
+    def record_backend_state(self, backend: str, state: int) -> None:
+        """Listener of ``gateway.backends.BackendStates``."""
+        self.backend_state.child((backend,)).set(int(state))
+        if state == 1:
+            self.backend_trips.child((backend,)).inc()
 
     def record_breaker(self, state: int, opened: bool) -> None:
         """Listener of ``gateway.limits.breaker.CircuitBreaker``."""

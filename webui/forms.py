@@ -6,6 +6,7 @@ from django.db import models
 
 from apis.choices import APITypeChoices, HttpMethodChoices
 from apis.models import API
+from backends.models import BackendType
 from subscriptions.choices import ProductStateChoices, SubscriptionStateChoices
 from subscriptions.models import Product
 
@@ -87,7 +88,19 @@ class OperationForm(UIForm):
 
 
 class BackendForm(UIForm):
-    url = _text("URL")
+    type = forms.ChoiceField(label="Type", choices=BackendType.choices, initial=BackendType.SINGLE, required=False)
+    url = _text("URL", required=False)
+    pool = forms.JSONField(
+        label="Pool (JSON, type Pool)",
+        required=False,
+        help_text='For example {"services": [{"backend": "ptu", "priority": 1, "weight": 1}]}.',
+    )
+    circuit_breaker = forms.JSONField(
+        label="Circuit breaker (JSON)",
+        required=False,
+        help_text='For example {"rules": [{"name": "trip-on-429", "failureCondition": {"count": 1, "interval": '
+        '"PT1M", "statusCodeRanges": [{"min": 429, "max": 429}]}, "tripDuration": "PT1M", "acceptRetryAfter": true}]}.',
+    )
     description = _area("Description")
     credentials_header = forms.JSONField(
         label="Credential headers (JSON object)", required=False, help_text='For example {"api-key": "{{my-key}}"}.'
@@ -99,6 +112,8 @@ class BackendForm(UIForm):
         for name in ("credentials_header", "credentials_query"):
             if data[name] is None:
                 data[name] = {}
+        if not data.get("type"):  # not given: the backend keeps its type (Single for a new one)
+            data.pop("type", None)
         return data
 
 

@@ -129,9 +129,12 @@ KINDS: dict[str, Kind] = {
             serializer_class=BackendSerializer,
             filterset_class=BackendFilterSet,
             snapshot_kind="backend",
-            columns=(("name", "Name"), ("url", "URL")),
+            columns=(("name", "Name"), ("type", "Type"), ("url", "URL")),
             detail_fields=(
+                ("type", "Type"),
                 ("url", "URL"),
+                ("pool", "Pool"),
+                ("circuit_breaker", "Circuit breaker"),
                 ("description", "Description"),
                 ("credentials_header", "Credential headers"),
                 ("credentials_query", "Credential query parameters"),

@@ -12,11 +12,13 @@ from ..base import Base, Policy
 from .check_header import CheckHeader
 from .choose import Choose
 from .forward_request import ForwardRequest
+from .limit_concurrency import LimitConcurrency
 from .llm_content_safety import LlmContentSafety
 from .llm_emit_token_metric import AzureOpenAiEmitTokenMetric, LlmEmitTokenMetric
 from .llm_token_limit import AzureOpenAiTokenLimit, LlmTokenLimit
 from .quota_by_key import QuotaByKey
 from .rate_limit_by_key import RateLimitByKey
+from .retry import Retry
 from .return_response import ReturnResponse
 from .set_backend_service import SetBackendService
 from .set_header import SetHeader
@@ -39,6 +41,8 @@ BUILTINS: Final[tuple[type[Policy], ...]] = (
     ReturnResponse,
     # routing
     SetBackendService,
+    Retry,
+    LimitConcurrency,
     ForwardRequest,
     # limits and metrics
     RateLimitByKey,

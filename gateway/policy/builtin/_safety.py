@@ -220,7 +220,10 @@ class BuiltinEngine(Engine):
 
 class _HttpEngine(Engine):
     def __init__(self, target: BackendTarget) -> None:
+        if target.origin is None:
+            raise ValueError(f"a safety engine needs a single backend, not the pool '{target.name}'")
         self.target = target
+        self.origin = target.origin
 
     async def _post(self, pool: UpstreamPool, path: str, document: Mapping[str, Any], query: str = "") -> Any:
         target = self.target
@@ -229,7 +232,7 @@ class _HttpEngine(Engine):
         try:
             async with asyncio.timeout(ENGINE_TIMEOUT):
                 request_target = target.url_for(path, query)
-                response = await pool.request(target.origin, "POST", request_target, headers, body)
+                response = await pool.request(self.origin, "POST", request_target, headers, body)
                 try:
                     data = await response.read()
                 finally:

@@ -182,9 +182,14 @@ class LlmContentSafety(Policy):
             self.engine = BuiltinEngine()
         else:
             try:
-                self.engine = engine_for(env.backend(self.backend_id))
+                target = env.backend(self.backend_id)
             except PolicyError:
                 raise PolicyError(f"llm-content-safety: unknown backend '{self.backend_id}'") from None
+            if target.origin is None:
+                raise PolicyError(
+                    f"llm-content-safety: backend '{self.backend_id}' is a pool; a safety engine is one backend"
+                )
+            self.engine = engine_for(target)
         engine = self.engine
         local, remote = [], []
         for name in self.blocklist_ids:

@@ -191,11 +191,15 @@ def test_the_operation_scope_is_refused():
         ('<categories><category name="Hate" threshold="2"/></categories>', 'backend-id="builtin"', "no harm class"),
         ("", 'backend-id="builtin" shield-prompt="true"', "shield-prompt needs an engine with prompt shields"),
         ("", 'backend-id="moderation" shield-prompt="true"', "not openai-moderation"),
+        ("", 'backend-id="engines"', "backend 'engines' is a pool"),
     ],
 )
 def test_references_are_checked_when_the_snapshot_loads(inner, attrs, fragment):
     snapshot_data = data(document(statement(attrs, inner)))
     snapshot_data["backends"].append({"name": "moderation", "url": "http://127.0.0.1:9/v1"})
+    snapshot_data["backends"].append(
+        {"name": "engines", "type": "Pool", "url": None, "pool_services": [{"backend": "moderation"}]}
+    )
     with pytest.raises(SnapshotError, match=fragment):
         load_snapshot(snapshot_data, gateway_token=TOKEN)
 
