@@ -720,15 +720,17 @@ class Bench:
         argv = [
             py_spy,
             "record",
-            "--nonblocking",
+            *(["--native"] if self.args.profile_native else ["--nonblocking"]),
             "-r",
             "250",
             "-d",
             str(self.args.duration),
             "-p",
             str(target.process.pid),
+            "-f",
+            self.args.profile_format,
             "-o",
-            str(out / f"gateway-{target.name}-c{conc}.svg"),
+            str(out / f"gateway-{target.name}-c{conc}.{'svg' if self.args.profile_format == 'flamegraph' else 'txt'}"),
         ]
         log(f"py-spy: {' '.join(argv[1:])}")
         return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
@@ -1050,6 +1052,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save-baseline", metavar="FILE", help="write every figure of this run to FILE (JSON)")
     parser.add_argument("--baseline", metavar="FILE", help="print each figure's ratio to the figures in FILE")
     parser.add_argument("--profile", metavar="DIR", help="py-spy flame graph of each gateway at the highest --conc")
+    parser.add_argument(
+        "--profile-format",
+        choices=("flamegraph", "raw"),
+        default="flamegraph",
+        help="--profile output: an SVG flame graph, or raw collapsed stacks (.txt; bench/stacks.py summarises them)",
+    )
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="--profile with C frames (py-spy --native; it must pause the gateway for each sample, which slows it)",
+    )
     parser.add_argument("--cprofile", metavar="DIR", help="run each gateway under cProfile; DIR/gateway-*.prof")
     parser.add_argument(
         "--callgrind",
