@@ -176,6 +176,9 @@ class Cell:
     management_cpu_us: float | None = None
     redis_cpu_us: float | None = None
     gateway_ir: float | None = None  # --callgrind: instructions the gateway executed per request
+    # --callgrind: the same, less the instructions the idle gateway runs in as long (usage sink ticks, journal
+    # checkpoints, snapshot polls), counted just before the cell: the per-request work alone
+    gateway_ir_net: float | None = None
     gateway_sys_us: float | None = None  # the part of gateway_cpu_us spent in the kernel (stime)
 
     @property
@@ -656,7 +659,13 @@ class Bench:
                 mock_before, management_before = group_cpu_seconds(mock.pid), group_cpu_seconds(management.pid)
                 redis_before = redis.cpu_seconds() if redis else 0.0
                 profiler = self.start_profiler(target, conc)
+                idle_rate = None
                 if args.callgrind and gateway:
+                    callgrind_control("-z", gateway.pid)  # the idle gateway's background work, per second
+                    idle_started = time.monotonic()
+                    time.sleep(args.duration)
+                    idle = callgrind_control("-d", gateway.pid)
+                    idle_rate = idle / (time.monotonic() - idle_started) if idle is not None else None
                     callgrind_control("-z", gateway.pid)  # count this cell only
                 result = measure(target, conc, args.duration)
                 instructions = callgrind_control("-d", gateway.pid) if args.callgrind and gateway else None
@@ -686,6 +695,8 @@ class Bench:
                     instructions / requests if instructions is not None and requests else None,
                 )
                 cell.gateway_sys_us = per_request(gateway_sys, requests) if gateway_sys is not None else None
+                if instructions is not None and idle_rate is not None and requests:
+                    cell.gateway_ir_net = (instructions - idle_rate * cell.seconds) / requests
                 cells.append(cell)
                 log(
                     f"{target.name:10} c={conc:<3} rps={cell.rps:9.1f} p50={cell.p50_ms:.3f}ms "
@@ -818,6 +829,8 @@ def figures(cells: list[Cell], streams: dict[str, dict[str, float | None]]) -> d
                 found[f"{prefix} gateway kernel CPU µs/req"] = c.gateway_sys_us
             if c.gateway_ir is not None:
                 found[f"{prefix} gateway instructions/req"] = c.gateway_ir
+            if c.gateway_ir_net is not None:
+                found[f"{prefix} gateway instructions/req net of idle"] = c.gateway_ir_net
             if c.conc in direct:
                 found[f"{prefix} added p50 ms"] = c.p50_ms - direct[c.conc].p50_ms
     for name, row in streams.items():
@@ -927,6 +940,7 @@ def render_comparison(cells: list[Cell], streams: dict[str, dict[str, float | No
         row(str(conc), "of which kernel (stime)", pick("gateway_sys_us"), 0)
         if any(cell is not None and cell.gateway_ir is not None for cell in got.values()):
             row(str(conc), "gateway instructions/req (callgrind)", pick("gateway_ir"), 0)
+            row(str(conc), "of which per request (less idle background)", pick("gateway_ir_net"), 0)
     row("1, stream", "TTFB p50 ms", {label: streams.get(label, {}).get("ttfb_p50") for label in labels}, 3)
     row("1, stream", "added TTFB p50 ms", {label: streams.get(label, {}).get("added") for label in labels}, 3)
     return rows
