@@ -53,7 +53,7 @@ async def server_case(requests: int, connections: int) -> float:
     clients = []
     for _ in range(connections):
         done = loop.create_future()
-        transport, protocol = await loop.create_connection(lambda done=done: Client(done), "127.0.0.1", port)
+        transport, _ = await loop.create_connection(lambda done=done: Client(done), "127.0.0.1", port)
         clients.append((transport, done))
     started = time.process_time()
     for transport, _ in clients:
