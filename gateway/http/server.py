@@ -839,8 +839,9 @@ class _Connection(asyncio.Protocol):
             logger.error(LOG_BAD_RESPONSE, request.method, request.path, response)
             return self._send(error_response(500, MSG_INTERNAL), request, keep_alive)
 
-        # The head waits in the write buffer for the first chunk (flushed by the next loop iteration at the
-        # latest), so head and body usually leave in one write; a chunk that arrives later goes out on its own.
+        # The head waits in the write buffer for the first chunk and leaves with it at once (one write, and the
+        # client's first byte is not held back by whatever the iterator does next). Later chunks are buffered
+        # until the next loop iteration at the latest, so chunks that are ready together leave in one write.
         self._flushed = False
         self._buffer(head)
         sent = 0
@@ -858,7 +859,7 @@ class _Connection(asyncio.Protocol):
                     return False
                 else:
                     self._buffer(chunk)
-                if self._wbuf_size >= _FLUSH_SIZE or self._write_paused:
+                if not self._flushed or self._wbuf_size >= _FLUSH_SIZE or self._write_paused:
                     self._flush()
                     if self._write_paused:
                         await self._drain()
