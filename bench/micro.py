@@ -7,6 +7,7 @@ Each case runs in one process on uvloop and reports CPU time (``time.process_tim
 
 * ``server``: keep-alive requests over ``--connections`` loopback connections to ``gateway.http.server`` with a
   handler that answers at once (the server's own per-request cost, plus a minimal client's).
+* ``metrics``: ``Metrics.record_request`` of one series (what every request records), no event loop.
 * ``redis``: ``RespClient.call_encoded`` of a pre-encoded ``PING`` against the Redis of ``--redis-url``, 16 callers at a
   time (the client's per-call cost, plus Redis's round trips).
 
@@ -84,9 +85,20 @@ async def redis_case(requests: int, connections: int, url: str) -> float:
     return spent / (requests // connections * connections)
 
 
+def metrics_case(requests: int) -> float:
+    from gateway.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.record_request("api", "op", 200, 0.001)
+    started = time.process_time()
+    for _ in range(requests):
+        metrics.record_request("api", "op", 200, 0.0012)
+    return (time.process_time() - started) / requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("case", choices=("server", "redis"))
+    parser.add_argument("case", choices=("server", "redis", "metrics"))
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help="checkout to test")
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=16)
@@ -104,6 +116,8 @@ def main() -> None:
     for _ in range(args.repeat):
         if args.case == "server":
             rounds.append(uvloop.run(server_case(args.requests, args.connections)))
+        elif args.case == "metrics":
+            rounds.append(metrics_case(args.requests))
         else:
             rounds.append(uvloop.run(redis_case(args.requests, args.connections, args.redis_url)))
     micro = sorted(r * 1e6 for r in rounds)
