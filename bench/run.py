@@ -177,10 +177,10 @@ class Cell:
     management_cpu_us: float | None = None
     redis_cpu_us: float | None = None
     gateway_ir: float | None = None  # --callgrind: instructions the gateway executed per request
+    gateway_sys_us: float | None = None  # the part of gateway_cpu_us spent in the kernel (stime)
     # --callgrind: the same, less the instructions the idle gateway runs in as long (usage sink ticks, journal
     # checkpoints, snapshot polls), counted just before the cell: the per-request work alone
     gateway_ir_net: float | None = None
-    gateway_sys_us: float | None = None  # the part of gateway_cpu_us spent in the kernel (stime)
 
     @property
     def rps(self) -> float:
