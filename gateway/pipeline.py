@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from time import perf_counter
-from typing import cast
+from typing import Any, cast
 
 import orjson
 
@@ -145,11 +145,14 @@ def _check_body(ctx: RequestContext) -> None:
         raise error
 
 
-async def _run_section(ctx: RequestContext, section: Section, steps: tuple[Policy, ...]) -> Response | None:
+def _run_section(
+    ctx: RequestContext, section: Section, steps: tuple[Policy, ...]
+) -> Coroutine[Any, Any, Response | None]:
+    # not a coroutine of its own: the caller awaits the steps' coroutine directly, one frame less per resumption
     ctx.section = section
     if ctx.trace is not None:
-        return await _run_traced(ctx, section, steps)
-    return await _run_steps(ctx, section, steps)
+        return _run_traced(ctx, section, steps)
+    return _run_steps(ctx, section, steps)
 
 
 async def _run_steps(ctx: RequestContext, section: Section, steps: tuple[Policy, ...]) -> Response | None:
