@@ -63,6 +63,7 @@ if str(ROOT) not in sys.path:
 from gateway_admin.management.processes import ManagedProcess, free_port  # noqa: E402
 
 API_NAME = "bench"
+BASE_SUFFIX = " (base)"  # the label of a configuration run from --compare-root
 API_PATH = "bench/v1"
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
 POLICY_CHOICES = ("none", "governance", "both")
@@ -177,6 +178,9 @@ class Cell:
     redis_cpu_us: float | None = None
     gateway_ir: float | None = None  # --callgrind: instructions the gateway executed per request
     gateway_sys_us: float | None = None  # the part of gateway_cpu_us spent in the kernel (stime)
+    # --callgrind: the same, less the instructions the idle gateway runs in as long (usage sink ticks, journal
+    # checkpoints, snapshot polls), counted just before the cell: the per-request work alone
+    gateway_ir_net: float | None = None
 
     @property
     def rps(self) -> float:
@@ -475,9 +479,11 @@ class Bench:
     def variants(self) -> list[Variant]:
         return variants_for(self.args.policies, self.run_id)
 
-    def start(self, name: str, argv: list[str], ready_url: str, env: dict[str, str] | None = None) -> ManagedProcess:
+    def start(
+        self, name: str, argv: list[str], ready_url: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+    ) -> ManagedProcess:
         process = ManagedProcess(
-            argv, name=name, env=env, cwd=ROOT, log_path=self.workdir / f"{name}.log", cpus=self.server_cpus or None
+            argv, name=name, env=env, cwd=cwd, log_path=self.workdir / f"{name}.log", cpus=self.server_cpus or None
         ).start()
         self.processes.append(process)
         took = process.wait_ready(ready_url, timeout=self.args.ready_timeout)
@@ -575,7 +581,10 @@ class Bench:
         )
         # the mock ignores the key; sending one keeps the direct requests the same size as the gateway's
         targets = [Target("direct", f"{mock_root}/v1/chat/completions", {KEY_HEADER: keys[variants[0].policies]})]
-        for variant in variants:
+        # --compare-root: each configuration also runs from the other checkout, measured right before this one's
+        trees = [(Path(args.compare_root).resolve(), BASE_SUFFIX), (ROOT, "")] if args.compare_root else [(ROOT, "")]
+        for variant, (tree, suffix) in ((v, t) for v in variants for t in trees):
+            name = variant.policies + suffix
             gateway_root = f"http://127.0.0.1:{free_port()}"
             admin_port = free_port()  # metrics are scraped from the admin listener, never the client one
             gateway_env = {
@@ -583,8 +592,8 @@ class Bench:
                 "SLUICE_MANAGEMENT_URL": admin_url,
                 "SLUICE_GATEWAY_HOST": "127.0.0.1",
                 "SLUICE_GATEWAY_PORT": gateway_root.rsplit(":", 1)[1],
-                "SLUICE_SNAPSHOT_CACHE": str(self.workdir / f"snapshot-{variant.policies}.json"),
-                "SLUICE_USAGE_SPOOL": str(self.workdir / f"usage-{variant.policies}.spool"),
+                "SLUICE_SNAPSHOT_CACHE": str(self.workdir / f"snapshot-{name}.json"),
+                "SLUICE_USAGE_SPOOL": str(self.workdir / f"usage-{name}.spool"),
                 "SLUICE_GATEWAY_WORKERS": "1",  # one process on the one server core
                 "SLUICE_ADMIN_HOST": "127.0.0.1",
                 "SLUICE_ADMIN_PORT": str(admin_port),
@@ -598,22 +607,17 @@ class Bench:
                 gateway_argv = [
                     "valgrind",
                     "--tool=callgrind",
-                    f"--callgrind-out-file={out}/callgrind.gateway-{variant.policies}.%p",
+                    f"--callgrind-out-file={out}/callgrind.gateway-{name}.%p",
                     *gateway_argv,
                 ]
             elif args.cprofile:
                 Path(args.cprofile).mkdir(parents=True, exist_ok=True)
-                profile_path = Path(args.cprofile).resolve() / f"gateway-{variant.policies}.prof"
+                profile_path = Path(args.cprofile).resolve() / f"gateway-{name}.prof"
                 gateway_argv = [python, "-m", "cProfile", "-o", str(profile_path), "-m", "gateway"]
-            process = self.start(
-                f"gateway-{variant.policies}",
-                gateway_argv,
-                f"{gateway_root}/__sluice/health",
-                gateway_env,
-            )
+            process = self.start(f"gateway-{name}", gateway_argv, f"{gateway_root}/__sluice/health", gateway_env, tree)
             targets.append(
                 Target(
-                    variant.policies,
+                    name,
                     f"{gateway_root}/{variant.path}/chat/completions",
                     {KEY_HEADER: keys[variant.policies]},
                     process,
@@ -656,7 +660,13 @@ class Bench:
                 mock_before, management_before = group_cpu_seconds(mock.pid), group_cpu_seconds(management.pid)
                 redis_before = redis.cpu_seconds() if redis else 0.0
                 profiler = self.start_profiler(target, conc)
+                idle_rate = None
                 if args.callgrind and gateway:
+                    callgrind_control("-z", gateway.pid)  # the idle gateway's background work, per second
+                    idle_started = time.monotonic()
+                    time.sleep(args.duration)
+                    idle = callgrind_control("-d", gateway.pid)
+                    idle_rate = idle / (time.monotonic() - idle_started) if idle is not None else None
                     callgrind_control("-z", gateway.pid)  # count this cell only
                 result = measure(target, conc, args.duration)
                 instructions = callgrind_control("-d", gateway.pid) if args.callgrind and gateway else None
@@ -686,6 +696,8 @@ class Bench:
                     instructions / requests if instructions is not None and requests else None,
                 )
                 cell.gateway_sys_us = per_request(gateway_sys, requests) if gateway_sys is not None else None
+                if instructions is not None and idle_rate is not None and requests:
+                    cell.gateway_ir_net = (instructions - idle_rate * cell.seconds) / requests
                 cells.append(cell)
                 log(
                     f"{target.name:10} c={conc:<3} rps={cell.rps:9.1f} p50={cell.p50_ms:.3f}ms "
@@ -720,15 +732,17 @@ class Bench:
         argv = [
             py_spy,
             "record",
-            "--nonblocking",
+            *(["--native"] if self.args.profile_native else ["--nonblocking"]),
             "-r",
             "250",
             "-d",
             str(self.args.duration),
             "-p",
             str(target.process.pid),
+            "-f",
+            self.args.profile_format,
             "-o",
-            str(out / f"gateway-{target.name}-c{conc}.svg"),
+            str(out / f"gateway-{target.name}-c{conc}.{'svg' if self.args.profile_format == 'flamegraph' else 'txt'}"),
         ]
         log(f"py-spy: {' '.join(argv[1:])}")
         return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
@@ -816,6 +830,8 @@ def figures(cells: list[Cell], streams: dict[str, dict[str, float | None]]) -> d
                 found[f"{prefix} gateway kernel CPU µs/req"] = c.gateway_sys_us
             if c.gateway_ir is not None:
                 found[f"{prefix} gateway instructions/req"] = c.gateway_ir
+            if c.gateway_ir_net is not None:
+                found[f"{prefix} gateway instructions/req net of idle"] = c.gateway_ir_net
             if c.conc in direct:
                 found[f"{prefix} added p50 ms"] = c.p50_ms - direct[c.conc].p50_ms
     for name, row in streams.items():
@@ -890,19 +906,20 @@ def stream_summary(streams: dict) -> dict[str, dict[str, float | None]]:
 
 
 def render_comparison(cells: list[Cell], streams: dict[str, dict[str, float | None]], labels: list[str]) -> list[str]:
-    """Every configuration side by side, one row per figure; with two, a last column compares them."""
+    """Every configuration side by side, one row per figure. A last column compares each configuration with its
+    --compare-root twin (`<policies> (base)`), or, without those, the two configurations when there are two."""
     by_key = {(c.label, c.conc): c for c in cells}
     configs = [label for label in labels if label != "direct"]
-    compare = len(configs) == 2
+    pairs = [(label + BASE_SUFFIX, label) for label in configs if label + BASE_SUFFIX in configs]
+    if not pairs and len(configs) == 2:
+        pairs = [(configs[0], configs[1])]
     header = ["conc", "figure", *(target_title(label) for label in labels)]
-    if compare:
-        header.append(f"{configs[1]} vs {configs[0]}")
+    header += [f"{after} vs {before}" for before, after in pairs]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def row(conc: str, figure: str, values: dict[str, float | None], digits: int) -> None:
         cols = [conc, figure, *(fmt(values.get(label), digits) for label in labels)]
-        if compare:
-            cols.append(change(values.get(configs[0]), values.get(configs[1]), digits))
+        cols += [change(values.get(before), values.get(after), digits) for before, after in pairs]
         rows.append("| " + " | ".join(cols) + " |")
 
     for conc in sorted({c.conc for c in cells}):
@@ -925,6 +942,7 @@ def render_comparison(cells: list[Cell], streams: dict[str, dict[str, float | No
         row(str(conc), "of which kernel (stime)", pick("gateway_sys_us"), 0)
         if any(cell is not None and cell.gateway_ir is not None for cell in got.values()):
             row(str(conc), "gateway instructions/req (callgrind)", pick("gateway_ir"), 0)
+            row(str(conc), "of which per request (less idle background)", pick("gateway_ir_net"), 0)
     row("1, stream", "TTFB p50 ms", {label: streams.get(label, {}).get("ttfb_p50") for label in labels}, 3)
     row("1, stream", "added TTFB p50 ms", {label: streams.get(label, {}).get("added") for label in labels}, 3)
     return rows
@@ -1047,9 +1065,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_REDIS_URL,
         help=f"loopback Redis for --policies governance/both (default {DEFAULT_REDIS_URL})",
     )
+    parser.add_argument(
+        "--compare-root",
+        metavar="DIR",
+        help="also run each gateway from the checkout in DIR (say, `git worktree add DIR main`), as the "
+        f"configuration `<policies>{BASE_SUFFIX}`, cell by cell with this one: a before/after in one run",
+    )
     parser.add_argument("--save-baseline", metavar="FILE", help="write every figure of this run to FILE (JSON)")
     parser.add_argument("--baseline", metavar="FILE", help="print each figure's ratio to the figures in FILE")
     parser.add_argument("--profile", metavar="DIR", help="py-spy flame graph of each gateway at the highest --conc")
+    parser.add_argument(
+        "--profile-format",
+        choices=("flamegraph", "raw"),
+        default="flamegraph",
+        help="--profile output: an SVG flame graph, or raw collapsed stacks (.txt; bench/stacks.py summarises them)",
+    )
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="--profile with C frames (py-spy --native; it must pause the gateway for each sample, which slows it)",
+    )
     parser.add_argument("--cprofile", metavar="DIR", help="run each gateway under cProfile; DIR/gateway-*.prof")
     parser.add_argument(
         "--callgrind",

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from gateway.model import Access
+    from gateway.routing import RouteMatch
     from gateway.settings import GatewaySettings
     from gateway.snapshot import Snapshot
     from gateway.types import Deployment
@@ -72,6 +73,8 @@ _BODY_401 = {MSG_MISSING_KEY: error_body(401, MSG_MISSING_KEY), MSG_INVALID_KEY:
 _CONTENT_TYPE = JSON_HEADERS[0]
 _XFF = b"x-forwarded-for"
 _METRICS_HEADERS = ((b"content-type", METRICS_CONTENT_TYPE),)
+# what GatewayApp._admit found for a request that goes on: route, access, query to forward, start, pipeline
+_Admitted = tuple["RouteMatch", "Access", str, float, Pipeline]
 
 
 class _Services(Forwarder):
@@ -135,18 +138,85 @@ class GatewayApp:
     def revision(self) -> int | None:
         return self.snapshot.revision if self.snapshot is not None else None
 
-    async def __call__(self, request: Request) -> Response | StreamingResponse:
-        request_id = next_request_id().encode("ascii")
-        response = await self.handle(request, request_id)
+    def __call__(self, request: Request) -> Coroutine[Any, Any, Response | StreamingResponse]:
+        # not a coroutine of its own: the server awaits handle() directly, one frame less on every resumption
+        return self.handle(request, next_request_id().encode("ascii"))
+
+    async def handle(self, request: Request, request_id: bytes) -> Response | StreamingResponse:
+        """Answer ``request``; every answer carries ``request_id`` (``x-request-id``)."""
+        found = self._admit(request, request_id)
+        if isinstance(found, Response):
+            found.headers.append((REQUEST_ID_HEADER, request_id))
+            return found
+        if found is None:  # the metrics path: the exposition renders off the event loop
+            metrics = await self.metrics_response(request)
+            metrics.headers.append((REQUEST_ID_HEADER, request_id))
+            return metrics
+        match, access, query, started, pipeline = found
+        api = match.api
+        if not request.body_complete:  # only now, past the subscription check, is the body worth reading
+            try:
+                await request.read_body()
+            except RequestBodyError as exc:
+                if self.telemetry is not None:
+                    self.telemetry.finish_early(request_id, api, match.operation.name, exc.status, started)
+                error = Response(exc.status, [_CONTENT_TYPE], error_body(exc.status, exc.message))
+                error.headers.append((REQUEST_ID_HEADER, request_id))
+                return error
+        product = access.product
+        headers, trace_value = _forward_headers(request, api.drop_headers)
+        ctx = RequestContext(
+            request=request,
+            request_id=request_id,
+            api=api,
+            operation=match.operation,
+            product=product,
+            subscription=access.subscription,
+            services=self.forwarder,
+            backend=api.backend,
+            forward_path=match.forward_path,
+            query=query,
+            request_headers=headers,
+            matched_parameters=match.params,
+            started=started,
+        )
+        traced = trace_value is not None and verify_trace_token(
+            self._trace_key, trace_value, api.name, self.wall_clock()
+        )
+        if traced:
+            ctx.trace = [_access_entry(api.subscription_required, access)]
+        # Run the pipeline and record the request once it is over: after the policies' finish callbacks, before
+        # the end of the response reaches the client (see gateway.telemetry).
+        telemetry = self.telemetry
+        try:
+            response = await run_pipeline(pipeline, ctx)
+        except BaseException:
+            if telemetry is not None:
+                telemetry.finish(ctx, False)
+            raise
+        if telemetry is not None:
+            if isinstance(response, StreamingResponse):
+                telemetry.wrap_stream(response, ctx)
+            else:
+                telemetry.finish(ctx, True)
+        if traced:
+            try:
+                trace = orjson.dumps(ctx.trace, default=str, option=orjson.OPT_NON_STR_KEYS)
+            except TypeError:  # a step's details would not serialise: say so rather than lose the response
+                trace = b'[{"error": "trace could not be serialised"}]'
+            response.headers.append((TRACE_HEADER, trace))
         response.headers.append((REQUEST_ID_HEADER, request_id))
         return response
 
-    async def handle(self, request: Request, request_id: bytes) -> Response | StreamingResponse:
+    def _admit(self, request: Request, request_id: bytes) -> Response | _Admitted | None:
+        """Everything before the body: the answer when it ends here (a reserved path, no route, a refused key), None
+        for the metrics path, else the route, the access decided by the subscription check, the query to forward,
+        the start time and the pipeline (all from one snapshot: a swap meanwhile never mixes two)."""
         snapshot = self.snapshot
         path = request.path
         if path.startswith(RESERVED_PREFIX):
             if path == METRICS_PATH and self._metrics_auth is not None:  # tokenless scrapes: the admin listener
-                return await self.metrics_response(request)
+                return None
             return self._internal(path)
         if snapshot is None:
             return error_response(503, MSG_NOT_CONFIGURED)
@@ -187,58 +257,9 @@ class GatewayApp:
             no_key_access = api.no_key_access
             assert no_key_access is not None  # always set for APIs that do not require a subscription
             access = no_key_access
-        if not request.body_complete:  # only now, past the subscription check, is the body worth reading
-            try:
-                await request.read_body()
-            except RequestBodyError as exc:
-                if self.telemetry is not None:
-                    self.telemetry.finish_early(request_id, api, match.operation.name, exc.status, started)
-                return Response(exc.status, [_CONTENT_TYPE], error_body(exc.status, exc.message))
         product = access.product
-        headers, trace_value = _forward_headers(request, api.drop_headers)
-        ctx = RequestContext(
-            request=request,
-            request_id=request_id,
-            api=api,
-            operation=match.operation,
-            product=product,
-            subscription=access.subscription,
-            services=self.forwarder,
-            backend=api.backend,
-            forward_path=match.forward_path,
-            query=query,
-            request_headers=headers,
-            matched_parameters=match.params,
-            started=started,
-        )
         pipeline = snapshot.pipelines[match.operation][product.name if product is not None else None]
-        if trace_value is None or not verify_trace_token(self._trace_key, trace_value, api.name, self.wall_clock()):
-            return await self._run(pipeline, ctx)
-        ctx.trace = [_access_entry(api.subscription_required, access)]
-        response = await self._run(pipeline, ctx)
-        try:
-            trace = orjson.dumps(ctx.trace, default=str, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError:  # a step's details would not serialise: say so rather than lose the response
-            trace = b'[{"error": "trace could not be serialised"}]'
-        response.headers.append((TRACE_HEADER, trace))
-        return response
-
-    async def _run(self, pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingResponse:
-        """Run the pipeline and record the request once it is over: after the policies' finish callbacks, before
-        the end of the response reaches the client (see gateway.telemetry)."""
-        telemetry = self.telemetry
-        if telemetry is None:
-            return await run_pipeline(pipeline, ctx)
-        try:
-            response = await run_pipeline(pipeline, ctx)
-        except BaseException:
-            telemetry.finish(ctx, False)
-            raise
-        if isinstance(response, StreamingResponse):
-            telemetry.wrap_stream(response, ctx)
-            return response
-        telemetry.finish(ctx, True)
-        return response
+        return match, access, query, started, pipeline
 
     async def metrics_response(self, request: Request) -> Response:
         """The Prometheus exposition; with ``SLUICE_METRICS_TOKEN`` set, only for ``Authorization: Bearer <it>``."""

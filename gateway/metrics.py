@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
@@ -157,6 +158,27 @@ class LabelledFamily:
         return self._own
 
 
+class _RequestCells:
+    """The values one request of an (api, operation, code) adds to: its requests counter, and its duration
+    histogram's sum and buckets. ``record`` does what ``Counter.inc()`` and ``Histogram.observe()`` do on these values
+    (locked additions, in-process or in multiprocess files alike), without their per-call checks and the linear
+    search of the bucket: three additions where the two calls cost about 2.5 µs per request."""
+
+    __slots__ = ("bounds", "buckets", "count", "sum")
+
+    def __init__(self, counter: Any, histogram: Any) -> None:
+        # prometheus_client's children keep their values in these attributes (the exposition reads them back)
+        self.count = counter._value
+        self.sum = histogram._sum
+        self.buckets = histogram._buckets
+        self.bounds = histogram._upper_bounds  # ascending, the last one +Inf
+
+    def record(self, seconds: float) -> None:
+        self.count.inc(1)
+        self.sum.inc(seconds)
+        self.buckets[bisect_left(self.bounds, seconds)].inc(1)  # the first bucket whose bound is >= seconds
+
+
 class TokenFamily:
     """The prompt, completion and total token counters of one namespace and dimension set (one cap for the three).
 
@@ -184,20 +206,24 @@ class TokenFamily:
         self._overflow: tuple[Any, ...] | None = None
 
     def record(self, labels: tuple[str, ...], prompt: int, completion: int, total: int) -> None:
-        children = self._children.get(labels)
-        if children is None:
-            children = self._admit(labels)
+        # the children's values are added to directly: what Counter.inc() does, without its per-call checks
+        values = self._children.get(labels)
+        if values is None:
+            values = self._admit(labels)
+        if prompt < 0 or completion < 0 or total < 0:
+            raise ValueError("token counts cannot be negative")
         if prompt:
-            children[0].inc(prompt)
+            values[0].inc(prompt)
         if completion:
-            children[1].inc(completion)
+            values[1].inc(completion)
         if total:
-            children[2].inc(total)
+            values[2].inc(total)
 
     def _admit(self, labels: tuple[str, ...]) -> tuple[Any, ...]:
+        """The values (prompt, completion, total) of ``labels``' children, or of the overflow series'."""
         if self._own < self._cap:
             clipped = [_clip(v) for v in labels]
-            children = tuple(c.labels(*clipped) for c in self._counters)
+            children = tuple(c.labels(*clipped)._value for c in self._counters)
             self._own += 1
             self._children[labels] = children
             return children
@@ -205,7 +231,7 @@ class TokenFamily:
         overflow = self._overflow
         if overflow is None:
             others = [OVERFLOW_VALUE] * len(self.label_names)
-            overflow = self._overflow = tuple(c.labels(*others) for c in self._counters)
+            overflow = self._overflow = tuple(c.labels(*others)._value for c in self._counters)
         if len(self._children) < 2 * self._cap:
             self._children[labels] = overflow
         return overflow
@@ -246,6 +272,7 @@ class Metrics:
     """The metrics of one gateway app. ``registry`` defaults to a new CollectorRegistry (never the global one)."""
 
     __slots__ = (
+        "_request_cells",
         "_tokens",
         "backend_state",
         "backend_trips",
@@ -317,6 +344,7 @@ class Metrics:
             multiprocess_mode="max",
         )  # fmt: skip
         self._tokens: dict[tuple[str, tuple[str, ...]], TokenFamily] = {}
+        self._request_cells: dict[tuple[str, str, int], _RequestCells] = {}
         reg.register(_TokenCollector(self._tokens))
         self.breaker_state = Gauge(
             BREAKER_STATE, "Counter store (Redis) circuit breaker: 0 closed, 1 open, 2 half-open.",
@@ -366,8 +394,15 @@ class Metrics:
         return family
 
     def record_request(self, api: str, operation: str, status: int, seconds: float) -> None:
-        self.requests.child((api, operation, str(status))).inc()
-        self.duration.child((api, operation)).observe(seconds)
+        key = (api, operation, status)
+        cells = self._request_cells.get(key)
+        if cells is None:
+            cells = _RequestCells(
+                self.requests.child((api, operation, str(status))), self.duration.child((api, operation))
+            )
+            if len(self._request_cells) < 2 * self.max_label_sets:  # bounded, like the families' own caches
+                self._request_cells[key] = cells
+        cells.record(seconds)
 
     def record_upstream_error(self, api: str, backend: str, reason: str) -> None:
         self.upstream_errors.child((api, backend, reason)).inc()

@@ -137,6 +137,9 @@ class RespClient:
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self._protocol: _Protocol | None = None
+        # the loop of the open connection, set and cleared with _protocol: asyncio.get_running_loop() checks the
+        # process id (a getpid() system call) on every call, and a connection serves one loop anyway
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._handlers: deque[tuple[asyncio.Future[Any] | None, ReplyHandler | None]] = deque()
         self._outbox: list[bytes] = []
@@ -152,7 +155,7 @@ class RespClient:
 
         ``orphan`` receives the reply instead when the caller was cancelled before it arrived.
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = self._running_loop().create_future()
         self._enqueue(encode_command(args), future, orphan)
         reply = await future
         if isinstance(reply, RespError):
@@ -161,7 +164,8 @@ class RespClient:
 
     async def call_encoded(self, command: bytes, orphan: ReplyHandler | None = None) -> Any:
         """``call`` with a command already in RESP form (``encode_command``); the hot path pre-encodes."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        future: asyncio.Future[Any] = (loop if loop is not None else asyncio.get_running_loop()).create_future()
         self._enqueue(command, future, orphan)
         reply = await future
         if isinstance(reply, RespError):
@@ -174,7 +178,7 @@ class RespClient:
         command failed; a lost connection or a timeout raises (ConnectionError / TimeoutError)."""
         if count <= 0:
             return []
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Any]] = self._running_loop().create_future()
         replies: list[Any] = []
 
         def collect(reply: Any) -> None:
@@ -212,6 +216,10 @@ class RespClient:
 
     # internals
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        return loop if loop is not None else asyncio.get_running_loop()
+
     def _enqueue(
         self,
         command: bytes,
@@ -237,7 +245,7 @@ class RespClient:
                 self._connecting = asyncio.get_running_loop().create_task(self._connect())
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -279,6 +287,7 @@ class RespClient:
             self._outbox.insert(0, command)
             self._handlers.appendleft((None, _check_setup))
         self._protocol = protocol
+        self._loop = loop
         self._flush()
 
     def _deliver(self, value: Any) -> None:
@@ -298,6 +307,7 @@ class RespClient:
     def _lost(self, protocol: _Protocol, exc: Exception | None) -> None:
         if self._protocol is protocol:
             self._protocol = None
+            self._loop = None
         self._fail_all(ConnectionError(f"Redis connection lost: {exc or 'closed'}"))
 
     def _fail_all(self, error: Exception) -> None:
@@ -317,7 +327,7 @@ class RespClient:
 
     def _arm_watchdog(self) -> None:
         seen = self._received
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         self._watchdog = loop.call_later(self.timeout, self._check_stalled, seen)
 
     def _check_stalled(self, seen: int) -> None:
@@ -330,6 +340,7 @@ class RespClient:
             if protocol is not None and protocol.transport is not None:
                 protocol.transport.abort()
             self._protocol = None
+            self._loop = None
             self._fail_all(TimeoutError(f"Redis did not answer within {self.timeout:g} s"))
             return
         self._arm_watchdog()

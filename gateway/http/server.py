@@ -7,6 +7,9 @@ owns everything below the handler: framing (Content-Length, chunked, HEAD, keep-
 smuggling resistance (conflicting lengths, unknown codings, a missing or repeated Host are refused and the
 connection closed), limits and timeouts (``ServerLimits``), backpressure, and disconnects (a client that goes away
 cancels the handler's task). Body errors reach the handler as ``RequestBodyError``. See docs/gateway-operations.md.
+
+The requests of one connection are answered by one task, which waits between requests instead of ending: handlers
+of one connection share its ``contextvars`` context, so a handler that sets a context variable resets it.
 """
 
 from __future__ import annotations
@@ -250,6 +253,7 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "_body_waiter",
+        "_busy",
         "_client_ip",
         "_close_after",
         "_closed",
@@ -266,6 +270,7 @@ class _Connection(asyncio.Protocol):
         "_headers",
         "_held",
         "_host_count",
+        "_idle_waiter",
         "_limits",
         "_linger_handle",
         "_lingering",
@@ -326,7 +331,12 @@ class _Connection(asyncio.Protocol):
         self._phase_timed = False
         # responding
         self._queue: deque[tuple[Request, bool]] = deque()
+        # The connection's task is started by its first request and then waits between requests (_idle_waiter)
+        # rather than ending: a task per request costs its creation and the registration of every asyncio task.
+        # ``_busy`` is True from a request's head until the queue is empty (and for good once the task has ended).
         self._task: asyncio.Task[None] | None = None
+        self._busy = False
+        self._idle_waiter: asyncio.Future[None] | None = None
         self._pending_error: Response | None = None
         self._reading_paused = False
         # writing
@@ -389,12 +399,12 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        if self._task is not None:
+        if self._busy:
             self._set_deadline(self._loop.time() + self._limits.send_timeout)
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._task is not None:
+        if self._busy:
             self._deadline = _NEVER
         waiter = self._drain_waiter
         if waiter is not None:
@@ -427,7 +437,7 @@ class _Connection(asyncio.Protocol):
             if self._raw_head > 2 * self._max_head:
                 self._reject(431, MSG_HEADERS_TOO_LARGE)
                 return
-        if not self._phase_timed and self._task is None:
+        if not self._phase_timed and not self._busy:
             self._phase_timed = True
             limits = self._limits
             timeout = limits.header_timeout if state == _HEAD else limits.body_timeout
@@ -449,7 +459,7 @@ class _Connection(asyncio.Protocol):
         self._host_count = 0
         self._close_after = False
         self._phase_timed = False
-        if self._task is None:
+        if not self._busy:
             self._deadline = _NEVER
 
     def on_url(self, url: bytes) -> None:
@@ -528,8 +538,14 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._queue.append((request, keep_alive))
-        if self._task is None:
-            self._task = self._loop.create_task(self._respond())
+        if not self._busy:
+            self._busy = True
+            waiter = self._idle_waiter
+            if waiter is not None:
+                self._idle_waiter = None
+                waiter.set_result(None)
+            else:
+                self._task = self._loop.create_task(self._respond())
         elif len(self._queue) >= _MAX_QUEUED and not self._reading_paused:
             self._update_reading()
 
@@ -574,7 +590,7 @@ class _Connection(asyncio.Protocol):
                     await waiter
             finally:
                 self._body_waiter = None
-                if self._task is not None and not self._write_paused:
+                if self._busy and not self._write_paused:
                     self._deadline = _NEVER
         if request._body_error is not None:
             raise request._body_error
@@ -648,7 +664,7 @@ class _Connection(asyncio.Protocol):
             return
         self._stopped = True
         response = error_response(status, message)
-        if self._task is not None:
+        if self._busy:
             self._pending_error = response
             return
         self._send_error_and_close(response)
@@ -686,7 +702,7 @@ class _Connection(asyncio.Protocol):
             return
         if self._body_waiter is not None and self._current is not None:
             self._fail_body(408, MSG_BODY_TIMEOUT)
-        elif self._task is not None:
+        elif self._busy:
             if self._write_paused and self._transport is not None:
                 logger.debug("client read nothing for %.1f s; disconnecting", self._limits.send_timeout)
                 self._transport.abort()
@@ -698,55 +714,61 @@ class _Connection(asyncio.Protocol):
     # responding
 
     async def _respond(self) -> None:
-        """Answer the queued requests in order; this is the connection's task while it has work."""
+        """The connection's task: answer the queued requests in order, then wait for the next request."""
         queue = self._queue
-        try:
-            while queue:
-                request, keep_alive = queue.popleft()
-                if self._reading_paused:
-                    self._update_reading()
-                try:
-                    response = await self._handler(request)
-                except RequestBodyError as exc:  # the handler let it through: answer it as the server's own
-                    response = error_response(exc.status, exc.message)
-                except Exception:
-                    logger.exception(LOG_HANDLER_FAILED, request.method, request.path)
-                    response = error_response(500, MSG_INTERNAL)
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if self._closed or task is None or task.cancelling():
-                        raise
-                    # A CancelledError nobody asked for escaped the handler: a bug in it, not a disconnect.
-                    logger.exception(LOG_HANDLER_FAILED, request.method, request.path)
-                    response = error_response(500, MSG_INTERNAL)
-                if self._closed:
-                    if isinstance(response, StreamingResponse):
-                        await _close_iterator(response.body_iter)
-                    return
-                if self._draining or request._body_state != _BODY_DONE:
-                    keep_alive = False  # the rest of an unread or failed body cannot be told from a next request
-                self._release(request)
-                if isinstance(response, Response):
-                    keep_alive = self._send(response, request, keep_alive)
-                elif isinstance(response, StreamingResponse):
-                    keep_alive = await self._send_stream(response, request, keep_alive)
-                else:
-                    logger.error(LOG_BAD_RESPONSE, request.method, request.path, response)
-                    keep_alive = self._send(error_response(500, MSG_INTERNAL), request, keep_alive)
-                if not keep_alive:
-                    if request._body_state == _BODY_DONE and self._state == _IDLE:
-                        self._close()
+        while True:
+            try:
+                while queue:
+                    request, keep_alive = queue.popleft()
+                    if self._reading_paused:
+                        self._update_reading()
+                    try:
+                        response = await self._handler(request)
+                    except RequestBodyError as exc:  # the handler let it through: answer it as the server's own
+                        response = error_response(exc.status, exc.message)
+                    except Exception:
+                        logger.exception(LOG_HANDLER_FAILED, request.method, request.path)
+                        response = error_response(500, MSG_INTERNAL)
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if self._closed or task is None or task.cancelling():
+                            raise
+                        # A CancelledError nobody asked for escaped the handler: a bug in it, not a disconnect.
+                        logger.exception(LOG_HANDLER_FAILED, request.method, request.path)
+                        response = error_response(500, MSG_INTERNAL)
+                    if self._closed:
+                        if isinstance(response, StreamingResponse):
+                            await _close_iterator(response.body_iter)
+                        return
+                    if self._draining or request._body_state != _BODY_DONE:
+                        keep_alive = False  # the rest of an unread or failed body cannot be told from a next request
+                    self._release(request)
+                    if isinstance(response, Response):
+                        keep_alive = self._send(response, request, keep_alive)
+                    elif isinstance(response, StreamingResponse):
+                        keep_alive = await self._send_stream(response, request, keep_alive)
                     else:
-                        self._linger()  # the client may still be sending: drain, so it reads our answer
-                    return
-                if self._write_paused:
-                    await self._drain()
-        except Exception:
-            logger.exception(LOG_CONNECTION_FAILED)
-            self._abort()
-            return
-        self._task = None
-        self._after_queue()
+                        logger.error(LOG_BAD_RESPONSE, request.method, request.path, response)
+                        keep_alive = self._send(error_response(500, MSG_INTERNAL), request, keep_alive)
+                    if not keep_alive:
+                        if request._body_state == _BODY_DONE and self._state == _IDLE:
+                            self._close()
+                        else:
+                            self._linger()  # the client may still be sending: drain, so it reads our answer
+                        return
+                    if self._write_paused:
+                        await self._drain()
+            except Exception:
+                logger.exception(LOG_CONNECTION_FAILED)
+                self._abort()
+                return
+            self._busy = False
+            self._after_queue()
+            if self._closed or self._lingering:
+                return
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._idle_waiter = waiter
+            await waiter  # on_headers_complete sets _busy and wakes it; connection_lost cancels the task
 
     def _after_queue(self) -> None:
         if self._closed:
@@ -817,8 +839,9 @@ class _Connection(asyncio.Protocol):
             logger.error(LOG_BAD_RESPONSE, request.method, request.path, response)
             return self._send(error_response(500, MSG_INTERNAL), request, keep_alive)
 
-        # The head waits in the write buffer for the first chunk (flushed by the next loop iteration at the
-        # latest), so head and body usually leave in one write; a chunk that arrives later goes out on its own.
+        # The head waits in the write buffer for the first chunk and leaves with it at once (one write, and the
+        # client's first byte is not held back by whatever the iterator does next). Later chunks are buffered
+        # until the next loop iteration at the latest, so chunks that are ready together leave in one write.
         self._flushed = False
         self._buffer(head)
         sent = 0
@@ -836,7 +859,7 @@ class _Connection(asyncio.Protocol):
                     return False
                 else:
                     self._buffer(chunk)
-                if self._wbuf_size >= _FLUSH_SIZE or self._write_paused:
+                if not self._flushed or self._wbuf_size >= _FLUSH_SIZE or self._write_paused:
                     self._flush()
                     if self._write_paused:
                         await self._drain()
@@ -941,7 +964,7 @@ class _Connection(asyncio.Protocol):
         """Close now if idle, else after the response in progress; no further request is read."""
         self._draining = True
         self._stopped = True
-        if self._task is None:
+        if not self._busy:
             self._close()
 
     def abort(self) -> None:

@@ -71,6 +71,7 @@ def start_gateway(
         "SLUICE_USAGE_SPOOL": str(tmp_path / "usage-spool"),
         "SLUICE_MANAGEMENT_URL": management_url or f"http://127.0.0.1:{free_port()}",
         "SLUICE_LOG_LEVEL": "WARNING",
+        "SLUICE_ADMIN_PORT": "0",  # no admin listener: the default 9180 is shared by every gateway on the machine
     }
     if management_url is None:
         env["SLUICE_USAGE_SETTLE_TIMEOUT"] = "0"

@@ -184,3 +184,24 @@ async def test_exposition_async_matches():
 def test_max_label_sets_must_be_positive():
     with pytest.raises(ValueError):
         Metrics(max_label_sets=0)
+
+
+def test_record_request_exposes_what_prometheus_client_would():
+    """record_request adds to the children's values itself (no inc()/observe() calls): same exposition as the
+    library's own calls, bucket edges included (a value on a bound counts in that bucket)."""
+    durations = [0.0, DURATION_BUCKETS[0], DURATION_BUCKETS[3], DURATION_BUCKETS[3] * 1.01, DURATION_BUCKETS[-1], 1e6]
+    fast, reference = Metrics(), Metrics()
+    for seconds in durations:
+        fast.record_request("api", "op", 200, seconds)
+        reference.requests.child(("api", "op", "200")).inc()
+        reference.duration.child(("api", "op")).observe(seconds)
+    fast.record_request("api", "op", 429, 0.002)
+    reference.requests.child(("api", "op", "429")).inc()
+    reference.duration.child(("api", "op")).observe(0.002)
+    assert fast.exposition() == reference.exposition()
+
+
+def test_token_counts_are_never_negative():
+    family = Metrics().token_family("ns", ("api_id",))
+    with pytest.raises(ValueError, match="negative"):
+        family.record(("chat",), -1, 0, 0)

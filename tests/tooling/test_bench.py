@@ -170,6 +170,33 @@ def test_render_puts_both_configurations_side_by_side(bench):
     assert "llm-token-limit" in report and "redis://127.0.0.1:6379/15" in report
 
 
+def test_render_compares_each_configuration_with_its_compare_root_twin(bench):
+    base = bench.BASE_SUFFIX
+    cells = [
+        bench.Cell("direct", 16, "wrk", 20000, 2.0, 0.700, 1.500, 0, None, 40.0),
+        bench.Cell("gateway", 16, "wrk", 8000, 2.0, 1.900, 4.000, 0, 100.0, 45.0, "none" + base, 30.0),
+        bench.Cell("gateway", 16, "wrk", 9000, 2.0, 1.800, 4.000, 0, 90.0, 45.0, "none", 30.0),
+        bench.Cell("gateway", 16, "wrk", 6000, 2.0, 2.600, 5.000, 0, 160.0, 46.0, "governance" + base, 4.0, 25.0),
+        bench.Cell("gateway", 16, "wrk", 6000, 2.0, 2.600, 5.000, 0, 150.0, 46.0, "governance", 4.0, 25.0),
+    ]
+    rows = bench.render_comparison(cells, {}, ["direct", *(c.label for c in cells[1:])])
+    assert rows[0].endswith("| none vs none (base) | governance vs governance (base) |")
+    assert "| 16 | gateway CPU µs/req | - | 100 | 90 | 160 | 150 | -10 (x0.90) | -10 (x0.94) |" in rows
+
+
+def test_stacks_ranks_functions_by_self_and_inclusive_samples(tmp_path):
+    stacks = tmp_path / "stacks.txt"
+    stacks.write_text(
+        "run (/x/site-packages/uvloop/__init__.py:92);handle (/work/wt/b/gateway/app.py:10) 3\n"
+        "run (/x/site-packages/uvloop/__init__.py:92);handle (/work/wt/b/gateway/app.py:12);match (/r/routing.py:5) 1\n"
+    )
+    done = run_child([str(SCRIPT.parent / "stacks.py"), str(stacks), "--grep", "gateway/"])
+    lines = done.stdout.splitlines()
+    assert lines[0] == "4 samples"
+    assert lines[2].split() == ["75.0", "100.0", "handle", "(gateway/app.py)"]  # one row for both call sites
+    assert len(lines) == 3  # --grep keeps our code only
+
+
 #
 # Real runs
 #

@@ -622,6 +622,25 @@ async def test_stream_failing_midway_truncates_and_closes(start_server, connect)
     assert await conn.at_eof()  # no terminating chunk: the client can tell the body is incomplete
 
 
+async def test_stream_sends_its_first_chunk_before_the_iterator_goes_on(start_server, connect):
+    """Head and first chunk leave together at once: what the iterator does next (here it fails without yielding to
+    the loop) no longer holds the client's first byte back, nor turns the answer into a 500."""
+
+    async def handler(request: Request) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"first"
+            raise RuntimeError("upstream went away")
+
+        return StreamingResponse(200, None, body())
+
+    port = await start_server(handler)
+    conn = await connect(port)
+    await conn.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert (await conn.read_head()).status == 200
+    assert await conn.read_chunk() == b"first"
+    assert await conn.at_eof()
+
+
 async def test_client_disconnect_cancels_the_handler(start_server, connect):
     started = asyncio.Event()
     cancelled = asyncio.Event()
