@@ -28,6 +28,7 @@ from gateway.http.headers import connection_options
 from gateway.http.messages import Request, RequestBodyError, Response, StreamingResponse
 from gateway.ids import next_request_id
 from gateway.limits import TokenStore, create_store
+from gateway.semcache import SemanticCache, create_semantic_cache
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics
 from gateway.pipeline import JSON_HEADERS, Pipeline, error_body, error_response, run_pipeline
@@ -74,7 +75,7 @@ class _Services(Forwarder):
     """The app's ``ctx.services``: the forwarder, plus the metrics policies record into and the counter store of
     the limit policies (``limits``: gateway.limits, in memory or Redis)."""
 
-    __slots__ = ("deployment", "limits", "metrics", "now")
+    __slots__ = ("deployment", "limits", "metrics", "now", "semantic_cache")
 
     def __init__(
         self,
@@ -82,10 +83,12 @@ class _Services(Forwarder):
         clock: Callable[[], float],
         metrics: Metrics | None,
         limits: TokenStore | None = None,
+        semantic_cache: SemanticCache | None = None,
     ) -> None:
         super().__init__(pool, clock)
         self.metrics = metrics
         self.limits = limits
+        self.semantic_cache = semantic_cache
         self.now: Callable[[], datetime] | None = None  # expressions use the system's wall clock
         self.deployment: Deployment | None = None
 
@@ -104,13 +107,15 @@ class GatewayApp:
         telemetry: Telemetry | None = None,
         limits: TokenStore | None = None,
         wall_clock: Callable[[], float] = time.time,
+        semantic_cache: SemanticCache | None = None,
     ) -> None:
         self.config = config
         self.wall_clock = wall_clock  # Unix time: the expiry of trace tokens
         self.pool = pool
         self.clock = clock
         self.telemetry = telemetry
-        self.forwarder = _Services(pool, clock, telemetry.metrics if telemetry is not None else None, limits)
+        metrics = telemetry.metrics if telemetry is not None else None
+        self.forwarder = _Services(pool, clock, metrics, limits, semantic_cache)
         self.snapshot: Snapshot | None = None
         # the last snapshot refused as a whole and why ({"revision": ..., "reason": ...}); set by gateway.sync
         self.rejected: dict[str, object] | None = None
@@ -267,6 +272,8 @@ class GatewayApp:
     async def aclose(self) -> None:
         if self.forwarder.limits is not None:
             await self.forwarder.limits.aclose()
+        if self.forwarder.semantic_cache is not None:
+            await self.forwarder.semantic_cache.aclose()
         await self.pool.close()
 
 
@@ -343,6 +350,7 @@ def create_app(
     wall_clock: Callable[[], float] = time.time,
     usage_journal: UsageJournal | None = None,
     token_store: TokenStore | None = None,
+    semantic_cache: SemanticCache | None = None,
 ) -> GatewayApp:
     """Build the request handler; a default UpstreamPool is created from the config's timeouts.
 
@@ -373,5 +381,14 @@ def create_app(
     breaker = getattr(token_store, "breaker", None)  # the Redis store's circuit breaker (docs/redis-outage.md)
     if metrics is not None and breaker is not None:
         breaker.listeners.append(metrics.record_breaker)
+    if semantic_cache is None:  # REDIS_URL: entries shared by every replica; else per process
+        semantic_cache = create_semantic_cache(
+            pool,
+            clock,
+            redis_url=config.redis_url,
+            max_entries=config.semantic_cache_max_entries,
+            timeout=config.semantic_cache_timeout,
+            metrics=metrics,
+        )
     get_tokenizer()  # load the BPE tables now, not on the first request
-    return GatewayApp(config, pool, clock, telemetry, token_store, wall_clock)
+    return GatewayApp(config, pool, clock, telemetry, token_store, wall_clock, semantic_cache)

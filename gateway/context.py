@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from gateway.limits import TokenStore
     from gateway.metrics import Metrics
     from gateway.model import ApiEntry, BackendTarget, OperationEntry, ProductEntry, SubscriptionEntry
+    from gateway.semcache import SemanticCache
     from gateway.types import Deployment, Section
 
 __all__ = ("ChunkFilter", "FinishCallback", "Headers", "LlmState", "RequestContext", "ResponseHead", "Services")
@@ -57,6 +58,7 @@ class Services(Protocol):
     deployment: Deployment | None  # what context.Deployment reports; None: empty strings
     metrics: Metrics | None  # where llm-emit-token-metric records; None: metrics are off
     limits: TokenStore | None  # the counters of the limit policies (gateway.limits); None: no store configured
+    semantic_cache: SemanticCache | None  # the store and embeddings client of the semantic cache policies
 
     def forward(self, ctx: RequestContext, timeout: float | None) -> Awaitable[None]:
         """Send the request to ``ctx.backend`` and set ``ctx.response``; raises GatewayError."""
@@ -108,4 +110,8 @@ class RequestContext:
     # run once when the response is over (after the last chunk of a stream); token settlement, metrics, usage
     on_finish: list[FinishCallback] = field(default_factory=list)
     status: int = 0  # the status sent to the client, set before ``on_finish`` runs
+    # Set by an inbound step that answered from a cache (llm-semantic-cache-lookup) along with ``ctx.response``:
+    # the backend is skipped, and outbound resumes after the first top-level step with one of these names.
+    resume_outbound_after: frozenset[str] | None = None
+    semantic_cache: Any = None  # the lookup's state for the store and the usage record (gateway.semcache.CacheState)
     started: float = 0.0

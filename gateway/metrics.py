@@ -51,6 +51,8 @@ UPSTREAM_ERRORS: Final = "sluice_upstream_errors"
 DROPPED: Final = "sluice_metric_label_sets_dropped"
 BREAKER_STATE: Final = "sluice_redis_breaker_state"
 BREAKER_OPENED: Final = "sluice_redis_breaker_opened"
+SEMANTIC_CACHE: Final = "sluice_semantic_cache"  # exposed as sluice_semantic_cache_total
+TOKENS_SAVED: Final = "sluice_semantic_cache_tokens_saved"
 TOKEN_KINDS: Final = ("prompt", "completion", "total")
 
 _INVALID_RUN = re.compile(r"[^a-zA-Z0-9_]+")
@@ -243,8 +245,8 @@ class Metrics:
     """The metrics of one gateway app. ``registry`` defaults to a new CollectorRegistry (never the global one)."""
 
     __slots__ = ("_tokens", "breaker_opened", "breaker_state", "dropped", "duration", "gateway_id", "location",
-                 "max_label_sets", "multiprocess_dir", "registry", "requests", "snapshot_quarantined",
-                 "snapshot_rejected", "upstream_errors")  # fmt: skip
+                 "max_label_sets", "multiprocess_dir", "registry", "requests", "semantic_cache", "snapshot_quarantined",
+                 "snapshot_rejected", "tokens_saved", "upstream_errors")  # fmt: skip
 
     def __init__(
         self,
@@ -304,6 +306,22 @@ class Metrics:
             registry=reg, multiprocess_mode="max",
         )  # fmt: skip
         self.breaker_opened = Counter(BREAKER_OPENED, "Times the counter store circuit breaker opened.", registry=reg)
+        self.semantic_cache = self._family(
+            Counter(
+                SEMANTIC_CACHE,
+                "Semantic cache events: hit, miss, skipped, lookup_error, stored, not_stored, store_error.",
+                ["api", "operation", "result"],
+                registry=reg,
+            )
+        )
+        self.tokens_saved = self._family(
+            Counter(
+                TOKENS_SAVED,
+                "Tokens the model did not spend: the usage of answers served from the semantic cache.",
+                ["api"],
+                registry=reg,
+            )  # fmt: skip
+        )
 
     def record_breaker(self, state: int, opened: bool) -> None:
         """Listener of ``gateway.limits.breaker.CircuitBreaker``."""
@@ -328,6 +346,12 @@ class Metrics:
 
     def record_upstream_error(self, api: str, backend: str, reason: str) -> None:
         self.upstream_errors.child((api, backend, reason)).inc()
+
+    def record_semantic_cache(self, api: str, operation: str, result: str) -> None:
+        self.semantic_cache.child((api, operation, result)).inc()
+
+    def record_tokens_saved(self, api: str, tokens: int) -> None:
+        self.tokens_saved.child((api,)).inc(tokens)
 
     def exposition(self) -> bytes:
         """The text exposition (format 0.0.4) of this app, or of all workers in multiprocess mode."""

@@ -86,6 +86,11 @@ class Telemetry:
             usage = ctx.usage
             product = ctx.product
             subscription = ctx.subscription
+            cache = ctx.semantic_cache
+            hit = cache is not None and cache.hit  # the record then carries the tokens the cached answer saved
+            prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
+            if hit:
+                prompt, completion = cache.prompt_tokens, cache.completion_tokens
             self._emit(
                 ctx.request_id,
                 api,
@@ -94,10 +99,11 @@ class Telemetry:
                 elapsed,
                 subscription=subscription.name if subscription is not None else None,
                 product=product.name if product is not None else None,
-                backend=backend.name if backend is not None else None,
+                backend=backend.name if backend is not None and not hit else None,
                 model=_model(ctx),
-                prompt_tokens=usage.prompt_tokens if usage is not None else 0,
-                completion_tokens=usage.completion_tokens if usage is not None else 0,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                cache_hit=hit,
             )
 
     def finish_early(
@@ -134,6 +140,7 @@ class Telemetry:
         model: str | None = None,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        cache_hit: bool = False,
     ) -> None:
         """Build the request's usage record and hand it to the journal and the sink."""
         record = UsageRecord(
@@ -149,7 +156,7 @@ class Telemetry:
             completion_tokens=completion_tokens,
             status=status,
             latency_ms=elapsed * 1000.0,
-            cache_hit=False,
+            cache_hit=cache_hit,
             gateway_id=self.gateway_id,
         )
         if self.journal is not None:

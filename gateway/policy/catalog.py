@@ -59,12 +59,16 @@ def _u(*sections: Section, scopes: frozenset[Scope] = ALL_SCOPES, message: str =
 IMPLEMENTED: Final[frozenset[str]] = frozenset(
     {
         "azure-openai-emit-token-metric",
+        "azure-openai-semantic-cache-lookup",
+        "azure-openai-semantic-cache-store",
         "azure-openai-token-limit",
         "base",
         "check-header",
         "choose",
         "forward-request",
         "llm-emit-token-metric",
+        "llm-semantic-cache-lookup",
+        "llm-semantic-cache-store",
         "llm-token-limit",
         "quota-by-key",
         "rate-limit-by-key",
@@ -100,11 +104,7 @@ UNSUPPORTED: Final[dict[str, Usage]] = {
     "redirect-content-urls": _u(IN, OUT),
     "xsl-transform": _u(IN, OUT),
     # AI gateway
-    "llm-semantic-cache-lookup": _u(IN),
-    "llm-semantic-cache-store": _u(OUT),
     "llm-content-safety": _u(IN, OUT, scopes=frozenset({Scope.GLOBAL, Scope.PRODUCT, Scope.API})),
-    "azure-openai-semantic-cache-lookup": _u(IN),
-    "azure-openai-semantic-cache-store": _u(OUT),
     # access restriction and authentication
     "rate-limit": _u(IN, scopes=_NOT_GLOBAL),
     "quota": _u(IN, scopes=_NOT_GLOBAL),

@@ -13,6 +13,8 @@ from .check_header import CheckHeader
 from .choose import Choose
 from .forward_request import ForwardRequest
 from .llm_emit_token_metric import AzureOpenAiEmitTokenMetric, LlmEmitTokenMetric
+from .llm_semantic_cache_lookup import AzureOpenAiSemanticCacheLookup, LlmSemanticCacheLookup
+from .llm_semantic_cache_store import AzureOpenAiSemanticCacheStore, LlmSemanticCacheStore
 from .llm_token_limit import AzureOpenAiTokenLimit, LlmTokenLimit
 from .quota_by_key import QuotaByKey
 from .rate_limit_by_key import RateLimitByKey
@@ -46,4 +48,9 @@ BUILTINS: Final[tuple[type[Policy], ...]] = (
     AzureOpenAiTokenLimit,
     LlmEmitTokenMetric,
     AzureOpenAiEmitTokenMetric,
+    # semantic cache
+    LlmSemanticCacheLookup,
+    AzureOpenAiSemanticCacheLookup,
+    LlmSemanticCacheStore,
+    AzureOpenAiSemanticCacheStore,
 )

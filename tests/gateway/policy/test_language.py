@@ -39,6 +39,8 @@ APIM_SECTIONS = {
     "rate-limit-by-key": {IN}, "quota-by-key": {IN}, "check-header": {IN},
     "llm-token-limit": {IN}, "azure-openai-token-limit": {IN},
     "llm-emit-token-metric": {IN}, "azure-openai-emit-token-metric": {IN},
+    "llm-semantic-cache-lookup": {IN}, "azure-openai-semantic-cache-lookup": {IN},
+    "llm-semantic-cache-store": {Section.OUTBOUND}, "azure-openai-semantic-cache-store": {Section.OUTBOUND},
 }  # fmt: skip
 
 
