@@ -28,12 +28,12 @@ from gateway.http.headers import connection_options
 from gateway.http.messages import Request, RequestBodyError, Response, StreamingResponse
 from gateway.ids import next_request_id
 from gateway.limits import TokenStore, create_store
-from gateway.semcache import SemanticCache, create_semantic_cache
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics
 from gateway.pipeline import JSON_HEADERS, Pipeline, error_body, error_response, run_pipeline
 from gateway.request_checks import path_problem
 from gateway.secrets import trace_key, verify_trace_token
+from gateway.semcache import SemanticCache, create_semantic_cache
 from gateway.subscription import check_subscription, split_query_param
 from gateway.telemetry import Telemetry
 from gateway.tokens import get_tokenizer

@@ -320,7 +320,7 @@ class Metrics:
                 "Tokens the model did not spend: the usage of answers served from the semantic cache.",
                 ["api"],
                 registry=reg,
-            )  # fmt: skip
+            )
         )
 
     def record_breaker(self, state: int, opened: bool) -> None:
