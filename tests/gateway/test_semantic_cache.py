@@ -25,7 +25,7 @@ from .rawhttp import RawResponse, exchange, request_bytes
 
 KEY = KEYS["master"][0]
 OTHER_KEY = KEYS["chat-only"][0]
-METRICS_TOKEN = "semantic-cache-metrics"  # noqa: S105
+METRICS_TOKEN = "semantic-cache-metrics"
 CHAT = [op("chat", "POST", "/chat/completions"), op("completions", "POST", "/completions")]
 
 
@@ -48,6 +48,7 @@ def document(backend: str, threshold: str = "0.05") -> str:
 
 def snapshot(mock_root: str, embeddings_url: str) -> dict:
     dead = f"http://127.0.0.1:{free_port()}/v1"
+    local_policy = document("emb-local", "0.10")
     return {
         "version": 1,
         "revision": 1,
@@ -61,14 +62,7 @@ def snapshot(mock_root: str, embeddings_url: str) -> dict:
         "products": [],
         "apis": [
             api("cached", "cached", mock_root + "/v1", api_type="openai", policy=document("emb-mock"), operations=CHAT),
-            api(
-                "local",
-                "local",
-                mock_root + "/v1",
-                api_type="openai",
-                policy=document("emb-local", "0.10"),
-                operations=CHAT,
-            ),  # fmt: skip
+            api("local", "local", mock_root + "/v1", api_type="openai", policy=local_policy, operations=CHAT),
             api("down", "down", mock_root + "/v1", api_type="openai", policy=document("emb-down"), operations=CHAT),
         ],
         "subscriptions": [subscription("master", "/apis"), subscription("chat-only", "/apis")],
