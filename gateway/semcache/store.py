@@ -160,7 +160,8 @@ class MemoryVectorStore:
         self._partitions.clear()
 
 
-# KEYS: vectors (hash id -> float32 bytes), payloads (hash id -> bytes), expiry (zset id -> ms), lru (zset id -> ms)
+# KEYS: vectors (hash id -> float32 bytes), payloads (hash id -> bytes), expiry (zset id -> ms), lru (zset id -> use
+# sequence number), sequence (the partition's use counter)
 # Expired entries are dropped, then the vectors are returned. ARGV: none.
 _SEARCH_SCRIPT: Final = """
 local t = redis.call('TIME')
@@ -190,7 +191,7 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
-redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[1])
 local over = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[5])
 if over > 0 then
   local old = redis.call('ZRANGE', KEYS[4], 0, over - 1)
@@ -201,7 +202,7 @@ if over > 0 then
 end
 local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
 local keep = tonumber(last[2]) - now + 1000
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], keep) end
+for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], keep) end
 return redis.call('ZCARD', KEYS[4])
 """
 
@@ -209,8 +210,7 @@ return redis.call('ZCARD', KEYS[4])
 _HIT_SCRIPT: Final = """
 local payload = redis.call('HGET', KEYS[2], ARGV[1])
 if payload then
-  local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[4], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[1])
+  redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[1])
 end
 return payload
 """
@@ -221,7 +221,7 @@ def _sha1(script: str) -> str:
 
 
 class RedisVectorStore:
-    """Entries in Redis, shared by every gateway replica. Four keys per partition, under one hash tag."""
+    """Entries in Redis, shared by every gateway replica. Five keys per partition, under one hash tag."""
 
     kind = "redis"
 
@@ -235,10 +235,10 @@ class RedisVectorStore:
         self.prefix = prefix
         self.vector_index: str | None = None  # what detect_index() found (not used: see docs/semantic-cache.md)
 
-    def keys(self, partition: str) -> tuple[str, str, str, str]:
+    def keys(self, partition: str) -> tuple[str, str, str, str, str]:
         tag = hashlib.sha256(partition.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         base = f"{self.prefix}:{{{tag}}}"
-        return f"{base}:vec", f"{base}:res", f"{base}:exp", f"{base}:lru"
+        return f"{base}:vec", f"{base}:res", f"{base}:exp", f"{base}:lru", f"{base}:seq"
 
     async def _eval(self, script: str, keys: tuple[str, ...], *args: Any) -> Any:
         try:

@@ -286,3 +286,29 @@ def test_the_local_engine_hits_a_paraphrase_and_misses_another_question(gateway,
     assert 0.0 < score <= 0.10
     unrelated = chat(gateway.port, "local", f"What is the boiling point of water? Ticket {nonce}.")
     assert unrelated.header("x-semantic-cache") == "miss"
+
+
+def test_replicas_share_the_redis_store(tmp_path, mock_llm, embeddings_server) -> None:  # noqa: F811
+    import os
+
+    redis_url = os.environ.get("REDIS_URL", "")
+    if not redis_url:
+        pytest.skip("REDIS_URL is not set")
+    start, started = _factory(tmp_path)
+    env = {"REDIS_URL": redis_url, "SLUICE_ADMIN_PORT": "0"}
+    try:
+        data = snapshot(mock_llm.root_url, embeddings_server.base_url)
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+        first = start_gateway(start, tmp_path / "a", data, None, env)
+        second = start_gateway(start, tmp_path / "b", data, None, env)
+        text = f"Which planet is largest? {uuid.uuid4()}"
+        stored_answer = chat(first.port, "cached", text)
+        assert stored_answer.header("x-semantic-cache") == "miss"
+        hit = chat(second.port, "cached", text)  # the other replica answers from what the first one stored
+        assert hit.header("x-semantic-cache") == "hit; score=0.0000"
+        assert content_of(hit) == content_of(stored_answer)
+        assert chat(second.port, "cached", text, key=OTHER_KEY).header("x-semantic-cache") == "miss"
+    finally:
+        for process in reversed(started):
+            process.stop()
