@@ -208,8 +208,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--embeddings-port",
             type=int,
-            default=18100,
-            help="local embeddings server (all-MiniLM-L6-v2) on 127.0.0.1 (default 18100, 0 = none)",
+            default=settings.SLUICE["EMBEDDINGS_PORT"],
+            help="local embeddings server (all-MiniLM-L6-v2) on 127.0.0.1 (default SLUICE_EMBEDDINGS_PORT or 18100, "
+            "0 = none)",
         )
         parser.add_argument(
             "--admin-port",
