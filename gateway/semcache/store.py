@@ -40,6 +40,7 @@ Vector = npt.NDArray[np.float32]
 DEFAULT_MAX_ENTRIES: Final = 1000  # per partition
 DEFAULT_MAX_PARTITIONS: Final = 10_000  # in process only (Redis keys expire on their own)
 DEFAULT_PREFIX: Final = "sluice:semcache"
+DEFAULT_MIRROR_BYTES: Final = 64 << 20  # the Redis store's copy of recently searched partitions, per process
 
 
 class CacheStoreError(Exception):
@@ -161,48 +162,46 @@ class MemoryVectorStore:
 
 
 # KEYS: vectors (hash id -> float32 bytes), payloads (hash id -> bytes), expiry (zset id -> ms), lru (zset id -> use
-# sequence number), sequence (the partition's use counter)
-# Expired entries are dropped, then the vectors are returned. ARGV: none.
-_SEARCH_SCRIPT: Final = """
+# sequence number), sequence (the partition's counter), version (changes whenever the set of entries changes).
+_PURGE: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function drop(ids)
+  redis.call('HDEL', KEYS[1], unpack(ids))
+  redis.call('HDEL', KEYS[2], unpack(ids))
+  redis.call('ZREM', KEYS[3], unpack(ids))
+  redis.call('ZREM', KEYS[4], unpack(ids))
+end
+local function bump()
+  redis.call('SET', KEYS[6], now .. '-' .. redis.call('INCR', KEYS[5]), 'KEEPTTL')
+end
 local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
 if #dead > 0 then
-  redis.call('HDEL', KEYS[1], unpack(dead))
-  redis.call('HDEL', KEYS[2], unpack(dead))
-  redis.call('ZREM', KEYS[3], unpack(dead))
-  redis.call('ZREM', KEYS[4], unpack(dead))
+  drop(dead)
+  bump()
 end
-return redis.call('HGETALL', KEYS[1])
+"""
+
+# ARGV: the version the caller holds. Returns {} (no entries), {version} (unchanged) or {version, HGETALL vectors}.
+_SEARCH_SCRIPT: Final = _PURGE + """
+local version = redis.call('GET', KEYS[6])
+if not version or redis.call('HLEN', KEYS[1]) == 0 then return {} end
+if version == ARGV[1] then return {version} end
+return {version, redis.call('HGETALL', KEYS[1])}
 """
 
 # ARGV: id, vector, payload, ttl ms, max entries. Returns the partition size.
-_ADD_SCRIPT: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[4])
-local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
-if #dead > 0 then
-  redis.call('HDEL', KEYS[1], unpack(dead))
-  redis.call('HDEL', KEYS[2], unpack(dead))
-  redis.call('ZREM', KEYS[3], unpack(dead))
-  redis.call('ZREM', KEYS[4], unpack(dead))
-end
+_ADD_SCRIPT: Final = _PURGE + """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[1])
 local over = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[5])
-if over > 0 then
-  local old = redis.call('ZRANGE', KEYS[4], 0, over - 1)
-  redis.call('HDEL', KEYS[1], unpack(old))
-  redis.call('HDEL', KEYS[2], unpack(old))
-  redis.call('ZREM', KEYS[3], unpack(old))
-  redis.call('ZREM', KEYS[4], unpack(old))
-end
+if over > 0 then drop(redis.call('ZRANGE', KEYS[4], 0, over - 1)) end
+bump()
 local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
 local keep = tonumber(last[2]) - now + 1000
-for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], keep) end
+for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], keep) end
 return redis.call('ZCARD', KEYS[4])
 """
 
@@ -221,24 +220,38 @@ def _sha1(script: str) -> str:
 
 
 class RedisVectorStore:
-    """Entries in Redis, shared by every gateway replica. Five keys per partition, under one hash tag."""
+    """Entries in Redis, shared by every gateway replica. Six keys per partition, under one hash tag.
+
+    Each process keeps a copy of the vectors of the partitions it searched lately (``mirror_bytes`` at most, least
+    recently searched dropped first), with the partition's version: a lookup is one script call that purges expired
+    entries and sends the vectors only when the version changed (an entry was added, evicted or expired). The scan
+    itself runs here.
+    """
 
     kind = "redis"
 
     def __init__(
-        self, client: RespClient, *, max_entries: int = DEFAULT_MAX_ENTRIES, prefix: str = DEFAULT_PREFIX
+        self,
+        client: RespClient,
+        *,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        prefix: str = DEFAULT_PREFIX,
+        mirror_bytes: int = DEFAULT_MIRROR_BYTES,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.client = client
         self.max_entries = max_entries
         self.prefix = prefix
+        self.mirror_bytes = mirror_bytes
         self.vector_index: str | None = None  # what detect_index() found (not used: see docs/semantic-cache.md)
+        self._mirror: OrderedDict[str, tuple[bytes, list[Any], Vector]] = OrderedDict()
+        self._mirrored = 0  # bytes of vectors held in _mirror
 
-    def keys(self, partition: str) -> tuple[str, str, str, str, str]:
+    def keys(self, partition: str) -> tuple[str, str, str, str, str, str]:
         tag = hashlib.sha256(partition.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         base = f"{self.prefix}:{{{tag}}}"
-        return f"{base}:vec", f"{base}:res", f"{base}:exp", f"{base}:lru", f"{base}:seq"
+        return f"{base}:vec", f"{base}:res", f"{base}:exp", f"{base}:lru", f"{base}:seq", f"{base}:ver"
 
     async def _eval(self, script: str, keys: tuple[str, ...], *args: Any) -> Any:
         try:
@@ -251,23 +264,52 @@ class RedisVectorStore:
         except (RespError, OSError, TimeoutError, ConnectionError) as exc:
             raise CacheStoreError(f"redis: {exc}") from exc
 
-    async def search(self, partition: str, vector: Vector, threshold: float) -> Match | None:
-        keys = self.keys(partition)
-        flat = await self._eval(_SEARCH_SCRIPT, keys)
-        if not isinstance(flat, list):
+    def _forget(self, partition: str) -> None:
+        old = self._mirror.pop(partition, None)
+        if old is not None:
+            self._mirrored -= old[2].nbytes
+
+    def _remember(self, partition: str, version: bytes, ids: list[Any], matrix: Vector) -> None:
+        self._forget(partition)
+        if matrix.nbytes > self.mirror_bytes:
+            return
+        self._mirror[partition] = (version, ids, matrix)
+        self._mirrored += matrix.nbytes
+        while self._mirrored > self.mirror_bytes:
+            _, (_, _, dropped) = self._mirror.popitem(last=False)
+            self._mirrored -= dropped.nbytes
+
+    async def _vectors(self, partition: str, keys: tuple[str, ...]) -> tuple[list[Any], Vector] | None:
+        held = self._mirror.get(partition)
+        reply = await self._eval(_SEARCH_SCRIPT, keys, held[0] if held is not None else "")
+        if not isinstance(reply, list):
             raise CacheStoreError("redis: unexpected reply to the search script")
-        if not flat:
+        if not reply:
+            self._forget(partition)
             return None
-        ids = flat[0::2]
-        blobs = flat[1::2]
-        width = vector.nbytes
+        if len(reply) == 1 and held is not None:
+            self._mirror.move_to_end(partition)
+            return held[1], held[2]
+        if len(reply) != 2 or not isinstance(reply[1], list):
+            raise CacheStoreError("redis: unexpected reply to the search script")
+        flat = reply[1]
+        ids, blobs = flat[0::2], flat[1::2]
         try:
-            matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1)
+            matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1).astype(np.float32)
         except ValueError:
             raise CacheStoreError("redis: stored vectors of different sizes") from None
-        if matrix.shape[1] * 4 != width:  # another embeddings model wrote this partition: no match possible
+        self._remember(partition, reply[0], ids, matrix)
+        return ids, matrix
+
+    async def search(self, partition: str, vector: Vector, threshold: float) -> Match | None:
+        keys = self.keys(partition)
+        found = await self._vectors(partition, keys)
+        if found is None:
             return None
-        best, distance = _nearest(matrix.astype(np.float32, copy=False), vector)
+        ids, matrix = found
+        if matrix.shape[1] != vector.size:  # another embeddings model wrote this partition: no match possible
+            return None
+        best, distance = _nearest(matrix, vector)
         if distance > threshold:
             return None
         entry_id = ids[best]
@@ -293,4 +335,6 @@ class RedisVectorStore:
         return self.vector_index
 
     async def aclose(self) -> None:
+        self._mirror.clear()
+        self._mirrored = 0
         await self.client.aclose()

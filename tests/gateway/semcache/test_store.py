@@ -133,3 +133,21 @@ async def test_redis_detects_whether_the_server_has_a_vector_index(redis_prefix:
         assert found is None or found in ("vector sets", "query engine", "vector sets, query engine")
     finally:
         await store.aclose()
+
+
+async def test_a_replica_sees_what_another_one_stored_after_its_copy_was_made(redis_prefix: str) -> None:
+    first = RedisVectorStore(RespClient(REDIS_URL), prefix=redis_prefix)
+    second = RedisVectorStore(RespClient(REDIS_URL), prefix=redis_prefix)
+    try:
+        a, b = unit(1), unit(2)
+        await first.add("p", a, b"a", 60)
+        assert (await first.search("p", a, 0.01)).payload == b"a"  # first now holds a copy of the partition
+        assert await first.search("p", b, 0.01) is None
+        await second.add("p", b, b"b", 60)
+        assert (await first.search("p", b, 0.01)).payload == b"b"  # the version changed: the copy is refreshed
+        held = first._mirror["p"][2]
+        assert (await first.search("p", a, 0.01)).payload == b"a"
+        assert first._mirror["p"][2] is held  # unchanged partition: no vectors were read again
+    finally:
+        await first.aclose()
+        await second.aclose()
