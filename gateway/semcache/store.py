@@ -22,7 +22,7 @@ from typing import Any, Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from gateway.redis import RespClient, RespError
+from gateway.redis import RespClient, RespError, encode_command
 
 __all__ = (
     "DEFAULT_MAX_ENTRIES",
@@ -66,12 +66,6 @@ class VectorStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-def _nearest(matrix: Vector, vector: Vector) -> tuple[int, float]:
-    scores = matrix @ vector  # rows and vector are unit length: cosine similarity
-    best = int(np.argmax(scores))
-    return best, float(1.0 - scores[best])
 
 
 def _entry_id(vector: Vector) -> str:
@@ -161,13 +155,23 @@ class MemoryVectorStore:
         self._partitions.clear()
 
 
-# KEYS: vectors (hash id -> float32 bytes), payloads (hash id -> bytes), expiry (zset id -> ms), lru (zset id -> use
-# sequence number), sequence (the partition's counter), version (changes whenever the set of entries changes).
+# KEYS: 1 vectors (one string: row i at byte i * width), 2 payloads (hash id -> bytes), 3 expiry (zset id -> ms),
+# 4 lru (zset id -> use sequence number), 5 sequence (the partition's counter), 6 version (changes whenever the set
+# of entries changes), 7 slots (hash id -> row; the field "" holds the row width in bytes), 8 free rows (list).
+# A dropped entry's row is zeroed and reused by the next entry, so the vectors string never outgrows the cap.
 _PURGE: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function drop(ids)
-  redis.call('HDEL', KEYS[1], unpack(ids))
+  local width = tonumber(redis.call('HGET', KEYS[7], '') or '0')
+  for _, id in ipairs(ids) do
+    local row = redis.call('HGET', KEYS[7], id)
+    if row then
+      redis.call('SETRANGE', KEYS[1], tonumber(row) * width, string.rep('\\0', width))
+      redis.call('RPUSH', KEYS[8], row)
+      redis.call('HDEL', KEYS[7], id)
+    end
+  end
   redis.call('HDEL', KEYS[2], unpack(ids))
   redis.call('ZREM', KEYS[3], unpack(ids))
   redis.call('ZREM', KEYS[4], unpack(ids))
@@ -182,17 +186,32 @@ if #dead > 0 then
 end
 """
 
-# ARGV: the version the caller holds. Returns {} (no entries), {version} (unchanged) or {version, HGETALL vectors}.
-_SEARCH_SCRIPT: Final = _PURGE + """
-local version = redis.call('GET', KEYS[6])
-if not version or redis.call('HLEN', KEYS[1]) == 0 then return {} end
-if version == ARGV[1] then return {version} end
-return {version, redis.call('HGETALL', KEYS[1])}
+# Returns the partition's version, or nil when it has no entries. The caller then reads the vectors and the rows
+# (GET and HGETALL in one MULTI) when its copy is older.
+_SEARCH_SCRIPT: Final = (
+    _PURGE
+    + """
+if redis.call('ZCARD', KEYS[4]) == 0 then return false end
+return redis.call('GET', KEYS[6])
 """
+)
 
 # ARGV: id, vector, payload, ttl ms, max entries. Returns the partition size.
-_ADD_SCRIPT: Final = _PURGE + """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+_ADD_SCRIPT: Final = (
+    _PURGE
+    + """
+local width = string.len(ARGV[2])
+local known = redis.call('HGET', KEYS[7], '')
+if known and tonumber(known) ~= width then  -- another embeddings model: start the partition again
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7], KEYS[8])
+end
+redis.call('HSET', KEYS[7], '', width)
+local row = redis.call('HGET', KEYS[7], ARGV[1])
+if not row then
+  row = redis.call('LPOP', KEYS[8]) or math.floor(redis.call('STRLEN', KEYS[1]) / width)
+  redis.call('HSET', KEYS[7], ARGV[1], row)
+end
+redis.call('SETRANGE', KEYS[1], tonumber(row) * width, ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[1])
@@ -201,9 +220,10 @@ if over > 0 then drop(redis.call('ZRANGE', KEYS[4], 0, over - 1)) end
 bump()
 local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
 local keep = tonumber(last[2]) - now + 1000
-for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], keep) end
+for i = 1, 8 do redis.call('PEXPIRE', KEYS[i], keep) end
 return redis.call('ZCARD', KEYS[4])
 """
+)
 
 # ARGV: id. A hit: the payload (nil when it expired in between), and the entry becomes the most recently used.
 _HIT_SCRIPT: Final = """
@@ -219,8 +239,11 @@ def _sha1(script: str) -> str:
     return hashlib.sha1(script.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
+_Copy = tuple[bytes, list[Any], Vector, npt.NDArray[np.bool_]]  # version, id of each row (None: free), vectors, free
+
+
 class RedisVectorStore:
-    """Entries in Redis, shared by every gateway replica. Six keys per partition, under one hash tag.
+    """Entries in Redis, shared by every gateway replica. Eight keys per partition, under one hash tag.
 
     Each process keeps a copy of the vectors of the partitions it searched lately (``mirror_bytes`` at most, least
     recently searched dropped first), with the partition's version: a lookup is one script call that purges expired
@@ -245,13 +268,13 @@ class RedisVectorStore:
         self.prefix = prefix
         self.mirror_bytes = mirror_bytes
         self.vector_index: str | None = None  # what detect_index() found (not used: see docs/semantic-cache.md)
-        self._mirror: OrderedDict[str, tuple[bytes, list[Any], Vector]] = OrderedDict()
+        self._mirror: OrderedDict[str, _Copy] = OrderedDict()
         self._mirrored = 0  # bytes of vectors held in _mirror
 
-    def keys(self, partition: str) -> tuple[str, str, str, str, str, str]:
+    def keys(self, partition: str) -> tuple[str, ...]:
         tag = hashlib.sha256(partition.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         base = f"{self.prefix}:{{{tag}}}"
-        return f"{base}:vec", f"{base}:res", f"{base}:exp", f"{base}:lru", f"{base}:seq", f"{base}:ver"
+        return tuple(f"{base}:{name}" for name in ("vec", "res", "exp", "lru", "seq", "ver", "row", "free"))
 
     async def _eval(self, script: str, keys: tuple[str, ...], *args: Any) -> Any:
         try:
@@ -269,50 +292,68 @@ class RedisVectorStore:
         if old is not None:
             self._mirrored -= old[2].nbytes
 
-    def _remember(self, partition: str, version: bytes, ids: list[Any], matrix: Vector) -> None:
+    def _remember(self, partition: str, copy: _Copy) -> None:
         self._forget(partition)
+        matrix = copy[2]
         if matrix.nbytes > self.mirror_bytes:
             return
-        self._mirror[partition] = (version, ids, matrix)
+        self._mirror[partition] = copy
         self._mirrored += matrix.nbytes
         while self._mirrored > self.mirror_bytes:
-            _, (_, _, dropped) = self._mirror.popitem(last=False)
+            dropped = self._mirror.popitem(last=False)[1][2]
             self._mirrored -= dropped.nbytes
 
-    async def _vectors(self, partition: str, keys: tuple[str, ...]) -> tuple[list[Any], Vector] | None:
-        held = self._mirror.get(partition)
-        reply = await self._eval(_SEARCH_SCRIPT, keys, held[0] if held is not None else "")
-        if not isinstance(reply, list):
-            raise CacheStoreError("redis: unexpected reply to the search script")
-        if not reply:
+    async def _vectors(self, partition: str, keys: tuple[str, ...]) -> _Copy | None:
+        version = await self._eval(_SEARCH_SCRIPT, keys)
+        if version is None:
             self._forget(partition)
             return None
-        if len(reply) == 1 and held is not None:
+        held = self._mirror.get(partition)
+        if held is not None and held[0] == version:
             self._mirror.move_to_end(partition)
-            return held[1], held[2]
-        if len(reply) != 2 or not isinstance(reply[1], list):
-            raise CacheStoreError("redis: unexpected reply to the search script")
-        flat = reply[1]
-        ids, blobs = flat[0::2], flat[1::2]
+            return held
+        # Read after the version: an entry added in between makes this copy newer than its version says, and the
+        # next lookup reads the partition again (never the other way round).
+        commands = b"".join(encode_command(c) for c in (("MULTI",), ("GET", keys[0]), ("HGETALL", keys[6]), ("EXEC",)))
         try:
-            matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1).astype(np.float32)
-        except ValueError:
-            raise CacheStoreError("redis: stored vectors of different sizes") from None
-        self._remember(partition, reply[0], ids, matrix)
-        return ids, matrix
+            replies = await self.client.call_batch(commands, 4)
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            raise CacheStoreError(f"redis: {exc}") from exc
+        result = replies[-1]
+        if not isinstance(result, list) or len(result) != 2:
+            raise CacheStoreError(f"redis: unexpected reply to the vectors read: {result!r}"[:200])
+        blob, flat = result
+        if not isinstance(blob, bytes) or not isinstance(flat, list):
+            return None
+        rows = dict(zip(flat[0::2], flat[1::2], strict=True))
+        width = int(rows.pop(b"", b"0") or 0)
+        if width <= 0 or width % 4 or len(blob) % width:
+            raise CacheStoreError("redis: the partition's vectors are inconsistent")
+        matrix = np.frombuffer(blob, dtype="<f4").reshape(len(blob) // width, width // 4).astype(np.float32)
+        ids: list[Any] = [None] * len(matrix)
+        for entry_id, row in rows.items():
+            index = int(row)
+            if 0 <= index < len(ids):
+                ids[index] = entry_id
+        copy = (version, ids, matrix, np.array([entry_id is None for entry_id in ids], dtype=bool))
+        self._remember(partition, copy)
+        return copy
 
     async def search(self, partition: str, vector: Vector, threshold: float) -> Match | None:
         keys = self.keys(partition)
         found = await self._vectors(partition, keys)
         if found is None:
             return None
-        ids, matrix = found
+        _, ids, matrix, free = found
         if matrix.shape[1] != vector.size:  # another embeddings model wrote this partition: no match possible
             return None
-        best, distance = _nearest(matrix, vector)
-        if distance > threshold:
-            return None
+        scores = matrix @ vector
+        scores[free] = -2.0  # rows of dropped entries
+        best = int(np.argmax(scores))
+        distance = float(1.0 - scores[best])
         entry_id = ids[best]
+        if entry_id is None or distance > threshold:
+            return None
         payload = await self._eval(_HIT_SCRIPT, keys, entry_id)
         if payload is None:
             return None
