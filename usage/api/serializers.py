@@ -110,6 +110,9 @@ class UsageRowSerializer(serializers.Serializer):
     total_tokens = serializers.IntegerField()
     avg_latency_ms = serializers.FloatField()
     cache_hits = serializers.IntegerField()
+    tokens_saved = serializers.IntegerField(
+        help_text="Tokens of the answers served from the semantic cache (not counted in the token totals)."
+    )
 
 
 class UsageReportSerializer(serializers.Serializer):
