@@ -246,13 +246,13 @@ def main(argv: list[str] | None = None) -> int:
             client = Client(gw_port)
             if "latency" in parts:
                 out += ["### Latency through the gateway (in-process store, mock model answering at once)", ""]
-                out += latency_rows(client, args.requests) + [""]
+                out += [*latency_rows(client, args.requests), ""]
             if "rates" in parts:
                 out += [f"### Hit rates through the gateway, local engine, score-threshold {THRESHOLD}", ""]
-                out += rate_rows(client) + [""]
+                out += [*rate_rows(client), ""]
         if "scan" in parts:
             out += ["### Lookup cost by partition size (384 dimensions, exact scan)", ""]
-            out += asyncio.run(scan_rows((10, 100, 1000))) + [""]
+            out += [*asyncio.run(scan_rows((10, 100, 1000))), ""]
     finally:
         for process in reversed(processes):
             process.stop()
