@@ -14,7 +14,7 @@ ANSWER = {
     "model": "gpt-4o-mini",
     "choices": [
         {"index": 0, "message": {"role": "assistant", "content": "Paris is the capital. " * 9}, "finish_reason": "stop"}
-    ],  # fmt: skip
+    ],
     "usage": {"prompt_tokens": 9, "completion_tokens": 45, "total_tokens": 54},
 }
 
@@ -41,7 +41,7 @@ def test_prompt_text_per_role_without_system_messages_when_asked() -> None:
                 {"role": "assistant", "content": "b"},
                 {"role": "user", "content": "c"},
             ]
-        },  # fmt: skip
+        },
         {"messages": []},
     ],
 )
