@@ -129,7 +129,21 @@ def row(label: str, times: list[float]) -> str:
     return f"| {label} | {len(ms)} | {statistics.median(ms):.2f} | {percentile(ms, 0.99):.2f} |"
 
 
-def latency_rows(client: Client, requests: int) -> list[str]:
+def direct_embeddings_us(port: int, requests: int) -> list[float]:
+    """The mock model's /embeddings called directly, as the gateway calls it (one keep-alive connection)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    times = []
+    for i in range(requests):
+        body = orjson.dumps({"model": "text-embedding-3-small", "input": f"user: Direct question {i}"})
+        start = time.perf_counter()
+        conn.request("POST", "/v1/embeddings", body, {"Content-Type": "application/json"})
+        conn.getresponse().read()
+        times.append((time.perf_counter() - start) * 1e6)
+    conn.close()
+    return times
+
+
+def latency_rows(client: Client, requests: int, mock_port: int) -> list[str]:
     nonce = uuid.uuid4().hex[:8]
     cases: dict[str, list[float]] = {}
     for path, n in (("plain", requests), ("fast", requests), ("local", max(10, requests // 4))):
@@ -162,6 +176,9 @@ def latency_rows(client: Client, requests: int) -> list[str]:
         lines.append(
             f"- `{name}` step on a traced miss: p50 {statistics.median(us):.0f} µs, p99 {percentile(us, 0.99):.0f} µs"
         )
+    us = direct_embeddings_us(mock_port, requests)
+    p50, p99 = statistics.median(us), percentile(us, 0.99)
+    lines.append(f"- the mock model's /embeddings called directly: p50 {p50:.0f} µs, p99 {p99:.0f} µs")
     return lines
 
 
@@ -261,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             client = Client(gw_port)
             if "latency" in parts:
                 out += ["### Latency through the gateway (in-process store, mock model answering at once)", ""]
-                out += [*latency_rows(client, args.requests), ""]
+                out += [*latency_rows(client, args.requests, mock_port), ""]
             if "rates" in parts:
                 out += [f"### Hit rates through the gateway, local engine, score-threshold {THRESHOLD}", ""]
                 out += [*rate_rows(client), ""]
