@@ -46,7 +46,7 @@ def document(backend: str, threshold: str = "0.05") -> str:
     )
 
 
-def snapshot(mock_root: str, embeddings_url: str) -> dict:
+def snapshot(mock_root: str, embeddings_url: str, sidecar_url: str = "http://127.0.0.1:9") -> dict:
     dead = f"http://127.0.0.1:{free_port()}/v1"
     local_policy = document("emb-local", "0.10")
     return {
@@ -58,12 +58,15 @@ def snapshot(mock_root: str, embeddings_url: str) -> dict:
             {"name": "emb-mock", "url": mock_root + "/v1/embeddings", "credentials_header": {"x-emb-key": "k1"}},
             {"name": "emb-local", "url": embeddings_url},  # a base URL: /embeddings is appended
             {"name": "emb-down", "url": dead},
+            # answers a chat completion, not embeddings; keeps the headers it got
+            {"name": "emb-wrong", "url": sidecar_url + "/lenient/v1", "credentials_header": {"api-key": "emb-secret"}},
         ],
         "products": [],
         "apis": [
             api("cached", "cached", mock_root + "/v1", api_type="openai", policy=document("emb-mock"), operations=CHAT),
             api("local", "local", mock_root + "/v1", api_type="openai", policy=local_policy, operations=CHAT),
             api("down", "down", mock_root + "/v1", api_type="openai", policy=document("emb-down"), operations=CHAT),
+            api("wrong", "wrong", mock_root + "/v1", api_type="openai", policy=document("emb-wrong"), operations=CHAT),
         ],
         "subscriptions": [subscription("master", "/apis"), subscription("chat-only", "/apis")],
     }
@@ -75,7 +78,8 @@ def gateway(tmp_path_factory, mock_llm, embeddings_server, sidecar) -> Iterator[
     start, started = _factory(tmp)
     env = {"SLUICE_METRICS_TOKEN": METRICS_TOKEN, "SLUICE_ADMIN_PORT": "0", "SLUICE_SEMANTIC_CACHE_TIMEOUT": "2"}
     try:
-        yield start_gateway(start, tmp, snapshot(mock_llm.root_url, embeddings_server.base_url), sidecar.url, env)
+        data = snapshot(mock_llm.root_url, embeddings_server.base_url, sidecar.url)
+        yield start_gateway(start, tmp, data, sidecar.url, env)
     finally:
         for process in reversed(started):
             process.stop()
@@ -250,6 +254,42 @@ def test_the_embeddings_backend_down_falls_through_to_the_model(gateway, mock_ll
     assert metric(gateway.port, "lookup_error", "down") == errors + 2
     log = gateway.log()
     assert log.count("semantic cache lookup failed for API down") == 1  # rate-limited
+
+
+def test_the_backend_credentials_go_to_the_embeddings_backend_and_a_wrong_answer_falls_through(
+    gateway,
+    sidecar,  # noqa: F811
+) -> None:
+    text = f"Anyone there? {uuid.uuid4()}"
+    response = chat(gateway.port, "wrong", text)
+    assert response.status == 200 and content_of(response)
+    assert response.header("x-semantic-cache") is None  # the lookup failed: no header, the model answered
+    sent = [r for r in sidecar.backend_requests if r["path"] == "/lenient/v1/embeddings"]
+    assert sent, "the embeddings backend was not called"
+    assert sent[-1]["headers"].get("api-key") == "emb-secret"
+    assert orjson.loads(sent[-1]["body"])["input"] == f"user: {text}"
+    assert metric(gateway.port, "lookup_error", "wrong") >= 1
+
+
+def test_legacy_completions_are_cached_and_replayed_as_their_stream(gateway, mock_llm) -> None:  # noqa: F811
+    prompt = f"Once upon a time {uuid.uuid4()}"
+    headers = [("Content-Type", "application/json"), ("Ocp-Apim-Subscription-Key", KEY)]
+
+    def complete(**extra: object) -> RawResponse:
+        body = orjson.dumps({"model": "gpt-3.5-turbo-instruct", "prompt": prompt, **extra})
+        response = exchange(gateway.port, request_bytes("POST", "/cached/completions", headers, body))
+        assert response is not None and response.status == 200, response
+        return response
+
+    first = complete()
+    assert first.header("x-semantic-cache") == "miss"
+    before = mock_llm.stats()["requests"].get("/completions", 0)
+    replay = complete(stream=True)
+    assert replay.header("x-semantic-cache").startswith("hit")
+    chunks = [orjson.loads(item) for item in events(replay.body)[:-1]]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == orjson.loads(first.body)["choices"][0]["text"]
+    assert mock_llm.stats()["requests"].get("/completions", 0) == before
 
 
 def test_a_hit_is_in_the_usage_record_and_the_trace(gateway, sidecar) -> None:  # noqa: F811
