@@ -1,11 +1,21 @@
-"""``llm-semantic-cache-lookup`` / ``-store``: what is refused when a document loads. Their behaviour runs through a
-real gateway process in tests/gateway/test_semantic_cache.py; the stores in tests/gateway/semcache/."""
+"""``llm-semantic-cache-lookup`` / ``-store``: what is refused when a document loads, and the pipeline's handling of a
+hit, the store's rules and the trace in process (a fake pool answers the model and the embeddings backend). The
+behaviour through a real gateway process is in tests/gateway/test_semantic_cache.py, the stores in
+tests/gateway/semcache/."""
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
+import orjson
 import pytest
 
+from gateway.app import TRACE_HEADER
 from gateway.policy import PolicyError, parse_document
+from tests.gateway.fakes import FakeUpstream
+
+from ..helpers import gateway, header
 
 LOOKUP = (
     '<llm-semantic-cache-lookup score-threshold="0.05" embeddings-backend-id="emb" '
@@ -76,3 +86,77 @@ def test_an_unknown_embeddings_backend_is_refused_when_the_snapshot_loads() -> N
     steps = parse_document(lookup_doc(), "api").sections["inbound"]
     with pytest.raises(PolicyError, match="unknown embeddings backend 'emb'"):
         bind_steps(steps, Env())
+
+
+#
+# Behaviour in process (the fake pool answers both the model and the embeddings backend)
+#
+
+EMB_LOOKUP = LOOKUP.replace('embeddings-backend-id="emb"', 'embeddings-backend-id="openai-backend"')
+
+
+def respond(status: int = 200):
+    def answer(call):
+        if call.target.endswith("/embeddings"):
+            text = orjson.loads(call.body)["input"]
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+            vector = np.random.default_rng(seed).standard_normal(8).tolist()
+            return FakeUpstream(body=orjson.dumps({"data": [{"index": 0, "embedding": vector}]}))
+        document = {"id": "c1", "object": "chat.completion", "model": "gpt-4o",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}  # fmt: skip
+        return FakeUpstream(status=status, body=orjson.dumps(document))
+
+    return answer
+
+
+def policy(outbound: str, inbound_extra: str = "") -> str:
+    return (
+        f"<policies><inbound>{EMB_LOOKUP.format(extra='', children='')}{inbound_extra}</inbound>"
+        f"<outbound>{outbound}</outbound></policies>"
+    )
+
+
+BODY = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi there"}]})
+
+
+def model_calls(gw) -> int:
+    return sum(1 for call in gw.pool.calls if not call.target.endswith("/embeddings"))
+
+
+async def test_a_hit_without_a_store_statement_skips_all_of_outbound_and_the_rest_of_inbound() -> None:
+    stored = policy('<llm-semantic-cache-store duration="60"/><set-header name="x-out"><value>1</value></set-header>')
+    gw = gateway(respond(), api_policy=stored)
+    assert header(await gw.chat(body=BODY), b"x-out") == b"1"
+    # the same cache (one app), another document: no store, an outbound step and an inbound step after the lookup
+    after = '<set-header name="x-in"><value>1</value></set-header>'
+    gw.app.snapshot = gateway(respond(), api_policy=policy(after.replace("x-in", "x-out"), after)).app.snapshot
+    hit = await gw.chat(body=BODY)
+    assert header(hit, b"x-semantic-cache") == b"hit; score=0.0000"
+    assert header(hit, b"x-out") is None and header(hit, b"x-in") is None
+    assert model_calls(gw) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "cache_response", "stored"),
+    [(200, None, True), (201, None, False), (201, "true", True), (200, "false", False), (500, "true", False)],
+)
+async def test_what_the_store_keeps(status: int, cache_response: str | None, stored: bool) -> None:
+    attr = f' cache-response="{cache_response}"' if cache_response is not None else ""
+    gw = gateway(respond(status), api_policy=policy(f'<llm-semantic-cache-store duration="60"{attr}/>'))
+    await gw.chat(body=BODY)
+    second = await gw.chat(body=BODY)
+    assert (header(second, b"x-semantic-cache") or b"").startswith(b"hit") is stored
+    assert model_calls(gw) == (1 if stored else 2)
+
+
+async def test_the_trace_shows_the_miss_the_store_and_then_the_hit() -> None:
+    gw = gateway(respond(), api_policy=policy('<llm-semantic-cache-store duration="60"/>'))
+    miss = orjson.loads(header(await gw.chat(body=BODY, trace=True), TRACE_HEADER))
+    steps = {entry.get("policy"): entry for entry in miss}
+    assert steps["llm-semantic-cache-lookup"]["result"] == "miss"
+    assert steps["llm-semantic-cache-store"]["stored"] == "stored"
+    hit = orjson.loads(header(await gw.chat(body=BODY, trace=True), TRACE_HEADER))
+    entry = next(e for e in hit if e.get("policy") == "llm-semantic-cache-lookup")
+    assert entry["result"] == "hit" and entry["score"] == 0.0 and entry["score-threshold"] == 0.05
