@@ -373,6 +373,8 @@ class Command(BaseCommand):
             log_dir / "embeddings.log",
             f"http://127.0.0.1:{port}/health",
         )
+        # the management plane (started after this) derives the wizard's "local" embeddings backend from it
+        os.environ["SLUICE_EMBEDDINGS_PORT"] = str(port)
         return f"http://127.0.0.1:{port}/v1/embeddings"
 
     def seed_demo(self, mock_base_url: str) -> str:
