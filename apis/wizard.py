@@ -15,9 +15,12 @@ from django.conf import settings
 from rest_framework import serializers
 
 from backends.models import Backend
+from content_safety.models import Blocklist
 from embeddings import DEFAULT_SCORE_THRESHOLD
 from gateway.contract import (
     BUILT_IN_DIMENSIONS,
+    CONTENT_SAFETY_BUILTIN,
+    CONTENT_SAFETY_CATEGORIES,
     MAX_TOKENS,
     PERIODS,
     PolicyError,
@@ -33,6 +36,8 @@ __all__ = (
     "CHAT_COMPLETIONS",
     "OPTIONAL_OPENAI_OPERATIONS",
     "POLICY_CONTRIBUTORS",
+    "ContentSafety",
+    "ContentSafetySerializer",
     "Element",
     "EmitTokenMetric",
     "ImportContext",
@@ -114,6 +119,7 @@ class ImportContext:
     api_type: str
     backend_name: str
     named_value_name: str | None = None
+    pool_size: int = 0  # members of the pool the import creates (0: a single backend)
 
 
 class PolicyContributor:
@@ -262,6 +268,94 @@ POLICY_CONTRIBUTORS.insert(1, TokenLimit())  # right after the backend: limit be
 
 
 #
+# AI content safety (llm-content-safety)
+#
+
+
+class ContentSafetySerializer(StrictFieldsMixin, serializers.Serializer):
+    """`content_safety`: check prompts (and completions) with a content-safety engine (apim-spec §3.4,
+    docs/content-safety.md)."""
+
+    backend = serializers.CharField(
+        max_length=80,
+        help_text='"builtin" (the blocklists of this management plane, no service) or the name of a backend: Azure AI '
+        "Content Safety, or an OpenAI-compatible moderation endpoint (URL ending in /v1 or /moderations).",
+    )
+    shield_prompt = serializers.BooleanField(default=False, help_text="Also detect prompt attacks (Prompt Shields).")
+    categories = serializers.DictField(
+        child=serializers.IntegerField(min_value=0, max_value=7),
+        required=False,
+        help_text='Category → threshold 0..7: {"Hate": 4, "Violence": 4, "SelfHarm": 4, "Sexual": 4}.',
+    )
+    blocklists = serializers.ListField(
+        child=serializers.CharField(max_length=80), required=False, max_length=100, help_text="Blocklist names."
+    )
+    enforce_on_completions = serializers.BooleanField(default=True, help_text="Check the completions too.")
+    fail_open = serializers.BooleanField(default=False, help_text="Let requests through when the engine is down.")
+
+    def validate_backend(self, value):
+        if value != CONTENT_SAFETY_BUILTIN and not Backend.objects.filter(name=value).exists():
+            raise serializers.ValidationError(f"Unknown backend '{value}' (or \"{CONTENT_SAFETY_BUILTIN}\").")
+        return value
+
+    def validate_categories(self, value):
+        unknown = sorted(set(value) - set(CONTENT_SAFETY_CATEGORIES))
+        if unknown:
+            allowed = ", ".join(CONTENT_SAFETY_CATEGORIES)
+            raise serializers.ValidationError(f"Unknown categories: {', '.join(unknown)} (allowed: {allowed}).")
+        return value
+
+    def validate_blocklists(self, value):
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("Blocklists must not repeat.")
+        return value
+
+    def validate(self, attrs):
+        if attrs["backend"] != CONTENT_SAFETY_BUILTIN:
+            return attrs
+        if attrs.get("categories"):
+            raise serializers.ValidationError({"categories": ["The built-in engine has no harm categories."]})
+        if attrs.get("shield_prompt"):
+            raise serializers.ValidationError({"shield_prompt": ["The built-in engine has no prompt shields."]})
+        names = attrs.get("blocklists") or []
+        if not names:
+            raise serializers.ValidationError({"blocklists": ["The built-in engine needs at least one blocklist."]})
+        missing = sorted(set(names) - set(Blocklist.objects.filter(name__in=names).values_list("name", flat=True)))
+        if missing:
+            raise serializers.ValidationError({"blocklists": [f"Unknown blocklists: {', '.join(missing)}."]})
+        return attrs
+
+
+class ContentSafety(PolicyContributor):
+    """Adds `<llm-content-safety>` in inbound (with `enforce-on-completions` it checks the completions too)."""
+
+    key = "content_safety"
+    serializer_class = ContentSafetySerializer
+
+    def inbound(self, block, context):
+        attrs = {
+            "backend-id": block["backend"],
+            "shield-prompt": "true" if block.get("shield_prompt") else "false",
+            "enforce-on-completions": "true" if block.get("enforce_on_completions", True) else "false",
+        }
+        if block.get("fail_open"):
+            attrs["fail-open"] = "true"
+        children = []
+        if block.get("categories"):
+            categories = [
+                Element("category", {"name": name, "threshold": str(threshold)})
+                for name, threshold in block["categories"].items()
+            ]
+            children.append(Element("categories", {"output-type": "EightSeverityLevels"}, categories))
+        if block.get("blocklists"):
+            children.append(Element("blocklists", children=[Element("id", text=name) for name in block["blocklists"]]))
+        return [Element("llm-content-safety", attrs, children)]
+
+
+POLICY_CONTRIBUTORS.append(ContentSafety())
+
+
+#
 # Semantic cache (llm-semantic-cache-lookup / llm-semantic-cache-store)
 #
 
@@ -372,9 +466,23 @@ def build_api_policy(data: Mapping[str, Any], context: ImportContext, *, prepare
         "policies",
         children=[
             Element("inbound", children=inbound),
-            Element("backend", children=[Element("base")]),
+            Element("backend", children=_backend_section(context)),
             Element("outbound", children=outbound),
             Element("on-error", children=[Element("base")]),
         ],
     )
     return document.render()
+
+
+def _backend_section(context: ImportContext) -> list[Element]:
+    """``<base/>``; for a pool, a retry that sends a 429 or 503 answer to the next member (its breaker has tripped
+    the one that answered), as APIM's backend pool labs do."""
+    if context.pool_size < 2:
+        return [Element("base")]
+    condition = "@(context.Response.StatusCode == 429 || context.Response.StatusCode == 503)"
+    retry = Element(
+        "retry",
+        {"condition": condition, "count": str(context.pool_size - 1), "interval": "0", "first-fast-retry": "true"},
+        children=[Element("forward-request", {"buffer-request-body": "true"})],
+    )
+    return [retry]

@@ -5,22 +5,48 @@ from django.db import models
 from gateway_admin.models import ConfigurationModel
 from gateway_admin.validators import validate_http_url, validate_resource_name
 
-__all__ = ("Backend",)
+__all__ = ("Backend", "BackendType")
+
+
+class BackendType(models.TextChoices):
+    SINGLE = "Single", "Single"
+    POOL = "Pool", "Pool"
 
 
 class Backend(ConfigurationModel):
-    """An upstream HTTP service and the credentials the gateway adds when it forwards to it."""
+    """An upstream HTTP service and the credentials the gateway adds when it forwards to it, or (``type`` Pool) a
+    load-balanced pool of such backends. Either may carry a circuit breaker rule (docs/backend-pools.md)."""
 
     name = models.CharField(
         verbose_name="name",
         max_length=80,
         validators=[validate_resource_name],
     )
+    type = models.CharField(
+        verbose_name="type",
+        max_length=10,
+        choices=BackendType.choices,
+        default=BackendType.SINGLE,
+    )
     url = models.CharField(
         verbose_name="URL",
         max_length=2000,
+        blank=True,
         validators=[validate_http_url],
-        help_text="Runtime URL; the operation path is appended to it.",
+        help_text="Runtime URL; the operation path is appended to it. Empty for a pool.",
+    )
+    pool = models.JSONField(
+        verbose_name="pool",
+        null=True,
+        blank=True,
+        help_text='Pool members: {"services": [{"backend": "name", "priority": 1, "weight": 1}, ...]}.',
+    )
+    circuit_breaker = models.JSONField(
+        verbose_name="circuit breaker",
+        null=True,
+        blank=True,
+        help_text='APIM\'s circuitBreaker: {"rules": [{"name", "failureCondition", "tripDuration", '
+        '"acceptRetryAfter"}]} (one rule).',
     )
     description = models.TextField(
         verbose_name="description",

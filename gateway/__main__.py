@@ -51,6 +51,7 @@ async def run_worker(config: GatewaySettings, *, reuse_port: bool = False) -> No
             sink.emit(record)
         journal.start(sink)
     app = create_app(config, metrics=metrics, usage_sink=sink, usage_journal=journal)
+    app.start()
     sync = SnapshotSync(app)
     sync.load_cache()
     sync.start()

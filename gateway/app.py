@@ -7,6 +7,8 @@ assignment (``app.snapshot = config``); each request reads it once, so a swap ne
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import time
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from gateway.backends import BackendStates, RedisBreakers
 from gateway.context import Headers, RequestContext
 from gateway.errors import (
     MSG_API_UNAVAILABLE,
@@ -31,6 +34,7 @@ from gateway.limits import TokenStore, create_store
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics
 from gateway.pipeline import JSON_HEADERS, Pipeline, error_body, error_response, run_pipeline
+from gateway.redis import RespClient
 from gateway.request_checks import path_problem
 from gateway.secrets import trace_key, verify_trace_token
 from gateway.semcache import SemanticCache, create_semantic_cache
@@ -83,9 +87,10 @@ class _Services(Forwarder):
         clock: Callable[[], float],
         metrics: Metrics | None,
         limits: TokenStore | None = None,
+        backends: BackendStates | None = None,
         semantic_cache: SemanticCache | None = None,
     ) -> None:
-        super().__init__(pool, clock)
+        super().__init__(pool, clock, backends=backends)
         self.metrics = metrics
         self.limits = limits
         self.semantic_cache = semantic_cache
@@ -96,8 +101,8 @@ class _Services(Forwarder):
 class GatewayApp:
     """The request handler. ``snapshot`` is the Snapshot being served (None until one is loaded)."""
 
-    __slots__ = ("_metrics_auth", "_trace_key", "clock", "config", "forwarder", "pool", "rejected", "snapshot",
-                 "telemetry", "wall_clock")  # fmt: skip
+    __slots__ = ("_backend_sync", "_metrics_auth", "_trace_key", "clock", "config", "forwarder", "pool", "rejected",
+                 "snapshot", "telemetry", "wall_clock")  # fmt: skip
 
     def __init__(
         self,
@@ -107,6 +112,7 @@ class GatewayApp:
         telemetry: Telemetry | None = None,
         limits: TokenStore | None = None,
         wall_clock: Callable[[], float] = time.time,
+        backends: BackendStates | None = None,
         semantic_cache: SemanticCache | None = None,
     ) -> None:
         self.config = config
@@ -115,7 +121,14 @@ class GatewayApp:
         self.clock = clock
         self.telemetry = telemetry
         metrics = telemetry.metrics if telemetry is not None else None
-        self.forwarder = _Services(pool, clock, metrics, limits, semantic_cache)
+        if backends is None:
+            # REDIS_URL: circuit breakers shared by every replica; else per process
+            shared = RedisBreakers(RespClient(config.redis_url)) if config.redis_url else None
+            backends = BackendStates(clock, wall_clock=wall_clock, max_trip=config.max_retry_after, shared=shared)
+        self._backend_sync: asyncio.Task[None] | None = None
+        if metrics is not None:
+            backends.listeners.append(metrics.record_backend_state)
+        self.forwarder = _Services(pool, clock, metrics, limits, backends, semantic_cache)
         self.snapshot: Snapshot | None = None
         # the last snapshot refused as a whole and why ({"revision": ..., "reason": ...}); set by gateway.sync
         self.rejected: dict[str, object] | None = None
@@ -267,9 +280,36 @@ class GatewayApp:
                 health["status"] = "degraded"
             health["rejected"] = self.rejected
             health["quarantined"] = [problem.as_dict() for problem in quarantined]
+        guarded = self.guarded_backends()
+        if guarded:
+            health["backends"] = self.forwarder.backends.snapshot(guarded)
         return health
 
+    def guarded_backends(self) -> list[str]:
+        """Names of the served backends that have a circuit breaker."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return []
+        return [name for name, target in snapshot.backends.items() if target.breaker is not None]
+
+    def start(self) -> None:
+        """Start the background work: polling the circuit breaker state other replicas share (Redis)."""
+        shared = self.forwarder.backends.shared
+        if isinstance(shared, RedisBreakers) and self._backend_sync is None:
+            interval = self.config.poll_interval
+            self._backend_sync = asyncio.create_task(
+                shared.run(self.forwarder.backends, self.guarded_backends, interval)
+            )
+
     async def aclose(self) -> None:
+        if self._backend_sync is not None:
+            self._backend_sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._backend_sync
+            self._backend_sync = None
+        shared = self.forwarder.backends.shared
+        if isinstance(shared, RedisBreakers):
+            await shared.aclose()
         if self.forwarder.limits is not None:
             await self.forwarder.limits.aclose()
         if self.forwarder.semantic_cache is not None:
@@ -350,6 +390,7 @@ def create_app(
     wall_clock: Callable[[], float] = time.time,
     usage_journal: UsageJournal | None = None,
     token_store: TokenStore | None = None,
+    backends: BackendStates | None = None,
     semantic_cache: SemanticCache | None = None,
 ) -> GatewayApp:
     """Build the request handler; a default UpstreamPool is created from the config's timeouts.
@@ -391,4 +432,4 @@ def create_app(
             metrics=metrics,
         )
     get_tokenizer()  # load the BPE tables now, not on the first request
-    return GatewayApp(config, pool, clock, telemetry, token_store, wall_clock, semantic_cache)
+    return GatewayApp(config, pool, clock, telemetry, token_store, wall_clock, backends, semantic_cache)

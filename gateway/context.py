@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from gateway.backends import BackendStates
     from gateway.errors import GatewayError
-    from gateway.http.client import UpstreamResponse
+    from gateway.http.client import UpstreamPool, UpstreamResponse
     from gateway.http.messages import Request
     from gateway.limits import TokenStore
     from gateway.metrics import Metrics
@@ -18,7 +19,17 @@ if TYPE_CHECKING:
     from gateway.semcache import SemanticCache
     from gateway.types import Deployment, Section
 
-__all__ = ("ChunkFilter", "FinishCallback", "Headers", "LlmState", "RequestContext", "ResponseHead", "Services")
+__all__ = (
+    "ChunkFilter",
+    "FinishCallback",
+    "Headers",
+    "LlmState",
+    "RequestContext",
+    "ResponseCheck",
+    "ResponseHead",
+    "Services",
+    "StreamStage",
+)
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -37,6 +48,15 @@ class ChunkFilter(Protocol):
     def feed(self, chunk: bytes) -> bytes: ...
 
     def finish(self, complete: bool) -> bytes: ...
+
+
+StreamStage = Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
+"""Wraps a streamed response body before the chunk filters see it (added by outbound steps). Unlike a ChunkFilter a
+stage may await (a content-safety check of each window), hold chunks back, and end the body early."""
+
+ResponseCheck = Callable[["RequestContext"], Awaitable[None]]
+"""Registered by an inbound step: runs once the backend section has produced its response, before outbound (and
+before a streamed body is built). Raises GatewayError to fail the request; may add stream stages."""
 
 
 class LlmState(Protocol):
@@ -58,6 +78,8 @@ class Services(Protocol):
     deployment: Deployment | None  # what context.Deployment reports; None: empty strings
     metrics: Metrics | None  # where llm-emit-token-metric records; None: metrics are off
     limits: TokenStore | None  # the counters of the limit policies (gateway.limits); None: no store configured
+    pool: UpstreamPool  # the upstream connection pool, for policies that call a service (content safety)
+    backends: BackendStates  # circuit breakers and pool positions (gateway.backends)
     semantic_cache: SemanticCache | None  # the store and embeddings client of the semantic cache policies
 
     def forward(self, ctx: RequestContext, timeout: float | None) -> Awaitable[None]:
@@ -105,11 +127,18 @@ class RequestContext:
     usage: Any = None  # gateway.tokens.TokenUsage once known (set before on_finish callbacks run)
     llm: LlmState | None = None  # the parsed LLM request and its usage accounting (gateway.llm_accounting)
     chunk_filters: list[ChunkFilter] = field(default_factory=list)
+    stream_stages: list[StreamStage] = field(default_factory=list)
+    response_checks: list[ResponseCheck] = field(default_factory=list)
+    # why a policy refused the request or cut its response ("ContentSafety.Hate", ...): in the usage record; a
+    # response with a block reason is never complete (a cache must not store it)
+    block_reason: str | None = None
     # added to whatever response the client gets (backend, return-response or error): Retry-After, remaining calls
     response_headers: Headers = field(default_factory=list)
     # run once when the response is over (after the last chunk of a stream); token settlement, metrics, usage
     on_finish: list[FinishCallback] = field(default_factory=list)
     status: int = 0  # the status sent to the client, set before ``on_finish`` runs
+    # one entry per forwarding attempt (gateway.forward): backend, why it was chosen, status or error reason
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     # Set by an inbound step that answered from a cache (llm-semantic-cache-lookup) along with ``ctx.response``:
     # the backend is skipped, and outbound resumes after the first top-level step with one of these names.
     resume_outbound_after: frozenset[str] | None = None

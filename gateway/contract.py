@@ -6,6 +6,8 @@ Everything here is re-exported; the definitions stay where they belong.
 
 from __future__ import annotations
 
+from gateway.blocklists import ITEM_KINDS as BLOCKLIST_ITEM_KINDS
+from gateway.blocklists import check_item as check_blocklist_item
 from gateway.limits.base import PERIODS
 from gateway.metrics import metric_prefix
 from gateway.policy import (
@@ -20,6 +22,8 @@ from gateway.policy import (
     to_rawxml,
     to_xml,
 )
+from gateway.policy.builtin._safety import BUILTIN_BACKEND as CONTENT_SAFETY_BUILTIN
+from gateway.policy.builtin._safety import CATEGORIES as CONTENT_SAFETY_CATEGORIES
 from gateway.policy.builtin.llm_emit_token_metric import BUILT_IN_DIMENSIONS
 from gateway.policy.builtin.llm_token_limit import MAX_TOKENS
 from gateway.policy.rawxml import xml_to_rawxml
@@ -27,12 +31,16 @@ from gateway.secrets import hash_key, sign_trace_token, snapshot_fernet, trace_k
 from gateway.snapshot import Problem, check_snapshot
 
 __all__ = (
+    "BLOCKLIST_ITEM_KINDS",
     "BUILT_IN_DIMENSIONS",
+    "CONTENT_SAFETY_BUILTIN",
+    "CONTENT_SAFETY_CATEGORIES",
     "MAX_TOKENS",
     "PERIODS",
     "Element",
     "PolicyError",
     "Problem",
+    "check_blocklist_item",
     "check_snapshot",
     "effective_document",
     "hash_key",

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = (
     "MSG_API_UNAVAILABLE",
     "MSG_BACKEND_CONNECT",
+    "MSG_BACKEND_OPEN",
     "MSG_BACKEND_PROTOCOL",
     "MSG_BACKEND_TIMEOUT",
     "MSG_BAD_TARGET",
@@ -14,6 +15,7 @@ __all__ = (
     "MSG_NOT_CONFIGURED",
     "MSG_NO_BACKEND",
     "MSG_OPERATION_NOT_FOUND",
+    "MSG_POOL_UNAVAILABLE",
     "GatewayError",
 )
 
@@ -26,6 +28,8 @@ MSG_INVALID_KEY = (
     "Access denied due to invalid subscription key. Make sure to provide a valid key for an active subscription."
 )
 MSG_BACKEND_CONNECT = "Unable to connect to the backend service."
+MSG_BACKEND_OPEN = "The backend '{}' is temporarily unavailable (circuit breaker open)."
+MSG_POOL_UNAVAILABLE = "No backend of the pool '{}' is available (every circuit breaker is open)."
 MSG_BACKEND_TIMEOUT = "The backend service did not respond in time."
 MSG_BACKEND_PROTOCOL = "The backend service sent an invalid response."
 MSG_BAD_TARGET = "The request cannot be forwarded: invalid characters in its target."

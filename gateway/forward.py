@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from gateway.backends import BackendStates, parse_retry_after
 from gateway.context import ChunkFilter, RequestContext, ResponseHead
 from gateway.errors import (
     MSG_BACKEND_CONNECT,
+    MSG_BACKEND_OPEN,
     MSG_BACKEND_PROTOCOL,
     MSG_BACKEND_TIMEOUT,
     MSG_BAD_TARGET,
     MSG_NO_BACKEND,
+    MSG_POOL_UNAVAILABLE,
     GatewayError,
 )
 from gateway.http.client import UpstreamConnectError, UpstreamError, UpstreamTimeout
@@ -27,7 +32,9 @@ from gateway.http.messages import Response, StreamingResponse
 from gateway.llm_accounting import OPENAI_API_TYPE, current_exchange, exchange_for
 
 if TYPE_CHECKING:
+    from gateway.context import Headers
     from gateway.http.client import UpstreamPool, UpstreamResponse
+    from gateway.model import BackendTarget, PoolMember
 
 __all__ = (
     "DEFAULT_BUFFER_LIMIT",
@@ -49,19 +56,30 @@ _EVENT_STREAM = b"text/event-stream"
 class Forwarder:
     """The ``Services`` implementation of the app: forwards over an UpstreamPool."""
 
-    __slots__ = ("buffer_limit", "clock", "pool")
+    __slots__ = ("backends", "buffer_limit", "clock", "pool")
 
     def __init__(
-        self, pool: UpstreamPool, clock: Callable[[], float], *, buffer_limit: int = DEFAULT_BUFFER_LIMIT
+        self,
+        pool: UpstreamPool,
+        clock: Callable[[], float],
+        *,
+        buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+        backends: BackendStates | None = None,
     ) -> None:
         self.pool = pool
         self.clock = clock
         self.buffer_limit = buffer_limit
+        self.backends = backends if backends is not None else BackendStates(clock, wall_clock=time.time)
 
     async def forward(self, ctx: RequestContext, timeout: float | None) -> None:
         target = ctx.backend
         if target is None:
             raise GatewayError(500, MSG_NO_BACKEND, source="forward-request", reason="BackendNotConfigured")
+        target, why = await self._choose(ctx, target)
+        attempt: dict[str, Any] = {"backend": target.name or target.url}
+        if why:
+            attempt["chosen"] = why
+        ctx.attempts.append(attempt)
         exchange = current_exchange(ctx)
         if exchange is None and ctx.api.api_type == OPENAI_API_TYPE:
             exchange = exchange_for(ctx)  # usage accounting for every OpenAI request (may drop Accept-Encoding)
@@ -73,27 +91,70 @@ class Forwarder:
         request_target = target.url_for(ctx.forward_path, ctx.query)
         request = ctx.request
         body = request.body if exchange is None else exchange.upstream_body(request.body)
+        origin = target.origin
+        assert origin is not None  # a pool was resolved to a member above
+        states = self.backends
         try:
-            if timeout is None:
-                upstream = await self.pool.request(target.origin, request.method, request_target, headers, body)
-            else:
-                async with asyncio.timeout(timeout):
-                    upstream = await self.pool.request(target.origin, request.method, request_target, headers, body)
-        except (UpstreamTimeout, TimeoutError):
-            raise GatewayError(504, MSG_BACKEND_TIMEOUT, source="forward-request", reason="Timeout") from None
-        except UpstreamConnectError:
-            raise GatewayError(
-                502, MSG_BACKEND_CONNECT, source="forward-request", reason="BackendConnectionFailure"
-            ) from None
-        except UpstreamError:
-            raise GatewayError(
-                502, MSG_BACKEND_PROTOCOL, source="forward-request", reason="BackendConnectionFailure"
-            ) from None
-        except ValueError:  # the pool refuses a target or header it cannot put on the wire
-            raise GatewayError(400, MSG_BAD_TARGET, source="forward-request", reason="InvalidRequest") from None
-        ctx.response = await self._head(upstream, request.method)
+            try:
+                if timeout is None:
+                    upstream = await self.pool.request(origin, request.method, request_target, headers, body)
+                else:
+                    async with asyncio.timeout(timeout):
+                        upstream = await self.pool.request(origin, request.method, request_target, headers, body)
+            except (UpstreamTimeout, TimeoutError):
+                raise GatewayError(504, MSG_BACKEND_TIMEOUT, source="forward-request", reason="Timeout") from None
+            except UpstreamConnectError:
+                raise GatewayError(
+                    502, MSG_BACKEND_CONNECT, source="forward-request", reason="BackendConnectionFailure"
+                ) from None
+            except UpstreamError:
+                raise GatewayError(
+                    502, MSG_BACKEND_PROTOCOL, source="forward-request", reason="BackendConnectionFailure"
+                ) from None
+            except ValueError:  # the pool refuses a target or header it cannot put on the wire
+                raise GatewayError(400, MSG_BAD_TARGET, source="forward-request", reason="InvalidRequest") from None
+            head = await self._head(upstream, request.method)
+        except GatewayError as error:
+            attempt["error"] = error.reason
+            if target.breaker is not None and error.status != 400:
+                attempt["tripped"] = states.record(target, None, error.reason)
+            raise
+        except BaseException:  # cancelled: the client went away, nothing learnt about the backend
+            if target.breaker is not None:
+                states.release_probe(target)
+            raise
+        attempt["status"] = head.status
+        if target.breaker is not None:
+            retry_after = parse_retry_after(_header(head.headers, b"retry-after"), states.wall_clock())
+            if states.record(target, head.status, None, retry_after):
+                attempt["tripped"] = True
+        ctx.response = head
         if exchange is not None:
             exchange.on_response(ctx)
+
+    async def _choose(self, ctx: RequestContext, target: BackendTarget) -> tuple[BackendTarget, str]:
+        """The backend to send this attempt to: a pool member (skipping tripped ones and those this request
+        already tried) or ``target`` itself; 503 when none may take traffic."""
+        states = self.backends
+        if target.pool is not None:
+            pool_name = target.name or ""
+            tried = [a["backend"] for a in ctx.attempts]
+            member, why = await states.choose(pool_name, target.pool, tried)
+            if member is None:
+                raise self._unavailable(ctx, MSG_POOL_UNAVAILABLE.format(pool_name), target.pool.members)
+            return member.target, why
+        if target.breaker is not None and not await states.admit(target):
+            raise self._unavailable(ctx, MSG_BACKEND_OPEN.format(target.name), ())
+        return target, ""
+
+    def _unavailable(self, ctx: RequestContext, message: str, members: tuple[PoolMember, ...]) -> GatewayError:
+        states = self.backends
+        target = ctx.backend
+        names = [m.target.name or "" for m in members] if members else [target.name or "" if target else ""]
+        wait = min((states.retry_in(n) for n in names), default=0.0)
+        if wait > 0:
+            ctx.response_headers.append((b"retry-after", str(max(1, math.ceil(wait))).encode("ascii")))
+        return GatewayError(503, message, source="forward-request", reason="BackendUnavailable")
 
     async def _head(self, upstream: UpstreamResponse, method: str) -> ResponseHead:
         headers = []
@@ -127,6 +188,13 @@ class Forwarder:
         return head
 
 
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    for header in headers:
+        if header[0] == name:
+            return header[1]
+    return None
+
+
 async def discard_upstream(ctx: RequestContext) -> None:
     """Close a backend response whose body will not be sent (the request ended another way)."""
     head = ctx.response
@@ -143,7 +211,7 @@ def build_response(ctx: RequestContext) -> Response | StreamingResponse:
     if head.upstream is None:
         body = _filter_whole(filters, head.body) if filters else head.body
         return Response(head.status, head.headers, body)
-    length = None if filters else head.content_length
+    length = None if filters or ctx.stream_stages else head.content_length
     return StreamingResponse(head.status, head.headers, UpstreamBody(head.upstream, filters, ctx), length)
 
 
@@ -211,7 +279,10 @@ class UpstreamBody:
         if self.closed:
             raise StopAsyncIteration
         if self._iter is None:
-            self._iter = self._upstream.__aiter__()
+            source: AsyncIterator[bytes] = self._upstream.__aiter__()
+            for stage in self._ctx.stream_stages:
+                source = stage(source)
+            self._iter = source
         filters = self._filters
         try:
             while True:

@@ -53,6 +53,9 @@ BREAKER_STATE: Final = "sluice_redis_breaker_state"
 BREAKER_OPENED: Final = "sluice_redis_breaker_opened"
 SEMANTIC_CACHE: Final = "sluice_semantic_cache"  # exposed as sluice_semantic_cache_total
 TOKENS_SAVED: Final = "sluice_semantic_cache_tokens_saved"
+CONTENT_SAFETY: Final = "sluice_content_safety_checks"
+BACKEND_STATE: Final = "sluice_backend_state"
+BACKEND_TRIPS: Final = "sluice_backend_trips"
 TOKEN_KINDS: Final = ("prompt", "completion", "total")
 
 _INVALID_RUN = re.compile(r"[^a-zA-Z0-9_]+")
@@ -244,9 +247,27 @@ class _TokenCollector:
 class Metrics:
     """The metrics of one gateway app. ``registry`` defaults to a new CollectorRegistry (never the global one)."""
 
-    __slots__ = ("_tokens", "breaker_opened", "breaker_state", "dropped", "duration", "gateway_id", "location",
-                 "max_label_sets", "multiprocess_dir", "registry", "requests", "semantic_cache", "snapshot_quarantined",
-                 "snapshot_rejected", "tokens_saved", "upstream_errors")  # fmt: skip
+    __slots__ = (
+        "_tokens",
+        "backend_state",
+        "backend_trips",
+        "breaker_opened",
+        "breaker_state",
+        "content_safety",
+        "dropped",
+        "duration",
+        "gateway_id",
+        "location",
+        "max_label_sets",
+        "multiprocess_dir",
+        "registry",
+        "requests",
+        "semantic_cache",
+        "snapshot_quarantined",
+        "snapshot_rejected",
+        "tokens_saved",
+        "upstream_errors",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -322,6 +343,30 @@ class Metrics:
                 registry=reg,
             )
         )
+        self.content_safety = self._family(
+            Counter(
+                CONTENT_SAFETY,
+                "Content-safety checks (llm-content-safety) of prompts and completions, by outcome: allowed, blocked, "
+                "failed_open or failed_closed (the engine could not answer).",
+                ["api", "direction", "outcome", "reason"],
+                registry=reg,
+            )
+        )
+        self.backend_state = self._family(
+            Gauge(
+                BACKEND_STATE, "Backend circuit breaker: 0 closed, 1 open (tripped), 2 half-open (probing).",
+                ["backend"], registry=reg, multiprocess_mode="max",
+            )
+        )  # fmt: skip
+        self.backend_trips = self._family(
+            Counter(BACKEND_TRIPS, "Times a backend circuit breaker tripped.", ["backend"], registry=reg)
+        )
+
+    def record_backend_state(self, backend: str, state: int) -> None:
+        """Listener of ``gateway.backends.BackendStates``."""
+        self.backend_state.child((backend,)).set(int(state))
+        if state == 1:
+            self.backend_trips.child((backend,)).inc()
 
     def record_breaker(self, state: int, opened: bool) -> None:
         """Listener of ``gateway.limits.breaker.CircuitBreaker``."""
@@ -352,6 +397,9 @@ class Metrics:
 
     def record_tokens_saved(self, api: str, tokens: int) -> None:
         self.tokens_saved.child((api,)).inc(tokens)
+
+    def record_content_safety(self, api: str, direction: str, outcome: str, reason: str) -> None:
+        self.content_safety.child((api, direction, outcome, reason)).inc()
 
     def exposition(self) -> bytes:
         """The text exposition (format 0.0.4) of this app, or of all workers in multiprocess mode."""

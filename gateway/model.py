@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
@@ -11,29 +11,86 @@ if TYPE_CHECKING:
     from gateway.http.client import Origin
 
 __all__ = (
+    "MAX_POOL_MEMBERS",
     "Access",
     "ApiEntry",
+    "BackendPool",
     "BackendTarget",
+    "BreakerRule",
     "KeyRecord",
     "OperationEntry",
+    "PoolMember",
     "ProductEntry",
     "SubscriptionEntry",
 )
 
 
+MAX_POOL_MEMBERS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRule:
+    """One circuit breaker rule (APIM ``circuitBreaker.rules[0]``), durations in seconds."""
+
+    name: str
+    interval: float
+    trip_duration: float
+    count: int | None = None
+    percentage: int | None = None
+    status_ranges: tuple[tuple[int, int], ...] = ()
+    error_reasons: frozenset[str] = frozenset()
+    accept_retry_after: bool = False
+    min_samples: int = 10  # percentage rules: answers needed in the window
+
+    def is_failure(self, status: int | None, reason: str | None) -> bool:
+        """Whether an answer (``status``) or a gateway error (``reason``, no status) counts as a failure."""
+        if status is not None:
+            return any(low <= status <= high for low, high in self.status_ranges)
+        return reason is not None and (reason in self.error_reasons or "*" in self.error_reasons)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolMember:
+    target: BackendTarget
+    priority: int
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackendPool:
+    """The members of a ``Pool`` backend, grouped by priority (best group first)."""
+
+    members: tuple[PoolMember, ...]
+    groups: tuple[tuple[PoolMember, ...], ...] = ()
+
+    @classmethod
+    def of(cls, members: Iterable[PoolMember]) -> BackendPool:
+        members = tuple(members)
+        priorities = sorted({m.priority for m in members})
+        groups = tuple(tuple(m for m in members if m.priority == p) for p in priorities)
+        return cls(members, groups)
+
+
 @dataclass(frozen=True, slots=True)
 class BackendTarget:
-    """Where requests are forwarded: an origin, a base path, and credentials to inject (as bytes)."""
+    """Where requests are forwarded: an origin, a base path, and credentials to inject (as bytes).
+
+    A ``Pool`` backend has no origin of its own (``origin`` None, ``url`` ""): the forwarder picks one of
+    ``pool.members`` (gateway.backends).
+    """
 
     name: str | None  # backend entity name; None for an API service URL or a set-backend-service base-url
     url: str
-    origin: Origin
+    origin: Origin | None
     base_path: str  # no trailing slash
     headers: tuple[tuple[bytes, bytes], ...] = ()
     header_names: frozenset[bytes] = frozenset()
     query: str = ""  # encoded credential query parameters, appended to the forwarded query
     # the URL's own query parameters as (decoded name, encoded "name=value"): sent unless the client sends the name
     url_query: tuple[tuple[str, str], ...] = ()
+    kind: str = "Single"  # "Single" or "Pool" (context.Backend.Type)
+    pool: BackendPool | None = None
+    breaker: BreakerRule | None = None
 
     def url_for(self, forward_path: str, query: str) -> str:
         """The request target (path + query) sent upstream."""

@@ -114,6 +114,10 @@ async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingR
         if response is None:
             if pipeline.requires_response_body:
                 await _read_body(ctx)
+            if ctx.response_checks:  # inbound steps' checks of the response (the backend's, or a cached one)
+                checks, ctx.response_checks = ctx.response_checks, []
+                for check in checks:
+                    await check(ctx)
             response = await _run_section(ctx, Section.OUTBOUND, outbound)
         if response is not None:  # a step ended the request (return-response, cache hit, limit, ...)
             abandon_filters(ctx.chunk_filters)

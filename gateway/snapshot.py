@@ -16,14 +16,19 @@ from xml.sax.saxutils import escape
 
 from cryptography.fernet import InvalidToken
 
+from gateway.blocklists import Blocklist, BlocklistError, BlocklistItem
 from gateway.http.client import Origin
 from gateway.http.headers import CLIENT_OWNED
 from gateway.model import (
+    MAX_POOL_MEMBERS,
     Access,
     ApiEntry,
+    BackendPool,
     BackendTarget,
+    BreakerRule,
     KeyRecord,
     OperationEntry,
+    PoolMember,
     ProductEntry,
     SubscriptionEntry,
 )
@@ -193,6 +198,7 @@ class _Loader:
         self.origin_factory = origin_factory
         self.values: dict[str, str] = {}
         self.backends: dict[str, BackendTarget] = {}
+        self.blocklists: dict[str, Blocklist] = {}
         self.backends_by_url: dict[str, BackendTarget] = {}
         self.url_targets: dict[str, BackendTarget] = {}  # literal base URLs, filled while loading only
         self.loaded = False
@@ -215,6 +221,7 @@ class _Loader:
             raise SnapshotError("snapshot.revision: expected a non-negative integer")
         self._named_values(_list(data, "named_values", "snapshot"))
         self._backends(_list(data, "backends", "snapshot"))
+        self._blocklists(data.get("blocklists", []))
         global_doc = self._policy(_opt_str(data, "global_policy", "snapshot"), Scope.GLOBAL, "global policy")
         raw_apis = [_obj(a, f"snapshot.apis[{i}]") for i, a in enumerate(_list(data, "apis", "snapshot"))]
         api_names = {a.get("name") for a in raw_apis}
@@ -294,13 +301,81 @@ class _Loader:
 
     def _backends(self, items: list[Any]) -> None:
         seen: set[str] = set()
+        pools: list[tuple[int, Any]] = []
         for i, item in enumerate(items):
+            if isinstance(item, dict) and item.get("type") == "Pool":
+                pools.append((i, item))  # after the single backends they list
+                continue
             try:
                 self._backend(item, f"snapshot.backends[{i}]", seen)
             except SnapshotError as exc:
                 self._quarantine("backend", _item_name(item), str(exc))
                 if isinstance(item, dict) and isinstance(item.get("url"), str):
                     self.quarantined_urls.add(item["url"].rstrip("/"))
+        for i, item in pools:
+            try:
+                self._pool(item, f"snapshot.backends[{i}]", seen)
+            except SnapshotError as exc:
+                self._quarantine("backend", _item_name(item), str(exc))
+
+    def _pool(self, item: dict[str, Any], where: str, seen: set[str]) -> None:
+        name = _name(item, where, seen)
+        where = f"backend '{name}'"
+        services = _list(item, "pool_services", where)
+        if not 1 <= len(services) <= MAX_POOL_MEMBERS:
+            raise SnapshotError(f"{where}.pool_services: expected 1 to {MAX_POOL_MEMBERS} members")
+        members = []
+        for j, entry in enumerate(services):
+            entry = _obj(entry, f"{where}.pool_services[{j}]")
+            member_name = _str(entry, "backend", f"{where}.pool_services[{j}]", empty=False)
+            target = self.backends.get(member_name)
+            if target is None:
+                raise SnapshotError(f"{where}: member '{member_name}' is not a loaded single backend")
+            priority, weight = entry.get("priority", 0), entry.get("weight", 1)
+            for key, value in (("priority", priority), ("weight", weight)):
+                if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 100:
+                    raise SnapshotError(f"{where}.pool_services[{j}].{key}: expected an integer from 0 to 100")
+            members.append(PoolMember(target, priority, weight))
+        if len({m.target.name for m in members}) != len(members):
+            raise SnapshotError(f"{where}.pool_services: a backend is listed twice")
+        self.backends[name] = BackendTarget(name, "", None, "", kind="Pool", pool=BackendPool.of(members))
+
+    def _breaker(self, value: Any, where: str) -> BreakerRule | None:
+        if value is None:
+            return None
+        rule = _obj(value, where)
+
+        def number(key: str, *, integer: bool = False, optional: bool = False) -> Any:
+            found = rule.get(key)
+            if found is None and optional:
+                return None
+            kind = int if integer else (int, float)
+            if not isinstance(found, kind) or isinstance(found, bool) or not found > 0:
+                raise SnapshotError(f"{where}.{key}: expected a positive number")
+            return found
+
+        ranges = []
+        for pair in _list(rule, "status_code_ranges", where):
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) for v in pair)):
+                raise SnapshotError(f"{where}.status_code_ranges: expected [min, max] pairs")
+            ranges.append((pair[0], pair[1]))
+        reasons = _list(rule, "error_reasons", where)
+        if not all(isinstance(r, str) for r in reasons):
+            raise SnapshotError(f"{where}.error_reasons: expected strings")
+        count = number("failure_count", integer=True, optional=True)
+        percentage = number("failure_percentage", integer=True, optional=True)
+        if (count is None) == (percentage is None):
+            raise SnapshotError(f"{where}: exactly one of failure_count or failure_percentage is required")
+        return BreakerRule(
+            name=_str(rule, "name", where, optional=True),
+            interval=float(number("interval_seconds")),
+            trip_duration=float(number("trip_duration_seconds")),
+            count=count,
+            percentage=percentage,
+            status_ranges=tuple(ranges),
+            error_reasons=frozenset(reasons),
+            accept_retry_after=_bool(rule, "accept_retry_after", where, default=False),
+        )
 
     def _backend(self, item: Any, where: str, seen: set[str]) -> None:
         item = _obj(item, where)
@@ -330,11 +405,35 @@ class _Loader:
             frozenset(h[0] for h in headers),
             "&".join(query),
             target.url_query,
+            breaker=self._breaker(item.get("circuit_breaker"), where + " circuit_breaker"),
         )
         self.backends[name] = target
         self.backends_by_url.setdefault(target.url.rstrip("/"), target)
 
+    def _blocklists(self, items: Any) -> None:
+        """Content-safety blocklists (optional key: snapshots without it have none). A bad one is quarantined; a
+        policy naming it then fails to bind, as for an unknown name."""
+        if not isinstance(items, list):
+            raise SnapshotError("snapshot.blocklists: expected a list")
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            where = f"snapshot.blocklists[{i}]"
+            try:
+                item = _obj(item, where)
+                name = _name(item, where, seen)
+                entries = []
+                for j, entry in enumerate(_list(item, "items", f"blocklist '{name}'")):
+                    entry = _obj(entry, f"blocklist '{name}' items[{j}]")
+                    kind = _str(entry, "kind", f"blocklist '{name}' items[{j}]")
+                    entries.append(BlocklistItem(kind, _str(entry, "value", f"blocklist '{name}' items[{j}]")))
+                self.blocklists[name] = Blocklist(name, entries)
+            except (SnapshotError, BlocklistError) as exc:
+                self._quarantine("blocklist", _item_name(item), str(exc))
+
     # BindEnv for policies
+
+    def blocklist(self, name: str) -> Blocklist | None:
+        return self.blocklists.get(name)
 
     def backend(self, backend_id: str) -> BackendTarget:
         try:

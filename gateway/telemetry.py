@@ -75,12 +75,23 @@ class Telemetry:
         status = ctx.status or CLIENT_CLOSED
         api = ctx.api.name
         backend = ctx.backend
+        backend_name = backend.name if backend is not None else None
+        failed = None
+        attempts = ctx.attempts
+        if attempts:  # a pool member, or the backend itself; retried attempts before it
+            last = attempts[-1]
+            if backend_name is not None:
+                backend_name = last["backend"]
+            if len(attempts) > 1:
+                failed = " ".join(f"{a['backend']}:{a.get('status') or a.get('error')}" for a in attempts[:-1])
         metrics = self.metrics
         if metrics is not None:
             metrics.record_request(api, ctx.operation.name, status, elapsed)
             error = ctx.last_error
             if error is not None and error.source == FORWARD_SOURCE:
                 target = (backend.name or backend.url) if backend is not None else ""
+                if attempts:
+                    target = attempts[-1]["backend"]
                 metrics.record_upstream_error(api, target, error.reason)
         if self.sink is not None:
             usage = ctx.usage
@@ -99,10 +110,12 @@ class Telemetry:
                 elapsed,
                 subscription=subscription.name if subscription is not None else None,
                 product=product.name if product is not None else None,
-                backend=backend.name if backend is not None and not hit else None,
+                backend=None if hit else backend_name,
+                failed_attempts=failed,
                 model=_model(ctx),
                 prompt_tokens=prompt,
                 completion_tokens=completion,
+                block_reason=ctx.block_reason,
                 cache_hit=hit,
             )
 
@@ -141,6 +154,8 @@ class Telemetry:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         cache_hit: bool = False,
+        block_reason: str | None = None,
+        failed_attempts: str | None = None,
     ) -> None:
         """Build the request's usage record and hand it to the journal and the sink."""
         record = UsageRecord(
@@ -158,6 +173,8 @@ class Telemetry:
             latency_ms=elapsed * 1000.0,
             cache_hit=cache_hit,
             gateway_id=self.gateway_id,
+            block_reason=block_reason,
+            failed_attempts=failed_attempts,
         )
         if self.journal is not None:
             self.journal.append(record)

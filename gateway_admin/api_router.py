@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 
 from apis.api.views import APIViewSet, OperationViewSet
 from backends.api.views import BackendViewSet
+from content_safety.api.views import BlocklistViewSet
 from named_values.api.views import NamedValueViewSet
 from policies.api.views import GlobalPolicyView
 from subscriptions.api.views import ProductViewSet, SubscriptionViewSet
@@ -20,6 +21,7 @@ router.include_format_suffixes = False
 router.register("apis", APIViewSet)
 router.register(r"apis/(?P<api_name>[^/\x00]+)/operations", OperationViewSet, basename="operation")
 router.register("backends", BackendViewSet)
+router.register("blocklists", BlocklistViewSet)
 router.register("named-values", NamedValueViewSet)
 router.register("products", ProductViewSet)
 router.register("subscriptions", SubscriptionViewSet)

@@ -10,7 +10,16 @@ __all__ = ("OPERATORS", "READERS", "SLUICE_APPS", "grant_default_permissions")
 OPERATORS = "Operators"
 READERS = "Readers"
 # The apps whose permissions the groups cover (settings.LOCAL_APPS; a test keeps the two equal).
-SLUICE_APPS = ("gateway_admin", "named_values", "backends", "apis", "subscriptions", "policies", "usage")
+SLUICE_APPS = (
+    "gateway_admin",
+    "named_values",
+    "backends",
+    "apis",
+    "subscriptions",
+    "policies",
+    "usage",
+    "content_safety",
+)
 
 
 def grant_default_permissions(apps, schema_editor=None) -> None:

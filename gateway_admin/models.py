@@ -147,6 +147,12 @@ class GatewayHeartbeat(models.Model):
         blank=True,
         help_text="The refused snapshot and the quarantined items it reported.",
     )
+    backends = models.JSONField(
+        verbose_name="backend states",
+        default=dict,
+        blank=True,
+        help_text="The circuit breaker state of each guarded backend, as this gateway sees it.",
+    )
     interval = models.FloatField(
         verbose_name="interval",
         default=15.0,

@@ -18,6 +18,8 @@ from django.db import connection, transaction
 
 from apis.models import API
 from backends.models import Backend
+from backends.services import duration_seconds
+from content_safety.models import Blocklist
 from gateway.contract import snapshot_fernet
 from named_values.models import NamedValue
 from policies.choices import PolicyScopeChoices
@@ -49,6 +51,9 @@ def build_snapshot(gateway_token: str | None = None) -> dict:
             "global_policy": policies.get((PolicyScopeChoices.GLOBAL, None), DEFAULT_GLOBAL_POLICY),
             "named_values": [_named_value(nv, fernet) for nv in NamedValue.objects.order_by("name")],
             "backends": [_backend(backend) for backend in Backend.objects.order_by("name")],
+            "blocklists": [
+                {"name": blocklist.name, "items": blocklist.items} for blocklist in Blocklist.objects.order_by("name")
+            ],
             "products": [
                 _product(product, policies) for product in Product.objects.prefetch_related("apis").order_by("name")
             ],
@@ -88,11 +93,37 @@ def _named_value(nv: NamedValue, fernet) -> dict:
 
 
 def _backend(backend: Backend) -> dict:
+    pool = backend.pool or {}
     return {
         "name": backend.name,
-        "url": backend.url,
+        "type": backend.type,
+        "url": backend.url or None,
         "credentials_header": backend.credentials_header,
         "credentials_query": backend.credentials_query,
+        "pool_services": [
+            {"backend": s["backend"], "priority": s.get("priority", 1), "weight": s.get("weight", 1)}
+            for s in pool.get("services", [])
+        ],
+        "circuit_breaker": _breaker_rule(backend.circuit_breaker),
+    }
+
+
+def _breaker_rule(breaker: dict | None) -> dict | None:
+    """The snapshot form of a backend's (first and only) circuit breaker rule: durations in seconds."""
+    rules = (breaker or {}).get("rules") or []
+    if not rules:
+        return None
+    rule = rules[0]
+    condition = rule.get("failureCondition") or {}
+    return {
+        "name": rule.get("name", ""),
+        "failure_count": condition.get("count"),
+        "failure_percentage": condition.get("percentage"),
+        "interval_seconds": duration_seconds(condition.get("interval", "")),
+        "status_code_ranges": [[r["min"], r["max"]] for r in condition.get("statusCodeRanges") or []],
+        "error_reasons": list(condition.get("errorReasons") or []),
+        "trip_duration_seconds": duration_seconds(rule.get("tripDuration", "")),
+        "accept_retry_after": bool(rule.get("acceptRetryAfter", False)),
     }
 
 

@@ -14,10 +14,24 @@ Per-request knobs (request headers, for tests that share one mock):
 ``X-Mock-Delay-Ms: 50``     delay before the response (before the first SSE byte when streaming)
 ``X-Mock-Chunk-Delay-Ms: 5`` delay between SSE events
 ``X-Mock-Tokens: 4``        completion length for this request
+
+Failure modes (process-wide, for pools and circuit breaker tests): ``POST /mock/fail`` with a JSON object
+``{"mode": …, "count": N}`` makes the next N model requests (all of them when ``count`` is absent or null) fail:
+
+``{"mode": "status", "status": 429, "retry_after": "7"}``  answer that status (and ``Retry-After`` when given)
+``{"mode": "reset"}``                  close the connection with a TCP reset before answering
+``{"mode": "hang"}``                   never answer (until the client gives up)
+``{"mode": "slow", "delay_ms": 500}``  wait that long before the answer's first byte, then answer normally
+``{"mode": "cut", "after": 2}``        stream only the first ``after`` SSE events, then reset the connection
+``{"mode": "none"}``                   answer normally again (so does ``POST /mock/reset``)
+
+``/mock/stats`` counts the failures it served in ``failures`` (by mode).
 """
 
 import asyncio
 import itertools
+import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -26,6 +40,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from . import content
 
@@ -33,6 +48,7 @@ __all__ = ("MockConfig", "MockStats", "create_app")
 
 ERR_BAD_JSON = "We could not parse the JSON body of your request. ({detail})"
 ERR_NOT_OBJECT = "The JSON body of your request must be an object."
+ERR_BAD_PAYLOAD = "We could not read the body of your request. ({detail})"
 ERR_REQUIRED = "'{param}' is a required property"
 ERR_BAD_KEY = "Incorrect API key provided."
 ERR_NO_ROUTE = "Invalid URL ({method} {path})"
@@ -57,6 +73,29 @@ class MockConfig:
     models: tuple[str, ...] = ("mock", "gpt-4o-mini", "text-embedding-3-small")
 
 
+FAIL_MODES = ("none", "status", "reset", "hang", "slow", "cut")
+
+
+@dataclass(slots=True)
+class FailurePlan:
+    """What ``POST /mock/fail`` asked for: a failure mode and how many more requests get it (None: all)."""
+
+    mode: str = "none"
+    remaining: int | None = None
+    status: int = 500
+    retry_after: str | None = None
+    delay_ms: float = 0.0
+    after: int = 1
+
+    def take(self) -> str:
+        """The mode for the next model request (consumes one of ``remaining``)."""
+        if self.mode == "none" or self.remaining == 0:
+            return "none"
+        if self.remaining is not None:
+            self.remaining -= 1
+        return self.mode
+
+
 @dataclass(slots=True)
 class MockStats:
     """Counters served by ``GET /mock/stats``; tests compare them before and after a call."""
@@ -66,6 +105,7 @@ class MockStats:
     streams_completed: int = 0
     streams_cancelled: int = 0
     last_request: web.Request | None = None
+    failures: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         last = None
@@ -78,12 +118,15 @@ class MockStats:
             "streams_in_flight": self.streams_in_flight,
             "streams_completed": self.streams_completed,
             "streams_cancelled": self.streams_cancelled,
+            "failures": dict(self.failures),
             "last_request": last,
         }
 
 
 CONFIG = web.AppKey("config", MockConfig)
 STATS = web.AppKey("stats", MockStats)
+FAILURE = web.AppKey("failure", FailurePlan)
+CUT_AFTER = "mock_cut_after"
 _ids = itertools.count(1)
 
 
@@ -122,6 +165,73 @@ def _float_header(request: web.Request, name: str, default: float) -> float:
         return max(0.0, float(value))
     except ValueError:
         return default
+
+
+def _reset(request: web.Request) -> None:
+    """Drop the connection with a TCP reset (SO_LINGER 0), as a crashing server or a middlebox would."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.close()
+
+
+async def _fail(request: web.Request) -> web.StreamResponse | None:
+    """Apply the failure plan to a model request: an early answer, a reset or a hang; None to answer normally."""
+    plan = request.app[FAILURE]
+    mode = plan.take()
+    if mode == "none":
+        return None
+    request.app[STATS].failures[mode] += 1
+    if mode == "status":
+        response = error_response(plan.status, f"Mock failure {plan.status} requested by /mock/fail.", code="mock")
+        if plan.retry_after is not None:
+            response.headers["Retry-After"] = plan.retry_after
+        return response
+    if mode == "reset":
+        _reset(request)
+        return web.Response(status=500)  # never reaches the client: the connection is gone
+    if mode == "hang":
+        await asyncio.sleep(3600)
+    if mode == "slow":
+        await asyncio.sleep(plan.delay_ms / 1000)
+    if mode == "cut":
+        request[CUT_AFTER] = plan.after
+    return None
+
+
+def _failing(handler: Handler) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        early = await _fail(request)
+        if early is not None:
+            return early
+        return await handler(request)
+
+    return guarded
+
+
+async def set_failure(request: web.Request) -> web.StreamResponse:
+    body, problem = await _read_object(request)
+    if body is None:
+        return problem  # type: ignore[return-value]
+    mode = body.get("mode")
+    if mode not in FAIL_MODES:
+        return error_response(400, f"'mode' must be one of {', '.join(FAIL_MODES)}.", param="mode")
+    count = body.get("count")
+    if count is not None and (not isinstance(count, int) or count < 0):
+        return error_response(400, "'count' must be a non-negative integer or null.", param="count")
+    retry_after = body.get("retry_after")
+    request.app[FAILURE] = FailurePlan(
+        mode=mode,
+        remaining=count,
+        status=int(body.get("status", 500)),
+        retry_after=None if retry_after is None else str(retry_after),
+        delay_ms=float(body.get("delay_ms", 0)),
+        after=int(body.get("after", 1)),
+    )
+    return _json({"mode": mode, "count": count})
 
 
 def _begin(request: web.Request, name: str, *, check_key: bool = True) -> web.Response | None:
@@ -196,6 +306,9 @@ async def _stream(request: web.Request, events: list[bytes]) -> web.StreamRespon
     try:
         await _delay(request)
         await response.prepare(request)
+        cut = request.get(CUT_AFTER)
+        if cut is not None:
+            events = events[:cut]
         if chunk_delay <= 0:
             await response.write(b"".join(events))
         else:
@@ -203,6 +316,11 @@ async def _stream(request: web.Request, events: list[bytes]) -> web.StreamRespon
                 if index:
                     await asyncio.sleep(chunk_delay)
                 await response.write(event)
+        cut = request.get(CUT_AFTER)
+        if cut is not None:
+            stats.streams_cancelled += 1
+            _reset(request)
+            return response
         await response.write_eof()
     except asyncio.CancelledError:
         stats.streams_cancelled += 1
@@ -464,6 +582,8 @@ async def stats(request: web.Request) -> web.StreamResponse:
 async def reset_stats(request: web.Request) -> web.StreamResponse:
     request.app[STATS].requests.clear()
     request.app[STATS].streams_completed = request.app[STATS].streams_cancelled = 0
+    request.app[STATS].failures.clear()
+    request.app[FAILURE] = FailurePlan()
     return _json(request.app[STATS].as_dict())
 
 
@@ -514,14 +634,26 @@ def _azure(handler: Handler) -> Handler:
     return deployment
 
 
+@web.middleware
+async def unreadable_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A body that cannot be read (a Content-Encoding it is not in, a broken chunk) is the client's 400, as a real
+    provider answers it, not a 500 with a traceback."""
+    try:
+        return await handler(request)
+    except RequestPayloadError as exc:
+        detail = " ".join(str(exc).split())
+        return error_response(400, ERR_BAD_PAYLOAD.format(detail=detail), code="invalid_request_body")
+
+
 def create_app(config: MockConfig | None = None) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[unreadable_body])
     app[CONFIG] = config or MockConfig()
     app[STATS] = MockStats()
+    app[FAILURE] = FailurePlan()
     routes: list[tuple[str, str, Handler]] = [
-        ("POST", "/chat/completions", chat_completions),
-        ("POST", "/completions", completions),
-        ("POST", "/embeddings", embeddings),
+        ("POST", "/chat/completions", _failing(chat_completions)),
+        ("POST", "/completions", _failing(completions)),
+        ("POST", "/embeddings", _failing(embeddings)),
         ("GET", "/models", list_models),
         ("GET", "/models/{model}", retrieve_model),
         ("POST", "/responses", responses),
@@ -532,10 +664,11 @@ def create_app(config: MockConfig | None = None) -> web.Application:
     for prefix in ("", "/v1"):
         for method, path, handler in routes:
             app.router.add_route(method, prefix + path, handler)
-    for path, handler in (("chat/completions", chat_completions), ("completions", completions),
-                          ("embeddings", embeddings)):  # fmt: skip
+    for path, handler in (("chat/completions", _failing(chat_completions)), ("completions", _failing(completions)),
+                          ("embeddings", _failing(embeddings))):  # fmt: skip
         app.router.add_post(f"/openai/deployments/{{deployment}}/{path}", _azure(handler))
     app.router.add_get("/mock/stats", stats)
     app.router.add_post("/mock/reset", reset_stats)
+    app.router.add_post("/mock/fail", set_failure)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -161,6 +161,18 @@ def scrubbed_env(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def failure_report(lines: list[str], limit: int = 200) -> list[str]:
+    """What to show of a failed pytest log: its FAILURES/ERRORS sections (capped), then its last 40 lines."""
+    start = next((i for i, line in enumerate(lines) if re.match(r"^=+ (FAILURES|ERRORS) =+$", line)), None)
+    if start is None:
+        return lines[-40:]
+    end = next((i for i in range(start, len(lines)) if "short test summary info" in lines[i]), len(lines))
+    details = lines[start:end]
+    if len(details) > limit:
+        details = [*details[: limit // 2], f"... {len(details) - limit} lines left out ...", *details[-limit // 2 :]]
+    return [*details, *lines[max(end, len(lines) - 40) :]]
+
+
 def _inside(path: Path, folder: Path) -> bool:
     with contextlib.suppress(OSError, ValueError):
         return path.resolve().is_relative_to(folder.resolve())
@@ -606,7 +618,7 @@ class Smoke:
         summary = next((line for line in reversed(lines) if " passed" in line or " failed" in line), "")
         self.say(summary.strip("= ") or "(no pytest summary line)")
         if done.returncode != 0:
-            raise SmokeError(f"`make test` exited with {done.returncode}:\n" + "\n".join(lines[-40:]))
+            raise SmokeError(f"`make test` exited with {done.returncode}:\n" + "\n".join(failure_report(lines)))
 
     #
     # Helpers

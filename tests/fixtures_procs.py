@@ -59,6 +59,15 @@ class MockLLM:
         with urllib.request.urlopen(f"{self.root_url}/mock/stats", timeout=5) as response:
             return json.load(response)
 
+    def fail(self, mode: str, count: int | None = None, **options: object) -> None:
+        """Make the next ``count`` model requests (all when None) fail in ``mode`` (see mockllm.app)."""
+        data = json.dumps({"mode": mode, "count": count, **options}).encode()
+        request = urllib.request.Request(
+            f"{self.root_url}/mock/fail", data=data, method="POST", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=5):
+            pass
+
     def reset(self) -> None:
         request = urllib.request.Request(f"{self.root_url}/mock/reset", method="POST")
         with urllib.request.urlopen(request, timeout=5):

@@ -7,7 +7,18 @@ from gateway.usage.record import MAX_LENGTHS
 __all__ = ("ROLLUP_DIMENSIONS", "UsageRecordSeen", "UsageRollup")
 
 # What a rollup row is unique on; everything else in it is a counter.
-ROLLUP_DIMENSIONS = ("minute", "api", "operation", "subscription", "product", "backend", "model", "status", "cache_hit")
+ROLLUP_DIMENSIONS = (
+    "minute",
+    "api",
+    "operation",
+    "subscription",
+    "product",
+    "backend",
+    "model",
+    "status",
+    "cache_hit",
+    "block_reason",
+)
 
 
 class UsageRollup(models.Model):
@@ -55,6 +66,13 @@ class UsageRollup(models.Model):
     )
     cache_hit = models.BooleanField(
         verbose_name="cache hit",
+    )
+    block_reason = models.CharField(
+        verbose_name="block reason",
+        max_length=MAX_LENGTHS["block_reason"],
+        blank=True,
+        default="",
+        help_text="Why a policy refused the requests or cut their responses (content-safety:Hate, ...); '' if none.",
     )
     requests = models.PositiveBigIntegerField(
         verbose_name="requests",

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, Sum, Value
-from django.db.models.functions import Greatest, Trunc
+from django.db.models import Case, CharField, F, Q, Sum, Value, When
+from django.db.models.functions import Concat, Greatest, Trunc
 from django.utils import timezone
 
 from gateway.usage.record import UsageRecord
@@ -34,6 +34,8 @@ __all__ = (
     "purge_seen",
     "purge_seen_if_due",
     "usage_report",
+    "usage_series",
+    "usage_top",
 )
 
 logger = logging.getLogger(__name__)
@@ -191,6 +193,7 @@ def _rollup_key(record: UsageRecord) -> tuple:
         record.model or "",
         record.status,
         record.cache_hit,
+        record.block_reason or "",
     )
 
 
@@ -255,6 +258,7 @@ def usage_report(
             latency_sum=Sum("latency_ms_sum"),
             cache_hits=Sum("requests", filter=Q(cache_hit=True)),
             tokens_saved=Sum("total_tokens", filter=Q(cache_hit=True)),
+            blocked=Sum("requests", filter=~Q(block_reason="")),
         )
         .order_by("period", *dimensions)
     )
@@ -269,6 +273,96 @@ def usage_report(
             "avg_latency_ms": round(row["latency_sum"] / row["requests_sum"], 3) if row["requests_sum"] else 0.0,
             "cache_hits": row["cache_hits"] or 0,
             "tokens_saved": row["tokens_saved"] or 0,
+            "blocked": row["blocked"] or 0,
+        }
+        for row in rows
+    ]
+
+
+# The dashboard's two aggregates (webui.usage): with many keys (a thousand APIs) the full report has a row per key
+# and period, while a chart shows ten keys and "the rest"; these let the database do the ranking and the summing.
+
+_TOTALS = {
+    "requests_sum": Sum("requests"),
+    "prompt_tokens_sum": Sum("prompt_tokens"),
+    "completion_tokens_sum": Sum("completion_tokens"),
+    "total_tokens_sum": Sum("total_tokens"),
+}
+
+
+def _rollups(start: datetime, end: datetime, filters: Mapping[str, str] | None):
+    return UsageRollup.objects.filter(minute__gte=start, minute__lt=end, **(filters or {}))
+
+
+def _key_of(row: Mapping, dimensions: tuple[str, ...]) -> str | None:
+    return "/".join(row[name] for name in dimensions) or None
+
+
+def _is_key(key: str | None, dimensions: tuple[str, ...]) -> Q:
+    values = (key or "").split("/", len(dimensions) - 1) if key else [""] * len(dimensions)
+    return Q(**dict(zip(dimensions, values, strict=True)))
+
+
+def usage_top(
+    *,
+    group_by: str,
+    start: datetime,
+    end: datetime,
+    filters: Mapping[str, str] | None = None,
+    limit: int = 10,
+) -> list[dict]:
+    """Totals per key over [start, end) of the `limit` keys with the most tokens (then requests, then key),
+    keys as in `usage_report`."""
+    dimensions = GROUP_BY_FIELDS[group_by]
+    rows = (
+        _rollups(start, end, filters)
+        .values(*dimensions)
+        .annotate(**_TOTALS)
+        .order_by("-total_tokens_sum", "-requests_sum", *dimensions)[:limit]
+    )
+    return [
+        {
+            "key": _key_of(row, dimensions),
+            "requests": row["requests_sum"],
+            "prompt_tokens": row["prompt_tokens_sum"],
+            "completion_tokens": row["completion_tokens_sum"],
+            "total_tokens": row["total_tokens_sum"],
+        }
+        for row in rows
+    ]
+
+
+def usage_series(
+    *,
+    group_by: str,
+    interval: str,
+    start: datetime,
+    end: datetime,
+    keys: Iterable[str | None],
+    filters: Mapping[str, str] | None = None,
+) -> list[dict]:
+    """Requests and total tokens per period for each of `keys`; every other key is summed in rows whose
+    `other` is True (and `key` None). At most (periods x (len(keys) + 1)) rows, in one query."""
+    dimensions = GROUP_BY_FIELDS[group_by]
+    chosen = Q(pk__in=[])  # matches nothing
+    for key in keys:
+        chosen |= _is_key(key, dimensions)
+    joined = F(dimensions[0]) if len(dimensions) == 1 else Concat(F(dimensions[0]), Value("/"), F(dimensions[1]))
+    bucket = Case(When(chosen, then=joined), default=Value(None), output_field=CharField())
+    rows = (
+        _rollups(start, end, filters)
+        .annotate(period=Trunc("minute", interval, tzinfo=UTC), bucket=bucket)
+        .values("period", "bucket")
+        .annotate(requests_sum=Sum("requests"), total_tokens_sum=Sum("total_tokens"))
+        .order_by("period", "bucket")
+    )
+    return [
+        {
+            "period": row["period"],
+            "key": row["bucket"] or None,
+            "other": row["bucket"] is None,
+            "requests": row["requests_sum"],
+            "total_tokens": row["total_tokens_sum"],
         }
         for row in rows
     ]

@@ -47,6 +47,7 @@ def add_errors(form: forms.Form, errors: dict[str, list[str]], aliases: dict[str
     """Put each message on the form field of that name (or its alias); the rest become non-field errors."""
     aliases = aliases or {}
     for field, messages in errors.items():
-        target = aliases.get(field, aliases.get(field.partition(".")[0], field))
+        head = field.partition(".")[0]  # a nested message (scope.scope) goes on its top field
+        target = aliases.get(field, aliases.get(head, field if field in form.fields else head))
         for message in messages:
             form.add_error(target if target in form.fields else None, message)

@@ -51,7 +51,7 @@ def checklist(user) -> list[dict]:
         {
             "label": "Create a subscription for a client (besides the built-in master)",
             "done": Subscription.objects.exclude(name=MASTER).exists(),
-            "url": "/admin/subscriptions/subscription/add/"
+            "url": reverse("webui:object-create", kwargs={"kind": "subscriptions"})
             if user.has_perm("subscriptions.add_subscription")
             else None,
         },

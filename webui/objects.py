@@ -42,6 +42,8 @@ class Kind:
         search_fields: lookups the list's search box matches (icontains, any of them).
         lookup: URL kwargs -> queryset filter of one object.
         form_class: the edit form (widgets and labels); the serializer decides what is valid.
+        create_form_class: the create form (the edit form plus the name); None: no create page (the wizard
+            creates APIs, with their operations and backend).
         delete: the service that deletes (its refusals become messages); default `instance.delete()`.
         reveal: whether the detail page offers Reveal (and which kind the audit log names).
     """
@@ -60,6 +62,7 @@ class Kind:
     url_kwargs: Callable[[models.Model], dict] = lambda obj: {"name": obj.name}
     delete: Callable[[models.Model], None] | None = None
     reveal: str = ""
+    create_form_class: type[forms.Form] | None = None
     serializer_context: Callable[[models.Model], dict] = field(default=lambda obj: {})
 
     @property
@@ -126,9 +129,12 @@ KINDS: dict[str, Kind] = {
             serializer_class=BackendSerializer,
             filterset_class=BackendFilterSet,
             snapshot_kind="backend",
-            columns=(("name", "Name"), ("url", "URL")),
+            columns=(("name", "Name"), ("type", "Type"), ("url", "URL")),
             detail_fields=(
+                ("type", "Type"),
                 ("url", "URL"),
+                ("pool", "Pool"),
+                ("circuit_breaker", "Circuit breaker"),
                 ("description", "Description"),
                 ("credentials_header", "Credential headers"),
                 ("credentials_query", "Credential query parameters"),
@@ -148,6 +154,7 @@ KINDS: dict[str, Kind] = {
             detail_fields=(("secret", "Secret"), ("shown_value", "Value"), ("tag_list", "Tags")),
             search_fields=("name",),
             form_class=ui_forms.NamedValueForm,
+            create_form_class=ui_forms.NamedValueCreateForm,
             queryset=NamedValue.objects.all,
             delete=delete_named_value,
             reveal="named_value",
@@ -170,6 +177,7 @@ KINDS: dict[str, Kind] = {
             ),
             search_fields=("name", "display_name"),
             form_class=ui_forms.ProductForm,
+            create_form_class=ui_forms.ProductCreateForm,
             queryset=lambda: Product.objects.prefetch_related("apis"),
         ),
         Kind(
@@ -188,6 +196,7 @@ KINDS: dict[str, Kind] = {
             ),
             search_fields=("name", "display_name"),
             form_class=ui_forms.SubscriptionForm,
+            create_form_class=ui_forms.SubscriptionCreateForm,
             queryset=lambda: Subscription.objects.select_related("api", "product"),
             reveal="subscription",
         ),

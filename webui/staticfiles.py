@@ -1,7 +1,8 @@
 """Browser assets shipped inside Python packages, served like our own static files (WhiteNoise, collectstatic).
 
-`PackageFileFinder` exposes single files of installed packages under `vendor/<name>/`: only the files listed in
-`PACKAGE_FILES`, never the rest of the package's folder. No asset is copied into the repository or fetched from a CDN.
+`PackageFileFinder` exposes single files (plotly.js, htmx) of installed packages under `vendor/<name>/`: only the
+files listed in `PACKAGE_FILES`, never the rest of the package's folder. No asset is copied into the repository or
+fetched from a CDN.
 """
 
 import importlib.util
@@ -15,6 +16,8 @@ __all__ = ("PACKAGE_FILES", "PackageFileFinder")
 # static path prefix -> (package, folder inside the package, file names)
 PACKAGE_FILES = {
     "vendor/plotly": ("plotly", "package_data", ("plotly.min.js",)),
+    # htmx 2, shipped inside django-htmx (its {% htmx_script %} tag would need the whole app installed)
+    "vendor/htmx": ("django_htmx", "static/django_htmx", ("htmx-2.min.js",)),
 }
 
 

@@ -34,6 +34,8 @@ urlpatterns = [
     path("apis/<str:name>/console/send/", console.ConsoleSendView.as_view(), name="console-send"),
     path("apis/<str:name>/console/key/", console.ConsoleKeyView.as_view(), name="console-key"),
     path("<slug:kind>/", views.ObjectListView.as_view(), name="object-list"),
+    # "+" is in no object's name, so this page cannot hide an object's
+    path("<slug:kind>/+new/", views.ObjectCreateView.as_view(), name="object-create"),
     path(
         "<slug:kind>/<str:name>/regenerate/<str:which>/",
         views.RegenerateKeyView.as_view(),

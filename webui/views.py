@@ -5,12 +5,14 @@ inside the write-time snapshot check (`gateway_admin.safety.validated_write`), l
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin, PermissionRequiredMixin
+from django.core.exceptions import FieldDoesNotExist
 from django.core.paginator import Paginator
 from django.db.models import Model, Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.utils.decorators import method_decorator
+from django.utils.http import urlencode
 from django.views.decorators.cache import never_cache
 from django.views.generic import TemplateView
 
@@ -25,6 +27,7 @@ from .objects import KINDS, Kind
 
 __all__ = (
     "IndexView",
+    "ObjectCreateView",
     "ObjectDeleteView",
     "ObjectDetailView",
     "ObjectEditView",
@@ -36,6 +39,9 @@ __all__ = (
 PAGE_SIZE = 25
 BOOLEAN_CHOICES = [("", "Any"), ("true", "Yes"), ("false", "No")]
 MASK = "••••••••"
+SUBSCRIBABLE = ("apis", "products")  # kinds a subscription can be scoped to
+# text fields a link may fill in on a create page (never a secret's value; a box's "false" would read as ticked)
+PREFILLABLE = ("name", "display_name", "scope", "description")
 POLICY_SCOPES = {"apis": "api", "operations": "operation", "products": "product"}
 # those of the test console (webui.console.PERMISSIONS: it sends with a subscription's key)
 CONSOLE_PERMISSIONS = ("apis.view_api", "subscriptions.view_subscription", "subscriptions.reveal_subscription_keys")
@@ -174,6 +180,11 @@ class ObjectListView(KindMixin, UIView):
             rows=rows,
             headings=[heading for _, heading in kind.columns],
             kept_query=kept.urlencode(),
+            create_url=(
+                reverse("webui:object-create", kwargs={"kind": kind.slug})
+                if kind.create_form_class is not None and self.request.user.has_perm(kind.perm("add"))
+                else None
+            ),
             **kwargs,
         )
 
@@ -203,6 +214,11 @@ class ObjectDetailView(KindMixin, UIView):
         }
         if self.kind.slug in POLICY_SCOPES and user.has_perm("policies.view_policy"):
             context["policy_url"] = policy_editor_url(POLICY_SCOPES[self.kind.slug], obj)
+        if self.kind.slug in SUBSCRIBABLE and user.has_perm("subscriptions.add_subscription"):
+            scope = f"/{self.kind.slug}/{obj.name}"  # /apis/<name> or /products/<name>
+            context["subscribe_url"] = f"{reverse('webui:object-create', kwargs={'kind': 'subscriptions'})}?" + (
+                urlencode({"scope": scope})
+            )
         if self.kind.slug == "apis":
             context["operations"] = [
                 (reverse("webui:object-detail", kwargs={"kind": "operations", "api": obj.name, "name": op.name}), op)
@@ -214,8 +230,65 @@ class ObjectDetailView(KindMixin, UIView):
 
 
 #
-# Edit and delete
+# Create, edit and delete
 #
+
+
+def model_defaults(model: type[Model], names) -> dict:
+    """The model's field defaults for those form fields (a new product requires subscriptions, as REST's)."""
+    defaults = {}
+    for name in names:
+        try:
+            model_field = model._meta.get_field(name)
+        except FieldDoesNotExist:
+            continue
+        if model_field.has_default():
+            defaults[name] = model_field.get_default()
+    return defaults
+
+
+class ObjectCreateView(KindMixin, UIView):
+    """A new object of a kind that declares a create form: its data goes to the kind's REST serializer (and the
+    service behind `create`), inside the write-time snapshot check; refusals are shown on their fields."""
+
+    template_name = "webui/object_form.html"
+    action = "add"
+
+    def dispatch(self, request, *args, **kwargs):
+        kind = KINDS.get(kwargs.get("kind", ""))
+        if kind is None or kind.create_form_class is None:
+            raise Http404("No such page.")
+        return super().dispatch(request, *args, **kwargs)
+
+    def get_context_data(self, **kwargs):
+        kwargs.setdefault("form", self.kind.create_form_class(initial=self.initial()))
+        cancel_url = reverse("webui:object-list", kwargs={"kind": self.kind.slug})
+        return super().get_context_data(creating=True, cancel_url=cancel_url, **kwargs)
+
+    def initial(self) -> dict:
+        """The form's or else the model's defaults, then what the link asked for (`?scope=/apis/chat` from an API's
+        page)."""
+        fields = self.kind.create_form_class.base_fields
+        initial = model_defaults(self.kind.model, [name for name, field in fields.items() if field.initial is None])
+        initial.update({key: value for key, value in self.request.GET.items() if key in fields and key in PREFILLABLE})
+        return initial
+
+    def post(self, request, *args, **kwargs):
+        form = self.kind.create_form_class(request.POST, initial=self.initial())
+        if form.is_valid():
+            data = form.to_data()
+            serializer = self.kind.serializer_class(data=data)
+            try:
+                with validated_write():
+                    serializer.is_valid(raise_exception=True)
+                    obj = serializer.save()
+            except REFUSALS as exc:
+                add_errors(form, refusal_errors(exc, kind=self.kind.snapshot_kind, name=data.get("name")))
+            else:
+                hint = " Reveal its keys to copy them." if self.kind.slug == "subscriptions" else ""
+                messages.success(request, f"Created {self.kind.label} '{obj.name}'.{hint}")
+                return redirect(self.object_url(obj))
+        return self.render_to_response(self.get_context_data(form=form), status=400)
 
 
 class ObjectEditView(KindMixin, UIView):

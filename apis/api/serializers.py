@@ -1,6 +1,7 @@
 from rest_framework import serializers
+from rest_framework.exceptions import ErrorDetail
 
-from backends.api.serializers import BackendSerializer
+from backends.api.serializers import MAX_POOL_MEMBERS, BackendSerializer
 from gateway_admin.api.serializers import ConfigurationModelSerializer, StrictFieldsMixin
 from gateway_admin.validators import validate_header_name, validate_http_url, validate_resource_name
 from named_values.api.serializers import NamedValueSerializer
@@ -107,6 +108,17 @@ class AccessKeySerializer(StrictFieldsMixin, serializers.Serializer):
         return value
 
 
+class WizardBackendSerializer(StrictFieldsMixin, serializers.Serializer):
+    """One deployment of the model behind a pool the wizard creates."""
+
+    url = serializers.CharField(max_length=2000, validators=[validate_http_url], help_text="Base URL of the model.")
+    priority = serializers.IntegerField(min_value=0, max_value=100, default=1, help_text="Lower goes first.")
+    weight = serializers.IntegerField(min_value=0, max_value=100, default=1, help_text="Relative share.")
+    access_key = AccessKeySerializer(
+        required=False, allow_null=True, help_text="Stored as the secret named value <name>-key-<n>."
+    )
+
+
 # The API types as the portal's wizard labels them (distinct labels also give the schema its own enum).
 WIZARD_TYPE_CHOICES = [
     (APITypeChoices.OPENAI.value, "Create OpenAI API"),
@@ -125,7 +137,20 @@ class ImportLanguageModelSerializer(StrictFieldsMixin, serializers.Serializer):
     )
     display_name = serializers.CharField(max_length=300)
     description = serializers.CharField(required=False, allow_blank=True, default="")
-    url = serializers.CharField(max_length=2000, validators=[validate_http_url], help_text="Base URL of the model.")
+    url = serializers.CharField(
+        max_length=2000,
+        validators=[validate_http_url],
+        required=False,
+        help_text="Base URL of the model (or give `backends`).",
+    )
+    backends = WizardBackendSerializer(
+        many=True,
+        required=False,
+        allow_empty=False,
+        max_length=MAX_POOL_MEMBERS,
+        help_text="Several deployments of the model instead of `url`: one backend each, put in a pool with a "
+        "circuit breaker that trips on 429 (accepting Retry-After), and a retry on 429/503 to the next member.",
+    )
     path = serializers.CharField(max_length=400, validators=[validate_api_path])
     type = serializers.ChoiceField(choices=WIZARD_TYPE_CHOICES)
     products = serializers.SlugRelatedField(
@@ -148,7 +173,20 @@ class ImportLanguageModelSerializer(StrictFieldsMixin, serializers.Serializer):
                 fields[contributor.key] = contributor.serializer_class(required=False, allow_null=True)
         return fields
 
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            # name a missing url with the other missing fields (rather than only once they are fixed)
+            if isinstance(exc.detail, dict) and isinstance(data, dict) and "url" not in data and "backends" not in data:
+                exc.detail.setdefault("url", [ErrorDetail("This field is required (or give backends).", "required")])
+            raise
+
     def validate(self, attrs):
+        if ("url" in attrs) == ("backends" in attrs):
+            raise serializers.ValidationError({"url": ["Give either url or backends (a pool), not both."]})
+        if "backends" in attrs and attrs.get("access_key"):
+            raise serializers.ValidationError({"access_key": ["With backends, give each backend its access_key."]})
         if attrs.get("operations") and attrs["type"] != APITypeChoices.OPENAI:
             raise serializers.ValidationError({"operations": ["Extra operations apply to the openai type only."]})
         if not attrs.get("name"):
@@ -163,6 +201,7 @@ class ImportResultSerializer(serializers.Serializer):
     api = APISerializer()
     operations = OperationSerializer(many=True)
     backend = BackendSerializer()
+    pool_members = BackendSerializer(many=True, help_text="The pool's backends (with `backends`), else empty.")
     named_value = NamedValueSerializer(allow_null=True)
     policy = PolicySerializer()
 
@@ -172,6 +211,7 @@ class ImportResultSerializer(serializers.Serializer):
             "api": APISerializer(result.api).data,
             "operations": OperationSerializer(result.operations, many=True).data,
             "backend": BackendSerializer(result.backend).data,
+            "pool_members": BackendSerializer(result.members, many=True).data,
             "named_value": NamedValueSerializer(result.named_value).data if result.named_value else None,
             "policy": PolicySerializer(result.policy).data,
         }

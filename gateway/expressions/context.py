@@ -331,8 +331,14 @@ _context.prop("Elapsed", TIMESPAN, _elapsed)
 _context.prop("LastError", "ILastError", lambda ctx: ctx.last_error)
 _context.prop("Tracing", BOOL, lambda ctx: ctx.trace is not None)
 _context.method("Trace", (Param("message", STRING),), "void", _trace)
-for _name in ("Workspace", "Backend"):
-    _context.unavailable[_name] = MSG_NOT_TRACKED.format(f"context.{_name}")
+# the backend entity the request is routed to (a pool, not the member it picked); null for a plain service URL
+_context.prop("Backend", "IBackend", lambda ctx: ctx.backend if ctx.backend is not None and ctx.backend.name else None)
+_context.unavailable["Workspace"] = MSG_NOT_TRACKED.format("context.Workspace")
+
+_backend = define("IBackend")
+_backend.prop("Id", STRING, lambda backend: backend.name)
+_backend.prop("Type", STRING, lambda backend: backend.kind)
+_backend.unavailable["AzureRegion"] = MSG_NOT_TRACKED.format("context.Backend.AzureRegion")
 
 _api = define("IApi")
 _api.prop("Id", STRING, lambda api: api.name)

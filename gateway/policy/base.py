@@ -16,6 +16,7 @@ from .values import ExpressionRuntimeError, Locate, Value, parse_value
 from .xml import Element
 
 if TYPE_CHECKING:
+    from gateway.blocklists import Blocklist
     from gateway.context import RequestContext
     from gateway.http.messages import Response
     from gateway.model import BackendTarget
@@ -58,6 +59,10 @@ class BindEnv(Protocol):
 
     def target_for_url(self, url: str) -> BackendTarget:
         """A forwarding target for a literal base URL; raises PolicyError when unusable."""
+        ...
+
+    def blocklist(self, name: str) -> Blocklist | None:
+        """The content-safety blocklist ``name`` of the snapshot, None when it has none of that name."""
         ...
 
 

@@ -66,12 +66,15 @@ IMPLEMENTED: Final[frozenset[str]] = frozenset(
         "check-header",
         "choose",
         "forward-request",
+        "limit-concurrency",
+        "llm-content-safety",
         "llm-emit-token-metric",
         "llm-semantic-cache-lookup",
         "llm-semantic-cache-store",
         "llm-token-limit",
         "quota-by-key",
         "rate-limit-by-key",
+        "retry",
         "return-response",
         "set-backend-service",
         "set-header",
@@ -92,9 +95,7 @@ UNSUPPORTED: Final[dict[str, Usage]] = {
     "log-to-eventhub": _u(*_ALL),
     "json-to-xml": _u(IN, OUT, ERR),
     "xml-to-json": _u(IN, OUT, ERR),
-    "limit-concurrency": _u(*_ALL),
     "mock-response": _u(IN, OUT, ERR),
-    "retry": _u(*_ALL),
     "trace": _u(*_ALL),
     "wait": _u(IN, BE, OUT),
     # routing and transformation
@@ -104,7 +105,6 @@ UNSUPPORTED: Final[dict[str, Usage]] = {
     "redirect-content-urls": _u(IN, OUT),
     "xsl-transform": _u(IN, OUT),
     # AI gateway
-    "llm-content-safety": _u(IN, OUT, scopes=frozenset({Scope.GLOBAL, Scope.PRODUCT, Scope.API})),
     # access restriction and authentication
     "rate-limit": _u(IN, scopes=_NOT_GLOBAL),
     "quota": _u(IN, scopes=_NOT_GLOBAL),

@@ -39,6 +39,8 @@ def embeddings_path(target: BackendTarget) -> str:
 
 async def embed(pool: UpstreamPool, target: BackendTarget, text: str, model: str, timeout: float) -> Vector:
     """The unit-length embedding of ``text``; raises EmbeddingsError."""
+    if target.origin is None:
+        raise EmbeddingsError("the embeddings backend is a pool: name one of its members")
     headers = [(b"content-type", b"application/json"), (b"accept", b"application/json"), *target.headers]
     body = orjson.dumps({"model": model, "input": text})
     try:

@@ -22,6 +22,12 @@ Record
     ``latency_ms``         float         request start to last byte sent, >= 0
     ``cache_hit``          bool          answered from the semantic cache
     ``gateway_id``         str           the gateway that served it (``SLUICE_GATEWAY_ID``)
+    ``block_reason``       str | None    why a policy refused the request or cut its response
+                                         (``content-safety:Hate``, ``content-safety:Blocklist``, ...); optional
+    ``failed_attempts``    str | None    forwarding attempts that failed before the answer (``retry``), space
+                                         separated ``backend:status`` or ``backend:Reason`` (``ptu:429``);
+                                         optional (None when absent). ``backend`` then names the pool member
+                                         that answered.
     =====================  ============  =======================================================================
 
     Readers cut strings longer than ``MAX_LENGTHS`` and read ``""`` as None. They ignore fields they do not
@@ -74,6 +80,8 @@ MAX_LENGTHS = {
     "backend": 80,
     "model": 200,
     "gateway_id": 200,
+    "block_reason": 80,
+    "failed_attempts": 1000,
 }
 MAX_TOKENS = 2**31 - 1
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
@@ -121,6 +129,8 @@ class UsageRecord:
     latency_ms: float
     cache_hit: bool
     gateway_id: str
+    block_reason: str | None = None
+    failed_attempts: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         """The Redis stream entry: flat strings."""
@@ -143,6 +153,8 @@ class UsageRecord:
             repr(float(self.latency_ms)),
             "1" if self.cache_hit else "0",
             self.gateway_id,
+            self.block_reason or "",
+            self.failed_attempts or "",
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -162,6 +174,8 @@ class UsageRecord:
             "latency_ms": self.latency_ms,
             "cache_hit": self.cache_hit,
             "gateway_id": self.gateway_id,
+            "block_reason": self.block_reason,
+            "failed_attempts": self.failed_attempts,
         }
 
     @classmethod
@@ -184,6 +198,8 @@ class UsageRecord:
             latency_ms=_latency(data),
             cache_hit=_boolean(data, "cache_hit"),
             gateway_id=_gateway_id(data),
+            block_reason=_newer_name(data, "block_reason"),
+            failed_attempts=_newer_name(data, "failed_attempts"),
         )
 
     @classmethod
@@ -239,6 +255,11 @@ def _optional_name(data: Mapping[str, Any], name: str) -> str | None:
     if not isinstance(value, str):
         raise RecordError(name, ERR_STRING)
     return value[: MAX_LENGTHS[name]] or None
+
+
+def _newer_name(data: Mapping[str, Any], name: str) -> str | None:
+    """A field added after the first gateways shipped: a record from an older gateway may not have it."""
+    return _optional_name(data, name) if name in data else None
 
 
 def _gateway_id(data: Mapping[str, Any]) -> str:

@@ -113,6 +113,7 @@ class HeartbeatSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=["ok", "starting", "degraded"])
     rejected = serializers.DictField(allow_null=True, required=False, default=None)
     quarantined = serializers.ListField(child=serializers.DictField(), required=False, default=list)
+    backends = serializers.DictField(child=serializers.DictField(), required=False, default=dict)
     interval = serializers.FloatField(min_value=0.05, max_value=86400, required=False, default=15.0)
 
 
@@ -137,6 +138,7 @@ class GatewayHeartbeatView(APIView):
                 "revision": data["revision"],
                 "status": data["status"],
                 "problems": problems,
+                "backends": data["backends"],
                 "interval": data["interval"],
                 "last_seen": timezone.now(),
             },

@@ -73,6 +73,7 @@ LOCAL_APPS = [
     "subscriptions",
     "policies",
     "usage",
+    "content_safety",
 ]
 # The web UI holds no configuration of its own (no models, no permissions): views, forms and templates only.
 UI_APPS = ["webui"]

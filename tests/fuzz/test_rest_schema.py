@@ -33,6 +33,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.management.factories import (
     APIFactory,
     BackendFactory,
+    BlocklistFactory,
     NamedValueFactory,
     OperationFactory,
     ProductFactory,
@@ -71,7 +72,7 @@ CHECKS = [
 ]
 # The existing object a path's {name} names, by the collection it is in.
 EXISTING = {"apis": "chat", "operations": "completions", "backends": "llm", "named-values": "token"}
-EXISTING |= {"products": "team", "subscriptions": "alice"}
+EXISTING |= {"products": "team", "subscriptions": "alice", "blocklists": "words"}
 TALLY = {"cases": 0, "failures": 0}
 LOADED = {}
 
@@ -82,6 +83,7 @@ def configuration():
     OperationFactory(api=api, name="completions")
     ProductFactory(name="team", apis=[api])
     BackendFactory(name="llm")
+    BlocklistFactory(name="words")
     NamedValueFactory(name="token", value="fuzz-secret-value", secret=True)
     SubscriptionFactory(name="alice", api=api)
 

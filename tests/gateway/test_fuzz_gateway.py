@@ -15,8 +15,9 @@ What must hold for every request:
 
 and after each test the process is alive, answers its health check, and its log holds no traceback or ERROR line.
 
-``SLUICE_FUZZ_EXAMPLES`` sets the examples per test (default 2000). The counts of each run (cases tried, statuses
-seen) are printed at the end of the module (``pytest -s``) and written to ``$SLUICE_FUZZ_REPORT`` when set.
+``SLUICE_FUZZ_EXAMPLES`` sets the examples per test (default 2000 in CI, where ``CI`` is set, and 400 elsewhere).
+The counts of each run (cases tried, statuses seen) are printed at the end of the module (``pytest -s``) and
+written to ``$SLUICE_FUZZ_REPORT`` when set.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from .gateway_proc import KEY, RunningGateway, safety_gateway, sidecar  # noqa: 
 from .helpers import TOKEN
 from .rawhttp import RawResponse, exchange, exchange_all
 
-EXAMPLES = int(os.environ.get("SLUICE_FUZZ_EXAMPLES", "2000"))
+EXAMPLES = int(os.environ.get("SLUICE_FUZZ_EXAMPLES") or (2000 if os.environ.get("CI") else 400))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -360,6 +361,11 @@ def test_fuzz_request_lines(gateway: RunningGateway, data: bytes) -> None:
 
 @FUZZ
 @given(data=header_blocks())
+# found by this battery: the mock model's own 500 for a body its Content-Encoding does not match (now its 400)
+@example(
+    data=b"POST /llm/chat/completions HTTP/1.1\r\nHost: gateway\r\n" + KEY_LINE + b"\r\nContent-Encoding: gzip\r\n"
+    b'Connection: close\r\nContent-Length: 40\r\n\r\n{"model": "gpt-4o-mini", "messages": []}'
+)
 def test_fuzz_headers(gateway: RunningGateway, data: bytes) -> None:
     send(gateway, "headers", data)
 

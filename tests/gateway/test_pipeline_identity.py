@@ -284,7 +284,9 @@ def random_snapshots(draw):
     return data, expected, members, product_has_policy
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 40 examples: each reload runs a full gc.collect() (so freed ids get reused, the #12 defect), which costs
+# about 0.5 s per reload late in the suite, when the heap is large: 150 examples took 160 s there
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_snapshots(), st.integers(min_value=1, max_value=3))
 def test_random_snapshots_route_every_operation_to_its_own_backend(drawn, reloads):
     data, expected, members, product_has_policy = drawn

@@ -8,6 +8,7 @@ from factory.django import DjangoModelFactory
 
 from apis.models import API, Operation
 from backends.models import Backend
+from content_safety.models import Blocklist
 from named_values.models import NamedValue
 from named_values.services import create_named_value
 from subscriptions.models import Product, Subscription
@@ -51,6 +52,14 @@ class BackendFactory(DjangoModelFactory):
 
     name = factory.Sequence(lambda n: f"backend-{n}")
     url = factory.Sequence(lambda n: f"https://backend-{n}.example.com/v1")
+
+
+class BlocklistFactory(DjangoModelFactory):
+    class Meta:
+        model = Blocklist
+
+    name = factory.Sequence(lambda n: f"blocklist-{n}")
+    items = factory.LazyFunction(lambda: [{"kind": "term", "value": "forbidden"}])
 
 
 class NamedValueFactory(DjangoModelFactory):

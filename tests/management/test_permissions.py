@@ -12,6 +12,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from apis.models import API, Operation
 from backends.models import Backend
+from content_safety.models import Blocklist
 from gateway_admin.api.authentication import IsGateway
 from gateway_admin.groups import OPERATORS, READERS, SLUICE_APPS
 from named_values.models import NamedValue
@@ -23,6 +24,7 @@ from tests.clients import rest_client
 from .factories import (
     APIFactory,
     BackendFactory,
+    BlocklistFactory,
     NamedValueFactory,
     OperationFactory,
     ProductFactory,
@@ -36,6 +38,7 @@ DOCUMENT = "<policies><inbound><base /></inbound><backend><base /></backend><out
 # The object each URL keyword names, by the model of the view.
 OBJECT_NAMES = {API: "chat", Operation: "completions", Backend: "llm", NamedValue: "token", Product: "team"}
 OBJECT_NAMES[Subscription] = "alice"
+OBJECT_NAMES[Blocklist] = "words"
 
 
 def _patterns(patterns, namespace=""):
@@ -80,6 +83,7 @@ def configuration():
     operation = OperationFactory(api=api, name="completions")
     product = ProductFactory(name="team", apis=[api])
     BackendFactory(name="llm")
+    BlocklistFactory(name="words")
     NamedValueFactory(name="token", value="very-secret-value", secret=True)
     SubscriptionFactory(name="alice", api=api)
     for scope, owner in (

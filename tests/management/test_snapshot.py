@@ -124,9 +124,12 @@ def test_snapshot_contents():
     assert snapshot["backends"] == [
         {
             "name": "gemini-backend",
+            "type": "Single",
             "url": "https://g.example.com/v1",
             "credentials_header": {"Authorization": "{{gemini-key}}"},
             "credentials_query": {},
+            "pool_services": [],
+            "circuit_breaker": None,
         }
     ]
     assert snapshot["products"] == [

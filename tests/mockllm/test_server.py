@@ -270,3 +270,55 @@ def test_azure_deployment_route_requires_api_version(mock_llm):
     body = json.dumps({"model": "d", "messages": MESSAGES})
     status, answer = call(f"{mock_llm.root_url}/openai/deployments/d/chat/completions", "POST", body)
     assert status == 400 and answer["error"]["param"] == "api-version"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/echo"])
+def test_a_body_that_does_not_match_its_content_encoding_is_a_400(mock_llm: MockLLM, path):
+    # found by the gateway fuzz battery: the mock answered aiohttp's plain-text 500 and the gateway relayed it
+    status, body = call(
+        mock_llm.base_url.removesuffix("/v1") + path,
+        "POST",
+        b'{"model": "gpt-4o-mini", "messages": []}',
+        {"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert status == 400
+    assert body["error"]["code"] == "invalid_request_body"
+    assert "content-encoding: gzip" in body["error"]["message"]
+
+
+#
+# Failure modes (POST /mock/fail)
+#
+
+
+def test_failure_plan_status_with_retry_after_then_back_to_normal(mock_llm):
+    chat = json.dumps({"messages": MESSAGES})
+    mock_llm.reset()
+    mock_llm.fail("status", count=2, status=429, retry_after="9")
+    request = urllib.request.Request(f"{mock_llm.base_url}/chat/completions", data=chat.encode(), method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 429 and info.value.headers["Retry-After"] == "9"
+    assert call(f"{mock_llm.base_url}/chat/completions", "POST", chat)[0] == 429
+    assert call(f"{mock_llm.base_url}/chat/completions", "POST", chat)[0] == 200  # count used up
+    stats = mock_llm.stats()
+    assert stats["failures"] == {"status": 2} and stats["requests"]["/chat/completions"] == 1
+    mock_llm.reset()
+    assert mock_llm.stats()["failures"] == {}
+
+
+def test_failure_plan_reset_drops_the_connection(mock_llm):
+    mock_llm.reset()
+    mock_llm.fail("reset", count=1)
+    connection = http.client.HTTPConnection("127.0.0.1", mock_llm.port, timeout=10)
+    with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):
+        connection.request("POST", "/v1/chat/completions", body=json.dumps({"messages": MESSAGES}))
+        connection.getresponse()
+    connection.close()
+    assert mock_llm.stats()["failures"] == {"reset": 1}
+
+
+@pytest.mark.parametrize(("body", "param"), [({"mode": "explode"}, "mode"), ({"mode": "status", "count": -1}, "count")])
+def test_failure_plan_refuses_bad_input(mock_llm, body, param):
+    status, answer = call(f"{mock_llm.root_url}/mock/fail", "POST", json.dumps(body))
+    assert status == 400 and answer["error"]["param"] == param

@@ -180,3 +180,32 @@ def test_port_free_tells_a_listener_from_a_closed_port():
         port = listener.getsockname()[1]
         assert not smoke.port_free(port)
     assert smoke.port_free(port)
+
+
+def test_failure_report_shows_the_failures_section_and_the_summary():
+    log = [
+        "collected 3 items",
+        "..F",
+        "=================================== FAILURES ===================================",
+        "___ test_x ___",
+        "E   AssertionError: closed without an answer: b'GET / HTTP/1.1'",
+        "=========================== short test summary info ============================",
+        "FAILED tests/test_a.py::test_x - AssertionError...",
+        "========================= 1 failed, 2 passed in 0.1s =========================",
+    ]
+    report = smoke.failure_report(log)
+    assert "E   AssertionError: closed without an answer: b'GET / HTTP/1.1'" in report
+    assert report[-1].startswith("=") and "1 failed" in report[-1]
+    assert "..F" not in report
+
+
+def test_failure_report_caps_a_long_failures_section():
+    log = ["= FAILURES =", *[f"line {n}" for n in range(1000)], "= short test summary info =", "= 1 failed ="]
+    report = smoke.failure_report(log, limit=20)
+    assert "line 0" in report and "line 999" in report and "line 500" not in report
+    assert any("lines left out" in line for line in report)
+
+
+def test_failure_report_without_a_failures_section_is_the_tail():
+    log = [f"line {n}" for n in range(100)]
+    assert smoke.failure_report(log) == log[-40:]

@@ -53,6 +53,7 @@ def test_group_by_api_per_hour(api_client, rows):
             "avg_latency_ms": 112.5,
             "cache_hits": 1,
             "tokens_saved": 30,
+            "blocked": 0,
         },
         {
             "key": "vision",
@@ -64,8 +65,18 @@ def test_group_by_api_per_hour(api_client, rows):
             "avg_latency_ms": 100.0,
             "cache_hits": 0,
             "tokens_saved": 0,
+            "blocked": 0,
         },
     ]
+
+
+def test_blocked_requests_are_counted_per_group(api_client):
+    UsageRollupFactory(requests=3)
+    UsageRollupFactory(requests=2, status=403, block_reason="content-safety:Hate")
+    UsageRollupFactory(requests=1, block_reason="content-safety:Violence")  # a stream cut after its 200
+    UsageRollupFactory(api="vision", requests=4)
+    results = api_client.get(URL, {**RANGE, "group_by": "api", "interval": "day"}).json()["results"]
+    assert [(r["key"], r["requests"], r["blocked"]) for r in results] == [("chat", 6, 3), ("vision", 4, 0)]
 
 
 def test_group_by_subscription_per_minute(api_client, rows):

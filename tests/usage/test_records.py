@@ -25,7 +25,19 @@ def test_field_names_are_the_contract():
         "latency_ms",
         "cache_hit",
         "gateway_id",
+        "block_reason",
+        "failed_attempts",
     )
+
+
+def test_block_reason_is_optional_and_round_trips():
+    data = UsageRecordFactory().to_json()
+    del data["block_reason"]  # a record of an older gateway
+    assert UsageRecord.from_json(data).block_reason is None
+    record = UsageRecordFactory(block_reason="content-safety:Hate")
+    assert UsageRecord.from_fields(record.to_fields()) == record
+    assert UsageRecord.from_json(record.to_json()) == record
+    assert UsageRecord.from_fields(UsageRecordFactory().to_fields()).block_reason is None
 
 
 def test_stream_fields_are_flat_strings_and_round_trip():
@@ -58,6 +70,13 @@ def test_unknown_fields_are_ignored_and_long_names_cut():
     assert record.model == "m" * MAX_LENGTHS["model"]
 
 
+def test_failed_attempts_is_optional_for_records_of_older_gateways():
+    data = UsageRecordFactory(failed_attempts="ptu:429 ptu2:Timeout").to_json()
+    assert UsageRecord.from_json(data).failed_attempts == "ptu:429 ptu2:Timeout"
+    del data["failed_attempts"]
+    assert UsageRecord.from_json(data).failed_attempts is None
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -84,7 +103,7 @@ def test_bad_json_values_name_the_field(field, value):
     assert excinfo.value.field == field
 
 
-@pytest.mark.parametrize("field", FIELD_NAMES)
+@pytest.mark.parametrize("field", [name for name in FIELD_NAMES if name not in ("block_reason", "failed_attempts")])
 def test_every_field_is_required(field):
     data = UsageRecordFactory().to_json()
     del data[field]

@@ -121,6 +121,29 @@ def test_wizard_end_to_end_with_test_connection(page, live_server, mock_llm):
     assert NamedValue.objects.get(name="mock-model-key").secret
 
 
+def test_passthrough_gemini_style_api_through_the_wizard(page, live_server, mock_llm):
+    """The issue's other import: a passthrough API, Gemini style (its own paths, the key in x-goog-api-key)."""
+    page.goto(f"{live_server.url}/ui/import/")
+    page.get_by_label("Display name").fill("Gemini")
+    page.get_by_label("URL:", exact=True).fill(mock_llm.base_url)
+    page.get_by_label("Path").fill("gemini/v1beta")
+    page.get_by_label("Create a passthrough API").check()
+    page.get_by_label("Access key header name").fill("x-goog-api-key")
+    page.get_by_label("Access key:", exact=True).fill("gemini-secret-key")
+    page.get_by_role("button", name="Test connection").click()
+    assert "answered" in page.locator("#probe-result").inner_text()  # GET {url}: its status
+    for _ in range(4):
+        page.get_by_role("button", name="Next").click()
+    page.get_by_role("heading", name="Step 5 of 5: Review").wait_for()
+    assert "gemini-secret-key" not in page.content()
+    page.get_by_role("button", name="Create").click()
+    page.get_by_text("Created API 'gemini'").wait_for()
+    api = API.objects.get(name="gemini")
+    assert (api.api_type, api.path) == ("passthrough", "gemini/v1beta")
+    assert api.operations.exists()
+    assert NamedValue.objects.get(name="gemini-key").secret
+
+
 def test_field_errors_in_place(page, live_server):
     page.goto(f"{live_server.url}/ui/import/")
     page.get_by_label("Display name").fill("Bad")

@@ -35,3 +35,25 @@ def test_policy_editor_marks_errors_shows_the_diff_and_saves(page, live_server):
     effective = page.locator("#effective pre")
     assert "x-team" in effective.inner_text() and "forward-request" in effective.inner_text()
     shot(page, "policy-editor-effective")
+
+
+def test_keyboard_users_can_leave_the_editor(page, live_server):  # noqa: F811
+    """Tab indents inside Ace; Escape leaves the text for the editor's box, and Tab then reaches the buttons."""
+    APIFactory(name="chat")
+    page.goto(f"{live_server.url}/ui/policy/api/chat/")
+    page.locator(".ace_editor").wait_for()
+    box = page.locator(".ace_scroller")
+    box.focus()  # where Tab lands coming from above
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"  # visible focus
+    page.keyboard.press("Enter")  # into the text
+    page.keyboard.press("Control+End")
+    page.keyboard.press("Tab")  # indents: the text keeps the focus
+    assert page.evaluate("document.querySelector('.django-ace-widget').editor.isFocused()")
+    assert page.evaluate("document.querySelector('.django-ace-widget').editor.getValue()").endswith("    ")
+    page.keyboard.press("Escape")
+    assert page.evaluate("document.activeElement.classList.contains('ace_scroller')")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Review changes"
+    page.keyboard.press("Shift+Tab")  # and back to the editor's box
+    assert page.evaluate("document.activeElement.classList.contains('ace_scroller')")
+    shot(page, "policy-editor-keyboard")

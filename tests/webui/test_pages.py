@@ -236,3 +236,20 @@ def test_no_n_plus_one_on_lists_and_details(operator_client, kind):
             OperationFactory(api=first)
     assert page_queries(operator_client, list_url(kind)) == one_list
     assert page_queries(operator_client, page_url("detail", kind, first)) == one_detail
+
+
+def test_htmx_comes_from_its_package():
+    """htmx is served from the django-htmx package (webui.staticfiles.PackageFileFinder), listed for collectstatic."""
+    from django.contrib.staticfiles import finders
+
+    from webui.staticfiles import PackageFileFinder
+
+    found = finders.find("vendor/htmx/htmx-2.min.js")
+    assert found and "django_htmx" in found
+    assert "htmx-2.min.js" in [name for name, _storage in PackageFileFinder().list([])]
+
+
+def test_list_page_loads_htmx_and_marks_its_live_parts(operator_client):
+    body = operator_client.get(list_url("apis")).content.decode()
+    assert "/static/vendor/htmx/htmx-2.min.js" in body
+    assert 'hx-select="#results"' in body and 'id="count" role="status"' in body

@@ -82,3 +82,31 @@ def test_usage_page_queries_do_not_grow(reader_client):
     for i in range(50):
         rollup(f"api-{i}", f"sub-{i}", 10 + i, minutes_ago=i % 30 + 1)
     assert page_queries(reader_client, URL) == first
+
+
+def chart_of(page) -> dict:
+    return json.loads(page.content.decode().split('id="usage-chart" type="application/json">')[1].split("</script>")[0])
+
+
+def test_ten_top_consumers_drawn_and_the_rest_summed_as_others(reader_client):
+    for i in range(12):  # api-00 has the most tokens
+        rollup(f"api-{i:02}", "alice", 1000 - i * 10, minutes_ago=5 + i * 60)
+    rollup("", "", 5)  # a request without an API (refused before routing)
+    page = reader_client.get(URL, {"group_by": "api", "interval": "hour"})
+    top = page.context["top"]
+    assert [row["key"] for row in top] == [f"api-{i:02}" for i in range(10)]
+    chart = chart_of(page)
+    assert set(chart["series"]) == {*(f"api-{i:02}" for i in range(10)), "others"}
+    assert sum(chart["series"]["others"]["tokens"]) == (1000 - 100) + (1000 - 110) + 5
+    assert sum(sum(s["requests"]) for s in chart["series"].values()) == 13  # every request, once
+    by_operation = reader_client.get(URL, {"group_by": "operation", "interval": "hour"})
+    assert by_operation.context["top"][0]["key"] == "api-00/chat"
+    assert sum(chart_of(by_operation)["series"]["api-00/chat"]["tokens"]) == 1000
+
+
+def test_requests_without_a_key_are_one_consumer(reader_client):
+    rollup("chat", "", 300)
+    rollup("chat", "alice", 100)
+    page = reader_client.get(URL, {"group_by": "subscription"})
+    assert [(row["key"], row["total_tokens"]) for row in page.context["top"]] == [("(none)", 300), ("alice", 100)]
+    assert sum(chart_of(page)["series"]["(none)"]["tokens"]) == 300

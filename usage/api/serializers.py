@@ -113,6 +113,10 @@ class UsageRowSerializer(serializers.Serializer):
     tokens_saved = serializers.IntegerField(
         help_text="Tokens of the answers served from the semantic cache (not counted in the token totals)."
     )
+    blocked = serializers.IntegerField(
+        help_text="Requests a policy refused or whose response it cut (content safety); see the usage records' "
+        "block_reason."
+    )
 
 
 class UsageReportSerializer(serializers.Serializer):

@@ -12,12 +12,15 @@ from ..base import Base, Policy
 from .check_header import CheckHeader
 from .choose import Choose
 from .forward_request import ForwardRequest
+from .limit_concurrency import LimitConcurrency
+from .llm_content_safety import LlmContentSafety
 from .llm_emit_token_metric import AzureOpenAiEmitTokenMetric, LlmEmitTokenMetric
 from .llm_semantic_cache_lookup import AzureOpenAiSemanticCacheLookup, LlmSemanticCacheLookup
 from .llm_semantic_cache_store import AzureOpenAiSemanticCacheStore, LlmSemanticCacheStore
 from .llm_token_limit import AzureOpenAiTokenLimit, LlmTokenLimit
 from .quota_by_key import QuotaByKey
 from .rate_limit_by_key import RateLimitByKey
+from .retry import Retry
 from .return_response import ReturnResponse
 from .set_backend_service import SetBackendService
 from .set_header import SetHeader
@@ -40,6 +43,8 @@ BUILTINS: Final[tuple[type[Policy], ...]] = (
     ReturnResponse,
     # routing
     SetBackendService,
+    Retry,
+    LimitConcurrency,
     ForwardRequest,
     # limits and metrics
     RateLimitByKey,
@@ -53,4 +58,6 @@ BUILTINS: Final[tuple[type[Policy], ...]] = (
     AzureOpenAiSemanticCacheLookup,
     LlmSemanticCacheStore,
     AzureOpenAiSemanticCacheStore,
+    # content safety
+    LlmContentSafety,
 )

@@ -111,9 +111,14 @@ class LlmSemanticCacheLookup(Policy):
 
     def bind(self, env: BindEnv) -> None:
         try:
-            self.target = env.backend(self.backend_id)
+            target = env.backend(self.backend_id)
         except PolicyError:
             raise PolicyError(f"<{self.name}>: unknown embeddings backend '{self.backend_id}'") from None
+        if target.origin is None:
+            raise PolicyError(
+                f"<{self.name}>: the embeddings backend '{self.backend_id}' is a pool; name one of its members"
+            )
+        self.target = target
 
     def partition(self, ctx: RequestContext, kind: str, model: str | None) -> str:
         """The API, the operation kind, the model and the ``<vary-by>`` values: entries never cross these."""

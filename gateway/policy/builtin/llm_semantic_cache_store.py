@@ -4,9 +4,9 @@ APIM reference: https://learn.microsoft.com/azure/api-management/llm-semantic-ca
 
 It stores what the model answered to a prompt that ``llm-semantic-cache-lookup`` missed, for ``duration`` seconds.
 Only successful, complete answers are stored: a 200 (any 2xx when ``cache-response`` is true; nothing when it is
-false), not an error, not a stream the client cancelled or that broke. A streamed answer is assembled while it
-passes to the client (nothing is held back) and stored when its ``[DONE]`` has gone through. A store failure is
-counted and logged, never seen by the client. See docs/semantic-cache.md.
+false), not an error, not a stream the client cancelled or that broke, not a response content safety cut. A streamed
+answer is assembled while it passes to the client (nothing is held back) and stored once the request is over. A
+store failure is counted and logged, never seen by the client. See docs/semantic-cache.md.
 """
 
 from __future__ import annotations
@@ -135,28 +135,32 @@ async def _add(cache: SemanticCache, api: str, operation: str, state: CacheState
 
 
 class _StreamStore:
-    """A chunk filter: passes every chunk on unchanged and assembles the answer; stores it when the stream ended
-    complete (``finish(True)``), in a task of its own so the end of the stream is not delayed."""
+    """A chunk filter: passes every chunk on unchanged and assembles the answer. The entry is written when the
+    request is over (``ctx.on_finish``), not when the backend's stream ends: a later stage (content safety) may still
+    cut what the client gets, and a cut response (``ctx.block_reason``) is never stored. The write runs in a task of
+    its own, so the end of the response is not delayed."""
 
-    __slots__ = ("api", "assembler", "cache", "ctx", "operation", "state", "ttl")
+    __slots__ = ("api", "assembler", "cache", "operation", "state", "ttl")
 
     def __init__(self, ctx: RequestContext, cache: SemanticCache, state: CacheState, ttl: int) -> None:
-        self.ctx: RequestContext | None = ctx
         self.api = ctx.api.name
         self.operation = ctx.operation.name
         self.cache = cache
         self.state = state
         self.ttl = ttl
         self.assembler = StreamAssembler(state.kind, MAX_ENTRY_BYTES)
+        ctx.on_finish.append(self.request_over)
 
     def feed(self, chunk: bytes) -> bytes:
         self.assembler.feed(chunk)
         return chunk
 
     def finish(self, complete: bool) -> bytes:
-        ctx, self.ctx = self.ctx, None  # break the ctx -> filter -> ctx cycle
+        return b""  # the decision waits for the end of the request (request_over)
+
+    def request_over(self, ctx: RequestContext, complete: bool) -> None:
         document = None
-        if complete and ctx is not None:
+        if complete and ctx.block_reason is None and 200 <= ctx.status < 300:
             usage = ctx.usage
             measured = None
             if usage is not None:
@@ -166,14 +170,13 @@ class _StreamStore:
         if document is None:
             self.state.stored = "not_stored"
             self.cache.record(self.api, self.operation, "not_stored")
-            return b""
+            return
         payload = orjson.dumps(document)
         task = asyncio.get_running_loop().create_task(
             _add(self.cache, self.api, self.operation, self.state, payload, self.ttl)
         )
         _pending.add(task)
         task.add_done_callback(_pending.discard)
-        return b""
 
 
 class AzureOpenAiSemanticCacheStore(LlmSemanticCacheStore):

@@ -39,9 +39,13 @@ EXAMPLES = {
     "return-response": "<return-response />",
     "set-backend-service": '<set-backend-service base-url="http://127.0.0.1:9" />',
     "forward-request": "<forward-request />",
+    "retry": '<retry condition="@(false)" count="2" interval="0"><set-variable name="x" value="1" /></retry>',
+    "limit-concurrency": '<limit-concurrency key="k" max-count="2"><set-variable name="x" value="1" />'
+    "</limit-concurrency>",
     "rate-limit-by-key": '<rate-limit-by-key calls="1" renewal-period="1" counter-key="k" />',
     "quota-by-key": '<quota-by-key calls="1" renewal-period="300" counter-key="k" />',
     "llm-token-limit": '<llm-token-limit counter-key="k" tokens-per-minute="60" estimate-prompt-tokens="false" />',
+    "llm-content-safety": '<llm-content-safety backend-id="builtin" />',
     "llm-emit-token-metric": '<llm-emit-token-metric><dimension name="API ID" /></llm-emit-token-metric>',
     "llm-semantic-cache-lookup": '<llm-semantic-cache-lookup score-threshold="0.05" embeddings-backend-id="emb" '
     'embeddings-backend-auth="system-assigned"><vary-by>@(context.Subscription.Id)</vary-by>'

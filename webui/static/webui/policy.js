@@ -1,10 +1,15 @@
 // Sluice policy editor (templates/webui/policy_editor.html): marks the lines the validation errors name in the
-// Ace editor's gutter, and switches between the document and the effective policy tabs.
+// Ace editor's gutter, lets keyboard users leave the editor (Escape, then Tab), and switches between the document and the effective policy tabs.
 "use strict";
 window.addEventListener("load", () => {
   const marks = JSON.parse(document.getElementById("policy-marks").textContent || "null") || [];
   const widget = document.querySelector(".django-ace-widget");
   const editor = widget && widget.editor;
+  if (editor) {
+    // Tab indents inside Ace, which would trap a keyboard user. Ace's keyboard accessibility mode: Escape leaves the
+    // text for the editor's box, from where Tab moves on (and Shift+Tab back); Enter on the box edits again.
+    editor.setOption("enableKeyboardAccessibility", true);
+  }
   if (editor && marks.length) {
     editor.getSession().setAnnotations(marks.map((m) => ({ row: m.row, column: m.column, text: m.text, type: "error" })));
     editor.gotoLine(marks[0].row + 1, marks[0].column, true);
