@@ -5,6 +5,7 @@ tests/gateway/semcache/."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import numpy as np
@@ -13,9 +14,10 @@ import pytest
 
 from gateway.app import TRACE_HEADER
 from gateway.policy import PolicyError, parse_document
+from gateway.policy.builtin import llm_semantic_cache_store as store_module
 from tests.gateway.fakes import FakeUpstream
 
-from ..helpers import gateway, header
+from ..helpers import Gateway, gateway, header, snapshot
 
 LOOKUP = (
     '<llm-semantic-cache-lookup score-threshold="0.05" embeddings-backend-id="emb" '
@@ -160,3 +162,40 @@ async def test_the_trace_shows_the_miss_the_store_and_then_the_hit() -> None:
     hit = orjson.loads(header(await gw.chat(body=BODY, trace=True), TRACE_HEADER))
     entry = next(e for e in hit if e.get("policy") == "llm-semantic-cache-lookup")
     assert entry["result"] == "hit" and entry["score"] == 0.0 and entry["score-threshold"] == 0.05
+
+
+def chat_stream(words: list[str]) -> list[bytes]:
+    events = [{"id": "c2", "object": "chat.completion.chunk", "model": "gpt-4o",
+               "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]  # fmt: skip
+    events += [{"choices": [{"index": 0, "delta": {"content": word}}]} for word in words]
+    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    return [b"data: " + orjson.dumps(event) + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
+
+
+def streaming(words: list[str]):
+    plain = respond()
+
+    def answer(call):
+        if call.target.endswith("/embeddings"):
+            return plain(call)
+        return FakeUpstream(headers=[(b"content-type", b"text/event-stream")], chunks=chat_stream(words))
+
+    return answer
+
+
+@pytest.mark.parametrize(("words", "stored"), [(["alpha ", "beta"], True), (["alpha ", "forbidden ", "beta"], False)])
+async def test_a_stream_content_safety_cuts_is_not_stored(words: list[str], stored: bool) -> None:
+    safety = (
+        '<llm-content-safety backend-id="builtin" window-size="20" window-overlap-size="10">'
+        "<blocklists><id>words</id></blocklists></llm-content-safety>"
+    )
+    snap = snapshot(api_policy=policy(f'{safety}<llm-semantic-cache-store duration="60"/>'))
+    snap["blocklists"] = [{"name": "words", "items": [{"kind": "term", "value": "forbidden"}]}]
+    gw = Gateway(snap, streaming(words))
+    body = orjson.dumps({"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Tell me"}]})
+    response = await gw.chat(body=body)
+    streamed_body = b"".join([chunk async for chunk in response.body_iter])
+    assert b"forbidden" not in streamed_body and (b"[DONE]" in streamed_body) is stored  # cut, or whole
+    await asyncio.gather(*store_module._pending)  # the entry is written in a task of its own once the request is over
+    again = await gw.chat(body=orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "Tell me"}]}))
+    assert (header(again, b"x-semantic-cache") or b"").startswith(b"hit") is stored
