@@ -199,3 +199,33 @@ async def test_a_stream_content_safety_cuts_is_not_stored(words: list[str], stor
     await asyncio.gather(*store_module._pending)  # the entry is written in a task of its own once the request is over
     again = await gw.chat(body=orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "Tell me"}]}))
     assert (header(again, b"x-semantic-cache") or b"").startswith(b"hit") is stored
+
+
+async def test_content_safety_checks_a_cached_answer_too() -> None:
+    def answer(call):
+        if call.target.endswith("/embeddings"):
+            return respond()(call)
+        document = {"id": "c3", "object": "chat.completion", "model": "gpt-4o",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "a forbidden answer"},
+                                 "finish_reason": "stop"}]}  # fmt: skip
+        return FakeUpstream(body=orjson.dumps(document))
+
+    safety = (
+        '<llm-content-safety backend-id="builtin" enforce-on-completions="true">'
+        "<blocklists><id>words</id></blocklists></llm-content-safety>"
+    )
+
+    def snap(term: str) -> dict:
+        lookup = EMB_LOOKUP.format(extra="", children="")
+        data = snapshot(
+            api_policy=f'<policies><inbound>{safety}{lookup}</inbound><outbound><llm-semantic-cache-store duration="60"/></outbound></policies>'
+        )
+        data["blocklists"] = [{"name": "words", "items": [{"kind": "term", "value": term}]}]
+        return data
+
+    gw = Gateway(snap("unrelated"), answer)
+    assert (await gw.chat(body=BODY)).status == 200  # allowed, and stored
+    gw.app.snapshot = Gateway(snap("forbidden"), answer).app.snapshot  # the same cache, a stricter blocklist
+    blocked = await gw.chat(body=BODY)
+    assert blocked.status == 403
+    assert model_calls(gw) == 1  # the cached answer was checked, not a new one
