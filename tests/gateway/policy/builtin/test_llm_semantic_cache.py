@@ -217,8 +217,9 @@ async def test_content_safety_checks_a_cached_answer_too() -> None:
 
     def snap(term: str) -> dict:
         lookup = EMB_LOOKUP.format(extra="", children="")
+        store = '<llm-semantic-cache-store duration="60"/>'
         data = snapshot(
-            api_policy=f'<policies><inbound>{safety}{lookup}</inbound><outbound><llm-semantic-cache-store duration="60"/></outbound></policies>'
+            api_policy=f"<policies><inbound>{safety}{lookup}</inbound><outbound>{store}</outbound></policies>"
         )
         data["blocklists"] = [{"name": "words", "items": [{"kind": "term", "value": term}]}]
         return data
