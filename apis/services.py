@@ -157,7 +157,7 @@ def _import(data: Mapping[str, Any]) -> ImportResult:
     ]
     for product in products:
         product.apis.add(api)
-    policy, _ = set_policy(PolicyScopeChoices.API, api, build_api_policy(data, context))
+    policy, _ = set_policy(PolicyScopeChoices.API, api, build_api_policy(data, context, prepare=True))
     return ImportResult(api, operations, backend, named_value, policy, products, members)
 
 

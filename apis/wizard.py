@@ -1,8 +1,9 @@
 """The Language Model API import wizard: the operation sets and the API policy document it generates.
 
 The API policy is assembled from `POLICY_CONTRIBUTORS`, a list in the spirit of Kong's filter lists: each contributor
-turns one optional block of the wizard input (`token_limit`, `semantic_cache`, … in later issues) into `inbound` and
-`outbound` elements. Adding a wizard tab is adding a contributor (with a `serializer_class` for its block).
+turns one optional block of the wizard input (`token_limit`, `token_metrics`, `semantic_cache`, …) into `inbound` and
+`outbound` elements, after creating what they refer to (`prepare`). Adding a wizard tab is adding a contributor (with
+a `serializer_class` for its block).
 """
 
 from collections.abc import Mapping
@@ -10,10 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from django.conf import settings
 from rest_framework import serializers
 
 from backends.models import Backend
 from content_safety.models import Blocklist
+from embeddings import DEFAULT_SCORE_THRESHOLD
 from gateway.contract import (
     BUILT_IN_DIMENSIONS,
     CONTENT_SAFETY_BUILTIN,
@@ -40,6 +43,8 @@ __all__ = (
     "ImportContext",
     "OperationSpec",
     "PolicyContributor",
+    "SemanticCache",
+    "SemanticCacheSerializer",
     "TokenLimit",
     "TokenLimitSerializer",
     "TokenMetricsSerializer",
@@ -127,6 +132,9 @@ class PolicyContributor:
 
     key: str = ""
     serializer_class = None
+
+    def prepare(self, block: Mapping[str, Any], context: ImportContext) -> None:
+        """Create what the elements refer to (called inside the import's transaction, before they are built)."""
 
     def inbound(self, block: Mapping[str, Any], context: ImportContext) -> list[Element]:
         return []
@@ -347,12 +355,111 @@ class ContentSafety(PolicyContributor):
 POLICY_CONTRIBUTORS.append(ContentSafety())
 
 
-def build_api_policy(data: Mapping[str, Any], context: ImportContext) -> str:
+#
+# Semantic cache (llm-semantic-cache-lookup / llm-semantic-cache-store)
+#
+
+LOCAL_EMBEDDINGS = "local"
+LOCAL_EMBEDDINGS_BACKEND = "local-embeddings"
+VARY_BY = {
+    "subscription": '@(context.Subscription?.Id ?? "anonymous")',
+    "ip": "@(context.Request.IpAddress)",
+}
+MAX_CACHE_DURATION = 366 * 86400  # the store policy's bound
+
+
+class SemanticCacheSerializer(StrictFieldsMixin, serializers.Serializer):
+    """`semantic_cache`: answer prompts close to an earlier one from the cache (apim-spec §3.3)."""
+
+    embeddings_backend = serializers.CharField(
+        max_length=80,
+        help_text=f'The name of a backend serving OpenAI-compatible /embeddings, or "{LOCAL_EMBEDDINGS}" for the '
+        "built-in embeddings server (the backend local-embeddings is created for it).",
+    )
+    score_threshold = serializers.FloatField(
+        min_value=0.0, max_value=1.0, default=DEFAULT_SCORE_THRESHOLD, help_text="Cosine distance: smaller is stricter."
+    )
+    duration = serializers.IntegerField(min_value=1, max_value=MAX_CACHE_DURATION, default=3600)
+    vary_by = serializers.ListField(
+        child=serializers.CharField(max_length=1000),
+        default=["subscription"],
+        help_text='Partitions of the cache: "subscription", "ip", or policy expressions; concatenated.',
+    )
+    ignore_system_messages = serializers.BooleanField(default=True)
+    max_message_count = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
+    embeddings_model = serializers.CharField(
+        max_length=200, required=False, help_text='The "model" sent to the embeddings backend.'
+    )
+
+    def validate_embeddings_backend(self, value):
+        if value != LOCAL_EMBEDDINGS and not Backend.objects.filter(name=value).exists():
+            raise serializers.ValidationError(f"No backend is named '{value}' (or give \"{LOCAL_EMBEDDINGS}\").")
+        return value
+
+    def validate_vary_by(self, value):
+        for item in value:
+            try:
+                parse_value(VARY_BY.get(item, item), where="vary_by")
+            except PolicyError as exc:
+                raise serializers.ValidationError(exc.message) from None
+            if item not in VARY_BY and not is_expression(item):
+                names = ", ".join(f'"{name}"' for name in VARY_BY)
+                raise serializers.ValidationError(f"{item!r} is neither {names} nor a policy expression @(...).")
+        return value
+
+    def validate_embeddings_model(self, value):
+        if is_expression(value):
+            raise serializers.ValidationError("Policy expressions are not allowed in the embeddings model.")
+        return value
+
+
+class SemanticCache(PolicyContributor):
+    """Adds `<llm-semantic-cache-lookup>` (inbound) and `<llm-semantic-cache-store>` (outbound)."""
+
+    key = "semantic_cache"
+    serializer_class = SemanticCacheSerializer
+
+    def prepare(self, block, context):
+        if block["embeddings_backend"] == LOCAL_EMBEDDINGS:
+            Backend.objects.get_or_create(
+                name=LOCAL_EMBEDDINGS_BACKEND,
+                defaults={
+                    "url": settings.SLUICE["LOCAL_EMBEDDINGS_URL"],
+                    "description": "The built-in embeddings server (all-MiniLM-L6-v2), for the semantic cache.",
+                },
+            )
+
+    def inbound(self, block, context):
+        backend = block["embeddings_backend"]
+        attrs = {
+            "score-threshold": f"{block.get('score_threshold', DEFAULT_SCORE_THRESHOLD):g}",
+            "embeddings-backend-id": LOCAL_EMBEDDINGS_BACKEND if backend == LOCAL_EMBEDDINGS else backend,
+            "embeddings-backend-auth": "system-assigned",
+            "ignore-system-messages": "true" if block.get("ignore_system_messages", True) else "false",
+        }
+        if block.get("max_message_count") is not None:
+            attrs["max-message-count"] = str(block["max_message_count"])
+        if block.get("embeddings_model"):
+            attrs["sluice-embeddings-model"] = block["embeddings_model"]
+        vary = [Element("vary-by", text=VARY_BY.get(item, item)) for item in block.get("vary_by", ["subscription"])]
+        return [Element("llm-semantic-cache-lookup", attrs, vary)]
+
+    def outbound(self, block, context):
+        return [Element("llm-semantic-cache-store", {"duration": str(block.get("duration", 3600))})]
+
+
+POLICY_CONTRIBUTORS.append(SemanticCache())
+
+
+def build_api_policy(data: Mapping[str, Any], context: ImportContext, *, prepare: bool = False) -> str:
+    """The API's policy document; ``prepare``: first create what it refers to (the import does, a preview not)."""
     inbound, outbound = [Element("base")], [Element("base")]
     for contributor in POLICY_CONTRIBUTORS:
         block = data.get(contributor.key) if contributor.key else {}
         if block is None:
             continue
+        if prepare:
+            contributor.prepare(block, context)
         inbound += contributor.inbound(block, context)
         outbound += contributor.outbound(block, context)
     document = Element(

@@ -37,6 +37,7 @@ from gateway.pipeline import JSON_HEADERS, Pipeline, error_body, error_response,
 from gateway.redis import RespClient
 from gateway.request_checks import path_problem
 from gateway.secrets import trace_key, verify_trace_token
+from gateway.semcache import SemanticCache, create_semantic_cache
 from gateway.subscription import check_subscription, split_query_param
 from gateway.telemetry import Telemetry
 from gateway.tokens import get_tokenizer
@@ -81,7 +82,7 @@ class _Services(Forwarder):
     """The app's ``ctx.services``: the forwarder, plus the metrics policies record into and the counter store of
     the limit policies (``limits``: gateway.limits, in memory or Redis)."""
 
-    __slots__ = ("deployment", "limits", "metrics", "now")
+    __slots__ = ("deployment", "limits", "metrics", "now", "semantic_cache")
 
     def __init__(
         self,
@@ -90,10 +91,12 @@ class _Services(Forwarder):
         metrics: Metrics | None,
         limits: TokenStore | None = None,
         backends: BackendStates | None = None,
+        semantic_cache: SemanticCache | None = None,
     ) -> None:
         super().__init__(pool, clock, backends=backends)
         self.metrics = metrics
         self.limits = limits
+        self.semantic_cache = semantic_cache
         self.now: Callable[[], datetime] | None = None  # expressions use the system's wall clock
         self.deployment: Deployment | None = None
 
@@ -113,6 +116,7 @@ class GatewayApp:
         limits: TokenStore | None = None,
         wall_clock: Callable[[], float] = time.time,
         backends: BackendStates | None = None,
+        semantic_cache: SemanticCache | None = None,
     ) -> None:
         self.config = config
         self.wall_clock = wall_clock  # Unix time: the expiry of trace tokens
@@ -127,7 +131,7 @@ class GatewayApp:
         self._backend_sync: asyncio.Task[None] | None = None
         if metrics is not None:
             backends.listeners.append(metrics.record_backend_state)
-        self.forwarder = _Services(pool, clock, metrics, limits, backends)
+        self.forwarder = _Services(pool, clock, metrics, limits, backends, semantic_cache)
         self.snapshot: Snapshot | None = None
         # the last snapshot refused as a whole and why ({"revision": ..., "reason": ...}); set by gateway.sync
         self.rejected: dict[str, object] | None = None
@@ -329,6 +333,8 @@ class GatewayApp:
             await shared.aclose()
         if self.forwarder.limits is not None:
             await self.forwarder.limits.aclose()
+        if self.forwarder.semantic_cache is not None:
+            await self.forwarder.semantic_cache.aclose()
         await self.pool.close()
 
 
@@ -406,6 +412,7 @@ def create_app(
     usage_journal: UsageJournal | None = None,
     token_store: TokenStore | None = None,
     backends: BackendStates | None = None,
+    semantic_cache: SemanticCache | None = None,
 ) -> GatewayApp:
     """Build the request handler; a default UpstreamPool is created from the config's timeouts.
 
@@ -436,5 +443,14 @@ def create_app(
     breaker = getattr(token_store, "breaker", None)  # the Redis store's circuit breaker (docs/redis-outage.md)
     if metrics is not None and breaker is not None:
         breaker.listeners.append(metrics.record_breaker)
+    if semantic_cache is None:  # REDIS_URL: entries shared by every replica; else per process
+        semantic_cache = create_semantic_cache(
+            pool,
+            clock,
+            redis_url=config.redis_url,
+            max_entries=config.semantic_cache_max_entries,
+            timeout=config.semantic_cache_timeout,
+            metrics=metrics,
+        )
     get_tokenizer()  # load the BPE tables now, not on the first request
-    return GatewayApp(config, pool, clock, telemetry, token_store, wall_clock, backends)
+    return GatewayApp(config, pool, clock, telemetry, token_store, wall_clock, backends, semantic_cache)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from gateway.limits import TokenStore
     from gateway.metrics import Metrics
     from gateway.model import ApiEntry, BackendTarget, OperationEntry, ProductEntry, SubscriptionEntry
+    from gateway.semcache import SemanticCache
     from gateway.types import Deployment, Section
 
 __all__ = (
@@ -79,6 +80,7 @@ class Services(Protocol):
     limits: TokenStore | None  # the counters of the limit policies (gateway.limits); None: no store configured
     pool: UpstreamPool  # the upstream connection pool, for policies that call a service (content safety)
     backends: BackendStates  # circuit breakers and pool positions (gateway.backends)
+    semantic_cache: SemanticCache | None  # the store and embeddings client of the semantic cache policies
 
     def forward(self, ctx: RequestContext, timeout: float | None) -> Awaitable[None]:
         """Send the request to ``ctx.backend`` and set ``ctx.response``; raises GatewayError."""
@@ -137,4 +139,8 @@ class RequestContext:
     status: int = 0  # the status sent to the client, set before ``on_finish`` runs
     # one entry per forwarding attempt (gateway.forward): backend, why it was chosen, status or error reason
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    # Set by an inbound step that answered from a cache (llm-semantic-cache-lookup) along with ``ctx.response``:
+    # the backend is skipped, and outbound resumes after the first top-level step with one of these names.
+    resume_outbound_after: frozenset[str] | None = None
+    semantic_cache: Any = None  # the lookup's state for the store and the usage record (gateway.semcache.CacheState)
     started: float = 0.0

@@ -52,6 +52,8 @@ UPSTREAM_ERRORS: Final = "sluice_upstream_errors"
 DROPPED: Final = "sluice_metric_label_sets_dropped"
 BREAKER_STATE: Final = "sluice_redis_breaker_state"
 BREAKER_OPENED: Final = "sluice_redis_breaker_opened"
+SEMANTIC_CACHE: Final = "sluice_semantic_cache"  # exposed as sluice_semantic_cache_total
+TOKENS_SAVED: Final = "sluice_semantic_cache_tokens_saved"
 CONTENT_SAFETY: Final = "sluice_content_safety_checks"
 BACKEND_STATE: Final = "sluice_backend_state"
 BACKEND_TRIPS: Final = "sluice_backend_trips"
@@ -287,8 +289,10 @@ class Metrics:
         "multiprocess_dir",
         "registry",
         "requests",
+        "semantic_cache",
         "snapshot_quarantined",
         "snapshot_rejected",
+        "tokens_saved",
         "upstream_errors",
     )  # fmt: skip
 
@@ -351,6 +355,22 @@ class Metrics:
             registry=reg, multiprocess_mode="max",
         )  # fmt: skip
         self.breaker_opened = Counter(BREAKER_OPENED, "Times the counter store circuit breaker opened.", registry=reg)
+        self.semantic_cache = self._family(
+            Counter(
+                SEMANTIC_CACHE,
+                "Semantic cache events: hit, miss, skipped, lookup_error, stored, not_stored, store_error.",
+                ["api", "operation", "result"],
+                registry=reg,
+            )
+        )
+        self.tokens_saved = self._family(
+            Counter(
+                TOKENS_SAVED,
+                "Tokens the model did not spend: the usage of answers served from the semantic cache.",
+                ["api"],
+                registry=reg,
+            )
+        )
         self.content_safety = self._family(
             Counter(
                 CONTENT_SAFETY,
@@ -406,6 +426,12 @@ class Metrics:
 
     def record_upstream_error(self, api: str, backend: str, reason: str) -> None:
         self.upstream_errors.child((api, backend, reason)).inc()
+
+    def record_semantic_cache(self, api: str, operation: str, result: str) -> None:
+        self.semantic_cache.child((api, operation, result)).inc()
+
+    def record_tokens_saved(self, api: str, tokens: int) -> None:
+        self.tokens_saved.child((api,)).inc(tokens)
 
     def record_content_safety(self, api: str, direction: str, outcome: str, reason: str) -> None:
         self.content_safety.child((api, direction, outcome, reason)).inc()

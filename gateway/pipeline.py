@@ -105,16 +105,20 @@ async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingR
         if pipeline.requires_json_body and ctx.request.body:
             _check_body(ctx)
         response = await _run_section(ctx, Section.INBOUND, pipeline.inbound)
-        if response is None:
+        outbound = pipeline.outbound
+        if response is not None and ctx.resume_outbound_after is not None and ctx.response is not None:
+            response = None  # answered from a cache: no backend, outbound from after the cache's store step
+            outbound = _resume_after(outbound, ctx.resume_outbound_after)
+        elif response is None:
             response = await _run_section(ctx, Section.BACKEND, pipeline.backend)
         if response is None:
             if pipeline.requires_response_body:
                 await _read_body(ctx)
-            if ctx.response_checks:  # inbound steps' checks of the backend's response
+            if ctx.response_checks:  # inbound steps' checks of the response (the backend's, or a cached one)
                 checks, ctx.response_checks = ctx.response_checks, []
                 for check in checks:
                     await check(ctx)
-            response = await _run_section(ctx, Section.OUTBOUND, pipeline.outbound)
+            response = await _run_section(ctx, Section.OUTBOUND, outbound)
         if response is not None:  # a step ended the request (return-response, cache hit, limit, ...)
             abandon_filters(ctx.chunk_filters)
             await discard_upstream(ctx)
@@ -129,6 +133,14 @@ async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingR
         abandon_filters(ctx.chunk_filters)
         await discard_upstream(ctx)
         raise
+
+
+def _resume_after(steps: tuple[Policy, ...], names: frozenset[str]) -> tuple[Policy, ...]:
+    """The outbound steps after the first top-level one named in ``names``; none when there is no such step."""
+    for i, step in enumerate(steps):
+        if step.name in names:
+            return steps[i + 1 :]
+    return ()
 
 
 def _check_body(ctx: RequestContext) -> None:

@@ -59,6 +59,8 @@ class GatewaySettings:
     admin_host: str = "127.0.0.1"  # the admin listener: metrics and health, never routed to an API
     admin_port: int = 9180  # 0 = no admin listener
     max_retry_after: float = 3600.0  # cap on a backend's Retry-After as a circuit breaker trip time (seconds)
+    semantic_cache_max_entries: int = 1000  # entries per semantic cache partition (LRU beyond): bounds a lookup
+    semantic_cache_timeout: float = 5.0  # seconds the lookup waits for the embeddings backend, then goes on
 
     @property
     def usage_spool_path(self) -> str:
@@ -102,4 +104,6 @@ class GatewaySettings:
             max_retry_after=_number(env, "SLUICE_MAX_RETRY_AFTER", "3600", float, 0),
             admin_host=_get(env, "SLUICE_ADMIN_HOST", "127.0.0.1"),
             admin_port=int(_number(env, "SLUICE_ADMIN_PORT", "9180", int, 0)),
+            semantic_cache_max_entries=int(_number(env, "SLUICE_SEMANTIC_CACHE_MAX_ENTRIES", "1000", int, 1)),
+            semantic_cache_timeout=_number(env, "SLUICE_SEMANTIC_CACHE_TIMEOUT", "5", float, 0.001),
         )

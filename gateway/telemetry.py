@@ -97,6 +97,11 @@ class Telemetry:
             usage = ctx.usage
             product = ctx.product
             subscription = ctx.subscription
+            cache = ctx.semantic_cache
+            hit = cache is not None and cache.hit  # the record then carries the tokens the cached answer saved
+            prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
+            if hit:
+                prompt, completion = cache.prompt_tokens, cache.completion_tokens
             self._emit(
                 ctx.request_id,
                 api,
@@ -105,12 +110,13 @@ class Telemetry:
                 elapsed,
                 subscription=subscription.name if subscription is not None else None,
                 product=product.name if product is not None else None,
-                backend=backend_name,
+                backend=None if hit else backend_name,
                 failed_attempts=failed,
                 model=_model(ctx),
-                prompt_tokens=usage.prompt_tokens if usage is not None else 0,
-                completion_tokens=usage.completion_tokens if usage is not None else 0,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
                 block_reason=ctx.block_reason,
+                cache_hit=hit,
             )
 
     def finish_early(
@@ -147,6 +153,7 @@ class Telemetry:
         model: str | None = None,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        cache_hit: bool = False,
         block_reason: str | None = None,
         failed_attempts: str | None = None,
     ) -> None:
@@ -164,7 +171,7 @@ class Telemetry:
             completion_tokens=completion_tokens,
             status=status,
             latency_ms=elapsed * 1000.0,
-            cache_hit=False,
+            cache_hit=cache_hit,
             gateway_id=self.gateway_id,
             block_reason=block_reason,
             failed_attempts=failed_attempts,

@@ -251,11 +251,13 @@ def usage_report(
         .values("period", *dimensions)
         .annotate(
             requests_sum=Sum("requests"),
-            prompt_tokens_sum=Sum("prompt_tokens"),
-            completion_tokens_sum=Sum("completion_tokens"),
-            total_tokens_sum=Sum("total_tokens"),
+            # tokens the models spent; a cache hit's record carries the tokens its answer saved (docs/semantic-cache.md)
+            prompt_tokens_sum=Sum("prompt_tokens", filter=Q(cache_hit=False)),
+            completion_tokens_sum=Sum("completion_tokens", filter=Q(cache_hit=False)),
+            total_tokens_sum=Sum("total_tokens", filter=Q(cache_hit=False)),
             latency_sum=Sum("latency_ms_sum"),
             cache_hits=Sum("requests", filter=Q(cache_hit=True)),
+            tokens_saved=Sum("total_tokens", filter=Q(cache_hit=True)),
             blocked=Sum("requests", filter=~Q(block_reason="")),
         )
         .order_by("period", *dimensions)
@@ -265,11 +267,12 @@ def usage_report(
             "key": "/".join(row[name] for name in dimensions) or None,
             "period": row["period"],
             "requests": row["requests_sum"],
-            "prompt_tokens": row["prompt_tokens_sum"],
-            "completion_tokens": row["completion_tokens_sum"],
-            "total_tokens": row["total_tokens_sum"],
+            "prompt_tokens": row["prompt_tokens_sum"] or 0,
+            "completion_tokens": row["completion_tokens_sum"] or 0,
+            "total_tokens": row["total_tokens_sum"] or 0,
             "avg_latency_ms": round(row["latency_sum"] / row["requests_sum"], 3) if row["requests_sum"] else 0.0,
             "cache_hits": row["cache_hits"] or 0,
+            "tokens_saved": row["tokens_saved"] or 0,
             "blocked": row["blocked"] or 0,
         }
         for row in rows

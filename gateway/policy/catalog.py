@@ -59,6 +59,8 @@ def _u(*sections: Section, scopes: frozenset[Scope] = ALL_SCOPES, message: str =
 IMPLEMENTED: Final[frozenset[str]] = frozenset(
     {
         "azure-openai-emit-token-metric",
+        "azure-openai-semantic-cache-lookup",
+        "azure-openai-semantic-cache-store",
         "azure-openai-token-limit",
         "base",
         "check-header",
@@ -67,6 +69,8 @@ IMPLEMENTED: Final[frozenset[str]] = frozenset(
         "limit-concurrency",
         "llm-content-safety",
         "llm-emit-token-metric",
+        "llm-semantic-cache-lookup",
+        "llm-semantic-cache-store",
         "llm-token-limit",
         "quota-by-key",
         "rate-limit-by-key",
@@ -101,10 +105,6 @@ UNSUPPORTED: Final[dict[str, Usage]] = {
     "redirect-content-urls": _u(IN, OUT),
     "xsl-transform": _u(IN, OUT),
     # AI gateway
-    "llm-semantic-cache-lookup": _u(IN),
-    "llm-semantic-cache-store": _u(OUT),
-    "azure-openai-semantic-cache-lookup": _u(IN),
-    "azure-openai-semantic-cache-store": _u(OUT),
     # access restriction and authentication
     "rate-limit": _u(IN, scopes=_NOT_GLOBAL),
     "quota": _u(IN, scopes=_NOT_GLOBAL),

@@ -236,4 +236,10 @@ SLUICE = {
     # link-local / cloud metadata addresses are refused unless allowed here.
     "PROBE_ALLOW_LOOPBACK": env.bool("SLUICE_PROBE_ALLOW_LOOPBACK", False),
     "PROBE_ALLOW_LINK_LOCAL": env.bool("SLUICE_PROBE_ALLOW_LINK_LOCAL", False),
+    # The local embeddings server (`python -m embeddings`, started by `make run`): its port, and the URL of the
+    # backend the import wizard creates for `"semantic_cache": {"embeddings_backend": "local"}`.
+    "EMBEDDINGS_PORT": env.int("SLUICE_EMBEDDINGS_PORT", 18100),
 }
+SLUICE["LOCAL_EMBEDDINGS_URL"] = env(
+    "SLUICE_LOCAL_EMBEDDINGS_URL", default=f"http://127.0.0.1:{SLUICE['EMBEDDINGS_PORT']}/v1/embeddings"
+)

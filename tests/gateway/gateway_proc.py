@@ -56,9 +56,14 @@ class RunningGateway:
 
 
 def start_gateway(
-    start: Callable[..., Any], tmp_path: Path, snapshot: dict, management_url: str | None = None
+    start: Callable[..., Any],
+    tmp_path: Path,
+    snapshot: dict,
+    management_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> RunningGateway:
-    """Start ``python -m gateway`` serving ``snapshot``; returns once /__sluice/health answers 200."""
+    """Start ``python -m gateway`` serving ``snapshot``; returns once /__sluice/health answers 200. ``extra_env`` is
+    added to the process's environment (``REDIS_URL`` is dropped unless it is given there)."""
     cache = tmp_path / "snapshot.json"
     cache.write_bytes(orjson.dumps(snapshot))
     port = free_port()
@@ -75,6 +80,7 @@ def start_gateway(
     }
     if management_url is None:
         env["SLUICE_USAGE_SETTLE_TIMEOUT"] = "0"
+    env.update(extra_env or {})
     process = start(
         [sys.executable, "-m", "gateway"], f"http://127.0.0.1:{port}/__sluice/health", env=env, name="gateway"
     )

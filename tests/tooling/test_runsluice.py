@@ -194,6 +194,52 @@ def start_runsluice(
     return process, ports
 
 
+def assert_the_wizard_caches_semantically_with_the_local_engine(
+    management: str, token: str, ports: dict[str, int], embeddings: str
+) -> None:
+    """The embedded default caches semantically with no external service: an API imported with
+    ``"semantic_cache": {"embeddings_backend": "local"}`` gets a backend on the embeddings server ``make run`` started,
+    and a paraphrase of a prompt is answered from the cache."""
+    body = {
+        "display_name": "Cached",
+        "url": f"http://127.0.0.1:{ports['mock']}/v1",
+        "path": "cached/v1",
+        "type": "openai",
+        "subscription_required": False,  # the demo key is for the demo API only
+        "semantic_cache": {"embeddings_backend": "local"},
+    }
+    request = urllib.request.Request(
+        f"{management}/api/apis/import-language-model/",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 201
+    request = urllib.request.Request(
+        f"{management}/api/backends/local-embeddings/", headers={"Authorization": f"Token {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.load(response)["url"] == embeddings
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports['gateway']}/cached/v1", api_key="unused", max_retries=0)
+    deadline = time.monotonic() + 20
+    while True:  # the gateway serves the new API once it has polled the new snapshot
+        try:
+            first = client.chat.completions.with_raw_response.create(
+                model="mock", messages=[{"role": "user", "content": "How do I reset my password?"}]
+            )
+            break
+        except openai.NotFoundError:
+            assert time.monotonic() < deadline, "the gateway did not serve the imported API"
+            time.sleep(0.2)
+    assert first.headers["x-semantic-cache"] == "miss"
+    again = client.chat.completions.with_raw_response.create(
+        model="mock", messages=[{"role": "user", "content": "How can I reset my password?"}]
+    )
+    assert again.headers["x-semantic-cache"].startswith("hit; score=")
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+
+
 def test_runsluice_serves_the_demo_and_stops_everything_on_sigterm(tmp_path):
     process, ports = start_runsluice(tmp_path)
     try:
@@ -234,6 +280,7 @@ def test_runsluice_serves_the_demo_and_stops_everything_on_sigterm(tmp_path):
         assert f"Embeddings       {embeddings}" in output
         vectors = openai.OpenAI(base_url=embeddings.removesuffix("/embeddings"), api_key="unused", max_retries=0)
         assert len(vectors.embeddings.create(model="all-MiniLM-L6-v2", input="Hello").data[0].embedding) == 384
+        assert_the_wizard_caches_semantically_with_the_local_engine(management, token, ports, embeddings)
 
         children = child_pids(process.pid)
         assert len(children) == 4, children  # mock model, embeddings server, management plane, gateway

@@ -46,11 +46,13 @@ def test_group_by_api_per_hour(api_client, rows):
             "key": "chat",
             "period": iso(BASE),
             "requests": 4,
-            "prompt_tokens": 30,
-            "completion_tokens": 60,
-            "total_tokens": 90,
+            # the cache hit's tokens were saved, not spent: in tokens_saved, not in the totals
+            "prompt_tokens": 20,
+            "completion_tokens": 40,
+            "total_tokens": 60,
             "avg_latency_ms": 112.5,
             "cache_hits": 1,
+            "tokens_saved": 30,
             "blocked": 0,
         },
         {
@@ -62,6 +64,7 @@ def test_group_by_api_per_hour(api_client, rows):
             "total_tokens": 30,
             "avg_latency_ms": 100.0,
             "cache_hits": 0,
+            "tokens_saved": 0,
             "blocked": 0,
         },
     ]

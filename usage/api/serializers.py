@@ -110,6 +110,9 @@ class UsageRowSerializer(serializers.Serializer):
     total_tokens = serializers.IntegerField()
     avg_latency_ms = serializers.FloatField()
     cache_hits = serializers.IntegerField()
+    tokens_saved = serializers.IntegerField(
+        help_text="Tokens of the answers served from the semantic cache (not counted in the token totals)."
+    )
     blocked = serializers.IntegerField(
         help_text="Requests a policy refused or whose response it cut (content safety); see the usage records' "
         "block_reason."

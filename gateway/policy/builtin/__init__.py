@@ -15,6 +15,8 @@ from .forward_request import ForwardRequest
 from .limit_concurrency import LimitConcurrency
 from .llm_content_safety import LlmContentSafety
 from .llm_emit_token_metric import AzureOpenAiEmitTokenMetric, LlmEmitTokenMetric
+from .llm_semantic_cache_lookup import AzureOpenAiSemanticCacheLookup, LlmSemanticCacheLookup
+from .llm_semantic_cache_store import AzureOpenAiSemanticCacheStore, LlmSemanticCacheStore
 from .llm_token_limit import AzureOpenAiTokenLimit, LlmTokenLimit
 from .quota_by_key import QuotaByKey
 from .rate_limit_by_key import RateLimitByKey
@@ -51,6 +53,11 @@ BUILTINS: Final[tuple[type[Policy], ...]] = (
     AzureOpenAiTokenLimit,
     LlmEmitTokenMetric,
     AzureOpenAiEmitTokenMetric,
+    # semantic cache
+    LlmSemanticCacheLookup,
+    AzureOpenAiSemanticCacheLookup,
+    LlmSemanticCacheStore,
+    AzureOpenAiSemanticCacheStore,
     # content safety
     LlmContentSafety,
 )

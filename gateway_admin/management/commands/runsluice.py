@@ -208,8 +208,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--embeddings-port",
             type=int,
-            default=18100,
-            help="local embeddings server (all-MiniLM-L6-v2) on 127.0.0.1 (default 18100, 0 = none)",
+            default=settings.SLUICE["EMBEDDINGS_PORT"],
+            help="local embeddings server (all-MiniLM-L6-v2) on 127.0.0.1 (default SLUICE_EMBEDDINGS_PORT or 18100, "
+            "0 = none)",
         )
         parser.add_argument(
             "--admin-port",
@@ -372,6 +373,8 @@ class Command(BaseCommand):
             log_dir / "embeddings.log",
             f"http://127.0.0.1:{port}/health",
         )
+        # the management plane (started after this) derives the wizard's "local" embeddings backend from it
+        os.environ["SLUICE_EMBEDDINGS_PORT"] = str(port)
         return f"http://127.0.0.1:{port}/v1/embeddings"
 
     def seed_demo(self, mock_base_url: str) -> str:

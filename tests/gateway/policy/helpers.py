@@ -47,10 +47,16 @@ EXAMPLES = {
     "llm-token-limit": '<llm-token-limit counter-key="k" tokens-per-minute="60" estimate-prompt-tokens="false" />',
     "llm-content-safety": '<llm-content-safety backend-id="builtin" />',
     "llm-emit-token-metric": '<llm-emit-token-metric><dimension name="API ID" /></llm-emit-token-metric>',
+    "llm-semantic-cache-lookup": '<llm-semantic-cache-lookup score-threshold="0.05" embeddings-backend-id="emb" '
+    'embeddings-backend-auth="system-assigned"><vary-by>@(context.Subscription.Id)</vary-by>'
+    "</llm-semantic-cache-lookup>",
+    "llm-semantic-cache-store": '<llm-semantic-cache-store duration="60" />',
 }
 # an APIM alias is written like the policy it renames
 EXAMPLES["azure-openai-token-limit"] = EXAMPLES["llm-token-limit"].replace("llm-", "azure-openai-")
 EXAMPLES["azure-openai-emit-token-metric"] = EXAMPLES["llm-emit-token-metric"].replace("llm-", "azure-openai-")
+for _name in ("llm-semantic-cache-lookup", "llm-semantic-cache-store"):
+    EXAMPLES[_name.replace("llm-", "azure-openai-")] = EXAMPLES[_name].replace("llm-", "azure-openai-")
 
 
 def usage_document(cls: type[Policy]) -> str:

@@ -40,6 +40,8 @@ APIM_SECTIONS = {
     "llm-token-limit": {IN}, "azure-openai-token-limit": {IN},
     "llm-content-safety": {IN, Section.OUTBOUND},
     "llm-emit-token-metric": {IN}, "azure-openai-emit-token-metric": {IN},
+    "llm-semantic-cache-lookup": {IN}, "azure-openai-semantic-cache-lookup": {IN},
+    "llm-semantic-cache-store": {Section.OUTBOUND}, "azure-openai-semantic-cache-store": {Section.OUTBOUND},
 }  # fmt: skip
 
 
