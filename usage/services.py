@@ -347,8 +347,9 @@ def usage_series(
     keys: Iterable[str | None],
     filters: Mapping[str, str] | None = None,
 ) -> list[dict]:
-    """Requests and total (spent: not a cache hit's saved) tokens per period for each of `keys`; every other key is summed in rows whose
-    `other` is True (and `key` None). At most (periods x (len(keys) + 1)) rows, in one query."""
+    """Requests and total tokens (spent ones: not a cache hit's saved) per period for each of `keys`; every other
+    key is summed in rows whose `other` is True (and `key` None). At most (periods x (len(keys) + 1)) rows, in one
+    query."""
     dimensions = GROUP_BY_FIELDS[group_by]
     chosen = Q(pk__in=[])  # matches nothing
     for key in keys:

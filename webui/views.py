@@ -132,7 +132,7 @@ def breaker_rule(breaker: dict | None) -> str:
     if condition.get("percentage") is not None:
         trips.append(f"{condition['percentage']}% failures")
     ranges = ", ".join(
-        str(r.get("min")) if r.get("min") == r.get("max") else f"{r.get('min')}–{r.get('max')}"
+        str(r.get("min")) if r.get("min") == r.get("max") else f"{r.get('min')}-{r.get('max')}"
         for r in condition.get("statusCodeRanges") or []
     )
     text = f"{rule.get('name', 'rule')}: trips on {' or '.join(trips) or 'failures'}"

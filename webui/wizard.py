@@ -19,7 +19,6 @@ from apis.wizard import (
     CONTENT_SAFETY_BUILTIN,
     CONTENT_SAFETY_CATEGORIES,
     LOCAL_EMBEDDINGS,
-    MAX_CACHE_DURATION,
     OPTIONAL_OPENAI_OPERATIONS,
     ContentSafetySerializer,
     SemanticCacheSerializer,
@@ -196,7 +195,7 @@ class CachingForm(forms.Form):
         label="Score threshold",
         required=False,
         initial=DEFAULT_SCORE_THRESHOLD,
-        help_text="Cosine distance 0–1: smaller is stricter.",
+        help_text="Cosine distance 0 to 1: smaller is stricter.",
     )
     duration = forms.IntegerField(label="Duration (seconds)", required=False, initial=3600)
     vary_by_subscription = forms.BooleanField(
@@ -228,7 +227,7 @@ class CachingForm(forms.Form):
     def clean(self):
         cleaned = super().clean()
         if not self.errors:
-            for key, block in self.blocks().items():
+            for block in self.blocks().values():
                 errors = _serializer_errors(SemanticCacheSerializer, block)
                 add_errors(self, errors, {"vary_by": "vary_by_subscription"})
         return cleaned
@@ -265,7 +264,7 @@ class SafetyForm(forms.Form):
             self.fields[f"category_{category}"] = forms.IntegerField(
                 label=f"{category} threshold",
                 required=False,
-                help_text="0–7 (EightSeverityLevels); empty: not checked.",
+                help_text="0 to 7 (EightSeverityLevels); empty: not checked.",
             )
 
     def blocks(self) -> dict:
