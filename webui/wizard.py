@@ -264,6 +264,8 @@ class SafetyForm(forms.Form):
             self.fields[f"category_{category}"] = forms.IntegerField(
                 label=f"{category} threshold",
                 required=False,
+                min_value=0,
+                max_value=7,
                 help_text="0 to 7 (EightSeverityLevels); empty: not checked.",
             )
 
@@ -293,7 +295,9 @@ class SafetyForm(forms.Form):
         if not self.errors:
             for block in self.blocks().values():
                 errors = _serializer_errors(ContentSafetySerializer, block)
-                add_errors(self, errors, CATEGORY_ALIASES)
+                # a message on all the categories goes on the first one filled in
+                first = next(iter(block.get("categories") or CONTENT_SAFETY_CATEGORIES))
+                add_errors(self, errors, {**CATEGORY_ALIASES, "categories": f"category_{first}"})
         return cleaned
 
 
