@@ -124,8 +124,14 @@ def test_probe_reports_the_exact_error(mock_llm):
     assert "answered 404" in result.message
 
 
-CACHING = {"caching-enable": "on", "caching-embeddings_backend": "local", "caching-score_threshold": "0.2",
-           "caching-duration": "600", "caching-vary_by_subscription": "on", "caching-max_message_count": "4"}  # fmt: skip
+CACHING = {
+    "caching-enable": "on",
+    "caching-embeddings_backend": "local",
+    "caching-score_threshold": "0.2",
+    "caching-duration": "600",
+    "caching-vary_by_subscription": "on",
+    "caching-max_message_count": "4",
+}
 
 
 def test_caching_and_safety_steps_build_the_rest_blocks(operator_client):
