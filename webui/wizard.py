@@ -318,6 +318,21 @@ BLOCK_STEPS = {
     "caching": ("semantic_cache",),
     "safety": ("content_safety",),
 }
+# a policy a whole-write error names -> the step that adds it
+POLICY_STEPS = {
+    "llm-token-limit": "tokens",
+    "llm-emit-token-metric": "tokens",
+    "llm-semantic-cache": "caching",
+    "llm-content-safety": "safety",
+}
+
+
+class _BackToStep(Exception):
+    """Not an error: the page to show instead of the created API (a refused import)."""
+
+    def __init__(self, response):
+        super().__init__()
+        self.response = response
 
 
 class ImportWizardView(LoginRequiredMixin, PermissionRequiredMixin, SessionWizardView):
@@ -398,30 +413,40 @@ class ImportWizardView(LoginRequiredMixin, PermissionRequiredMixin, SessionWizar
             return self.render(form, probe=result)
         return super().post(*args, **kwargs)
 
+    def render_done(self, form, **kwargs):
+        # formtools resets the wizard's storage after `done`; a refused import keeps it, to correct one step
+        try:
+            return super().render_done(form, **kwargs)
+        except _BackToStep as back:
+            return back.response
+
     def done(self, form_list, form_dict, **kwargs):
         data = self.import_data()
         try:
             result = import_language_model(data)
         except REFUSALS as exc:
-            return self.back_to_field(refusal_errors(exc))
+            raise _BackToStep(self.back_to_field(refusal_errors(exc))) from exc
         messages.success(self.request, f"Created API '{result.api.name}' with {len(result.operations)} operation(s).")
         return redirect(reverse("webui:object-detail", kwargs={"kind": "apis", "name": result.api.name}))
 
     def back_to_field(self, errors: dict[str, list[str]]):
-        """Show the service's errors on the step that holds their field (the first step otherwise)."""
+        """Show the service's errors on the step that holds their field, or whose policy a whole-write error (the
+        write-time check's) names; the first step otherwise."""
         step = "configure"
         for name, keys in BLOCK_STEPS.items():
             if any(field.partition(".")[0] in keys for field in errors):
                 step = name
                 break
+        else:
+            text = " ".join(message for messages in errors.values() for message in messages)
+            step = next((name for policy, name in POLICY_STEPS.items() if policy in text), step)
         form = self.get_form(step=step, data=self.storage.get_step_data(step), files=self.storage.get_step_files(step))
         form.is_valid()
         if step != "configure":
             keys = BLOCK_STEPS[step]
             errors = {
-                field.partition(".")[2] or "detail": msgs
+                (field.partition(".")[2] or "detail") if field.partition(".")[0] in keys else "detail": msgs
                 for field, msgs in errors.items()
-                if field.partition(".")[0] in keys
             }
             add_errors(form, errors, CATEGORY_ALIASES)
         else:

@@ -167,7 +167,7 @@ def test_caching_and_safety_step_errors_in_place(operator_client):
     step(operator_client, "caching", CACHING)
     bad = {"safety-enable": "on", "safety-backend": "builtin", "safety-category_Hate": "3"}
     response = step(operator_client, "safety", bad)
-    assert response.context["wizard"]["steps"].current == "safety"
+    assert response.context["wizard"]["steps"].current == "safety", response.context["form"].errors
     assert "no harm categories" in " ".join(response.context["form"].errors["category_Hate"])
     response = step(operator_client, "safety", {"safety-enable": "on", "safety-backend": "builtin"})
     assert "at least one blocklist" in " ".join(response.context["form"].errors["blocklists"])
@@ -182,3 +182,24 @@ def test_disabled_steps_add_no_policy(operator_client):
     assert response.status_code == 302
     value = API.objects.get(name="gemini").policies.get().value
     assert "semantic-cache" not in value and "content-safety" not in value
+
+
+def test_a_policy_refused_by_the_write_time_check_goes_back_to_its_step(operator_client):
+    """Shield prompt on an OpenAI moderation endpoint passes the block's serializer, but the gateways could not
+    load the policy: the wizard goes back to the content-safety step and says why."""
+    BackendFactory(name="moderation", url="https://moderation.example.com/v1")
+    operator_client.post(URL, CONFIGURE)
+    step(operator_client, "tokens")
+    step(operator_client, "caching")
+    safety = {"safety-enable": "on", "safety-backend": "moderation", "safety-shield_prompt": "on"}
+    assert step(operator_client, "safety", safety).context["wizard"]["steps"].current == "review"
+    response = step(operator_client, "review")
+    assert response.status_code == 200
+    assert response.context["wizard"]["steps"].current == "safety", response.context["form"].errors
+    assert "shield-prompt needs an engine with prompt shields" in " ".join(response.context["form"].non_field_errors())
+    assert not API.objects.filter(name="gemini").exists()
+    # the other steps are kept: unticking shield prompt is enough to create the API
+    safety.pop("safety-shield_prompt")
+    assert step(operator_client, "safety", safety).context["wizard"]["steps"].current == "review"
+    assert step(operator_client, "review").status_code == 302
+    assert 'backend-id="moderation"' in API.objects.get(name="gemini").policies.get().value
