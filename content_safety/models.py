@@ -41,3 +41,12 @@ class Blocklist(ConfigurationModel):
 
     def __str__(self):
         return self.name
+
+    def item_count(self) -> int:
+        return len(self.items or ())
+
+    def term_list(self) -> str:
+        return ", ".join(item["value"] for item in self.items or () if item.get("kind") == "term") or "—"
+
+    def regex_list(self) -> str:
+        return "  ".join(item["value"] for item in self.items or () if item.get("kind") == "regex") or "—"

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Case, CharField, F, Q, Sum, Value, When
-from django.db.models.functions import Concat, Greatest, Trunc
+from django.db.models.functions import Coalesce, Concat, Greatest, Trunc
 from django.utils import timezone
 
 from gateway.usage.record import UsageRecord
@@ -282,11 +282,15 @@ def usage_report(
 # The dashboard's two aggregates (webui.usage): with many keys (a thousand APIs) the full report has a row per key
 # and period, while a chart shows ten keys and "the rest"; these let the database do the ranking and the summing.
 
+# a cache hit's rollup carries the tokens its answer saved: not spent, so counted apart (as in usage_report)
+_SPENT = Q(cache_hit=False)
 _TOTALS = {
     "requests_sum": Sum("requests"),
-    "prompt_tokens_sum": Sum("prompt_tokens"),
-    "completion_tokens_sum": Sum("completion_tokens"),
-    "total_tokens_sum": Sum("total_tokens"),
+    "prompt_tokens_sum": Coalesce(Sum("prompt_tokens", filter=_SPENT), 0),
+    "completion_tokens_sum": Coalesce(Sum("completion_tokens", filter=_SPENT), 0),
+    "total_tokens_sum": Coalesce(Sum("total_tokens", filter=_SPENT), 0),
+    "tokens_saved_sum": Coalesce(Sum("total_tokens", filter=~_SPENT), 0),
+    "blocked_sum": Coalesce(Sum("requests", filter=~Q(block_reason="")), 0),
 }
 
 
@@ -327,6 +331,8 @@ def usage_top(
             "prompt_tokens": row["prompt_tokens_sum"],
             "completion_tokens": row["completion_tokens_sum"],
             "total_tokens": row["total_tokens_sum"],
+            "tokens_saved": row["tokens_saved_sum"],
+            "blocked": row["blocked_sum"],
         }
         for row in rows
     ]
@@ -341,8 +347,9 @@ def usage_series(
     keys: Iterable[str | None],
     filters: Mapping[str, str] | None = None,
 ) -> list[dict]:
-    """Requests and total tokens per period for each of `keys`; every other key is summed in rows whose
-    `other` is True (and `key` None). At most (periods x (len(keys) + 1)) rows, in one query."""
+    """Requests and total tokens (spent ones: not a cache hit's saved) per period for each of `keys`; every other
+    key is summed in rows whose `other` is True (and `key` None). At most (periods x (len(keys) + 1)) rows, in one
+    query."""
     dimensions = GROUP_BY_FIELDS[group_by]
     chosen = Q(pk__in=[])  # matches nothing
     for key in keys:
@@ -353,7 +360,7 @@ def usage_series(
         _rollups(start, end, filters)
         .annotate(period=Trunc("minute", interval, tzinfo=UTC), bucket=bucket)
         .values("period", "bucket")
-        .annotate(requests_sum=Sum("requests"), total_tokens_sum=Sum("total_tokens"))
+        .annotate(requests_sum=Sum("requests"), total_tokens_sum=Coalesce(Sum("total_tokens", filter=_SPENT), 0))
         .order_by("period", "bucket")
     )
     return [

@@ -7,12 +7,15 @@ from django.db import models
 from apis.choices import APITypeChoices, HttpMethodChoices
 from apis.models import API
 from backends.models import BackendType
+from content_safety.api.serializers import BlocklistItemSerializer
 from subscriptions.choices import ProductStateChoices, SubscriptionStateChoices
 from subscriptions.models import Product
 
 __all__ = (
     "APIForm",
     "BackendForm",
+    "BlocklistCreateForm",
+    "BlocklistForm",
     "CheckList",
     "NamedValueCreateForm",
     "NamedValueForm",
@@ -117,6 +120,57 @@ class BackendForm(UIForm):
         return data
 
 
+class BlocklistForm(UIForm):
+    """Items as two boxes, one per line; each line is checked by the REST item serializer (RE2 syntax and all), so
+    its message can name the box and the line."""
+
+    description = _area("Description")
+    terms = forms.CharField(
+        label="Terms (one per line)",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 6}),
+        help_text="Whole words, matched after Unicode normalization and case folding.",
+    )
+    regexes = forms.CharField(
+        label="Regular expressions (one per line, RE2 syntax)",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 6}),
+        help_text="Linear-time RE2 syntax: no backreferences or lookaround.",
+    )
+    BOXES = (("terms", "term"), ("regexes", "regex"))
+
+    def __init__(self, *args, initial=None, **kwargs):
+        if initial is not None and "items" in initial:
+            items = initial.get("items") or ()
+            initial = {
+                **initial,
+                **{box: "\n".join(i["value"] for i in items if i["kind"] == kind) for box, kind in self.BOXES},
+            }
+        super().__init__(*args, initial=initial, **kwargs)
+
+    def items(self, box: str, kind: str) -> list[tuple[int, dict]]:
+        lines = (self.cleaned_data.get(box) or "").splitlines()
+        return [(n, {"kind": kind, "value": line}) for n, line in enumerate(lines, start=1) if line.strip()]
+
+    def clean(self):
+        cleaned = super().clean()
+        for box, kind in self.BOXES:
+            for number, item in self.items(box, kind):
+                serializer = BlocklistItemSerializer(data=item)
+                if not serializer.is_valid():
+                    for messages in serializer.errors.values():
+                        for message in messages:
+                            self.add_error(box, f"Line {number}: {message}")
+        return cleaned
+
+    def to_data(self) -> dict:
+        data = {key: value for key, value in super().to_data().items() if key not in ("terms", "regexes")}
+        data["items"] = [item for box, kind in self.BOXES for _, item in self.items(box, kind)]
+        return data
+
+
 class NamedValueForm(UIForm):
     secret = forms.BooleanField(label="Secret", required=False)
     value = forms.CharField(
@@ -195,3 +249,8 @@ class NamedValueCreateForm(NamedValueForm):
         widget=forms.PasswordInput(render_value=False),
         help_text="Not shown again once typed: if the form comes back with an error, type it again.",
     )
+
+
+class BlocklistCreateForm(BlocklistForm):
+    field_order = ("name",)
+    name = _name_field()

@@ -17,6 +17,9 @@ from backends.api.serializers import BackendSerializer
 from backends.filtersets import BackendFilterSet
 from backends.models import Backend
 from backends.services import delete_backend
+from content_safety.api.serializers import BlocklistSerializer
+from content_safety.filtersets import BlocklistFilterSet
+from content_safety.models import Blocklist
 from named_values.api.serializers import NamedValueSerializer
 from named_values.filtersets import NamedValueFilterSet
 from named_values.models import NamedValue
@@ -143,6 +146,23 @@ KINDS: dict[str, Kind] = {
             form_class=ui_forms.BackendForm,
             queryset=Backend.objects.all,
             delete=delete_backend,
+        ),
+        Kind(
+            slug="blocklists",
+            model=Blocklist,
+            serializer_class=BlocklistSerializer,
+            filterset_class=BlocklistFilterSet,
+            snapshot_kind="blocklist",
+            columns=(("name", "Name"), ("description", "Description"), ("item_count", "Items")),
+            detail_fields=(
+                ("description", "Description"),
+                ("term_list", "Terms"),
+                ("regex_list", "Regular expressions"),
+            ),
+            search_fields=("name", "description"),
+            form_class=ui_forms.BlocklistForm,
+            create_form_class=ui_forms.BlocklistCreateForm,
+            queryset=Blocklist.objects.all,
         ),
         Kind(
             slug="named-values",

@@ -16,6 +16,7 @@ from django.utils.http import urlencode
 from django.views.decorators.cache import never_cache
 from django.views.generic import TemplateView
 
+from backends.services import backend_state
 from gateway_admin.filtersets import StrictBooleanField
 from gateway_admin.models import RevealRecord
 from gateway_admin.safety import validated_write
@@ -100,9 +101,49 @@ DISPLAY = {
     "api_names": lambda product: ", ".join(sorted(a.name for a in product.apis.all())) or "—",
     "shown_value": lambda nv: MASK if nv.secret else (nv.plain_value or "—"),
     "tag_list": lambda nv: ", ".join(nv.tags) or "—",
+    "pool": lambda backend: pool_members(backend.pool),
+    "circuit_breaker": lambda backend: breaker_rule(backend.circuit_breaker),
     "masked_primary_key": lambda sub: MASK,
     "masked_secondary_key": lambda sub: MASK,
 }
+
+
+def pool_members(pool: dict | None) -> str:
+    """A pool's members as "name (priority p, weight w)"."""
+    services = (pool or {}).get("services") or []
+    return (
+        ", ".join(
+            f"{s.get('backend')} (priority {s.get('priority', 1)}, weight {s.get('weight', 1)})" for s in services
+        )
+        or "—"
+    )
+
+
+def breaker_rule(breaker: dict | None) -> str:
+    """A circuit-breaker rule in words: what trips it and for how long."""
+    rules = (breaker or {}).get("rules") or []
+    if not rules:
+        return "—"
+    rule = rules[0]
+    condition = rule.get("failureCondition") or {}
+    trips = []
+    if condition.get("count") is not None:
+        trips.append(f"{condition['count']} failures")
+    if condition.get("percentage") is not None:
+        trips.append(f"{condition['percentage']}% failures")
+    ranges = ", ".join(
+        str(r.get("min")) if r.get("min") == r.get("max") else f"{r.get('min')}-{r.get('max')}"
+        for r in condition.get("statusCodeRanges") or []
+    )
+    text = f"{rule.get('name', 'rule')}: trips on {' or '.join(trips) or 'failures'}"
+    if ranges:
+        text += f" (status {ranges})"
+    if condition.get("interval"):
+        text += f" within {condition['interval']}"
+    text += f", open for {rule.get('tripDuration', '?')}"
+    if rule.get("acceptRetryAfter"):
+        text += " (or Retry-After)"
+    return text
 
 
 def policy_editor_url(scope: str, owner=None) -> str:
@@ -219,6 +260,9 @@ class ObjectDetailView(KindMixin, UIView):
             context["subscribe_url"] = f"{reverse('webui:object-create', kwargs={'kind': 'subscriptions'})}?" + (
                 urlencode({"scope": scope})
             )
+        if self.kind.slug == "backends":
+            # the same report as GET /api/backends/{name}/state/
+            context["breaker_state"] = backend_state(obj)
         if self.kind.slug == "apis":
             context["operations"] = [
                 (reverse("webui:object-detail", kwargs={"kind": "operations", "api": obj.name, "name": op.name}), op)

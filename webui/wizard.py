@@ -16,18 +16,26 @@ from apis.api.views import APIViewSet
 from apis.choices import APITypeChoices
 from apis.services import import_context, import_language_model
 from apis.wizard import (
+    CONTENT_SAFETY_BUILTIN,
+    CONTENT_SAFETY_CATEGORIES,
+    LOCAL_EMBEDDINGS,
     OPTIONAL_OPENAI_OPERATIONS,
+    ContentSafetySerializer,
+    SemanticCacheSerializer,
     TokenLimitSerializer,
     TokenMetricsSerializer,
     build_api_policy,
     operation_specs,
 )
+from backends.models import Backend
+from content_safety.models import Blocklist
+from embeddings import DEFAULT_SCORE_THRESHOLD
 from gateway.contract import BUILT_IN_DIMENSIONS, PERIODS
 from named_values import crypto
 from subscriptions.models import Product
 
 from .errors import REFUSALS, add_errors, refusal_errors
-from .forms import names_field
+from .forms import CheckList, names_field
 from .probe import probe_url
 
 __all__ = ("ImportWizardView",)
@@ -166,8 +174,131 @@ class TokensForm(forms.Form):
         return cleaned
 
 
-class ComingSoonForm(forms.Form):
-    """A step whose policy is not built yet: nothing to fill in."""
+def _backend_choices(special: str, label: str) -> list[tuple[str, str]]:
+    """The backends by name, after a built-in choice (read when the form is made, so new backends show)."""
+    return [
+        (special, label),
+        *((name, name) for name in Backend.objects.order_by("name").values_list("name", flat=True)),
+    ]
+
+
+class CachingForm(forms.Form):
+    """Apply semantic caching: `llm-semantic-cache-lookup` and `-store` (the REST block semantic_cache)."""
+
+    enable = forms.BooleanField(label="Enable semantic caching", required=False)
+    embeddings_backend = forms.ChoiceField(
+        label="Embeddings backend",
+        required=False,
+        help_text="A backend serving OpenAI-compatible /embeddings, or the built-in embeddings server.",
+    )
+    score_threshold = forms.FloatField(
+        label="Score threshold",
+        required=False,
+        initial=DEFAULT_SCORE_THRESHOLD,
+        help_text="Cosine distance 0 to 1: smaller is stricter.",
+    )
+    duration = forms.IntegerField(label="Duration (seconds)", required=False, initial=3600)
+    vary_by_subscription = forms.BooleanField(
+        label="Keep a separate cache per subscription", required=False, initial=True
+    )
+    ignore_system_messages = forms.BooleanField(label="Ignore system messages", required=False, initial=True)
+    max_message_count = forms.IntegerField(
+        label="Max message count", required=False, help_text="Skip the cache for longer conversations; empty: no limit."
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["embeddings_backend"].choices = _backend_choices(LOCAL_EMBEDDINGS, "Built-in (local)")
+
+    def blocks(self) -> dict:
+        cleaned = self.cleaned_data
+        if not cleaned.get("enable"):
+            return {}
+        block = {
+            "embeddings_backend": cleaned.get("embeddings_backend") or LOCAL_EMBEDDINGS,
+            "vary_by": ["subscription"] if cleaned.get("vary_by_subscription") else [],
+            "ignore_system_messages": bool(cleaned.get("ignore_system_messages")),
+        }
+        for key in ("score_threshold", "duration", "max_message_count"):
+            if cleaned.get(key) is not None:
+                block[key] = cleaned[key]
+        return {"semantic_cache": block}
+
+    def clean(self):
+        cleaned = super().clean()
+        if not self.errors:
+            for block in self.blocks().values():
+                errors = _serializer_errors(SemanticCacheSerializer, block)
+                add_errors(self, errors, {"vary_by": "vary_by_subscription"})
+        return cleaned
+
+
+# a threshold's message is named categories.<Category>
+CATEGORY_ALIASES = {f"categories.{category}": f"category_{category}" for category in CONTENT_SAFETY_CATEGORIES}
+
+
+class SafetyForm(forms.Form):
+    """AI content safety: `llm-content-safety` (the REST block content_safety)."""
+
+    enable = forms.BooleanField(label="Enable content safety", required=False)
+    backend = forms.ChoiceField(
+        label="Engine",
+        required=False,
+        help_text="Azure AI Content Safety or an OpenAI-compatible moderation backend, or the built-in blocklist "
+        "engine.",
+    )
+    shield_prompt = forms.BooleanField(label="Shield prompt (detect prompt attacks)", required=False)
+    blocklists = forms.ModelMultipleChoiceField(
+        label="Blocklists",
+        queryset=Blocklist.objects.order_by("name").only("pk", "name"),
+        to_field_name="name",
+        required=False,
+        widget=CheckList,
+    )
+    enforce_on_completions = forms.BooleanField(label="Check completions too", required=False, initial=True)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["backend"].choices = _backend_choices(CONTENT_SAFETY_BUILTIN, "Built-in (blocklists only)")
+        for category in CONTENT_SAFETY_CATEGORIES:
+            self.fields[f"category_{category}"] = forms.IntegerField(
+                label=f"{category} threshold",
+                required=False,
+                min_value=0,
+                max_value=7,
+                help_text="0 to 7 (EightSeverityLevels); empty: not checked.",
+            )
+
+    def blocks(self) -> dict:
+        cleaned = self.cleaned_data
+        if not cleaned.get("enable"):
+            return {}
+        block: dict = {
+            "backend": cleaned.get("backend") or CONTENT_SAFETY_BUILTIN,
+            "shield_prompt": bool(cleaned.get("shield_prompt")),
+            "enforce_on_completions": bool(cleaned.get("enforce_on_completions")),
+        }
+        categories = {
+            category: cleaned[f"category_{category}"]
+            for category in CONTENT_SAFETY_CATEGORIES
+            if cleaned.get(f"category_{category}") is not None
+        }
+        if categories:
+            block["categories"] = categories
+        names = [blocklist.name for blocklist in cleaned.get("blocklists") or ()]
+        if names:
+            block["blocklists"] = names
+        return {"content_safety": block}
+
+    def clean(self):
+        cleaned = super().clean()
+        if not self.errors:
+            for block in self.blocks().values():
+                errors = _serializer_errors(ContentSafetySerializer, block)
+                # a message on all the categories goes on the first one filled in
+                first = next(iter(block.get("categories") or CONTENT_SAFETY_CATEGORIES))
+                add_errors(self, errors, {**CATEGORY_ALIASES, "categories": f"category_{first}"})
+        return cleaned
 
 
 class ReviewForm(forms.Form):
@@ -177,11 +308,31 @@ class ReviewForm(forms.Form):
 STEPS = (
     ("configure", "Configure API", ConfigureForm),
     ("tokens", "Manage token consumption", TokensForm),
-    ("caching", "Apply semantic caching", ComingSoonForm),
-    ("safety", "AI content safety", ComingSoonForm),
+    ("caching", "Apply semantic caching", CachingForm),
+    ("safety", "AI content safety", SafetyForm),
     ("review", "Review", ReviewForm),
 )
-COMING_SOON = {"caching", "safety"}
+# step -> the REST blocks its form builds
+BLOCK_STEPS = {
+    "tokens": ("token_limit", "token_metrics"),
+    "caching": ("semantic_cache",),
+    "safety": ("content_safety",),
+}
+# a policy a whole-write error names -> the step that adds it
+POLICY_STEPS = {
+    "llm-token-limit": "tokens",
+    "llm-emit-token-metric": "tokens",
+    "llm-semantic-cache": "caching",
+    "llm-content-safety": "safety",
+}
+
+
+class _BackToStep(Exception):
+    """Not an error: the page to show instead of the created API (a refused import)."""
+
+    def __init__(self, response):
+        super().__init__()
+        self.response = response
 
 
 class ImportWizardView(LoginRequiredMixin, PermissionRequiredMixin, SessionWizardView):
@@ -194,9 +345,10 @@ class ImportWizardView(LoginRequiredMixin, PermissionRequiredMixin, SessionWizar
         """The service input from the steps validated so far."""
         configure = self._form("configure")
         data = configure.service_data() if configure else {}
-        tokens = self._form("tokens")
-        if tokens is not None:
-            data.update(tokens.blocks())
+        for step in BLOCK_STEPS:
+            form = self._form(step)
+            if form is not None:
+                data.update(form.blocks())
         return data
 
     # The access key never rests in the session in plaintext: formtools keeps each step's data there (in the
@@ -228,7 +380,6 @@ class ImportWizardView(LoginRequiredMixin, PermissionRequiredMixin, SessionWizar
             for index, (name, title, _) in enumerate(STEPS, start=1)
         ]
         context["step_title"] = dict((name, title) for name, title, _ in STEPS)[current]
-        context["coming_soon"] = current in COMING_SOON
         if current == "review":
             context["preview"] = self.preview(self.import_data())
         return context
@@ -262,26 +413,42 @@ class ImportWizardView(LoginRequiredMixin, PermissionRequiredMixin, SessionWizar
             return self.render(form, probe=result)
         return super().post(*args, **kwargs)
 
+    def render_done(self, form, **kwargs):
+        # formtools resets the wizard's storage after `done`; a refused import keeps it, to correct one step
+        try:
+            return super().render_done(form, **kwargs)
+        except _BackToStep as back:
+            return back.response
+
     def done(self, form_list, form_dict, **kwargs):
         data = self.import_data()
         try:
             result = import_language_model(data)
         except REFUSALS as exc:
-            return self.back_to_field(refusal_errors(exc))
+            raise _BackToStep(self.back_to_field(refusal_errors(exc))) from exc
         messages.success(self.request, f"Created API '{result.api.name}' with {len(result.operations)} operation(s).")
         return redirect(reverse("webui:object-detail", kwargs={"kind": "apis", "name": result.api.name}))
 
     def back_to_field(self, errors: dict[str, list[str]]):
-        """Show the service's errors on the step that holds their field (the first step otherwise)."""
-        tokens_fields = set(TokensForm.base_fields)
+        """Show the service's errors on the step that holds their field, or whose policy a whole-write error (the
+        write-time check's) names; the first step otherwise."""
         step = "configure"
-        if any(field.partition(".")[0] in ("token_limit", "token_metrics") for field in errors):
-            step = "tokens"
+        for name, keys in BLOCK_STEPS.items():
+            if any(field.partition(".")[0] in keys for field in errors):
+                step = name
+                break
+        else:
+            text = " ".join(message for messages in errors.values() for message in messages)
+            step = next((name for policy, name in POLICY_STEPS.items() if policy in text), step)
         form = self.get_form(step=step, data=self.storage.get_step_data(step), files=self.storage.get_step_files(step))
         form.is_valid()
-        if step == "tokens":
-            errors = {field.partition(".")[2] or "detail": msgs for field, msgs in errors.items()}
-            add_errors(form, {k: v for k, v in errors.items() if k in tokens_fields or k == "detail"})
+        if step != "configure":
+            keys = BLOCK_STEPS[step]
+            errors = {
+                (field.partition(".")[2] or "detail") if field.partition(".")[0] in keys else "detail": msgs
+                for field, msgs in errors.items()
+            }
+            add_errors(form, errors, CATEGORY_ALIASES)
         else:
             add_errors(form, errors, CONFIGURE_ALIASES)
         self.storage.current_step = step

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from apis.models import API
+from content_safety.models import Blocklist
 from gateway_admin.models import RevealRecord
 from named_values.models import NamedValue
 from subscriptions.models import Subscription
@@ -77,6 +78,7 @@ def shot(page, name: str) -> None:
 
 
 def test_wizard_end_to_end_with_test_connection(page, live_server, mock_llm):
+    Blocklist.objects.create(name="profanity", items=[{"kind": "term", "value": "darn"}])
     page.get_by_role("link", name="Import", exact=True).click()
     page.get_by_label("Display name").fill("Mock model")
     page.get_by_label("URL:", exact=True).fill(mock_llm.base_url)
@@ -99,12 +101,37 @@ def test_wizard_end_to_end_with_test_connection(page, live_server, mock_llm):
     page.get_by_label("Tokens per minute").fill("5000")
     shot(page, "wizard-2-tokens")
     page.get_by_role("button", name="Next").click()
-    page.get_by_text("Coming soon").wait_for()
+
+    page.get_by_role("heading", name="Step 3 of 5: Apply semantic caching").wait_for()
+    page.get_by_label("Enable semantic caching").check()
+    page.get_by_label("Embeddings backend").select_option("local")
+    page.get_by_label("Score threshold").fill("1.5")  # out of range: the REST serializer's error in place
     page.get_by_role("button", name="Next").click()
-    page.get_by_text("Coming soon").wait_for()
+    page.get_by_role("heading", name="Step 3 of 5: Apply semantic caching").wait_for()
+    assert "less than or equal to 1" in page.locator("#id_caching-score_threshold_error").inner_text()
+    shot(page, "wizard-3-caching-errors")
+    page.get_by_label("Score threshold").fill("0.1")
+    page.get_by_label("Max message count").fill("5")
+    shot(page, "wizard-3-caching")
+    page.get_by_role("button", name="Next").click()
+
+    page.get_by_role("heading", name="Step 4 of 5: AI content safety").wait_for()
+    page.get_by_label("Enable content safety").check()
+    page.get_by_label("Engine").select_option("builtin")
+    page.get_by_label("Hate threshold").fill("2")  # the built-in engine has no categories
+    page.get_by_role("button", name="Next").click()
+    page.get_by_role("heading", name="Step 4 of 5: AI content safety").wait_for()
+    assert "no harm categories" in page.locator("#id_safety-category_Hate_error").inner_text()
+    page.get_by_label("Hate threshold").fill("")
+    page.get_by_label("profanity").check()
+    shot(page, "wizard-4-safety")
     page.get_by_role("button", name="Next").click()
 
     page.get_by_role("heading", name="Step 5 of 5: Review").wait_for()
+    xml = page.locator("pre.xml").inner_text()
+    assert 'score-threshold="0.1"' in xml and 'max-message-count="5"' in xml
+    assert "<llm-semantic-cache-store" in xml
+    assert 'backend-id="builtin"' in xml and "<id>profanity</id>" in xml
     review = page.locator("main").inner_text()
     assert "mock-model-backend" in review
     assert "mock-model-key" in review
@@ -119,6 +146,8 @@ def test_wizard_end_to_end_with_test_connection(page, live_server, mock_llm):
     assert api.path == "mock/v1"
     assert sorted(api.operations.values_list("name", flat=True)) == ["chat-completions", "list-models"]
     assert NamedValue.objects.get(name="mock-model-key").secret
+    policy = api.policies.get().value
+    assert "llm-semantic-cache-lookup" in policy and "llm-content-safety" in policy
 
 
 def test_passthrough_gemini_style_api_through_the_wizard(page, live_server, mock_llm):

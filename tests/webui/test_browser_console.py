@@ -61,3 +61,44 @@ def test_console_sends_through_the_gateway_and_shows_the_trace(page, live_server
     steps = page.locator(".checklist li").all_inner_texts()  # no subscription besides master yet
     assert [step.split(":")[0] for step in steps] == ["Done", "To do", "Done"]
     shot(page, "home")
+
+
+def test_console_trace_shows_cache_safety_and_backend(page, live_server, mock_llm, gateway_for):  # noqa: F811
+    """An API with the semantic cache and the built-in content safety: the trace's summary says hit or miss with
+    the score, each safety verdict, and the backend that answered."""
+    from apis.services import import_language_model
+    from tests.management.factories import BackendFactory, BlocklistFactory
+
+    import_mock_api(mock_llm, name="warmup", path="warmup/v1")  # the all-access subscription
+    BackendFactory(name="embed", url=mock_llm.base_url)
+    BlocklistFactory(name="words", items=[{"kind": "term", "value": "forbidden"}])
+    import_language_model(
+        {"display_name": "Cached", "name": "cached", "url": mock_llm.base_url, "path": "cached/v1", "type": "openai",
+         "semantic_cache": {"embeddings_backend": "embed", "score_threshold": 0.05},
+         "content_safety": {"backend": "builtin", "blocklists": ["words"]}}
+    )  # fmt: skip
+    gateway_for()
+    page.goto(f"{live_server.url}/ui/apis/cached/console/")
+    page.get_by_role("button", name="Show key").click()
+    page.wait_for_function("document.getElementById('key').type === 'text'")
+    summary = page.locator("#trace-summary")
+    body = {"model": "m", "messages": [{"role": "user", "content": "tell me about rivers"}]}
+    page.get_by_label("Request body").fill(json.dumps(body))
+    page.get_by_role("button", name="Send").click()
+    page.locator("#response-status").get_by_text("200 OK").wait_for()
+    summary.get_by_text("Semantic cache: miss").wait_for()
+    text = summary.inner_text()
+    assert "Content safety, prompt: allowed by builtin" in text, text
+    assert "Backend: cached-backend answered 200" in text, text
+
+    page.get_by_role("button", name="Send").click()  # the same prompt again: from the cache
+    summary.get_by_text("Semantic cache: hit (score").wait_for()
+    assert "Backend:" not in summary.inner_text()
+    shot(page, "console-trace-cache-hit")
+
+    body["messages"][0]["content"] = "this is forbidden"
+    page.get_by_label("Request body").fill(json.dumps(body))
+    page.get_by_role("button", name="Send").click()
+    summary.get_by_text("Content safety, prompt: blocked").wait_for()
+    assert "Backend:" not in summary.inner_text()
+    shot(page, "console-trace-blocked")

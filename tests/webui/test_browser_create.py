@@ -102,3 +102,31 @@ def test_secret_named_value_created_and_shown_only_by_reveal(page, live_server):
     page.get_by_text("sk-typed-in-browser").wait_for()
     record = RevealRecord.objects.get()
     assert (record.kind, record.name, record.channel) == ("named_value", "openai-key", "ui")
+
+
+def test_blocklist_with_a_bad_regex_shows_the_field_error(page, live_server):  # noqa: F811
+    from content_safety.models import Blocklist
+
+    page.goto(f"{live_server.url}/ui/blocklists/")
+    page.get_by_role("link", name="New blocklist").click()
+    page.get_by_label("Name:", exact=True).fill("profanity")
+    page.get_by_label("Terms (one per line)").fill("darn\nheck")
+    page.get_by_label("Regular expressions (one per line, RE2 syntax)").fill("fo+bar\n(a)\\1")  # a backreference
+    page.get_by_role("button", name="Create").click()
+    error = page.locator("#id_regexes_error")
+    error.wait_for()
+    assert "Line 2:" in error.inner_text()
+    regexes = page.get_by_label("Regular expressions (one per line, RE2 syntax)")
+    assert regexes.get_attribute("aria-invalid") == "true"
+    assert not Blocklist.objects.exists()
+    shot(page, "blocklist-create-errors")
+
+    regexes.fill("fo+bar")
+    page.get_by_role("button", name="Create").click()
+    page.get_by_text("Created blocklist 'profanity'.").wait_for()
+    assert Blocklist.objects.get(name="profanity").items == [
+        {"kind": "term", "value": "darn"},
+        {"kind": "term", "value": "heck"},
+        {"kind": "regex", "value": "fo+bar"},
+    ]
+    shot(page, "blocklist-detail")

@@ -10,6 +10,7 @@ from subscriptions.models import Subscription
 from tests.management.factories import (
     APIFactory,
     BackendFactory,
+    BlocklistFactory,
     NamedValueFactory,
     OperationFactory,
     ProductFactory,
@@ -35,6 +36,7 @@ def make(kind: str):
         "apis": lambda: APIFactory(),
         "operations": lambda: OperationFactory(),
         "backends": lambda: BackendFactory(),
+        "blocklists": lambda: BlocklistFactory(),
         "named-values": lambda: NamedValueFactory(secret=True),
         "products": lambda: ProductFactory(apis=[APIFactory()]),
         "subscriptions": lambda: SubscriptionFactory(api=APIFactory()),
@@ -42,7 +44,7 @@ def make(kind: str):
     return factories[kind]()
 
 
-KINDS = ("apis", "operations", "backends", "named-values", "products", "subscriptions")
+KINDS = ("apis", "operations", "backends", "blocklists", "named-values", "products", "subscriptions")
 
 
 #

@@ -110,3 +110,18 @@ def test_requests_without_a_key_are_one_consumer(reader_client):
     page = reader_client.get(URL, {"group_by": "subscription"})
     assert [(row["key"], row["total_tokens"]) for row in page.context["top"]] == [("(none)", 300), ("alice", 100)]
     assert sum(chart_of(page)["series"]["(none)"]["tokens"]) == 300
+
+
+def test_cache_hits_saved_tokens_are_not_spent_and_blocked_requests_show(reader_client):
+    rollup("chat", "alice", 100)
+    saved = rollup("chat", "alice", 100, minutes_ago=6)
+    saved.cache_hit = True  # a cache hit's rollup carries the tokens its answer saved
+    saved.save()
+    blocked = rollup("chat", "bob", 0, minutes_ago=7, requests=3)
+    blocked.block_reason = "content-safety"
+    blocked.save()
+    page = reader_client.get(URL, {"group_by": "api", "interval": "hour"})
+    [row] = page.context["top"]
+    assert (row["requests"], row["total_tokens"], row["tokens_saved"], row["blocked"]) == (5, 100, 100, 3)
+    assert sum(page.context["chart"]["series"]["chat"]["tokens"]) == 100
+    assert "Saved by cache" in page.content.decode()

@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from apis.models import API
 from named_values.models import NamedValue
-from tests.management.factories import APIFactory
+from tests.management.factories import APIFactory, BackendFactory, BlocklistFactory
 from webui import probe
 
 pytestmark = pytest.mark.django_db
@@ -122,3 +122,84 @@ def test_probe_reports_the_exact_error(mock_llm):
     result = probe.probe_url(f"{mock_llm.root_url}/nowhere", "openai")
     assert not result.ok
     assert "answered 404" in result.message
+
+
+CACHING = {
+    "caching-enable": "on",
+    "caching-embeddings_backend": "local",
+    "caching-score_threshold": "0.2",
+    "caching-duration": "600",
+    "caching-vary_by_subscription": "on",
+    "caching-max_message_count": "4",
+}
+
+
+def test_caching_and_safety_steps_build_the_rest_blocks(operator_client):
+    BlocklistFactory(name="profanity", items=[{"kind": "term", "value": "darn"}])
+    BackendFactory(name="moderation", url="https://safety.example.com")  # Azure AI Content Safety
+    operator_client.post(URL, CONFIGURE)
+    step(operator_client, "tokens")
+    response = step(operator_client, "caching", CACHING)
+    assert response.context["wizard"]["steps"].current == "safety", _errors(response)
+    safety = {"safety-enable": "on", "safety-backend": "moderation", "safety-shield_prompt": "on",
+              "safety-category_Hate": "2", "safety-category_Violence": "4", "safety-blocklists": ["profanity"],
+              "safety-enforce_on_completions": "on"}  # fmt: skip
+    response = step(operator_client, "safety", safety)
+    assert response.context["wizard"]["steps"].current == "review", _errors(response)
+    policy = response.context["preview"]["policy"]
+    assert 'score-threshold="0.2"' in policy and 'max-message-count="4"' in policy
+    assert 'embeddings-backend-id="local-embeddings"' in policy and '<llm-semantic-cache-store duration="600"' in policy
+    assert 'backend-id="moderation"' in policy and 'shield-prompt="true"' in policy
+    assert '<category name="Hate" threshold="2"' in policy and "<id>profanity</id>" in policy
+    response = step(operator_client, "review")
+    assert response.status_code == 302, (response.context["wizard"]["steps"].current, _errors(response))
+    value = API.objects.get(name="gemini").policies.get().value
+    assert "llm-semantic-cache-lookup" in value and "llm-content-safety" in value
+
+
+def test_caching_and_safety_step_errors_in_place(operator_client):
+    operator_client.post(URL, CONFIGURE)
+    step(operator_client, "tokens")
+    response = step(operator_client, "caching", {**CACHING, "caching-score_threshold": "2", "caching-duration": "0"})
+    errors = response.context["form"].errors
+    assert response.context["wizard"]["steps"].current == "caching"
+    assert set(errors) == {"score_threshold", "duration"}, errors
+    step(operator_client, "caching", CACHING)
+    bad = {"safety-enable": "on", "safety-backend": "builtin", "safety-category_Hate": "3"}
+    response = step(operator_client, "safety", bad)
+    assert response.context["wizard"]["steps"].current == "safety", response.context["form"].errors
+    assert "no harm categories" in " ".join(response.context["form"].errors["category_Hate"])
+    response = step(operator_client, "safety", {"safety-enable": "on", "safety-backend": "builtin"})
+    assert "at least one blocklist" in " ".join(response.context["form"].errors["blocklists"])
+    response = step(
+        operator_client, "safety", {"safety-enable": "on", "safety-backend": "x", "safety-category_Sexual": "9"}
+    )
+    assert set(response.context["form"].errors) == {"backend", "category_Sexual"}
+
+
+def test_disabled_steps_add_no_policy(operator_client):
+    response = walk_to_create(operator_client, CONFIGURE)
+    assert response.status_code == 302
+    value = API.objects.get(name="gemini").policies.get().value
+    assert "semantic-cache" not in value and "content-safety" not in value
+
+
+def test_a_policy_refused_by_the_write_time_check_goes_back_to_its_step(operator_client):
+    """Shield prompt on an OpenAI moderation endpoint passes the block's serializer, but the gateways could not
+    load the policy: the wizard goes back to the content-safety step and says why."""
+    BackendFactory(name="moderation", url="https://moderation.example.com/v1")
+    operator_client.post(URL, CONFIGURE)
+    step(operator_client, "tokens")
+    step(operator_client, "caching")
+    safety = {"safety-enable": "on", "safety-backend": "moderation", "safety-shield_prompt": "on"}
+    assert step(operator_client, "safety", safety).context["wizard"]["steps"].current == "review"
+    response = step(operator_client, "review")
+    assert response.status_code == 200
+    assert response.context["wizard"]["steps"].current == "safety", response.context["form"].errors
+    assert "shield-prompt needs an engine with prompt shields" in " ".join(response.context["form"].non_field_errors())
+    assert not API.objects.filter(name="gemini").exists()
+    # the other steps are kept: unticking shield prompt is enough to create the API
+    safety.pop("safety-shield_prompt")
+    assert step(operator_client, "safety", safety).context["wizard"]["steps"].current == "review"
+    assert step(operator_client, "review").status_code == 302
+    assert 'backend-id="moderation"' in API.objects.get(name="gemini").policies.get().value

@@ -65,10 +65,44 @@
       cell(row, section || "");
       cell(row, policy || (entry.error ? "error" : ""));
       cell(row, scope || "");
-      cell(row, Object.entries(decision).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join("; "));
+      cell(row, Object.entries(decision).map(([k, v]) => `${k}: ${readable(v)}`).join("; "));
       cell(row, ms === undefined ? "" : String(ms));
       rows.appendChild(row);
     }
+    showSummary(trace);
+  }
+
+  // a value of the trace as words: an object as "k=v, k=v", a list of them (a pool's attempts) joined by arrows
+  function readable(value) {
+    if (Array.isArray(value)) return value.map(readable).join(" → ");
+    if (value && typeof value === "object") {
+      return Object.entries(value).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
+    }
+    return String(value);
+  }
+
+  // the decisions a reader looks for first: the semantic cache, the content-safety verdicts and the backend chosen
+  function showSummary(trace) {
+    const items = [];
+    for (const entry of trace) {
+      if (entry.policy === "llm-semantic-cache-lookup" && entry.result) {
+        const score = entry.score === undefined ? "" : ` (score ${entry.score}, threshold ${entry["score-threshold"]})`;
+        items.push(`Semantic cache: ${entry.result}${score}`);
+      } else if (entry.policy === "llm-content-safety" && entry.outcome) {
+        const why = entry.reason ? ` (${entry.reason}${entry.detail ? `: ${entry.detail}` : ""})` : "";
+        items.push(`Content safety, ${entry.check || "check"}: ${entry.outcome}${why} by ${entry.engine || "engine"}`);
+      } else if (entry.policy === "forward-request" && (entry.member || entry.backend)) {
+        const tries = Array.isArray(entry.attempts) ? ` after ${entry.attempts.length} attempts` : "";
+        items.push(`Backend: ${entry.member || entry.backend}${entry.status ? ` answered ${entry.status}` : ""}${tries}`);
+      }
+    }
+    const list = $("trace-summary");
+    list.replaceChildren(...items.map((text) => {
+      const li = document.createElement("li");
+      li.textContent = text;
+      return li;
+    }));
+    list.hidden = !items.length;
   }
 
   function usageOf(text) {
