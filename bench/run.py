@@ -520,6 +520,25 @@ class Bench:
             "DJANGO_LOG_LEVEL": "WARNING",
         }
 
+    def gateway_env(
+        self, env: dict[str, str], name: str, variant: Variant, management_url: str, root: str, admin_port: int
+    ) -> dict[str, str]:
+        """The environment of one gateway process: ``env`` with its listeners, its files and its management plane."""
+        gateway_env = {
+            **env,
+            "SLUICE_MANAGEMENT_URL": management_url,
+            "SLUICE_GATEWAY_HOST": "127.0.0.1",
+            "SLUICE_GATEWAY_PORT": root.rsplit(":", 1)[1],
+            "SLUICE_SNAPSHOT_CACHE": str(self.workdir / f"snapshot-{name}.json"),
+            "SLUICE_USAGE_SPOOL": str(self.workdir / f"usage-{name}.spool"),
+            "SLUICE_GATEWAY_WORKERS": "1",  # one process on the one server core
+            "SLUICE_ADMIN_HOST": "127.0.0.1",
+            "SLUICE_ADMIN_PORT": str(admin_port),
+        }
+        if variant.uses_redis and self.redis is not None:
+            gateway_env |= {"REDIS_URL": self.args.redis_url, "SLUICE_USAGE_STREAM": self.redis.stream}
+        return gateway_env
+
     def seed(self, env: dict[str, str], mock_url: str) -> dict[str, str]:
         """Migrate the throwaway database, import one API per configuration through the wizard's validation and
         create its subscription; return {configuration: subscription key}."""
@@ -587,7 +606,7 @@ class Bench:
         # --compare-root: the other checkout's gateways send their usage to that checkout's management plane (on
         # the same database), so that the management plane's CPU per request is compared too
         managements = {ROOT: (management, admin_url)}
-        for tree, suffix in trees:
+        for tree, _ in trees:
             if tree not in managements:
                 port = free_port()
                 managements[tree] = (
@@ -604,19 +623,7 @@ class Bench:
             name = variant.policies + suffix
             gateway_root = f"http://127.0.0.1:{free_port()}"
             admin_port = free_port()  # metrics are scraped from the admin listener, never the client one
-            gateway_env = {
-                **child_env,
-                "SLUICE_MANAGEMENT_URL": managements[tree][1],
-                "SLUICE_GATEWAY_HOST": "127.0.0.1",
-                "SLUICE_GATEWAY_PORT": gateway_root.rsplit(":", 1)[1],
-                "SLUICE_SNAPSHOT_CACHE": str(self.workdir / f"snapshot-{name}.json"),
-                "SLUICE_USAGE_SPOOL": str(self.workdir / f"usage-{name}.spool"),
-                "SLUICE_GATEWAY_WORKERS": "1",  # one process on the one server core
-                "SLUICE_ADMIN_HOST": "127.0.0.1",
-                "SLUICE_ADMIN_PORT": str(admin_port),
-            }
-            if variant.uses_redis and self.redis is not None:
-                gateway_env |= {"REDIS_URL": args.redis_url, "SLUICE_USAGE_STREAM": self.redis.stream}
+            gateway_env = self.gateway_env(child_env, name, variant, managements[tree][1], gateway_root, admin_port)
             gateway_argv = [python, "-m", "gateway"]
             if args.callgrind:
                 out = Path(args.callgrind).resolve()
