@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", help="write a cProfile dump of the measured POSTs here")
     parser.add_argument("--root", default=str(ROOT), help="the checkout whose management plane to measure")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(args.root).resolve()))
+    root = Path(args.root).resolve()
+    sys.path.insert(0, str(root))
+    os.chdir(root)  # the working directory's packages come first, as for `python -m` there
     from cryptography.fernet import Fernet
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_admin.settings.local")
@@ -92,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         profiler.disable()
         profiler.dump_stats(args.profile)
     per_record = spent / (args.rounds * args.batch) * 1e6
-    print(f"batch {args.batch}: {per_record:.1f} µs CPU per record ({spent / args.rounds * 1000:.1f} ms per POST)")
+    print(
+        f"{root}: batch {args.batch}: {per_record:.1f} µs CPU per record ({spent / args.rounds * 1000:.1f} ms per POST)"
+    )
     return 0
 
 
