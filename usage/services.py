@@ -155,8 +155,8 @@ class _Counters:
     latency_ms_max: float = 0.0
 
 
-# Counter columns of a rollup row and how an upsert combines the stored value with the batch's (`{0}` stored,
-# `{1}` the batch's); `GREATEST` is PostgreSQL's spelling of SQLite's two-argument `MAX`.
+# The counter columns of a rollup row: an upsert adds the batch's sums to the stored ones and keeps the larger of the
+# maxima (`GREATEST` is PostgreSQL's spelling of SQLite's two-argument `MAX`).
 _SUMS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "latency_ms_sum")
 _MAXIMA = ("latency_ms_max",)
 
