@@ -457,6 +457,7 @@ class Target:
     variant: Variant | None = None
     root: str = ""  # the gateway's base URL
     admin: str = ""  # the gateway's admin listener (metrics), base URL
+    management: ManagedProcess | None = None  # the management plane that ingests the gateway's usage over HTTP
 
 
 #
@@ -518,6 +519,25 @@ class Bench:
             "SLUICE_GATEWAY_TOKEN": secrets.token_urlsafe(32),
             "DJANGO_LOG_LEVEL": "WARNING",
         }
+
+    def gateway_env(
+        self, env: dict[str, str], name: str, variant: Variant, management_url: str, root: str, admin_port: int
+    ) -> dict[str, str]:
+        """The environment of one gateway process: ``env`` with its listeners, its files and its management plane."""
+        gateway_env = {
+            **env,
+            "SLUICE_MANAGEMENT_URL": management_url,
+            "SLUICE_GATEWAY_HOST": "127.0.0.1",
+            "SLUICE_GATEWAY_PORT": root.rsplit(":", 1)[1],
+            "SLUICE_SNAPSHOT_CACHE": str(self.workdir / f"snapshot-{name}.json"),
+            "SLUICE_USAGE_SPOOL": str(self.workdir / f"usage-{name}.spool"),
+            "SLUICE_GATEWAY_WORKERS": "1",  # one process on the one server core
+            "SLUICE_ADMIN_HOST": "127.0.0.1",
+            "SLUICE_ADMIN_PORT": str(admin_port),
+        }
+        if variant.uses_redis and self.redis is not None:
+            gateway_env |= {"REDIS_URL": self.args.redis_url, "SLUICE_USAGE_STREAM": self.redis.stream}
+        return gateway_env
 
     def seed(self, env: dict[str, str], mock_url: str) -> dict[str, str]:
         """Migrate the throwaway database, import one API per configuration through the wizard's validation and
@@ -583,23 +603,27 @@ class Bench:
         targets = [Target("direct", f"{mock_root}/v1/chat/completions", {KEY_HEADER: keys[variants[0].policies]})]
         # --compare-root: each configuration also runs from the other checkout, measured right before this one's
         trees = [(Path(args.compare_root).resolve(), BASE_SUFFIX), (ROOT, "")] if args.compare_root else [(ROOT, "")]
+        # --compare-root: the other checkout's gateways send their usage to that checkout's management plane (on
+        # the same database), so that the management plane's CPU per request is compared too
+        managements = {ROOT: (management, admin_url)}
+        for tree, _ in trees:
+            if tree not in managements:
+                port = free_port()
+                managements[tree] = (
+                    self.start(
+                        "management-base",
+                        gunicorn_argv(f"127.0.0.1:{port}", 1),
+                        f"http://127.0.0.1:{port}/admin/login/",
+                        child_env,
+                        tree,
+                    ),
+                    f"http://127.0.0.1:{port}",
+                )
         for variant, (tree, suffix) in ((v, t) for v in variants for t in trees):
             name = variant.policies + suffix
             gateway_root = f"http://127.0.0.1:{free_port()}"
             admin_port = free_port()  # metrics are scraped from the admin listener, never the client one
-            gateway_env = {
-                **child_env,
-                "SLUICE_MANAGEMENT_URL": admin_url,
-                "SLUICE_GATEWAY_HOST": "127.0.0.1",
-                "SLUICE_GATEWAY_PORT": gateway_root.rsplit(":", 1)[1],
-                "SLUICE_SNAPSHOT_CACHE": str(self.workdir / f"snapshot-{name}.json"),
-                "SLUICE_USAGE_SPOOL": str(self.workdir / f"usage-{name}.spool"),
-                "SLUICE_GATEWAY_WORKERS": "1",  # one process on the one server core
-                "SLUICE_ADMIN_HOST": "127.0.0.1",
-                "SLUICE_ADMIN_PORT": str(admin_port),
-            }
-            if variant.uses_redis and self.redis is not None:
-                gateway_env |= {"REDIS_URL": args.redis_url, "SLUICE_USAGE_STREAM": self.redis.stream}
+            gateway_env = self.gateway_env(child_env, name, variant, managements[tree][1], gateway_root, admin_port)
             gateway_argv = [python, "-m", "gateway"]
             if args.callgrind:
                 out = Path(args.callgrind).resolve()
@@ -624,6 +648,7 @@ class Bench:
                     variant,
                     gateway_root,
                     f"http://127.0.0.1:{admin_port}",
+                    managements[tree][0],
                 )
             )
         for target in targets[1:]:
@@ -657,7 +682,8 @@ class Bench:
                 gateway = target.process
                 redis = self.redis if target.variant is not None and target.variant.uses_redis else None
                 gateway_before = group_cpu_times(gateway.pid) if gateway else (0.0, 0.0)
-                mock_before, management_before = group_cpu_seconds(mock.pid), group_cpu_seconds(management.pid)
+                plane = target.management or management
+                mock_before, management_before = group_cpu_seconds(mock.pid), group_cpu_seconds(plane.pid)
                 redis_before = redis.cpu_seconds() if redis else 0.0
                 profiler = self.start_profiler(target, conc)
                 idle_rate = None
@@ -677,7 +703,7 @@ class Bench:
                 gateway_cpu = sum(gateway_after) - sum(gateway_before) if gateway else None
                 gateway_sys = gateway_after[1] - gateway_before[1] if gateway else None
                 mock_cpu = group_cpu_seconds(mock.pid) - mock_before
-                management_cpu = group_cpu_seconds(management.pid) - management_before
+                management_cpu = group_cpu_seconds(plane.pid) - management_before
                 requests = result["requests"]
                 cell = Cell(
                     "gateway" if gateway else "direct",

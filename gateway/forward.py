@@ -254,6 +254,15 @@ def _finish(filters: list[ChunkFilter]) -> bytes:
     return tail
 
 
+def _split_first_event(chunk: bytes) -> tuple[bytes, bytes | None]:
+    """``chunk`` cut after its first blank line (the end of an SSE event): ``(first, rest)``, or ``(chunk, None)``
+    when no blank line ends before the chunk does. Chunk filters take any cut, as the network's reads."""
+    end = chunk.find(b"\n\n") + 2
+    if end < 2 or end >= len(chunk):
+        return chunk, None
+    return chunk[:end], chunk[end:]
+
+
 class UpstreamBody:
     """The body iterator of a streamed response: upstream chunks through the chunk filters, no buffering.
 
@@ -261,7 +270,7 @@ class UpstreamBody:
     iteration never started (HEAD, 204/304, client gone before the first chunk).
     """
 
-    __slots__ = ("_complete", "_ctx", "_filters", "_iter", "_tail_sent", "_upstream", "closed")
+    __slots__ = ("_complete", "_ctx", "_filters", "_iter", "_rest", "_tail_sent", "_upstream", "closed")
 
     def __init__(self, upstream: UpstreamResponse, filters: list[ChunkFilter], ctx: RequestContext) -> None:
         self._upstream = upstream
@@ -270,6 +279,7 @@ class UpstreamBody:
         self._complete = False
         self._iter: AsyncIterator[bytes] | None = None
         self._tail_sent = False
+        self._rest: bytes | None = None  # what follows the first event of the first chunk, not filtered yet
         self.closed = False
 
     def __aiter__(self) -> UpstreamBody:
@@ -283,21 +293,33 @@ class UpstreamBody:
             for stage in self._ctx.stream_stages:
                 source = stage(source)
             self._iter = source
+            first = True
+        else:
+            first = False
         filters = self._filters
         try:
             while True:
-                try:
-                    chunk = await self._iter.__anext__()
-                except StopAsyncIteration:
-                    tail = b""
-                    if filters:
-                        self._tail_sent = True
-                        tail = _finish(filters)
-                    self._complete = True
-                    await self.aclose()
-                    if tail:
-                        return tail
-                    raise
+                if self._rest is not None:
+                    chunk, self._rest = self._rest, None
+                else:
+                    try:
+                        chunk = await self._iter.__anext__()
+                    except StopAsyncIteration:
+                        tail = b""
+                        if filters:
+                            self._tail_sent = True
+                            tail = _finish(filters)
+                        self._complete = True
+                        await self.aclose()
+                        if tail:
+                            return tail
+                        raise
+                    if first and filters:
+                        # The first event leaves before the rest of the chunk is filtered (SSE usage accounting
+                        # parses every event): a backend that sends the whole stream at once still gets its
+                        # first byte to the client at once.
+                        first = False
+                        chunk, self._rest = _split_first_event(chunk)
                 for f in filters:
                     chunk = f.feed(chunk)
                     if not chunk:

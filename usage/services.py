@@ -1,23 +1,25 @@
 """Usage ingestion (idempotent, concurrency-safe per-minute rollups), dedupe purge, and the usage report.
 
 Ingestion is exactly-once on top of the gateways' at-least-once delivery: in one transaction the request ids of a
-batch that were not counted yet are inserted into `UsageRecordSeen`, and only those records are added to
-`UsageRollup` with `F()` increments. Rows are touched in sorted order, so two workers ingesting overlapping batches
-wait for each other instead of deadlocking; the one that loses the race on a request id gets an IntegrityError
-and runs its batch again, now seeing the id as counted.
+batch are inserted into `UsageRecordSeen` with `INSERT ... ON CONFLICT DO NOTHING RETURNING`, and only the records
+whose ids it inserted are added to `UsageRollup`, with one upsert that adds to the counters. A few statements per
+batch, whatever its size, and no model instance per record. Rows are touched in sorted order, so two workers
+ingesting overlapping batches wait for each other instead of deadlocking; the one that waited on a request id
+finds it counted (PostgreSQL's `ON CONFLICT` waits for the other transaction to commit).
 """
 
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.db.models import Case, CharField, F, Q, Sum, Value, When
-from django.db.models.functions import Coalesce, Concat, Greatest, Trunc
+from django.db.models.functions import Coalesce, Concat, Trunc
 from django.utils import timezone
 
 from gateway.usage.record import UsageRecord
@@ -40,10 +42,7 @@ __all__ = (
 
 logger = logging.getLogger(__name__)
 
-# A batch that keeps losing races to other workers is given up after this many tries (the stream keeps it pending,
-# an HTTP gateway retries), which never happens unless something re-sends the same records in a tight loop.
-INGEST_ATTEMPTS = 5
-# SQLite allows 32766 bound parameters per statement; stay far below for `IN (...)` lookups.
+# Rows per INSERT statement (fewer when the database allows fewer bound parameters: `_chunks`).
 IN_CHUNK = 500
 # Purging keeps ids a little longer than ingestion accepts records, so hosts with slightly different clocks agree.
 PURGE_MARGIN = timedelta(hours=1)
@@ -112,35 +111,39 @@ def ingest_records(records: Iterable[UsageRecord], *, now: datetime | None = Non
         logger.warning("refused %d usage records older than the %s dedupe window", result.expired, dedupe_window())
     if not batch:
         return result
-    for attempt in range(1, INGEST_ATTEMPTS + 1):
-        try:
-            with transaction.atomic():
-                fresh = _mark_seen(batch)
-                _add_to_rollups(fresh)
-            break
-        except IntegrityError:
-            # Another worker inserted one of these ids after our SELECT; its transaction has committed now.
-            if attempt == INGEST_ATTEMPTS:
-                raise
-            logger.debug("usage batch lost a race with another worker (attempt %d); running it again", attempt)
+    with transaction.atomic():
+        fresh = _mark_seen(batch)
+        _add_to_rollups(fresh)
     result.counted += len(fresh)
     result.duplicates += len(batch) - len(fresh)
     return result
 
 
 def _mark_seen(batch: Mapping[uuid.UUID, UsageRecord]) -> list[UsageRecord]:
-    """Insert the ids not seen yet and return their records (the ones to count)."""
+    """Insert the ids not seen yet and return their records (the ones to count): one
+    `INSERT ... ON CONFLICT DO NOTHING RETURNING` per chunk, which reports the rows it inserted."""
     ids = sorted(batch)
-    seen: set[uuid.UUID] = set()
-    for start in range(0, len(ids), IN_CHUNK):
-        chunk = ids[start : start + IN_CHUNK]
-        seen.update(UsageRecordSeen.objects.filter(request_id__in=chunk).values_list("request_id", flat=True))
-    fresh = [request_id for request_id in ids if request_id not in seen]
-    UsageRecordSeen.objects.bulk_create(
-        [UsageRecordSeen(request_id=request_id, ts=_start(batch[request_id])) for request_id in fresh],
-        batch_size=IN_CHUNK,
-    )
-    return [batch[request_id] for request_id in fresh]
+    opts = UsageRecordSeen._meta
+    id_field, ts_field = opts.get_field("request_id"), opts.get_field("ts")
+    quote = connection.ops.quote_name
+    id_column = quote(id_field.column)
+    # Table and column names come from the model; every value is a bound parameter (S608 below).
+    head = f"INSERT INTO {quote(opts.db_table)} ({id_column}, {quote(ts_field.column)}) VALUES "  # noqa: S608
+    tail = f" ON CONFLICT DO NOTHING RETURNING {id_column}"
+    native = connection.features.has_native_uuid_field
+    adapt_ts = connection.ops.adapt_datetimefield_value
+    fresh: set[Any] = set()
+    with connection.cursor() as cursor:
+        for chunk in _chunks(ids, 2):
+            params: list[Any] = []
+            for request_id in chunk:  # UUIDField.get_db_prep_value and DateTimeField's, without their layers
+                params.append(request_id if native else request_id.hex)
+                params.append(adapt_ts(_start(batch[request_id])))
+            cursor.execute(head + ", ".join(["(%s, %s)"] * len(chunk)) + tail, params)
+            fresh.update(row[0] for row in cursor.fetchall())
+    if native:
+        return [batch[request_id] for request_id in ids if request_id in fresh]
+    return [batch[request_id] for request_id in ids if request_id.hex in fresh]
 
 
 @dataclass
@@ -152,33 +155,64 @@ class _Counters:
     latency_ms_max: float = 0.0
 
 
+# The counter columns of a rollup row: an upsert adds the batch's sums to the stored ones and keeps the larger of the
+# maxima (`GREATEST` is PostgreSQL's spelling of SQLite's two-argument `MAX`).
+_SUMS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "latency_ms_sum")
+_MAXIMA = ("latency_ms_max",)
+
+
 def _add_to_rollups(records: list[UsageRecord]) -> None:
+    """Add the records to their rows with one upsert per chunk of rows (`INSERT ... ON CONFLICT (dimensions) DO
+    UPDATE SET counter = counter + excluded.counter`): atomic per row whatever else is writing. Rows go in sorted
+    order, so two workers wait for each other instead of deadlocking."""
     totals: dict[tuple, _Counters] = {}
     for record in records:
-        counters = totals.setdefault(_rollup_key(record), _Counters())
+        counters = totals.get(key := _rollup_key(record))
+        if counters is None:
+            counters = totals[key] = _Counters()
         counters.requests += 1
         counters.prompt_tokens += record.prompt_tokens
         counters.completion_tokens += record.completion_tokens
         counters.latency_ms_sum += record.latency_ms
-        counters.latency_ms_max = max(counters.latency_ms_max, record.latency_ms)
-    keys = sorted(totals)
-    # Make sure every row exists (a concurrent insert of the same row waits, then is skipped), then add to it:
-    # an UPDATE with F() increments is atomic per row whatever else is writing.
-    UsageRollup.objects.bulk_create(
-        [UsageRollup(**dict(zip(ROLLUP_DIMENSIONS, key, strict=True))) for key in keys],
-        ignore_conflicts=True,
-        batch_size=IN_CHUNK,
-    )
-    for key in keys:
-        counters = totals[key]
-        UsageRollup.objects.filter(**dict(zip(ROLLUP_DIMENSIONS, key, strict=True))).update(
-            requests=F("requests") + counters.requests,
-            prompt_tokens=F("prompt_tokens") + counters.prompt_tokens,
-            completion_tokens=F("completion_tokens") + counters.completion_tokens,
-            total_tokens=F("total_tokens") + (counters.prompt_tokens + counters.completion_tokens),
-            latency_ms_sum=F("latency_ms_sum") + counters.latency_ms_sum,
-            latency_ms_max=Greatest("latency_ms_max", Value(counters.latency_ms_max)),
-        )
+        if record.latency_ms > counters.latency_ms_max:
+            counters.latency_ms_max = record.latency_ms
+    if not totals:
+        return
+    opts = UsageRollup._meta
+    quote = connection.ops.quote_name
+    table = quote(opts.db_table)
+    fields = [opts.get_field(name) for name in (*ROLLUP_DIMENSIONS, *_SUMS, *_MAXIMA)]
+    dimensions = ", ".join(quote(opts.get_field(name).column) for name in ROLLUP_DIMENSIONS)
+    greatest = "GREATEST" if connection.vendor == "postgresql" else "MAX"
+    updates = [f"{quote(name)} = {table}.{quote(name)} + EXCLUDED.{quote(name)}" for name in _SUMS]
+    updates += [f"{quote(name)} = {greatest}({table}.{quote(name)}, EXCLUDED.{quote(name)})" for name in _MAXIMA]
+    head = f"INSERT INTO {table} ({', '.join(quote(f.column) for f in fields)}) VALUES "  # noqa: S608 (as above)
+    tail = f" ON CONFLICT ({dimensions}) DO UPDATE SET {', '.join(updates)}"
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    with connection.cursor() as cursor:
+        for chunk in _chunks(sorted(totals), len(fields)):
+            params: list[Any] = []
+            for key in chunk:
+                c = totals[key]
+                values = (
+                    *key,
+                    c.requests,
+                    c.prompt_tokens,
+                    c.completion_tokens,
+                    c.prompt_tokens + c.completion_tokens,
+                    c.latency_ms_sum,
+                    c.latency_ms_max,
+                )
+                params.extend(f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True))
+            cursor.execute(head + ", ".join([row] * len(chunk)) + tail, params)
+
+
+def _chunks(items: list, params_per_item: int) -> Iterator[list]:
+    """`items` in chunks of at most `IN_CHUNK`, and of at most the database's bound parameters per statement."""
+    limit = connection.features.max_query_params or 65535
+    size = max(1, min(IN_CHUNK, limit // params_per_item))
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _rollup_key(record: UsageRecord) -> tuple:

@@ -53,6 +53,7 @@ Wire formats
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -231,10 +232,15 @@ def _get(data: Mapping[str, Any], name: str) -> Any:
     return data[name]
 
 
+_CANONICAL_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _guid(data: Mapping[str, Any]) -> str:
     value = _get(data, "request_id")
     if not isinstance(value, str):
         raise RecordError("request_id", ERR_STRING)
+    if _CANONICAL_GUID.fullmatch(value):  # what the gateway sends: already in the normal form
+        return value
     try:
         return str(uuid.UUID(value))
     except ValueError:

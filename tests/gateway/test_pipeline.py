@@ -355,6 +355,28 @@ async def test_chunk_filter_on_streamed_body_and_upstream_closed():
     assert upper.finished is True and pool.responses[0].closed
 
 
+async def test_the_first_event_of_a_whole_stream_in_one_read_leaves_before_the_rest_is_filtered():
+    app, pool = make_gateway()
+    fed = []
+
+    class Recorder(Upper):
+        def feed(self, chunk):
+            fed.append(chunk)
+            return super().feed(chunk)
+
+    pool.respond = lambda call: FakeUpstream(
+        chunks=[b"data: a\n\ndata: b\n\ndata: c\n\n", b"data: d\n\n"],
+        headers=[(b"content-type", b"text/event-stream")],
+    )
+    pipeline = Pipeline(inbound=(), backend=(forward_step(app),), outbound=(AddFilter(Recorder()),), on_error=())
+    response = await run_pipeline(pipeline, context(app, pool))
+    body = response.body_iter
+    assert await body.__anext__() == b"DATA: A\n\n"
+    assert fed == [b"data: a\n\n"]  # the rest of the read is not filtered yet
+    rest = [chunk async for chunk in body]
+    assert rest == [b"DATA: B\n\nDATA: C\n\n", b"DATA: D\n\n", b"!END"]  # later reads pass whole
+
+
 async def test_stream_closed_before_iteration_releases_upstream_and_aborts_filters():
     app, pool = make_gateway()
     upper = Upper()

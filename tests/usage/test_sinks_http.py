@@ -23,6 +23,7 @@ class Management:
     def __init__(self) -> None:
         self.answers: list[int] = []
         self.posts: list[dict] = []
+        self.peers: list[tuple | None] = []  # the client's address of each POST: one per connection
         self.records: list[UsageRecord] = []
         self.app = web.Application()
         self.app.router.add_post("/api/gateway/usage/", self.ingest)
@@ -30,6 +31,7 @@ class Management:
     async def ingest(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.posts.append({"headers": dict(request.headers), "body": orjson.loads(body)})
+        self.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         if request.headers.get("Authorization") != f"Gateway {TOKEN}":
             return web.json_response({"detail": "Invalid or missing gateway token."}, status=401)
         status = self.answers.pop(0) if self.answers else 202
@@ -63,6 +65,17 @@ async def test_posts_batches_with_the_gateway_token(management):
     assert management.posts[0]["headers"]["Content-Type"] == "application/json"
     assert management.posts[0]["body"]["records"][0] == sent[0].to_json()
     assert management.records == sent
+    await sink.close()
+
+
+async def test_batches_share_one_kept_alive_connection(management):
+    sink = HttpSink(management.url, TOKEN, batch_max=2)
+    for _ in range(3):
+        for record in UsageRecordFactory.build_batch(2):
+            sink.emit(record)
+        await sink.flush()
+    assert len(management.posts) == 3
+    assert len(set(management.peers)) == 1
     await sink.close()
 
 

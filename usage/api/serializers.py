@@ -43,10 +43,26 @@ class UsageRecordField(serializers.Field):
         return value.to_json()
 
 
+class UsageRecordListField(serializers.ListField):
+    """A list of usage records. Each one is read by `UsageRecord.from_json` directly rather than through the child
+    field's `run_validation` (a batch holds thousands; the child has no validators), with the same errors."""
+
+    def run_child_validation(self, data):
+        records, errors = [], {}
+        for index, item in enumerate(data):
+            try:
+                records.append(UsageRecord.from_json(item))
+            except RecordError as exc:
+                errors[index] = {exc.field: [exc.message]}
+        if errors:
+            raise serializers.ValidationError(errors)
+        return records
+
+
 class UsageBatchSerializer(serializers.Serializer):
     """`{"records": [...]}`; an error names the record's index and field: `{"records": {"3": {"status": [...]}}}`."""
 
-    records = serializers.ListField(child=UsageRecordField(), max_length=MAX_RECORDS_PER_POST)
+    records = UsageRecordListField(child=UsageRecordField(), max_length=MAX_RECORDS_PER_POST)
 
 
 #
