@@ -150,6 +150,8 @@ class _Counters:
     completion_tokens: int = 0
     latency_ms_sum: float = 0.0
     latency_ms_max: float = 0.0
+    retried_requests: int = 0
+    failed_attempts: int = 0
 
 
 def _add_to_rollups(records: list[UsageRecord]) -> None:
@@ -161,6 +163,9 @@ def _add_to_rollups(records: list[UsageRecord]) -> None:
         counters.completion_tokens += record.completion_tokens
         counters.latency_ms_sum += record.latency_ms
         counters.latency_ms_max = max(counters.latency_ms_max, record.latency_ms)
+        if record.failed_attempts:  # "ptu:429 ptu2:Timeout": one entry per failed attempt
+            counters.retried_requests += 1
+            counters.failed_attempts += len(record.failed_attempts.split())
     keys = sorted(totals)
     # Make sure every row exists (a concurrent insert of the same row waits, then is skipped), then add to it:
     # an UPDATE with F() increments is atomic per row whatever else is writing.
@@ -178,6 +183,8 @@ def _add_to_rollups(records: list[UsageRecord]) -> None:
             total_tokens=F("total_tokens") + (counters.prompt_tokens + counters.completion_tokens),
             latency_ms_sum=F("latency_ms_sum") + counters.latency_ms_sum,
             latency_ms_max=Greatest("latency_ms_max", Value(counters.latency_ms_max)),
+            retried_requests=F("retried_requests") + counters.retried_requests,
+            failed_attempts=F("failed_attempts") + counters.failed_attempts,
         )
 
 
@@ -259,6 +266,8 @@ def usage_report(
             cache_hits=Sum("requests", filter=Q(cache_hit=True)),
             tokens_saved=Sum("total_tokens", filter=Q(cache_hit=True)),
             blocked=Sum("requests", filter=~Q(block_reason="")),
+            retried_sum=Sum("retried_requests"),
+            failed_attempts_sum=Sum("failed_attempts"),
         )
         .order_by("period", *dimensions)
     )
@@ -274,6 +283,8 @@ def usage_report(
             "cache_hits": row["cache_hits"] or 0,
             "tokens_saved": row["tokens_saved"] or 0,
             "blocked": row["blocked"] or 0,
+            "retried_requests": row["retried_sum"] or 0,
+            "failed_attempts": row["failed_attempts_sum"] or 0,
         }
         for row in rows
     ]
