@@ -21,7 +21,15 @@ from gateway.http.messages import Response
 from gateway.llm_accounting import exchange_for
 from gateway.semcache import CacheState, CacheStoreError
 from gateway.semcache.embed import EmbeddingsError
-from gateway.semcache.messages import CHAT, COMPLETIONS, prompt_text, replay_json, replay_sse, usage_of
+from gateway.semcache.messages import (
+    CHAT,
+    COMPLETIONS,
+    prompt_text,
+    replay_id,
+    replay_json,
+    replay_sse,
+    usage_of,
+)
 from gateway.tokens import RequestKind
 
 from ..base import Attr, BindEnv, Policy, Section, check_boolean, text_value, truth
@@ -159,12 +167,13 @@ class LlmSemanticCacheLookup(Policy):
             return None
         state.result, state.score = "hit", match.score
         state.prompt_tokens, state.completion_tokens = usage_of(entry)
+        response_id = replay_id(kind, ctx.request_id)  # a fresh completion id for each replay
         if exchange.stream:
             headers = list(_SSE)
-            payload = replay_sse(entry, kind, exchange.client_wants_usage)
+            payload = replay_sse(entry, kind, exchange.client_wants_usage, response_id)
         else:
             headers = [_JSON]
-            payload = replay_json(entry)
+            payload = replay_json(entry, response_id)
         ctx.response = ResponseHead(200, headers, body=payload)
         ctx.resume_outbound_after = STORE_NAMES
         ctx.response_headers.append((CACHE_HEADER, b"hit; score=%.4f" % match.score))
