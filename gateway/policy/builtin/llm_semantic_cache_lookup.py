@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = (
     "CACHE_HEADER",
     "DEFAULT_EMBEDDINGS_MODEL",
+    "LOOSE_SCORE_THRESHOLD",
     "STORE_NAMES",
     "AzureOpenAiSemanticCacheLookup",
     "LlmSemanticCacheLookup",
@@ -56,6 +57,11 @@ _KINDS: Final = {RequestKind.CHAT: CHAT, RequestKind.COMPLETIONS: COMPLETIONS}
 _JSON: Final = (b"content-type", b"application/json")
 _SSE: Final = ((b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"))
 _SEPARATOR: Final = "\x1f"
+# apim-spec §3.3: a distance, smaller is stricter; "> 0.2 risks wrong hits". Above it the gateway warns at load time.
+LOOSE_SCORE_THRESHOLD: Final = 0.2
+# From here on nearly any prompt hits: the closest unrelated pair measured 0.74 (docs/semantic-cache.md), and a value
+# this high is most likely the older similarity reading (the AI-Gateway lab's 0.8).
+_SIMILARITY_LIKE: Final = 0.5
 
 
 class LlmSemanticCacheLookup(Policy):
@@ -116,6 +122,21 @@ class LlmSemanticCacheLookup(Policy):
         model = model_value.literal.strip() if model_value is not None else DEFAULT_EMBEDDINGS_MODEL
         vary_by = tuple(text_value(child) for child in el.children)
         return cls(threshold, backend_id, attrs["ignore-system-messages"], max_messages, vary_by, model)
+
+    def load_warnings(self) -> tuple[str, ...]:
+        threshold = self.threshold
+        if threshold <= LOOSE_SCORE_THRESHOLD:
+            return ()
+        message = (
+            f"score-threshold {threshold:g} is a cosine distance (smaller is stricter, as APIM documents it): above "
+            f"{LOOSE_SCORE_THRESHOLD:g} answers to other questions are served as hits"
+        )
+        if threshold >= _SIMILARITY_LIKE:
+            message += (
+                f", and at {threshold:g} nearly any prompt hits. If it was written as a similarity (APIM's older "
+                f"reading, the AI-Gateway lab's 0.8), the same cut-off is {1 - threshold:.2g} here"
+            )
+        return (message + "; see docs/semantic-cache.md",)
 
     def bind(self, env: BindEnv) -> None:
         try:
