@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -92,8 +92,9 @@ class _Services(Forwarder):
         limits: TokenStore | None = None,
         backends: BackendStates | None = None,
         semantic_cache: SemanticCache | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        super().__init__(pool, clock, backends=backends)
+        super().__init__(pool, clock, backends=backends, sleep=sleep)
         self.metrics = metrics
         self.limits = limits
         self.semantic_cache = semantic_cache
@@ -117,6 +118,7 @@ class GatewayApp:
         wall_clock: Callable[[], float] = time.time,
         backends: BackendStates | None = None,
         semantic_cache: SemanticCache | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
         self.wall_clock = wall_clock  # Unix time: the expiry of trace tokens
@@ -131,7 +133,7 @@ class GatewayApp:
         self._backend_sync: asyncio.Task[None] | None = None
         if metrics is not None:
             backends.listeners.append(metrics.record_backend_state)
-        self.forwarder = _Services(pool, clock, metrics, limits, backends, semantic_cache)
+        self.forwarder = _Services(pool, clock, metrics, limits, backends, semantic_cache, sleep)
         self.snapshot: Snapshot | None = None
         # the last snapshot refused as a whole and why ({"revision": ..., "reason": ...}); set by gateway.sync
         self.rejected: dict[str, object] | None = None
@@ -413,6 +415,7 @@ def create_app(
     token_store: TokenStore | None = None,
     backends: BackendStates | None = None,
     semantic_cache: SemanticCache | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> GatewayApp:
     """Build the request handler; a default UpstreamPool is created from the config's timeouts.
 
@@ -421,7 +424,8 @@ def create_app(
     that matched an operation, written first to ``usage_journal`` when given (sink and journal are started and
     closed by the caller). Without either, both are off.
     ``token_store`` holds the counters of the limit policies: by default Redis when ``config.redis_url`` is set
-    (shared by every replica), else in memory (per process).
+    (shared by every replica), else in memory (per process). ``clock`` (monotonic seconds) and ``sleep`` are the
+    time of the request path (``sleep``: the waits of policies, such as ``retry`` intervals), injected by tests.
     """
     if pool is None:
         pool = UpstreamPool(connect_timeout=config.upstream_connect_timeout, read_timeout=config.upstream_read_timeout)
@@ -453,4 +457,4 @@ def create_app(
             metrics=metrics,
         )
     get_tokenizer()  # load the BPE tables now, not on the first request
-    return GatewayApp(config, pool, clock, telemetry, token_store, wall_clock, backends, semantic_cache)
+    return GatewayApp(config, pool, clock, telemetry, token_store, wall_clock, backends, semantic_cache, sleep)

@@ -74,6 +74,7 @@ class Services(Protocol):
     """Per-app dependencies reachable from policies and expressions (``ctx.services``, injected by ``create_app``)."""
 
     clock: Callable[[], float]  # monotonic seconds
+    sleep: Callable[[float], Awaitable[None]]  # waits of policies (retry intervals); injected so tests need not wait
     now: Callable[[], datetime] | None  # the wall clock of expressions (DateTime.UtcNow); None: the system's
     deployment: Deployment | None  # what context.Deployment reports; None: empty strings
     metrics: Metrics | None  # where llm-emit-token-metric records; None: metrics are off

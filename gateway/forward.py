@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.backends import BackendStates, parse_retry_after
@@ -56,7 +56,7 @@ _EVENT_STREAM = b"text/event-stream"
 class Forwarder:
     """The ``Services`` implementation of the app: forwards over an UpstreamPool."""
 
-    __slots__ = ("backends", "buffer_limit", "clock", "pool")
+    __slots__ = ("backends", "buffer_limit", "clock", "pool", "sleep")
 
     def __init__(
         self,
@@ -65,9 +65,11 @@ class Forwarder:
         *,
         buffer_limit: int = DEFAULT_BUFFER_LIMIT,
         backends: BackendStates | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.pool = pool
         self.clock = clock
+        self.sleep = sleep
         self.buffer_limit = buffer_limit
         self.backends = backends if backends is not None else BackendStates(clock, wall_clock=time.time)
 

@@ -7,6 +7,7 @@ bytes. Nothing on the request path parses configuration.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from gateway.model import (
     SubscriptionEntry,
 )
 from gateway.pipeline import Pipeline, compile_pipeline
-from gateway.policy import BindEnv, PolicyDocument, PolicyError, Scope, bind_steps, parse_document
+from gateway.policy import BindEnv, PolicyDocument, PolicyError, Scope, bind_steps, parse_document, walk
 from gateway.routing import Router, RoutingError
 from gateway.secrets import snapshot_fernet
 
@@ -46,6 +47,8 @@ __all__ = (
     "load_snapshot",
     "substitute_named_values",
 )
+
+logger = logging.getLogger("gateway.snapshot")
 
 SNAPSHOT_VERSION = 1
 REFERENCE_RE = re.compile(r"\{\{([A-Za-z0-9\-._]+)\}\}")
@@ -127,7 +130,7 @@ def load_snapshot(
 
 def check_snapshot(data: Any, *, gateway_token: str) -> list[Problem]:
     """Every problem the gateway would meet loading ``data`` (the management plane's write-time check)."""
-    loader = _Loader(gateway_token, Origin.from_url)
+    loader = _Loader(gateway_token, Origin.from_url, warn=False)
     try:
         loader.load(data)
     except SnapshotError as exc:
@@ -139,6 +142,14 @@ def bind_document(document: PolicyDocument, env: BindEnv) -> None:
     """Resolve the references of every policy of ``document``; errors get the policy's position."""
     for steps in document.sections.values():
         bind_steps(steps, env)
+
+
+def log_load_warnings(document: PolicyDocument, where: str) -> None:
+    """Log the ``load_warnings`` of every policy of ``document`` (a valid statement that is likely a mistake)."""
+    for steps in document.sections.values():
+        for step in walk(steps):
+            for warning in step.load_warnings():
+                logger.warning("%s: line %s: <%s>: %s", where, step.line, step.name, warning)
 
 
 #
@@ -193,9 +204,10 @@ def _name(data: dict[str, Any], where: str, seen: set[str]) -> str:
 
 
 class _Loader:
-    def __init__(self, gateway_token: str, origin_factory: OriginFactory) -> None:
+    def __init__(self, gateway_token: str, origin_factory: OriginFactory, *, warn: bool = True) -> None:
         self.token = gateway_token
         self.origin_factory = origin_factory
+        self.warn = warn  # log the policies' load warnings (a gateway); the management plane's check does not
         self.values: dict[str, str] = {}
         self.backends: dict[str, BackendTarget] = {}
         self.blocklists: dict[str, Blocklist] = {}
@@ -472,6 +484,8 @@ class _Loader:
             bind_document(document, self)
         except PolicyError as exc:
             raise SnapshotError(f"{where}: {exc}") from None
+        if self.warn:
+            log_load_warnings(document, where)
         return document
 
     def _pipeline(self, api: str, operation: str, product: str | None, *docs: PolicyDocument | None) -> Pipeline:

@@ -98,6 +98,17 @@ class UsageRollup(models.Model):
         verbose_name="latency max (ms)",
         default=0.0,
     )
+    retried_requests = models.PositiveBigIntegerField(
+        verbose_name="retried requests",
+        default=0,
+        help_text="Requests answered after at least one failed forwarding attempt (retry).",
+    )
+    failed_attempts = models.PositiveBigIntegerField(
+        verbose_name="failed attempts",
+        default=0,
+        help_text="Forwarding attempts that failed before the answer (a 429 or 5xx retried, a timeout, a refused "
+        "connection), summed over the requests; the answer itself is not counted.",
+    )
 
     class Meta:
         ordering = ("minute", "api", "operation")

@@ -153,11 +153,21 @@ class _Counters:
     completion_tokens: int = 0
     latency_ms_sum: float = 0.0
     latency_ms_max: float = 0.0
+    retried_requests: int = 0
+    failed_attempts: int = 0
 
 
 # The counter columns of a rollup row: an upsert adds the batch's sums to the stored ones and keeps the larger of the
 # maxima (`GREATEST` is PostgreSQL's spelling of SQLite's two-argument `MAX`).
-_SUMS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "latency_ms_sum")
+_SUMS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "latency_ms_sum",
+    "retried_requests",
+    "failed_attempts",
+)
 _MAXIMA = ("latency_ms_max",)
 
 
@@ -176,6 +186,9 @@ def _add_to_rollups(records: list[UsageRecord]) -> None:
         counters.latency_ms_sum += record.latency_ms
         if record.latency_ms > counters.latency_ms_max:
             counters.latency_ms_max = record.latency_ms
+        if record.failed_attempts:  # "ptu:429 ptu2:Timeout": one entry per failed attempt
+            counters.retried_requests += 1
+            counters.failed_attempts += len(record.failed_attempts.split())
     if not totals:
         return
     opts = UsageRollup._meta
@@ -201,6 +214,8 @@ def _add_to_rollups(records: list[UsageRecord]) -> None:
                     c.completion_tokens,
                     c.prompt_tokens + c.completion_tokens,
                     c.latency_ms_sum,
+                    c.retried_requests,
+                    c.failed_attempts,
                     c.latency_ms_max,
                 )
                 params.extend(f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True))
@@ -293,6 +308,8 @@ def usage_report(
             cache_hits=Sum("requests", filter=Q(cache_hit=True)),
             tokens_saved=Sum("total_tokens", filter=Q(cache_hit=True)),
             blocked=Sum("requests", filter=~Q(block_reason="")),
+            retried_sum=Sum("retried_requests"),
+            failed_attempts_sum=Sum("failed_attempts"),
         )
         .order_by("period", *dimensions)
     )
@@ -308,6 +325,8 @@ def usage_report(
             "cache_hits": row["cache_hits"] or 0,
             "tokens_saved": row["tokens_saved"] or 0,
             "blocked": row["blocked"] or 0,
+            "retried_requests": row["retried_sum"] or 0,
+            "failed_attempts": row["failed_attempts_sum"] or 0,
         }
         for row in rows
     ]

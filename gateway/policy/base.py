@@ -123,6 +123,11 @@ class Policy:
     def bind(self, env: BindEnv) -> None:
         """Resolve references (backend ids, URLs) when the snapshot loads. Default: nothing to resolve."""
 
+    def load_warnings(self) -> tuple[str, ...]:
+        """Advice on a valid statement that likely does not do what its author meant. The gateway logs each as a
+        WARNING when it loads a snapshot; the management plane accepts the statement as it is. Default: none."""
+        return ()
+
     async def apply(self, ctx: RequestContext) -> Response | None:
         raise NotImplementedError(f"{type(self).__name__}.apply() must be overridden")
 

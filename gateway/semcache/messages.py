@@ -8,7 +8,10 @@
   Answers with tool calls are not stored.
 * A **replay** answers JSON for a JSON request, and for a streamed request the same document as server-sent events
   framed as OpenAI streams them: a role chunk, content chunks, a chunk with the finish reason, the usage chunk when
-  ``stream_options.include_usage`` asked for it, then ``data: [DONE]``.
+  ``stream_options.include_usage`` asked for it, then ``data: [DONE]``. Each replay has an ``id`` of its own
+  (``chatcmpl-`` or ``cmpl-`` and the request id's hex digits, see :func:`replay_id`): two clients served the same
+  entry never see one completion id, and the id leads to the request's ``x-request-id``. The content, ``created``
+  (when the model made the answer), ``model`` and ``usage`` are the stored ones.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ __all__ = (
     "StreamAssembler",
     "entry_from_json",
     "prompt_text",
+    "replay_id",
     "replay_json",
     "replay_sse",
 )
@@ -115,8 +119,16 @@ def usage_of(entry: dict[str, Any]) -> tuple[int, int]:
     return (prompt if type(prompt) is int else 0), (completion if type(completion) is int else 0)
 
 
-def replay_json(entry: dict[str, Any]) -> bytes:
-    return orjson.dumps(entry)
+def replay_id(kind: str, request_id: bytes) -> str:
+    """The completion id of a replay, shaped as OpenAI's: ``chatcmpl-`` (chat) or ``cmpl-`` (legacy completions),
+    then the 32 hex digits of the request id (``x-request-id``), unique per request."""
+    prefix = "chatcmpl-" if kind == CHAT else "cmpl-"
+    return prefix + request_id.decode("ascii").replace("-", "")
+
+
+def replay_json(entry: dict[str, Any], response_id: str) -> bytes:
+    """The stored answer as the JSON document a request gets, under the id ``response_id``."""
+    return orjson.dumps({**entry, "id": response_id})
 
 
 def _pieces(text: str) -> list[str]:
@@ -136,9 +148,10 @@ def _event(document: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(document) + b"\n\n"
 
 
-def replay_sse(entry: dict[str, Any], kind: str, include_usage: bool) -> bytes:
-    """The stored answer as the server-sent events a streamed request gets."""
-    head: dict[str, Any] = {"id": entry.get("id", ""), "created": entry.get("created", 0), "model": entry.get("model")}
+def replay_sse(entry: dict[str, Any], kind: str, include_usage: bool, response_id: str) -> bytes:
+    """The stored answer as the server-sent events a streamed request gets, every chunk under the id
+    ``response_id``."""
+    head: dict[str, Any] = {"id": response_id, "created": entry.get("created", 0), "model": entry.get("model")}
     events = []
     for choice in entry.get("choices", []):
         index = choice.get("index", 0)

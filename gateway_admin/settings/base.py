@@ -46,6 +46,27 @@ def ensure_sqlite_dir(database: dict) -> None:
 
 ensure_sqlite_dir(DATABASES["default"])
 
+
+def configure_sqlite(database: dict, timeout: float) -> None:
+    """Make SQLite queue concurrent writers instead of failing with "database is locked" (README, Production).
+
+    The embedded default has several processes on one file (gunicorn workers and their threads; the gateway's usage
+    posts and heartbeats while an admin edits), and every request is a transaction (ATOMIC_REQUESTS). In SQLite's
+    default DEFERRED mode a transaction that read first and then writes cannot wait for another writer: SQLite fails it
+    at once, without calling the busy handler, since waiting could deadlock (and in WAL mode its snapshot is stale).
+    So every transaction begins IMMEDIATE (takes the write lock at BEGIN, waiting up to ``timeout`` seconds for it),
+    and the journal is WAL, so that reads outside a transaction neither wait for a writer nor hold one up.
+    """
+    if not database["ENGINE"].endswith("sqlite3"):
+        return
+    options = database.setdefault("OPTIONS", {})
+    options.setdefault("transaction_mode", "IMMEDIATE")
+    options.setdefault("timeout", timeout)
+    options.setdefault("init_command", "PRAGMA journal_mode=WAL")
+
+
+configure_sqlite(DATABASES["default"], env.float("SLUICE_SQLITE_TIMEOUT", 20.0))
+
 # APPS
 # ------------------------------------------------------------------------------
 DJANGO_APPS = [

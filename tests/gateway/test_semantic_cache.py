@@ -144,6 +144,13 @@ def test_a_miss_calls_the_model_and_an_equal_prompt_then_hits(gateway, mock_llm)
     assert second.header("x-semantic-cache") == "hit; score=0.0000"
     assert content_of(second) == content_of(first)
     assert model_calls(mock_llm) == before + 1  # the hit did not reach the model
+    # each replay is a completion of its own: a fresh id (tied to its x-request-id), the stored content
+    third = chat(gateway.port, "cached", text)
+    ids = [orjson.loads(response.body)["id"] for response in (first, second, third)]
+    assert len(set(ids)) == 3
+    for response in (second, third):
+        assert orjson.loads(response.body)["id"] == "chatcmpl-" + response.header("x-request-id").replace("-", "")
+        assert orjson.loads(response.body)["choices"] == orjson.loads(first.body)["choices"]
     # the outbound steps up to and including the store were skipped, the ones after it ran
     assert second.header("x-before-store") is None and second.header("x-after-store") == "1"
     assert second.header("content-type") == "application/json"
@@ -188,7 +195,13 @@ def test_a_streamed_request_that_hits_is_replayed_as_server_sent_events(gateway,
     assert text_out == content_of(first)
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == orjson.loads(first.body)["usage"]
+    # one fresh id for all the chunks of a replay, another for the next replay
+    assert {c["id"] for c in chunks} == {"chatcmpl-" + replay.header("x-request-id").replace("-", "")}
+    assert chunks[0]["id"] != orjson.loads(first.body)["id"]
     without_usage = chat(gateway.port, "cached", text, stream=True)
+    assert {orjson.loads(item)["id"] for item in events(without_usage.body)[:-1]} == {
+        "chatcmpl-" + without_usage.header("x-request-id").replace("-", "")
+    }
     assert all("usage" not in orjson.loads(item) for item in events(without_usage.body)[:-1])
     assert model_calls(mock_llm) == before
 
@@ -293,6 +306,7 @@ def test_legacy_completions_are_cached_and_replayed_as_their_stream(gateway, moc
     chunks = [orjson.loads(item) for item in events(replay.body)[:-1]]
     assert all(c["object"] == "text_completion" for c in chunks)
     assert "".join(c["choices"][0]["text"] for c in chunks) == orjson.loads(first.body)["choices"][0]["text"]
+    assert {c["id"] for c in chunks} == {"cmpl-" + replay.header("x-request-id").replace("-", "")}
     assert mock_llm.stats()["requests"].get("/completions", 0) == before
 
 

@@ -42,6 +42,18 @@ def test_full_block_with_a_named_backend(api_client):
     assert not Backend.objects.filter(name="local-embeddings").exists()
 
 
+def test_a_similarity_like_threshold_is_accepted_as_written_and_only_the_gateway_warns(api_client, caplog):
+    """APIM's lab value 0.8 is valid (0.0-1.0): the management plane stores it without a warning of its own (its
+    write-time check runs the gateway's loader with warnings off); a gateway loading it logs one
+    (tests/gateway/policy/builtin/test_llm_semantic_cache.py), and docs/semantic-cache.md says so."""
+    BackendFactory(name="openai-embeddings", url="https://api.openai.com/v1/embeddings")
+    block = {"embeddings_backend": "openai-embeddings", "score_threshold": 0.8}
+    with caplog.at_level("WARNING"):
+        xml = imported_policy_xml(api_client, semantic_cache=block)
+    assert only_step(xml, LlmSemanticCacheLookup).threshold == 0.8
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+
+
 @override_settings(SLUICE={**settings.SLUICE, "LOCAL_EMBEDDINGS_URL": LOCAL_URL})
 def test_local_creates_the_embeddings_backend_once_from_the_settings(api_client):
     xml = imported_policy_xml(api_client, semantic_cache={"embeddings_backend": "local"})

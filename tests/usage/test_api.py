@@ -54,6 +54,8 @@ def test_group_by_api_per_hour(api_client, rows):
             "cache_hits": 1,
             "tokens_saved": 30,
             "blocked": 0,
+            "retried_requests": 0,
+            "failed_attempts": 0,
         },
         {
             "key": "vision",
@@ -66,6 +68,8 @@ def test_group_by_api_per_hour(api_client, rows):
             "cache_hits": 0,
             "tokens_saved": 0,
             "blocked": 0,
+            "retried_requests": 0,
+            "failed_attempts": 0,
         },
     ]
 
@@ -77,6 +81,35 @@ def test_blocked_requests_are_counted_per_group(api_client):
     UsageRollupFactory(api="vision", requests=4)
     results = api_client.get(URL, {**RANGE, "group_by": "api", "interval": "day"}).json()["results"]
     assert [(r["key"], r["requests"], r["blocked"]) for r in results] == [("chat", 6, 3), ("vision", 4, 0)]
+
+
+def test_failed_attempts_of_retried_requests_are_counted_per_group(api_client, gateway_client):
+    """From the gateways' records (through the ingestion endpoint) to the report: a retried request counts once in
+    retried_requests and each failed attempt before its answer in failed_attempts, in the answering backend's row."""
+    records = [
+        UsageRecordFactory(backend="paygo", failed_attempts="ptu:429"),
+        UsageRecordFactory(backend="paygo", failed_attempts="ptu:429 ptu2:Timeout"),
+        UsageRecordFactory(backend="ptu"),
+        UsageRecordFactory(backend="paygo", status=503, failed_attempts="ptu:503 paygo:BackendConnectionFailure"),
+        UsageRecordFactory(api="vision"),
+    ]
+    response = gateway_client.post(INGEST_URL, {"records": [r.to_json() for r in records]})
+    assert response.status_code == 202, response.content
+    results = api_client.get(URL, {**RANGE, "group_by": "api", "interval": "day"}).json()["results"]
+    assert [(r["key"], r["requests"], r["retried_requests"], r["failed_attempts"]) for r in results] == [
+        ("chat", 4, 3, 5),
+        ("vision", 1, 0, 0),
+    ]
+    rows = UsageRollup.objects.filter(api="chat").order_by("backend", "status")
+    assert [(r.backend, r.status, r.requests, r.retried_requests, r.failed_attempts) for r in rows] == [
+        ("paygo", 200, 2, 2, 3),
+        ("paygo", 503, 1, 1, 2),
+        ("ptu", 200, 1, 0, 0),
+    ]
+    # a re-delivered record adds nothing, failed attempts included
+    assert gateway_client.post(INGEST_URL, {"records": [records[1].to_json()]}).json()["duplicates"] == 1
+    again = api_client.get(URL, {**RANGE, "group_by": "api", "interval": "day"}).json()["results"]
+    assert (again[0]["retried_requests"], again[0]["failed_attempts"]) == (3, 5)
 
 
 def test_group_by_subscription_per_minute(api_client, rows):

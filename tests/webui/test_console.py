@@ -4,7 +4,7 @@ and requests relayed through a real gateway process to the real mock model, with
 import json
 
 import pytest
-from django.urls import reverse
+from django.urls import resolve, reverse
 
 from gateway_admin.models import RevealRecord
 from subscriptions.models import Subscription
@@ -136,3 +136,9 @@ def test_console_page_queries_do_not_grow(operator_client):
         OperationFactory(api=api)
         SubscriptionFactory(api=api)
     assert page_queries(operator_client, url("console", api.name)) == first
+
+
+def test_the_relay_runs_outside_the_request_transaction():
+    # it waits on the gateway and the model: inside ATOMIC_REQUESTS it would hold SQLite's write lock meanwhile
+    view = resolve(reverse("webui:console-send", args=["any"])).func
+    assert "default" in getattr(view, "_non_atomic_requests", set())

@@ -133,6 +133,13 @@ class UsageRowSerializer(serializers.Serializer):
         help_text="Requests a policy refused or whose response it cut (content safety); see the usage records' "
         "block_reason."
     )
+    retried_requests = serializers.IntegerField(
+        help_text="Requests answered after at least one failed forwarding attempt (the `retry` policy)."
+    )
+    failed_attempts = serializers.IntegerField(
+        help_text="Forwarding attempts that failed before these requests' answers (a retried 429 or 5xx, a timeout, "
+        "a refused connection); the usage records' failed_attempts name the backends."
+    )
 
 
 class UsageReportSerializer(serializers.Serializer):

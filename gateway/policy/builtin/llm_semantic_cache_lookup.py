@@ -21,7 +21,15 @@ from gateway.http.messages import Response
 from gateway.llm_accounting import exchange_for
 from gateway.semcache import CacheState, CacheStoreError
 from gateway.semcache.embed import EmbeddingsError
-from gateway.semcache.messages import CHAT, COMPLETIONS, prompt_text, replay_json, replay_sse, usage_of
+from gateway.semcache.messages import (
+    CHAT,
+    COMPLETIONS,
+    prompt_text,
+    replay_id,
+    replay_json,
+    replay_sse,
+    usage_of,
+)
 from gateway.tokens import RequestKind
 
 from ..base import Attr, BindEnv, Policy, Section, check_boolean, text_value, truth
@@ -36,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = (
     "CACHE_HEADER",
     "DEFAULT_EMBEDDINGS_MODEL",
+    "LOOSE_SCORE_THRESHOLD",
     "STORE_NAMES",
     "AzureOpenAiSemanticCacheLookup",
     "LlmSemanticCacheLookup",
@@ -48,6 +57,11 @@ _KINDS: Final = {RequestKind.CHAT: CHAT, RequestKind.COMPLETIONS: COMPLETIONS}
 _JSON: Final = (b"content-type", b"application/json")
 _SSE: Final = ((b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"))
 _SEPARATOR: Final = "\x1f"
+# apim-spec §3.3: a distance, smaller is stricter; "> 0.2 risks wrong hits". Above it the gateway warns at load time.
+LOOSE_SCORE_THRESHOLD: Final = 0.2
+# From here on nearly any prompt hits: the closest unrelated pair measured 0.74 (docs/semantic-cache.md), and a value
+# this high is most likely the older similarity reading (the AI-Gateway lab's 0.8).
+_SIMILARITY_LIKE: Final = 0.5
 
 
 class LlmSemanticCacheLookup(Policy):
@@ -109,6 +123,21 @@ class LlmSemanticCacheLookup(Policy):
         vary_by = tuple(text_value(child) for child in el.children)
         return cls(threshold, backend_id, attrs["ignore-system-messages"], max_messages, vary_by, model)
 
+    def load_warnings(self) -> tuple[str, ...]:
+        threshold = self.threshold
+        if threshold <= LOOSE_SCORE_THRESHOLD:
+            return ()
+        message = (
+            f"score-threshold {threshold:g} is a cosine distance (smaller is stricter, as APIM documents it): above "
+            f"{LOOSE_SCORE_THRESHOLD:g} answers to other questions are served as hits"
+        )
+        if threshold >= _SIMILARITY_LIKE:
+            message += (
+                f", and at {threshold:g} nearly any prompt hits. If it was written as a similarity (APIM's older "
+                f"reading, the AI-Gateway lab's 0.8), the same cut-off is {1 - threshold:.2g} here"
+            )
+        return (message + "; see docs/semantic-cache.md",)
+
     def bind(self, env: BindEnv) -> None:
         try:
             target = env.backend(self.backend_id)
@@ -159,12 +188,13 @@ class LlmSemanticCacheLookup(Policy):
             return None
         state.result, state.score = "hit", match.score
         state.prompt_tokens, state.completion_tokens = usage_of(entry)
+        response_id = replay_id(kind, ctx.request_id)  # a fresh completion id for each replay
         if exchange.stream:
             headers = list(_SSE)
-            payload = replay_sse(entry, kind, exchange.client_wants_usage)
+            payload = replay_sse(entry, kind, exchange.client_wants_usage, response_id)
         else:
             headers = [_JSON]
-            payload = replay_json(entry)
+            payload = replay_json(entry, response_id)
         ctx.response = ResponseHead(200, headers, body=payload)
         ctx.resume_outbound_after = STORE_NAMES
         ctx.response_headers.append((CACHE_HEADER, b"hit; score=%.4f" % match.score))

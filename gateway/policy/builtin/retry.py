@@ -14,7 +14,6 @@ retried while attempts remain, whatever the condition: the condition decides for
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Iterable
@@ -184,7 +183,7 @@ class Retry(Wrapper):
                 ctx.attempts[-1]["retried"] = True
             wait = self.wait_before(retry)
             if wait > 0:
-                await asyncio.sleep(wait)
+                await ctx.services.sleep(wait)
 
     def trace_details(self, ctx: RequestContext) -> dict[str, Any] | None:
         return {"attempts": list(ctx.attempts)}

@@ -117,12 +117,13 @@ def snapshot(*, api_policy=None, op_policy=None, product_policy=None, global_pol
 class Gateway:
     """The app, its fake upstream pool and its clock."""
 
-    def __init__(self, data: dict, respond=None, metrics=None, *, clock=None, store=None) -> None:
+    def __init__(self, data: dict, respond=None, metrics=None, *, clock=None, store=None, sleep=None) -> None:
         self.clock = clock or Clock()
         self.pool = FakePool(respond=respond)
         self.store = store or create_store("memory", clock=self.clock)
+        extra = {"sleep": sleep} if sleep is not None else {}
         self.app = create_app(
-            GatewaySettings(gateway_token=TOKEN), pool=self.pool, token_store=self.store, metrics=metrics
+            GatewaySettings(gateway_token=TOKEN), pool=self.pool, token_store=self.store, metrics=metrics, **extra
         )
         self.app.snapshot = load_snapshot(data, gateway_token=TOKEN)
 
@@ -139,11 +140,11 @@ class Gateway:
 
 
 def gateway(
-    respond=None, *, api_type: str = "passthrough", metrics=None, clock=None, store=None, **policies: Any
+    respond=None, *, api_type: str = "passthrough", metrics=None, clock=None, store=None, sleep=None, **policies: Any
 ) -> Gateway:
     data = snapshot(**policies)
     data["apis"][-1]["api_type"] = api_type
-    return Gateway(data, respond, metrics, clock=clock, store=store)
+    return Gateway(data, respond, metrics, clock=clock, store=store, sleep=sleep)
 
 
 def upstream(status=200, body=b'{"ok": true}', headers=None):

@@ -5,7 +5,16 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.semcache.messages import CHAT, COMPLETIONS, StreamAssembler, entry_from_json, prompt_text, replay_sse
+from gateway.semcache.messages import (
+    CHAT,
+    COMPLETIONS,
+    StreamAssembler,
+    entry_from_json,
+    prompt_text,
+    replay_id,
+    replay_json,
+    replay_sse,
+)
 
 ANSWER = {
     "id": "chatcmpl-1",
@@ -50,13 +59,14 @@ def test_requests_the_cache_does_not_handle(body: dict) -> None:
 
 
 def test_replay_frames_the_answer_as_openai_streams_it_and_the_assembler_reads_it_back() -> None:
-    sse = replay_sse(ANSWER, CHAT, include_usage=True)
+    sse = replay_sse(ANSWER, CHAT, include_usage=True, response_id="chatcmpl-2")
     events = sse.split(b"\n\n")
     assert events[-2:] == [b"data: [DONE]", b""]
     chunks = [orjson.loads(e[6:]) for e in events[:-2]]
     assert len(chunks) > 4  # role, several content pieces, finish, usage
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert chunks[-1] == {"id": "chatcmpl-1", "created": 1, "model": "gpt-4o-mini", "object": "chat.completion.chunk",
+    assert {chunk["id"] for chunk in chunks} == {"chatcmpl-2"}  # the replay's own id, on every chunk
+    assert chunks[-1] == {"id": "chatcmpl-2", "created": 1, "model": "gpt-4o-mini", "object": "chat.completion.chunk",
                           "choices": [], "usage": ANSWER["usage"]}  # fmt: skip
     assembler = StreamAssembler(CHAT, 1 << 20)
     for i in range(0, len(sse), 7):  # cut anywhere, even inside an event
@@ -64,7 +74,19 @@ def test_replay_frames_the_answer_as_openai_streams_it_and_the_assembler_reads_i
     document = assembler.document()
     assert document is not None
     assert document["choices"] == ANSWER["choices"] and document["usage"] == ANSWER["usage"]
-    assert b'"usage"' not in replay_sse(ANSWER, CHAT, include_usage=False)
+    assert b'"usage"' not in replay_sse(ANSWER, CHAT, include_usage=False, response_id="chatcmpl-2")
+
+
+def test_a_json_replay_has_its_own_id_and_the_stored_content() -> None:
+    replayed = orjson.loads(replay_json(ANSWER, "chatcmpl-3"))
+    assert replayed == {**ANSWER, "id": "chatcmpl-3"}
+    assert ANSWER["id"] == "chatcmpl-1"  # the entry itself is left as stored
+
+
+def test_replay_ids_are_openai_shaped_and_follow_the_request_id() -> None:
+    request_id = b"3f2a9c1e-5b7d-4e21-9a0b-00000000002a"
+    assert replay_id(CHAT, request_id) == "chatcmpl-3f2a9c1e5b7d4e219a0b00000000002a"
+    assert replay_id(COMPLETIONS, request_id) == "cmpl-3f2a9c1e5b7d4e219a0b00000000002a"
 
 
 @pytest.mark.parametrize(

@@ -230,3 +230,41 @@ async def test_content_safety_checks_a_cached_answer_too() -> None:
     blocked = await gw.chat(body=BODY)
     assert blocked.status == 403
     assert model_calls(gw) == 1  # the cached answer was checked, not a new one
+
+
+#
+# A score-threshold written for the older similarity reading (APIM's AI-Gateway lab: 0.8)
+#
+
+
+def _load_with_threshold(threshold: str) -> None:
+    from gateway.snapshot import load_snapshot
+
+    from ..helpers import TOKEN
+
+    statement = EMB_LOOKUP.format(extra="", children="").replace('"0.05"', f'"{threshold}"')
+    load_snapshot(snapshot(api_policy=f"<policies><inbound>{statement}</inbound></policies>"), gateway_token=TOKEN)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "gateway.snapshot" and r.levelname == "WARNING"]
+
+
+def test_a_similarity_like_threshold_loads_with_a_warning_naming_the_policy(caplog) -> None:
+    with caplog.at_level("WARNING", logger="gateway.snapshot"):
+        _load_with_threshold("0.8")
+    [warning] = _warnings(caplog)
+    assert warning.startswith("API 'aoai' policy: line 1: <llm-semantic-cache-lookup>: score-threshold 0.8")
+    assert "nearly any prompt hits" in warning and "the same cut-off is 0.2 here" in warning
+
+
+def test_a_loose_distance_warns_without_the_similarity_hint_and_a_usual_one_is_quiet(caplog) -> None:
+    with caplog.at_level("WARNING", logger="gateway.snapshot"):
+        _load_with_threshold("0.3")
+        [warning] = _warnings(caplog)
+        assert "above 0.2 answers to other questions are served as hits" in warning
+        assert "similarity" not in warning
+        caplog.clear()
+        for usual in ("0.05", "0.1", "0.2"):
+            _load_with_threshold(usual)
+    assert _warnings(caplog) == []

@@ -1,0 +1,93 @@
+"""The embedded default's SQLite database under concurrent writers (real processes, as `make run` has).
+
+`make run` runs gunicorn workers (threads in each) and the gateway posts usage and heartbeats while an admin PATCHes:
+several processes write var/sluice.sqlite3 at once. Every request is a transaction (ATOMIC_REQUESTS), and a typical
+one reads before it writes (load the subscription, then save it). With SQLite's default deferred transactions such a
+read-then-write cannot wait for a concurrent writer: SQLite answers "database is locked" at once instead of calling
+the busy handler, since waiting could deadlock. The settings begin every transaction IMMEDIATE, with a busy timeout
+and WAL, so writers queue instead (docs/deployment.md).
+
+Each worker is a separate process loading the embedded default's settings (gateway_admin.settings.local) against
+one file database; all are released together through their stdin once each has Django set up.
+"""
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from contextlib import closing
+
+WORKERS = 4
+TRANSACTIONS = 40
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+
+    import django
+    from django.db import connection, transaction
+
+    django.setup()
+    with connection.cursor() as cursor:  # open the connection (and run the settings' init_command) before "go"
+        cursor.execute("PRAGMA journal_mode")
+        print("ready", cursor.fetchone()[0], flush=True)
+    sys.stdin.readline()
+    for _ in range(int(sys.argv[1])):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT value FROM counter WHERE id = 1")
+            (value,) = cursor.fetchone()
+            cursor.execute("UPDATE counter SET value = %s WHERE id = 1", [value + 1])
+    print("done", flush=True)
+    """
+)
+
+
+def _env(database: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="gateway_admin.settings.local",
+        DJANGO_SECRET_KEY="sqlite-concurrency-test",
+        DATABASE_URL=f"sqlite:///{database}",
+    )
+    return env
+
+
+def test_concurrent_read_then_write_transactions_never_see_database_is_locked(tmp_path):
+    database = tmp_path / "sluice.sqlite3"
+    with closing(sqlite3.connect(database)) as db:
+        db.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, value INTEGER)")
+        db.execute("INSERT INTO counter VALUES (1, 0)")
+        db.commit()
+    env = _env(str(database))
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(TRANSACTIONS)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(WORKERS)
+    ]
+    try:
+        ready = [worker.stdout.readline().split() for worker in workers]
+        assert all(line[:1] == ["ready"] for line in ready), [w.stderr.read() for w in workers if w.poll() is not None]
+        for worker in workers:  # release them together
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        results = [worker.communicate(timeout=60) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    errors = [stderr for _, stderr in results if "database is locked" in stderr or "Error" in stderr]
+    assert not errors, errors[0]
+    assert [worker.returncode for worker in workers] == [0] * WORKERS
+    assert [stdout.strip() for stdout, _ in results] == ["done"] * WORKERS
+    with closing(sqlite3.connect(database)) as db:
+        assert db.execute("SELECT value FROM counter").fetchone() == (WORKERS * TRANSACTIONS,)  # no lost update
+    # WAL: readers (the gateways' snapshot polls) never wait for a writer, nor a writer for them
+    assert {line[1] for line in ready} == {"wal"}
