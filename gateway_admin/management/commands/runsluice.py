@@ -283,6 +283,7 @@ class Command(BaseCommand):
         gateway_url = f"http://{connect}:{options['gateway_port']}"
         metrics_url = f"http://127.0.0.1:{options['admin_port']}/metrics" if options["admin_port"] else None
         key = None
+        mock_url = None
         if demo:
             mock_url = f"http://127.0.0.1:{options['mock_port']}"
             self.start(
@@ -334,7 +335,8 @@ class Command(BaseCommand):
         if key is not None:
             self.wait_demo(gateway_url, key)
         self.banner(
-            management_url, gateway_url, username, password, token, key, log_dir, redis_url, workers, metrics_url
+            management_url, gateway_url, username, password, token, key, log_dir, redis_url, workers, metrics_url,
+            mock_url,
         )
         self.supervise()
 
@@ -416,6 +418,7 @@ class Command(BaseCommand):
         redis_url="",
         workers=(),
         metrics_url=None,
+        mock_url=None,
     ) -> None:
         style = self.style
         shown_password = password or "(not stored here; set one with `python manage.py changepassword admin`)"
@@ -446,6 +449,11 @@ class Command(BaseCommand):
             lines += [
                 f"  Demo API         {base}   (mock model, subscription '{DEMO_SUBSCRIPTION}')",
                 f"  Demo key         {key}",
+            ]
+        if key is not None and mock_url:
+            lines.append(f"  Demo model       {mock_url}/v1   (the mock model itself, OpenAI-compatible: a URL to import)")
+        if key is not None:
+            lines += [
                 "",
                 style.MIGRATE_HEADING("Try it with curl:"),
                 f"  curl {base}/chat/completions \\",
