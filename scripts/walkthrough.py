@@ -75,7 +75,12 @@ def console(page: Page, out: Path, name: str, operation: str | None = None) -> N
         page.get_by_role("navigation", name="Operations").get_by_role("link", name=operation).first.click()
         page.locator("#send").wait_for()
     page.get_by_role("button", name="Send").click()
-    page.locator("#response-status").filter(has_text="200").wait_for(timeout=15_000)
+    status = page.locator("#response-status")
+    try:
+        status.filter(has_text="200").wait_for(timeout=15_000)
+    except Exception:
+        shot(page, out, f"{name}-failed")
+        raise SystemExit(f"the console answered: {status.inner_text()} {page.locator('#response-body').inner_text()}")
     page.locator("#trace-rows tr").first.wait_for()
     print(f"  {' '.join(page.locator('#response-status').inner_text().split())}, "
           f"{page.locator('#trace-rows tr').count()} trace rows")  # fmt: skip
