@@ -66,7 +66,7 @@ class ConfigureForm(forms.Form):
     url = forms.CharField(
         label="URL",
         help_text="Base URL of the model, e.g. https://api.openai.com/v1 or, for Gemini, "
-        "https://generativelanguage.googleapis.com/v1beta/openai (make run's mock model: its \"Demo model\" line).",
+        'https://generativelanguage.googleapis.com/v1beta/openai (make run\'s mock model: its "Demo model" line).',
     )
     products = names_field("Products", Product)
     products.help_text = (

@@ -137,6 +137,12 @@ def test_probe_reports_the_exact_error(mock_llm):
     assert "answered 404" in result.message
 
 
+def test_passthrough_probe_says_a_4xx_at_the_base_url_is_fine(mock_llm):
+    """A passthrough API's base URL often has no page: the probe's 404 must not read as a failure."""
+    result = probe.probe_url(f"{mock_llm.root_url}/nowhere", "passthrough")
+    assert result.ok and "answered 404" in result.message and "reachable" in result.message
+
+
 CACHING = {
     "caching-enable": "on",
     "caching-embeddings_backend": "local",

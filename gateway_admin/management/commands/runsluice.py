@@ -335,7 +335,16 @@ class Command(BaseCommand):
         if key is not None:
             self.wait_demo(gateway_url, key)
         self.banner(
-            management_url, gateway_url, username, password, token, key, log_dir, redis_url, workers, metrics_url,
+            management_url,
+            gateway_url,
+            username,
+            password,
+            token,
+            key,
+            log_dir,
+            redis_url,
+            workers,
+            metrics_url,
             mock_url,
         )
         self.supervise()
@@ -451,7 +460,9 @@ class Command(BaseCommand):
                 f"  Demo key         {key}",
             ]
         if key is not None and mock_url:
-            lines.append(f"  Demo model       {mock_url}/v1   (the mock model itself, OpenAI-compatible: a URL to import)")
+            lines.append(
+                f"  Demo model       {mock_url}/v1   (the mock model itself, OpenAI-compatible: a URL to import)"
+            )
         if key is not None:
             lines += [
                 "",

@@ -133,6 +133,7 @@
     };
     const out = $("response-body");
     $("response").hidden = false;
+    $("response").scrollIntoView({ block: "start" }); // below the form: show where the answer comes
     out.textContent = "";
     $("response-status").textContent = "Sending…";
     $("response-note").hidden = true;
