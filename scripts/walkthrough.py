@@ -142,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         log_in(page, ui, args.user, args.password)
         shot(page, args.out, "home")
         print("2. import a Gemini-style API (OpenAI-compatible) through the wizard")
-        import_api(page, args.out, "wizard-gemini", {
+        gemini_fields = {
             "display_name": f"Gemini{args.suffix}", "url": model, "path": f"gemini{args.suffix}/v1beta/openai",
-            "key_header": "Authorization", "key": "Bearer gemini-demo-key"}, passthrough=False, review=True)  # fmt: skip
+            "key_header": "Authorization", "key": "Bearer gemini-demo-key"}  # fmt: skip
+        import_api(page, args.out, "wizard-gemini", gemini_fields, passthrough=False, review=True)
         shot(page, args.out, "api-gemini")
         print("3. test it in the console, with the trace")
         console(page, args.out, "console-gemini")
