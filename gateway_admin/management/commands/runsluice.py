@@ -198,6 +198,7 @@ class Command(BaseCommand):
 
     requires_migrations_checks = False
     embeddings_url: str | None = None  # set once the embeddings server answers; shown in the banner
+    mock_url: str | None = None  # the demo's mock model, once it answers; shown in the banner (a URL to import)
 
     def add_arguments(self, parser):
         parser.add_argument("--no-demo", action="store_true", help="do not start the mock model nor seed the demo")
@@ -283,7 +284,6 @@ class Command(BaseCommand):
         gateway_url = f"http://{connect}:{options['gateway_port']}"
         metrics_url = f"http://127.0.0.1:{options['admin_port']}/metrics" if options["admin_port"] else None
         key = None
-        mock_url = None
         if demo:
             mock_url = f"http://127.0.0.1:{options['mock_port']}"
             self.start(
@@ -293,6 +293,7 @@ class Command(BaseCommand):
                 f"{mock_url}/health",
             )
             key = self.seed_demo(f"{mock_url}/v1")
+            self.mock_url = mock_url
         self.embeddings_url = self.start_embeddings(options["embeddings_port"], log_dir)
         connections.close_all()  # the children open their own
 
@@ -335,17 +336,7 @@ class Command(BaseCommand):
         if key is not None:
             self.wait_demo(gateway_url, key)
         self.banner(
-            management_url,
-            gateway_url,
-            username,
-            password,
-            token,
-            key,
-            log_dir,
-            redis_url,
-            workers,
-            metrics_url,
-            mock_url,
+            management_url, gateway_url, username, password, token, key, log_dir, redis_url, workers, metrics_url
         )
         self.supervise()
 
@@ -427,7 +418,6 @@ class Command(BaseCommand):
         redis_url="",
         workers=(),
         metrics_url=None,
-        mock_url=None,
     ) -> None:
         style = self.style
         shown_password = password or "(not stored here; set one with `python manage.py changepassword admin`)"
@@ -459,11 +449,10 @@ class Command(BaseCommand):
                 f"  Demo API         {base}   (mock model, subscription '{DEMO_SUBSCRIPTION}')",
                 f"  Demo key         {key}",
             ]
-        if key is not None and mock_url:
-            lines.append(
-                f"  Demo model       {mock_url}/v1   (the mock model itself, OpenAI-compatible: a URL to import)"
-            )
-        if key is not None:
+            if self.mock_url:
+                lines.append(
+                    f"  Demo model       {self.mock_url}/v1   (the mock model, OpenAI-compatible: a URL to import)"
+                )
             lines += [
                 "",
                 style.MIGRATE_HEADING("Try it with curl:"),
