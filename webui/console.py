@@ -24,7 +24,7 @@ from django.views.decorators.cache import never_cache
 
 from apis.models import API
 from gateway.contract import sign_trace_token, trace_key
-from gateway_admin.models import RevealRecord
+from gateway_admin.models import ConfigRevision, RevealRecord
 from subscriptions.models import Subscription
 
 from .views import CONSOLE_PERMISSIONS, UIView
@@ -193,7 +193,24 @@ class ConsoleSendView(ConsoleMixin, UIView):
             )
         except requests.RequestException as exc:
             return _problem(502, f"The gateway at {settings.SLUICE['GATEWAY_URL']} did not answer: {exc}")
-        return _relay(upstream, url)
+        return _relay(upstream, url, _behind_note() if upstream.status_code == 404 else None)
+
+
+def _behind_note() -> str | None:
+    """A 404 right after a change is most often a gateway that has not polled the new configuration yet: say so,
+    from its health document, rather than leave a newcomer with "Unable to match incoming request"."""
+    base = settings.SLUICE["GATEWAY_URL"].rstrip("/")
+    try:
+        served = requests.get(f"{base}/__sluice/health", timeout=CONNECT_TIMEOUT).json().get("revision")
+    except (requests.RequestException, ValueError, AttributeError):
+        return None
+    current = ConfigRevision.current()
+    if not isinstance(served, int) or served >= current:
+        return None
+    return (
+        f"The gateway still serves configuration revision {served}; the current one is {current}. It loads the "
+        "latest change within a few seconds: send again."
+    )
 
 
 def gateway_url(api: API, path: str, query: list[tuple[str, str]]) -> str:
@@ -202,7 +219,7 @@ def gateway_url(api: API, path: str, query: list[tuple[str, str]]) -> str:
     return f"{base}{prefix}{path}" + (f"?{urlencode(query)}" if query else "")
 
 
-def _relay(upstream: requests.Response, url: str) -> StreamingHttpResponse:
+def _relay(upstream: requests.Response, url: str, note: str | None = None) -> StreamingHttpResponse:
     trace = upstream.headers.get(TRACE_HEADER)
     meta = {
         "status": upstream.status_code,
@@ -210,6 +227,7 @@ def _relay(upstream: requests.Response, url: str) -> StreamingHttpResponse:
         "url": url,
         "headers": [[name, value] for name, value in upstream.headers.items() if name.lower() != TRACE_HEADER],
         "trace": json.loads(trace) if trace else None,
+        "note": note,
     }
 
     def stream():

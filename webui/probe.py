@@ -86,7 +86,11 @@ def probe_url(url: str, api_type: str, header_name: str = "", header_value: str 
     except requests.RequestException as exc:
         return ProbeResult(False, f"GET {target} failed: {exc}")
     if not openai:
-        return ProbeResult(response.status_code < 500, f"GET {target} answered {response.status_code}.")
+        message = f"GET {target} answered {response.status_code}."
+        if response.status_code < 500:
+            # a 4xx is normal here: many APIs have nothing at their base URL, or want a key the probe lacks
+            message += " The server is reachable (a base URL often has no page of its own, so a 4xx is fine here)."
+        return ProbeResult(response.status_code < 500, message)
     if response.status_code != 200:
         return ProbeResult(False, f"GET {target} answered {response.status_code}: {response.text[:500]}")
     try:

@@ -63,8 +63,15 @@ class ConfigureForm(forms.Form):
         label="Name", required=False, help_text="The API's id in URLs; defaults to a slug of the display name."
     )
     description = forms.CharField(label="Description", required=False, widget=forms.Textarea(attrs={"rows": 2}))
-    url = forms.CharField(label="URL", help_text="Base URL of the model, e.g. https://api.openai.com/v1.")
+    url = forms.CharField(
+        label="URL",
+        help_text="Base URL of the model, e.g. https://api.openai.com/v1 or, for Gemini, "
+        'https://generativelanguage.googleapis.com/v1beta/openai (make run\'s mock model: its "Demo model" line).',
+    )
     products = names_field("Products", Product)
+    products.help_text = (
+        "Optional: subscriptions to a product reach its APIs; the built-in all-access subscription reaches them all."
+    )
     path = forms.CharField(label="Path", help_text="Where the gateway publishes the API, e.g. gemini/v1.")
     type = forms.ChoiceField(
         label="Type", choices=WIZARD_TYPE_CHOICES, initial=APITypeChoices.OPENAI, widget=forms.RadioSelect

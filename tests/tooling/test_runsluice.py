@@ -251,6 +251,8 @@ def test_runsluice_serves_the_demo_and_stops_everything_on_sigterm(tmp_path):
         assert f"http://127.0.0.1:{ports['port']}/api/docs/" in output
         assert "curl http://127.0.0.1:" in output
         assert "from openai import OpenAI" in output
+        model = re.search(r"Demo model\s+(\S+)", output).group(1)  # the URL a newcomer imports in the wizard
+        assert model == f"http://127.0.0.1:{ports['mock']}/v1" and http_status(f"{model}/models") == 200
         assert f"Gateway metrics  http://127.0.0.1:{ports['admin']}/metrics" in output
         assert http_status(f"http://127.0.0.1:{ports['admin']}/metrics") == 200  # the admin listener
         assert http_status(f"http://127.0.0.1:{ports['gateway']}/__sluice/metrics") == 404  # not the client one

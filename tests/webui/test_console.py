@@ -128,6 +128,22 @@ def test_send_through_a_real_gateway_with_the_trace(operator_client, gateway_for
     assert raw.count(b"data: ") > 2 and raw.rstrip().endswith(b"data: [DONE]")
 
 
+def test_a_404_from_a_gateway_behind_says_it_has_not_loaded_the_change(operator_client, gateway_for, mock_llm):
+    """Right after an import the gateway may not have polled the new revision: the console says so, not only
+    "Unable to match incoming request to an operation"."""
+    from gateway_admin.models import ConfigRevision
+
+    import_mock_api(mock_llm)
+    gateway_for()  # serves the snapshot of this moment, and never polls another one
+    served = ConfigRevision.current()
+    meta, _ = relayed(send(operator_client, "chat", body="{}", headers=[["Content-Type", "application/json"]]))
+    assert meta["status"] != 404 and meta["note"] is None
+    import_mock_api(mock_llm, name="fresh", path="fresh/v1")
+    meta, raw = relayed(send(operator_client, "fresh", body="{}"))
+    assert meta["status"] == 404 and b"Unable to match" in raw
+    assert f"revision {served}; the current one is {ConfigRevision.current()}" in meta["note"]
+
+
 def test_console_page_queries_do_not_grow(operator_client):
     api = APIFactory()
     OperationFactory(api=api)

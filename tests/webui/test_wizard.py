@@ -41,6 +41,19 @@ def _errors(response):
     return response.context and response.context["form"].errors
 
 
+def test_an_empty_products_list_says_so(operator_client):
+    """A newcomer has no product yet: the field says it is optional and empty rather than showing a blank box."""
+    from tests.management.factories import ProductFactory
+
+    page = operator_client.get(URL).content.decode()
+    products = page[page.index('id="id_configure-products"') :].split("</div>")[0]
+    assert "None yet." in products and "Optional" in page
+    ProductFactory(name="starter")
+    page = operator_client.get(URL).content.decode()
+    products = page[page.index('id="id_configure-products"') :].split("</div>", 2)
+    assert "starter" in products[0] + products[1] and "None yet." not in products[0] + products[1]
+
+
 def test_the_wizard_creates_through_the_import_service(operator_client):
     assert operator_client.get(URL).status_code == 200
     response = walk_to_create(operator_client, CONFIGURE)
@@ -122,6 +135,12 @@ def test_probe_reports_the_exact_error(mock_llm):
     result = probe.probe_url(f"{mock_llm.root_url}/nowhere", "openai")
     assert not result.ok
     assert "answered 404" in result.message
+
+
+def test_passthrough_probe_says_a_4xx_at_the_base_url_is_fine(mock_llm):
+    """A passthrough API's base URL often has no page: the probe's 404 must not read as a failure."""
+    result = probe.probe_url(f"{mock_llm.root_url}/nowhere", "passthrough")
+    assert result.ok and "answered 404" in result.message and "reachable" in result.message
 
 
 CACHING = {

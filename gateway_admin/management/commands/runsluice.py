@@ -198,6 +198,7 @@ class Command(BaseCommand):
 
     requires_migrations_checks = False
     embeddings_url: str | None = None  # set once the embeddings server answers; shown in the banner
+    mock_url: str | None = None  # the demo's mock model, once it answers; shown in the banner (a URL to import)
 
     def add_arguments(self, parser):
         parser.add_argument("--no-demo", action="store_true", help="do not start the mock model nor seed the demo")
@@ -292,6 +293,7 @@ class Command(BaseCommand):
                 f"{mock_url}/health",
             )
             key = self.seed_demo(f"{mock_url}/v1")
+            self.mock_url = mock_url
         self.embeddings_url = self.start_embeddings(options["embeddings_port"], log_dir)
         connections.close_all()  # the children open their own
 
@@ -446,6 +448,12 @@ class Command(BaseCommand):
             lines += [
                 f"  Demo API         {base}   (mock model, subscription '{DEMO_SUBSCRIPTION}')",
                 f"  Demo key         {key}",
+            ]
+            if self.mock_url:
+                lines.append(
+                    f"  Demo model       {self.mock_url}/v1   (the mock model, OpenAI-compatible: a URL to import)"
+                )
+            lines += [
                 "",
                 style.MIGRATE_HEADING("Try it with curl:"),
                 f"  curl {base}/chat/completions \\",

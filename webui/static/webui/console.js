@@ -133,8 +133,10 @@
     };
     const out = $("response-body");
     $("response").hidden = false;
+    $("response").scrollIntoView({ block: "start" }); // below the form: show where the answer comes
     out.textContent = "";
     $("response-status").textContent = "Sending…";
+    $("response-note").hidden = true;
     $("response-usage").textContent = "";
     $("response-headers").replaceChildren();
     showTrace(null);
@@ -165,6 +167,10 @@
           if (newline < 0) continue;
           meta = JSON.parse(buffered.slice(0, newline));
           $("response-status").textContent = `${meta.status} ${meta.reason}`;
+          if (meta.note) {
+            $("response-note").textContent = meta.note;
+            $("response-note").hidden = false;
+          }
           for (const [name, headerValue] of meta.headers) {
             const row = document.createElement("tr");
             cell(row, name);
