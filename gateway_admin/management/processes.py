@@ -6,6 +6,7 @@ for over HTTP, stopped together with anything it forked, and its last lines show
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -46,6 +47,16 @@ def http_status(url: str, *, timeout: float = 2.0, headers: Mapping[str, str] | 
         return int(exc.code)
     except (OSError, ValueError):
         return None
+
+
+def served_revision(gateway_url: str, *, timeout: float = 2.0) -> int | None:
+    """The configuration revision a gateway serves (its ``/__sluice/health`` document), or ``None``."""
+    try:
+        with urllib.request.urlopen(f"{gateway_url}/__sluice/health", timeout=timeout) as response:  # noqa: S310
+            revision = json.loads(response.read()).get("revision")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return revision if isinstance(revision, int) else None
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

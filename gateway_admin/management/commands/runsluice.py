@@ -24,7 +24,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from gateway_admin.management.processes import ManagedProcess, ProcessError, http_status
+from gateway_admin.management.processes import ManagedProcess, ProcessError, http_status, served_revision
 
 __all__ = (
     "Command",
@@ -395,14 +395,21 @@ class Command(BaseCommand):
         return ensure_subscription(DEMO_SUBSCRIPTION, f"/apis/{DEMO_API}", "Demo")
 
     def wait_demo(self, gateway_url: str, key: str) -> None:
-        """The gateway is healthy before its first snapshot lands; wait (bounded) until the demo answers."""
+        """The gateway is healthy before its first snapshot lands; wait (bounded) until it serves the current
+        configuration revision, then check that the demo answers. Asking the demo API itself before that would
+        leave 401s in the usage (the home page's "Recent errors") for a subscription the gateway does not know yet."""
+        from gateway_admin.models import ConfigRevision
+
         url = f"{gateway_url}/{DEMO_PATH}/models"
+        current = ConfigRevision.current()
         deadline = time.monotonic() + 15
         status = None
         while time.monotonic() < deadline:
-            status = http_status(url, headers={KEY_HEADER: key})
-            if status == 200:
-                return
+            served = served_revision(gateway_url)
+            if served is not None and served >= current:
+                status = http_status(url, headers={KEY_HEADER: key})
+                if status == 200:
+                    return
             time.sleep(0.25)
         self.stderr.write(f"warning: {url} still answers {status}; the demo may need a moment (see the gateway log)")
 
