@@ -1,5 +1,6 @@
 """APIs and their operations: what the gateway exposes under /<path>/ and forwards to the service URL."""
 
+from django.conf import settings
 from django.db import models
 
 from gateway_admin.models import ConfigurationModel
@@ -82,6 +83,11 @@ class API(ConfigurationModel):
 
     def __str__(self):
         return self.name
+
+    @property
+    def gateway_url(self) -> str:
+        """Where clients call this API: the gateway's URL (``SLUICE["GATEWAY_URL"]``) and the API's path."""
+        return f"{settings.SLUICE['GATEWAY_URL'].rstrip('/')}/{self.path}"
 
 
 class Operation(ConfigurationModel):

@@ -94,6 +94,7 @@ KINDS: dict[str, Kind] = {
                 ("display_name", "Display name"),
                 ("description", "Description"),
                 ("path", "Path"),
+                ("gateway_url", "Clients call"),
                 ("service_url", "Web service URL"),
                 ("get_api_type_display", "Type"),
                 ("subscription_required", "Subscription required"),

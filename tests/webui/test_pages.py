@@ -255,3 +255,10 @@ def test_list_page_loads_htmx_and_marks_its_live_parts(operator_client):
     body = operator_client.get(list_url("apis")).content.decode()
     assert "/static/vendor/htmx/htmx-2.min.js" in body
     assert 'hx-select="#results"' in body and 'id="count" role="status"' in body
+
+
+def test_api_detail_shows_where_clients_call_it(operator_client, settings):
+    settings.SLUICE = {**settings.SLUICE, "GATEWAY_URL": "https://gateway.example.com/"}
+    api = APIFactory(name="chat", path="chat/v1")
+    page = operator_client.get(reverse("webui:object-detail", kwargs={"kind": "apis", "name": api.name}))
+    assert "https://gateway.example.com/chat/v1" in page.content.decode()
