@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from tests.fixtures_embeddings import embeddings_server  # noqa: F401  (fixture)
-from tests.fixtures_procs import _factory, free_port, mock_llm  # noqa: F401  (fixture)
+from tests.fixtures_procs import MockLLM, _factory, _stop, free_port, start_mock_llm
 
 from .gateway_proc import RunningGateway, Sidecar, sidecar, start_gateway, wait_for  # noqa: F401  (fixtures)
 from .helpers import KEYS, api, op, subscription, trace_token
@@ -73,6 +73,17 @@ def snapshot(mock_root: str, embeddings_url: str, sidecar_url: str = "http://127
 
 
 @pytest.fixture(scope="module")
+def mock_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockLLM]:
+    """The mock model, also the "fast" embeddings backend, with 384-dimension vectors. With its default of 8, two
+    unrelated prompts' hash vectors came closer than the 0.05 threshold now and then (a false hit at distance 0.024
+    in one CI-like run): the cosine of two random unit vectors has a standard deviation of 1/sqrt(d), 0.35 at 8
+    dimensions against 0.05 at 384, where a distance under 0.05 is out of reach."""
+    start, started = _factory(tmp_path_factory.mktemp("mockllm-384"))
+    yield start_mock_llm(start, "--embed-dim", "384")
+    _stop(started)
+
+
+@pytest.fixture(scope="module")
 def gateway(tmp_path_factory, mock_llm, embeddings_server, sidecar) -> Iterator[RunningGateway]:  # noqa: F811
     tmp = tmp_path_factory.mktemp("semcache")
     start, started = _factory(tmp)
@@ -107,7 +118,7 @@ def chat(
     return response
 
 
-def model_calls(mock_llm) -> int:  # noqa: F811
+def model_calls(mock_llm) -> int:
     return int(mock_llm.stats()["requests"].get("/chat/completions", 0))
 
 
@@ -132,7 +143,7 @@ def stored(gateway: RunningGateway, count: float, api_name: str = "cached") -> b
     return metric(gateway.port, "stored", api_name) >= count
 
 
-def test_a_miss_calls_the_model_and_an_equal_prompt_then_hits(gateway, mock_llm) -> None:  # noqa: F811
+def test_a_miss_calls_the_model_and_an_equal_prompt_then_hits(gateway, mock_llm) -> None:
     text = f"What is the capital of France? {uuid.uuid4()}"
     before = model_calls(mock_llm)
     first = chat(gateway.port, "cached", text)
@@ -156,7 +167,7 @@ def test_a_miss_calls_the_model_and_an_equal_prompt_then_hits(gateway, mock_llm)
     assert second.header("content-type") == "application/json"
 
 
-def test_vary_by_keeps_subscriptions_apart(gateway, mock_llm) -> None:  # noqa: F811
+def test_vary_by_keeps_subscriptions_apart(gateway, mock_llm) -> None:
     text = f"Tell me a fact about owls. {uuid.uuid4()}"
     assert chat(gateway.port, "cached", text).header("x-semantic-cache") == "miss"
     assert chat(gateway.port, "cached", text).header("x-semantic-cache").startswith("hit")
@@ -177,7 +188,7 @@ def test_system_messages_are_ignored_and_long_dialogs_skip_the_cache(gateway) ->
     assert skipped.status == 200 and skipped.header("x-semantic-cache") is None
 
 
-def test_a_streamed_request_that_hits_is_replayed_as_server_sent_events(gateway, mock_llm) -> None:  # noqa: F811
+def test_a_streamed_request_that_hits_is_replayed_as_server_sent_events(gateway, mock_llm) -> None:
     text = f"Explain photosynthesis briefly. {uuid.uuid4()}"
     first = chat(gateway.port, "cached", text)
     assert first.header("x-semantic-cache") == "miss"
@@ -218,7 +229,7 @@ def test_a_streamed_request_that_hits_is_replayed_as_server_sent_events(gateway,
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == content_of(first)
 
 
-def test_a_streamed_answer_is_assembled_and_stored(gateway, mock_llm) -> None:  # noqa: F811
+def test_a_streamed_answer_is_assembled_and_stored(gateway, mock_llm) -> None:
     text = f"Write a haiku about rain. {uuid.uuid4()}"
     stored_before = metric(gateway.port, "stored", "cached")
     streamed = chat(gateway.port, "cached", text, stream=True)
@@ -235,7 +246,7 @@ def test_a_streamed_answer_is_assembled_and_stored(gateway, mock_llm) -> None:  
     assert model_calls(mock_llm) == before
 
 
-def test_a_cancelled_stream_is_not_stored(gateway, mock_llm) -> None:  # noqa: F811
+def test_a_cancelled_stream_is_not_stored(gateway, mock_llm) -> None:
     text = f"Count slowly to twenty. {uuid.uuid4()}"
     not_stored = metric(gateway.port, "not_stored", "cached")
     body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": text}], "stream": True})
@@ -259,7 +270,7 @@ def test_an_error_is_not_stored(gateway) -> None:
     assert chat(gateway.port, "cached", text).header("x-semantic-cache") == "miss"
 
 
-def test_the_embeddings_backend_down_falls_through_to_the_model(gateway, mock_llm) -> None:  # noqa: F811
+def test_the_embeddings_backend_down_falls_through_to_the_model(gateway, mock_llm) -> None:
     errors = metric(gateway.port, "lookup_error", "down")
     before = model_calls(mock_llm)
     text = f"Hello? {uuid.uuid4()}"
@@ -288,7 +299,7 @@ def test_the_backend_credentials_go_to_the_embeddings_backend_and_a_wrong_answer
     assert metric(gateway.port, "lookup_error", "wrong") >= 1
 
 
-def test_legacy_completions_are_cached_and_replayed_as_their_stream(gateway, mock_llm) -> None:  # noqa: F811
+def test_legacy_completions_are_cached_and_replayed_as_their_stream(gateway, mock_llm) -> None:
     prompt = f"Once upon a time {uuid.uuid4()}"
     headers = [("Content-Type", "application/json"), ("Ocp-Apim-Subscription-Key", KEY)]
 
@@ -333,7 +344,7 @@ def test_a_hit_is_in_the_usage_record_and_the_trace(gateway, sidecar) -> None:  
     assert record["backend"] is None
 
 
-def test_the_local_engine_hits_a_paraphrase_and_misses_another_question(gateway, mock_llm) -> None:  # noqa: F811
+def test_the_local_engine_hits_a_paraphrase_and_misses_another_question(gateway, mock_llm) -> None:
     nonce = uuid.uuid4().hex[:6]
     first = chat(gateway.port, "local", f"How do I reset my password? Ticket {nonce}.")
     assert first.header("x-semantic-cache") == "miss"
