@@ -28,11 +28,11 @@ from gateway.errors import (
     GatewayError,
 )
 from gateway.http.client import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from gateway.http.headers import find_header
 from gateway.http.messages import Response, StreamingResponse
 from gateway.llm_accounting import OPENAI_API_TYPE, current_exchange, exchange_for
 
 if TYPE_CHECKING:
-    from gateway.context import Headers
     from gateway.http.client import UpstreamPool, UpstreamResponse
     from gateway.model import BackendTarget, PoolMember
 
@@ -77,7 +77,9 @@ class Forwarder:
         target = ctx.backend
         if target is None:
             raise GatewayError(500, MSG_NO_BACKEND, source="forward-request", reason="BackendNotConfigured")
-        target, why = await self._choose(ctx, target)
+        why = ""
+        if target.pool is not None or target.breaker is not None:  # a single plain backend needs no choosing
+            target, why = await self._choose(ctx, target)
         attempt: dict[str, Any] = {"backend": target.name or target.url}
         if why:
             attempt["chosen"] = why
@@ -127,7 +129,7 @@ class Forwarder:
             raise
         attempt["status"] = head.status
         if target.breaker is not None:
-            retry_after = parse_retry_after(_header(head.headers, b"retry-after"), states.wall_clock())
+            retry_after = parse_retry_after(find_header(head.headers, b"retry-after"), states.wall_clock())
             if states.record(target, head.status, None, retry_after):
                 attempt["tripped"] = True
         ctx.response = head
@@ -188,13 +190,6 @@ class Forwarder:
             await upstream.aclose()
             raise
         return head
-
-
-def _header(headers: Headers, name: bytes) -> bytes | None:
-    for header in headers:
-        if header[0] == name:
-            return header[1]
-    return None
 
 
 async def discard_upstream(ctx: RequestContext) -> None:
