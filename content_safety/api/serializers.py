@@ -1,14 +1,14 @@
 from rest_framework import serializers
 
 from gateway.contract import BLOCKLIST_ITEM_KINDS, check_blocklist_item
-from gateway_admin.api.serializers import ConfigurationModelSerializer, StrictFieldsMixin
+from gateway_admin.api.serializers import ConfigurationModelSerializer, StrictFieldsMixin, WholeValueMixin
 
 from ..models import Blocklist
 
 __all__ = ("BlocklistItemSerializer", "BlocklistSerializer")
 
 
-class BlocklistItemSerializer(StrictFieldsMixin, serializers.Serializer):
+class BlocklistItemSerializer(WholeValueMixin, StrictFieldsMixin, serializers.Serializer):
     kind = serializers.ChoiceField(choices=list(BLOCKLIST_ITEM_KINDS), help_text="term (a whole word) or regex (RE2)")
     value = serializers.CharField(max_length=1000, trim_whitespace=False)
 

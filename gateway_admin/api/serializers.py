@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-__all__ = ("ConfigurationModelSerializer", "StrictCharField", "StrictFieldsMixin")
+__all__ = ("ConfigurationModelSerializer", "StrictCharField", "StrictFieldsMixin", "WholeValueMixin")
 
 
 # Docstrings of these bases are kept as comments: drf-spectacular would copy an inherited docstring into the
@@ -27,6 +27,20 @@ class StrictFieldsMixin:
         if errors:
             raise serializers.ValidationError(errors)
         return value
+
+
+class WholeValueMixin:
+    # For a serializer nested in another whose value is always sent whole (an item of a list field). DRF passes a
+    # PATCH's partial=True down to nested fields, which would make this one's required fields optional: a PATCH
+    # with `"items": [{"value": "x"}]` would reach validate() without `kind`. Missing fields are named instead.
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict) and getattr(self.root, "partial", False):
+            missing = [name for name, field in self.fields.items() if field.required and name not in data]
+            if missing:
+                required = serializers.ErrorDetail("This field is required.", code="required")
+                raise serializers.ValidationError({name: [required] for name in missing})
+        return super().to_internal_value(data)
 
 
 class ConfigurationModelSerializer(StrictFieldsMixin, serializers.ModelSerializer):

@@ -51,6 +51,18 @@ def test_bad_items_are_refused_with_a_400_naming_them(api_client, items, message
     assert not Blocklist.objects.exists()
 
 
+@pytest.mark.parametrize("item", [{"value": "x"}, {"kind": "term"}, {}])
+def test_a_patch_names_an_items_missing_field(api_client, item):
+    """A PATCH is partial for the blocklist, not for an item (the REST fuzz found a KeyError, a 500, here)."""
+    create(api_client)
+    response = api_client.patch(LISTS + "words/", {"items": [item]}, format="json")
+    assert response.status_code == 400
+    missing = {"kind", "value"} - set(item)
+    assert response.json() == {"items": {"0": {name: ["This field is required."] for name in sorted(missing)}}}
+    assert create(api_client, name="other", items=[item]).json()["items"] == response.json()["items"]
+    assert Blocklist.objects.get().items[0] == {"kind": "term", "value": "Bomb"}
+
+
 def test_a_blocklist_a_policy_uses_cannot_be_deleted(api_client):
     create(api_client)
     api = APIFactory(name="chat")
