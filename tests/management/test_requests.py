@@ -55,6 +55,50 @@ def test_malformed_or_non_object_json_is_400(api_client, body):
     assert not Backend.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("url", "body", "field", "message"),
+    [
+        ("/api/products/", {"name": 0, "display_name": "0"}, "name", "Not a valid string."),
+        (
+            "/api/products/",
+            {"name": "p", "display_name": "P", "subscription_required": "true"},
+            "subscription_required",
+            "Must be a boolean (true or false).",
+        ),
+        (
+            "/api/products/",
+            {"name": "p", "display_name": "P", "subscriptions_limit": "5"},
+            "subscriptions_limit",
+            "A valid integer is required.",
+        ),
+        (
+            "/api/products/",
+            {"name": "p", "display_name": "P", "subscriptions_limit": True},
+            "subscriptions_limit",
+            "A valid integer is required.",
+        ),
+        (
+            "/api/apis/import-language-model/",
+            {
+                "display_name": "x",
+                "url": "http://127.0.0.1:9/v1",
+                "path": "x",
+                "type": "openai",
+                "content_safety": {"backend": "builtin", "blocklists": [7]},
+            },
+            "content_safety",
+            "Not a valid string.",
+        ),
+    ],
+)
+def test_a_json_value_of_the_wrong_type_is_400_naming_the_field(api_client, url, body, field, message):
+    """DRF alone would store `0` as the name "0" and "5" as the number 5 (found by the REST fuzz)."""
+    response = api_client.post(url, body, format="json")
+    assert response.status_code == 400
+    assert message in str(response.json()[field])
+    assert api_client.get("/api/products/").json() == []
+
+
 def test_non_json_content_type_is_415(api_client):
     response = api_client.generic("POST", "/api/backends/", "name=b", content_type="application/x-www-form-urlencoded")
     assert response.status_code == 415
