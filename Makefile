@@ -22,7 +22,7 @@ help:
 	@echo "make bench   measure gateway overhead against the mock model on loopback"
 	@echo "make bench-pools  timeline PNG of a backend pool through a circuit breaker trip and recovery"
 	@echo "make smoke   fresh clone of HEAD: make run, the README quickstart, Ctrl-C, make run again, make test"
-	@echo "make lint    ruff (check and format), mypy --strict for gateway/, import-linter layers"
+	@echo "make lint    ruff (check and format), mypy --strict for gateway/, import-linter layers, duplicates report"
 	@echo "make clean   remove caches and build output (keeps .venv, .env and var/)"
 
 $(PY):
@@ -54,12 +54,18 @@ bench-pools: $(STAMP)
 smoke:
 	$(PYTHON) scripts/smoke_fresh_start.py $(SMOKE_ARGS)
 
-# ruff, formatting, strict typing of gateway/ and its import layers ([tool.importlinter] in pyproject.toml)
+# ruff, formatting, strict typing of gateway/ and its import layers ([tool.importlinter] in pyproject.toml),
+# reasons on type: ignore lines, and the duplicates report
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	@# every `type: ignore[code]` in gateway/ says why on the same line (`# type: ignore[code]  # reason`)
+	@! grep -rnE --include='*.py' 'type: ignore(\[[^]]*\])?[[:space:]]*$$' gateway \
+		|| { echo "lint: the type: ignore above needs its reason on the same line" >&2; exit 1; }
+	@# the duplicates report, where the `duplicates` tool is installed (a report to read: it never fails)
+	@if command -v duplicates >/dev/null; then duplicates --most 12; else echo "lint: duplicates not installed, report skipped"; fi
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache var/static

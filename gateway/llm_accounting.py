@@ -226,7 +226,7 @@ class _TailDone:
 
     def __call__(self, usage: dict[str, Any] | None, model: str | None, complete: bool) -> None:
         ctx, exchange = self.ctx, self.exchange
-        self.ctx = self.exchange = None  # type: ignore[assignment]
+        self.ctx = self.exchange = None  # type: ignore[assignment]  # cleared after the single call so both can be freed; never read again
         if usage is not None:
             ctx.usage = usage_from_mapping(usage, model or exchange.model)
         elif complete and exchange.body is not None:

@@ -107,7 +107,7 @@ class _OperationTable:
             if is_wild:
                 wildcard.setdefault(op.method, []).append((-len(segments), -literal_count, segments, op))
             elif literal_count == len(segments):
-                key = "/" + "/".join(segments)  # type: ignore[arg-type]
+                key = "/" + "/".join(segments)  # type: ignore[arg-type]  # literal_count == len(segments): every segment is a str here
                 by_path = self.exact.setdefault(op.method, {})
                 if key in by_path:
                     raise RoutingError(f"API {api.name!r}: two {op.method} operations with URL template {key!r}")

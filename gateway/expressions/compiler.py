@@ -357,7 +357,7 @@ class _Compiler:
             out: list[str] = []
             for text, fn, width, fmt in frozen:
                 if fn is None:
-                    out.append(text)  # type: ignore[arg-type]
+                    out.append(text)  # type: ignore[arg-type]  # fn is None marks a literal part, whose text is a str
                 else:
                     piece = format_value(fn(env), fmt)
                     out.append(align(piece, width) if width else piece)
@@ -592,7 +592,7 @@ class _Compiler:
             if bound_t is None:
                 return None
             allowed = overload.type_args
-            if allowed != ANY_TYPE and bound_t not in allowed:  # type: ignore[operator]
+            if allowed != ANY_TYPE and bound_t not in allowed:  # type: ignore[operator]  # type_args is a tuple of types once ANY_TYPE is ruled out
                 return None
         bindings = {"T": bound_t} if bound_t is not None else {}
         arg_fns: list[Fn] = []

@@ -72,7 +72,7 @@ def _parse_date(text: str | None) -> datetime:
         parsed = datetime.fromisoformat(not_null(text, "s").strip())
     except ValueError:
         try:
-            parsed = datetime.strptime(text.strip(), "%m/%d/%Y %H:%M:%S")  # type: ignore[union-attr]
+            parsed = datetime.strptime(text.strip(), "%m/%d/%Y %H:%M:%S")  # type: ignore[union-attr]  # not_null above refused None, so text is a str here
         except ValueError:
             raise ExpressionRuntimeError(f"String '{text}' was not recognized as a valid DateTime.") from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

@@ -161,7 +161,7 @@ def to_string(value: Any) -> str:
     """``Convert.ToString(value)`` / what string concatenation uses: null gives ""."""
     kind = type(value)
     if kind is str:
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]  # type(value) is str; mypy does not narrow on type() identity
     if value is None or value is JNULL:
         return ""
     if kind is bool:
@@ -177,10 +177,10 @@ def to_string(value: Any) -> str:
     if kind is timedelta:
         return format_timespan(value, None)
     if kind is Guid:
-        return value.text  # type: ignore[no-any-return]
+        return value.text  # type: ignore[no-any-return]  # type(value) is Guid, whose text is a str; mypy does not narrow on type()
     to_net = getattr(kind, "net_string", None)  # context objects defined by this package (Url)
     if to_net is not None:
-        return to_net(value)  # type: ignore[no-any-return]
+        return to_net(value)  # type: ignore[no-any-return]  # net_string is looked up with getattr, so mypy sees Any
     return net_type_name(value)
 
 
@@ -225,9 +225,9 @@ def equals(a: Any, b: Any) -> bool:
     if ta is bool or tb is bool:
         return ta is tb and a == b
     if ta in (int, float) and tb in (int, float):
-        return a == b  # type: ignore[no-any-return]
+        return a == b  # type: ignore[no-any-return]  # both are numbers: == gives a bool, typed Any on these Any operands
     if ta is tb and ta in (str, datetime, timedelta, Guid, bytes):
-        return a == b  # type: ignore[no-any-return]
+        return a == b  # type: ignore[no-any-return]  # same-type values: == gives a bool, typed Any on these Any operands
     return False
 
 
@@ -476,7 +476,7 @@ def format_value(value: Any, fmt: str | None) -> str:
         if kind is timedelta:
             return format_timespan(value, fmt)
         if kind is Guid:
-            return value.format(fmt)  # type: ignore[no-any-return]
+            return value.format(fmt)  # type: ignore[no-any-return]  # type(value) is Guid, whose format() gives a str; mypy does not narrow on type()
     return to_string(value)
 
 

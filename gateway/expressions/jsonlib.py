@@ -38,7 +38,7 @@ TOKEN_TYPE_ARGS: Final = (STRING, INT, LONG, DOUBLE, BOOL, "int?", "long?", "dou
 def iterate(value: Any) -> Iterable[Any]:
     kind = type(value)
     if kind is tuple or kind is bytes:
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]  # type(value) is tuple or bytes, both iterable; mypy does not narrow on type()
     if kind is list:
         return (JNULL if item is None else item for item in value)
     if kind is dict:

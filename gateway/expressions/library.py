@@ -98,7 +98,7 @@ def _index_of(s: str, value: str | None, start: int = 0, comparison: str | None 
     not_null(value, "value")
     if start < 0 or start > len(s):
         raise ExpressionRuntimeError(MSG_OUT_OF_RANGE.format("startIndex"))
-    return _fold(s, comparison).find(_fold(value, comparison), start)  # type: ignore[arg-type]
+    return _fold(s, comparison).find(_fold(value, comparison), start)  # type: ignore[arg-type]  # not_null above refused None, which mypy cannot see through it
 
 
 def _pad(s: str, width: int, char: str, left: bool) -> str:

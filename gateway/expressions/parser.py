@@ -445,7 +445,7 @@ class _Parser:
 
     def _interpolated(self, tok: Token) -> n.Interpolated:
         parts: list[str | tuple[n.Node, n.Node | None, str | None]] = []
-        for part in tok.value:  # type: ignore[attr-defined]
+        for part in tok.value:  # type: ignore[attr-defined]  # an interpolated string's token carries its parts, not text
             if isinstance(part, str):
                 parts.append(part)
                 continue

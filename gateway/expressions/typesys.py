@@ -202,7 +202,7 @@ def _is_subtype(src: str, dst: str) -> bool:
     while src is not None:
         if src == dst:
             return True
-        src = _BASES.get(src)  # type: ignore[assignment]
+        src = _BASES.get(src)  # type: ignore[assignment]  # None at the root of the hierarchy ends the loop
     return False
 
 

@@ -21,8 +21,8 @@ from xml.sax import InputSource, SAXParseException
 from xml.sax.handler import ContentHandler, ErrorHandler
 from xml.sax.saxutils import escape
 
-from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden  # type: ignore[import-untyped]
-from defusedxml.sax import make_parser  # type: ignore[import-untyped]
+from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden  # type: ignore[import-untyped]  # defusedxml ships no type hints
+from defusedxml.sax import make_parser  # type: ignore[import-untyped]  # defusedxml ships no type hints
 
 from .errors import PolicyError
 

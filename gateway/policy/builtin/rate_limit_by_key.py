@@ -100,7 +100,7 @@ class RateLimitByKey(Counter):
         deferred = self.condition is not None
         count = self.count
         if count is None:
-            count = 1 if deferred else runtime_int(self.count_value, ctx, "increment-count", 1)  # type: ignore[arg-type]
+            count = 1 if deferred else runtime_int(self.count_value, ctx, "increment-count", 1)  # type: ignore[arg-type]  # count_value is set whenever count is None (checked at load)
         admission = await reserve(ctx, store, [window], count, now, self)
         if admission is None:
             return None

@@ -86,7 +86,7 @@ class ReturnResponse(Policy):
                 assert isinstance(statement, SetHeader)
                 statement.apply_to(headers, ctx)
         else:
-            headers = list(self.headers)  # type: ignore[arg-type]
+            headers = list(self.headers)  # type: ignore[arg-type]  # without dynamic headers every entry is a (name, value) pair
         body = self.body
         if body is None:
             assert self.body_value is not None
