@@ -7,8 +7,6 @@ through the gateway with the official ``openai`` SDK.
 """
 
 import json
-import sys
-import time
 from pathlib import Path
 
 import openai
@@ -16,73 +14,19 @@ import pytest
 import requests
 from rest_framework.authtoken.models import Token
 
-from tests.fixtures_procs import free_port, start_mock_llm
+from tests.fixtures_procs import start_mock_llm
+
+from .helpers import PROPAGATION_DEADLINE, Sluice, start_sluice, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BACKEND_KEY = "sk-backend-secret-0123456789"
-PROPAGATION_DEADLINE = 2.0  # seconds: a REST change reaches every running gateway within this
-
-
-class Sluice:
-    """REST client for the live management plane plus the gateway process under test."""
-
-    def __init__(self, management_url: str, token: str, gateway_url: str, gateway_token: str) -> None:
-        self.management_url = management_url
-        self.gateway_url = gateway_url
-        self.gateway_token = gateway_token
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
-
-    def post(self, path: str, body: dict | None = None) -> requests.Response:
-        return self.session.post(f"{self.management_url}/api/{path}", json=body, timeout=10)
-
-    def patch(self, path: str, body: dict) -> requests.Response:
-        return self.session.patch(f"{self.management_url}/api/{path}", json=body, timeout=10)
-
-    def revision(self) -> int:
-        response = requests.get(
-            f"{self.management_url}/api/gateway/snapshot/",
-            headers={"Authorization": f"Gateway {self.gateway_token}"},
-            timeout=10,
-        )
-        assert response.status_code == 200, response.text
-        return response.json()["revision"]
-
-    def wait_for_gateway(self) -> float:
-        """Poll the gateway's health until it serves the management plane's current revision; return the wait."""
-        wanted = self.revision()
-        started = time.monotonic()
-        while True:
-            health = requests.get(f"{self.gateway_url}/__sluice/health", timeout=5)
-            if health.status_code == 200 and health.json()["revision"] >= wanted:
-                return time.monotonic() - started
-            if time.monotonic() - started > 10 * PROPAGATION_DEADLINE:
-                pytest.fail(f"gateway still at {health.text} after waiting for revision {wanted}")
-            time.sleep(0.02)  # polling interval of a bounded wait, not a stand-in for synchronisation
 
 
 @pytest.fixture
 def sluice(live_server, admin_user, settings, process_factory, tmp_path) -> Sluice:
     token = Token.objects.create(user=admin_user).key
-    port = free_port()
-    gateway_token = settings.SLUICE["GATEWAY_TOKEN"]
-    env = {
-        "SLUICE_GATEWAY_TOKEN": gateway_token,
-        "SLUICE_MANAGEMENT_URL": live_server.url,
-        "SLUICE_GATEWAY_PORT": str(port),
-        "SLUICE_ADMIN_PORT": "0",  # no admin listener: gateways of parallel tests would share 9180
-        "SLUICE_SNAPSHOT_CACHE": str(tmp_path / "snapshot.json"),
-        "SLUICE_POLL_INTERVAL": "0.25",
-        "SLUICE_USAGE_SPOOL": str(tmp_path / "usage.spool"),
-    }
-    gateway = process_factory(
-        [sys.executable, "-m", "gateway"], f"http://127.0.0.1:{port}/__sluice/health", env=env, name="gateway"
-    )
-    client = Sluice(live_server.url, token, f"http://127.0.0.1:{port}", gateway_token)
-    client.gateway_process = gateway
-    client.snapshot_path = tmp_path / "snapshot.json"
-    return client
+    return start_sluice(process_factory, tmp_path, live_server.url, token, settings.SLUICE["GATEWAY_TOKEN"])
 
 
 @pytest.fixture
@@ -105,14 +49,6 @@ def import_openai_api(sluice: Sluice, model, name: str = "chat") -> dict:
     )
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def subscribe(sluice: Sluice, name: str, scope: str) -> str:
-    response = sluice.post("subscriptions/", {"name": name, "display_name": name, "scope": scope})
-    assert response.status_code == 201, response.text
-    secrets = sluice.post(f"subscriptions/{name}/list-secrets/")
-    assert secrets.status_code == 200, secrets.text
-    return secrets.json()["primary_key"]
 
 
 def test_import_subscribe_and_call_with_the_openai_sdk(sluice, model):
