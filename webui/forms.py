@@ -11,19 +11,25 @@ from content_safety.api.serializers import BlocklistItemSerializer
 from subscriptions.choices import ProductStateChoices, SubscriptionStateChoices
 from subscriptions.models import Product
 
+ALL_APIS = "/apis"
+
 __all__ = (
     "APIForm",
+    "BackendCreateForm",
     "BackendForm",
     "BlocklistCreateForm",
     "BlocklistForm",
     "CheckList",
     "NamedValueCreateForm",
     "NamedValueForm",
+    "OperationCreateForm",
     "OperationForm",
+    "OptionList",
     "ProductCreateForm",
     "ProductForm",
     "SubscriptionCreateForm",
     "SubscriptionForm",
+    "SubscriptionScopeSelect",
     "UIForm",
     "names_field",
 )
@@ -50,6 +56,36 @@ class CheckList(forms.CheckboxSelectMultiple):
     looks: the apps' folders): a thousand of them in tens of ms."""
 
     template_name = "webui/widgets/checklist.html"
+
+
+class OptionList(forms.Select):
+    """A menu rendered by one template (`webui/templates/webui/widgets/select.html`): Django's includes a template per
+    option, and a menu of every API has a thousand of them."""
+
+    template_name = "webui/widgets/select.html"
+
+
+class SubscriptionScopeSelect(OptionList):
+    """The scopes a subscription can have, as a menu: All APIs, then each API and each product (loaded when the menu
+    is drawn, two queries). The value stays text: the service (`parse_scope`) decides whether it names anything, and a
+    value the menu does not list (a link's, or one just refused) is kept as an option of its own rather than silently
+    becoming another scope."""
+
+    def get_context(self, name, value, attrs):
+        apis = API.objects.order_by("name").values_list("name", "display_name")
+        products = Product.objects.order_by("name").values_list("name", "display_name")
+        groups = [
+            ("APIs", [(f"/apis/{api}", _option_label(api, shown)) for api, shown in apis]),
+            ("Products", [(f"/products/{product}", _option_label(product, shown)) for product, shown in products]),
+        ]
+        listed = {ALL_APIS} | {scope for _, options in groups for scope, _ in options}
+        unlisted = [(value, value)] if value and value not in listed else []
+        self.choices = [("", "Choose a scope"), *unlisted, (ALL_APIS, "All APIs"), *(g for g in groups if g[1])]
+        return super().get_context(name, value, attrs)
+
+
+def _option_label(name: str, display_name: str) -> str:
+    return f"{name} ({display_name})" if display_name and display_name != name else name
 
 
 def names_field(label: str, model) -> forms.ModelMultipleChoiceField:
@@ -208,7 +244,11 @@ class ProductForm(UIForm):
 
 class SubscriptionForm(UIForm):
     display_name = _text("Display name", required=False)
-    scope = _text("Scope", help_text="/apis, /apis/{api name} or /products/{product name}")
+    scope = _text(
+        "Scope",
+        widget=SubscriptionScopeSelect,
+        help_text="What the keys open: every API, one API or the APIs of one product.",
+    )
     state = forms.ChoiceField(label="State", choices=SubscriptionStateChoices.choices)
 
 
@@ -253,4 +293,25 @@ class NamedValueCreateForm(NamedValueForm):
 
 class BlocklistCreateForm(BlocklistForm):
     field_order = ("name",)
+    name = _name_field()
+
+
+class BackendCreateForm(BackendForm):
+    """A Single backend (URL and credentials) or a Pool of existing Single backends, as `POST /api/backends/`."""
+
+    field_order = ("name",)
+    name = _name_field()
+
+
+class OperationCreateForm(OperationForm):
+    """An operation of the API picked (`?api=<name>` from the API's page), as `POST /api/apis/{api}/operations/`."""
+
+    field_order = ("api", "name")
+    api = forms.ModelChoiceField(
+        label="API",
+        queryset=API.objects.order_by("name").only("pk", "name"),
+        to_field_name="name",
+        empty_label="Choose an API",
+        widget=OptionList,
+    )
     name = _name_field()

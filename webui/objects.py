@@ -47,6 +47,8 @@ class Kind:
         form_class: the edit form (widgets and labels); the serializer decides what is valid.
         create_form_class: the create form (the edit form plus the name); None: no create page (the wizard
             creates APIs, with their operations and backend).
+        create_parent: the create form's cleaned data -> what a new object belongs to, given to the serializer as
+            context and to `save()`, as REST's `perform_create` does (an operation's API).
         delete: the service that deletes (its refusals become messages); default `instance.delete()`.
         reveal: whether the detail page offers Reveal (and which kind the audit log names).
     """
@@ -67,6 +69,7 @@ class Kind:
     reveal: str = ""
     create_form_class: type[forms.Form] | None = None
     serializer_context: Callable[[models.Model], dict] = field(default=lambda obj: {})
+    create_parent: Callable[[dict], dict] = field(default=lambda cleaned: {})
 
     @property
     def label(self) -> str:
@@ -122,6 +125,8 @@ KINDS: dict[str, Kind] = {
             ),
             search_fields=("name", "display_name", "url_template", "api__name"),
             form_class=ui_forms.OperationForm,
+            create_form_class=ui_forms.OperationCreateForm,
+            create_parent=lambda cleaned: {"api": cleaned["api"]},
             queryset=lambda: Operation.objects.select_related("api"),
             lookup=lambda kwargs: {"api__name": kwargs["api"], "name": kwargs["name"]},
             url_kwargs=lambda obj: {"api": obj.api.name, "name": obj.name},
@@ -145,6 +150,7 @@ KINDS: dict[str, Kind] = {
             ),
             search_fields=("name", "url", "description"),
             form_class=ui_forms.BackendForm,
+            create_form_class=ui_forms.BackendCreateForm,
             queryset=Backend.objects.all,
             delete=delete_backend,
         ),

@@ -42,7 +42,7 @@ BOOLEAN_CHOICES = [("", "Any"), ("true", "Yes"), ("false", "No")]
 MASK = "••••••••"
 SUBSCRIBABLE = ("apis", "products")  # kinds a subscription can be scoped to
 # text fields a link may fill in on a create page (never a secret's value; a box's "false" would read as ticked)
-PREFILLABLE = ("name", "display_name", "scope", "description")
+PREFILLABLE = ("name", "display_name", "scope", "description", "api")
 POLICY_SCOPES = {"apis": "api", "operations": "operation", "products": "product"}
 # those of the test console (webui.console.PERMISSIONS: it sends with a subscription's key)
 CONSOLE_PERMISSIONS = ("apis.view_api", "subscriptions.view_subscription", "subscriptions.reveal_subscription_keys")
@@ -264,6 +264,9 @@ class ObjectDetailView(KindMixin, UIView):
             # the same report as GET /api/backends/{name}/state/
             context["breaker_state"] = backend_state(obj)
         if self.kind.slug == "apis":
+            if user.has_perm("apis.add_operation"):
+                query = urlencode({"api": obj.name})
+                context["new_operation_url"] = f"{reverse('webui:object-create', kwargs={'kind': 'operations'})}?{query}"
             context["operations"] = [
                 (reverse("webui:object-detail", kwargs={"kind": "operations", "api": obj.name, "name": op.name}), op)
                 for op in obj.operations.order_by("name")
@@ -307,6 +310,9 @@ class ObjectCreateView(KindMixin, UIView):
     def get_context_data(self, **kwargs):
         kwargs.setdefault("form", self.kind.create_form_class(initial=self.initial()))
         cancel_url = reverse("webui:object-list", kwargs={"kind": self.kind.slug})
+        api = self.initial().get("api")
+        if self.kind.slug == "operations" and api and "/" not in api:  # from the API's page: Cancel goes back
+            cancel_url = reverse("webui:object-detail", kwargs={"kind": "apis", "name": api})
         return super().get_context_data(creating=True, cancel_url=cancel_url, **kwargs)
 
     def initial(self) -> dict:
@@ -321,11 +327,12 @@ class ObjectCreateView(KindMixin, UIView):
         form = self.kind.create_form_class(request.POST, initial=self.initial())
         if form.is_valid():
             data = form.to_data()
-            serializer = self.kind.serializer_class(data=data)
+            parent = self.kind.create_parent(form.cleaned_data)
+            serializer = self.kind.serializer_class(data=data, context=parent)
             try:
                 with validated_write():
                     serializer.is_valid(raise_exception=True)
-                    obj = serializer.save()
+                    obj = serializer.save(**parent)
             except REFUSALS as exc:
                 add_errors(form, refusal_errors(exc, kind=self.kind.snapshot_kind, name=data.get("name")))
             else:
