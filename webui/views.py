@@ -265,8 +265,8 @@ class ObjectDetailView(KindMixin, UIView):
             context["breaker_state"] = backend_state(obj)
         if self.kind.slug == "apis":
             if user.has_perm("apis.add_operation"):
-                query = urlencode({"api": obj.name})
-                context["new_operation_url"] = f"{reverse('webui:object-create', kwargs={'kind': 'operations'})}?{query}"
+                new_operation = reverse("webui:object-create", kwargs={"kind": "operations"})
+                context["new_operation_url"] = f"{new_operation}?{urlencode({'api': obj.name})}"
             context["operations"] = [
                 (reverse("webui:object-detail", kwargs={"kind": "operations", "api": obj.name, "name": op.name}), op)
                 for op in obj.operations.order_by("name")

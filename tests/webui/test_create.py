@@ -354,9 +354,10 @@ def test_scope_menu_lists_all_apis_each_api_and_each_product(operator_client):
     ):
         assert option in body
     # from an API's page, the API is chosen
-    assert '<option value="/apis/chat" selected>' in operator_client.get(
-        create_url("subscriptions"), {"scope": "/apis/chat"}
-    ).content.decode()
+    assert (
+        '<option value="/apis/chat" selected>'
+        in operator_client.get(create_url("subscriptions"), {"scope": "/apis/chat"}).content.decode()
+    )
 
 
 def test_scope_picked_for_a_product_goes_through_the_service(operator_client):
@@ -372,7 +373,8 @@ def test_scope_picked_for_a_product_goes_through_the_service(operator_client):
 
 def test_a_refused_scope_stays_chosen_rather_than_another(operator_client):
     APIFactory(name="chat")
-    response = operator_client.post(create_url("subscriptions"), {"name": "s", "scope": "/apis/gone", "state": "active"})
+    data = {"name": "s", "scope": "/apis/gone", "state": "active"}
+    response = operator_client.post(create_url("subscriptions"), data)
     assert response.status_code == 400
     body = response.content.decode()
     assert '<option value="/apis/gone" selected>/apis/gone</option>' in body
