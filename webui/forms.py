@@ -20,6 +20,7 @@ __all__ = (
     "BlocklistCreateForm",
     "BlocklistForm",
     "CheckList",
+    "JSONBox",
     "NamedValueCreateForm",
     "NamedValueForm",
     "OperationCreateForm",
@@ -122,29 +123,47 @@ class APIForm(UIForm):
 class OperationForm(UIForm):
     display_name = _text("Display name")
     method = forms.ChoiceField(label="Method", choices=HttpMethodChoices.choices)
-    url_template = _text("URL template")
+    url_template = _text(
+        "URL template",
+        help_text="After the API's path: /chat/completions, /deployments/{deployment-id}/chat/completions, or /* "
+        "for anything below.",
+    )
     description = _area("Description")
+
+
+class JSONBox(forms.JSONField):
+    """A JSON text box that shows nothing, rather than `null` or `{}`, when there is nothing (sent back as empty)."""
+
+    def __init__(self, label: str, **kwargs):
+        super().__init__(label=label, required=False, widget=forms.Textarea(attrs={"rows": 3}), **kwargs)
+
+    def prepare_value(self, value):
+        return "" if value is None or value == {} else super().prepare_value(value)
 
 
 class BackendForm(UIForm):
     type = forms.ChoiceField(label="Type", choices=BackendType.choices, initial=BackendType.SINGLE, required=False)
-    url = _text("URL", required=False)
-    pool = forms.JSONField(
-        label="Pool (JSON, type Pool)",
-        required=False,
-        help_text='For example {"services": [{"backend": "ptu", "priority": 1, "weight": 1}]}.',
+    url = _text("URL", required=False, help_text="Single: where requests go (the operation path is appended).")
+    pool = JSONBox(
+        "Pool (JSON, type Pool)",
+        help_text='Pool: its Single backends, for example {"services": [{"backend": "ptu", "priority": 1, '
+        '"weight": 1}]}.',
     )
-    circuit_breaker = forms.JSONField(
-        label="Circuit breaker (JSON)",
-        required=False,
+    circuit_breaker = JSONBox(
+        "Circuit breaker (JSON)",
         help_text='For example {"rules": [{"name": "trip-on-429", "failureCondition": {"count": 1, "interval": '
         '"PT1M", "statusCodeRanges": [{"min": 429, "max": 429}]}, "tripDuration": "PT1M", "acceptRetryAfter": true}]}.',
     )
     description = _area("Description")
-    credentials_header = forms.JSONField(
-        label="Credential headers (JSON object)", required=False, help_text='For example {"api-key": "{{my-key}}"}.'
+    credentials_header = JSONBox(
+        "Credential headers (JSON object)",
+        help_text='Header name → value; a value may name a named value, for example {"api-key": "{{openai-key}}"}: '
+        "the gateway puts in its value (a secret stays encrypted until then).",
     )
-    credentials_query = forms.JSONField(label="Credential query parameters (JSON object)", required=False)
+    credentials_query = JSONBox(
+        "Credential query parameters (JSON object)",
+        help_text='Query parameter name → value, named values as above, for example {"code": "{{function-key}}"}.',
+    )
 
     def to_data(self) -> dict:
         data = super().to_data()

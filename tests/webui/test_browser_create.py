@@ -1,11 +1,14 @@
 """Create pages in a real browser, driven from the keyboard: the errors the REST serializer gives sit next to their
-field (and are announced), a subscription created from its API's page, a secret named value that is never shown
-except through the audited Reveal. Each page is checked with axe-core and kept as a screenshot."""
+field (and are announced), a subscription created from its API's page with its scope picked from a menu, a backend,
+an operation created from its API's page, a secret named value that is never shown except through the audited
+Reveal. Each page is checked with axe-core and kept as a screenshot."""
 
+from apis.models import Operation
+from backends.models import Backend
 from gateway_admin.models import RevealRecord
 from named_values.models import NamedValue
 from subscriptions.models import Product, Subscription
-from tests.management.factories import APIFactory
+from tests.management.factories import APIFactory, NamedValueFactory, ProductFactory, SubscriptionFactory
 
 from .test_browser import browser, page, pytestmark, shot  # noqa: F401  (fixtures and the module's marks)
 
@@ -67,22 +70,76 @@ def test_product_created_from_the_keyboard_with_field_errors(page, live_server):
 
 
 def test_subscription_created_from_its_api_page(page, live_server):  # noqa: F811
-    APIFactory(name="chat")
+    """The scope is picked from a menu (the API's own chosen when opened from its page); a scope the service refuses
+    (a full product) comes back on the menu, still chosen."""
+    APIFactory(name="chat", display_name="Chat")
+    full = ProductFactory(name="starter", display_name="Starter", subscriptions_limit=1)
+    SubscriptionFactory(name="first", product=full, api=None)
     page.goto(f"{live_server.url}/ui/apis/chat/")
     page.get_by_role("link", name="New subscription").click()
     scope = page.get_by_label("Scope:")
     assert scope.input_value() == "/apis/chat"
+    options = scope.locator("option").all_inner_texts()
+    assert options[:2] == ["Choose a scope", "All APIs"] and "chat (Chat)" in options and "starter (Starter)" in options
     page.get_by_label("Name:", exact=True).fill("team-a")
-    scope.fill("/apis/nope")
+    scope.select_option(label="starter (Starter)")
     page.get_by_role("button", name="Create").click()
-    page.locator("#id_scope_error").get_by_text("API 'nope' does not exist.").wait_for()
+    page.locator("#id_scope_error").get_by_text("Product 'starter' allows at most 1 subscription(s).").wait_for()
+    assert page.get_by_label("Scope:").input_value() == "/products/starter"
+    assert page.get_by_label("Scope:").get_attribute("aria-invalid") == "true"
     shot(page, "subscription-create-errors")
-    page.get_by_label("Scope:").fill("/apis/chat")
+    page.get_by_label("Scope:").focus()
+    page.keyboard.press("Home")  # a keyboard user picks from the menu too: Home is its first option
+    assert page.get_by_label("Scope:").input_value() == ""
+    page.get_by_label("Scope:").select_option("/apis/chat")
+    shot(page, "subscription-create-scope")
     page.get_by_role("button", name="Create").click()
     page.get_by_text("Reveal its keys to copy them.").wait_for()
     subscription = Subscription.objects.get(name="team-a")
     assert subscription.api.name == "chat"
     assert subscription.primary_key not in page.content()
+
+
+def test_backend_and_operation_created_through_their_pages(page, live_server):  # noqa: F811
+    NamedValueFactory(name="openai-key", value="sk-1", secret=True)
+    APIFactory(name="chat", display_name="Chat")
+    page.goto(f"{live_server.url}/ui/backends/")
+    page.get_by_role("link", name="New backend").click()
+    page.get_by_role("heading", name="New backend").wait_for()
+    assert page.get_by_label("Type:").input_value() == "Single"
+    page.get_by_label("Name:", exact=True).fill("openai")
+    page.get_by_label("URL:", exact=True).fill("ftp://api.openai.com/v1")
+    page.get_by_label("Credential headers (JSON object):").fill('{"api-key": "{{openai-key}}"}')
+    page.get_by_role("button", name="Create").click()
+    url = page.get_by_label("URL:", exact=True)
+    assert url.get_attribute("aria-invalid") == "true"
+    assert "http" in page.locator("#id_url_error").inner_text()
+    assert not Backend.objects.exists()
+    shot(page, "backend-create-errors")
+    url.fill("https://api.openai.com/v1")
+    page.get_by_role("button", name="Create").click()
+    page.get_by_text("Created backend 'openai'.").wait_for()
+    backend = Backend.objects.get(name="openai")
+    assert (backend.type, backend.url, backend.credentials_header) == (
+        "Single", "https://api.openai.com/v1", {"api-key": "{{openai-key}}"}
+    )  # fmt: skip
+    shot(page, "backend-created")
+
+    page.goto(f"{live_server.url}/ui/apis/chat/")
+    page.get_by_role("link", name="New operation").click()
+    page.get_by_role("heading", name="New operation").wait_for()
+    assert page.get_by_label("API:").input_value() == "chat"
+    page.get_by_label("Name:", exact=True).fill("chat-completions")
+    page.get_by_label("Display name:").fill("Chat completions")
+    page.get_by_label("Method:").select_option("POST")
+    page.get_by_label("URL template:").fill("/chat/completions")
+    shot(page, "operation-create")
+    page.get_by_role("button", name="Create").click()
+    page.get_by_text("Created operation 'chat-completions'.").wait_for()
+    operation = Operation.objects.get(name="chat-completions")
+    assert (operation.api.name, operation.method, operation.url_template) == ("chat", "POST", "/chat/completions")
+    page.goto(f"{live_server.url}/ui/apis/chat/")  # listed on its API's page
+    page.get_by_role("link", name="POST /chat/completions").wait_for()
 
 
 def test_secret_named_value_created_and_shown_only_by_reveal(page, live_server):  # noqa: F811

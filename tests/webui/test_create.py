@@ -219,6 +219,7 @@ def test_single_backend_created_with_a_credential_from_a_named_value(operator_cl
     form = operator_client.get(create_url("backends"))
     assert form.status_code == 200
     assert form.context["form"]["type"].value() == "Single"
+    assert "null</textarea>" not in form.content.decode() and "{}</textarea>" not in form.content.decode()
     response = operator_client.post(
         create_url("backends"),
         {"name": "openai", "type": "Single", "url": "https://api.openai.com/v1", "description": "OpenAI",
@@ -316,6 +317,7 @@ def test_operation_refusals_show_on_their_fields(operator_client):
         ({"name": "taken"}, "name", "API 'chat' already has an operation named 'taken'."),
         ({"method": "GET", "url_template": "/models"}, "url_template", "already has an operation for GET /models."),
         ({"method": "BREW"}, "method", "Select a valid choice."),
+        ({"url_template": "chat"}, "url_template", "The URL template must start with '/'."),
         ({"display_name": ""}, "display_name", "This field is required."),
     ):
         response = operator_client.post(create_url("operations"), {**base, **change})
