@@ -137,6 +137,8 @@ PAGES: tuple[tuple[str, str, dict, str], ...] = (
     ("new product", "webui:object-create", {"kind": "products"}, ""),
     ("new subscription", "webui:object-create", {"kind": "subscriptions"}, ""),
     ("new named value", "webui:object-create", {"kind": "named-values"}, ""),
+    ("new backend", "webui:object-create", {"kind": "backends"}, ""),
+    ("new operation", "webui:object-create", {"kind": "operations"}, "api={api}"),
     ("import wizard", "webui:import", {}, ""),
     ("test console", "webui:console", {"name": "{api}"}, ""),
     ("policy editor (API)", "webui:policy", {"scope": "api", "name": "{api}"}, ""),
