@@ -33,6 +33,14 @@ def field_errors(response, name: str) -> list[str]:
     return list(response.context["form"].errors.get(name, []))
 
 
+def opened_from_the_api_page(client, link: str):
+    """The create form behind `link`, a button of API chat's page (which must show it)."""
+    APIFactory(name="chat")
+    detail = client.get(reverse("webui:object-detail", kwargs={"kind": "apis", "name": "chat"}))
+    assert link in detail.content.decode()
+    return client.get(link)
+
+
 def test_product_created_with_its_apis(operator_client):
     APIFactory(name="chat")
     form = operator_client.get(create_url("products"))
@@ -86,11 +94,7 @@ def test_bad_name_is_refused_on_the_name_field(operator_client):
 
 
 def test_subscription_created_from_an_api_page_with_generated_keys(operator_client):
-    APIFactory(name="chat")
-    detail = operator_client.get(reverse("webui:object-detail", kwargs={"kind": "apis", "name": "chat"}))
-    link = f"{create_url('subscriptions')}?scope=%2Fapis%2Fchat"
-    assert link in detail.content.decode()
-    form = operator_client.get(link)
+    form = opened_from_the_api_page(operator_client, f"{create_url('subscriptions')}?scope=%2Fapis%2Fchat")
     assert form.context["form"].initial["scope"] == "/apis/chat"
     assert form.context["form"].initial["state"] == "active"
     response = operator_client.post(
@@ -286,11 +290,7 @@ def test_backend_refused_by_the_write_time_check_on_its_field(operator_client):
 
 
 def test_operation_created_from_its_api_page(operator_client):
-    APIFactory(name="chat")
-    detail = operator_client.get(reverse("webui:object-detail", kwargs={"kind": "apis", "name": "chat"}))
-    link = f"{create_url('operations')}?api=chat"
-    assert link in detail.content.decode()
-    form = operator_client.get(link)
+    form = opened_from_the_api_page(operator_client, f"{create_url('operations')}?api=chat")
     assert form.context["form"]["api"].value() == "chat"
     assert form.context["cancel_url"] == reverse("webui:object-detail", kwargs={"kind": "apis", "name": "chat"})
     assert '<option value="chat" selected>' in form.content.decode()
