@@ -141,6 +141,13 @@ def test_backend_and_operation_created_through_their_pages(page, live_server):  
     page.goto(f"{live_server.url}/ui/apis/chat/")  # listed on its API's page
     page.get_by_role("link", name="POST /chat/completions").wait_for()
 
+    APIFactory(name="a-long-api-name-in-the-menus", display_name="A display name wider than a phone's screen")
+    page.set_viewport_size({"width": 360, "height": 740})  # a narrow window: nothing scrolls sideways
+    for kind in ("backends", "operations", "subscriptions"):
+        page.goto(f"{live_server.url}/ui/{kind}/+new/")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), kind
+    shot(page, "subscription-create-narrow")
+
 
 def test_secret_named_value_created_and_shown_only_by_reveal(page, live_server):  # noqa: F811
     page.goto(f"{live_server.url}/ui/named-values/+new/")
