@@ -30,6 +30,55 @@ from pathlib import Path
 REQUEST = b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 
+class Client(asyncio.Protocol):
+    """Sends ``wire`` again on each answer (one answer per read on loopback) until ``left`` answers are in."""
+
+    def __init__(self, wire: bytes, left: int, done: asyncio.Future[None]) -> None:
+        self.wire = wire
+        self.left = left
+        self.done = done
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if not data.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(data[:300].decode(errors="replace"))
+        self.left -= 1
+        if self.left:
+            self.transport.write(self.wire)
+        elif not self.done.done():
+            self.done.set_result(None)
+
+
+async def run_clients(port: int, wire: bytes, per_connection: int, connections: int, *, warm: bool) -> float:
+    """CPU seconds per request of ``connections`` keep-alive clients sending ``wire`` ``per_connection`` times each
+    (after one request each, not measured, when ``warm``)."""
+    loop = asyncio.get_running_loop()
+    clients = []
+    for _ in range(connections):
+        done = loop.create_future()
+        transport, _ = await loop.create_connection(lambda done=done: Client(wire, 1, done), "127.0.0.1", port)
+        clients.append((transport, done))
+    if warm:
+        for transport, _ in clients:
+            transport.write(wire)
+        await asyncio.gather(*(done for _, done in clients))
+    finished = []
+    for transport, _ in clients:
+        protocol = transport.get_protocol()
+        protocol.left, protocol.done = per_connection, loop.create_future()
+        finished.append(protocol.done)
+    started = time.process_time()
+    for transport, _ in clients:
+        transport.write(wire)
+    await asyncio.gather(*finished)
+    spent = time.process_time() - started
+    for transport, _ in clients:
+        transport.close()
+    return spent / (per_connection * connections)
+
+
 async def server_case(requests: int, connections: int) -> float:
     from gateway.http.server import Response, serve, shutdown
 
@@ -39,38 +88,9 @@ async def server_case(requests: int, connections: int) -> float:
 
     server = await serve(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    loop = asyncio.get_running_loop()
-    per_connection = requests // connections
-
-    class Client(asyncio.Protocol):
-        def __init__(self, done: asyncio.Future[None]) -> None:
-            self.left = per_connection
-            self.done = done
-
-        def connection_made(self, transport):  # type: ignore[no-untyped-def]
-            self.transport = transport
-
-        def data_received(self, data: bytes) -> None:  # one small response per read on loopback
-            self.left -= 1
-            if self.left:
-                self.transport.write(REQUEST)
-            elif not self.done.done():
-                self.done.set_result(None)
-
-    clients = []
-    for _ in range(connections):
-        done = loop.create_future()
-        transport, _ = await loop.create_connection(lambda done=done: Client(done), "127.0.0.1", port)
-        clients.append((transport, done))
-    started = time.process_time()
-    for transport, _ in clients:
-        transport.write(REQUEST)
-    await asyncio.gather(*(done for _, done in clients))
-    spent = time.process_time() - started
-    for transport, _ in clients:
-        transport.close()
+    spent = await run_clients(port, REQUEST, requests // connections, connections, warm=False)
     await shutdown(server, 1.0)
-    return spent / (per_connection * connections)
+    return spent
 
 
 async def redis_case(requests: int, connections: int, url: str) -> float:
@@ -134,50 +154,12 @@ async def request_case(requests: int, connections: int) -> float:
         b"POST /llm/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Ocp-Apim-Subscription-Key: bench-key\r\nContent-Length: %d\r\n\r\n%s" % (len(CHAT), CHAT)
     )
-    loop = asyncio.get_running_loop()
     per_connection = requests // connections
-
-    class Client(asyncio.Protocol):
-        def __init__(self, done: asyncio.Future[None]) -> None:
-            self.left = per_connection + 1  # the first answer warms the connection up
-            self.done = done
-
-        def connection_made(self, transport):  # type: ignore[no-untyped-def]
-            self.transport = transport
-
-        def data_received(self, data: bytes) -> None:  # a response is at most one read on loopback
-            if not data.startswith(b"HTTP/1.1 200"):
-                raise SystemExit(data[:300].decode(errors="replace"))
-            self.left -= 1
-            if self.left:
-                self.transport.write(wire)
-            elif not self.done.done():
-                self.done.set_result(None)
-
-    clients = []
-    for _ in range(connections):
-        done = loop.create_future()
-        transport, client = await loop.create_connection(lambda done=done: Client(done), "127.0.0.1", port)
-        clients.append((transport, client, done))
-    warm = [loop.create_future() for _ in clients]
-    for (transport, client, _), future in zip(clients, warm, strict=True):
-        client.done, client.left = future, 1
-        transport.write(wire)
-    await asyncio.gather(*warm)
-    for (_, client, done), _ in zip(clients, warm, strict=True):
-        client.done, client.left = done, per_connection
-    sink.records.clear()
-    started = time.process_time()
-    for transport, _, _ in clients:
-        transport.write(wire)
-    await asyncio.gather(*(done for _, _, done in clients))
-    spent = time.process_time() - started
+    spent = await run_clients(port, wire, per_connection, connections, warm=True)
     assert len(sink.records) >= per_connection * connections, len(sink.records)
-    for transport, _, _ in clients:
-        transport.close()
     await shutdown(gateway, 1.0)
     await shutdown(mock, 1.0)
-    return spent / (per_connection * connections)
+    return spent
 
 
 def stream_case(streams: int, parsers: str) -> float:
