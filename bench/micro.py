@@ -10,6 +10,12 @@ Each case runs in one process on uvloop and reports CPU time (``time.process_tim
 * ``metrics``: ``Metrics.record_request`` of one series (what every request records), no event loop.
 * ``redis``: ``RespClient.call_encoded`` of a pre-encoded ``PING`` against the Redis of ``--redis-url``, 16 callers at a
   time (the client's per-call cost, plus Redis's round trips).
+* ``request``: keep-alive chat completions through the whole gateway (``create_app``: routing, subscription key, LLM
+  accounting, forwarding, metrics and a usage record to a ``MemorySink``) to an upstream in the same process that
+  answers a fixed completion at once (the gateway's per-request cost, plus the upstream's and the client's).
+* ``stream``: the SSE parsers that can see one streamed chat completion (the mock's 32 chunks, with usage and
+  ``[DONE]``), one event per read: the usage meter (``SseUsageMeter``), the semantic cache's ``StreamAssembler`` and
+  the content-safety stage's event reading, each alone and all three (µs per stream).
 
     python bench/micro.py server [--root DIR] [--requests 20000] [--repeat 7]
 """
@@ -24,6 +30,55 @@ from pathlib import Path
 REQUEST = b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 
+class Client(asyncio.Protocol):
+    """Sends ``wire`` again on each answer (one answer per read on loopback) until ``left`` answers are in."""
+
+    def __init__(self, wire: bytes, left: int, done: asyncio.Future[None]) -> None:
+        self.wire = wire
+        self.left = left
+        self.done = done
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if not data.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(data[:300].decode(errors="replace"))
+        self.left -= 1
+        if self.left:
+            self.transport.write(self.wire)
+        elif not self.done.done():
+            self.done.set_result(None)
+
+
+async def run_clients(port: int, wire: bytes, per_connection: int, connections: int, *, warm: bool) -> float:
+    """CPU seconds per request of ``connections`` keep-alive clients sending ``wire`` ``per_connection`` times each
+    (after one request each, not measured, when ``warm``)."""
+    loop = asyncio.get_running_loop()
+    clients = []
+    for _ in range(connections):
+        done = loop.create_future()
+        transport, _ = await loop.create_connection(lambda done=done: Client(wire, 1, done), "127.0.0.1", port)
+        clients.append((transport, done))
+    if warm:
+        for transport, _ in clients:
+            transport.write(wire)
+        await asyncio.gather(*(done for _, done in clients))
+    finished = []
+    for transport, _ in clients:
+        protocol = transport.get_protocol()
+        protocol.left, protocol.done = per_connection, loop.create_future()
+        finished.append(protocol.done)
+    started = time.process_time()
+    for transport, _ in clients:
+        transport.write(wire)
+    await asyncio.gather(*finished)
+    spent = time.process_time() - started
+    for transport, _ in clients:
+        transport.close()
+    return spent / (per_connection * connections)
+
+
 async def server_case(requests: int, connections: int) -> float:
     from gateway.http.server import Response, serve, shutdown
 
@@ -33,38 +88,9 @@ async def server_case(requests: int, connections: int) -> float:
 
     server = await serve(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    loop = asyncio.get_running_loop()
-    per_connection = requests // connections
-
-    class Client(asyncio.Protocol):
-        def __init__(self, done: asyncio.Future[None]) -> None:
-            self.left = per_connection
-            self.done = done
-
-        def connection_made(self, transport):  # type: ignore[no-untyped-def]
-            self.transport = transport
-
-        def data_received(self, data: bytes) -> None:  # one small response per read on loopback
-            self.left -= 1
-            if self.left:
-                self.transport.write(REQUEST)
-            elif not self.done.done():
-                self.done.set_result(None)
-
-    clients = []
-    for _ in range(connections):
-        done = loop.create_future()
-        transport, _ = await loop.create_connection(lambda done=done: Client(done), "127.0.0.1", port)
-        clients.append((transport, done))
-    started = time.process_time()
-    for transport, _ in clients:
-        transport.write(REQUEST)
-    await asyncio.gather(*(done for _, done in clients))
-    spent = time.process_time() - started
-    for transport, _ in clients:
-        transport.close()
+    spent = await run_clients(port, REQUEST, requests // connections, connections, warm=False)
     await shutdown(server, 1.0)
-    return spent / (per_connection * connections)
+    return spent
 
 
 async def redis_case(requests: int, connections: int, url: str) -> float:
@@ -85,6 +111,92 @@ async def redis_case(requests: int, connections: int, url: str) -> float:
     return spent / (requests // connections * connections)
 
 
+CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello to the benchmark."}]}'
+COMPLETION = (
+    b'{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini","system_fingerprint":"fp",'
+    b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello, benchmark.","refusal":null},'
+    b'"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":4,"total_tokens":18}}'
+)
+
+
+async def request_case(requests: int, connections: int) -> float:
+    from gateway.app import create_app
+    from gateway.http.server import Response, serve, shutdown
+    from gateway.metrics import Metrics
+    from gateway.secrets import hash_key
+    from gateway.settings import GatewaySettings
+    from gateway.snapshot import load_snapshot
+    from gateway.usage.sinks import MemorySink
+
+    async def upstream(request):  # type: ignore[no-untyped-def]
+        await request.read_body()
+        return Response(200, [(b"content-type", b"application/json")], COMPLETION)
+
+    mock = await serve(upstream, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{mock.sockets[0].getsockname()[1]}"
+    operation = {"name": "chat", "display_name": "chat", "method": "POST", "url_template": "/chat/completions",
+                 "policy": None}  # fmt: skip
+    data = {
+        "version": 1, "revision": 1, "named_values": [], "backends": [], "products": [],
+        "apis": [{"name": "llm", "path": "llm", "service_url": base, "api_type": "openai",
+                  "subscription_required": True, "subscription_key_header": "Ocp-Apim-Subscription-Key",
+                  "subscription_key_query": "subscription-key", "policy": None, "operations": [operation]}],
+        "subscriptions": [{"name": "bench", "scope": "/apis", "state": "active",
+                           "key_hashes": [hash_key("bench-key")]}],
+    }  # fmt: skip
+    sink = MemorySink()
+    token = "micro-benchmark"  # noqa: S105  (signs nothing: the snapshot has no secret)
+    app = create_app(GatewaySettings(gateway_token=token), metrics=Metrics(), usage_sink=sink)
+    app.snapshot = load_snapshot(data, gateway_token=token)
+    gateway = await serve(app, "127.0.0.1", 0)
+    port = gateway.sockets[0].getsockname()[1]
+    wire = (
+        b"POST /llm/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Ocp-Apim-Subscription-Key: bench-key\r\nContent-Length: %d\r\n\r\n%s" % (len(CHAT), CHAT)
+    )
+    per_connection = requests // connections
+    spent = await run_clients(port, wire, per_connection, connections, warm=True)
+    assert len(sink.records) >= per_connection * connections, len(sink.records)
+    await shutdown(gateway, 1.0)
+    await shutdown(mock, 1.0)
+    return spent
+
+
+def stream_case(streams: int, parsers: str) -> float:
+    from types import SimpleNamespace
+
+    from gateway.policy.builtin.llm_content_safety import _CheckedStream
+    from gateway.semcache.messages import StreamAssembler
+    from gateway.tokens import SseUsageMeter, get_tokenizer
+    from mockllm.app import _chat_events
+
+    reads = _chat_events("chatcmpl-1", 1, "gpt-4o-mini", 32, "stop", 14, True)
+    count = get_tokenizer().counter("o200k_base")
+    policy = SimpleNamespace(window=0, overlap=0)
+
+    def done(meter: SseUsageMeter, complete: bool) -> None:
+        assert meter.usage is not None
+
+    started = time.process_time()
+    for _ in range(streams):
+        if "meter" in parsers:
+            meter = SseUsageMeter(count, done, strip=True)
+            for read in reads:
+                meter.feed(read)
+            meter.finish(True)
+        if "cache" in parsers:
+            assembler = StreamAssembler("chat", 1 << 20)
+            for read in reads:
+                assembler.feed(read)
+            assert assembler.document() is not None
+        if "safety" in parsers:
+            checked = _CheckedStream(policy, None, None)  # type: ignore[arg-type]
+            for read in reads:
+                checked._take(read)
+            assert checked._length > 0
+    return (time.process_time() - started) / streams
+
+
 def metrics_case(requests: int) -> float:
     from gateway.metrics import Metrics
 
@@ -98,7 +210,8 @@ def metrics_case(requests: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("case", choices=("server", "redis", "metrics"))
+    parser.add_argument("case", choices=("server", "redis", "metrics", "request", "stream"))
+    parser.add_argument("--parsers", default="meter,cache,safety", help="stream: which parsers run (comma-separated)")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help="checkout to test")
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=16)
@@ -118,11 +231,16 @@ def main() -> None:
             rounds.append(uvloop.run(server_case(args.requests, args.connections)))
         elif args.case == "metrics":
             rounds.append(metrics_case(args.requests))
+        elif args.case == "request":
+            rounds.append(uvloop.run(request_case(args.requests, args.connections)))
+        elif args.case == "stream":
+            rounds.append(stream_case(args.requests // 10, args.parsers))
         else:
             rounds.append(uvloop.run(redis_case(args.requests, args.connections, args.redis_url)))
     micro = sorted(r * 1e6 for r in rounds)
+    name = f"{args.case} {args.parsers}" if args.case == "stream" else args.case
     print(
-        f"{args.case} ({args.root}): median {statistics.median(micro):.2f} µs/op, "
+        f"{name} ({args.root}): median {statistics.median(micro):.2f} µs/op, "
         f"min {micro[0]:.2f}, max {micro[-1]:.2f} over {args.repeat} rounds of {args.requests}"
     )
 

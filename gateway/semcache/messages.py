@@ -178,6 +178,9 @@ def replay_sse(entry: dict[str, Any], kind: str, include_usage: bool, response_i
     return b"".join(events)
 
 
+_HEAD_FIELDS: Final = ("id", "created", "model", "system_fingerprint")
+
+
 class StreamAssembler:
     """Builds the document of a streamed answer from its server-sent events, as they pass (nothing is held back).
 
@@ -226,9 +229,11 @@ class StreamAssembler:
         if not isinstance(event, dict) or "error" in event:
             self._failed = True
             return
-        for name in ("id", "created", "model", "system_fingerprint"):
-            if name in event and name not in self._head:
-                self._head[name] = event[name]
+        head = self._head
+        if len(head) < len(_HEAD_FIELDS):  # once all four are in, later events cannot change them
+            for name in _HEAD_FIELDS:
+                if name in event and name not in head:
+                    head[name] = event[name]
         if isinstance(event.get("usage"), dict):
             self._usage = event["usage"]
         for choice in event.get("choices") or ():
@@ -238,7 +243,10 @@ class StreamAssembler:
             self._choice(choice)
 
     def _choice(self, choice: dict[str, Any]) -> None:
-        state = self._choices.setdefault(choice.get("index", 0), {"role": "assistant", "text": [], "finish": None})
+        index = choice.get("index", 0)
+        state = self._choices.get(index)
+        if state is None:
+            state = self._choices[index] = {"role": "assistant", "text": [], "finish": None}
         if self.kind == CHAT:
             delta = choice.get("delta") or {}
             if not isinstance(delta, dict) or delta.get("tool_calls") or delta.get("function_call"):

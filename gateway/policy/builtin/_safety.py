@@ -155,7 +155,11 @@ def _choice_texts(document: dict[str, Any], member: str) -> list[str]:
             if isinstance(choice, dict):
                 message = choice.get(member)
                 if isinstance(message, dict):
-                    texts.extend(_content_text(message.get("content")))
+                    content = message.get("content")
+                    if isinstance(content, str):  # the common case, without _content_text's generator
+                        texts.append(content)
+                    else:
+                        texts.extend(_content_text(content))
                 if isinstance(choice.get("text"), str):
                     texts.append(choice["text"])
     return texts

@@ -496,6 +496,14 @@ class _CheckedStream:
 
 
 def _event_text(event: bytes) -> str:
+    if event.startswith(b"data:") and b"\n" not in event:  # one data line, as most backends send
+        data = event[5:].strip()
+        if data[:1] in (b"{", b"["):
+            try:
+                return delta_text(orjson.loads(data))
+            except orjson.JSONDecodeError:
+                pass
+        return ""
     text = []
     for line in event.split(b"\n"):
         if line.startswith(b"data:"):

@@ -114,3 +114,28 @@ def test_json_answers_with_tool_calls_or_without_a_finish_reason_are_not_stored(
     unfinished = {**ANSWER, "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}}]}
     assert entry_from_json(orjson.dumps(unfinished), CHAT) is None
     assert entry_from_json(b"not json", CHAT) is None
+
+
+def test_the_head_takes_each_field_from_the_first_event_that_has_it() -> None:
+    def event(data: dict) -> bytes:
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+
+    stream = (
+        event({"id": "chatcmpl-1", "choices": [{"index": 1, "delta": {"role": "assistant", "content": "B"}}]})
+        + event({"id": "other", "model": "m", "created": 2, "choices": [{"index": 0, "delta": {"content": "A"}}]})
+        + event({"system_fingerprint": "fp", "model": "later", "choices": [{"index": 1, "delta": {"content": "b"}}]})
+        + event(
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}, {"index": 1, "finish_reason": "length"}]}
+        )
+        + b"data: [DONE]\n\n"
+    )
+    assembler = StreamAssembler(CHAT, 1 << 20)
+    assembler.feed(stream)
+    document = assembler.document()
+    assert document is not None
+    assert {k: document[k] for k in ("id", "model", "created", "system_fingerprint")} == {
+        "id": "chatcmpl-1", "model": "m", "created": 2, "system_fingerprint": "fp"}  # fmt: skip
+    assert document["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "A"}, "finish_reason": "stop"},
+        {"index": 1, "message": {"role": "assistant", "content": "Bb"}, "finish_reason": "length"},
+    ]

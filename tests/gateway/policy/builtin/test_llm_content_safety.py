@@ -215,3 +215,28 @@ def test_a_bad_blocklist_in_the_snapshot_is_quarantined():
 async def test_a_response_that_is_not_successful_is_not_checked():
     gw = Gateway(data(document(outbound=statement())), upstream(500, b'{"error": "forbidden"}'))
     assert (await gw.chat(body=chat_body("hello"))).status == 500
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        b"data: %s\n\n",  # one data line (the common shape)
+        b"event: delta\ndata: %s\n\n",  # a named event
+        b": keep-alive\ndata: %s\n\n",  # a comment line first
+        b"data:%s\r\n\r\n",  # no space after the colon, CRLF
+    ],
+)
+@pytest.mark.parametrize("as_parts", [False, True])
+async def test_every_event_shape_and_content_form_is_checked(shape, as_parts):
+    def event(word: str) -> bytes:
+        content = [{"type": "text", "text": word}] if as_parts else word
+        return shape % orjson.dumps({"choices": [{"index": 0, "delta": {"content": content}}]})
+
+    stream = b"".join(event(w) for w in ["alpha ", "forbidden ", "omega"]) + b"data: [DONE]"  # no final blank line
+    attrs = 'backend-id="builtin" window-size="12" window-overlap-size="10"'
+    gw = Gateway(
+        data(document(outbound=statement(attrs))), streamed([stream[i : i + 5] for i in range(0, len(stream), 5)])
+    )
+    body = await body_of(await gw.chat(body=chat_body("hello", stream=True)))
+    assert body.endswith(CUT_EVENT)
+    assert b"forbidden" not in body and b"omega" not in body
