@@ -39,12 +39,28 @@ def test_test_runs_pytest():
 
 def test_bench_and_lint():
     assert dry_run("bench").splitlines()[-1] == ".venv/bin/python bench/run.py"
-    assert dry_run("lint").splitlines()[-4:] == [
+    lint = [line for line in dry_run("lint").splitlines() if not line.startswith("#")]
+    start = lint.index(".venv/bin/ruff check .")
+    assert lint[start : start + 4] == [
         ".venv/bin/ruff check .",
         ".venv/bin/ruff format --check .",
         ".venv/bin/mypy",
         ".venv/bin/lint-imports",
     ]
+    assert lint[start + 4].startswith("! grep -rnE --include='*.py' 'type: ignore")  # each ignore says why
+    assert lint[-1].startswith("if command -v duplicates >/dev/null; then duplicates")
+
+
+def test_lint_refuses_a_type_ignore_without_its_reason(tmp_path):
+    """The grep `make lint` runs, on a file with and without a reason after the ignore."""
+    command = next(line for line in dry_run("lint").splitlines() if line.startswith("! grep"))
+    pattern = command.split("'")[3]
+    (tmp_path / "a.py").write_text('x: int = "a"  # type: ignore[assignment]  # a reason\n')
+    found = subprocess.run(["grep", "-rnE", pattern, str(tmp_path)], capture_output=True, text=True)
+    assert found.returncode == 1  # nothing without a reason
+    (tmp_path / "b.py").write_text('y: int = "b"  # type: ignore[assignment]\n')
+    found = subprocess.run(["grep", "-rnE", pattern, str(tmp_path)], capture_output=True, text=True)
+    assert found.returncode == 0 and "b.py:1:" in found.stdout
 
 
 def test_ci_script_is_valid_bash_and_runs_make_lint_test_then_smoke():
