@@ -1,7 +1,7 @@
 """CPU time per usage record of the management plane's ingestion endpoint (`POST /api/gateway/usage/`), in one
 process: Django's test client, a throwaway SQLite database (or `DATABASE_URL`), batches as a gateway sends them.
 
-    python bench/ingest.py [--batch 1000] [--rounds 20] [--profile FILE] [--root OTHER_CHECKOUT]
+    python bench/ingest.py [--batch 1000] [--rounds 20] [--ids gateway|random] [--profile FILE] [--root OTHER_CHECKOUT]
 
 It measures the view, the serializer and `usage.services.ingest_records` with the database work of SQLite (which
 runs in this process, as it does in the embedded default); it does not measure gunicorn or the network.
@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def record(now_ms: int) -> dict:
+def record(now_ms: int, request_id: str) -> dict:
     return {
-        "request_id": str(uuid.uuid4()),
+        "request_id": request_id,
         "ts_ms": now_ms,
         "api": "bench",
         "operation": "chat",
@@ -42,10 +42,21 @@ def record(now_ms: int) -> dict:
     }
 
 
+def random_id() -> str:
+    return str(uuid.uuid4())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=1000, help="records per POST")
     parser.add_argument("--rounds", type=int, default=20, help="POSTs measured (after 2 unmeasured)")
+    parser.add_argument(
+        "--ids",
+        choices=("gateway", "random"),
+        default="random",
+        help="request ids as a gateway makes them (a per-process prefix and a counter: the dedupe table's index grows "
+        "at its end) or random GUIDs (each insert lands on another page of it)",
+    )
     parser.add_argument("--profile", help="write a cProfile dump of the measured POSTs here")
     parser.add_argument("--root", default=str(ROOT), help="the checkout whose management plane to measure")
     args = parser.parse_args(argv)
@@ -69,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     call_command("migrate", interactive=False, verbosity=0)
     client = Client()
     now_ms = int(time.time() * 1000)
-    bodies = [json.dumps({"records": [record(now_ms) for _ in range(args.batch)]}) for _ in range(args.rounds + 2)]
+    new_id = random_id
+    if args.ids == "gateway":
+        from gateway.ids import next_request_id as new_id
+    batches = [[record(now_ms, new_id()) for _ in range(args.batch)] for _ in range(args.rounds + 2)]
+    bodies = [json.dumps({"records": batch}) for batch in batches]
 
     def post(body: str) -> None:
         response = client.post(

@@ -9,9 +9,10 @@ finds it counted (PostgreSQL's `ON CONFLICT` waits for the other transaction to 
 """
 
 import logging
+import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -97,10 +98,10 @@ def ingest_records(records: Iterable[UsageRecord], *, now: datetime | None = Non
     now = now or timezone.now()
     oldest_ms = int((now - dedupe_window()).timestamp() * 1000)
     result = IngestResult()
-    batch: dict[uuid.UUID, UsageRecord] = {}
+    batch: dict[str, UsageRecord] = {}  # by request id in the canonical form (`_canonical`)
     for record in records:
         result.received += 1
-        request_id = uuid.UUID(record.request_id)
+        request_id = _canonical(record.request_id)
         if record.ts_ms < oldest_ms:
             result.expired += 1
         elif request_id in batch:
@@ -119,7 +120,18 @@ def ingest_records(records: Iterable[UsageRecord], *, now: datetime | None = Non
     return result
 
 
-def _mark_seen(batch: Mapping[uuid.UUID, UsageRecord]) -> list[UsageRecord]:
+_CANONICAL_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _canonical(request_id: str) -> str:
+    """The GUID's lowercase hyphenated form (what `UsageRecord.from_json` already gives): one string per GUID, and
+    these strings sort as the GUIDs' numbers do."""
+    if _CANONICAL_GUID.fullmatch(request_id):
+        return request_id
+    return str(uuid.UUID(request_id))
+
+
+def _mark_seen(batch: Mapping[str, UsageRecord]) -> list[UsageRecord]:
     """Insert the ids not seen yet and return their records (the ones to count): one
     `INSERT ... ON CONFLICT DO NOTHING RETURNING` per chunk, which reports the rows it inserted."""
     ids = sorted(batch)
@@ -130,20 +142,41 @@ def _mark_seen(batch: Mapping[uuid.UUID, UsageRecord]) -> list[UsageRecord]:
     # Table and column names come from the model; every value is a bound parameter (S608 below).
     head = f"INSERT INTO {quote(opts.db_table)} ({id_column}, {quote(ts_field.column)}) VALUES "  # noqa: S608
     tail = f" ON CONFLICT DO NOTHING RETURNING {id_column}"
+    # UUIDField.get_db_prep_value without its layers: the database's uuid type reads the canonical form, a
+    # char(32) column holds the hex digits.
     native = connection.features.has_native_uuid_field
-    adapt_ts = connection.ops.adapt_datetimefield_value
-    fresh: set[Any] = set()
+    adapt_ts = _timestamp_adapter()
+    fresh: set[str] = set()
     with connection.cursor() as cursor:
         for chunk in _chunks(ids, 2):
             params: list[Any] = []
-            for request_id in chunk:  # UUIDField.get_db_prep_value and DateTimeField's, without their layers
-                params.append(request_id if native else request_id.hex)
-                params.append(adapt_ts(_start(batch[request_id])))
+            for request_id in chunk:
+                params.append(request_id if native else request_id.replace("-", ""))
+                params.append(adapt_ts(batch[request_id].ts_ms))
             cursor.execute(head + ", ".join(["(%s, %s)"] * len(chunk)) + tail, params)
-            fresh.update(row[0] for row in cursor.fetchall())
+            fresh.update(str(row[0]) for row in cursor.fetchall())  # a uuid.UUID, or the hex digits
     if native:
         return [batch[request_id] for request_id in ids if request_id in fresh]
-    return [batch[request_id] for request_id in ids if request_id.hex in fresh]
+    return [batch[request_id] for request_id in ids if request_id.replace("-", "") in fresh]
+
+
+def _timestamp_adapter() -> Callable[[int], Any]:
+    """Epoch milliseconds to the value DateTimeField.get_db_prep_value gives for that instant. SQLite stores text
+    (the naive time in the connection's zone, `str(datetime)`); when that zone is UTC the text is written here,
+    with its date and time formatted once per second of the batch."""
+    adapt = connection.ops.adapt_datetimefield_value
+    if connection.vendor != "sqlite" or connection.timezone is not UTC:
+        return lambda ts_ms: adapt(datetime.fromtimestamp(ts_ms / 1000, tz=UTC))
+    seconds: dict[int, str] = {}
+
+    def text(ts_ms: int) -> str:
+        second, millisecond = divmod(ts_ms, 1000)
+        head = seconds.get(second)
+        if head is None:
+            head = seconds[second] = str(datetime.fromtimestamp(second, tz=UTC).replace(tzinfo=None))
+        return f"{head}.{millisecond:03d}000" if millisecond else head
+
+    return text
 
 
 @dataclass
@@ -208,7 +241,8 @@ def _add_to_rollups(records: list[UsageRecord]) -> None:
             for key in chunk:
                 c = totals[key]
                 values = (
-                    *key,
+                    _minute(key[0]),
+                    *key[1:],
                     c.requests,
                     c.prompt_tokens,
                     c.completion_tokens,
@@ -231,9 +265,10 @@ def _chunks(items: list, params_per_item: int) -> Iterator[list]:
 
 
 def _rollup_key(record: UsageRecord) -> tuple:
-    """The record's values of `ROLLUP_DIMENSIONS`, in that order."""
+    """The record's values of `ROLLUP_DIMENSIONS`, in that order, with the minute as minutes since the epoch
+    (`_minute` makes it a datetime once per row rather than once per record)."""
     return (
-        _start(record).replace(second=0, microsecond=0),
+        record.ts_ms // 60_000,
         record.api,
         record.operation,
         record.subscription or "",
@@ -246,8 +281,9 @@ def _rollup_key(record: UsageRecord) -> tuple:
     )
 
 
-def _start(record: UsageRecord) -> datetime:
-    return datetime.fromtimestamp(record.ts_ms / 1000, tz=UTC)
+def _minute(minutes: int) -> datetime:
+    """The start of the minute `minutes` after the epoch, UTC (epoch minutes are UTC minutes: no leap seconds)."""
+    return datetime.fromtimestamp(minutes * 60, tz=UTC)
 
 
 #

@@ -47,6 +47,9 @@ def ensure_sqlite_dir(database: dict) -> None:
 ensure_sqlite_dir(DATABASES["default"])
 
 
+SQLITE_CONN_MAX_AGE = 600  # seconds
+
+
 def configure_sqlite(database: dict, timeout: float) -> None:
     """Make SQLite queue concurrent writers instead of failing with "database is locked" (README, Production).
 
@@ -56,9 +59,16 @@ def configure_sqlite(database: dict, timeout: float) -> None:
     at once, without calling the busy handler, since waiting could deadlock (and in WAL mode its snapshot is stale).
     So every transaction begins IMMEDIATE (takes the write lock at BEGIN, waiting up to ``timeout`` seconds for it),
     and the journal is WAL, so that reads outside a transaction neither wait for a writer nor hold one up.
+
+    Connections are kept between requests (``CONN_MAX_AGE``, unless ``DATABASE_URL`` sets ``conn_max_age``): closing
+    the last connection to the file checkpoints the WAL into it and deletes the WAL, so a connection per request
+    costs a checkpoint (with its fsyncs) and a reopen per request, about 3.5 ms of CPU per usage POST. Kept, the WAL is
+    checkpointed by SQLite every 1,000 pages. An open connection holds nothing between requests: each request's
+    transaction ends with the request (ATOMIC_REQUESTS), and Django closes a connection left unusable by an error.
     """
     if not database["ENGINE"].endswith("sqlite3"):
         return
+    database.setdefault("CONN_MAX_AGE", SQLITE_CONN_MAX_AGE)
     options = database.setdefault("OPTIONS", {})
     options.setdefault("transaction_mode", "IMMEDIATE")
     options.setdefault("timeout", timeout)

@@ -1,12 +1,17 @@
 """Cross-cutting request handling: body size limit (413), malformed JSON, error shapes, routes, schema, rotation."""
 
+import io
+
 import pytest
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.test import override_settings
+from rest_framework import parsers
+from rest_framework.exceptions import ParseError
 
 from backends.models import Backend
+from gateway_admin.api.parsers import JSONParser
 from named_values import crypto
 from named_values.models import NamedValue
 from subscriptions.models import Subscription
@@ -97,6 +102,44 @@ def test_a_json_value_of_the_wrong_type_is_400_naming_the_field(api_client, url,
     assert response.status_code == 400
     assert message in str(response.json()[field])
     assert api_client.get("/api/products/").json() == []
+
+
+# Bodies on which orjson and the standard library differ, or that one of them refuses.
+PARSER_BODIES = [
+    b'{"records": [{"ts_ms": 1700000000123, "latency_ms": 1.5, "cache_hit": false, "model": null}]}',
+    b'{"a": 1, "a": 2}',
+    b'{"n": 12345678901234567890123, "m": -9999999999999999999}',
+    b'{"n": 18446744073709551615, "m": -9223372036854775808, "id": "1234567890123456789"}',
+    b'{"x": 1e400}',
+    b'{"x": 1e-400, "y": -0.0, "z": -0}',
+    b'{"x": NaN}',
+    b'{"x": Infinity}',
+    b'{"s": "\\ud800"}',
+    b'{"s": "\\ud83d\\ude00 \\u0000"}',
+    b'{"s": "caf\xc3\xa9"}',
+    b'{"s": "\xff"}',
+    b'\xef\xbb\xbf{"a": 1}',
+    b'{"s": "a\tb"}',
+    b"[1, 2",
+    b'{"a": 1} x',
+    b"",
+    b"  [1]  ",
+]
+
+
+@pytest.mark.parametrize("charset", [None, "utf-8", "UTF8", "latin-1"])
+@pytest.mark.parametrize("body", PARSER_BODIES, ids=repr)
+def test_the_json_parser_reads_what_drfs_reads(body, charset):
+    """orjson reads a UTF-8 body; what it refuses or reads differently goes to DRF's parser: same data, same error."""
+
+    def parse(parser):
+        context = {} if charset is None else {"encoding": charset}
+        try:
+            return repr(parser.parse(io.BytesIO(body), "application/json", context))
+        except ParseError as exc:
+            return f"ParseError: {exc}"
+
+    assert parse(JSONParser()) == parse(parsers.JSONParser())
 
 
 def test_non_json_content_type_is_415(api_client):

@@ -91,3 +91,28 @@ def test_concurrent_read_then_write_transactions_never_see_database_is_locked(tm
         assert db.execute("SELECT value FROM counter").fetchone() == (WORKERS * TRANSACTIONS,)  # no lost update
     # WAL: readers (the gateways' snapshot polls) never wait for a writer, nor a writer for them
     assert {line[1] for line in ready} == {"wal"}
+
+
+KEPT = textwrap.dedent(
+    """
+    import django
+    from django.core.signals import request_finished
+    from django.db import connection
+
+    django.setup()
+    connection.ensure_connection()
+    first = connection.connection
+    request_finished.send(sender=None)  # what the end of every request does: close_old_connections()
+    print("kept" if connection.connection is first else "closed")
+    """
+)
+
+
+def test_sqlite_connections_are_kept_between_requests_unless_the_url_says_otherwise(tmp_path):
+    """Closing the last connection to the file checkpoints the WAL and deletes it: per request that cost about
+    3.5 ms of CPU per usage POST (docs/benchmarks.md, fifth session, `ingest2`)."""
+    database = tmp_path / "sluice.sqlite3"
+    for url_option, expected in (("", "kept"), ("?conn_max_age=0", "closed")):
+        env = _env(f"{database}{url_option}")
+        result = subprocess.run([sys.executable, "-c", KEPT], env=env, capture_output=True, text=True, timeout=60)
+        assert result.stdout.strip() == expected, result.stderr

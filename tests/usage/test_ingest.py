@@ -2,13 +2,13 @@
 
 import threading
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection, connections
 
 from usage.models import UsageRecordSeen, UsageRollup
-from usage.services import ingest_records, purge_seen, purge_seen_if_due
+from usage.services import _canonical, _timestamp_adapter, ingest_records, purge_seen, purge_seen_if_due
 
 from .conftest import totals
 from .factories import BASE, UsageRecordFactory, at
@@ -46,6 +46,28 @@ def test_request_ids_are_compared_as_guids():
     ingest_records([record])
     same = UsageRecordFactory(request_id=uuid.UUID(record.request_id).hex.upper())
     assert ingest_records([same]).duplicates == 1
+
+
+def test_canonical_request_ids_sort_as_guids():
+    """Two workers insert a batch's ids in sorted order (so they wait for each other instead of deadlocking): the
+    canonical strings sort as the GUIDs' numbers, as the ids of a worker of an earlier version did."""
+    guids = [uuid.uuid4() for _ in range(1000)] + [uuid.UUID(int=0), uuid.UUID(int=2**128 - 1)]
+    assert sorted(_canonical(g.hex.upper()) for g in guids) == [str(g) for g in sorted(guids)]
+
+
+@pytest.mark.parametrize(
+    "ts_ms",
+    [0, 999, 1000, 1_700_000_000_000, 1_700_000_000_001, 1_709_164_799_999, at(0, 59.999), 4_102_444_800_000],
+)
+def test_the_seen_timestamp_is_what_django_would_store(ts_ms):
+    expected = connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(ts_ms / 1000, tz=UTC))
+    assert _timestamp_adapter()(ts_ms) == expected
+
+
+def test_the_seen_timestamp_reads_back_as_the_request_start():
+    record = UsageRecordFactory(ts_ms=at(0, 7.25))
+    ingest_records([record])
+    assert UsageRecordSeen.objects.get().ts == BASE + timedelta(seconds=7.25)
 
 
 def test_rollup_math_per_minute_and_dimensions():

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from gateway.usage.record import FIELD_NAMES, MAX_LENGTHS, RecordError, UsageRecord
+from gateway.usage.record import FIELD_NAMES, MAX_LENGTHS, RecordError, UsageRecord, _from_plain_json
 
 from .factories import UsageRecordFactory
 
@@ -125,3 +125,71 @@ def test_bad_stream_values_name_the_field(field, value):
 def test_a_non_object_is_refused():
     with pytest.raises(RecordError):
         UsageRecord.from_json(["not", "an", "object"])
+
+
+#
+# The one-pass reading of a gateway's own records (`_from_plain_json`) against the field-by-field one
+#
+
+# Values that the one-pass reading must either read exactly as the field-by-field one does, or leave to it.
+TRICKY_VALUES = [
+    None,
+    "",
+    "x",
+    "m" * 300,
+    "1700000000000",
+    0,
+    -1,
+    1,
+    200,
+    999,
+    1000,
+    2**31 - 1,
+    2**31,
+    253_402_300_799_999,
+    253_402_300_800_000,
+    2**70,
+    1.0,
+    1.5,
+    -0.0,
+    -0.5,
+    12.25,
+    float("nan"),
+    float("inf"),
+    True,
+    False,
+    [],
+    {},
+    str(uuid.UUID(int=7)),
+    uuid.UUID(int=7).hex.upper(),
+]
+
+
+def read(reader, data):
+    """The record `reader` gives, or the field and message of the error it raises."""
+    try:
+        return reader(data)
+    except RecordError as exc:
+        return (exc.field, exc.message)
+
+
+@pytest.mark.parametrize("field", FIELD_NAMES)
+@pytest.mark.parametrize("value", TRICKY_VALUES, ids=repr)
+def test_the_one_pass_reading_gives_what_the_checked_one_gives(field, value):
+    data = {**UsageRecordFactory(block_reason="b", failed_attempts="ptu:429").to_json(), field: value}
+    assert read(UsageRecord.from_json, data) == read(UsageRecord._from_json_checked, data)
+    del data[field]
+    assert read(UsageRecord.from_json, data) == read(UsageRecord._from_json_checked, data)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        UsageRecordFactory(),
+        UsageRecordFactory(subscription=None, product=None, backend=None, model=None, cache_hit=True, status=0),
+        UsageRecordFactory(block_reason="content-safety:Hate", failed_attempts="ptu:429 ptu2:Timeout", latency_ms=0.0),
+    ],
+)
+def test_a_gateways_record_is_read_in_one_pass(record):
+    assert _from_plain_json(UsageRecord, record.to_json()) == record
+    assert _from_plain_json(UsageRecord, {"request_id": record.request_id}) is None  # left to the checked reading
