@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Final
 
@@ -63,6 +63,25 @@ LOG_EVERY: Final = 10.0  # seconds between two log lines about failing settlemen
 # correction does not weaken the admission bound (docs/token-limits.md); it only keeps a request "in flight" a few
 # milliseconds longer.
 SETTLE_INTERVAL: Final = 0.005
+# Admissions encoded per window set (the policies hand the same windows to every request of a counter key and minute):
+# forgotten all at once when this many are kept.
+ENCODED_MAX: Final = 4096
+
+
+def _bulk_strings(values: Iterable[str]) -> bytes:
+    parts = []
+    for value in values:
+        data = value.encode("utf-8", "surrogatepass")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _bulk_ints(values: Iterable[int]) -> bytes:
+    parts = []
+    for value in values:
+        data = b"%d" % value
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 def _sha1(script: str) -> str:
@@ -97,6 +116,8 @@ class RedisTokenStore(TokenStore):
         self._settle_sha = _sha1(SETTLE_SCRIPT)
         self._pending: dict[tuple[str, ...], int] = {}
         self._heads: dict[tuple[str, int, int], bytes] = {}
+        # windows -> (EVALSHA head and keys, the limits and expiries after the amount, the reservation's keys, expiry)
+        self._encoded: dict[tuple[Window, ...], tuple[bytes, bytes, tuple[str, ...], float]] = {}
         self._flush_scheduled = False
         self._last_log = 0.0
         self.settle_interval = settle_interval
@@ -109,39 +130,56 @@ class RedisTokenStore(TokenStore):
     async def _ping(self) -> None:
         await self.client.call("PING")
 
-    def _evalsha(self, sha: str, keys: Sequence[str], args: Sequence[int]) -> bytes:
-        """``EVALSHA sha numkeys keys… args…`` in RESP, with the constant head cached per key count."""
-        head = self._heads.get((sha, len(keys), len(args)))
+    def _evalsha_head(self, sha: str, keys: int, args: int) -> bytes:
+        """``EVALSHA sha numkeys`` in RESP, with the array count for ``keys`` keys and ``args`` args (cached)."""
+        head = self._heads.get((sha, keys, args))
         if head is None:
-            encoded = encode_command(("EVALSHA", sha, len(keys)))  # "*3\r\n$7\r\nEVALSHA…": fix the count
-            head = b"*%d\r\n" % (3 + len(keys) + len(args)) + encoded.split(b"\r\n", 1)[1]
-            self._heads[(sha, len(keys), len(args))] = head
-        parts = [head]
-        for key in keys:
-            data = key.encode("utf-8", "surrogatepass")
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        for arg in args:
-            data = b"%d" % arg
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        return b"".join(parts)
+            encoded = encode_command(("EVALSHA", sha, keys))  # "*3\r\n$7\r\nEVALSHA…": fix the count
+            head = b"*%d\r\n" % (3 + keys + args) + encoded.split(b"\r\n", 1)[1]
+            self._heads[(sha, keys, args)] = head
+        return head
+
+    def _evalsha(self, sha: str, keys: Sequence[str], args: Sequence[int]) -> bytes:
+        """``EVALSHA sha numkeys keys… args…`` in RESP."""
+        return self._evalsha_head(sha, len(keys), len(args)) + _bulk_strings(keys) + _bulk_ints(args)
 
     async def reserve(self, windows: Sequence[Window], amount: int, now: float) -> Admission:
         return await self.breaker.call(lambda: self._reserve(windows, amount, now))
 
-    async def _reserve(self, windows: Sequence[Window], amount: int, now: float) -> Admission:
-        prefix = self.prefix
-        keys = [prefix + w.key for w in windows]
-        args: list[int] = [amount]
+    def _encode_windows(self, windows: tuple[Window, ...]) -> tuple[bytes, bytes, tuple[str, ...], float]:
+        """What the admissions of ``windows`` share: the command before and after the amount, the reservation's
+        keys and expiry."""
+        limits: list[int] = []
         for window in windows:
-            args.append(window.limit)
-            args.append(int(window.expires_at * 1000))
-        reservation = reservation_for(windows, amount)
+            limits.append(window.limit)
+            limits.append(int(window.expires_at * 1000))
+        head = self._evalsha_head(self._reserve_sha, len(windows), 1 + len(limits))
+        reservation = reservation_for(windows, 0)
+        encoded = (
+            head + _bulk_strings([self.prefix + key for key in reservation.keys]),
+            _bulk_ints(limits),
+            reservation.keys,
+            reservation.expires_at,
+        )
+        if len(self._encoded) >= ENCODED_MAX:
+            self._encoded.clear()
+        self._encoded[windows] = encoded
+        return encoded
+
+    async def _reserve(self, windows: Sequence[Window], amount: int, now: float) -> Admission:
+        key = windows if type(windows) is tuple else tuple(windows)
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            encoded = self._encode_windows(key)
+        head, tail, keys, expires_at = encoded
+        reservation = Reservation(keys, amount, expires_at)
 
         def orphan(reply: Any) -> None:  # the caller went away after Redis reserved: give the tokens back
             if isinstance(reply, list) and reply and reply[0] == 0:
                 self.settle(reservation, 0)
 
-        command = self._evalsha(self._reserve_sha, keys, args)
+        data = b"%d" % amount
+        command = b"%s$%d\r\n%s\r\n%s" % (head, len(data), data, tail)
         try:
             try:
                 reply = await self.client.call_encoded(command, orphan)

@@ -58,6 +58,9 @@ MSG_STORE_DOWN: Final = "the token store is unavailable (%s); %s lets requests t
 DEFAULT_COMPLETION_RESERVATION: Final = 1024
 MAX_TOKENS: Final = 10**15  # counters are Lua numbers (doubles): exact far beyond this
 LOG_EVERY: Final = 10.0
+# The windows of one counter key stay the same for a whole minute (every period starts on a minute): each policy keeps
+# those of the current minute, for at most this many counter keys, so most requests build none.
+WINDOW_CACHE_MAX: Final = 4096
 
 _last_warning = 0.0
 
@@ -147,6 +150,8 @@ class LlmTokenLimit(Policy):
         "retry_variable",
         "tpm",
         "tpm_value",
+        "window_cache",
+        "window_minute",
     )
 
     def __init__(self, attrs: dict[str, Value], el: Element) -> None:
@@ -186,6 +191,8 @@ class LlmTokenLimit(Policy):
         self.reports = any(x is not None for x in reporting)
         self.on_response_needed = self.reports or self.consumed_header is not None or self.consumed_variable is not None
         self.fail_closed = denies_on_store_error(attrs.get(STORE_ERROR_ATTR))
+        self.window_cache: dict[tuple[str, int | None], tuple[Window, ...]] = {}
+        self.window_minute = -1.0
 
     @classmethod
     def from_element(cls, el: Element) -> LlmTokenLimit:
@@ -193,20 +200,32 @@ class LlmTokenLimit(Policy):
 
     # per request
 
-    def windows(self, ctx: RequestContext, now: float) -> list[Window]:
-        """The quota window first (a quota refusal, 403, wins over a per-minute one), then the minute."""
+    def windows(self, ctx: RequestContext, now: float) -> tuple[Window, ...]:
+        """The quota window first (a quota refusal, 403, wins over a per-minute one), then the minute. The tuple is
+        shared by the requests of the same counter key and minute: nobody changes it."""
         key = counter_key(self.counter_key, ctx)
-        windows = []
-        if self.quota is not None and self.period is not None:
-            windows.append(quota_window(key, self.period, now, self.quota))
         tpm = self.tpm
         if tpm is None and self.tpm_value is not None:
             text = self.tpm_value.evaluate(ctx)
             tpm = parse_count(text, 1, MAX_TOKENS)
             if tpm is None:
                 raise ExpressionRuntimeError(f"'tokens-per-minute' must be a positive integer, got {text!r}.")
+        minute = now - now % 60.0
+        cache = self.window_cache
+        if minute != self.window_minute:
+            cache.clear()
+            self.window_minute = minute
+        windows = cache.get((key, tpm))
+        if windows is not None:
+            return windows
+        built = []
+        if self.quota is not None and self.period is not None:
+            built.append(quota_window(key, self.period, now, self.quota))
         if tpm is not None:
-            windows.append(minute_window(key, now, tpm))
+            built.append(minute_window(key, now, tpm))
+        windows = tuple(built)
+        if len(cache) < WINDOW_CACHE_MAX:
+            cache[(key, tpm)] = windows
         return windows
 
     def reservation(self, exchange: LlmExchange, ceiling: int) -> tuple[int, int]:
@@ -267,7 +286,7 @@ class _Outcome:
         self,
         policy: LlmTokenLimit,
         store: TokenStore,
-        windows: list[Window],
+        windows: tuple[Window, ...],
         admission: Admission,
         amount: int,
         prompt: int,
