@@ -12,11 +12,11 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, cast
 from urllib.parse import unquote, urlsplit
 
-__all__ = ("RespClient", "RespError", "encode_command", "parse_reply")
+__all__ = ("RespClient", "RespError", "encode_args", "encode_command", "parse_reply")
 
 logger = logging.getLogger("gateway.redis")
 
@@ -39,7 +39,12 @@ class _Incomplete(Exception):
 
 
 def encode_command(args: tuple[Any, ...]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n" % len(args) + encode_args(args)
+
+
+def encode_args(args: Iterable[Any]) -> bytes:
+    """``args`` as RESP bulk strings, without the array header: a piece of a command that is put together later."""
+    parts = []
     for arg in args:
         if isinstance(arg, bytes):
             data = arg

@@ -9,9 +9,7 @@ finds it counted (PostgreSQL's `ON CONFLICT` waits for the other transaction to 
 """
 
 import logging
-import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +21,7 @@ from django.db.models import Case, CharField, F, Q, Sum, Value, When
 from django.db.models.functions import Coalesce, Concat, Trunc
 from django.utils import timezone
 
-from gateway.usage.record import UsageRecord
+from gateway.usage.record import UsageRecord, canonical_guid
 
 from .choices import UsageGroupByChoices, UsageIntervalChoices
 from .models import ROLLUP_DIMENSIONS, UsageRecordSeen, UsageRollup
@@ -98,10 +96,10 @@ def ingest_records(records: Iterable[UsageRecord], *, now: datetime | None = Non
     now = now or timezone.now()
     oldest_ms = int((now - dedupe_window()).timestamp() * 1000)
     result = IngestResult()
-    batch: dict[str, UsageRecord] = {}  # by request id in the canonical form (`_canonical`)
+    batch: dict[str, UsageRecord] = {}  # by request id in the canonical form (`canonical_guid`)
     for record in records:
         result.received += 1
-        request_id = _canonical(record.request_id)
+        request_id = canonical_guid(record.request_id)
         if record.ts_ms < oldest_ms:
             result.expired += 1
         elif request_id in batch:
@@ -118,17 +116,6 @@ def ingest_records(records: Iterable[UsageRecord], *, now: datetime | None = Non
     result.counted += len(fresh)
     result.duplicates += len(batch) - len(fresh)
     return result
-
-
-_CANONICAL_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def _canonical(request_id: str) -> str:
-    """The GUID's lowercase hyphenated form (what `UsageRecord.from_json` already gives): one string per GUID, and
-    these strings sort as the GUIDs' numbers do."""
-    if _CANONICAL_GUID.fullmatch(request_id):
-        return request_id
-    return str(uuid.UUID(request_id))
 
 
 def _mark_seen(batch: Mapping[str, UsageRecord]) -> list[UsageRecord]:

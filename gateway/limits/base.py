@@ -26,6 +26,7 @@ __all__ = (
     "TokenStore",
     "Window",
     "counter_tag",
+    "minute_start",
     "minute_window",
     "period_bounds",
     "quota_window",
@@ -110,8 +111,13 @@ def counter_tag(counter_key: str) -> str:
     return counter_key
 
 
+def minute_start(now: float) -> float:
+    """The start of the minute containing ``now``; every window starts on one (quota periods on whole UTC minutes)."""
+    return now - now % 60.0
+
+
 def minute_window(counter_key: str, now: float, limit: int) -> Window:
-    start = now - now % 60.0
+    start = minute_start(now)
     return Window(f"tl:{{{counter_tag(counter_key)}}}:m:{int(start)}", limit, start, start + 60.0)
 
 

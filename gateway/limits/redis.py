@@ -12,11 +12,11 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Final
 
-from gateway.redis import RespClient, RespError, encode_command
+from gateway.redis import RespClient, RespError, encode_args
 
 from .base import Admission, Reservation, StoreUnavailable, TokenStore, Window, register_store, reservation_for
 from .breaker import DEFAULT_CALL_TIMEOUT, CircuitBreaker
@@ -66,22 +66,6 @@ SETTLE_INTERVAL: Final = 0.005
 # Admissions encoded per window set (the policies hand the same windows to every request of a counter key and minute):
 # forgotten all at once when this many are kept.
 ENCODED_MAX: Final = 4096
-
-
-def _bulk_strings(values: Iterable[str]) -> bytes:
-    parts = []
-    for value in values:
-        data = value.encode("utf-8", "surrogatepass")
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-def _bulk_ints(values: Iterable[int]) -> bytes:
-    parts = []
-    for value in values:
-        data = b"%d" % value
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
 
 
 def _sha1(script: str) -> str:
@@ -134,14 +118,13 @@ class RedisTokenStore(TokenStore):
         """``EVALSHA sha numkeys`` in RESP, with the array count for ``keys`` keys and ``args`` args (cached)."""
         head = self._heads.get((sha, keys, args))
         if head is None:
-            encoded = encode_command(("EVALSHA", sha, keys))  # "*3\r\n$7\r\nEVALSHA…": fix the count
-            head = b"*%d\r\n" % (3 + keys + args) + encoded.split(b"\r\n", 1)[1]
+            head = b"*%d\r\n" % (3 + keys + args) + encode_args(("EVALSHA", sha, keys))
             self._heads[(sha, keys, args)] = head
         return head
 
     def _evalsha(self, sha: str, keys: Sequence[str], args: Sequence[int]) -> bytes:
         """``EVALSHA sha numkeys keys… args…`` in RESP."""
-        return self._evalsha_head(sha, len(keys), len(args)) + _bulk_strings(keys) + _bulk_ints(args)
+        return self._evalsha_head(sha, len(keys), len(args)) + encode_args(keys) + encode_args(args)
 
     async def reserve(self, windows: Sequence[Window], amount: int, now: float) -> Admission:
         return await self.breaker.call(lambda: self._reserve(windows, amount, now))
@@ -156,8 +139,8 @@ class RedisTokenStore(TokenStore):
         head = self._evalsha_head(self._reserve_sha, len(windows), 1 + len(limits))
         reservation = reservation_for(windows, 0)
         encoded = (
-            head + _bulk_strings([self.prefix + key for key in reservation.keys]),
-            _bulk_ints(limits),
+            head + encode_args([self.prefix + key for key in reservation.keys]),
+            encode_args(limits),
             reservation.keys,
             reservation.expires_at,
         )

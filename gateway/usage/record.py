@@ -67,6 +67,7 @@ __all__ = (
     "USAGE_PATH",
     "RecordError",
     "UsageRecord",
+    "canonical_guid",
 )
 
 DEFAULT_STREAM = "sluice:usage"
@@ -301,14 +302,20 @@ def _get(data: Mapping[str, Any], name: str) -> Any:
 _CANONICAL_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def canonical_guid(value: str) -> str:
+    """The GUID's lowercase hyphenated form: one string per GUID, and these strings sort as the GUIDs' numbers do.
+    Raises ValueError for a string that is no GUID."""
+    if _CANONICAL_GUID.fullmatch(value):  # what the gateway sends: already in the normal form
+        return value
+    return str(uuid.UUID(value))
+
+
 def _guid(data: Mapping[str, Any]) -> str:
     value = _get(data, "request_id")
     if not isinstance(value, str):
         raise RecordError("request_id", ERR_STRING)
-    if _CANONICAL_GUID.fullmatch(value):  # what the gateway sends: already in the normal form
-        return value
     try:
-        return str(uuid.UUID(value))
+        return canonical_guid(value)
     except ValueError:
         raise RecordError("request_id", ERR_GUID) from None
 

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection, connections
 
+from gateway.usage.record import canonical_guid
 from usage.models import UsageRecordSeen, UsageRollup
-from usage.services import _canonical, _timestamp_adapter, ingest_records, purge_seen, purge_seen_if_due
+from usage.services import _timestamp_adapter, ingest_records, purge_seen, purge_seen_if_due
 
 from .conftest import totals
 from .factories import BASE, UsageRecordFactory, at
@@ -52,7 +53,7 @@ def test_canonical_request_ids_sort_as_guids():
     """Two workers insert a batch's ids in sorted order (so they wait for each other instead of deadlocking): the
     canonical strings sort as the GUIDs' numbers, as the ids of a worker of an earlier version did."""
     guids = [uuid.uuid4() for _ in range(1000)] + [uuid.UUID(int=0), uuid.UUID(int=2**128 - 1)]
-    assert sorted(_canonical(g.hex.upper()) for g in guids) == [str(g) for g in sorted(guids)]
+    assert sorted(canonical_guid(g.hex.upper()) for g in guids) == [str(g) for g in sorted(guids)]
 
 
 @pytest.mark.parametrize(

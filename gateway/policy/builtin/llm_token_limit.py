@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.errors import GatewayError
-from gateway.limits.base import PERIODS, StoreUnavailable, minute_window, quota_window
+from gateway.limits.base import PERIODS, StoreUnavailable, minute_start, minute_window, quota_window
 from gateway.llm_accounting import exchange_for
 
 from ..base import Attr, Policy, Section
@@ -210,7 +210,7 @@ class LlmTokenLimit(Policy):
             tpm = parse_count(text, 1, MAX_TOKENS)
             if tpm is None:
                 raise ExpressionRuntimeError(f"'tokens-per-minute' must be a positive integer, got {text!r}.")
-        minute = now - now % 60.0
+        minute = minute_start(now)
         cache = self.window_cache
         if minute != self.window_minute:
             cache.clear()
