@@ -13,6 +13,13 @@ Each case runs in one process on uvloop and reports CPU time (``time.process_tim
 * ``request``: keep-alive chat completions through the whole gateway (``create_app``: routing, subscription key, LLM
   accounting, forwarding, metrics and a usage record to a ``MemorySink``) to an upstream in the same process that
   answers a fixed completion at once (the gateway's per-request cost, plus the upstream's and the client's).
+* ``request --without metrics,usage,accounting,key``: the same with parts of the gateway's work left out (the
+  request metrics, the usage record, the LLM accounting of an OpenAI-type API, the subscription key check): what
+  each part costs per request, by difference.
+* ``forward``: the floor of our own stack: a handler on ``gateway.http.server`` that checks the key with one header
+  comparison and forwards with ``gateway.http.client.UpstreamPool`` (no routing, pipeline, accounting or telemetry).
+* ``floor``: the floor of any Python proxy hop in this harness: a callback-only proxy (uvloop protocols and httptools
+  on both sides, no coroutine, no task) in front of the same upstream.
 * ``stream``: the SSE parsers that can see one streamed chat completion (the mock's 32 chunks, with usage and
   ``[DONE]``), one event per read: the usage meter (``SseUsageMeter``), the semantic cache's ``StreamAssembler`` and
   the content-safety stage's event reading, each alone and all three (µs per stream).
@@ -117,47 +124,175 @@ COMPLETION = (
     b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello, benchmark.","refusal":null},'
     b'"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":4,"total_tokens":18}}'
 )
+CHAT_WIRE = (
+    b"POST /llm/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Ocp-Apim-Subscription-Key: bench-key\r\nContent-Length: %d\r\n\r\n%s" % (len(CHAT), CHAT)
+)
 
 
-async def request_case(requests: int, connections: int) -> float:
+async def _upstream(request):  # type: ignore[no-untyped-def]
+    """The upstream of the request cases: a fixed completion, at once."""
+    from gateway.http.server import Response
+
+    await request.read_body()
+    return Response(200, [(b"content-type", b"application/json")], COMPLETION)
+
+
+async def request_case(requests: int, connections: int, without: frozenset[str] = frozenset()) -> float:
     from gateway.app import create_app
-    from gateway.http.server import Response, serve, shutdown
+    from gateway.http.server import serve, shutdown
     from gateway.metrics import Metrics
     from gateway.secrets import hash_key
     from gateway.settings import GatewaySettings
     from gateway.snapshot import load_snapshot
     from gateway.usage.sinks import MemorySink
 
-    async def upstream(request):  # type: ignore[no-untyped-def]
-        await request.read_body()
-        return Response(200, [(b"content-type", b"application/json")], COMPLETION)
-
-    mock = await serve(upstream, "127.0.0.1", 0)
+    mock = await serve(_upstream, "127.0.0.1", 0)
     base = f"http://127.0.0.1:{mock.sockets[0].getsockname()[1]}"
+    api_type = "passthrough" if "accounting" in without else "openai"  # only OpenAI-type APIs are accounted
     operation = {"name": "chat", "display_name": "chat", "method": "POST", "url_template": "/chat/completions",
                  "policy": None}  # fmt: skip
     data = {
         "version": 1, "revision": 1, "named_values": [], "backends": [], "products": [],
-        "apis": [{"name": "llm", "path": "llm", "service_url": base, "api_type": "openai",
-                  "subscription_required": True, "subscription_key_header": "Ocp-Apim-Subscription-Key",
+        "apis": [{"name": "llm", "path": "llm", "service_url": base, "api_type": api_type,
+                  "subscription_required": "key" not in without, "subscription_key_header": "Ocp-Apim-Subscription-Key",
                   "subscription_key_query": "subscription-key", "policy": None, "operations": [operation]}],
         "subscriptions": [{"name": "bench", "scope": "/apis", "state": "active",
                            "key_hashes": [hash_key("bench-key")]}],
     }  # fmt: skip
     sink = MemorySink()
     token = "micro-benchmark"  # noqa: S105  (signs nothing: the snapshot has no secret)
-    app = create_app(GatewaySettings(gateway_token=token), metrics=Metrics(), usage_sink=sink)
+    metrics = None if "metrics" in without else Metrics()
+    usage_sink = None if "usage" in without else sink
+    app = create_app(GatewaySettings(gateway_token=token), metrics=metrics, usage_sink=usage_sink)
     app.snapshot = load_snapshot(data, gateway_token=token)
     gateway = await serve(app, "127.0.0.1", 0)
     port = gateway.sockets[0].getsockname()[1]
-    wire = (
-        b"POST /llm/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Ocp-Apim-Subscription-Key: bench-key\r\nContent-Length: %d\r\n\r\n%s" % (len(CHAT), CHAT)
-    )
     per_connection = requests // connections
-    spent = await run_clients(port, wire, per_connection, connections, warm=True)
-    assert len(sink.records) >= per_connection * connections, len(sink.records)
+    spent = await run_clients(port, CHAT_WIRE, per_connection, connections, warm=True)
+    if usage_sink is not None:
+        assert len(sink.records) >= per_connection * connections, len(sink.records)
     await shutdown(gateway, 1.0)
+    await shutdown(mock, 1.0)
+    return spent
+
+
+async def forward_case(requests: int, connections: int) -> float:
+    from gateway.http.client import Origin, UpstreamPool
+    from gateway.http.server import Response, serve, shutdown
+
+    mock = await serve(_upstream, "127.0.0.1", 0)
+    origin, _ = Origin.from_url(f"http://127.0.0.1:{mock.sockets[0].getsockname()[1]}")
+    pool = UpstreamPool()
+    headers = [(b"content-type", b"application/json")]
+
+    async def handler(request):  # type: ignore[no-untyped-def]
+        if not request.body_complete:
+            await request.read_body()
+        if request.header(b"ocp-apim-subscription-key") != b"bench-key":
+            return Response(401, [], b"")
+        upstream = await pool.request(origin, "POST", "/chat/completions", list(headers), request.body)
+        return Response(upstream.status, list(headers), await upstream.read())
+
+    gateway = await serve(handler, "127.0.0.1", 0)
+    spent = await run_clients(gateway.sockets[0].getsockname()[1], CHAT_WIRE, requests // connections, connections,
+                              warm=True)  # fmt: skip
+    await shutdown(gateway, 1.0)
+    await pool.close()
+    await shutdown(mock, 1.0)
+    return spent
+
+
+class _FloorUpstream(asyncio.Protocol):
+    """The floor proxy's side to the upstream: parses each response and writes it back to the client."""
+
+    def __init__(self, client: asyncio.Transport) -> None:
+        import httptools
+
+        self.client = client
+        self.parser = httptools.HttpResponseParser(self)
+        self.body: list[bytes] = []
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = b"".join(self.body)
+        self.body.clear()
+        self.client.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+
+class _FloorProxy(asyncio.Protocol):
+    """The floor proxy's side to the client: one upstream connection per client connection, opened first."""
+
+    def __init__(self, upstream_port: int) -> None:
+        import httptools
+
+        self.upstream_port = upstream_port
+        self.parser = httptools.HttpRequestParser(self)
+        self.key: bytes | None = None
+        self.body: list[bytes] = []
+        self.upstream: asyncio.Transport | None = None
+        self.pending: bytes | None = None
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        self.transport = transport
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.upstream, _ = await loop.create_connection(
+            lambda: _FloorUpstream(self.transport), "127.0.0.1", self.upstream_port
+        )
+        if self.pending is not None:
+            self.upstream.write(self.pending)
+            self.pending = None
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"ocp-apim-subscription-key":
+            self.key = value
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        key, self.key = self.key, None
+        if key != b"bench-key":
+            self.transport.write(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
+            return
+        body = b"".join(self.body)
+        self.body.clear()
+        wire = (
+            b"POST /chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        if self.upstream is None:
+            self.pending = wire
+        else:
+            self.upstream.write(wire)
+
+
+async def floor_case(requests: int, connections: int) -> float:
+    from gateway.http.server import serve, shutdown
+
+    mock = await serve(_upstream, "127.0.0.1", 0)
+    upstream_port = mock.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    proxy = await loop.create_server(lambda: _FloorProxy(upstream_port), "127.0.0.1", 0)
+    spent = await run_clients(proxy.sockets[0].getsockname()[1], CHAT_WIRE, requests // connections, connections,
+                              warm=True)  # fmt: skip
+    proxy.close()
     await shutdown(mock, 1.0)
     return spent
 
@@ -210,7 +345,10 @@ def metrics_case(requests: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("case", choices=("server", "redis", "metrics", "request", "stream"))
+    parser.add_argument("case", choices=("server", "redis", "metrics", "request", "forward", "floor", "stream"))
+    parser.add_argument(
+        "--without", default="", help="request: parts left out (comma-separated: metrics, usage, accounting, key)"
+    )
     parser.add_argument("--parsers", default="meter,cache,safety", help="stream: which parsers run (comma-separated)")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help="checkout to test")
     parser.add_argument("--requests", type=int, default=20000)
@@ -225,6 +363,10 @@ def main() -> None:
 
     assert Path(gateway.__file__).resolve().is_relative_to(args.root.resolve()), gateway.__file__
 
+    without = frozenset(filter(None, args.without.split(",")))
+    unknown = without - {"metrics", "usage", "accounting", "key"}
+    if unknown:
+        parser.error(f"--without: unknown part(s) {', '.join(sorted(unknown))}")
     rounds = []
     for _ in range(args.repeat):
         if args.case == "server":
@@ -232,13 +374,19 @@ def main() -> None:
         elif args.case == "metrics":
             rounds.append(metrics_case(args.requests))
         elif args.case == "request":
-            rounds.append(uvloop.run(request_case(args.requests, args.connections)))
+            rounds.append(uvloop.run(request_case(args.requests, args.connections, without)))
+        elif args.case == "forward":
+            rounds.append(uvloop.run(forward_case(args.requests, args.connections)))
+        elif args.case == "floor":
+            rounds.append(uvloop.run(floor_case(args.requests, args.connections)))
         elif args.case == "stream":
             rounds.append(stream_case(args.requests // 10, args.parsers))
         else:
             rounds.append(uvloop.run(redis_case(args.requests, args.connections, args.redis_url)))
     micro = sorted(r * 1e6 for r in rounds)
     name = f"{args.case} {args.parsers}" if args.case == "stream" else args.case
+    if args.case == "request" and without:
+        name += f" without {','.join(sorted(without))}"
     print(
         f"{name} ({args.root}): median {statistics.median(micro):.2f} µs/op, "
         f"min {micro[0]:.2f}, max {micro[-1]:.2f} over {args.repeat} rounds of {args.requests}"
