@@ -50,6 +50,10 @@ REPLY_PRIMING: Final = 3
 IMAGE_TOKENS: Final = 1200
 MAX_SSE_LINE: Final = 1 << 20  # a line longer than this is passed on unparsed (no unbounded holding back)
 TAIL_WINDOW: Final = 4096  # bytes of a large JSON body kept to find its usage object
+# Prompt estimation remembers the counts of the texts it counted (roles, system prompts, repeated messages), per
+# encoding: texts up to REMEMBER_TEXT characters, REMEMBER_CHARS characters in all, then all forgotten at once.
+REMEMBER_TEXT: Final = 16384
+REMEMBER_CHARS: Final = 1 << 20
 MAX_PENDING: Final = 64 << 10  # bytes of SSE deltas held unparsed (counted only when the usage is missing)
 
 _O200K_PREFIXES: Final = ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "gpt-oss", "codex")
@@ -156,10 +160,11 @@ def usage_from_body(body: bytes) -> tuple[dict[str, Any] | None, str | None, Any
 class Tokenizer:
     """Counts the tokens of text with the BPE tables of OpenAI's models (loaded once, shared by all requests)."""
 
-    __slots__ = ("_counters", "default")
+    __slots__ = ("_counters", "_remembering", "default")
 
     def __init__(self, counters: dict[str, Callable[[str], int]], default: str = DEFAULT_ENCODING) -> None:
         self._counters = counters
+        self._remembering: dict[str | None, Callable[[str], int]] = {}
         self.default = default
 
     @classmethod
@@ -183,6 +188,41 @@ class Tokenizer:
 
     def count(self, text: str, encoding: str | None = None) -> int:
         return _safe(self.counter(encoding), text) if text else 0
+
+    def prompt_counter(self, encoding: str | None = None) -> Callable[[str], int]:
+        """``counter(encoding)`` for prompt estimation: never raises (``_safe``), and remembers the count of each
+        text it counted (see ``_remembering``), since prompts repeat their roles and often their system prompt."""
+        counter = self._remembering.get(encoding)
+        if counter is None:
+            name = encoding if encoding in self._counters else self.default
+            counter = self._remembering.get(name)
+            if counter is None:
+                counter = self._remembering[name] = _remembering(self.counter(name))
+        return counter
+
+
+def _remembering(count: Callable[[str], int]) -> Callable[[str], int]:
+    """``_safe(count, text)``, remembered for texts of at most ``REMEMBER_TEXT`` characters; when the remembered
+    texts would exceed ``REMEMBER_CHARS`` characters, all are forgotten at once. A count depends on the text alone,
+    so a remembered one is the count itself."""
+    counts: dict[str, int] = {}
+    size = 0
+
+    def counted(text: str) -> int:
+        nonlocal size
+        tokens = counts.get(text)
+        if tokens is None:
+            tokens = _safe(count, text)
+            length = len(text)
+            if length <= REMEMBER_TEXT:
+                if size + length > REMEMBER_CHARS:
+                    counts.clear()
+                    size = 0
+                counts[text] = tokens
+                size += length
+        return tokens
+
+    return counted
 
 
 def _load_bindings() -> Any:
@@ -266,7 +306,7 @@ def request_kind(path: str) -> str:
 
 def estimate_prompt_tokens(body: dict[str, Any], kind: str, tokenizer: Tokenizer, encoding: str | None) -> int:
     """Estimate the prompt tokens the backend will count for ``body`` (an OpenAI request of ``kind``)."""
-    count = tokenizer.counter(encoding)
+    count = tokenizer.prompt_counter(encoding)
     total = 0
     if kind == RequestKind.CHAT:
         messages = body.get("messages")
@@ -306,17 +346,19 @@ def _safe(count: Callable[[str], int], text: str) -> int:
 
 
 def _message_tokens(message: dict[str, Any], count: Callable[[str], int]) -> int:
+    """The tokens of one message's fields; ``count`` never raises (``prompt_counter``, or a ``_safe`` one) here and in
+    the helpers below."""
     total = 0
     for key, value in message.items():
         if isinstance(value, str):
             if value:
-                total += _safe(count, value)
+                total += count(value)
             if key == "name":
                 total += TOKENS_PER_NAME
         elif key == "content" and isinstance(value, list):
             total += _parts_tokens(value, count)
         elif key in ("tool_calls", "function_call") and value:
-            total += _safe(count, orjson.dumps(value).decode())
+            total += count(orjson.dumps(value).decode())
     return total
 
 
@@ -324,23 +366,23 @@ def _parts_tokens(parts: list[Any], count: Callable[[str], int]) -> int:
     total = 0
     for part in parts:
         if isinstance(part, str):
-            total += _safe(count, part)
+            total += count(part)
         elif isinstance(part, dict):
             kind = part.get("type", "")
             text = part.get("text")
             if isinstance(text, str):
-                total += _safe(count, text)
+                total += count(text)
             elif isinstance(kind, str) and ("image" in kind or "file" in kind or "audio" in kind):
                 total += IMAGE_TOKENS
             elif isinstance(part.get("refusal"), str):
-                total += _safe(count, part["refusal"])
+                total += count(part["refusal"])
     return total
 
 
 def _input_tokens(value: Any, count: Callable[[str], int]) -> int:
     """A prompt / input: a string, a list of strings, a list of token ids, or a list of token-id lists."""
     if isinstance(value, str):
-        return _safe(count, value) if value else 0
+        return count(value) if value else 0
     if isinstance(value, list):
         if value and all(type(item) is int for item in value):
             return len(value)
@@ -359,12 +401,16 @@ def _tools_tokens(body: dict[str, Any], count: Callable[[str], int]) -> int:
     for key in ("tools", "functions", "response_format", "text"):
         value = body.get(key)
         if isinstance(value, (list, dict)) and value:
-            total += _safe(count, orjson.dumps(value).decode())
+            total += count(orjson.dumps(value).decode())
     return total
 
 
 def completion_text_tokens(document: dict[str, Any], count: Callable[[str], int]) -> int:
     """Completion tokens of a whole response that carries no usage: the tokens of its generated text."""
+
+    def safe(text: str) -> int:
+        return _safe(count, text)
+
     total = 0
     choices = document.get("choices")
     if isinstance(choices, list):
@@ -373,15 +419,15 @@ def completion_text_tokens(document: dict[str, Any], count: Callable[[str], int]
                 continue
             text = choice.get("text")
             if isinstance(text, str):
-                total += _safe(count, text)
+                total += safe(text)
             message = choice.get("message")
             if isinstance(message, dict):
-                total += _message_tokens(message, count)
+                total += _message_tokens(message, safe)
     output = document.get("output")
     if isinstance(output, list):
         for item in output:
             if isinstance(item, dict):
-                total += _message_tokens(item, count)
+                total += _message_tokens(item, safe)
     return total
 
 

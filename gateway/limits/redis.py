@@ -19,7 +19,7 @@ from typing import Any, Final
 from gateway.redis import RespClient, RespError, encode_args
 
 from .base import Admission, Reservation, StoreUnavailable, TokenStore, Window, register_store, reservation_for
-from .breaker import DEFAULT_CALL_TIMEOUT, CircuitBreaker
+from .breaker import DEFAULT_CALL_TIMEOUT, BreakerState, CircuitBreaker
 
 __all__ = ("RESERVE_SCRIPT", "SETTLE_SCRIPT", "RedisTokenStore")
 
@@ -68,6 +68,10 @@ SETTLE_INTERVAL: Final = 0.005
 ENCODED_MAX: Final = 4096
 
 
+# What the admissions of one window set share: the EVALSHA before and after the amount, the reservation's keys, expiry.
+_Encoded = tuple[bytes, bytes, tuple[str, ...], float]
+
+
 def _sha1(script: str) -> str:
     return hashlib.sha1(script.encode("utf-8"), usedforsecurity=False).hexdigest()
 
@@ -101,7 +105,10 @@ class RedisTokenStore(TokenStore):
         self._pending: dict[tuple[str, ...], int] = {}
         self._heads: dict[tuple[str, int, int], bytes] = {}
         # windows -> (EVALSHA head and keys, the limits and expiries after the amount, the reservation's keys, expiry)
-        self._encoded: dict[tuple[Window, ...], tuple[bytes, bytes, tuple[str, ...], float]] = {}
+        self._encoded: dict[tuple[Window, ...], _Encoded] = {}
+        # id(windows) -> (windows, their encoding), for a tuple of windows handed in again (the token-limit policy
+        # keeps its windows): found without hashing the windows; the entry keeps the tuple, so its id stays its own
+        self._by_identity: dict[int, tuple[tuple[Window, ...], _Encoded]] = {}
         self._flush_scheduled = False
         self._last_log = 0.0
         self.settle_interval = settle_interval
@@ -129,7 +136,7 @@ class RedisTokenStore(TokenStore):
     async def reserve(self, windows: Sequence[Window], amount: int, now: float) -> Admission:
         return await self.breaker.call(lambda: self._reserve(windows, amount, now))
 
-    def _encode_windows(self, windows: tuple[Window, ...]) -> tuple[bytes, bytes, tuple[str, ...], float]:
+    def _encode_windows(self, windows: tuple[Window, ...]) -> _Encoded:
         """What the admissions of ``windows`` share: the command before and after the amount, the reservation's
         keys and expiry."""
         limits: list[int] = []
@@ -149,11 +156,21 @@ class RedisTokenStore(TokenStore):
         self._encoded[windows] = encoded
         return encoded
 
-    async def _reserve(self, windows: Sequence[Window], amount: int, now: float) -> Admission:
+    def _encoding(self, windows: Sequence[Window]) -> _Encoded:
+        """The encoding of ``windows`` (see ``_encode_windows``) when ``_reserve`` did not find it by identity."""
         key = windows if type(windows) is tuple else tuple(windows)
         encoded = self._encoded.get(key)
         if encoded is None:
             encoded = self._encode_windows(key)
+        if key is windows:
+            if len(self._by_identity) >= ENCODED_MAX:
+                self._by_identity.clear()
+            self._by_identity[id(key)] = (key, encoded)
+        return encoded
+
+    async def _reserve(self, windows: Sequence[Window], amount: int, now: float) -> Admission:
+        known = self._by_identity.get(id(windows))
+        encoded = known[1] if known is not None and known[0] is windows else self._encoding(windows)
         head, tail, keys, expires_at = encoded
         reservation = Reservation(keys, amount, expires_at)
 
@@ -174,7 +191,7 @@ class RedisTokenStore(TokenStore):
         except (RespError, ConnectionError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(str(exc)) from exc
         refused = int(reply[0])
-        used = tuple(int(v) for v in reply[1:])
+        used = tuple(map(int, reply[1:]))
         if refused == 0:
             return Admission(True, used, reservation)
         window = windows[refused - 1]
@@ -184,7 +201,9 @@ class RedisTokenStore(TokenStore):
         delta = actual - reservation.amount
         if delta == 0 or self.clock() >= reservation.expires_at:
             return
-        if not self.breaker.is_closed:  # nothing would answer: do not pile commands on a dead connection
+        if (
+            self.breaker.state is not BreakerState.CLOSED
+        ):  # nothing would answer: do not pile commands on a dead connection
             self.dropped_settlements += 1
             return
         pending = self._pending

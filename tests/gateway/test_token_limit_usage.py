@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
+from gateway import tokens
 from gateway.llm_accounting import LlmExchange
 from gateway.tokens import (
     CL100K,
@@ -18,7 +19,9 @@ from gateway.tokens import (
     RequestKind,
     SseUsageMeter,
     TailUsageMeter,
+    Tokenizer,
     TokenUsage,
+    completion_text_tokens,
     encoding_for_model,
     estimate_prompt_tokens,
     get_tokenizer,
@@ -116,6 +119,63 @@ def test_chat_estimate_counts_parts_images_and_tools():
     }
     estimate = estimate_prompt_tokens(body, RequestKind.CHAT, TOK, O200K)
     assert estimate > 1200 + 3 + 3 + 10
+
+
+def _counting_tokenizer() -> tuple[Tokenizer, list[str]]:
+    """A tokenizer whose count is the text's length, recording every text it is asked to count."""
+    asked: list[str] = []
+
+    def count(text: str) -> int:
+        asked.append(text)
+        return len(text)
+
+    return Tokenizer({CL100K: count}, CL100K), asked
+
+
+def test_prompt_estimation_remembers_the_counts_of_texts_it_counted():
+    tokenizer, asked = _counting_tokenizer()
+    body = {
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world"}],
+        "tools": [{"type": "function"}],
+    }
+    first = estimate_prompt_tokens(body, RequestKind.CHAT, tokenizer, CL100K)
+    assert sorted(asked) == sorted(["system", "be brief", "user", "hello world", '[{"type":"function"}]'])
+    asked.clear()
+    assert estimate_prompt_tokens(body, RequestKind.CHAT, tokenizer, CL100K) == first
+    assert estimate_prompt_tokens(body, RequestKind.CHAT, tokenizer, None) == first  # the default is the same counter
+    assert asked == []  # every text was remembered
+    body["messages"].append({"role": "user", "content": "and again"})
+    estimate_prompt_tokens(body, RequestKind.CHAT, tokenizer, "unknown_base")
+    assert asked == ["and again"]
+
+
+def test_prompt_estimation_forgets_at_its_bounds(monkeypatch):
+    monkeypatch.setattr(tokens, "REMEMBER_TEXT", 8)
+    monkeypatch.setattr(tokens, "REMEMBER_CHARS", 20)
+    tokenizer, asked = _counting_tokenizer()
+    long = {"prompt": "x" * 9}  # longer than REMEMBER_TEXT: counted every time
+    assert [estimate_prompt_tokens(long, RequestKind.COMPLETIONS, tokenizer, CL100K) for _ in range(2)] == [9, 9]
+    assert asked == ["x" * 9] * 2
+    asked.clear()
+    for text in ("a" * 8, "b" * 8, "a" * 8, "c" * 8, "a" * 8):  # the third text overflows 20 characters: all forgotten
+        assert estimate_prompt_tokens({"prompt": text}, RequestKind.COMPLETIONS, tokenizer, CL100K) == 8
+    assert asked == ["a" * 8, "b" * 8, "c" * 8, "a" * 8]
+
+
+def test_prompt_estimation_counts_lone_surrogates_on_the_repaired_text():
+    body = {"messages": [{"role": "user", "content": "bad \ud800 surrogate"}]}
+    repaired = {"messages": [{"role": "user", "content": "bad ? surrogate"}]}
+    for _ in range(2):  # counted, then remembered
+        assert estimate_prompt_tokens(body, RequestKind.CHAT, TOK, CL100K) == estimate_prompt_tokens(
+            repaired, RequestKind.CHAT, TOK, CL100K
+        )
+
+
+def test_completion_text_counts_lone_surrogates_on_the_repaired_text():
+    document = {"choices": [{"text": "a \ud800", "message": {"role": "assistant", "content": "b \ud800"}}]}
+    repaired = {"choices": [{"text": "a ?", "message": {"role": "assistant", "content": "b ?"}}]}
+    count = TOK.counter(CL100K)
+    assert completion_text_tokens(document, count) == completion_text_tokens(repaired, count)
 
 
 @pytest.mark.parametrize(

@@ -191,7 +191,7 @@ class LlmTokenLimit(Policy):
         self.reports = any(x is not None for x in reporting)
         self.on_response_needed = self.reports or self.consumed_header is not None or self.consumed_variable is not None
         self.fail_closed = denies_on_store_error(attrs.get(STORE_ERROR_ATTR))
-        self.window_cache: dict[tuple[str, int | None], tuple[Window, ...]] = {}
+        self.window_cache: dict[tuple[str, int | None], tuple[tuple[Window, ...], int]] = {}
         self.window_minute = -1.0
 
     @classmethod
@@ -200,9 +200,9 @@ class LlmTokenLimit(Policy):
 
     # per request
 
-    def windows(self, ctx: RequestContext, now: float) -> tuple[Window, ...]:
-        """The quota window first (a quota refusal, 403, wins over a per-minute one), then the minute. The tuple is
-        shared by the requests of the same counter key and minute: nobody changes it."""
+    def windows(self, ctx: RequestContext, now: float) -> tuple[tuple[Window, ...], int]:
+        """The quota window first (a quota refusal, 403, wins over a per-minute one), then the minute; and the
+        smallest of their limits. Shared by the requests of the same counter key and minute: nobody changes them."""
         key = counter_key(self.counter_key, ctx)
         tpm = self.tpm
         if tpm is None and self.tpm_value is not None:
@@ -215,18 +215,19 @@ class LlmTokenLimit(Policy):
         if minute != self.window_minute:
             cache.clear()
             self.window_minute = minute
-        windows = cache.get((key, tpm))
-        if windows is not None:
-            return windows
+        cached = cache.get((key, tpm))
+        if cached is not None:
+            return cached
         built = []
         if self.quota is not None and self.period is not None:
             built.append(quota_window(key, self.period, now, self.quota))
         if tpm is not None:
             built.append(minute_window(key, now, tpm))
         windows = tuple(built)
+        cached = windows, min(w.limit for w in windows)
         if len(cache) < WINDOW_CACHE_MAX:
-            cache[(key, tpm)] = windows
-        return windows
+            cache[(key, tpm)] = cached
+        return cached
 
     def reservation(self, exchange: LlmExchange, ceiling: int) -> tuple[int, int]:
         """``(amount, prompt estimate)`` to reserve for the request (see the module docstring)."""
@@ -244,8 +245,8 @@ class LlmTokenLimit(Policy):
             return None
         exchange = exchange_for(ctx)
         now = store.now()
-        windows = self.windows(ctx, now)
-        amount, prompt = self.reservation(exchange, min(w.limit for w in windows))
+        windows, ceiling = self.windows(ctx, now)
+        amount, prompt = self.reservation(exchange, ceiling)
         try:
             admission = await store.reserve(windows, amount, now)
         except StoreUnavailable as exc:
@@ -340,7 +341,8 @@ class _Outcome:
 
     def admitted(self, ctx: RequestContext) -> None:
         policy = self.policy
-        self._report(ctx, headers=False)
+        if policy.reports:
+            self._report(ctx, headers=False)
         if policy.consumed_variable is not None:
             ctx.variables[policy.consumed_variable] = self.prompt if policy.estimate else 0
         exchange = ctx.llm

@@ -226,3 +226,24 @@ async def test_two_stores_share_the_counters(redis_prefix, clock: FakeClock):
     finally:
         await first.aclose()
         await second.aclose()
+
+
+@needs_redis
+async def test_a_window_tuple_handed_in_again_is_found_by_identity(redis_prefix, clock: FakeClock):
+    """The token-limit policy hands the same tuple to every request of a minute: its encoding is found by identity;
+    an equal tuple or a list (the counting policies) by value; all of them reserve in the same counter."""
+    store: RedisTokenStore = create_store("redis", url=REDIS_URL, clock=clock, prefix=redis_prefix)
+    kept = (minute_window("identity", clock(), 100),)
+    try:
+        first = await store.reserve(kept, 10, clock())
+        assert store._by_identity[id(kept)][0] is kept
+        again = await store.reserve(kept, 10, clock())
+        equal = await store.reserve((minute_window("identity", clock(), 100),), 10, clock())
+        listed = await store.reserve([kept[0]], 10, clock())
+        assert [a.used for a in (first, again, equal, listed)] == [(10,), (20,), (30,), (40,)]
+        assert len(store._encoded) == 1  # one encoding, found four ways
+        assert first.reservation == again.reservation == listed.reservation
+        assert first.reservation.keys == (kept[0].key,)
+        assert await store.count(kept[0]) == 40
+    finally:
+        await store.aclose()

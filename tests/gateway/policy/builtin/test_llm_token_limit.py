@@ -201,6 +201,25 @@ async def test_reservation_is_prompt_estimate_plus_completion_cap():
         assert entry["prompt-estimate"] == PROMPT_ESTIMATE
 
 
+async def test_a_reservation_is_at_most_the_smallest_limit_of_its_windows():
+    gateway = Gateway(
+        policy(
+            'counter-key="c" tokens-per-minute="10000" token-quota="5000" token-quota-period="Daily" '
+            'estimate-prompt-tokens="true"'
+        )
+    )
+    gateway.pool.respond = lambda call: FakeUpstream(body=b"{}")  # settled to the prompt estimate
+    trace_key = (TRACE_HEADER, trace_token("chat"))
+    # the windows built, then found again: both times the quota's 5000 is the most a request reserves
+    for max_tokens, reserved in ((50_000, 5000), (4000, PROMPT_ESTIMATE + 4000)):
+        response = await gateway.send({**CHAT, "max_tokens": max_tokens}, headers=[trace_key])
+        entry = next(e for e in orjson.loads(header(response, TRACE_HEADER)) if e["policy"] == "llm-token-limit")
+        assert response.status == 200 and entry["reserved"] == reserved
+    # the quota has two prompts in it: 5000 more do not fit
+    assert (await gateway.send({**CHAT, "max_tokens": 50_000})).status == 403
+    assert (await gateway.send({**CHAT, "max_tokens": 10}, headers=[trace_key])).status == 200
+
+
 async def test_without_estimation_only_streams_reserve_the_prompt():
     gateway = Gateway(
         policy(
