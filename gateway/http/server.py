@@ -527,7 +527,17 @@ class _Connection(asyncio.Protocol):
         keep_alive = parser.should_keep_alive() and not self._close_after
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        path, query = _split_target(self._url)
+        url = self._url
+        if url[:1] == b"/" and b"#" not in url:  # origin-form, the common case of _split_target inline
+            mark = url.find(b"?")
+            if mark < 0:
+                path = url.decode("latin-1")
+                query = ""
+            else:
+                path = url[:mark].decode("latin-1")
+                query = url[mark + 1 :].decode("latin-1")
+        else:
+            path, query = _split_target(url)
         request = Request(method, path, query, self._headers, b"", self._client_ip, version)
         request._conn = self
         if has_body:
@@ -569,7 +579,8 @@ class _Connection(asyncio.Protocol):
             request.body = parts[0] if len(parts) == 1 else b"".join(parts)
             request._parts = []
             request._body_state = _BODY_DONE
-            self._wake_body()
+            if self._body_waiter is not None:
+                self._wake_body()
         if not self._parser.should_keep_alive() or self._close_after:
             self._stopped = True
 
@@ -742,7 +753,8 @@ class _Connection(asyncio.Protocol):
                         return
                     if self._draining or request._body_state != _BODY_DONE:
                         keep_alive = False  # the rest of an unread or failed body cannot be told from a next request
-                    self._release(request)
+                    if not request._taken:
+                        self._release(request)
                     if isinstance(response, Response):
                         keep_alive = self._send(response, request, keep_alive)
                     elif isinstance(response, StreamingResponse):
@@ -892,7 +904,7 @@ class _Connection(asyncio.Protocol):
         """Build the status line and header block; ``None`` when the status or a handler header is not valid."""
         if not 200 <= status <= 999:
             return None, keep_alive  # interim (1xx) answers are the server's business, not a handler's
-        parts = [_status_line(status)]
+        parts = [_STATUS_LINES.get(status) or _status_line(status)]
         lines = 1
         for name, value in headers:
             lname = name.lower()
