@@ -100,7 +100,11 @@ _CONNECTION_CLOSE: Final = b"connection: close\r\n"
 _CONNECTION_KEEP_ALIVE: Final = b"connection: keep-alive\r\n"
 
 # Request header names that on_header inspects while collecting.
-_WATCHED: Final = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect"})
+_WATCHED: Final = frozenset(
+    {b"content-length", b"transfer-encoding", b"host", b"expect", b"connection", b"proxy-connection"}
+)
+# The header names llhttp reads a keep-alive option from (see on_headers_complete).
+_CONNECTION_NAMES: Final = frozenset({b"connection", b"proxy-connection"})
 
 # Final statuses whose responses never carry a body or framing headers.
 _NO_BODY: Final = frozenset({204, 304})
@@ -257,6 +261,7 @@ class _Connection(asyncio.Protocol):
         "_client_ip",
         "_close_after",
         "_closed",
+        "_connection_header",
         "_content_length",
         "_current",
         "_deadline",
@@ -326,6 +331,7 @@ class _Connection(asyncio.Protocol):
         self._te: bytes | None = None
         self._expect: bytes | None = None
         self._host_count = 0
+        self._connection_header = False
         self._version = "1.1"
         self._close_after = False
         self._phase_timed = False
@@ -457,6 +463,7 @@ class _Connection(asyncio.Protocol):
         self._te = None
         self._expect = None
         self._host_count = 0
+        self._connection_header = False
         self._close_after = False
         self._phase_timed = False
         if not self._busy:
@@ -487,6 +494,8 @@ class _Connection(asyncio.Protocol):
                 self._te = value if self._te is None else self._te + b"," + value
             elif name == b"host":
                 self._host_count += 1
+            elif name in _CONNECTION_NAMES:
+                self._connection_header = True
             else:
                 self._expect = value
 
@@ -495,7 +504,13 @@ class _Connection(asyncio.Protocol):
         if len(self._headers) > self._limits.max_headers:
             raise _Reject(431, MSG_HEADERS_TOO_LARGE)
         parser = self._parser
-        version = self._version = parser.get_http_version()
+        # should_keep_alive() is only meaningful inside the callbacks.
+        keep_alive = parser.should_keep_alive()
+        # llhttp accepts only the versions 0.9, 1.0, 1.1 and 2.0, and keeps a request without a Connection (or
+        # Proxy-Connection) header alive only when both version numbers are above zero: that is HTTP/1.1, known
+        # without get_http_version() (which formats a new string for every request).
+        version = "1.1" if keep_alive and not self._connection_header else parser.get_http_version()
+        self._version = version
         if version != "1.1" and version != "1.0":
             raise _Reject(505, MSG_VERSION_UNSUPPORTED)
         if self._host_count != 1 and (self._host_count > 1 or version == "1.1"):
@@ -523,8 +538,7 @@ class _Connection(asyncio.Protocol):
                 raise _Reject(417, MSG_EXPECTATION_FAILED)
             expect_continue = has_body and version == "1.1"
         # The handler gets the request now; its body follows on demand (read_body).
-        # should_keep_alive() is only meaningful inside the callbacks.
-        keep_alive = parser.should_keep_alive() and not self._close_after
+        keep_alive = keep_alive and not self._close_after
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         url = self._url
