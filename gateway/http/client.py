@@ -82,7 +82,15 @@ _CONNECTION_PLAIN: Final = frozenset({b"keep-alive", b"close"})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_TARGET: Final = re.compile(r"[\x00-\x20\x7f\u0100-\U0010ffff]")  # CTLs, space, beyond latin-1
-_KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_KNOWN_METHODS: Final = {
+    method: method.encode("ascii") for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
+#: Request targets already checked, with their encoding: a backend's targets repeat, and the check (a regular
+#: expression over every character) costs more than the rest of the request line. Filled up to a bound and then
+#: left as it is, so targets made from request data cannot grow it.
+_checked_targets: dict[str, bytes] = {}
+_CHECKED_TARGETS_MAX: Final = 1024
+_CHECKED_TARGET_MAX_LENGTH: Final = 256
 #: RFC 9110 section 9.2.2: sending one of these twice has the effect of sending it once
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -792,14 +800,16 @@ class UpstreamPool:
 def _serialize_request(
     origin: Origin, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
 ) -> bytes:
-    if method not in _KNOWN_METHODS and not _TOKEN.fullmatch(method):
-        raise ValueError(MSG_BAD_METHOD.format(method=method))
-    if not target or _BAD_TARGET.search(target):
-        raise ValueError(MSG_BAD_TARGET.format(target=target))
+    raw_method = _KNOWN_METHODS.get(method)
+    if raw_method is None:
+        if not _TOKEN.fullmatch(method):
+            raise ValueError(MSG_BAD_METHOD.format(method=method))
+        raw_method = method.encode("ascii")
+    raw_target = _checked_targets.get(target) or _check_target(target)
     parts = [
-        method.encode("ascii"),
+        raw_method,
         b" ",
-        target.encode("latin-1"),
+        raw_target,
         b" HTTP/1.1\r\nhost: ",
         origin.host_header,
         b"\r\n",
@@ -829,3 +839,12 @@ def _serialize_request(
     if head.count(b"\n") != lines or head.count(b"\r") != lines:
         raise ValueError(MSG_BAD_HEADER)
     return head + body if body else head
+
+
+def _check_target(target: str) -> bytes:
+    if not target or _BAD_TARGET.search(target):
+        raise ValueError(MSG_BAD_TARGET.format(target=target))
+    raw = target.encode("latin-1")
+    if len(_checked_targets) < _CHECKED_TARGETS_MAX and len(target) <= _CHECKED_TARGET_MAX_LENGTH:
+        _checked_targets[target] = raw
+    return raw
