@@ -82,7 +82,15 @@ _CONNECTION_PLAIN: Final = frozenset({b"keep-alive", b"close"})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_TARGET: Final = re.compile(r"[\x00-\x20\x7f\u0100-\U0010ffff]")  # CTLs, space, beyond latin-1
-_KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_KNOWN_METHODS: Final = {
+    method: method.encode("ascii") for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
+#: Request targets already checked, with their encoding: a backend's targets repeat, and the check (a regular
+#: expression over every character) costs more than the rest of the request line. Filled up to a bound and then
+#: left as it is, so targets made from request data cannot grow it.
+_checked_targets: dict[str, bytes] = {}
+_CHECKED_TARGETS_MAX: Final = 1024
+_CHECKED_TARGET_MAX_LENGTH: Final = 256
 #: RFC 9110 section 9.2.2: sending one of these twice has the effect of sending it once
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -209,9 +217,8 @@ class UpstreamResponse:
         """Read the whole body."""
         conn = self._conn
         if not self._released and conn.done and conn.error is None:
-            data = conn.take_buffered()
-            self._release()
-            return data
+            self._released = True
+            return conn.take_rest()
         return b"".join([chunk async for chunk in self])
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -282,7 +289,6 @@ class _UpstreamConnection(asyncio.Protocol):
         "_is_head",
         "_last_activity",
         "_parser",
-        "_paused",
         "_pool",
         "_read_timeout",
         "_reason",
@@ -302,6 +308,7 @@ class _UpstreamConnection(asyncio.Protocol):
         "keep_alive",
         "loop",
         "origin",
+        "paused",
         "response",
     )
 
@@ -317,7 +324,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._last_activity = 0.0
-        self._paused = False
+        self.paused = False
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.response: UpstreamResponse | None = None
@@ -384,11 +391,30 @@ class _UpstreamConnection(asyncio.Protocol):
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self.buffered = 0
-        if self._paused:
-            self._paused = False
+        if self.paused:
+            self.paused = False
             self._last_activity = self.loop.time()
             if not self.closed and self._transport is not None:
                 self._transport.resume_reading()
+        return data
+
+    def take_rest(self) -> bytes:
+        """The response is complete: its body bytes not taken yet; the connection goes back to the pool (or is
+        closed). ``take_buffered()`` then ``finish()`` in one call, for the common case of a body read whole."""
+        chunks = self.chunks
+        if not chunks:
+            data = b""
+        elif len(chunks) == 1:
+            data = chunks.popleft()
+        else:
+            data = b"".join(chunks)
+            chunks.clear()
+        self.buffered = 0
+        self.response = None
+        if self.keep_alive and not self.closed:
+            self._pool.release(self)  # resumes reading if it was paused
+        else:
+            self.close()
         return data
 
     def finish(self) -> None:
@@ -418,12 +444,11 @@ class _UpstreamConnection(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.abort()
 
-    def prepare_idle(self, now: float) -> None:
-        self.idle_since = now
-        if self._paused:
-            self._paused = False
-            if self._transport is not None:
-                self._transport.resume_reading()
+    def resume(self) -> None:
+        """Read again after a pause for a slow consumer (the connection is going back to the pool)."""
+        self.paused = False
+        if self._transport is not None:
+            self._transport.resume_reading()
 
     # asyncio callbacks
 
@@ -528,17 +553,22 @@ class _UpstreamConnection(asyncio.Protocol):
         response.headers = headers
         response.content_length = None if status == 204 else self.content_length
         self.head_done = True
-        self._wake()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
         if self._is_head:
             raise _HeadResponseEnd
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
-        if self.buffered > HIGH_WATER and not self._paused and self._transport is not None:
-            self._paused = True
+        if self.buffered > HIGH_WATER and not self.paused and self._transport is not None:
+            self.paused = True
             self._transport.pause_reading()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -546,7 +576,8 @@ class _UpstreamConnection(asyncio.Protocol):
             return
         self.done = True
         self.keep_alive = self._parser.should_keep_alive()  # only meaningful inside the callbacks
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     # internals
 
@@ -695,7 +726,9 @@ class UpstreamPool:
             conn.close()
             return
         now = conn.loop.time()
-        conn.prepare_idle(now)
+        conn.idle_since = now
+        if conn.paused:
+            conn.resume()
         idle.append(conn)
         if now - idle[0].idle_since > self.idle_ttl:
             idle.pop(0).close()  # LIFO leaves the oldest at the bottom: expire it lazily
@@ -767,14 +800,16 @@ class UpstreamPool:
 def _serialize_request(
     origin: Origin, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
 ) -> bytes:
-    if method not in _KNOWN_METHODS and not _TOKEN.fullmatch(method):
-        raise ValueError(MSG_BAD_METHOD.format(method=method))
-    if not target or _BAD_TARGET.search(target):
-        raise ValueError(MSG_BAD_TARGET.format(target=target))
+    raw_method = _KNOWN_METHODS.get(method)
+    if raw_method is None:
+        if not _TOKEN.fullmatch(method):
+            raise ValueError(MSG_BAD_METHOD.format(method=method))
+        raw_method = method.encode("ascii")
+    raw_target = _checked_targets.get(target) or _check_target(target)
     parts = [
-        method.encode("ascii"),
+        raw_method,
         b" ",
-        target.encode("latin-1"),
+        raw_target,
         b" HTTP/1.1\r\nhost: ",
         origin.host_header,
         b"\r\n",
@@ -804,3 +839,12 @@ def _serialize_request(
     if head.count(b"\n") != lines or head.count(b"\r") != lines:
         raise ValueError(MSG_BAD_HEADER)
     return head + body if body else head
+
+
+def _check_target(target: str) -> bytes:
+    if not target or _BAD_TARGET.search(target):
+        raise ValueError(MSG_BAD_TARGET.format(target=target))
+    raw = target.encode("latin-1")
+    if len(_checked_targets) < _CHECKED_TARGETS_MAX and len(target) <= _CHECKED_TARGET_MAX_LENGTH:
+        _checked_targets[target] = raw
+    return raw

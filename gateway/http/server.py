@@ -100,7 +100,11 @@ _CONNECTION_CLOSE: Final = b"connection: close\r\n"
 _CONNECTION_KEEP_ALIVE: Final = b"connection: keep-alive\r\n"
 
 # Request header names that on_header inspects while collecting.
-_WATCHED: Final = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect"})
+_WATCHED: Final = frozenset(
+    {b"content-length", b"transfer-encoding", b"host", b"expect", b"connection", b"proxy-connection"}
+)
+# The header names llhttp reads a keep-alive option from (see on_headers_complete).
+_CONNECTION_NAMES: Final = frozenset({b"connection", b"proxy-connection"})
 
 # Final statuses whose responses never carry a body or framing headers.
 _NO_BODY: Final = frozenset({204, 304})
@@ -257,6 +261,7 @@ class _Connection(asyncio.Protocol):
         "_client_ip",
         "_close_after",
         "_closed",
+        "_connection_header",
         "_content_length",
         "_current",
         "_deadline",
@@ -326,6 +331,7 @@ class _Connection(asyncio.Protocol):
         self._te: bytes | None = None
         self._expect: bytes | None = None
         self._host_count = 0
+        self._connection_header = False
         self._version = "1.1"
         self._close_after = False
         self._phase_timed = False
@@ -457,6 +463,7 @@ class _Connection(asyncio.Protocol):
         self._te = None
         self._expect = None
         self._host_count = 0
+        self._connection_header = False
         self._close_after = False
         self._phase_timed = False
         if not self._busy:
@@ -487,6 +494,8 @@ class _Connection(asyncio.Protocol):
                 self._te = value if self._te is None else self._te + b"," + value
             elif name == b"host":
                 self._host_count += 1
+            elif name in _CONNECTION_NAMES:
+                self._connection_header = True
             else:
                 self._expect = value
 
@@ -495,7 +504,13 @@ class _Connection(asyncio.Protocol):
         if len(self._headers) > self._limits.max_headers:
             raise _Reject(431, MSG_HEADERS_TOO_LARGE)
         parser = self._parser
-        version = self._version = parser.get_http_version()
+        # should_keep_alive() is only meaningful inside the callbacks.
+        keep_alive = parser.should_keep_alive()
+        # llhttp accepts only the versions 0.9, 1.0, 1.1 and 2.0, and keeps a request without a Connection (or
+        # Proxy-Connection) header alive only when both version numbers are above zero: that is HTTP/1.1, known
+        # without get_http_version() (which formats a new string for every request).
+        version = "1.1" if keep_alive and not self._connection_header else parser.get_http_version()
+        self._version = version
         if version != "1.1" and version != "1.0":
             raise _Reject(505, MSG_VERSION_UNSUPPORTED)
         if self._host_count != 1 and (self._host_count > 1 or version == "1.1"):
@@ -523,11 +538,20 @@ class _Connection(asyncio.Protocol):
                 raise _Reject(417, MSG_EXPECTATION_FAILED)
             expect_continue = has_body and version == "1.1"
         # The handler gets the request now; its body follows on demand (read_body).
-        # should_keep_alive() is only meaningful inside the callbacks.
-        keep_alive = parser.should_keep_alive() and not self._close_after
+        keep_alive = keep_alive and not self._close_after
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        path, query = _split_target(self._url)
+        url = self._url
+        if url[:1] == b"/" and b"#" not in url:  # origin-form, the common case of _split_target inline
+            mark = url.find(b"?")
+            if mark < 0:
+                path = url.decode("latin-1")
+                query = ""
+            else:
+                path = url[:mark].decode("latin-1")
+                query = url[mark + 1 :].decode("latin-1")
+        else:
+            path, query = _split_target(url)
         request = Request(method, path, query, self._headers, b"", self._client_ip, version)
         request._conn = self
         if has_body:
@@ -569,7 +593,8 @@ class _Connection(asyncio.Protocol):
             request.body = parts[0] if len(parts) == 1 else b"".join(parts)
             request._parts = []
             request._body_state = _BODY_DONE
-            self._wake_body()
+            if self._body_waiter is not None:
+                self._wake_body()
         if not self._parser.should_keep_alive() or self._close_after:
             self._stopped = True
 
@@ -742,7 +767,8 @@ class _Connection(asyncio.Protocol):
                         return
                     if self._draining or request._body_state != _BODY_DONE:
                         keep_alive = False  # the rest of an unread or failed body cannot be told from a next request
-                    self._release(request)
+                    if not request._taken:
+                        self._release(request)
                     if isinstance(response, Response):
                         keep_alive = self._send(response, request, keep_alive)
                     elif isinstance(response, StreamingResponse):
@@ -892,7 +918,7 @@ class _Connection(asyncio.Protocol):
         """Build the status line and header block; ``None`` when the status or a handler header is not valid."""
         if not 200 <= status <= 999:
             return None, keep_alive  # interim (1xx) answers are the server's business, not a handler's
-        parts = [_status_line(status)]
+        parts = [_STATUS_LINES.get(status) or _status_line(status)]
         lines = 1
         for name, value in headers:
             lname = name.lower()

@@ -274,6 +274,32 @@ async def test_invalid_request_parts_are_refused(pool, method, target, headers):
         await pool.request(Origin("http", "127.0.0.1", 9), method, target, headers)
 
 
+def test_checked_targets_are_kept_up_to_a_bound(monkeypatch):
+    checked: dict[str, bytes] = {}
+    monkeypatch.setattr(client_module, "_checked_targets", checked)
+    monkeypatch.setattr(client_module, "_CHECKED_TARGETS_MAX", 2)
+    origin = Origin("http", "h", 80)
+    for index in range(4):
+        data = client_module._serialize_request(origin, "GET", f"/t{index}?\xe9", [], b"")
+        assert data == b"GET /t%d?\xe9 HTTP/1.1\r\nhost: h\r\n\r\n" % index
+    assert checked == {"/t0?\xe9": b"/t0?\xe9", "/t1?\xe9": b"/t1?\xe9"}
+    assert client_module._serialize_request(origin, "GET", "/t0?\xe9", [], b"").startswith(b"GET /t0?\xe9 HTTP")
+    long_target = "/" + "x" * client_module._CHECKED_TARGET_MAX_LENGTH
+    checked.clear()
+    client_module._serialize_request(origin, "GET", long_target, [], b"")
+    assert checked == {}
+    for bad in ("/x y", "/x\r\nHost: other", "/\u0100", ""):  # refused however full the record is
+        with pytest.raises(ValueError):
+            client_module._serialize_request(origin, "GET", bad, [], b"")
+
+
+def test_unknown_methods_are_checked_and_sent_as_given():
+    data = client_module._serialize_request(Origin("http", "h", 80), "PROPFIND", "/x", [], b"")
+    assert data.startswith(b"PROPFIND /x HTTP/1.1\r\n")
+    with pytest.raises(ValueError):
+        client_module._serialize_request(Origin("http", "h", 80), "GET\r\n", "/x", [], b"")
+
+
 def close_after_reading_second(seen: list[str]) -> Behaviour:
     """Answer the first request of the first connection, read the second one whole, then close without a byte of
     response (a keep-alive timeout racing the request); later connections answer everything."""

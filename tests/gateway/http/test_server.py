@@ -155,6 +155,42 @@ async def test_http10_closes_unless_keep_alive(start_server, connect):
         assert response.header("connection") == "keep-alive"
 
 
+@pytest.mark.parametrize(
+    ("raw", "version", "connection"),
+    [
+        (b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", "1.1", None),
+        (b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n", "1.1", None),
+        (b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "1.0", "keep-alive"),
+        # llhttp reads the keep-alive option from Proxy-Connection too: still an HTTP/1.0 request
+        (b"GET /a HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n", "1.0", "keep-alive"),
+        (b"GET /a HTTP/1.0\r\nHost: h\r\nPROXY-CONNECTION: Keep-Alive\r\n\r\n", "1.0", "keep-alive"),
+    ],
+)
+async def test_http_version_of_kept_alive_requests(start_server, connect, raw, version, connection):
+    port = await start_server(echo)
+    conn = await connect(port)
+    for _ in range(2):
+        await conn.send(raw)
+        response = await conn.read_response()
+        assert response.status == 200
+        assert json.loads(response.body)["http_version"] == version
+        assert response.header("connection") == connection
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET / HTTP/2.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n", 505),
+        (b"GET / HTTP/0.9\r\nHost: h\r\nProxy-Connection: keep-alive\r\n\r\n", 505),
+        (b"GET / HTTP/1.2\r\nHost: h\r\n\r\n", 400),
+        (b"GET / HTTP/3.0\r\nHost: h\r\n\r\n", 400),
+    ],
+)
+async def test_other_http_versions_are_refused_with_or_without_keep_alive(start_server, connect, raw, status):
+    port = await start_server(echo)
+    await assert_refused(connect, port, raw, status)
+
+
 async def test_http10_streaming_is_close_delimited(start_server, connect):
     async def handler(request: Request) -> StreamingResponse:
         async def body() -> AsyncIterator[bytes]:
