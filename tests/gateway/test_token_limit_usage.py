@@ -166,6 +166,34 @@ def test_usage_from_body_and_mapping():
     assert usage_from_mapping({"prompt_tokens": 3}, None) == TokenUsage(3, 0, 3)  # embeddings
     assert usage_from_body(b"not json") == (None, None, None)
     assert usage_from_body(b"[1]") == (None, None, None)
+    assert usage_from_body(b' \n {"usage":{"prompt_tokens":1}}')[0] == {"prompt_tokens": 1}  # leading whitespace
+    assert usage_from_body(b"") == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("value", "counted"),
+    [(5, 5), (0, 0), (-1, 0), (10**16, 10**15), (16.0, 16), (16.5, 0), ("16", 16), (True, 0), (None, 0), ([1], 0)],
+)
+def test_usage_counts_are_read_like_int(value, counted):
+    # Each count of usage_from_mapping (plain ints inline, the rest through _int) reads the same.
+    usage = usage_from_mapping(
+        {
+            "prompt_tokens": value,
+            "completion_tokens": value,
+            "total_tokens": value,
+            "prompt_tokens_details": {"cached_tokens": value},
+            "completion_tokens_details": {"reasoning_tokens": value},
+        },
+        "m",
+    )
+    assert usage == TokenUsage(counted, counted, counted or 2 * counted, "m", False, counted, counted)
+
+
+def test_token_usage_is_immutable():
+    usage = usage_from_mapping({"prompt_tokens": 1, "completion_tokens": 2}, "m")
+    assert type(usage) is TokenUsage and usage.total_tokens == 3 and usage.model == "m" and not usage.estimated
+    with pytest.raises(AttributeError):
+        usage.prompt_tokens = 5  # type: ignore[misc]
 
 
 #
