@@ -8,7 +8,7 @@ before the ``on_finish`` callbacks run, and runs the policies' ``response_hooks`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast, overload
 
 import orjson
 
@@ -58,6 +58,32 @@ def current_exchange(ctx: RequestContext) -> LlmExchange | None:
     return ctx.llm  # type: ignore[return-value]  # always an LlmExchange (see above); no cast() call per request
 
 
+_T = TypeVar("_T")
+
+
+class _FromBody(Generic[_T]):
+    """An attribute of the exchange that derives from the request body: the first one read parses the body
+    (``LlmExchange._parse`` fills the private slot behind each, ``body`` behind ``_body`` and so on)."""
+
+    __slots__ = ("_slot",)
+
+    def __set_name__(self, owner: type[LlmExchange], name: str) -> None:
+        self._slot = getattr(owner, "_" + name)  # the member descriptor of the private slot
+
+    @overload
+    def __get__(self, exchange: None, owner: type[LlmExchange]) -> _FromBody[_T]: ...
+
+    @overload
+    def __get__(self, exchange: LlmExchange, owner: type[LlmExchange] | None = None) -> _T: ...
+
+    def __get__(self, exchange: LlmExchange | None, owner: type[LlmExchange] | None = None) -> _FromBody[_T] | _T:
+        if exchange is None:
+            return self
+        if not exchange._parsed:
+            exchange._parse()
+        return self._slot.__get__(exchange, owner)  # type: ignore[no-any-return]  # the slot holds a _T
+
+
 class LlmExchange:
     """One request's LLM accounting state. ``body`` is None when the request has no JSON object body.
 
@@ -81,6 +107,12 @@ class LlmExchange:
         "raw",
         "response_hooks",
     )
+
+    body: _FromBody[dict[str, Any] | None] = _FromBody()  # the JSON object body, None when the request has none
+    model: _FromBody[str | None] = _FromBody()  # the model the body names
+    encoding: _FromBody[str] = _FromBody()  # the model's BPE encoding
+    stream: _FromBody[bool] = _FromBody()  # the body asks for a stream ("stream": true)
+    client_wants_usage: _FromBody[bool] = _FromBody()  # the body asks for the stream's usage (include_usage)
 
     def __init__(self, ctx: RequestContext) -> None:
         self.raw = raw = ctx.request.body
@@ -127,41 +159,6 @@ class LlmExchange:
         self._client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         self._parsed = True
 
-    @property
-    def body(self) -> dict[str, Any] | None:
-        """The request's JSON object body (None when it has none)."""
-        if not self._parsed:
-            self._parse()
-        return self._body
-
-    @property
-    def model(self) -> str | None:
-        """The model the request names."""
-        if not self._parsed:
-            self._parse()
-        return self._model
-
-    @property
-    def encoding(self) -> str:
-        """The model's BPE encoding."""
-        if not self._parsed:
-            self._parse()
-        return self._encoding
-
-    @property
-    def stream(self) -> bool:
-        """The request asks for a stream (``"stream": true``)."""
-        if not self._parsed:
-            self._parse()
-        return self._stream
-
-    @property
-    def client_wants_usage(self) -> bool:
-        """The request asks for the stream's usage itself (``stream_options.include_usage``)."""
-        if not self._parsed:
-            self._parse()
-        return self._client_wants_usage
-
     # request side
 
     def upstream_body(self, current: bytes) -> bytes:
@@ -185,10 +182,11 @@ class LlmExchange:
     def prompt_estimate(self) -> int:
         """Estimated prompt tokens of the request (computed once)."""
         if self._prompt_estimate is None:
-            if self.body is None:
+            body = self.body  # parsed now: the private slots below are set
+            if body is None:
                 self._prompt_estimate = 0
             else:
-                self._prompt_estimate = estimate_prompt_tokens(self.body, self.kind, get_tokenizer(), self.encoding)
+                self._prompt_estimate = estimate_prompt_tokens(body, self.kind, get_tokenizer(), self._encoding)
         return self._prompt_estimate
 
     def completion_cap(self) -> tuple[int | None, int]:
