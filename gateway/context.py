@@ -64,10 +64,16 @@ class LlmState(Protocol):
     above this module); ``llm_accounting.current_exchange`` gives the whole object."""
 
     raw: bytes
-    body: dict[str, Any] | None  # the parsed JSON object body, None when the request has none
-    model: str | None
     admissions: list[Any]  # what token-limit policies decided (for traces)
     response_hooks: list[Callable[[RequestContext], None]]  # run when the backend's response head is in
+
+    @property
+    def body(self) -> dict[str, Any] | None:
+        """The parsed JSON object body, None when the request has none (parsed on first read)."""
+
+    @property
+    def model(self) -> str | None:
+        """The model the request body names."""
 
 
 class Services(Protocol):

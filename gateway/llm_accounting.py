@@ -8,7 +8,7 @@ before the ``on_finish`` callbacks run, and runs the policies' ``response_hooks`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast, overload
 
 import orjson
 
@@ -44,57 +44,104 @@ ResponseHook = Callable[["RequestContext"], None]
 
 
 def exchange_for(ctx: RequestContext) -> LlmExchange:
-    """The request's exchange, opened (and the body parsed) on first use."""
-    exchange = current_exchange(ctx)
-    if exchange is None:
-        exchange = LlmExchange.open(ctx)
-        ctx.llm = exchange
+    """The request's exchange, opened on first use."""
+    current = ctx.llm
+    if current is not None:
+        return cast("LlmExchange", current)
+    exchange = LlmExchange(ctx)
+    ctx.llm = exchange
     return exchange
 
 
 def current_exchange(ctx: RequestContext) -> LlmExchange | None:
     """The request's exchange if one is open (``ctx.llm`` is only ever set by ``exchange_for``)."""
-    return cast("LlmExchange | None", ctx.llm)
+    return ctx.llm  # type: ignore[return-value]  # always an LlmExchange (see above); no cast() call per request
+
+
+_T = TypeVar("_T")
+
+
+class _FromBody(Generic[_T]):
+    """An attribute of the exchange that derives from the request body: the first one read parses the body
+    (``LlmExchange._parse`` fills the private slot behind each, ``body`` behind ``_body`` and so on)."""
+
+    __slots__ = ("_slot",)
+
+    def __set_name__(self, owner: type[LlmExchange], name: str) -> None:
+        self._slot = getattr(owner, "_" + name)  # the member descriptor of the private slot
+
+    @overload
+    def __get__(self, exchange: None, owner: type[LlmExchange]) -> _FromBody[_T]: ...
+
+    @overload
+    def __get__(self, exchange: LlmExchange, owner: type[LlmExchange] | None = None) -> _T: ...
+
+    def __get__(self, exchange: LlmExchange | None, owner: type[LlmExchange] | None = None) -> _FromBody[_T] | _T:
+        if exchange is None:
+            return self
+        if not exchange._parsed:
+            exchange._parse()
+        return self._slot.__get__(exchange, owner)  # type: ignore[no-any-return]  # the slot holds a _T
 
 
 class LlmExchange:
-    """One request's LLM accounting state. ``body`` is None when the request has no JSON object body."""
+    """One request's LLM accounting state. ``body`` is None when the request has no JSON object body.
+
+    The body is parsed when one of ``body``, ``model``, ``encoding``, ``stream`` or ``client_wants_usage`` is first
+    read, or when the exchange opens if the gateway may have to ask a stream for its usage: a request whose response
+    reports its usage and model is accounted without parsing the request.
+    """
 
     __slots__ = (
+        "_body",
+        "_client_wants_usage",
+        "_encoding",
+        "_model",
+        "_parsed",
         "_prompt_estimate",
+        "_stream",
         "_upstream",
         "admissions",
-        "body",
-        "client_wants_usage",
-        "encoding",
         "injected_usage",
         "kind",
-        "model",
         "raw",
         "response_hooks",
-        "stream",
     )
 
-    def __init__(self, body: dict[str, Any] | None, raw: bytes, kind: str, *, rewrite: bool) -> None:
-        self.body = body
-        self.raw = raw
-        self.kind = kind
+    body: _FromBody[dict[str, Any] | None] = _FromBody()  # the JSON object body, None when the request has none
+    model: _FromBody[str | None] = _FromBody()  # the model the body names
+    encoding: _FromBody[str] = _FromBody()  # the model's BPE encoding
+    stream: _FromBody[bool] = _FromBody()  # the body asks for a stream ("stream": true)
+    client_wants_usage: _FromBody[bool] = _FromBody()  # the body asks for the stream's usage (include_usage)
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.raw = raw = ctx.request.body
+        self.kind = kind = request_kind(ctx.forward_path)
         self.response_hooks: list[ResponseHook] = []
         self.admissions: list[Any] = []  # what token-limit policies decided (for traces)
         self._prompt_estimate: int | None = None
         self._upstream: bytes | None = None
-        model = body.get("model") if body is not None else None
-        self.model: str | None = model if isinstance(model, str) else None
-        self.encoding = encoding_for_model(self.model)
-        self.stream = body is not None and body.get("stream") is True
-        options = body.get("stream_options") if body is not None else None
-        self.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-        self.injected_usage = rewrite and self.stream and not self.client_wants_usage and kind in _STREAM_OPTIONS_KINDS
+        self._parsed = False
+        # Only a stream of a chat or completions request can need ``stream_options.include_usage``. A body without
+        # the bytes '"stream"' and without a backslash (an escape could spell that key) has no "stream" member
+        # (``find`` rather than ``in``: a byte string's ``in`` costs more, and a one-byte ``find`` is a memchr).
+        self.injected_usage = (
+            ctx.api.api_type == OPENAI_API_TYPE
+            and kind in _STREAM_OPTIONS_KINDS
+            and (raw.find(b'"stream"') >= 0 or raw.find(b"\\") >= 0)
+            and self.stream
+            and not self.client_wants_usage
+        )
+        # The usage is read from every response, whatever the request looked like: ask for it uncompressed.
+        headers = ctx.request_headers
+        for header in headers:
+            if header[0] == _ACCEPT_ENCODING:
+                headers[:] = [h for h in headers if h[0] != _ACCEPT_ENCODING]
+                break
 
-    @classmethod
-    def open(cls, ctx: RequestContext) -> LlmExchange:
-        request = ctx.request
-        raw = request.body
+    def _parse(self) -> None:
+        """Parse the body and set what derives from it."""
+        raw = self.raw
         body = None
         if raw and raw[0] in _JSON_START:
             try:
@@ -103,14 +150,14 @@ class LlmExchange:
                 document = None
             if isinstance(document, dict):
                 body = document
-        exchange = cls(body, raw, request_kind(ctx.forward_path), rewrite=ctx.api.api_type == OPENAI_API_TYPE)
-        # The usage is read from every response, whatever the request looked like: ask for it uncompressed.
-        headers = ctx.request_headers
-        for name, _ in headers:
-            if name == _ACCEPT_ENCODING:
-                headers[:] = [h for h in headers if h[0] != _ACCEPT_ENCODING]
-                break
-        return exchange
+        self._body = body
+        model = body.get("model") if body is not None else None
+        self._model = model if isinstance(model, str) else None
+        self._encoding = encoding_for_model(self._model)
+        self._stream = body is not None and body.get("stream") is True
+        options = body.get("stream_options") if body is not None else None
+        self._client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        self._parsed = True
 
     # request side
 
@@ -135,10 +182,11 @@ class LlmExchange:
     def prompt_estimate(self) -> int:
         """Estimated prompt tokens of the request (computed once)."""
         if self._prompt_estimate is None:
-            if self.body is None:
+            body = self.body  # parsed now: the private slots below are set
+            if body is None:
                 self._prompt_estimate = 0
             else:
-                self._prompt_estimate = estimate_prompt_tokens(self.body, self.kind, get_tokenizer(), self.encoding)
+                self._prompt_estimate = estimate_prompt_tokens(body, self.kind, get_tokenizer(), self._encoding)
         return self._prompt_estimate
 
     def completion_cap(self) -> tuple[int | None, int]:
@@ -168,8 +216,18 @@ class LlmExchange:
         """Called by the forwarder once the backend's response head (and a buffered body) is in ``ctx.response``."""
         head = ctx.response
         if head is not None and 200 <= head.status < 300:  # even for a body it could not parse (issue #7)
-            if head.upstream is None:
-                self._read_buffered(ctx, head.body, find_header(head.headers, b"content-encoding"))
+            if head.upstream is None:  # a buffered body
+                body: bytes | None = head.body
+                encoding = find_header(head.headers, b"content-encoding")
+                if encoding is not None:
+                    body = decode_body(head.body, encoding)
+                if body is not None:
+                    usage, model, document = usage_from_body(body)
+                    if usage is not None:
+                        ctx.usage = usage_from_mapping(usage, model or self.model)
+                    elif isinstance(document, dict) and self.body is not None:  # no model request (GET /models)
+                        count = get_tokenizer().counter(self.encoding)
+                        self.set_estimate(ctx, completion_text_tokens(document, count), model)
             else:
                 content_type = find_header(head.headers, b"content-type") or b""
                 if content_type.startswith(b"text/event-stream"):
@@ -180,18 +238,6 @@ class LlmExchange:
                     ctx.chunk_filters.insert(0, TailUsageMeter(_TailDone(ctx, self)))
         for hook in self.response_hooks:
             hook(ctx)
-
-    def _read_buffered(self, ctx: RequestContext, body: bytes, encoding: bytes | None) -> None:
-        decoded = decode_body(body, encoding)
-        if decoded is None:
-            return
-        usage, model, document = usage_from_body(decoded)
-        model = model or self.model
-        if usage is not None:
-            ctx.usage = usage_from_mapping(usage, model)
-        elif isinstance(document, dict) and self.body is not None:  # no model request, no estimate (GET /models)
-            count = get_tokenizer().counter(self.encoding)
-            self.set_estimate(ctx, completion_text_tokens(document, count), model)
 
     def set_estimate(self, ctx: RequestContext, completion: int, model: str | None) -> None:
         prompt = self.prompt_estimate()

@@ -11,9 +11,8 @@ import os
 import re
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cache
-from typing import Any, Final
+from functools import cache, lru_cache
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -65,10 +64,11 @@ _CL100K_PREFIXES: Final = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "te
 #
 
 
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
+class TokenUsage(NamedTuple):
     """Tokens of one request: reported by the backend, or ``estimated`` by the gateway when it reported none
-    (a stream the client cancelled, a backend without a usage section)."""
+    (a stream the client cancelled, a backend without a usage section). Immutable; a named tuple rather than a frozen
+    dataclass because one is built for every LLM request and a frozen dataclass's ``__init__`` costs about five
+    times as much (one ``object.__setattr__`` per field)."""
 
     prompt_tokens: int
     completion_tokens: int
@@ -77,6 +77,9 @@ class TokenUsage:
     estimated: bool = False
     cached_tokens: int = 0  # part of the prompt served from the provider's prompt cache
     reasoning_tokens: int = 0  # part of the completion spent on reasoning
+
+
+_new_usage: Final = tuple.__new__  # ``_new_usage(TokenUsage, (seven fields))``: TokenUsage without its Python __new__
 
 
 MAX_USAGE_TOKENS: Final = 10**15  # a reported count above this is treated as this (the counters stay exact)
@@ -106,18 +109,24 @@ def _int(value: Any) -> int:
 def usage_from_mapping(usage: dict[str, Any], model: str | None) -> TokenUsage:
     """A TokenUsage from a ``usage`` object: Chat Completions / Completions / Embeddings names
     (``prompt_tokens``, ``completion_tokens``) or Responses names (``input_tokens``, ``output_tokens``)."""
+    get = usage.get
     if "prompt_tokens" in usage or "completion_tokens" in usage:
-        prompt = _int(usage.get("prompt_tokens"))
-        completion = _int(usage.get("completion_tokens"))
-        details_in, details_out = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
+        prompt, completion = get("prompt_tokens"), get("completion_tokens")
+        details_in, details_out = get("prompt_tokens_details"), get("completion_tokens_details")
     else:
-        prompt = _int(usage.get("input_tokens"))
-        completion = _int(usage.get("output_tokens"))
-        details_in, details_out = usage.get("input_tokens_details"), usage.get("output_tokens_details")
-    total = _int(usage.get("total_tokens")) or prompt + completion
+        prompt, completion = get("input_tokens"), get("output_tokens")
+        details_in, details_out = get("input_tokens_details"), get("output_tokens_details")
+    total = get("total_tokens")
+    # ``_int`` of each count, with its common case (a plain int in range) inline
+    if type(prompt) is not int or not 0 <= prompt <= MAX_USAGE_TOKENS:
+        prompt = _int(prompt)
+    if type(completion) is not int or not 0 <= completion <= MAX_USAGE_TOKENS:
+        completion = _int(completion)
+    if type(total) is not int or not 0 < total <= MAX_USAGE_TOKENS:
+        total = _int(total) or prompt + completion
     cached = _int(details_in.get("cached_tokens")) if isinstance(details_in, dict) else 0
     reasoning = _int(details_out.get("reasoning_tokens")) if isinstance(details_out, dict) else 0
-    return TokenUsage(prompt, completion, total, model, False, cached, reasoning)
+    return _new_usage(TokenUsage, (prompt, completion, total, model, False, cached, reasoning))
 
 
 def decode_body(body: bytes, encoding: bytes | None) -> bytes | None:
@@ -136,7 +145,7 @@ def decode_body(body: bytes, encoding: bytes | None) -> bytes | None:
 
 def usage_from_body(body: bytes) -> tuple[dict[str, Any] | None, str | None, Any]:
     """``(usage, model, document)`` of a JSON response body; ``(None, None, None)`` when it is not a JSON object."""
-    if not body or body.lstrip()[:1] != b"{":
+    if body[:1] != b"{" and body.lstrip()[:1] != b"{":
         return None, None, None
     try:
         document = orjson.loads(body)
@@ -146,9 +155,10 @@ def usage_from_body(body: bytes) -> tuple[dict[str, Any] | None, str | None, Any
         return None, None, None
     usage = document.get("usage")
     model = document.get("model")
-    response = document.get("response")  # a Responses API event or wrapper
-    if not isinstance(usage, dict) and isinstance(response, dict):
-        usage, model = response.get("usage"), response.get("model")
+    if not isinstance(usage, dict):
+        response = document.get("response")  # a Responses API event or wrapper
+        if isinstance(response, dict):
+            usage, model = response.get("usage"), response.get("model")
     return (usage if isinstance(usage, dict) else None), (model if isinstance(model, str) else None), document
 
 
@@ -291,6 +301,7 @@ class RequestKind:
     OTHER = "other"
 
 
+@lru_cache(maxsize=1024)  # one path per operation, mostly: the kind is looked up, not recomputed
 def request_kind(path: str) -> str:
     path = path.rstrip("/")
     if path.endswith("/chat/completions"):

@@ -226,6 +226,34 @@ def test_usage_from_body_and_mapping():
     assert usage_from_mapping({"prompt_tokens": 3}, None) == TokenUsage(3, 0, 3)  # embeddings
     assert usage_from_body(b"not json") == (None, None, None)
     assert usage_from_body(b"[1]") == (None, None, None)
+    assert usage_from_body(b' \n {"usage":{"prompt_tokens":1}}')[0] == {"prompt_tokens": 1}  # leading whitespace
+    assert usage_from_body(b"") == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("value", "counted"),
+    [(5, 5), (0, 0), (-1, 0), (10**16, 10**15), (16.0, 16), (16.5, 0), ("16", 16), (True, 0), (None, 0), ([1], 0)],
+)
+def test_usage_counts_are_read_like_int(value, counted):
+    # Each count of usage_from_mapping (plain ints inline, the rest through _int) reads the same.
+    usage = usage_from_mapping(
+        {
+            "prompt_tokens": value,
+            "completion_tokens": value,
+            "total_tokens": value,
+            "prompt_tokens_details": {"cached_tokens": value},
+            "completion_tokens_details": {"reasoning_tokens": value},
+        },
+        "m",
+    )
+    assert usage == TokenUsage(counted, counted, counted or 2 * counted, "m", False, counted, counted)
+
+
+def test_token_usage_is_immutable():
+    usage = usage_from_mapping({"prompt_tokens": 1, "completion_tokens": 2}, "m")
+    assert type(usage) is TokenUsage and usage.total_tokens == 3 and usage.model == "m" and not usage.estimated
+    with pytest.raises(AttributeError):
+        usage.prompt_tokens = 5  # type: ignore[misc]
 
 
 #
@@ -404,7 +432,7 @@ def make_ctx(body: bytes, *, path: str = "/chat/completions", api_type: str = "o
 def test_stream_options_are_added_without_reserialising():
     raw = b'{ "model":"gpt-4o",  "stream":true, "messages":[{"role":"user","content":"hi"}]}'
     ctx = make_ctx(raw)
-    exchange = LlmExchange.open(ctx)
+    exchange = LlmExchange(ctx)
     assert exchange.stream and exchange.injected_usage and not exchange.client_wants_usage
     sent = exchange.upstream_body(raw)
     assert (
@@ -418,14 +446,14 @@ def test_stream_options_are_added_without_reserialising():
 
 def test_existing_stream_options_are_merged():
     raw = b'{"stream":true,"stream_options":{"include_obfuscation":false},"messages":[]}'
-    exchange = LlmExchange.open(make_ctx(raw))
+    exchange = LlmExchange(make_ctx(raw))
     sent = orjson.loads(exchange.upstream_body(raw))
     assert sent["stream_options"] == {"include_obfuscation": False, "include_usage": True}
 
 
 def test_null_stream_options_are_replaced_not_duplicated():
     raw = b'{"stream":true,"stream_options":null,"messages":[]}'
-    exchange = LlmExchange.open(make_ctx(raw))
+    exchange = LlmExchange(make_ctx(raw))
     sent = exchange.upstream_body(raw)
     assert sent.count(b"stream_options") == 1  # a second member would leave the backend reading the null
     assert orjson.loads(sent)["stream_options"] == {"include_usage": True}
@@ -441,13 +469,50 @@ def test_null_stream_options_are_replaced_not_duplicated():
     ],
 )
 def test_body_left_alone(raw, path, api_type):
-    exchange = LlmExchange.open(make_ctx(raw, path=path, api_type=api_type))
+    exchange = LlmExchange(make_ctx(raw, path=path, api_type=api_type))
     assert exchange.upstream_body(raw) is raw
+
+
+def test_escaped_stream_key_still_gets_the_usage_injected():
+    # The request is parsed at once only when its bytes could hold a "stream" member: '"stream"', or any escape.
+    raw = b'{"str\\u0065am":true,"messages":[]}'
+    exchange = LlmExchange(make_ctx(raw))
+    assert exchange.stream and exchange.injected_usage
+    assert orjson.loads(exchange.upstream_body(raw))["stream_options"] == {"include_usage": True}
+
+
+def test_request_without_stream_is_parsed_only_when_read():
+    raw = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}'
+    exchange = LlmExchange(make_ctx(raw))
+    assert not exchange.injected_usage and not exchange._parsed  # no stream possible: nothing parsed yet
+    assert exchange.upstream_body(raw) is raw
+    assert exchange.model == "gpt-4o" and exchange._parsed
+    assert exchange.body == orjson.loads(raw)
+    assert exchange.encoding == O200K and not exchange.stream and not exchange.client_wants_usage
+
+
+@pytest.mark.parametrize(
+    ("raw", "body", "stream", "model"),
+    [
+        (b'{"model":"gpt-4","stream":true}', {"model": "gpt-4", "stream": True}, True, "gpt-4"),
+        (b'{"model":"gpt-4","stream":"true"}', {"model": "gpt-4", "stream": "true"}, False, "gpt-4"),
+        (b'{"model":42}', {"model": 42}, False, None),
+        (b"[1]", None, False, None),
+        (b'{"model":"x"', None, False, None),  # not JSON
+        (b"", None, False, None),
+    ],
+)
+def test_lazy_fields_match_the_body(raw, body, stream, model):
+    for read_first in ("body", "model", "encoding", "stream", "client_wants_usage"):
+        exchange = LlmExchange(make_ctx(raw))
+        getattr(exchange, read_first)
+        assert (exchange.body, exchange.stream, exchange.model) == (body, stream, model)
+        assert exchange.encoding == encoding_for_model(model)
 
 
 def test_non_json_body_has_no_estimate_but_the_usage_is_still_read():
     ctx = make_ctx(b"plain text")
-    exchange = LlmExchange.open(ctx)
+    exchange = LlmExchange(ctx)
     assert exchange.body is None and exchange.prompt_estimate() == 0
     assert ctx.request_headers == []  # issue #7: the usage is read whatever the request was, so ask for identity
 
@@ -464,4 +529,4 @@ def test_non_json_body_has_no_estimate_but_the_usage_is_still_read():
     ],
 )
 def test_completion_cap(body, path, cap):
-    assert LlmExchange.open(make_ctx(orjson.dumps(body), path=path)).completion_cap() == cap
+    assert LlmExchange(make_ctx(orjson.dumps(body), path=path)).completion_cap() == cap
