@@ -117,7 +117,21 @@ class Forwarder:
                 ) from None
             except ValueError:  # the pool refuses a target or header it cannot put on the wire
                 raise GatewayError(400, MSG_BAD_TARGET, source="forward-request", reason="InvalidRequest") from None
-            head = await self._head(upstream, request.method)
+            head = self._head(upstream, request.method)
+            if head.upstream is None:  # small, known length: read whole (here, not in a coroutine of its own)
+                try:
+                    head.body = await upstream.read()
+                except UpstreamTimeout:
+                    await upstream.aclose()
+                    raise GatewayError(504, MSG_BACKEND_TIMEOUT, source="forward-request", reason="Timeout") from None
+                except UpstreamError:
+                    await upstream.aclose()
+                    raise GatewayError(
+                        502, MSG_BACKEND_PROTOCOL, source="forward-request", reason="BackendConnectionFailure"
+                    ) from None
+                except BaseException:
+                    await upstream.aclose()
+                    raise
         except GatewayError as error:
             attempt["error"] = error.reason
             if target.breaker is not None and error.status != 400:
@@ -160,7 +174,8 @@ class Forwarder:
             ctx.response_headers.append((b"retry-after", str(max(1, math.ceil(wait))).encode("ascii")))
         return GatewayError(503, message, source="forward-request", reason="BackendUnavailable")
 
-    async def _head(self, upstream: UpstreamResponse, method: str) -> ResponseHead:
+    def _head(self, upstream: UpstreamResponse, method: str) -> ResponseHead:
+        """The response head; ``upstream`` is kept on it when the body is streamed, else the body is read whole."""
         headers = []
         streaming = False
         for header in upstream.headers:
@@ -175,20 +190,6 @@ class Forwarder:
         if streaming or length is None or length > self.buffer_limit or method == "HEAD":
             head.upstream = upstream
             head.content_length = length
-            return head
-        try:
-            head.body = await upstream.read()
-        except UpstreamTimeout:
-            await upstream.aclose()
-            raise GatewayError(504, MSG_BACKEND_TIMEOUT, source="forward-request", reason="Timeout") from None
-        except UpstreamError:
-            await upstream.aclose()
-            raise GatewayError(
-                502, MSG_BACKEND_PROTOCOL, source="forward-request", reason="BackendConnectionFailure"
-            ) from None
-        except BaseException:
-            await upstream.aclose()
-            raise
         return head
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import cast
 
@@ -49,6 +49,17 @@ class Pipeline:
     requires_request_body: bool = False
     requires_response_body: bool = False
     requires_json_body: bool = False  # a request body must be a JSON object, else 400 before any step
+    # The backend section is one forward-request with a literal timeout (or none) and no fail-on-error-status-code:
+    # run_pipeline then calls ``ctx.services.forward(ctx, forward_timeout)`` itself, as that step's apply would.
+    direct_forward: bool = field(init=False, default=False)
+    forward_timeout: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if len(self.backend) == 1:
+            step = self.backend[0]
+            if type(step) is ForwardRequest and step.timeout_value is None and not step.fail_on_error:
+                object.__setattr__(self, "direct_forward", True)
+                object.__setattr__(self, "forward_timeout", step.timeout)
 
 
 def compile_pipeline(documents: Sequence[PolicyDocument | None]) -> Pipeline:
@@ -86,60 +97,74 @@ def error_response(status: int, message: str) -> Response:
 
 
 async def run_pipeline(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingResponse:
-    """Run the request through ``pipeline``; ``ctx.on_finish`` callbacks run once the response is over."""
+    """Run the request through ``pipeline``; ``ctx.on_finish`` callbacks run once the response is over.
+
+    One coroutine for the whole request: the sections are run here, not in coroutines of their own, and a backend
+    section that is only a plain ``forward-request`` calls the forwarder directly (``Pipeline.forward_timeout``), so
+    the task resumes through fewer frames when the backend answers.
+    """
+    answer: Response | StreamingResponse
     try:
-        response = await _run(pipeline, ctx)
+        try:
+            if pipeline.requires_json_body and ctx.request.body:
+                _check_body(ctx)
+            traced = ctx.trace is not None  # set before the pipeline runs (gateway.app), never by a step
+            run_steps = _run_traced if traced else _run_steps
+            # A section without steps is not run; it still becomes ``ctx.section``.
+            ctx.section = Section.INBOUND
+            if pipeline.inbound:
+                response = await run_steps(ctx, Section.INBOUND, pipeline.inbound)
+            else:
+                response = None
+            outbound = pipeline.outbound
+            if response is not None and ctx.resume_outbound_after is not None and ctx.response is not None:
+                response = None  # answered from a cache: no backend, outbound from after the cache's store step
+                outbound = _resume_after(outbound, ctx.resume_outbound_after)
+            elif response is None:
+                ctx.section = Section.BACKEND
+                if pipeline.direct_forward and not traced:  # what _run_steps does for this one step
+                    try:
+                        await ctx.services.forward(ctx, pipeline.forward_timeout)
+                    except Exception as exc:
+                        raise _as_gateway_error(exc, Section.BACKEND, pipeline.backend[0]) from exc
+                else:
+                    response = await run_steps(ctx, Section.BACKEND, pipeline.backend)
+            if response is None:
+                if pipeline.requires_response_body:
+                    await _read_body(ctx)
+                if ctx.response_checks:  # inbound steps' checks of the response (the backend's, or a cached one)
+                    checks, ctx.response_checks = ctx.response_checks, []
+                    for check in checks:
+                        await check(ctx)
+                ctx.section = Section.OUTBOUND
+                if outbound:
+                    response = await run_steps(ctx, Section.OUTBOUND, outbound)
+            if response is not None:  # a step ended the request (return-response, cache hit, limit, ...)
+                abandon_filters(ctx.chunk_filters)
+                await discard_upstream(ctx)
+                answer = response
+            elif ctx.response is None:
+                raise GatewayError(
+                    500, "The backend section produced no response.", source="backend", reason="NoResponse"
+                )
+            else:
+                answer = build_response(ctx)
+        except GatewayError as error:
+            await discard_upstream(ctx)
+            answer = await _on_error(pipeline, ctx, error)
+        except BaseException:  # cancelled (client gone) while a backend response is open: release it
+            abandon_filters(ctx.chunk_filters)
+            await discard_upstream(ctx)
+            raise
     except BaseException:
         run_finish(ctx, False)
         raise
     if ctx.response_headers:
-        response.headers.extend(ctx.response_headers)
-    ctx.status = response.status
-    if not isinstance(response, StreamingResponse):
+        answer.headers.extend(ctx.response_headers)
+    ctx.status = answer.status
+    if not isinstance(answer, StreamingResponse):
         run_finish(ctx, True)
-    return response
-
-
-async def _run(pipeline: Pipeline, ctx: RequestContext) -> Response | StreamingResponse:
-    try:
-        if pipeline.requires_json_body and ctx.request.body:
-            _check_body(ctx)
-        # A section without steps is not awaited (two coroutines less); it still becomes ``ctx.section``.
-        if pipeline.inbound:
-            response = await _run_section(ctx, Section.INBOUND, pipeline.inbound)
-        else:
-            ctx.section, response = Section.INBOUND, None
-        outbound = pipeline.outbound
-        if response is not None and ctx.resume_outbound_after is not None and ctx.response is not None:
-            response = None  # answered from a cache: no backend, outbound from after the cache's store step
-            outbound = _resume_after(outbound, ctx.resume_outbound_after)
-        elif response is None:
-            response = await _run_section(ctx, Section.BACKEND, pipeline.backend)
-        if response is None:
-            if pipeline.requires_response_body:
-                await _read_body(ctx)
-            if ctx.response_checks:  # inbound steps' checks of the response (the backend's, or a cached one)
-                checks, ctx.response_checks = ctx.response_checks, []
-                for check in checks:
-                    await check(ctx)
-            if outbound:
-                response = await _run_section(ctx, Section.OUTBOUND, outbound)
-            else:
-                ctx.section = Section.OUTBOUND
-        if response is not None:  # a step ended the request (return-response, cache hit, limit, ...)
-            abandon_filters(ctx.chunk_filters)
-            await discard_upstream(ctx)
-            return response
-        if ctx.response is None:
-            raise GatewayError(500, "The backend section produced no response.", source="backend", reason="NoResponse")
-        return build_response(ctx)
-    except GatewayError as error:
-        await discard_upstream(ctx)
-        return await _on_error(pipeline, ctx, error)
-    except BaseException:  # cancelled (client gone) while a backend response is open: release it
-        abandon_filters(ctx.chunk_filters)
-        await discard_upstream(ctx)
-        raise
+    return answer
 
 
 def _resume_after(steps: tuple[Policy, ...], names: frozenset[str]) -> tuple[Policy, ...]:
