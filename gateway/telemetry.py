@@ -74,6 +74,7 @@ class Telemetry:
         elapsed = self.clock() - ctx.started
         status = ctx.status or CLIENT_CLOSED
         api = ctx.api.name
+        operation = ctx.operation.name
         backend = ctx.backend
         backend_name = backend.name if backend is not None else None
         failed = None
@@ -86,38 +87,56 @@ class Telemetry:
                 failed = " ".join(f"{a['backend']}:{a.get('status') or a.get('error')}" for a in attempts[:-1])
         metrics = self.metrics
         if metrics is not None:
-            metrics.record_request(api, ctx.operation.name, status, elapsed)
+            metrics.record_request(api, operation, status, elapsed)
             error = ctx.last_error
             if error is not None and error.source == FORWARD_SOURCE:
                 target = (backend.name or backend.url) if backend is not None else ""
                 if attempts:
                     target = attempts[-1]["backend"]
                 metrics.record_upstream_error(api, target, error.reason)
-        if self.sink is not None:
+        sink = self.sink
+        if sink is not None:
             usage = ctx.usage
             product = ctx.product
             subscription = ctx.subscription
             cache = ctx.semantic_cache
             hit = cache is not None and cache.hit  # the record then carries the tokens the cached answer saved
-            prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
             if hit:
                 prompt, completion = cache.prompt_tokens, cache.completion_tokens
-            self._emit(
-                ctx.request_id,
+                backend_name = None
+            elif usage is not None:
+                prompt, completion = usage.prompt_tokens, usage.completion_tokens
+            else:
+                prompt = completion = 0
+            # the model the backend reported, else the one the request asked for
+            model: str | None
+            if usage is not None and usage.model:
+                model = str(usage.model)
+            else:
+                exchange = ctx.llm
+                model = exchange.model if exchange is not None else None
+            record = UsageRecord(  # positional, in the field order: a third of the keyword call's cost
+                ctx.request_id.decode("ascii"),
+                int((self.wall_clock() - elapsed) * 1000),
                 api,
-                ctx.operation.name,
+                operation,
+                subscription.name if subscription is not None else None,
+                product.name if product is not None else None,
+                backend_name,
+                model,
+                prompt,
+                completion,
                 status,
-                elapsed,
-                subscription=subscription.name if subscription is not None else None,
-                product=product.name if product is not None else None,
-                backend=None if hit else backend_name,
-                failed_attempts=failed,
-                model=_model(ctx),
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                block_reason=ctx.block_reason,
-                cache_hit=hit,
+                elapsed * 1000.0,
+                hit,
+                self.gateway_id,
+                ctx.block_reason,
+                failed,
             )
+            journal = self.journal
+            if journal is not None:
+                journal.append(record)
+            sink.emit(record)
 
     def finish_early(
         self, request_id: bytes, api: ApiEntry | None, operation: str, status: int, started: float
@@ -137,44 +156,28 @@ class Telemetry:
             self.metrics.record_request(api.name if api is not None else "", operation, status, elapsed)
         if self.sink is not None and api is not None:
             backend = api.backend.name if api.backend is not None else None
-            self._emit(request_id, api.name, operation, status, elapsed, backend=backend)
+            self._emit(request_id, api.name, operation, status, elapsed, backend)
 
     def _emit(
-        self,
-        request_id: bytes,
-        api: str,
-        operation: str,
-        status: int,
-        elapsed: float,
-        *,
-        subscription: str | None = None,
-        product: str | None = None,
-        backend: str | None = None,
-        model: str | None = None,
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
-        cache_hit: bool = False,
-        block_reason: str | None = None,
-        failed_attempts: str | None = None,
+        self, request_id: bytes, api: str, operation: str, status: int, elapsed: float, backend: str | None
     ) -> None:
-        """Build the request's usage record and hand it to the journal and the sink."""
+        """Build the usage record of a request answered before the pipeline and hand it to the journal and the
+        sink."""
         record = UsageRecord(
             request_id=request_id.decode("ascii"),
             ts_ms=int((self.wall_clock() - elapsed) * 1000),
             api=api,
             operation=operation,
-            subscription=subscription,
-            product=product,
+            subscription=None,
+            product=None,
             backend=backend,
-            model=model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+            model=None,
+            prompt_tokens=0,
+            completion_tokens=0,
             status=status,
             latency_ms=elapsed * 1000.0,
-            cache_hit=cache_hit,
+            cache_hit=False,
             gateway_id=self.gateway_id,
-            block_reason=block_reason,
-            failed_attempts=failed_attempts,
         )
         if self.journal is not None:
             self.journal.append(record)
@@ -184,15 +187,6 @@ class Telemetry:
     def wrap_stream(self, response: StreamingResponse, ctx: RequestContext) -> None:
         """Make ``response`` record the request when its body ends, before the end reaches the client."""
         response.body_iter = _RecordedBody(response.body_iter, self, ctx, response.content_length)
-
-
-def _model(ctx: RequestContext) -> str | None:
-    """The model the backend reported, else the one the request asked for."""
-    usage = ctx.usage
-    if usage is not None and usage.model:
-        return str(usage.model)
-    exchange = ctx.llm
-    return exchange.model if exchange is not None else None
 
 
 class _RecordedBody:

@@ -11,6 +11,7 @@ from gateway.metrics import (
     MAX_LABEL_VALUE,
     OVERFLOW_VALUE,
     Metrics,
+    _InProcessCells,
     label_name,
     metric_prefix,
 )
@@ -205,3 +206,13 @@ def test_token_counts_are_never_negative():
     family = Metrics().token_family("ns", ("api_id",))
     with pytest.raises(ValueError, match="negative"):
         family.record(("chat",), -1, 0, 0)
+
+
+def test_in_process_metrics_add_to_the_values_without_their_locks():
+    metrics = Metrics()
+    metrics.record_request("api", "op", 200, 0.003)
+    metrics.record_request("api", "op", 200, 0.003)
+    (cells,) = metrics._request_cells.values()
+    assert type(cells) is _InProcessCells
+    assert cells.count.get() == 2.0
+    assert cells.sum.get() == pytest.approx(0.006)
