@@ -177,6 +177,16 @@ class RespClient:
             raise reply
         return reply
 
+    def submit_encoded(self, command: bytes, orphan: ReplyHandler | None = None) -> asyncio.Future[Any]:
+        """Queue a command already in RESP form and return the future of its reply, for a caller that awaits it in
+        its own frame (the token store's admission): an error reply is the future's result, not raised; a lost
+        connection or the client's timeout is its exception. ``orphan`` gets the reply when the future is already
+        done (cancelled, or failed by the caller) when the reply arrives."""
+        loop = self._loop
+        future: asyncio.Future[Any] = (loop if loop is not None else asyncio.get_running_loop()).create_future()
+        self._enqueue(command, future, orphan)
+        return future
+
     async def call_batch(self, commands: bytes, count: int) -> list[Any]:
         """Send ``count`` commands already in RESP form and joined (``encode_command``) in one write; return their
         replies in order. Error replies are returned as RespError values, not raised, so the caller sees which

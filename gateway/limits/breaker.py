@@ -93,7 +93,7 @@ class CircuitBreaker:
     async def call(self, make: Callable[[], Awaitable[T]]) -> T:
         """Run ``make()`` within ``call_timeout``; raise StoreUnavailable at once while the breaker is not closed."""
         if self.state is not BreakerState.CLOSED:
-            raise StoreUnavailable(MSG_OPEN.format(max(0.0, self.next_probe_at - self.clock())))
+            raise self.open_error()
         # What asyncio.timeout() does (a timer that cancels this task; a cancellation of ours becomes the timeout,
         # one from outside propagates), without its context-manager object and running-loop look-ups: this runs
         # once per request with a token limit, and the bench measured the difference (docs/benchmarks.md).
@@ -114,10 +114,10 @@ class CircuitBreaker:
             if not expired or task.uncancel() > cancelling:
                 raise
             self.failure()
-            raise self._timed_out() from None
+            raise self.timed_out() from None
         except TimeoutError as exc:
             self.failure()
-            raise self._timed_out() from exc
+            raise self.timed_out() from exc
         except StoreUnavailable:
             self.failure()
             raise
@@ -126,7 +126,11 @@ class CircuitBreaker:
         self.success()
         return result
 
-    def _timed_out(self) -> StoreUnavailable:
+    def open_error(self) -> StoreUnavailable:
+        """What a call made while the breaker is not closed raises (at once, without I/O)."""
+        return StoreUnavailable(MSG_OPEN.format(max(0.0, self.next_probe_at - self.clock())))
+
+    def timed_out(self) -> StoreUnavailable:
         return StoreUnavailable(f"the counter store did not answer within {self.call_timeout:g} s")
 
     def success(self) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Final
@@ -111,6 +112,10 @@ class RedisTokenStore(TokenStore):
         self._by_identity: dict[int, tuple[tuple[Window, ...], _Encoded]] = {}
         self._flush_scheduled = False
         self._last_log = 0.0
+        # (deadline, reply future) of each admission in flight, in the order sent; the loop whose timer (one for
+        # them all, ``_expire_due``) is armed, None when none is
+        self._deadlines: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._deadline_loop: asyncio.AbstractEventLoop | None = None
         self.settle_interval = settle_interval
         self.breaker = breaker or CircuitBreaker(self._ping, call_timeout=call_timeout)
         self.dropped_settlements = 0
@@ -134,7 +139,88 @@ class RedisTokenStore(TokenStore):
         return self._evalsha_head(sha, len(keys), len(args)) + encode_args(keys) + encode_args(args)
 
     async def reserve(self, windows: Sequence[Window], amount: int, now: float) -> Admission:
-        return await self.breaker.call(lambda: self._reserve(windows, amount, now))
+        # What ``breaker.call`` does, in this one frame: the admission runs once per request, and each coroutine level
+        # between the policy and the reply's future cost a resume when Redis answers (docs/benchmarks.md, redis6).
+        # Refuse at once while the breaker is not closed; bound the wait by its call timeout (a timer fails the
+        # reply's future with the breaker's timeout error; the reply, when it comes, goes to ``orphan``); count the
+        # failure or the success. A cancellation from outside propagates and counts as neither, as in ``call``.
+        breaker = self.breaker
+        if breaker.state is not BreakerState.CLOSED:
+            raise breaker.open_error()
+        known = self._by_identity.get(id(windows))
+        encoded = known[1] if known is not None and known[0] is windows else self._encoding(windows)
+        head, tail, keys, expires_at = encoded
+        reservation = Reservation(keys, amount, expires_at)
+
+        def orphan(reply: Any) -> None:  # the caller went away after Redis reserved: give the tokens back
+            if isinstance(reply, list) and reply and reply[0] == 0:
+                self.settle(reservation, 0)
+
+        data = b"%d" % amount
+        command = b"%s$%d\r\n%s\r\n%s" % (head, len(data), data, tail)
+        future = self.client.submit_encoded(command, orphan)
+        loop = future.get_loop()
+        deadline = loop.time() + breaker.call_timeout
+        deadlines = self._deadlines
+        deadlines.append((deadline, future))
+        if self._deadline_loop is not loop:  # no timer armed on this loop: arm one for this deadline
+            self._deadline_loop = loop
+            loop.call_at(deadline, self._expire_due)
+        try:
+            reply = await future
+            if isinstance(reply, RespError):
+                if reply.code != "NOSCRIPT":
+                    raise reply
+                reply = await self._load_and_reserve(command, orphan, deadline)
+        except StoreUnavailable:  # the call timed out
+            breaker.failure()
+            raise
+        except (RespError, ConnectionError, OSError, TimeoutError) as exc:
+            breaker.failure()
+            raise StoreUnavailable(str(exc)) from exc
+        finally:
+            if deadlines and deadlines[0][1] is future:  # replies come in order: this one is nearly always first
+                deadlines.popleft()
+        breaker.failures = 0  # breaker.success()
+        refused = reply[0]
+        used = tuple(reply[1:])  # the script's integer replies: ints already
+        if refused == 0:
+            return Admission(True, used, reservation)
+        window = windows[refused - 1]
+        return Admission(False, used, None, refused - 1, max(1, int(-(-(window.end - now) // 1))))
+
+    def _expire_due(self) -> None:
+        """The admissions' timer: fail every admission whose deadline has passed and that has no reply yet with the
+        breaker's timeout error, drop those answered, and arm again for the first deadline still to come. One timer
+        for all the admissions in flight instead of one each (a ``call_later`` and its ``cancel`` cost about 2 µs
+        per admission under uvloop); all have the same call timeout, so deadlines come in the order they were set."""
+        loop, self._deadline_loop = self._deadline_loop, None
+        if loop is None:
+            return
+        deadlines = self._deadlines
+        now = loop.time()
+        while deadlines:
+            deadline, future = deadlines[0]
+            if not future.done() and future.get_loop() is loop:  # (another loop's: a loop closed while waiting)
+                if deadline > now:
+                    self._deadline_loop = loop
+                    loop.call_at(deadline, self._expire_due)
+                    return
+                future.set_exception(self.breaker.timed_out())
+            deadlines.popleft()
+
+    async def _load_and_reserve(self, command: bytes, orphan: Callable[[Any], None], deadline: float) -> Any:
+        """Redis does not know the script (restarted, flushed): load it and send the admission again, by the first
+        attempt's deadline."""
+        scope = asyncio.timeout_at(deadline)
+        try:
+            async with scope:
+                await self.client.call("SCRIPT", "LOAD", RESERVE_SCRIPT)
+                return await self.client.call_encoded(command, orphan)
+        except TimeoutError:
+            if scope.expired():
+                raise self.breaker.timed_out() from None
+            raise
 
     def _encode_windows(self, windows: tuple[Window, ...]) -> _Encoded:
         """What the admissions of ``windows`` share: the command before and after the amount, the reservation's
@@ -157,7 +243,7 @@ class RedisTokenStore(TokenStore):
         return encoded
 
     def _encoding(self, windows: Sequence[Window]) -> _Encoded:
-        """The encoding of ``windows`` (see ``_encode_windows``) when ``_reserve`` did not find it by identity."""
+        """The encoding of ``windows`` (see ``_encode_windows``) when ``reserve`` did not find it by identity."""
         key = windows if type(windows) is tuple else tuple(windows)
         encoded = self._encoded.get(key)
         if encoded is None:
@@ -167,35 +253,6 @@ class RedisTokenStore(TokenStore):
                 self._by_identity.clear()
             self._by_identity[id(key)] = (key, encoded)
         return encoded
-
-    async def _reserve(self, windows: Sequence[Window], amount: int, now: float) -> Admission:
-        known = self._by_identity.get(id(windows))
-        encoded = known[1] if known is not None and known[0] is windows else self._encoding(windows)
-        head, tail, keys, expires_at = encoded
-        reservation = Reservation(keys, amount, expires_at)
-
-        def orphan(reply: Any) -> None:  # the caller went away after Redis reserved: give the tokens back
-            if isinstance(reply, list) and reply and reply[0] == 0:
-                self.settle(reservation, 0)
-
-        data = b"%d" % amount
-        command = b"%s$%d\r\n%s\r\n%s" % (head, len(data), data, tail)
-        try:
-            try:
-                reply = await self.client.call_encoded(command, orphan)
-            except RespError as exc:
-                if exc.code != "NOSCRIPT":
-                    raise
-                await self.client.call("SCRIPT", "LOAD", RESERVE_SCRIPT)
-                reply = await self.client.call_encoded(command, orphan)
-        except (RespError, ConnectionError, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        refused = int(reply[0])
-        used = tuple(map(int, reply[1:]))
-        if refused == 0:
-            return Admission(True, used, reservation)
-        window = windows[refused - 1]
-        return Admission(False, used, None, refused - 1, max(1, int(-(-(window.end - now) // 1))))
 
     def settle(self, reservation: Reservation, actual: int) -> None:
         delta = actual - reservation.amount

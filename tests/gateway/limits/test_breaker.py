@@ -229,3 +229,27 @@ async def test_regression_a_hung_redis_costs_a_bounded_wait_then_none(hung_redis
     assert store.breaker.state is not BreakerState.CLOSED
     assert store.unavailable_retry_after() >= 1
     await store.aclose()
+
+
+async def test_admissions_in_flight_each_time_out_by_their_own_deadline(hung_redis: str, clock: FakeClock):
+    """The Redis store bounds its admissions with one timer for all of them (not one each): a second admission sent
+    while the first waits still gets the whole call timeout, and each fails with the breaker's timeout error."""
+    store = create_store("redis", url=hung_redis, clock=clock, prefix="sluice-test:hung:", call_timeout=0.2)
+    window = minute_window("k", clock(), 100)
+    loop = asyncio.get_running_loop()
+    ended: dict[str, float] = {}
+
+    async def admit(name: str) -> None:
+        started = loop.time()
+        with pytest.raises(StoreUnavailable, match=r"did not answer within 0\.2 s"):
+            await store.reserve([window], 1, clock())
+        ended[name] = loop.time() - started
+
+    first = loop.create_task(admit("first"))
+    await asyncio.sleep(0.1)  # halfway through the first one's wait
+    second = loop.create_task(admit("second"))
+    await asyncio.gather(first, second)
+    assert 0.19 <= ended["first"] < 0.6 and 0.19 <= ended["second"] < 0.6, ended
+    assert store.breaker.failures == 2 and store.breaker.state is BreakerState.CLOSED  # (3 in a row open it)
+    assert not store._deadlines  # nothing left waiting for the timer
+    await store.aclose()

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from gateway.limits import StoreUnavailable, create_store, minute_window
+from gateway.limits.breaker import BreakerState
 from gateway.limits.redis import RedisTokenStore
 from gateway.redis import RespClient, RespError, encode_command, parse_reply
 
@@ -245,5 +246,20 @@ async def test_a_window_tuple_handed_in_again_is_found_by_identity(redis_prefix,
         assert first.reservation == again.reservation == listed.reservation
         assert first.reservation.keys == (kept[0].key,)
         assert await store.count(kept[0]) == 40
+    finally:
+        await store.aclose()
+
+
+@needs_redis
+async def test_an_answered_admission_leaves_nothing_for_the_timer(redis_prefix, clock: FakeClock):
+    store: RedisTokenStore = create_store("redis", url=REDIS_URL, clock=clock, prefix=redis_prefix, call_timeout=0.05)
+    window = minute_window("timer", clock(), 100)
+    try:
+        for _ in range(3):
+            assert (await store.reserve([window], 1, clock())).allowed
+        assert not store._deadlines  # each answered admission took itself off the timer's list
+        await asyncio.sleep(0.1)  # past the call timeout: the armed timer fires and finds nothing to fail
+        assert store.breaker.failures == 0 and store.breaker.state is BreakerState.CLOSED
+        assert (await store.reserve([window], 1, clock())).used == (4,)
     finally:
         await store.aclose()
