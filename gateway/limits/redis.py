@@ -258,9 +258,8 @@ class RedisTokenStore(TokenStore):
         delta = actual - reservation.amount
         if delta == 0 or self.clock() >= reservation.expires_at:
             return
-        if (
-            self.breaker.state is not BreakerState.CLOSED
-        ):  # nothing would answer: do not pile commands on a dead connection
+        # breaker not closed: nothing would answer, so do not pile commands on a dead connection
+        if self.breaker.state is not BreakerState.CLOSED:
             self.dropped_settlements += 1
             return
         pending = self._pending
