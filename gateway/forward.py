@@ -175,7 +175,8 @@ class Forwarder:
         return GatewayError(503, message, source="forward-request", reason="BackendUnavailable")
 
     def _head(self, upstream: UpstreamResponse, method: str) -> ResponseHead:
-        """The response head; ``upstream`` is kept on it when the body is streamed, else the body is read whole."""
+        """The response head; ``upstream`` is kept on it when the body is streamed, else left off it (None): the
+        caller reads that body whole."""
         headers = []
         streaming = False
         for header in upstream.headers:

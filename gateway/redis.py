@@ -169,10 +169,7 @@ class RespClient:
 
     async def call_encoded(self, command: bytes, orphan: ReplyHandler | None = None) -> Any:
         """``call`` with a command already in RESP form (``encode_command``); the hot path pre-encodes."""
-        loop = self._loop
-        future: asyncio.Future[Any] = (loop if loop is not None else asyncio.get_running_loop()).create_future()
-        self._enqueue(command, future, orphan)
-        reply = await future
+        reply = await self.submit_encoded(command, orphan)
         if isinstance(reply, RespError):
             raise reply
         return reply
@@ -182,8 +179,7 @@ class RespClient:
         its own frame (the token store's admission): an error reply is the future's result, not raised; a lost
         connection or the client's timeout is its exception. ``orphan`` gets the reply when the future is already
         done (cancelled, or failed by the caller) when the reply arrives."""
-        loop = self._loop
-        future: asyncio.Future[Any] = (loop if loop is not None else asyncio.get_running_loop()).create_future()
+        future: asyncio.Future[Any] = self._running_loop().create_future()
         self._enqueue(command, future, orphan)
         return future
 

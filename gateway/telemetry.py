@@ -133,10 +133,7 @@ class Telemetry:
                 ctx.block_reason,
                 failed,
             )
-            journal = self.journal
-            if journal is not None:
-                journal.append(record)
-            sink.emit(record)
+            self._emit(record, sink)
 
     def finish_early(
         self, request_id: bytes, api: ApiEntry | None, operation: str, status: int, started: float
@@ -154,35 +151,32 @@ class Telemetry:
         elapsed = self.clock() - started
         if self.metrics is not None:
             self.metrics.record_request(api.name if api is not None else "", operation, status, elapsed)
-        if self.sink is not None and api is not None:
-            backend = api.backend.name if api.backend is not None else None
-            self._emit(request_id, api.name, operation, status, elapsed, backend)
+        sink = self.sink
+        if sink is not None and api is not None:
+            record = UsageRecord(
+                request_id=request_id.decode("ascii"),
+                ts_ms=int((self.wall_clock() - elapsed) * 1000),
+                api=api.name,
+                operation=operation,
+                subscription=None,
+                product=None,
+                backend=api.backend.name if api.backend is not None else None,
+                model=None,
+                prompt_tokens=0,
+                completion_tokens=0,
+                status=status,
+                latency_ms=elapsed * 1000.0,
+                cache_hit=False,
+                gateway_id=self.gateway_id,
+            )
+            self._emit(record, sink)
 
-    def _emit(
-        self, request_id: bytes, api: str, operation: str, status: int, elapsed: float, backend: str | None
-    ) -> None:
-        """Build the usage record of a request answered before the pipeline and hand it to the journal and the
-        sink."""
-        record = UsageRecord(
-            request_id=request_id.decode("ascii"),
-            ts_ms=int((self.wall_clock() - elapsed) * 1000),
-            api=api,
-            operation=operation,
-            subscription=None,
-            product=None,
-            backend=backend,
-            model=None,
-            prompt_tokens=0,
-            completion_tokens=0,
-            status=status,
-            latency_ms=elapsed * 1000.0,
-            cache_hit=False,
-            gateway_id=self.gateway_id,
-        )
-        if self.journal is not None:
-            self.journal.append(record)
-        assert self.sink is not None
-        self.sink.emit(record)
+    def _emit(self, record: UsageRecord, sink: UsageSink) -> None:
+        """Hand ``record`` to the journal first (when there is one), then to the sink."""
+        journal = self.journal
+        if journal is not None:
+            journal.append(record)
+        sink.emit(record)
 
     def wrap_stream(self, response: StreamingResponse, ctx: RequestContext) -> None:
         """Make ``response`` record the request when its body ends, before the end reaches the client."""

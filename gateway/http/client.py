@@ -400,21 +400,11 @@ class _UpstreamConnection(asyncio.Protocol):
 
     def take_rest(self) -> bytes:
         """The response is complete: its body bytes not taken yet; the connection goes back to the pool (or is
-        closed). ``take_buffered()`` then ``finish()`` in one call, for the common case of a body read whole."""
+        closed). ``take_buffered()`` then ``finish()``, for the common case of a body read whole (``finish`` resumes
+        a paused read through the pool)."""
         chunks = self.chunks
-        if not chunks:
-            data = b""
-        elif len(chunks) == 1:
-            data = chunks.popleft()
-        else:
-            data = b"".join(chunks)
-            chunks.clear()
-        self.buffered = 0
-        self.response = None
-        if self.keep_alive and not self.closed:
-            self._pool.release(self)  # resumes reading if it was paused
-        else:
-            self.close()
+        data = (chunks[0] if len(chunks) == 1 else b"".join(chunks)) if chunks else b""
+        self.finish()
         return data
 
     def finish(self) -> None:

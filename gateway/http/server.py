@@ -541,17 +541,7 @@ class _Connection(asyncio.Protocol):
         keep_alive = keep_alive and not self._close_after
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        url = self._url
-        if url[:1] == b"/" and b"#" not in url:  # origin-form, the common case of _split_target inline
-            mark = url.find(b"?")
-            if mark < 0:
-                path = url.decode("latin-1")
-                query = ""
-            else:
-                path = url[:mark].decode("latin-1")
-                query = url[mark + 1 :].decode("latin-1")
-        else:
-            path, query = _split_target(url)
+        path, query = _split_target(self._url)
         request = Request(method, path, query, self._headers, b"", self._client_ip, version)
         request._conn = self
         if has_body:
