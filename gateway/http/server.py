@@ -1021,18 +1021,19 @@ class _Connection(asyncio.Protocol):
 
 def _split_target(url: bytes) -> tuple[str, str]:
     """Split a request target into the raw path and the raw query (without ``?`` or any fragment)."""
-    if b"#" in url:
-        url = url.split(b"#", 1)[0]
-    if url[:1] != b"/" and url != b"*":
+    # Split as str: latin-1 maps byte for byte, and ``in`` on bytes tries the needle as an int first (a TypeError
+    # formatted and cleared, about 2 k instructions per test).
+    target = url.decode("latin-1")
+    if "#" in target:
+        target = target.partition("#")[0]
+    if target[:1] != "/" and target != "*":
         # absolute-form (``http://host/path?q``), as a forward proxy would receive it
         try:
-            parsed: Any = httptools.parse_url(url)
+            parsed: Any = httptools.parse_url(target.encode("latin-1"))
         except httptools.HttpParserInvalidURLError:  # found by the fuzz battery: was a 500 and a traceback
             raise _Reject(400, MSG_BAD_REQUEST) from None
         path = parsed.path or b"/"
         query = parsed.query or b""
         return path.decode("latin-1"), query.decode("latin-1")
-    mark = url.find(b"?")
-    if mark < 0:
-        return url.decode("latin-1"), ""
-    return url[:mark].decode("latin-1"), url[mark + 1 :].decode("latin-1")
+    path, _, query = target.partition("?")
+    return path, query
