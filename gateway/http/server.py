@@ -600,7 +600,7 @@ class _Connection(asyncio.Protocol):
             self._set_deadline(self._loop.time() + self._limits.body_timeout)
             try:
                 while request._body_state == _BODY_READING:
-                    waiter: asyncio.Future[None] = self._loop.create_future()
+                    waiter: asyncio.Future[None] = asyncio.Future()  # the running loop: see _respond
                     self._body_waiter = waiter
                     await waiter
             finally:
@@ -757,8 +757,10 @@ class _Connection(asyncio.Protocol):
                         return
                     if self._draining or request._body_state != _BODY_DONE:
                         keep_alive = False  # the rest of an unread or failed body cannot be told from a next request
-                    if not request._taken:
-                        self._release(request)
+                    if not request._taken:  # _release(request), inline
+                        request._taken = True
+                        self._held -= request._size
+                        request._parts = []
                     if isinstance(response, Response):
                         keep_alive = self._send(response, request, keep_alive)
                     elif isinstance(response, StreamingResponse):
@@ -782,7 +784,9 @@ class _Connection(asyncio.Protocol):
             self._after_queue()
             if self._closed or self._lingering:
                 return
-            waiter: asyncio.Future[None] = self._loop.create_future()
+            # Future() takes the running loop (the connection's) at about half the instructions of
+            # loop.create_future(), uvloop's call of Future(loop=...) with a keyword
+            waiter: asyncio.Future[None] = asyncio.Future()
             self._idle_waiter = waiter
             await waiter  # on_headers_complete sets _busy and wakes it; connection_lost cancels the task
 
@@ -802,7 +806,11 @@ class _Connection(asyncio.Protocol):
         else:
             timeout = limits.header_timeout if state == _HEAD else limits.body_timeout
             self._phase_timed = True
-        self._set_deadline(self._loop.time() + timeout)
+        when = self._loop.time() + timeout
+        if self._timer is not None and self._timer_when <= when:
+            self._deadline = when  # _set_deadline's common case, inline: the armed timer fires first and re-arms
+        else:
+            self._set_deadline(when)
 
     def _send(self, response: Response, request: Request, keep_alive: bool) -> bool:
         status = response.status
