@@ -100,11 +100,10 @@ class Forwarder:
         states = self.backends
         try:
             try:
-                if timeout is None:
-                    upstream = await self.pool.request(origin, request.method, request_target, headers, body)
-                else:
-                    async with asyncio.timeout(timeout):
-                        upstream = await self.pool.request(origin, request.method, request_target, headers, body)
+                # the pool checks the timeout with its connection's timer: no asyncio.timeout() per request
+                upstream = await self.pool.request(
+                    origin, request.method, request_target, headers, body, timeout=timeout
+                )
             except (UpstreamTimeout, TimeoutError):
                 raise GatewayError(504, MSG_BACKEND_TIMEOUT, source="forward-request", reason="Timeout") from None
             except UpstreamConnectError:

@@ -58,6 +58,7 @@ MSG_RESET_NOT_RETRIED: Final = (
     "{origin} closed a reused connection after the request was written; {method} is not idempotent, not retried"
 )
 MSG_READ_TIMEOUT: Final = "{origin} sent nothing for {timeout:g} s"
+MSG_HEAD_TIMEOUT: Final = "{origin} sent no response head within {timeout:g} s"
 MSG_CLOSED_EARLY: Final = "{origin} closed the connection before the response was complete"
 MSG_MALFORMED: Final = "malformed response from {origin}: {error}"
 MSG_UNEXPECTED_UPGRADE: Final = "unexpected protocol switch"
@@ -72,6 +73,7 @@ MSG_BAD_HEADER: Final = "invalid request header (CR or LF in a name or value)"
 #: taken them (every read takes all that is buffered).
 HIGH_WATER: Final = 256 * 1024
 
+_NEVER: Final = float("inf")
 _MAX_HEAD_BYTES: Final = 256 * 1024  # a response head bigger than this is refused
 _LARGE_BODY: Final = 256 * 1024  # above this a request body is written apart from its head
 
@@ -285,6 +287,8 @@ class _UpstreamConnection(asyncio.Protocol):
         "_chunked",
         "_connection",
         "_head_bytes",
+        "_head_deadline",
+        "_head_timeout",
         "_interim",
         "_is_head",
         "_last_activity",
@@ -294,6 +298,7 @@ class _UpstreamConnection(asyncio.Protocol):
         "_reason",
         "_received",
         "_timer",
+        "_timer_when",
         "_transport",
         "_waiter",
         "buffered",
@@ -322,6 +327,10 @@ class _UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = _NEVER
+        # the request's timeout for the response head (UpstreamPool.request), as a loop time, and in seconds
+        self._head_deadline = _NEVER
+        self._head_timeout = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._last_activity = 0.0
         self.paused = False
@@ -345,8 +354,9 @@ class _UpstreamConnection(asyncio.Protocol):
 
     # pool-facing API
 
-    def send(self, data: bytes, is_head: bool) -> UpstreamResponse:
-        """Write a serialized request; the response fills in as it arrives."""
+    def send(self, data: bytes, is_head: bool, deadline: float = _NEVER, timeout: float = 0.0) -> UpstreamResponse:
+        """Write a serialized request; the response fills in as it arrives. Its head must have arrived by the loop
+        time ``deadline`` (``timeout`` seconds after the request began), else the wait fails with UpstreamTimeout."""
         transport = self._transport
         assert transport is not None
         response = UpstreamResponse(self)
@@ -359,6 +369,8 @@ class _UpstreamConnection(asyncio.Protocol):
         self.done = False
         self.keep_alive = False
         self.error = None
+        self._head_deadline = deadline
+        self._head_timeout = timeout
         if len(data) > _LARGE_BODY:
             head_end = data.index(b"\r\n\r\n") + 4
             transport.write(data[:head_end])
@@ -374,9 +386,25 @@ class _UpstreamConnection(asyncio.Protocol):
         # loop.create_future(), uvloop's call of Future(loop=...) with a keyword
         waiter: asyncio.Future[None] = asyncio.Future()
         self._waiter = waiter
-        if self._timer is None and not self.closed:
-            self._timer = self.loop.call_at(self._last_activity + self._read_timeout, self._on_timer)
+        if self._timer is None or (self._head_deadline < self._timer_when and not self.head_done):
+            self._arm()
         return waiter
+
+    def _arm(self) -> None:
+        """Set the timer for the first of the read timeout and the head's deadline. It is only ever moved earlier;
+        firing early, it re-arms itself (``_on_timer``): so a request with a timeout costs no timer of its own."""
+        if self.closed:
+            return
+        when = self._last_activity + self._read_timeout
+        if not self.head_done and self._head_deadline < when:
+            when = self._head_deadline
+        timer = self._timer
+        if timer is not None:
+            if self._timer_when <= when:
+                return
+            timer.cancel()
+        self._timer = self.loop.call_at(when, self._on_timer)
+        self._timer_when = when
 
     async def wait(self) -> None:
         """Wait for more of the response; a cancelled wait closes the connection."""
@@ -461,6 +489,7 @@ class _UpstreamConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._timer_when = _NEVER
         if self.response is not None and not self.done and self.error is None:
             if not self._received:
                 self.error = _StaleConnection()
@@ -605,16 +634,19 @@ class _UpstreamConnection(asyncio.Protocol):
                 waiter.set_result(None)
 
     def _on_timer(self) -> None:
-        # Armed at most once at a time; it re-arms itself while bytes keep arriving, so a busy connection
-        # costs one timer per read_timeout instead of one per wait.
+        # Armed at most once at a time; it re-arms itself while bytes keep arriving and requests keep being
+        # answered, so a busy connection costs one timer per read_timeout (or request timeout), not one per wait.
         self._timer = None
+        self._timer_when = _NEVER
         if self._waiter is None or self.closed:
             return
-        deadline = self._last_activity + self._read_timeout
-        if self.loop.time() < deadline:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
-            return
-        self._fail(UpstreamTimeout(MSG_READ_TIMEOUT.format(origin=self.origin, timeout=self._read_timeout)))
+        now = self.loop.time()
+        if not self.head_done and now >= self._head_deadline:
+            self._fail(UpstreamTimeout(MSG_HEAD_TIMEOUT.format(origin=self.origin, timeout=self._head_timeout)))
+        elif now < self._last_activity + self._read_timeout:
+            self._arm()
+        else:
+            self._fail(UpstreamTimeout(MSG_READ_TIMEOUT.format(origin=self.origin, timeout=self._read_timeout)))
 
 
 #
@@ -656,24 +688,32 @@ class UpstreamPool:
         target: str,
         headers: list[tuple[bytes, bytes]],
         body: bytes = b"",
+        *,
+        timeout: float | None = None,
     ) -> UpstreamResponse:
         """Send a request and return once the response head has arrived.
 
         ``target`` is the path plus ``"?" + query`` when there is one. The pool writes Host (from the origin) and
-        Content-Length; any Host, hop-by-hop or framing header in ``headers`` is dropped.
+        Content-Length; any Host, hop-by-hop or framing header in ``headers`` is dropped. With ``timeout``, the head
+        must have arrived that many seconds after the call (connecting, writing and waiting), else
+        ``UpstreamTimeout`` and the connection is closed; the body's reads have ``read_timeout`` only.
         """
         if self._closed:
             raise UpstreamConnectError(MSG_POOL_CLOSED)
         data = _serialize_request(origin, method, target, headers, body)
+        # The timeout is checked by the connection's own timer (see _UpstreamConnection._arm), not by a timer of
+        # its own: asyncio.timeout() costs about 29 k instructions per request.
+        deadline = _NEVER if timeout is None else asyncio.get_running_loop().time() + timeout
+        head_timeout = 0.0 if timeout is None else timeout
         is_head = method == "HEAD"
         conn = self._take_idle(origin.key)
         reused = conn is not None
         if conn is None:
-            conn = await self._connect(origin)
+            conn = await self._connect(origin, deadline)
         else:
             self.stats["reused"] += 1
         while True:
-            response = conn.send(data, is_head)
+            response = conn.send(data, is_head, deadline, head_timeout)
             while not conn.head_done and conn.error is None:
                 try:
                     await conn.waiter()
@@ -693,7 +733,7 @@ class UpstreamPool:
             # A pooled connection the upstream had closed: once more on a fresh one.
             self.stats["retried"] += 1
             reused = False
-            conn = await self._connect(origin)
+            conn = await self._connect(origin, deadline)
 
     async def close(self) -> None:
         """Close the idle connections; connections in use are closed when their response is released."""
@@ -770,8 +810,11 @@ class UpstreamPool:
             conn = idle.pop()
         return conn
 
-    async def _connect(self, origin: Origin) -> _UpstreamConnection:
+    async def _connect(self, origin: Origin, deadline: float = _NEVER) -> _UpstreamConnection:
         loop = asyncio.get_running_loop()
+        limit = self.connect_timeout
+        if deadline != _NEVER:
+            limit = min(limit, deadline - loop.time())  # the request's timeout covers its connect as well
         context: ssl.SSLContext | None = None
         if origin.scheme == "https":
             if self._ssl_context is None:
@@ -782,7 +825,7 @@ class UpstreamPool:
             return _UpstreamConnection(self, origin, loop)
 
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(limit):
                 _, conn = await loop.create_connection(
                     factory,
                     origin.host,

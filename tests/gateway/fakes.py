@@ -60,7 +60,7 @@ class FakePool:
     calls: list[Call] = field(default_factory=list)
     responses: list[FakeUpstream] = field(default_factory=list)
 
-    async def request(self, origin, method, target, headers, body=b""):
+    async def request(self, origin, method, target, headers, body=b"", *, timeout=None):
         call = Call(origin, method, target, list(headers), body)
         self.calls.append(call)
         if self.error is not None:

@@ -158,8 +158,11 @@ async def test_forward_request_timeout_attribute_gives_504():
     import asyncio
 
     class Hanging(FakePool):
-        async def request(self, *args, **kwargs):
-            await asyncio.sleep(10)
+        async def request(self, *args, timeout=None, **kwargs):
+            # the pool enforces the forward timeout (UpstreamPool.request): one that never answers, as it would
+            assert timeout == 0.05
+            await asyncio.sleep(timeout)
+            raise UpstreamTimeout(f"nothing within {timeout} s")
 
     app, _ = make_gateway(
         global_policy='<policies><backend><forward-request timeout="0.05"/></backend></policies>', pool=Hanging()

@@ -407,6 +407,66 @@ async def test_read_timeout_waiting_for_the_head(upstream):
     await pool.close()
 
 
+async def test_request_timeout_for_the_head_closes_the_connection(upstream, pool):
+    closed = asyncio.Event()
+
+    async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        await read_request(reader)
+        await wait_eof(reader)  # never answers
+        closed.set()
+
+    _raw, origin = await upstream(behaviour)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(UpstreamTimeout, match=r"no response head within 0\.2 s"):
+        await pool.request(origin, "POST", "/", [], b"{}", timeout=0.2)
+    assert 0.19 <= loop.time() - started < 2.0  # its own timeout, well before the pool's read_timeout (5 s)
+    async with asyncio.timeout(TIMEOUT):
+        await closed.wait()  # the upstream sees the disconnect
+    assert pool.idle_count(origin) == 0
+
+
+async def test_request_timeouts_on_one_connection_each_run_from_their_own_start(upstream, pool):
+    """The connection's one timer is moved earlier for a shorter timeout, and a timer armed for an earlier request's
+    deadline re-arms itself instead of failing a later request."""
+
+    async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        while (request := await read_request(reader)) is not None:
+            await asyncio.sleep(float(request.line.split()[1][1:]))  # GET /<seconds> HTTP/1.1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    raw, origin = await upstream(behaviour)
+    response = await pool.request(origin, "GET", "/0", [], timeout=0.2)  # arms the timer at +0.2 s
+    assert await response.read() == b"ok"
+    response = await pool.request(origin, "GET", "/0.4", [], timeout=2.0)  # outlives that timer, which re-arms
+    assert await response.read() == b"ok"
+    response = await pool.request(origin, "GET", "/0", [])  # no timeout: the read timeout only
+    assert await response.read() == b"ok"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(UpstreamTimeout, match=r"no response head within 0\.3 s"):
+        await pool.request(origin, "GET", "/3", [], timeout=0.3)  # before the timer armed for the 2 s one
+    assert loop.time() - started < 1.2
+    assert raw.connections == 1
+
+
+async def test_request_timeout_covers_the_head_not_the_body(upstream, pool):
+    async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(4):
+            await asyncio.sleep(0.1)
+            writer.write(b"1\r\na\r\n")
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await wait_eof(reader)
+
+    _raw, origin = await upstream(behaviour)
+    response = await pool.request(origin, "GET", "/", [], timeout=0.2)
+    assert await response.read() == b"aaaa"
+
+
 async def test_read_timeout_between_body_bytes_but_not_over_the_whole_body(upstream):
     async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
         await read_request(reader)
