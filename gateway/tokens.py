@@ -450,10 +450,11 @@ def completion_text_tokens(document: dict[str, Any], count: Callable[[str], int]
 def _plain_delta(payload: bytes) -> bool:
     """True when the event cannot set a usage, nor (a Responses event) a model: no "response" key and no "usage" key
     but ``"usage":null`` (which OpenAI puts on every chunk of a stream that asked for the usage). The word "usage" in
-    text, any other spelling of the key, and any ``\\u00`` escape (which could spell a key) send it to the parser."""
-    if b'"response"' in payload or b"\\u00" in payload:
+    text, any other spelling of the key, and any ``\\u00`` escape (which could spell a key) send it to the parser.
+    (``partition`` rather than ``in``: a byte string's ``in`` first tries the needle as an int, and raises.)"""
+    if payload.partition(b'"response"')[1] or payload.partition(b"\\u00")[1]:
         return False
-    return b"usage" not in payload or payload.count(b"usage") == payload.count(b'"usage":null')
+    return payload.count(b"usage") == payload.count(b'"usage":null')
 
 
 # "usage" other than the key of ``"usage":null``
@@ -551,7 +552,13 @@ class SseUsageMeter:
     def feed(self, chunk: bytes) -> bytes:
         if self.broken:
             return chunk
-        data = self._tail + chunk if self._tail else chunk
+        # The common read once the model is known: whole lines of plain deltas, set aside as ``_scan`` would (it
+        # finds no line that is not a plain delta) without its per-block set-up.
+        tail = self._tail
+        if not tail and self.model is not None and not self._drop_blank and chunk[-1:] == b"\n" and _plain_delta(chunk):
+            self._defer(chunk)
+            return chunk
+        data = tail + chunk if tail else chunk
         end = data.rfind(b"\n")
         if end < 0:
             if len(data) > MAX_SSE_LINE:

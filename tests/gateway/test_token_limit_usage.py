@@ -356,6 +356,30 @@ def test_sse_deltas_with_a_null_usage_wait_too(monkeypatch):
     assert meter.usage["total_tokens"] == 13 and meter.completion_tokens == 1 + 8
 
 
+@pytest.mark.parametrize("strip", [False, True])
+def test_sse_reads_of_whole_plain_lines_match_one_read(monkeypatch, strip):
+    """A read of whole lines of plain deltas is set aside by ``feed`` at once; a read with anything else (the word
+    "usage" in a delta, an escape, the usage event, a partial line) goes through ``_scan``. Either way the client
+    gets the same bytes, and the same events are parsed, as when the stream arrives in one read."""
+    parsed = count_parses(monkeypatch)
+    events = chat_events(4, usage=True)
+    events = [e.replace(b'"model"', b'"usage":null,"model"') if b'"choices":[{' in e else e for e in events]
+    events.insert(2, b'data: {"model":"gpt-4o","choices":[{"delta":{"content":"usage"}}],"usage":null}\n\n')
+    events.insert(3, b'data: {"choices":[{"delta":{"content":"\\u0041"}}],"usage":null}\n\n')
+    events.insert(4, b'data: {"choices":[{"delta":{"content":"two"}}]}\n\ndata: {"choices":[]}\n\n')
+    events.insert(5, b'data: {"choices":[{"delta":{"content":"par')  # a line split across reads
+    events.insert(6, b'ted"}}]}\n\n')
+    outcomes = []
+    for reads in (events, [b"".join(events)]):
+        parsed.clear()
+        out, meter, done = run_meter(reads, strip=strip)
+        outcomes.append((out, list(parsed), meter.usage, meter.model, meter.completion_tokens, meter.events, done))
+    assert outcomes[0] == outcomes[1]
+    count = TOK.counter(O200K)
+    texts = ["usage", "A", "two", "parted"] + [f" word{i}" for i in range(4)]
+    assert outcomes[0][4] == sum(count(text) for text in texts)
+
+
 def test_sse_many_deltas_are_counted_in_bounded_memory():
     events = chat_events(3000, usage=False)
     _, meter, done = run_meter(events, strip=False, complete=False)
