@@ -27,7 +27,7 @@ from gateway.errors import (
 )
 from gateway.forward import Forwarder
 from gateway.http.client import UpstreamPool
-from gateway.http.headers import connection_options
+from gateway.http.headers import connection_options, find_header
 from gateway.http.messages import Request, RequestBodyError, Response, StreamingResponse
 from gateway.ids import next_request_id
 from gateway.limits import TokenStore, create_store
@@ -172,20 +172,20 @@ class GatewayApp:
         product = access.product
         headers, trace_value = _forward_headers(request, api.drop_headers)
         ctx = RequestContext(
-            request=request,
-            request_id=request_id,
-            api=api,
-            operation=match.operation,
-            product=product,
-            subscription=access.subscription,
-            services=self.forwarder,
-            backend=api.backend,
-            forward_path=match.forward_path,
-            query=query,
-            request_headers=headers,
-            matched_parameters=match.params,
-            started=started,
+            request,
+            request_id,
+            api,
+            match.operation,
+            product,
+            access.subscription,
+            self.forwarder,
+            api.backend,
+            match.forward_path,
+            query,
+            headers,
+            match.params,
         )
+        ctx.started = started
         traced = trace_value is not None and verify_trace_token(
             self._trace_key, trace_value, api.name, self.wall_clock()
         )
@@ -244,7 +244,7 @@ class GatewayApp:
             return Response(503, [_CONTENT_TYPE], _BODY_UNAVAILABLE)
         query = request.query
         if api.subscription_required:
-            key = request.header(api.key_header)
+            key = find_header(request.headers, api.key_header)  # request.header(), one call less
             if key:
                 if query:
                     query = split_query_param(query, api.key_query)[1]

@@ -109,9 +109,14 @@ class ResponseHead:
     content_length: int | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RequestContext:
-    """Everything a policy may read or change for one request (APIM's ``context``)."""
+    """Everything a policy may read or change for one request (APIM's ``context``).
+
+    ``__init__`` is written out (the fields and defaults below): the generated one calls a factory for each of the
+    seven containers and, given keywords, matches them against thirty parameters, on every request. The app
+    passes the first twelve by position.
+    """
 
     request: Request
     request_id: bytes
@@ -151,3 +156,67 @@ class RequestContext:
     resume_outbound_after: frozenset[str] | None = None
     semantic_cache: Any = None  # the lookup's state for the store and the usage record (gateway.semcache.CacheState)
     started: float = 0.0
+
+    def __init__(
+        self,
+        request: Request,
+        request_id: bytes,
+        api: ApiEntry,
+        operation: OperationEntry,
+        product: ProductEntry | None,
+        subscription: SubscriptionEntry | None,
+        services: Services,
+        backend: BackendTarget | None,
+        forward_path: str,
+        query: str,
+        request_headers: Headers,
+        matched_parameters: Mapping[str, str],
+        variables: dict[str, Any] | None = None,
+        response: ResponseHead | None = None,
+        last_error: GatewayError | None = None,
+        section: Section | None = None,
+        trace: list[dict[str, Any]] | None = None,
+        usage: Any = None,
+        llm: LlmState | None = None,
+        chunk_filters: list[ChunkFilter] | None = None,
+        stream_stages: list[StreamStage] | None = None,
+        response_checks: list[ResponseCheck] | None = None,
+        block_reason: str | None = None,
+        response_headers: Headers | None = None,
+        on_finish: list[FinishCallback] | None = None,
+        status: int = 0,
+        attempts: list[dict[str, Any]] | None = None,
+        resume_outbound_after: frozenset[str] | None = None,
+        semantic_cache: Any = None,
+        started: float = 0.0,
+    ) -> None:
+        self.request = request
+        self.request_id = request_id
+        self.api = api
+        self.operation = operation
+        self.product = product
+        self.subscription = subscription
+        self.services = services
+        self.backend = backend
+        self.forward_path = forward_path
+        self.query = query
+        self.request_headers = request_headers
+        self.matched_parameters = matched_parameters
+        self.variables = {} if variables is None else variables
+        self.response = response
+        self.last_error = last_error
+        self.section = section
+        self.trace = trace
+        self.usage = usage
+        self.llm = llm
+        self.chunk_filters = [] if chunk_filters is None else chunk_filters
+        self.stream_stages = [] if stream_stages is None else stream_stages
+        self.response_checks = [] if response_checks is None else response_checks
+        self.block_reason = block_reason
+        self.response_headers = [] if response_headers is None else response_headers
+        self.on_finish = [] if on_finish is None else on_finish
+        self.status = status
+        self.attempts = [] if attempts is None else attempts
+        self.resume_outbound_after = resume_outbound_after
+        self.semantic_cache = semantic_cache
+        self.started = started

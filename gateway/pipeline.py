@@ -36,6 +36,11 @@ JSON_HEADERS = ((b"content-type", b"application/json; charset=utf-8"),)
 REASON_INVALID_BODY = "InvalidRequestBody"
 _DEFAULT_FORWARD = ForwardRequest(None)
 _DEFAULT_FORWARD.section = Section.BACKEND
+# The sections every request passes, as module constants: on Python 3.11 reading an enum member through its class
+# (``Section.INBOUND``) costs about 900 machine instructions, a module global about a tenth of that.
+_INBOUND = Section.INBOUND
+_BACKEND = Section.BACKEND
+_OUTBOUND = Section.OUTBOUND
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +116,9 @@ async def run_pipeline(pipeline: Pipeline, ctx: RequestContext) -> Response | St
             traced = ctx.trace is not None  # set before the pipeline runs (gateway.app), never by a step
             run_steps = _run_traced if traced else _run_steps
             # A section without steps is not run; it still becomes ``ctx.section``.
-            ctx.section = Section.INBOUND
+            ctx.section = _INBOUND
             if pipeline.inbound:
-                response = await run_steps(ctx, Section.INBOUND, pipeline.inbound)
+                response = await run_steps(ctx, _INBOUND, pipeline.inbound)
             else:
                 response = None
             outbound = pipeline.outbound
@@ -121,14 +126,14 @@ async def run_pipeline(pipeline: Pipeline, ctx: RequestContext) -> Response | St
                 response = None  # answered from a cache: no backend, outbound from after the cache's store step
                 outbound = _resume_after(outbound, ctx.resume_outbound_after)
             elif response is None:
-                ctx.section = Section.BACKEND
+                ctx.section = _BACKEND
                 if pipeline.direct_forward and not traced:  # what _run_steps does for this one step
                     try:
                         await ctx.services.forward(ctx, pipeline.forward_timeout)
                     except Exception as exc:
-                        raise _as_gateway_error(exc, Section.BACKEND, pipeline.backend[0]) from exc
+                        raise _as_gateway_error(exc, _BACKEND, pipeline.backend[0]) from exc
                 else:
-                    response = await run_steps(ctx, Section.BACKEND, pipeline.backend)
+                    response = await run_steps(ctx, _BACKEND, pipeline.backend)
             if response is None:
                 if pipeline.requires_response_body:
                     await _read_body(ctx)
@@ -136,9 +141,9 @@ async def run_pipeline(pipeline: Pipeline, ctx: RequestContext) -> Response | St
                     checks, ctx.response_checks = ctx.response_checks, []
                     for check in checks:
                         await check(ctx)
-                ctx.section = Section.OUTBOUND
+                ctx.section = _OUTBOUND
                 if outbound:
-                    response = await run_steps(ctx, Section.OUTBOUND, outbound)
+                    response = await run_steps(ctx, _OUTBOUND, outbound)
             if response is not None:  # a step ended the request (return-response, cache hit, limit, ...)
                 abandon_filters(ctx.chunk_filters)
                 await discard_upstream(ctx)
@@ -162,7 +167,7 @@ async def run_pipeline(pipeline: Pipeline, ctx: RequestContext) -> Response | St
     if ctx.response_headers:
         answer.headers.extend(ctx.response_headers)
     ctx.status = answer.status
-    if not isinstance(answer, StreamingResponse):
+    if ctx.on_finish and not isinstance(answer, StreamingResponse):
         run_finish(ctx, True)
     return answer
 

@@ -174,12 +174,18 @@ class _Node:
 
 
 class Router:
-    """Maps (method, raw path) to an API operation; built once per snapshot."""
+    """Maps (method, raw path) to an API operation; built once per snapshot.
 
-    __slots__ = ("_root",)
+    The paths of the exact operations (no parameter, no wildcard) are a finite set known here: their matches are
+    made once, and a request to one of them (most are) finds it with two dictionary lookups.
+    """
+
+    __slots__ = ("_exact", "_root")
 
     def __init__(self, apis: Iterable[ApiEntry]) -> None:
         self._root = _Node()
+        self._exact: dict[str, dict[str, RouteMatch]] = {}
+        tables: list[tuple[str, _OperationTable]] = []
         for api in apis:
             node = self._root
             if api.path:
@@ -191,8 +197,27 @@ class Router:
                 raise RoutingError(f"APIs {node.api.name!r} and {api.name!r} share the path {api.path!r}")
             node.api = api
             node.table = _OperationTable(api)
+            tables.append(("/" + api.path if api.path else "", node.table))
+        for base, table in tables:
+            for method, by_path in table.exact.items():
+                for op_path in by_path:
+                    # "/{api}" routes as "/{api}/"; an API with a longer path may take either: the tree decides
+                    for path in (base + op_path, base) if op_path == "/" and base else (base + op_path,):
+                        found = self._search(method, path)
+                        if found is not None and found.params is _EMPTY:  # an exact operation, maybe another's
+                            self._exact.setdefault(path, {})[method] = found
 
     def match(self, method: str, path: str) -> RouteMatch | None:
+        """The operation for ``method`` and the raw ``path``, None when none matches. The match of an exact
+        operation is shared by its requests: never changed by its users."""
+        by_method = self._exact.get(path)
+        if by_method is not None:
+            found = by_method.get(method)
+            if found is not None:
+                return found
+        return self._search(method, path)
+
+    def _search(self, method: str, path: str) -> RouteMatch | None:
         if not path.startswith("/"):
             return None
         node = self._root

@@ -110,6 +110,22 @@ def test_longest_api_path_wins_without_fallback():
     assert router.match("GET", "/a/c").api.name == "short"
 
 
+def test_exact_operations_match_as_the_tree_does():
+    # Their matches are made when the router is built: an exact operation whose path a longer API takes is not one.
+    router = config_with(
+        api("short", "a", operations=[op("deep", "POST", "/b/x"), op("slash", "GET", "/"), op("m", "GET", "/m")]),
+        api("long", "a/b", operations=[op("w", "GET", "/*")]),
+    ).router
+    assert router.match("POST", "/a/b/x") is None
+    assert router.match("GET", "/a/b/x").operation.name == "w"
+    for path, forward in (("/a", ""), ("/a/", "/")):
+        match = router.match("GET", path)
+        assert (match.operation.name, match.forward_path, dict(match.params)) == ("slash", forward, {})
+    assert router.match("GET", "/a/m") is router.match("GET", "/a/m")  # made once
+    assert router.match("POST", "/a/m") is None
+    assert router.match("GET", "/a/m/") is None
+
+
 def test_duplicate_api_paths_and_templates_are_snapshot_errors():
     with pytest.raises(SnapshotError, match="share the path"):
         config_with(api("one", "a"), api("two", "a/"))
