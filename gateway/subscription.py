@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from functools import lru_cache
 from urllib.parse import unquote_plus
 
 from gateway.errors import MSG_INVALID_KEY, MSG_MISSING_KEY
@@ -46,7 +45,7 @@ def check_subscription(api: ApiEntry, key: bytes | None, subscriptions: Mapping[
     APIs that do not require a subscription: their keys are ignored.
     """
     if key:
-        digest = _key_digest(key)
+        digest = hashlib.sha256(key).hexdigest()  # == gateway.secrets.hash_key for UTF-8 keys
         # The lookup compares SHA-256 digests, not keys: its timing says nothing usable about the key itself.
         record = subscriptions.get(digest)
         if record is not None and record.subscription.active and record.subscription.scope in api.allowed_scopes:
@@ -57,12 +56,3 @@ def check_subscription(api: ApiEntry, key: bytes | None, subscriptions: Mapping[
     if api.no_key_access is not None:
         return api.no_key_access
     return MSG_MISSING_KEY
-
-
-# The digests of the last keys presented. On Python 3.11 with OpenSSL 3 each hashlib.sha256() looks the algorithm
-# up by name (about 6,000 instructions with the hash); a hit here is a tenth of that. Bounded: keys come from
-# requests. The cache finds a key by its hash (seeded per process) before it compares bytes, so its timing tells
-# nothing about a key that is not in it, and what it maps to is the same for every snapshot.
-@lru_cache(maxsize=1024)
-def _key_digest(key: bytes) -> str:
-    return hashlib.sha256(key).hexdigest()  # == gateway.secrets.hash_key for UTF-8 keys
