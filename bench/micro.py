@@ -16,6 +16,9 @@ Each case runs in one process on uvloop and reports CPU time (``time.process_tim
 * ``request --without metrics,usage,accounting,key``: the same with parts of the gateway's work left out (the
   request metrics, the usage record, the LLM accounting of an OpenAI-type API, the subscription key check): what
   each part costs per request, by difference.
+* ``request --sink http``: the usage records go as in a gateway without Redis, journal included: each is appended to
+  a ``UsageJournal`` (in a temporary directory) and handed to an ``HttpSink``, which POSTs its batches to a stand-in
+  management plane in the same process (a handler on ``gateway.http.server`` that reads the body and answers 202).
 * ``forward``: the floor of our own stack: a handler on ``gateway.http.server`` that checks the key with one header
   comparison and forwards with ``gateway.http.client.UpstreamPool`` (no routing, pipeline, accounting or telemetry).
 * ``floor``: the floor of any Python proxy hop in this harness: a callback-only proxy (uvloop protocols and httptools
@@ -33,6 +36,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REQUEST = b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -138,7 +142,18 @@ async def _upstream(request):  # type: ignore[no-untyped-def]
     return Response(200, [(b"content-type", b"application/json")], COMPLETION)
 
 
-async def request_case(requests: int, connections: int, without: frozenset[str] = frozenset()) -> float:
+async def _management(request):  # type: ignore[no-untyped-def]
+    """The stand-in management plane of ``request --sink http``: takes a batch of usage records."""
+    from gateway.http.server import Response
+
+    body = await request.read_body()
+    assert body.startswith(b'{"records":['), body[:100]
+    return Response(202, [(b"content-type", b"application/json")], b"{}")
+
+
+async def request_case(
+    requests: int, connections: int, without: frozenset[str] = frozenset(), sink_kind: str = "memory"
+) -> float:
     from gateway.app import create_app
     from gateway.http.server import serve, shutdown
     from gateway.metrics import Metrics
@@ -163,16 +178,36 @@ async def request_case(requests: int, connections: int, without: frozenset[str] 
     sink = MemorySink()
     token = "micro-benchmark"  # noqa: S105  (signs nothing: the snapshot has no secret)
     metrics = None if "metrics" in without else Metrics()
-    usage_sink = None if "usage" in without else sink
-    app = create_app(GatewaySettings(gateway_token=token), metrics=metrics, usage_sink=usage_sink)
+    usage_sink: Any = None if "usage" in without else sink
+    journal = management = None
+    if usage_sink is not None and sink_kind == "http":
+        import tempfile
+
+        from gateway.usage.journal import UsageJournal
+        from gateway.usage.sinks import HttpSink
+
+        management = await serve(_management, "127.0.0.1", 0)
+        usage_sink = HttpSink(f"http://127.0.0.1:{management.sockets[0].getsockname()[1]}", token)
+        await usage_sink.start()
+        journal = UsageJournal(str(Path(tempfile.mkdtemp(prefix="sluice-micro-")) / "usage.spool"))
+        journal.start(usage_sink)
+    app = create_app(
+        GatewaySettings(gateway_token=token), metrics=metrics, usage_sink=usage_sink, usage_journal=journal
+    )
     app.snapshot = load_snapshot(data, gateway_token=token)
     gateway = await serve(app, "127.0.0.1", 0)
     port = gateway.sockets[0].getsockname()[1]
     per_connection = requests // connections
     spent = await run_clients(port, CHAT_WIRE, per_connection, connections, warm=True)
-    if usage_sink is not None:
+    if usage_sink is sink:
         assert len(sink.records) >= per_connection * connections, len(sink.records)
     await shutdown(gateway, 1.0)
+    if journal is not None:
+        await journal.close(usage_sink)
+        await usage_sink.close()
+        assert usage_sink.stats.delivered >= per_connection * connections, usage_sink.stats
+    if management is not None:
+        await shutdown(management, 1.0)
     await shutdown(mock, 1.0)
     return spent
 
@@ -349,6 +384,12 @@ def main() -> None:
     parser.add_argument(
         "--without", default="", help="request: parts left out (comma-separated: metrics, usage, accounting, key)"
     )
+    parser.add_argument(
+        "--sink",
+        choices=("memory", "http"),
+        default="memory",
+        help="request: where the usage records go (http: a journal and an HttpSink to an in-process stand-in)",
+    )
     parser.add_argument("--parsers", default="meter,cache,safety", help="stream: which parsers run (comma-separated)")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help="checkout to test")
     parser.add_argument("--requests", type=int, default=20000)
@@ -374,7 +415,7 @@ def main() -> None:
         elif args.case == "metrics":
             rounds.append(metrics_case(args.requests))
         elif args.case == "request":
-            rounds.append(uvloop.run(request_case(args.requests, args.connections, without)))
+            rounds.append(uvloop.run(request_case(args.requests, args.connections, without, args.sink)))
         elif args.case == "forward":
             rounds.append(uvloop.run(forward_case(args.requests, args.connections)))
         elif args.case == "floor":
@@ -387,6 +428,8 @@ def main() -> None:
     name = f"{args.case} {args.parsers}" if args.case == "stream" else args.case
     if args.case == "request" and without:
         name += f" without {','.join(sorted(without))}"
+    if args.case == "request" and args.sink != "memory":
+        name += f" sink {args.sink}"
     print(
         f"{name} ({args.root}): median {statistics.median(micro):.2f} µs/op, "
         f"min {micro[0]:.2f}, max {micro[-1]:.2f} over {args.repeat} rounds of {args.requests}"

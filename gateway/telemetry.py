@@ -172,11 +172,12 @@ class Telemetry:
             self._emit(record, sink)
 
     def _emit(self, record: UsageRecord, sink: UsageSink) -> None:
-        """Hand ``record`` to the journal first (when there is one), then to the sink."""
+        """Hand ``record`` to the journal first (when there is one), then to the sink, with the journal's line."""
         journal = self.journal
         if journal is not None:
-            journal.append(record)
-        sink.emit(record)
+            sink.emit(record, journal.append(record))
+        else:
+            sink.emit(record)
 
     def wrap_stream(self, response: StreamingResponse, ctx: RequestContext) -> None:
         """Make ``response`` record the request when its body ends, before the end reaches the client."""

@@ -2,15 +2,18 @@
 formats: ``gateway.usage.record``).
 
 Sinks
-    ``UsageSink.emit(record)`` never blocks, never raises and does no I/O. Call it on the event loop's thread.
+    ``UsageSink.emit(record, line)`` never blocks, never raises and does no I/O. Call it on the event loop's thread.
+    ``line``, when given, is the record's line of the journal format (``gateway.usage.journal.encode_line``), which
+    the journal has just written: a sink that sends JSON keeps it instead of encoding the record again.
     ``await start()`` starts the background flusher and replays the spool. ``await flush()`` returns once every
     record emitted before the call is safe, as far as the sink can make it: delivered, or, while the sink backs
     off after a failure and has a spool, appended to the spool (without waiting on the peer that just failed).
     Otherwise it tries to deliver, once, whatever the backoff; what still fails stays buffered. ``await
     close()`` flushes, spools what is left and closes the connection.
 
-    ``RedisStreamSink`` and ``HttpSink`` buffer records. A batch (up to ``batch_max`` records) goes out when it is
-    full, or ``flush_interval`` seconds after its first record. Each batch is one pipelined round trip (Redis) or
+    ``RedisStreamSink`` and ``HttpSink`` buffer records (``HttpSink`` as their JSON lines, ready for a body). A
+    batch (up to ``batch_max`` records) goes out when it is full, or ``flush_interval`` seconds after its first
+    record. Each batch is one pipelined round trip (Redis) or
     one POST (HTTP: 1,000 records by default, over one kept-alive connection). When a delivery fails the sink backs
     off (exponential, jittered, capped) and keeps the records. Without ``spool_path`` they stay in memory: at most
     ``buffer_max`` records, and beyond that the oldest are dropped and counted in ``stats.dropped``. With
@@ -42,18 +45,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import aiohttp
-import orjson
 
 from gateway.redis import RespClient, RespError
-from gateway.usage.journal import Segment, Spool
+from gateway.usage.journal import Segment, Spool, encode, encode_line
 from gateway.usage.record import DEFAULT_MAXLEN, DEFAULT_STREAM, FIELD_NAMES, USAGE_PATH, UsageRecord
 
 __all__ = (
     "Backoff",
     "BatchingSink",
+    "BufferedSink",
     "DeliveryError",
     "HttpSink",
     "MemorySink",
@@ -147,7 +150,7 @@ def _xadd_command_exact(prefix: bytes, record: UsageRecord) -> bytes:
 class UsageSink(Protocol):
     """Where the request handler hands usage records (see "Sinks" in the module docstring)."""
 
-    def emit(self, record: UsageRecord) -> None: ...
+    def emit(self, record: UsageRecord, line: bytes | None = None) -> None: ...
 
     async def start(self) -> None: ...
 
@@ -159,7 +162,7 @@ class UsageSink(Protocol):
 class NullSink:
     """Drops every record."""
 
-    def emit(self, record: UsageRecord) -> None:
+    def emit(self, record: UsageRecord, line: bytes | None = None) -> None:
         return None
 
     async def start(self) -> None:
@@ -179,7 +182,7 @@ class MemorySink:
         self.records: list[UsageRecord] = []
         self.closed = False
 
-    def emit(self, record: UsageRecord) -> None:
+    def emit(self, record: UsageRecord, line: bytes | None = None) -> None:
         self.records.append(record)
 
     async def start(self) -> None:
@@ -245,8 +248,13 @@ class _SinkState:
     claims: list[Segment] = field(default_factory=list)
 
 
-class BatchingSink:
-    """Base of the network sinks: buffer, background flusher, backoff and spool. Subclasses define ``_deliver``."""
+E = TypeVar("E")  # what a sink buffers for each record: the record itself, or its encoded line
+
+
+class BufferedSink(Generic[E]):
+    """Base of the network sinks: buffer, background flusher, backoff and spool. Subclasses define ``_deliver``
+    and what they buffer for a record: ``_entry``, ``_encode`` (the entries as spool lines) and ``_entries`` (the
+    records replayed from the spool, as entries)."""
 
     def __init__(
         self,
@@ -265,7 +273,7 @@ class BatchingSink:
         self.stats = SinkStats()
         self._clock = clock
         self._backoff = backoff or Backoff()
-        self._buffer: deque[UsageRecord] = deque()
+        self._buffer: deque[E] = deque()
         self._state = _SinkState()
         self._wakeup = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -274,12 +282,12 @@ class BatchingSink:
 
     # the UsageSink interface
 
-    def emit(self, record: UsageRecord) -> None:
+    def emit(self, record: UsageRecord, line: bytes | None = None) -> None:
         if self._closed:
             self._drop(1, "the sink is closed")
             return
         buffer = self._buffer
-        buffer.append(record)
+        buffer.append(self._entry(record, line))
         size = len(buffer)
         if size == 1:
             self._state.since = self._clock()
@@ -329,9 +337,21 @@ class BatchingSink:
 
     # to override
 
-    async def _deliver(self, batch: list[UsageRecord]) -> None:
+    async def _deliver(self, batch: list[E]) -> None:
         """Send ``batch`` in one go or raise ``DeliveryError``."""
         raise NotImplementedError("._deliver() must be overridden")
+
+    def _entry(self, record: UsageRecord, line: bytes | None) -> E:
+        """What the buffer holds for ``record`` (``line``: its encoded line, when the journal has made it)."""
+        raise NotImplementedError("._entry() must be overridden")
+
+    def _encode(self, entries: list[E]) -> bytes:
+        """The lines of the spool for ``entries``."""
+        raise NotImplementedError("._encode() must be overridden")
+
+    def _entries(self, records: list[UsageRecord]) -> list[E]:
+        """``records`` read back from the spool, as entries."""
+        raise NotImplementedError("._entries() must be overridden")
 
     async def _close_transport(self) -> None:
         return None
@@ -421,7 +441,7 @@ class BatchingSink:
             state.claims += await asyncio.to_thread(self.spool.claim)
         while state.claims:
             claim = state.claims[0]
-            batch = await asyncio.to_thread(claim.read, self.batch_max)
+            batch = await asyncio.to_thread(self._read_claim, claim)
             if not batch:
                 state.claims.pop(0)
                 await asyncio.to_thread(claim.done)
@@ -431,7 +451,10 @@ class BatchingSink:
             claim.commit()
         return True
 
-    async def _send(self, batch: list[UsageRecord]) -> bool:
+    def _read_claim(self, claim: Segment) -> list[E]:
+        return self._entries(claim.read(self.batch_max))
+
+    async def _send(self, batch: list[E]) -> bool:
         """Deliver one batch; False (and backoff) on a failure worth retrying. Rejected batches count as sent."""
         try:
             await self._deliver_splitting(batch)
@@ -449,7 +472,7 @@ class BatchingSink:
         self._succeeded(len(batch))
         return True
 
-    async def _deliver_splitting(self, batch: list[UsageRecord]) -> None:
+    async def _deliver_splitting(self, batch: list[E]) -> None:
         try:
             await self._deliver(batch)
         except DeliveryError as exc:
@@ -459,7 +482,7 @@ class BatchingSink:
             await self._deliver_splitting(batch[:half])
             await self._deliver_splitting(batch[half:])
 
-    async def _keep(self, batch: list[UsageRecord]) -> None:
+    async def _keep(self, batch: list[E]) -> None:
         """After a failed delivery: spool the batch and the buffer, or put the batch back in memory."""
         if self.spool is not None:
             records = batch + list(self._buffer)
@@ -480,18 +503,22 @@ class BatchingSink:
                 self._buffer.popleft()
             self._drop(excess, f"the buffer is full ({self.buffer_max} records), dropping the oldest")
 
-    async def _spill(self, records: list[UsageRecord]) -> bool:
+    async def _spill(self, records: list[E]) -> bool:
         if not records:
             return True
         assert self.spool is not None
         try:
-            await asyncio.to_thread(self.spool.append, records)
+            await asyncio.to_thread(self._spool_entries, records)
         except OSError as exc:
             logger.error("cannot write %d usage records to the spool %s: %s", len(records), self.spool.path, exc)
             return False
         self._state.spool_dirty = True
         self.stats.spooled += len(records)
         return True
+
+    def _spool_entries(self, entries: list[E]) -> None:
+        assert self.spool is not None
+        self.spool.append_lines(self._encode(entries))
 
     def _failed(self, reason: str) -> None:
         state = self._state
@@ -521,6 +548,19 @@ class BatchingSink:
 
     def _peer(self) -> str:
         return self.__class__.__name__
+
+
+class BatchingSink(BufferedSink[UsageRecord]):
+    """A network sink that buffers the records themselves (and delivers lists of records)."""
+
+    def _entry(self, record: UsageRecord, line: bytes | None) -> UsageRecord:
+        return record
+
+    def _encode(self, entries: list[UsageRecord]) -> bytes:
+        return encode(entries)
+
+    def _entries(self, records: list[UsageRecord]) -> list[UsageRecord]:
+        return records
 
 
 class RedisStreamSink(BatchingSink):
@@ -577,8 +617,10 @@ class RedisStreamSink(BatchingSink):
         return f"Redis stream {self.stream}"
 
 
-class HttpSink(BatchingSink):
-    """POSTs batches of records to the management plane (the embedded default, which has no Redis)."""
+class HttpSink(BufferedSink[bytes]):
+    """POSTs batches of records to the management plane (the embedded default, which has no Redis). It buffers each
+    record as its JSON line (the journal's, when given): a batch's body is these lines joined, not the records
+    encoded again."""
 
     def __init__(
         self,
@@ -608,7 +650,16 @@ class HttpSink(BatchingSink):
         self._session = session
         self._own_session = session is None
 
-    async def _deliver(self, batch: list[UsageRecord]) -> None:
+    def _entry(self, record: UsageRecord, line: bytes | None) -> bytes:
+        return line if line is not None else encode_line(record)
+
+    def _encode(self, entries: list[bytes]) -> bytes:
+        return b"".join(entries)
+
+    def _entries(self, records: list[UsageRecord]) -> list[bytes]:
+        return [encode_line(record) for record in records]
+
+    async def _deliver(self, batch: list[bytes]) -> None:
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=self.timeout)
             # One connection, kept open between batches. It is let go after an idle second, before the server's
@@ -617,7 +668,8 @@ class HttpSink(BatchingSink):
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()
             )
-        body = orjson.dumps({"records": [record.to_json() for record in batch]})
+        # {"records": [to_json(), ...]}, each object followed by the newline that ends its line (JSON whitespace)
+        body = b'{"records":[' + b",".join(batch) + b"]}"
         try:
             async with self._session.post(self.url, data=body, headers=self._headers) as response:
                 status = response.status

@@ -183,3 +183,23 @@ def test_gateway_to_rollups_over_http(live_server):
     stats = asyncio.run(gateway())
     assert (stats.delivered, stats.rejected) == (14, 0)
     assert totals() == {"requests": 12, "prompt_tokens": 120, "completion_tokens": 240, "total_tokens": 360}
+
+
+async def test_the_body_is_the_journal_lines_of_the_records(management, tmp_path):
+    """A record comes with the line the journal wrote: the body joins those lines (the same JSON as the records'
+    to_json()), whether the batch goes out at once or after a stay in the spool."""
+    from gateway.usage.journal import UsageJournal, encode_line
+
+    journal = UsageJournal(str(tmp_path / "usage.spool"))
+    sent = [*UsageRecordFactory.build_batch(3), UsageRecordFactory.build(model='modèle "x"\n', failed_attempts="a:1")]
+    for record in sent:
+        line = journal.append(record)
+        assert line == encode_line(record) == orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    sink = HttpSink(management.url, TOKEN)
+    for record in sent:
+        sink.emit(record, encode_line(record))
+    await sink.flush()
+    assert management.posts[-1]["body"] == {"records": [record.to_json() for record in sent]}
+    assert management.records == sent
+    await sink.close()
+    await journal.close(sink)
