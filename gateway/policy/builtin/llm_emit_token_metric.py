@@ -115,7 +115,7 @@ class LlmEmitTokenMetric(Policy):
         "value": Attr(),
     }
     children = frozenset({"dimension"})
-    __slots__ = ("custom", "dimensions", "emission", "label_names", "namespace", "prefix", "resolvers")
+    __slots__ = ("built_ins", "custom", "dimensions", "emission", "label_names", "namespace", "prefix", "resolvers")
 
     def __init__(self, namespace: str, prefix: str, dimensions: tuple[_Dimension, ...]) -> None:
         super().__init__()
@@ -132,6 +132,8 @@ class LlmEmitTokenMetric(Policy):
         for d in ordered:
             resolvers.append(d.built_in if d.built_in is not None else custom.index(d))
         self.resolvers = tuple(resolvers)
+        # the same resolvers when every dimension is built in (``custom`` empty), typed as functions of the context
+        self.built_ins = tuple(r for r in resolvers if callable(r)) if not custom else ()
         # the finish callback of a statement without custom dimensions, with the Metrics it was built for: the same
         # for every request (it holds no per-request value), so it is built once instead of per request
         self.emission: tuple[Metrics, _Emission] | None = None
@@ -180,7 +182,7 @@ class LlmEmitTokenMetric(Policy):
     def labels(self, ctx: RequestContext, custom_values: tuple[str, ...]) -> tuple[str, ...]:
         """The label values (in ``label_names`` order) for a request that is over."""
         if not self.custom:  # built-in dimensions only: every resolver is a function of the context
-            return tuple(map(call, self.resolvers, repeat(ctx)))  # type: ignore[arg-type]  # ints only with custom
+            return tuple(map(call, self.built_ins, repeat(ctx)))
         return tuple(r(ctx) if callable(r) else custom_values[r] for r in self.resolvers)
 
     def trace_details(self, ctx: RequestContext) -> dict[str, Any] | None:
@@ -241,8 +243,11 @@ class _Emission:
         usage = ctx.usage
         if usage is None:
             return
+        policy = self.policy
+        # without custom dimensions, what labels() does then, without its call
+        labels = policy.labels(ctx, self.values) if policy.custom else tuple(map(call, policy.built_ins, repeat(ctx)))
         self.family.record(
-            self.policy.labels(ctx, self.values),
+            labels,
             usage.prompt_tokens or 0,
             usage.completion_tokens or 0,
             usage.total_tokens or 0,
