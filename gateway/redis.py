@@ -83,8 +83,15 @@ def parse_reply(buf: bytearray | bytes, pos: int) -> tuple[Any, int]:
         items = []
         position = end + 2
         for _ in range(count):
-            item, position = parse_reply(buf, position)
-            items.append(item)
+            if position < len(buf) and buf[position] == 58:  # ':' an integer, read here: a call less per item
+                end = buf.find(CRLF, position)
+                if end < 0:
+                    raise _Incomplete
+                items.append(int(buf[position + 1 : end]))
+                position = end + 2
+            else:
+                item, position = parse_reply(buf, position)
+                items.append(item)
         return items, position
     if kind == 43:  # '+'
         return bytes(buf[pos + 1 : end]).decode("utf-8", "replace"), end + 2
@@ -179,8 +186,18 @@ class RespClient:
         its own frame (the token store's admission): an error reply is the future's result, not raised; a lost
         connection or the client's timeout is its exception. ``orphan`` gets the reply when the future is already
         done (cancelled, or failed by the caller) when the reply arrives."""
-        future: asyncio.Future[Any] = self._running_loop().create_future()
-        self._enqueue(command, future, orphan)
+        loop = self._loop
+        if loop is None or self._closed:  # not connected (or closed): _enqueue connects (or fails the future)
+            future: asyncio.Future[Any] = self._running_loop().create_future()
+            self._enqueue(command, future, orphan)
+            return future
+        # connected: what _enqueue does then, in this frame (once per admission)
+        future = loop.create_future()
+        self._outbox.append(command)
+        self._handlers.append((future, orphan))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return future
 
     async def call_batch(self, commands: bytes, count: int) -> list[Any]:

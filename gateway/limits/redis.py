@@ -150,7 +150,8 @@ class RedisTokenStore(TokenStore):
         known = self._by_identity.get(id(windows))
         encoded = known[1] if known is not None and known[0] is windows else self._encoding(windows)
         head, tail, keys, expires_at = encoded
-        reservation = Reservation(keys, amount, expires_at)
+        # the named tuples through tuple.__new__: their generated __new__ is a Python call each
+        reservation = tuple.__new__(Reservation, (keys, amount, expires_at))
 
         def orphan(reply: Any) -> None:  # the caller went away after Redis reserved: give the tokens back
             if isinstance(reply, list) and reply and reply[0] == 0:
@@ -185,7 +186,7 @@ class RedisTokenStore(TokenStore):
         refused = reply[0]
         used = tuple(reply[1:])  # the script's integer replies: ints already
         if refused == 0:
-            return Admission(True, used, reservation)
+            return tuple.__new__(Admission, (True, used, reservation, -1, 0))
         window = windows[refused - 1]
         return Admission(False, used, None, refused - 1, max(1, int(-(-(window.end - now) // 1))))
 

@@ -9,6 +9,8 @@ Metric names, built-in and custom dimensions and when the counters move: docs/us
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import repeat
+from operator import call
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.llm_accounting import exchange_for
@@ -113,7 +115,7 @@ class LlmEmitTokenMetric(Policy):
         "value": Attr(),
     }
     children = frozenset({"dimension"})
-    __slots__ = ("custom", "dimensions", "label_names", "namespace", "prefix", "resolvers")
+    __slots__ = ("built_ins", "custom", "dimensions", "emission", "label_names", "namespace", "prefix", "resolvers")
 
     def __init__(self, namespace: str, prefix: str, dimensions: tuple[_Dimension, ...]) -> None:
         super().__init__()
@@ -130,6 +132,11 @@ class LlmEmitTokenMetric(Policy):
         for d in ordered:
             resolvers.append(d.built_in if d.built_in is not None else custom.index(d))
         self.resolvers = tuple(resolvers)
+        # the same resolvers when every dimension is built in (``custom`` empty), typed as functions of the context
+        self.built_ins = tuple(r for r in resolvers if callable(r)) if not custom else ()
+        # the finish callback of a statement without custom dimensions, with the Metrics it was built for: the same
+        # for every request (it holds no per-request value), so it is built once instead of per request
+        self.emission: tuple[Metrics, _Emission] | None = None
 
     @classmethod
     def from_element(cls, el: Element) -> LlmEmitTokenMetric:
@@ -158,16 +165,24 @@ class LlmEmitTokenMetric(Policy):
         return cls(namespace, prefix, tuple(dimensions))
 
     async def apply(self, ctx: RequestContext) -> Response | None:
-        metrics = _metrics_of(ctx)
+        metrics = ctx.services.metrics  # _metrics_of(ctx)
         if metrics is None:
             return None
-        values = tuple(v.evaluate(ctx) for v in self.custom) if self.custom else ()
         exchange_for(ctx)  # usage accounting also for APIs that are not of the openai type
-        ctx.on_finish.append(_Emission(self, metrics.token_family(self.prefix, self.label_names), values))
+        if self.custom:
+            values = tuple(v.evaluate(ctx) for v in self.custom)
+            ctx.on_finish.append(_Emission(self, metrics.token_family(self.prefix, self.label_names), values))
+            return None
+        cached = self.emission
+        if cached is None or cached[0] is not metrics:
+            cached = self.emission = (metrics, _Emission(self, metrics.token_family(self.prefix, self.label_names), ()))
+        ctx.on_finish.append(cached[1])
         return None
 
     def labels(self, ctx: RequestContext, custom_values: tuple[str, ...]) -> tuple[str, ...]:
         """The label values (in ``label_names`` order) for a request that is over."""
+        if not self.custom:  # built-in dimensions only: every resolver is a function of the context
+            return tuple(map(call, self.built_ins, repeat(ctx)))
         return tuple(r(ctx) if callable(r) else custom_values[r] for r in self.resolvers)
 
     def trace_details(self, ctx: RequestContext) -> dict[str, Any] | None:
@@ -228,8 +243,11 @@ class _Emission:
         usage = ctx.usage
         if usage is None:
             return
+        policy = self.policy
+        # without custom dimensions, what labels() does then, without its call
+        labels = policy.labels(ctx, self.values) if policy.custom else tuple(map(call, policy.built_ins, repeat(ctx)))
         self.family.record(
-            self.policy.labels(ctx, self.values),
+            labels,
             usage.prompt_tokens or 0,
             usage.completion_tokens or 0,
             usage.total_tokens or 0,
