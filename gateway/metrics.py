@@ -207,7 +207,7 @@ class TokenFamily:
     Several ``llm-emit-token-metric`` statements with the same namespace and dimensions share one family.
     """
 
-    __slots__ = ("_cap", "_children", "_counters", "_dropped", "_overflow", "_own", "label_names", "prefix")
+    __slots__ = ("_cap", "_children", "_counters", "_dropped", "_overflow", "_own", "_plain", "label_names", "prefix")
 
     def __init__(self, prefix: str, label_names: tuple[str, ...], cap: int, dropped: Counter) -> None:
         self.prefix = prefix
@@ -226,14 +226,21 @@ class TokenFamily:
         self._children: dict[tuple[str, ...], tuple[Any, ...]] = {}
         self._own = 0
         self._overflow: tuple[Any, ...] | None = None
+        self._plain = False  # the children's values are in-process floats (set when the first child is made)
 
     def record(self, labels: tuple[str, ...], prompt: int, completion: int, total: int) -> None:
+        """Add one response's counts. Call it on the event loop's thread only (see ``_InProcessCells``)."""
         # the children's values are added to directly: what Counter.inc() does, without its per-call checks
         values = self._children.get(labels)
         if values is None:
             values = self._admit(labels)
         if prompt < 0 or completion < 0 or total < 0:
             raise ValueError("token counts cannot be negative")
+        if self._plain:  # one writer, so the floats are added to without their locks, as _InProcessCells does
+            values[0]._value += prompt
+            values[1]._value += completion
+            values[2]._value += total
+            return
         if prompt:
             values[0].inc(prompt)
         if completion:
@@ -246,6 +253,7 @@ class TokenFamily:
         if self._own < self._cap:
             clipped = [_clip(v) for v in labels]
             children = tuple(c.labels(*clipped)._value for c in self._counters)
+            self._plain = type(children[0]) is values.MutexValue
             self._own += 1
             self._children[labels] = children
             return children
@@ -254,6 +262,7 @@ class TokenFamily:
         if overflow is None:
             others = [OVERFLOW_VALUE] * len(self.label_names)
             overflow = self._overflow = tuple(c.labels(*others)._value for c in self._counters)
+            self._plain = type(overflow[0]) is values.MutexValue
         if len(self._children) < 2 * self._cap:
             self._children[labels] = overflow
         return overflow

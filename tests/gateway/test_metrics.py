@@ -216,3 +216,15 @@ def test_in_process_metrics_add_to_the_values_without_their_locks():
     assert type(cells) is _InProcessCells
     assert cells.count.get() == 2.0
     assert cells.sum.get() == pytest.approx(0.006)
+
+
+def test_in_process_token_counts_add_to_the_values_without_their_locks():
+    metrics = Metrics(max_label_sets=1)
+    family = metrics.token_family("ns", ("api_id",))
+    family.record(("a",), 3, 4, 7)
+    family.record(("a",), 0, 2, 2)
+    family.record(("b",), 1, 0, 1)  # over the cap: the overflow series
+    assert family._plain
+    prompt, completion, total = family._children[("a",)]
+    assert (prompt.get(), completion.get(), total.get()) == (3.0, 6.0, 9.0)
+    assert [v.get() for v in family._children[("b",)]] == [1.0, 0.0, 1.0]
