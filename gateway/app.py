@@ -27,7 +27,7 @@ from gateway.errors import (
 )
 from gateway.forward import Forwarder
 from gateway.http.client import UpstreamPool
-from gateway.http.headers import connection_options, find_header
+from gateway.http.headers import connection_options
 from gateway.http.messages import Request, RequestBodyError, Response, StreamingResponse
 from gateway.ids import next_request_id
 from gateway.limits import TokenStore, create_store
@@ -244,7 +244,7 @@ class GatewayApp:
             return Response(503, [_CONTENT_TYPE], _BODY_UNAVAILABLE)
         query = request.query
         if api.subscription_required:
-            key = find_header(request.headers, api.key_header)  # request.header(), one call less
+            key = request.header(api.key_header)
             if key:
                 if query:
                     query = split_query_param(query, api.key_query)[1]

@@ -30,11 +30,10 @@ from gateway.errors import (
 from gateway.http.client import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from gateway.http.headers import find_header
 from gateway.http.messages import Response, StreamingResponse
-from gateway.llm_accounting import OPENAI_API_TYPE, exchange_for
+from gateway.llm_accounting import OPENAI_API_TYPE, current_exchange, exchange_for
 
 if TYPE_CHECKING:
     from gateway.http.client import UpstreamPool, UpstreamResponse
-    from gateway.llm_accounting import LlmExchange
     from gateway.model import BackendTarget, PoolMember
 
 __all__ = (
@@ -85,8 +84,7 @@ class Forwarder:
         if why:
             attempt["chosen"] = why
         ctx.attempts.append(attempt)
-        # llm_accounting.current_exchange(ctx), one call less
-        exchange: LlmExchange | None = ctx.llm  # type: ignore[assignment]  # only exchange_for sets it, to one
+        exchange = current_exchange(ctx)
         if exchange is None and ctx.api.api_type == OPENAI_API_TYPE:
             exchange = exchange_for(ctx)  # usage accounting for every OpenAI request (may drop Accept-Encoding)
         headers = ctx.request_headers

@@ -186,18 +186,8 @@ class RespClient:
         its own frame (the token store's admission): an error reply is the future's result, not raised; a lost
         connection or the client's timeout is its exception. ``orphan`` gets the reply when the future is already
         done (cancelled, or failed by the caller) when the reply arrives."""
-        loop = self._loop
-        if loop is None or self._closed:  # not connected (or closed): _enqueue connects (or fails the future)
-            future: asyncio.Future[Any] = self._running_loop().create_future()
-            self._enqueue(command, future, orphan)
-            return future
-        # connected: what _enqueue does then, in this frame (once per admission)
-        future = loop.create_future()
-        self._outbox.append(command)
-        self._handlers.append((future, orphan))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        future: asyncio.Future[Any] = self._running_loop().create_future()
+        self._enqueue(command, future, orphan)
         return future
 
     async def call_batch(self, commands: bytes, count: int) -> list[Any]:

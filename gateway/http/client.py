@@ -430,18 +430,11 @@ class _UpstreamConnection(asyncio.Protocol):
 
     def take_rest(self) -> bytes:
         """The response is complete: its body bytes not taken yet; the connection goes back to the pool (or is
-        closed). ``take_buffered()`` then ``finish()``, for the common case of a body read whole (the pool's
-        ``release`` resumes a paused read)."""
+        closed). ``take_buffered()`` then ``finish()``, for the common case of a body read whole (``finish`` resumes
+        a paused read through the pool)."""
         chunks = self.chunks
         data = (chunks[0] if len(chunks) == 1 else b"".join(chunks)) if chunks else b""
-        # finish(), inline: one Python call less per response read whole
-        self.response = None
-        chunks.clear()
-        self.buffered = 0
-        if self.keep_alive and not self.closed:
-            self._pool.release(self)
-        else:
-            self.close()
+        self.finish()
         return data
 
     def finish(self) -> None:
@@ -802,8 +795,7 @@ class UpstreamPool:
         now = conn.loop.time()
         ttl = self.idle_ttl
         # closing: the upstream's FIN was seen while idle (connection_lost has not run yet); nothing is written to it
-        # conn.closing(), inline: a connection that was never made has no transport
-        while conn.closed or conn._transport is None or conn._transport.is_closing() or now - conn.idle_since > ttl:
+        while conn.closed or conn.closing() or now - conn.idle_since > ttl:
             conn.close()
             if not idle:
                 return None

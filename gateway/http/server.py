@@ -757,10 +757,7 @@ class _Connection(asyncio.Protocol):
                         return
                     if self._draining or request._body_state != _BODY_DONE:
                         keep_alive = False  # the rest of an unread or failed body cannot be told from a next request
-                    if not request._taken:  # _release(request), inline
-                        request._taken = True
-                        self._held -= request._size
-                        request._parts = []
+                    self._release(request)
                     if isinstance(response, Response):
                         keep_alive = self._send(response, request, keep_alive)
                     elif isinstance(response, StreamingResponse):
@@ -806,11 +803,7 @@ class _Connection(asyncio.Protocol):
         else:
             timeout = limits.header_timeout if state == _HEAD else limits.body_timeout
             self._phase_timed = True
-        when = self._loop.time() + timeout
-        if self._timer is not None and self._timer_when <= when:
-            self._deadline = when  # _set_deadline's common case, inline: the armed timer fires first and re-arms
-        else:
-            self._set_deadline(when)
+        self._set_deadline(self._loop.time() + timeout)
 
     def _send(self, response: Response, request: Request, keep_alive: bool) -> bool:
         status = response.status

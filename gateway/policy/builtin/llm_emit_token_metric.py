@@ -165,7 +165,7 @@ class LlmEmitTokenMetric(Policy):
         return cls(namespace, prefix, tuple(dimensions))
 
     async def apply(self, ctx: RequestContext) -> Response | None:
-        metrics = ctx.services.metrics  # _metrics_of(ctx)
+        metrics = _metrics_of(ctx)
         if metrics is None:
             return None
         exchange_for(ctx)  # usage accounting also for APIs that are not of the openai type
@@ -243,11 +243,8 @@ class _Emission:
         usage = ctx.usage
         if usage is None:
             return
-        policy = self.policy
-        # without custom dimensions, what labels() does then, without its call
-        labels = policy.labels(ctx, self.values) if policy.custom else tuple(map(call, policy.built_ins, repeat(ctx)))
         self.family.record(
-            labels,
+            self.policy.labels(ctx, self.values),
             usage.prompt_tokens or 0,
             usage.completion_tokens or 0,
             usage.total_tokens or 0,

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.errors import GatewayError
-from gateway.limits.base import PERIODS, StoreUnavailable, minute_window, quota_window
+from gateway.limits.base import PERIODS, StoreUnavailable, minute_start, minute_window, quota_window
 from gateway.llm_accounting import exchange_for
 
 from ..base import Attr, Policy, Section
@@ -23,6 +23,8 @@ from ..xml import Element
 from ._limiting import (
     STORE_ERROR_ATTR,
     STORE_ERROR_CHOICES,
+    counter_key,
+    counter_store,
     denies_on_store_error,
     optional_header_name,
     parse_count,
@@ -201,15 +203,14 @@ class LlmTokenLimit(Policy):
     def windows(self, ctx: RequestContext, now: float) -> tuple[tuple[Window, ...], int]:
         """The quota window first (a quota refusal, 403, wins over a per-minute one), then the minute; and the
         smallest of their limits. Shared by the requests of the same counter key and minute: nobody changes them."""
-        value = self.counter_key  # what counter_key() does, without its call
-        key = value.literal if value.is_literal else value.evaluate(ctx)
+        key = counter_key(self.counter_key, ctx)
         tpm = self.tpm
         if tpm is None and self.tpm_value is not None:
             text = self.tpm_value.evaluate(ctx)
             tpm = parse_count(text, 1, MAX_TOKENS)
             if tpm is None:
                 raise ExpressionRuntimeError(f"'tokens-per-minute' must be a positive integer, got {text!r}.")
-        minute = now - now % 60.0  # minute_start(now), without its call
+        minute = minute_start(now)
         cache = self.window_cache
         if minute != self.window_minute:
             cache.clear()
@@ -238,7 +239,7 @@ class LlmTokenLimit(Policy):
         return max(1, min(prompt + completion, ceiling)), prompt
 
     async def apply(self, ctx: RequestContext) -> Response | None:
-        store = ctx.services.limits  # counter_store(ctx)
+        store = counter_store(ctx)
         if store is None:
             _warn(MSG_NO_STORE, self.name)
             return None
