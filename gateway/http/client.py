@@ -382,9 +382,9 @@ class _UpstreamConnection(asyncio.Protocol):
 
     def waiter(self) -> asyncio.Future[None]:
         """A future resolved when more of the response (or its end, or an error) arrives."""
-        # Future() takes the running loop (this connection's) at about half the instructions of
-        # loop.create_future(), uvloop's call of Future(loop=...) with a keyword
-        waiter: asyncio.Future[None] = asyncio.Future()
+        # With its loop given: Future() asks asyncio for the running loop, which on Python 3.11 is a getpid(2)
+        # (fork check) per call; loop.create_future() adds uvloop's method call to the same Future(loop=...)
+        waiter: asyncio.Future[None] = asyncio.Future(loop=self.loop)
         self._waiter = waiter
         if self._timer is None or (self._head_deadline < self._timer_when and not self.head_done):
             self._arm()

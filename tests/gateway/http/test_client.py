@@ -217,6 +217,20 @@ async def test_pool_reuses_one_connection(start_server, pool):
     assert seen[0].header(b"x-custom") == b"v"
 
 
+async def test_per_request_futures_are_made_with_the_connections_loop(start_server, pool, future_loops):
+    async def handler(request: Request) -> Response:
+        return Response(200, [], b"answer")
+
+    port = await start_server(handler)
+    origin = Origin("http", "127.0.0.1", port)
+    for _ in range(3):
+        response = await pool.request(origin, "POST", "/v1/chat", [], b"body")
+        assert await response.read() == b"answer"
+    # per request: the upstream response head's wait, and our server's wait for the connection's next request
+    assert len(future_loops) >= 6
+    assert all(loop is asyncio.get_running_loop() for loop in future_loops)
+
+
 async def test_request_head_is_built_by_the_pool(upstream, pool):
     record: list[RawRequest] = []
     _raw, origin = await upstream(keep_alive_responder(record=record))
