@@ -382,9 +382,9 @@ class _UpstreamConnection(asyncio.Protocol):
 
     def waiter(self) -> asyncio.Future[None]:
         """A future resolved when more of the response (or its end, or an error) arrives."""
-        # Future() takes the running loop (this connection's) at about half the instructions of
-        # loop.create_future(), uvloop's call of Future(loop=...) with a keyword
-        waiter: asyncio.Future[None] = asyncio.Future()
+        # With its loop given: Future() asks asyncio for the running loop, which on Python 3.11 is a getpid(2)
+        # (fork check) per call; loop.create_future() adds uvloop's method call to the same Future(loop=...)
+        waiter: asyncio.Future[None] = asyncio.Future(loop=self.loop)
         self._waiter = waiter
         if self._timer is None or (self._head_deadline < self._timer_when and not self.head_done):
             self._arm()
@@ -694,13 +694,16 @@ class UpstreamPool:
         if self._closed:
             raise UpstreamConnectError(MSG_POOL_CLOSED)
         data = _serialize_request(origin, method, target, headers, body)
-        # The timeout is checked by the connection's own timer (see _UpstreamConnection._arm), not by a timer of
-        # its own: asyncio.timeout() costs about 29 k instructions per request.
-        deadline = _NEVER if timeout is None else asyncio.get_running_loop().time() + timeout
-        head_timeout = 0.0 if timeout is None else timeout
         is_head = method == "HEAD"
         conn = self._take_idle(origin.key)
         reused = conn is not None
+        # The timeout is checked by the connection's own timer (see _UpstreamConnection._arm), not by a timer of
+        # its own: asyncio.timeout() costs about 29 k instructions per request. A pooled connection's loop is the
+        # running one; asyncio.get_running_loop() is a getpid(2) per call on Python 3.11.
+        deadline = _NEVER
+        if timeout is not None:
+            deadline = (conn.loop if conn is not None else asyncio.get_running_loop()).time() + timeout
+        head_timeout = 0.0 if timeout is None else timeout
         if conn is None:
             conn = await self._connect(origin, deadline)
         else:

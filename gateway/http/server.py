@@ -600,7 +600,7 @@ class _Connection(asyncio.Protocol):
             self._set_deadline(self._loop.time() + self._limits.body_timeout)
             try:
                 while request._body_state == _BODY_READING:
-                    waiter: asyncio.Future[None] = asyncio.Future()  # the running loop: see _respond
+                    waiter: asyncio.Future[None] = asyncio.Future(loop=self._loop)  # see _respond
                     self._body_waiter = waiter
                     await waiter
             finally:
@@ -781,9 +781,9 @@ class _Connection(asyncio.Protocol):
             self._after_queue()
             if self._closed or self._lingering:
                 return
-            # Future() takes the running loop (the connection's) at about half the instructions of
-            # loop.create_future(), uvloop's call of Future(loop=...) with a keyword
-            waiter: asyncio.Future[None] = asyncio.Future()
+            # With its loop given: Future() asks asyncio for the running loop, which on Python 3.11 is a getpid(2)
+            # (fork check) per call; loop.create_future() adds uvloop's method call to the same Future(loop=...)
+            waiter: asyncio.Future[None] = asyncio.Future(loop=self._loop)
             self._idle_waiter = waiter
             await waiter  # on_headers_complete sets _busy and wakes it; connection_lost cancels the task
 

@@ -48,3 +48,18 @@ async def connect() -> AsyncIterator[Callable[..., Awaitable[RawConnection]]]:
     yield open_
     for conn in conns:
         conn.abort()
+
+
+@pytest.fixture
+def future_loops(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.AbstractEventLoop | None]:
+    """The ``loop=`` of every ``asyncio.Future(...)`` made from now on (the server's and the client's per-request
+    futures): on Python 3.11 a future made without one asks for the running loop, a getpid(2) per call."""
+    loops: list[asyncio.AbstractEventLoop | None] = []
+    real = asyncio.Future
+
+    def future(*, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[Any]:
+        loops.append(loop)
+        return real(loop=loop)
+
+    monkeypatch.setattr(asyncio, "Future", future)
+    return loops

@@ -217,6 +217,20 @@ async def test_pool_reuses_one_connection(start_server, pool):
     assert seen[0].header(b"x-custom") == b"v"
 
 
+async def test_per_request_futures_are_made_with_the_connections_loop(start_server, pool, future_loops):
+    async def handler(request: Request) -> Response:
+        return Response(200, [], b"answer")
+
+    port = await start_server(handler)
+    origin = Origin("http", "127.0.0.1", port)
+    for _ in range(3):
+        response = await pool.request(origin, "POST", "/v1/chat", [], b"body")
+        assert await response.read() == b"answer"
+    # per request: the upstream response head's wait, and our server's wait for the connection's next request
+    assert len(future_loops) >= 6
+    assert all(loop is asyncio.get_running_loop() for loop in future_loops)
+
+
 async def test_request_head_is_built_by_the_pool(upstream, pool):
     record: list[RawRequest] = []
     _raw, origin = await upstream(keep_alive_responder(record=record))
@@ -448,6 +462,23 @@ async def test_request_timeouts_on_one_connection_each_run_from_their_own_start(
     with pytest.raises(UpstreamTimeout, match=r"no response head within 0\.3 s"):
         await pool.request(origin, "GET", "/3", [], timeout=0.3)  # before the timer armed for the 2 s one
     assert loop.time() - started < 1.2
+    assert raw.connections == 1
+
+
+async def test_request_timeout_on_a_pooled_connection_takes_the_time_from_its_loop(upstream, pool, monkeypatch):
+    """On Python 3.11 asyncio.get_running_loop() is a getpid(2) per call: a reused connection knows its loop."""
+    raw, origin = await upstream(keep_alive_responder())
+    assert await (await pool.request(origin, "GET", "/", [], timeout=5.0)).read() == b"ok"  # connects
+    asked: list[asyncio.AbstractEventLoop] = []
+    real = asyncio.get_running_loop
+
+    def get_running_loop() -> asyncio.AbstractEventLoop:
+        asked.append(real())
+        return asked[-1]
+
+    monkeypatch.setattr(asyncio, "get_running_loop", get_running_loop)
+    assert await (await pool.request(origin, "GET", "/", [], timeout=5.0)).read() == b"ok"
+    assert asked == []
     assert raw.connections == 1
 
 

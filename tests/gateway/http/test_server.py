@@ -103,6 +103,28 @@ async def test_keep_alive_serves_several_requests_on_one_connection(start_server
         assert json.loads(response.body)["path"] == f"/r{i}"
 
 
+async def test_waits_for_the_next_request_and_the_body_use_futures_of_the_connections_loop(
+    start_server, connect, future_loops
+):
+    reading = asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        reading.set()
+        return Response(200, [], await request.read_body())
+
+    port = await start_server(handler)
+    conn = await connect(port)
+    assert (await conn.request("POST", "/first", body=b"x")).body == b"x"
+    assert len(future_loops) == 1  # the connection's wait for its next request
+    reading.clear()
+    await conn.send(b"POST /second HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nab")
+    await reading.wait()  # the handler waits in read_body for the rest
+    await conn.send(b"cd")
+    assert (await conn.read_response()).body == b"abcd"
+    assert len(future_loops) >= 2
+    assert all(loop is asyncio.get_running_loop() for loop in future_loops)
+
+
 async def test_pipelined_requests_are_answered_in_order(start_server, connect):
     first_started = asyncio.Event()
     release_first = asyncio.Event()
