@@ -19,6 +19,12 @@ Each case runs in one process on uvloop and reports CPU time (``time.process_tim
 * ``request --sink http``: the usage records go as in a gateway without Redis, journal included: each is appended to
   a ``UsageJournal`` (in a temporary directory) and handed to an ``HttpSink``, which POSTs its batches to a stand-in
   management plane in the same process (a handler on ``gateway.http.server`` that reads the body and answers 202).
+* ``request --policies governance --sink redis``: the request as gwbench's governance configuration runs it
+  (``bench/gwbench_sluice.py --policies governance``): the API's policy is the wizard's ``llm-token-limit`` (per
+  subscription, estimation on, a limit never reached) and ``llm-emit-token-metric`` (two built-in dimensions), its
+  counters on the Redis of ``--redis-url``, the body ``bench/run.py``'s two-message chat; ``--sink redis`` appends
+  each usage record to a ``UsageJournal`` and hands it to a ``RedisStreamSink`` on a stream of its own (deleted after
+  the run) on the same Redis.
 * ``forward``: the floor of our own stack: a handler on ``gateway.http.server`` that checks the key with one header
   comparison and forwards with ``gateway.http.client.UpstreamPool`` (no routing, pipeline, accounting or telemetry).
 * ``floor``: the floor of any Python proxy hop in this harness: a callback-only proxy (uvloop protocols and httptools
@@ -32,6 +38,8 @@ Each case runs in one process on uvloop and reports CPU time (``time.process_tim
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
 import sys
 import time
@@ -128,9 +136,32 @@ COMPLETION = (
     b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello, benchmark.","refusal":null},'
     b'"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":4,"total_tokens":18}}'
 )
-CHAT_WIRE = (
-    b"POST /llm/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-    b"Ocp-Apim-Subscription-Key: bench-key\r\nContent-Length: %d\r\n\r\n%s" % (len(CHAT), CHAT)
+
+
+def _chat_wire(body: bytes) -> bytes:
+    return (
+        b"POST /llm/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Ocp-Apim-Subscription-Key: bench-key\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+CHAT_WIRE = _chat_wire(CHAT)
+# bench/run.py's CHAT_BODY (what gwbench sends), for --policies governance: two messages, max_tokens
+GOVERNANCE_CHAT = json.dumps(
+    {
+        "model": "mock",
+        "messages": [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": "Explain in two sentences what an AI gateway adds to each model request."},
+        ],
+        "max_tokens": 64,
+    }
+).encode()
+# the wizard's policy for bench/run.py's governance configuration (token_limit and token_metrics)
+GOVERNANCE_POLICY = (
+    '<policies><inbound><base/><llm-token-limit counter-key="@(context.Subscription?.Id ?? &quot;anonymous&quot;)" '
+    'tokens-per-minute="1000000000" estimate-prompt-tokens="true"/><llm-emit-token-metric namespace="bench">'
+    '<dimension name="API ID"/><dimension name="Subscription ID"/></llm-emit-token-metric></inbound></policies>'
 )
 
 
@@ -159,7 +190,12 @@ def _management():  # type: ignore[no-untyped-def]
 
 
 async def request_case(
-    requests: int, connections: int, without: frozenset[str] = frozenset(), sink_kind: str = "memory"
+    requests: int,
+    connections: int,
+    without: frozenset[str] = frozenset(),
+    sink_kind: str = "memory",
+    policies: str = "none",
+    redis_url: str = "",
 ) -> float:
     from gateway.app import create_app
     from gateway.http.server import serve, shutdown
@@ -178,7 +214,8 @@ async def request_case(
         "version": 1, "revision": 1, "named_values": [], "backends": [], "products": [],
         "apis": [{"name": "llm", "path": "llm", "service_url": base, "api_type": api_type,
                   "subscription_required": "key" not in without, "subscription_key_header": "Ocp-Apim-Subscription-Key",
-                  "subscription_key_query": "subscription-key", "policy": None, "operations": [operation]}],
+                  "subscription_key_query": "subscription-key",
+                  "policy": GOVERNANCE_POLICY if policies == "governance" else None, "operations": [operation]}],
         "subscriptions": [{"name": "bench", "scope": "/apis", "state": "active",
                            "key_hashes": [hash_key("bench-key")]}],
     }  # fmt: skip
@@ -187,25 +224,30 @@ async def request_case(
     metrics = None if "metrics" in without else Metrics()
     usage_sink: Any = None if "usage" in without else sink
     journal = management = None
-    if usage_sink is not None and sink_kind == "http":
+    stream = f"sluice:micro:{os.getpid()}:usage"  # --sink redis: this run's stream, deleted at the end
+    if usage_sink is not None and sink_kind in ("http", "redis"):
         import tempfile
 
         from gateway.usage.journal import UsageJournal
-        from gateway.usage.sinks import HttpSink
+        from gateway.usage.sinks import HttpSink, RedisStreamSink
 
-        management = await serve(_management(), "127.0.0.1", 0)
-        usage_sink = HttpSink(f"http://127.0.0.1:{management.sockets[0].getsockname()[1]}", token)
+        if sink_kind == "http":
+            management = await serve(_management(), "127.0.0.1", 0)
+            usage_sink = HttpSink(f"http://127.0.0.1:{management.sockets[0].getsockname()[1]}", token)
+        else:
+            usage_sink = RedisStreamSink(redis_url, stream)
         await usage_sink.start()
         journal = UsageJournal(str(Path(tempfile.mkdtemp(prefix="sluice-micro-")) / "usage.spool"))
         journal.start(usage_sink)
-    app = create_app(
-        GatewaySettings(gateway_token=token), metrics=metrics, usage_sink=usage_sink, usage_journal=journal
-    )
+    # governance: the token counters on Redis, as gwbench's gateway keeps them (REDIS_URL)
+    settings = GatewaySettings(gateway_token=token, redis_url=redis_url if policies == "governance" else "")
+    app = create_app(settings, metrics=metrics, usage_sink=usage_sink, usage_journal=journal)
     app.snapshot = load_snapshot(data, gateway_token=token)
     gateway = await serve(app, "127.0.0.1", 0)
     port = gateway.sockets[0].getsockname()[1]
     per_connection = requests // connections
-    spent = await run_clients(port, CHAT_WIRE, per_connection, connections, warm=True)
+    wire = _chat_wire(GOVERNANCE_CHAT) if policies == "governance" else CHAT_WIRE
+    spent = await run_clients(port, wire, per_connection, connections, warm=True)
     if usage_sink is sink:
         assert len(sink.records) >= per_connection * connections, len(sink.records)
     await shutdown(gateway, 1.0)
@@ -213,6 +255,15 @@ async def request_case(
         await journal.close(usage_sink)
         await usage_sink.close()
         assert usage_sink.stats.delivered >= per_connection * connections, usage_sink.stats
+    if policies == "governance" or sink_kind == "redis":
+        from gateway.redis import RespClient
+
+        redis = RespClient(redis_url)
+        if sink_kind == "redis":
+            assert await redis.call("XLEN", stream) >= per_connection * connections
+            await redis.call("DEL", stream)
+        await redis.aclose()
+        await app.aclose()
     if management is not None:
         await shutdown(management, 1.0)
     await shutdown(mock, 1.0)
@@ -393,9 +444,17 @@ def main() -> None:
     )
     parser.add_argument(
         "--sink",
-        choices=("memory", "http"),
+        choices=("memory", "http", "redis"),
         default="memory",
-        help="request: where the usage records go (http: a journal and an HttpSink to an in-process stand-in)",
+        help="request: where the usage records go (http: a journal and an HttpSink to an in-process stand-in; "
+        "redis: a journal and a RedisStreamSink on --redis-url)",
+    )
+    parser.add_argument(
+        "--policies",
+        choices=("none", "governance"),
+        default="none",
+        help="request: the API's policy (governance: llm-token-limit and llm-emit-token-metric, counters on "
+        "--redis-url, as bench/run.py configures them)",
     )
     parser.add_argument("--parsers", default="meter,cache,safety", help="stream: which parsers run (comma-separated)")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help="checkout to test")
@@ -422,7 +481,11 @@ def main() -> None:
         elif args.case == "metrics":
             rounds.append(metrics_case(args.requests))
         elif args.case == "request":
-            rounds.append(uvloop.run(request_case(args.requests, args.connections, without, args.sink)))
+            rounds.append(
+                uvloop.run(
+                    request_case(args.requests, args.connections, without, args.sink, args.policies, args.redis_url)
+                )
+            )
         elif args.case == "forward":
             rounds.append(uvloop.run(forward_case(args.requests, args.connections)))
         elif args.case == "floor":
@@ -437,6 +500,8 @@ def main() -> None:
         name += f" without {','.join(sorted(without))}"
     if args.case == "request" and args.sink != "memory":
         name += f" sink {args.sink}"
+    if args.case == "request" and args.policies != "none":
+        name += f" policies {args.policies}"
     print(
         f"{name} ({args.root}): median {statistics.median(micro):.2f} µs/op, "
         f"min {micro[0]:.2f}, max {micro[-1]:.2f} over {args.repeat} rounds of {args.requests}"

@@ -199,17 +199,19 @@ class RespClient:
         future: asyncio.Future[list[Any]] = self._running_loop().create_future()
         replies: list[Any] = []
 
-        def collect(reply: Any) -> None:
+        def last(reply: Any) -> None:
+            # a lost connection or a timeout reaches every handler still queued, so this one too
             if future.done():  # a connection error already failed the batch, or the caller was cancelled
                 return
             if isinstance(reply, Exception) and not isinstance(reply, RespError):
                 future.set_exception(reply)
                 return
             replies.append(reply)
-            if len(replies) == count:
-                future.set_result(replies)
+            future.set_result(replies)
 
-        self._enqueue(commands, None, collect, count)
+        # the replies before the last are appended as they come (no Python call each); a connection error among
+        # them is appended too, then the last handler fails the batch with it
+        self._enqueue(commands, None, last, count, replies.append)
         return await future
 
     def send_encoded(self, command: bytes, on_reply: ReplyHandler | None = None) -> None:
@@ -244,8 +246,10 @@ class RespClient:
         future: asyncio.Future[Any] | None,
         handler: ReplyHandler | None,
         replies: int = 1,
+        each: ReplyHandler | None = None,
     ) -> None:
-        """Queue ``command`` (``replies`` commands when several are joined, all answered through ``handler``)."""
+        """Queue ``command`` (``replies`` commands when several are joined: ``each`` gets the reply of each but the
+        last, ``handler`` the last's, or every reply when ``each`` is None)."""
         if self._closed:
             error = ConnectionError("the Redis client is closed")
             if future is not None:
@@ -256,8 +260,11 @@ class RespClient:
         self._outbox.append(command)
         if replies == 1:
             self._handlers.append((future, handler))
-        else:
+        elif each is None:
             self._handlers.extend([(future, handler)] * replies)
+        else:
+            self._handlers.extend([(None, each)] * (replies - 1))
+            self._handlers.append((future, handler))
         if self._protocol is None:
             if self._connecting is None:
                 self._connecting = asyncio.get_running_loop().create_task(self._connect())

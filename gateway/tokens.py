@@ -212,27 +212,33 @@ class Tokenizer:
 
 
 def _remembering(count: Callable[[str], int]) -> Callable[[str], int]:
-    """``_safe(count, text)``, remembered for texts of at most ``REMEMBER_TEXT`` characters; when the remembered
-    texts would exceed ``REMEMBER_CHARS`` characters, all are forgotten at once. A count depends on the text alone,
-    so a remembered one is the count itself."""
-    counts: dict[str, int] = {}
-    size = 0
+    """``_safe(count, text)``, remembered (see ``_RememberedCounts``)."""
+    return _RememberedCounts(count).__getitem__
 
-    def counted(text: str) -> int:
-        nonlocal size
-        tokens = counts.get(text)
-        if tokens is None:
-            tokens = _safe(count, text)
-            length = len(text)
-            if length <= REMEMBER_TEXT:
-                if size + length > REMEMBER_CHARS:
-                    counts.clear()
-                    size = 0
-                counts[text] = tokens
-                size += length
+
+class _RememberedCounts(dict[str, int]):
+    """Texts and their counts (``_safe(count, text)``), for texts of at most ``REMEMBER_TEXT`` characters; when the
+    remembered texts would exceed ``REMEMBER_CHARS`` characters, all are forgotten at once. A count depends on the text
+    alone, so a remembered one is the count itself. A remembered text is found by the dictionary's own look-up
+    (``__getitem__``, no Python call); ``__missing__`` counts the others."""
+
+    __slots__ = ("count", "size")
+
+    def __init__(self, count: Callable[[str], int]) -> None:
+        super().__init__()
+        self.count = count
+        self.size = 0
+
+    def __missing__(self, text: str) -> int:
+        tokens = _safe(self.count, text)
+        length = len(text)
+        if length <= REMEMBER_TEXT:
+            if self.size + length > REMEMBER_CHARS:
+                self.clear()
+                self.size = 0
+            self[text] = tokens
+            self.size += length
         return tokens
-
-    return counted
 
 
 def _load_bindings() -> Any:

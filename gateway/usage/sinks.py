@@ -43,7 +43,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Protocol, TypeVar
 
@@ -75,17 +75,20 @@ KEEPALIVE_SECONDS = 1.0
 # The fields of one XADD in RESP: each name's bulk string, then a "$<length>\r\n<value>\r\n" slot for its value
 _FIELDS_TEMPLATE: bytes = b"".join(b"$%d\r\n%s\r\n$%%d\r\n%%s\r\n" % (len(name), name.encode()) for name in FIELD_NAMES)
 
-# ``_xadd_command`` packs the fields in four runs, in FIELD_NAMES order: the request's own (request id and start) and
-# its counts (tokens, status, latency) are formatted for each record; the others (api to model, then cache_hit to
-# failed_attempts) repeat from one request to the next, and their bytes are cached by value.
+# ``_xadd_commands`` formats the fields in four runs, in FIELD_NAMES order, with one template: the request's own
+# (request id and start) and its counts (tokens, status, latency) are formatted for each record; the others (api to
+# model, then cache_hit to failed_attempts) repeat from one request to the next, and their RESP text is cached by value.
 _OWN, _ROUTE, _COUNTS, _OUTCOME = slice(0, 2), slice(2, 8), slice(8, 12), slice(12, 16)
 assert FIELD_NAMES[_OWN] == ("request_id", "ts_ms") and FIELD_NAMES[_COUNTS][-1] == "latency_ms", FIELD_NAMES
 assert FIELD_NAMES[_OUTCOME] == ("cache_hit", "gateway_id", "block_reason", "failed_attempts"), FIELD_NAMES
-_OWN_TEMPLATE: str = "".join(f"${len(name)}\r\n{name}\r\n$%d\r\n%s\r\n" for name in FIELD_NAMES[_OWN])
-_COUNTS_TEMPLATE: str = "".join(f"${len(name)}\r\n{name}\r\n$%d\r\n%s\r\n" for name in FIELD_NAMES[_COUNTS])
-_RUNS_CACHED: Final = 4096  # distinct runs of each kind kept (the cache starts over beyond)
-_route_runs: dict[tuple[Any, ...], bytes] = {}
-_outcome_runs: dict[tuple[Any, ...], bytes] = {}
+_RECORD_TEMPLATE: str = (
+    "".join(f"${len(name)}\r\n{name}\r\n$%d\r\n%s\r\n" for name in FIELD_NAMES[_OWN])
+    + "%s"  # the route's run
+    + "".join(f"${len(name)}\r\n{name}\r\n$%d\r\n%s\r\n" for name in FIELD_NAMES[_COUNTS])
+    + "%s"  # the outcome's run
+)
+_RUNS_CACHED: Final = 4096  # distinct runs kept (the cache starts over beyond)
+_runs: dict[tuple[Any, ...], tuple[str, str]] = {}
 
 
 def _bulk(value: str) -> bytes:
@@ -99,37 +102,53 @@ def _xadd_prefix(stream: str, maxlen: int) -> bytes:
     return head + b"".join(_bulk(part) for part in ("XADD", stream, "MAXLEN", "~", str(maxlen), "*"))
 
 
-def _xadd_command(prefix: bytes, record: UsageRecord) -> bytes:
-    """One record's ``XADD`` (``to_fields``'s entry), packed by hand: the bytes of ``_xadd_command_exact``, with the
-    runs of fields that repeat between requests taken from a cache instead of encoded field by field."""
-    request_id, ts_ms = record.request_id, str(record.ts_ms)
-    own = _OWN_TEMPLATE % (len(request_id), request_id, len(ts_ms), ts_ms)
-    prompt, completion = str(record.prompt_tokens), str(record.completion_tokens)
-    status, latency = str(record.status), repr(float(record.latency_ms))
-    counts = _COUNTS_TEMPLATE % (
-        len(prompt), prompt, len(completion), completion, len(status), status, len(latency), latency
-    )  # fmt: skip
-    if not (own.isascii() and counts.isascii()):  # lengths above are in characters: right for ASCII only
-        return _xadd_command_exact(prefix, record)
-    route_key = (record.api, record.operation, record.subscription, record.product, record.backend, record.model)
-    route = _route_runs.get(route_key)
-    if route is None:
-        route = _cache_run(_route_runs, route_key, record, _ROUTE)
-    outcome_key = (record.cache_hit, record.gateway_id, record.block_reason, record.failed_attempts)
-    outcome = _outcome_runs.get(outcome_key)
-    if outcome is None:
-        outcome = _cache_run(_outcome_runs, outcome_key, record, _OUTCOME)
-    return b"".join((prefix, own.encode("ascii"), route, counts.encode("ascii"), outcome))
+def _xadd_commands(prefix: bytes, records: Iterable[UsageRecord]) -> bytes:
+    """Each record's ``XADD`` (``to_fields``'s entry), joined, packed by hand: the bytes of ``_xadd_command_exact``
+    for each, with the runs of fields that repeat between requests taken from a cache instead of encoded field by
+    field, and the whole batch's text encoded at once."""
+    head = prefix.decode("utf-8", "surrogatepass")  # (the prefix is encoded so: the text encodes back to its bytes)
+    parts = []
+    for record in records:
+        request_id = record.request_id
+        if not request_id.isascii():  # the lengths below are in characters: right for ASCII only (numbers always are)
+            parts.append(_xadd_command_exact(prefix, record).decode("utf-8", "surrogatepass"))
+            continue
+        key = (
+            record.api, record.operation, record.subscription, record.product, record.backend, record.model,
+            record.cache_hit, record.gateway_id, record.block_reason, record.failed_attempts,
+        )  # fmt: skip
+        runs = _runs.get(key)
+        if runs is None:
+            runs = _cache_runs(key, record)
+        ts_ms, prompt, completion = str(record.ts_ms), str(record.prompt_tokens), str(record.completion_tokens)
+        status, latency = str(record.status), repr(float(record.latency_ms))
+        parts.append(head)
+        parts.append(
+            _RECORD_TEMPLATE % (
+                len(request_id), request_id, len(ts_ms), ts_ms, runs[0], len(prompt), prompt, len(completion),
+                completion, len(status), status, len(latency), latency, runs[1],
+            )
+        )  # fmt: skip
+    # the cached runs' lengths are of their UTF-8 bytes, and encoding the text encodes each run to those bytes
+    return "".join(parts).encode("utf-8", "surrogatepass")
 
 
-def _cache_run(runs: dict[tuple[Any, ...], bytes], key: tuple[Any, ...], record: UsageRecord, fields: slice) -> bytes:
-    """The bytes of ``record``'s ``fields`` (names and values), cached under ``key`` (their values)."""
-    values = record.field_values()[fields]
-    run = b"".join(_bulk(name) + _bulk(value) for name, value in zip(FIELD_NAMES[fields], values, strict=True))
-    if len(runs) >= _RUNS_CACHED:
-        runs.clear()
-    runs[key] = run
-    return run
+def _cache_runs(key: tuple[Any, ...], record: UsageRecord) -> tuple[str, str]:
+    """The RESP text of ``record``'s route and outcome fields (names and values), cached under ``key`` (their
+    values). Each value's length is that of its UTF-8 bytes."""
+    values = record.field_values()
+    runs = (_run_text(_ROUTE, values), _run_text(_OUTCOME, values))
+    if len(_runs) >= _RUNS_CACHED:
+        _runs.clear()
+    _runs[key] = runs
+    return runs
+
+
+def _run_text(fields: slice, values: tuple[str, ...]) -> str:
+    return "".join(
+        f"${len(name)}\r\n{name}\r\n${len(value.encode('utf-8', 'surrogatepass'))}\r\n{value}\r\n"
+        for name, value in zip(FIELD_NAMES[fields], values[fields], strict=True)
+    )
 
 
 def _xadd_command_exact(prefix: bytes, record: UsageRecord) -> bytes:
@@ -599,7 +618,7 @@ class RedisStreamSink(BatchingSink):
             # The project's pipelined RESP client: it does not retry, this sink backs off and spools on its own.
             self._redis = RespClient(self.redis_url, connect_timeout=self.timeout, timeout=self.timeout)
         prefix = _xadd_prefix(self.stream, self.maxlen)
-        commands = b"".join([_xadd_command(prefix, record) for record in batch])
+        commands = _xadd_commands(prefix, batch)
         try:
             replies = await self._redis.call_batch(commands, len(batch))
         except (ConnectionError, TimeoutError, OSError) as exc:

@@ -11,7 +11,7 @@ import pytest
 from gateway.redis import encode_command
 from gateway.usage import sinks
 from gateway.usage.record import DEFAULT_MAXLEN, UsageRecord
-from gateway.usage.sinks import _xadd_command, _xadd_command_exact, _xadd_prefix
+from gateway.usage.sinks import _xadd_command_exact, _xadd_commands, _xadd_prefix
 
 BASE = UsageRecord(
     "3f2a9c1e-5b7d-4e21-9a0b-00000000002a", 1_700_000_000_250, "chat", "chat-completions", "starter-sub", "starter",
@@ -41,18 +41,25 @@ def test_the_command_is_the_records_fields_in_resp(changes: dict[str, Any]):
     prefix = _xadd_prefix("sluice:usage", DEFAULT_MAXLEN)
     expected = reference(("XADD", "sluice:usage", "MAXLEN", "~", str(DEFAULT_MAXLEN), "*"), record)
     assert _xadd_command_exact(prefix, record) == expected
-    assert _xadd_command(prefix, record) == expected  # the runs encoded, then cached
-    assert _xadd_command(prefix, record) == expected
+    assert _xadd_commands(prefix, [record]) == expected  # the runs encoded, then cached
+    assert _xadd_commands(prefix, [record]) == expected
 
 
 def test_records_that_differ_in_one_cached_field_get_their_own_bytes(monkeypatch):
     monkeypatch.setattr(sinks, "_RUNS_CACHED", 3)
-    monkeypatch.setattr(sinks, "_route_runs", {})
-    monkeypatch.setattr(sinks, "_outcome_runs", {})
+    monkeypatch.setattr(sinks, "_runs", {})
     prefix = _xadd_prefix("s", 10)
     records = [dataclasses.replace(BASE, **{name: value}) for name in ("api", "model") for value in ("a", "b", "c")]
     records += [dataclasses.replace(BASE, model=None), dataclasses.replace(BASE, cache_hit=True), BASE]
     for _ in range(2):
         for record in records:
-            assert _xadd_command(prefix, record) == _xadd_command_exact(prefix, record)
-    assert len(sinks._route_runs) <= 3  # bounded: the cache starts over
+            assert _xadd_commands(prefix, [record]) == _xadd_command_exact(prefix, record)
+    assert len(sinks._runs) <= 3  # bounded: the cache starts over
+
+
+@pytest.mark.parametrize("stream", ["sluice:usage", "flux-\u00e9:\udcff"])
+def test_a_batch_is_its_records_commands_joined(stream: str):
+    prefix = _xadd_prefix(stream, 1000)
+    records = [dataclasses.replace(BASE, **changes) for changes in VARIANTS * 2]
+    assert _xadd_commands(prefix, records) == b"".join(_xadd_command_exact(prefix, record) for record in records)
+    assert _xadd_commands(prefix, []) == b""

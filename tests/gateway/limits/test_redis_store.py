@@ -162,6 +162,32 @@ async def test_a_batch_fails_as_a_whole_when_redis_is_unreachable():
     await client.aclose()
 
 
+async def test_a_batch_whose_connection_is_lost_after_some_replies_fails_as_a_whole():
+    """The replies before the last are collected without a handler call each: a loss after two of three replies
+    still fails the batch, and the client's next call is answered."""
+    served = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        served += 1
+        await reader.readexactly(len(encode_command(("PING",))) * (3 if served == 1 else 1))
+        writer.write(b"+PONG\r\n+PONG\r\n" if served == 1 else b"+PONG\r\n")  # the first batch: two of three
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    client = RespClient(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        with pytest.raises(ConnectionError):
+            await client.call_batch(encode_command(("PING",)) * 3, 3)
+        assert client.pending == 0
+        assert await client.call_batch(encode_command(("PING",)), 1) == ["PONG"]
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+
+
 @needs_redis
 async def test_script_flush_is_survived(redis_prefix, clock: FakeClock):
     store = create_store("redis", url=REDIS_URL, clock=clock, prefix=redis_prefix)
