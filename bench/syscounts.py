@@ -4,10 +4,10 @@
 Runs ``bench/run.py --conc 16`` (one gateway, pinned as run.py pins it, beside the mock and the management plane)
 and, during the gateway's own cell, counts for ``--seconds`` the gateway's system calls by kind with ``perf stat`` on
 the kernel's syscall tracepoints (counting in the kernel: unlike ``strace`` or ``perf trace`` it barely slows the
-process), reads that fail with EAGAIN, ``epoll_pwait`` calls that return 0 or 1 event, and the same window's requests
-(``sluice_requests_total``, read inside the window), the voluntary and involuntary context switches of the three
-processes (``/proc/<pid>/status``) and the mock's own system calls. Then a short ``strace`` sample of the gateway's
-call sequence. Needs ``perf`` with tracepoint access (root) and ``strace``.
+process), reads that fail with EAGAIN, ``epoll_pwait`` calls that return 0 or 1 event or do not wait (timeout 0),
+and the same window's requests (``sluice_requests_total``, read inside the window), the voluntary and involuntary
+context switches of the three processes (``/proc/<pid>/status``) and the mock's own system calls. Then a short
+``strace`` sample of the gateway's call sequence. Needs ``perf`` with tracepoint access (root) and ``strace``.
 
     python bench/syscounts.py --out bench/results/F.md [--root DIR] [--seconds 10] [-- --policies none ...]
 
@@ -38,6 +38,8 @@ FILTERED = (
     ("write failing", "syscalls:sys_exit_write", "ret < 0"),
     ("epoll_pwait returning 0 events", "syscalls:sys_exit_epoll_pwait", "ret == 0"),
     ("epoll_pwait returning 1 event", "syscalls:sys_exit_epoll_pwait", "ret == 1"),
+    # 0: the loop had callbacks ready (or a timer due) and only looked; such a poll does not sleep or switch
+    ("epoll_pwait entered with timeout 0", "syscalls:sys_enter_epoll_pwait", "timeout == 0"),
 )
 TOTALS = (("all syscalls", "raw_syscalls:sys_enter"), ("context-switches", "context-switches"))
 # Inside the perf window: the gateway's answered requests at its start and end.

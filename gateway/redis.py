@@ -167,7 +167,7 @@ class RespClient:
 
         ``orphan`` receives the reply instead when the caller was cancelled before it arrived.
         """
-        future: asyncio.Future[Any] = self._running_loop().create_future()
+        future: asyncio.Future[Any] = self.running_loop().create_future()
         self._enqueue(encode_command(args), future, orphan)
         reply = await future
         if isinstance(reply, RespError):
@@ -186,7 +186,7 @@ class RespClient:
         its own frame (the token store's admission): an error reply is the future's result, not raised; a lost
         connection or the client's timeout is its exception. ``orphan`` gets the reply when the future is already
         done (cancelled, or failed by the caller) when the reply arrives."""
-        future: asyncio.Future[Any] = self._running_loop().create_future()
+        future: asyncio.Future[Any] = self.running_loop().create_future()
         self._enqueue(command, future, orphan)
         return future
 
@@ -196,7 +196,7 @@ class RespClient:
         command failed; a lost connection or a timeout raises (ConnectionError / TimeoutError)."""
         if count <= 0:
             return []
-        future: asyncio.Future[list[Any]] = self._running_loop().create_future()
+        future: asyncio.Future[list[Any]] = self.running_loop().create_future()
         replies: list[Any] = []
 
         def last(reply: Any) -> None:
@@ -225,6 +225,12 @@ class RespClient:
     def pending(self) -> int:
         return len(self._handlers)
 
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop of the open connection, else the running one (RuntimeError when there is none): for a caller
+        that would otherwise ask ``asyncio.get_running_loop()``, a getpid(2) per call on Python 3.11."""
+        loop = self._loop
+        return loop if loop is not None else asyncio.get_running_loop()
+
     async def aclose(self) -> None:
         self._closed = True
         if self._connecting is not None and not self._connecting.done():
@@ -235,10 +241,6 @@ class RespClient:
         self._fail_all(ConnectionError("the Redis client is closed"))
 
     # internals
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop
-        return loop if loop is not None else asyncio.get_running_loop()
 
     def _enqueue(
         self,
@@ -270,7 +272,7 @@ class RespClient:
                 self._connecting = asyncio.get_running_loop().create_task(self._connect())
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            self._running_loop().call_soon(self._flush)
+            self.running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -352,7 +354,7 @@ class RespClient:
 
     def _arm_watchdog(self) -> None:
         seen = self._received
-        loop = self._running_loop()
+        loop = self.running_loop()
         self._watchdog = loop.call_later(self.timeout, self._check_stalled, seen)
 
     def _check_stalled(self, seen: int) -> None:

@@ -268,8 +268,9 @@ class RedisTokenStore(TokenStore):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             try:
-                asyncio.get_running_loop().call_later(self.settle_interval, self._send_settlements)
-            except RuntimeError:  # no running loop (shutdown): nothing can be sent any more
+                # the connection's loop: the admission before this settlement opened it on the running one
+                self.client.running_loop().call_later(self.settle_interval, self._send_settlements)
+            except RuntimeError:  # no running loop, or the connection's is closed (shutdown): nothing can be sent
                 self._flush_scheduled = False
                 self._pending.clear()
 

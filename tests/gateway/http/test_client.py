@@ -465,18 +465,11 @@ async def test_request_timeouts_on_one_connection_each_run_from_their_own_start(
     assert raw.connections == 1
 
 
-async def test_request_timeout_on_a_pooled_connection_takes_the_time_from_its_loop(upstream, pool, monkeypatch):
+async def test_request_timeout_on_a_pooled_connection_takes_the_time_from_its_loop(upstream, pool, request):
     """On Python 3.11 asyncio.get_running_loop() is a getpid(2) per call: a reused connection knows its loop."""
     raw, origin = await upstream(keep_alive_responder())
     assert await (await pool.request(origin, "GET", "/", [], timeout=5.0)).read() == b"ok"  # connects
-    asked: list[asyncio.AbstractEventLoop] = []
-    real = asyncio.get_running_loop
-
-    def get_running_loop() -> asyncio.AbstractEventLoop:
-        asked.append(real())
-        return asked[-1]
-
-    monkeypatch.setattr(asyncio, "get_running_loop", get_running_loop)
+    asked = request.getfixturevalue("running_loop_asks")
     assert await (await pool.request(origin, "GET", "/", [], timeout=5.0)).read() == b"ok"
     assert asked == []
     assert raw.connections == 1

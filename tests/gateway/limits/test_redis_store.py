@@ -289,3 +289,35 @@ async def test_an_answered_admission_leaves_nothing_for_the_timer(redis_prefix, 
         assert (await store.reserve([window], 1, clock())).used == (4,)
     finally:
         await store.aclose()
+
+
+@needs_redis
+async def test_a_settlement_arms_its_timer_on_the_connections_loop(redis_prefix, clock: FakeClock, request):
+    """On Python 3.11 asyncio.get_running_loop() is a getpid(2) per call: the settlement after an admission takes the
+    loop of the connection the admission opened, and its correction still reaches the counter."""
+    store: RedisTokenStore = create_store("redis", url=REDIS_URL, clock=clock, prefix=redis_prefix)
+    window = minute_window("settle-loop", clock(), 100)
+    try:
+        admission = await store.reserve([window], 10, clock())
+        asked = request.getfixturevalue("running_loop_asks")  # from here on
+        store.settle(admission.reservation, 25)
+        assert asked == []
+        assert store._flush_scheduled and store._pending
+        for _ in range(100):  # the timer sends the correction within settle_interval
+            if not store._flush_scheduled:
+                break
+            await asyncio.sleep(store.settle_interval)
+        await store.flush()  # replies come in order: the settlement is applied
+        assert await store.count(window) == 25
+    finally:
+        await store.aclose()
+
+
+async def test_a_settlement_after_the_connections_loop_closed_is_dropped(clock: FakeClock):
+    """At shutdown the connection's loop may be closed: the correction is dropped, nothing raises."""
+    store: RedisTokenStore = create_store("redis", url=f"redis://127.0.0.1:{closed_port()}/0", clock=clock)
+    closed = asyncio.new_event_loop()
+    closed.close()
+    store.client._loop = closed  # as if its connection had been opened on a loop that is closed since
+    store.settle(_reservation(minute_window("closed", clock(), 100)), 5)
+    assert not store._flush_scheduled and not store._pending
