@@ -65,6 +65,18 @@ def test_the_seen_timestamp_is_what_django_would_store(ts_ms):
     assert _timestamp_adapter()(ts_ms) == expected
 
 
+def test_the_seen_rows_are_what_django_would_store():
+    """The rows go to the database as one JSON text (SQLite) or two lists (PostgreSQL): the ORM finds each by its
+    exact id and start (on SQLite a comparison of the stored text with the text Django makes)."""
+    edges = [0, 999, 1000, 1_700_000_000_001, 1_709_164_799_999, 4_102_444_800_000, 253_402_300_799_999]
+    records = [UsageRecordFactory(ts_ms=ts_ms) for ts_ms in edges] + UsageRecordFactory.build_batch(997)
+    ingest_records(records, now=datetime.fromtimestamp(0, tz=UTC) + timedelta(hours=1))
+    assert UsageRecordSeen.objects.count() == 1004
+    for record in records:
+        start = datetime.fromtimestamp(0, tz=UTC) + timedelta(milliseconds=record.ts_ms)
+        assert UsageRecordSeen.objects.filter(request_id=uuid.UUID(record.request_id), ts=start).exists()
+
+
 def test_the_seen_timestamp_reads_back_as_the_request_start():
     record = UsageRecordFactory(ts_ms=at(0, 7.25))
     ingest_records([record])
