@@ -4,23 +4,31 @@ JSON parser and the serializer, with the same records and the same errors."""
 import io
 import json
 
+import msgspec
 import pytest
 from rest_framework.exceptions import ParseError
 
 from gateway.usage.record import FIELD_NAMES, MAX_LENGTHS, RecordError, UsageRecord
 from gateway_admin.api.parsers import JSONParser
 from usage.api.parsers import UsageBatchParser, UsageRecords, _PlainRecord
+from usage.models import UsageRollup
+from usage.services import ingest_records
 
+from .conftest import totals
 from .factories import UsageRecordFactory
 from .test_records import TRICKY_VALUES
 
 
 def parse(body: bytes, charset: str | None = "utf-8", parser=UsageBatchParser):
+    """The parser's result: `UsageRecords` with their records made `UsageRecord`s, plain data, or the error."""
     context = {} if charset is None else {"encoding": charset}
     try:
-        return parser().parse(io.BytesIO(body), "application/json", context)
+        data = parser().parse(io.BytesIO(body), "application/json", context)
     except ParseError as exc:  # compared by its text
         return f"ParseError: {exc}"
+    if isinstance(data, UsageRecords):
+        return UsageRecords(UsageRecord(*msgspec.structs.astuple(plain)) for plain in data)
+    return data
 
 
 def outcome(data):
@@ -52,7 +60,17 @@ def test_a_gateways_batch_is_read_in_one_pass(record):
     records = parse(json.dumps({"records": [record.to_json(), record.to_json()]}).encode())
     assert isinstance(records, UsageRecords)
     assert records == [record, record]
-    assert all(type(r) is UsageRecord for r in records)
+
+
+@pytest.mark.django_db
+def test_ingestion_reads_the_plain_records_as_records():
+    records = UsageRecordFactory.build_batch(3, failed_attempts="ptu:429 ptu2:Timeout")
+    body = json.dumps({"records": [record.to_json() for record in records]}).encode()
+    plain = UsageBatchParser().parse(io.BytesIO(body), "application/json", {"encoding": "utf-8"})
+    assert isinstance(plain, UsageRecords)
+    assert ingest_records(plain).counted == 3
+    assert totals() == {"requests": 3, "prompt_tokens": 30, "completion_tokens": 60, "total_tokens": 90}
+    assert UsageRollup.objects.get().failed_attempts == 6
 
 
 @pytest.mark.parametrize("field", FIELD_NAMES)
@@ -128,7 +146,7 @@ def test_an_empty_batch_is_read_in_one_pass():
 
 def test_too_many_records_are_left_to_the_serializer():
     body = json.dumps({"records": [UsageRecordFactory().to_json()] * 10_001}).encode()
-    assert not isinstance(UsageBatchParser().parse_body(body), UsageRecords)
+    assert not isinstance(UsageBatchParser().parse_body(body), UsageRecords)  # nor a ParseError
 
 
 def test_another_charset_goes_to_the_json_parser():
