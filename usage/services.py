@@ -91,16 +91,20 @@ def dedupe_window() -> timedelta:
     return timedelta(hours=settings.SLUICE["USAGE_DEDUPE_HOURS"])
 
 
-def ingest_records(records: Iterable[UsageRecord], *, now: datetime | None = None) -> IngestResult:
+def ingest_records(
+    records: Iterable[UsageRecord], *, now: datetime | None = None, canonical_ids: bool = False
+) -> IngestResult:
     """Add the records not counted yet to the per-minute rollups, in one transaction; safe to call again with the
-    same records, and from several workers at once."""
+    same records, and from several workers at once. `canonical_ids`: the records were read by `UsageRecord.from_json`
+    (or `from_fields`) or by the ingestion endpoint's parser, which give request ids in the canonical form; they are
+    not checked again (a regular expression per record)."""
     now = now or timezone.now()
     oldest_ms = int((now - dedupe_window()).timestamp() * 1000)
     result = IngestResult()
     batch: dict[str, UsageRecord] = {}  # by request id in the canonical form (`canonical_guid`)
     for record in records:
         result.received += 1
-        request_id = canonical_guid(record.request_id)
+        request_id = record.request_id if canonical_ids else canonical_guid(record.request_id)
         if record.ts_ms < oldest_ms:
             result.expired += 1
         elif request_id in batch:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection, connections
 
-from gateway.usage.record import canonical_guid
+from gateway.usage.record import UsageRecord, canonical_guid
 from usage.models import UsageRecordSeen, UsageRollup
 from usage.services import _timestamp_adapter, ingest_records, purge_seen, purge_seen_if_due
 
@@ -47,6 +47,13 @@ def test_request_ids_are_compared_as_guids():
     ingest_records([record])
     same = UsageRecordFactory(request_id=uuid.UUID(record.request_id).hex.upper())
     assert ingest_records([same]).duplicates == 1
+
+
+def test_records_read_by_from_json_need_no_second_check_of_their_ids():
+    record = UsageRecordFactory()
+    ingest_records([record])
+    same = UsageRecord.from_json({**record.to_json(), "request_id": uuid.UUID(record.request_id).hex.upper()})
+    assert ingest_records([same], canonical_ids=True).duplicates == 1
 
 
 def test_canonical_request_ids_sort_as_guids():

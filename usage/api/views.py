@@ -59,7 +59,7 @@ class GatewayUsageView(APIView):
             serializer = UsageBatchSerializer(data=records)
             serializer.is_valid(raise_exception=True)
             records = serializer.validated_data["records"]
-        result = ingest_records(records)
+        result = ingest_records(records, canonical_ids=True)
         purge_seen_if_due()
         return Response(result.as_dict(), status=status.HTTP_202_ACCEPTED)
 
