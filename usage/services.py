@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, CharField, F, Q, Sum, Value, When
@@ -90,16 +91,20 @@ def dedupe_window() -> timedelta:
     return timedelta(hours=settings.SLUICE["USAGE_DEDUPE_HOURS"])
 
 
-def ingest_records(records: Iterable[UsageRecord], *, now: datetime | None = None) -> IngestResult:
+def ingest_records(
+    records: Iterable[UsageRecord], *, now: datetime | None = None, canonical_ids: bool = False
+) -> IngestResult:
     """Add the records not counted yet to the per-minute rollups, in one transaction; safe to call again with the
-    same records, and from several workers at once."""
+    same records, and from several workers at once. `canonical_ids`: the records were read by `UsageRecord.from_json`
+    (or `from_fields`) or by the ingestion endpoint's parser, which give request ids in the canonical form; they are
+    not checked again (a regular expression per record)."""
     now = now or timezone.now()
     oldest_ms = int((now - dedupe_window()).timestamp() * 1000)
     result = IngestResult()
     batch: dict[str, UsageRecord] = {}  # by request id in the canonical form (`canonical_guid`)
     for record in records:
         result.received += 1
-        request_id = canonical_guid(record.request_id)
+        request_id = record.request_id if canonical_ids else canonical_guid(record.request_id)
         if record.ts_ms < oldest_ms:
             result.expired += 1
         elif request_id in batch:
@@ -119,32 +124,42 @@ def ingest_records(records: Iterable[UsageRecord], *, now: datetime | None = Non
 
 
 def _mark_seen(batch: Mapping[str, UsageRecord]) -> list[UsageRecord]:
-    """Insert the ids not seen yet and return their records (the ones to count): one
-    `INSERT ... ON CONFLICT DO NOTHING RETURNING` per chunk, which reports the rows it inserted."""
+    """Insert the ids not seen yet and return their records (the ones to count), in sorted order: one
+    `INSERT ... ON CONFLICT DO NOTHING RETURNING`, which reports the rows it inserted. The rows come to the database
+    as one JSON text (SQLite) or two comma-separated texts (PostgreSQL), which it splits itself: bound as two
+    parameters per row, they cost the driver (and Django's placeholder rewriting) more than the rest of the batch."""
     ids = sorted(batch)
     opts = UsageRecordSeen._meta
-    id_field, ts_field = opts.get_field("request_id"), opts.get_field("ts")
     quote = connection.ops.quote_name
-    id_column = quote(id_field.column)
-    # Table and column names come from the model; every value is a bound parameter (S608 below).
-    head = f"INSERT INTO {quote(opts.db_table)} ({id_column}, {quote(ts_field.column)}) VALUES "  # noqa: S608
-    tail = f" ON CONFLICT DO NOTHING RETURNING {id_column}"
-    # UUIDField.get_db_prep_value without its layers: the database's uuid type reads the canonical form, a
-    # char(32) column holds the hex digits.
-    native = connection.features.has_native_uuid_field
-    adapt_ts = _timestamp_adapter()
-    fresh: set[str] = set()
+    id_column = quote(opts.get_field("request_id").column)
+    columns = f"{quote(opts.db_table)} ({id_column}, {quote(opts.get_field('ts').column)})"
+    if connection.vendor == "postgresql":
+        # The ids are uuids, canonical text both ways; `ts` the instant of the epoch milliseconds (whole seconds and
+        # milliseconds apart: exact, where milliseconds times an interval go through a float).
+        # Table and column names come from the model; every value is a bound parameter (S608 here and below).
+        sql = (
+            f"INSERT INTO {columns} SELECT id, to_timestamp(ts / 1000) + ts %% 1000 * interval '1 millisecond' "  # noqa: S608
+            "FROM unnest(string_to_array(%s, ',')::uuid[], string_to_array(%s, ',')::bigint[]) "
+            "WITH ORDINALITY AS r(id, ts, n) ORDER BY n "
+            f"ON CONFLICT DO NOTHING RETURNING {id_column}::text"
+        )
+        params = [",".join(ids), ",".join([str(batch[request_id].ts_ms) for request_id in ids])]
+        stored = ids
+    else:
+        # SQLite: a char(32) column holds the hex digits, `ts` the text Django stores (`_timestamp_adapter`).
+        # `WHERE true` tells SQLite the ON CONFLICT is the upsert's, not a join's.
+        sql = (
+            f"INSERT INTO {columns} SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "  # noqa: S608
+            f"FROM json_each(%s) WHERE true ON CONFLICT DO NOTHING RETURNING {id_column}"
+        )
+        adapt_ts = _timestamp_adapter()
+        stored = [request_id.replace("-", "") for request_id in ids]
+        rows = [(key, adapt_ts(batch[request_id].ts_ms)) for key, request_id in zip(stored, ids, strict=True)]
+        params = [orjson.dumps(rows)]
     with connection.cursor() as cursor:
-        for chunk in _chunks(ids, 2):
-            params: list[Any] = []
-            for request_id in chunk:
-                params.append(request_id if native else request_id.replace("-", ""))
-                params.append(adapt_ts(batch[request_id].ts_ms))
-            cursor.execute(head + ", ".join(["(%s, %s)"] * len(chunk)) + tail, params)
-            fresh.update(str(row[0]) for row in cursor.fetchall())  # a uuid.UUID, or the hex digits
-    if native:
-        return [batch[request_id] for request_id in ids if request_id in fresh]
-    return [batch[request_id] for request_id in ids if request_id.replace("-", "") in fresh]
+        cursor.execute(sql, params)
+        fresh = {row[0] for row in cursor.fetchall()}
+    return [batch[request_id] for key, request_id in zip(stored, ids, strict=True) if key in fresh]
 
 
 def _timestamp_adapter() -> Callable[[int], Any]:

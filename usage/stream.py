@@ -125,7 +125,7 @@ class StreamConsumer:
             except RecordError as exc:
                 invalid += 1
                 logger.warning("dropping unreadable usage entry %s of %s: %s", _text(entry_id), self.stream, exc)
-        result = ingest_records(records)
+        result = ingest_records(records, canonical_ids=True)
         result.invalid += invalid
         result.received += invalid
         self.client.xack(self.stream, self.group, *(entry_id for entry_id, _ in entries))

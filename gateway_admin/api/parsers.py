@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from rest_framework import parsers
 
-__all__ = ("JSONParser",)
+__all__ = ("JSONParser", "is_utf8", "read_body")
 
 # orjson reads an integer outside 64 bits as a float, where the standard library keeps it an int: a body with 19
 # digits in a row (anywhere, strings included) goes to the standard library. Found by mapping every digit to "0"
@@ -31,16 +31,29 @@ class JSONParser(parsers.JSONParser):
     """
 
     def parse(self, stream, media_type=None, parser_context=None):
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         if stream is None:
             return super().parse(stream, media_type, parser_context)
-        body = stream.read() if limit is None else stream.read(limit + 1)
-        if limit is not None and len(body) > limit:
-            raise RequestDataTooBig("Request body exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE.")
-        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
-        if encoding.lower() in _UTF8 and _LONG_DIGITS not in body.translate(_DIGITS_AS_ZEROS):
+        return self.parse_body(read_body(stream), media_type, parser_context)
+
+    def parse_body(self, body: bytes, media_type=None, parser_context=None):
+        """`parse` of a body already read (`read_body`)."""
+        if is_utf8(parser_context) and _LONG_DIGITS not in body.translate(_DIGITS_AS_ZEROS):
             try:
                 return orjson.loads(body)
             except orjson.JSONDecodeError:
                 pass
         return super().parse(io.BytesIO(body), media_type, parser_context)
+
+
+def read_body(stream) -> bytes:
+    """The request body, at most DATA_UPLOAD_MAX_MEMORY_SIZE bytes; `RequestDataTooBig` (413) if it is longer."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    body = stream.read() if limit is None else stream.read(limit + 1)
+    if limit is not None and len(body) > limit:
+        raise RequestDataTooBig("Request body exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE.")
+    return body
+
+
+def is_utf8(parser_context) -> bool:
+    """Whether the request's charset is UTF-8, the only one orjson and msgspec read."""
+    return (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET).lower() in _UTF8

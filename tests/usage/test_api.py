@@ -210,7 +210,7 @@ def no_ingestion(monkeypatch):
     """Fails the test if the request reaches the ingestion service. (After an error answer the database cannot be
     asked: DRF marks the test's enclosing transaction for rollback.)"""
 
-    def ingest_records(records):
+    def ingest_records(records, **options):
         raise AssertionError("ingest_records() was called")
 
     monkeypatch.setattr("usage.api.views.ingest_records", ingest_records)

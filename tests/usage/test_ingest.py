@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection, connections
 
-from gateway.usage.record import canonical_guid
+from gateway.usage.record import UsageRecord, canonical_guid
 from usage.models import UsageRecordSeen, UsageRollup
 from usage.services import _timestamp_adapter, ingest_records, purge_seen, purge_seen_if_due
 
@@ -49,6 +49,13 @@ def test_request_ids_are_compared_as_guids():
     assert ingest_records([same]).duplicates == 1
 
 
+def test_records_read_by_from_json_need_no_second_check_of_their_ids():
+    record = UsageRecordFactory()
+    ingest_records([record])
+    same = UsageRecord.from_json({**record.to_json(), "request_id": uuid.UUID(record.request_id).hex.upper()})
+    assert ingest_records([same], canonical_ids=True).duplicates == 1
+
+
 def test_canonical_request_ids_sort_as_guids():
     """Two workers insert a batch's ids in sorted order (so they wait for each other instead of deadlocking): the
     canonical strings sort as the GUIDs' numbers, as the ids of a worker of an earlier version did."""
@@ -63,6 +70,18 @@ def test_canonical_request_ids_sort_as_guids():
 def test_the_seen_timestamp_is_what_django_would_store(ts_ms):
     expected = connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(ts_ms / 1000, tz=UTC))
     assert _timestamp_adapter()(ts_ms) == expected
+
+
+def test_the_seen_rows_are_what_django_would_store():
+    """The rows go to the database as one JSON text (SQLite) or two lists (PostgreSQL): the ORM finds each by its
+    exact id and start (on SQLite a comparison of the stored text with the text Django makes)."""
+    edges = [0, 999, 1000, 1_700_000_000_001, 1_709_164_799_999, 4_102_444_800_000, 253_402_300_799_999]
+    records = [UsageRecordFactory(ts_ms=ts_ms) for ts_ms in edges] + UsageRecordFactory.build_batch(997)
+    ingest_records(records, now=datetime.fromtimestamp(0, tz=UTC) + timedelta(hours=1))
+    assert UsageRecordSeen.objects.count() == 1004
+    for record in records:
+        start = datetime.fromtimestamp(0, tz=UTC) + timedelta(milliseconds=record.ts_ms)
+        assert UsageRecordSeen.objects.filter(request_id=uuid.UUID(record.request_id), ts=start).exists()
 
 
 def test_the_seen_timestamp_reads_back_as_the_request_start():

@@ -6,9 +6,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gateway_admin.api.authentication import GatewayTokenAuthentication, IsGateway
-from gateway_admin.api.parsers import JSONParser
 
 from ..services import ingest_records, purge_seen_if_due, usage_report
+from .parsers import UsageBatchParser, UsageRecords
 from .serializers import UsageBatchSerializer, UsageQuerySerializer, UsageReportSerializer
 
 __all__ = ("GatewayUsageView", "UsageView", "gateway_usage_view")
@@ -50,13 +50,16 @@ class GatewayUsageView(APIView):
 
     authentication_classes = [GatewayTokenAuthentication]
     permission_classes = [IsGateway]
-    parser_classes = [JSONParser]
+    parser_classes = [UsageBatchParser]
     renderer_classes = [JSONRenderer]
 
     def post(self, request):
-        serializer = UsageBatchSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        result = ingest_records(serializer.validated_data["records"])
+        records = request.data
+        if not isinstance(records, UsageRecords):  # not all as a gateway writes them: read, or refused, field by field
+            serializer = UsageBatchSerializer(data=records)
+            serializer.is_valid(raise_exception=True)
+            records = serializer.validated_data["records"]
+        result = ingest_records(records, canonical_ids=True)
         purge_seen_if_due()
         return Response(result.as_dict(), status=status.HTTP_202_ACCEPTED)
 
