@@ -4,6 +4,8 @@ Workers read through one consumer group (`sluice-usage`), each under its own con
 An entry is acknowledged (`XACK`) only after the transaction that counted it has committed, so a worker that dies
 between reading and acknowledging leaves its entries pending; `XAUTOCLAIM` hands entries pending for longer than
 `CLAIM_MIN_IDLE_MS` to the next worker that runs. Counting them twice is harmless: ingestion is idempotent.
+Entries are read by `UsageRecord.from_fields`, in either of their forms (the record's JSON line in one field, or a
+field per record field from older gateways: docs/usage-and-metrics.md, "The stream's entries").
 """
 
 import functools
