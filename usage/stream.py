@@ -14,6 +14,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+import orjson
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -123,7 +124,7 @@ class StreamConsumer:
             try:
                 if not fields:
                     raise RecordError("non_field_errors", "Empty entry.")
-                records.append(UsageRecord.from_fields(fields))
+                records.append(UsageRecord.from_fields(fields, loads=orjson.loads))
             except RecordError as exc:
                 invalid += 1
                 logger.warning("dropping unreadable usage entry %s of %s: %s", _text(entry_id), self.stream, exc)

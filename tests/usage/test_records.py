@@ -3,6 +3,7 @@
 import json
 import uuid
 
+import orjson
 import pytest
 
 from gateway.usage.record import FIELD_NAMES, MAX_LENGTHS, STREAM_FIELD, RecordError, UsageRecord, _from_plain_json
@@ -131,6 +132,7 @@ def test_stream_entries_of_the_json_form_read_as_json_records():
     newer = {**record.to_json(), "region": "eu"}  # a newer gateway's field: ignored, as in from_json
     del newer["block_reason"]  # and an older one's record
     assert UsageRecord.from_fields({STREAM_FIELD: json.dumps(newer)}) == record
+    assert UsageRecord.from_fields({STREAM_FIELD: line}, loads=orjson.loads) == record
 
 
 @pytest.mark.parametrize(
@@ -145,9 +147,10 @@ def test_stream_entries_of_the_json_form_read_as_json_records():
         ('{"status": 200}', "request_id"),
     ],
 )
-def test_unreadable_json_entries_name_the_problem(value, field):
+@pytest.mark.parametrize("loads", [json.loads, orjson.loads])  # the default, and the stream consumer's
+def test_unreadable_json_entries_name_the_problem(value, field, loads):
     with pytest.raises(RecordError) as excinfo:
-        UsageRecord.from_fields({STREAM_FIELD: value})
+        UsageRecord.from_fields({STREAM_FIELD: value}, loads=loads)
     assert excinfo.value.field == field
 
 
