@@ -4,6 +4,8 @@ Workers read through one consumer group (`sluice-usage`), each under its own con
 An entry is acknowledged (`XACK`) only after the transaction that counted it has committed, so a worker that dies
 between reading and acknowledging leaves its entries pending; `XAUTOCLAIM` hands entries pending for longer than
 `CLAIM_MIN_IDLE_MS` to the next worker that runs. Counting them twice is harmless: ingestion is idempotent.
+Entries are read by `UsageRecord.from_fields`, in either of their forms (the record's JSON line in one field, or a
+field per record field from older gateways: docs/usage-and-metrics.md, "The stream's entries").
 """
 
 import functools
@@ -12,6 +14,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+import orjson
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -121,7 +124,7 @@ class StreamConsumer:
             try:
                 if not fields:
                     raise RecordError("non_field_errors", "Empty entry.")
-                records.append(UsageRecord.from_fields(fields))
+                records.append(UsageRecord.from_fields(fields, loads=orjson.loads))
             except RecordError as exc:
                 invalid += 1
                 logger.warning("dropping unreadable usage entry %s of %s: %s", _text(entry_id), self.stream, exc)

@@ -35,9 +35,12 @@ Record
 
 Wire formats
     Redis (production): stream ``sluice:usage`` (``DEFAULT_STREAM``, configurable), one ``XADD`` entry per
-    record, ``MAXLEN ~ 1000000`` (``DEFAULT_MAXLEN``) so the stream stays bounded. Each entry has flat string
-    fields named as above (``UsageRecord.to_fields``): None is ``""``, booleans are ``"1"`` or ``"0"``, numbers
-    are in decimal. ``UsageRecord.from_fields`` reads an entry back.
+    record, ``MAXLEN ~ 1000000`` (``DEFAULT_MAXLEN``) so the stream stays bounded. Each entry has one field,
+    ``json`` (``STREAM_FIELD``): the record's ``to_json()`` object, the line the gateway's journal wrote (UTF-8,
+    followed by its newline, which is JSON whitespace). Gateways before this form wrote one flat string field per
+    record field instead (``UsageRecord.to_fields``: None is ``""``, booleans are ``"1"`` or ``"0"``, numbers
+    are in decimal), and a stream may hold both forms. ``UsageRecord.from_fields`` reads an entry of either form:
+    the management plane must be upgraded before its gateways, since an older one counts the new entries invalid.
 
     HTTP (the embedded default, which has no Redis): ``POST {management}/api/gateway/usage/`` with the header
     ``Authorization: Gateway <token>`` and the body ``{"records": [UsageRecord.to_json(), ...]}``, in JSON types
@@ -52,10 +55,11 @@ Wire formats
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +68,7 @@ __all__ = (
     "DEFAULT_STREAM",
     "FIELD_NAMES",
     "MAX_LENGTHS",
+    "STREAM_FIELD",
     "USAGE_PATH",
     "RecordError",
     "UsageRecord",
@@ -71,6 +76,7 @@ __all__ = (
 )
 
 DEFAULT_STREAM = "sluice:usage"
+STREAM_FIELD = "json"  # the stream entry's one field: the record's JSON object
 DEFAULT_MAXLEN = 1_000_000
 USAGE_PATH = "/api/gateway/usage/"
 
@@ -97,6 +103,7 @@ ERR_INTEGER = "A valid integer is required."
 ERR_NUMBER = "A valid number is required."
 ERR_BOOLEAN = "Must be a valid boolean."
 ERR_GUID = "Must be a GUID."
+ERR_JSON = "Not valid JSON."
 
 
 #
@@ -135,7 +142,7 @@ class UsageRecord:
     failed_attempts: str | None = None
 
     def to_fields(self) -> dict[str, str]:
-        """The Redis stream entry: flat strings."""
+        """The Redis stream entry as gateways before the ``json`` field wrote it: flat strings."""
         return dict(zip(FIELD_NAMES, self.field_values(), strict=True))
 
     def field_values(self) -> tuple[str, ...]:
@@ -211,8 +218,16 @@ class UsageRecord:
         )
 
     @classmethod
-    def from_fields(cls, fields: Mapping[Any, Any]) -> UsageRecord:
-        """Read a Redis stream entry (``to_fields``'s shape; keys and values may be bytes); raises ``RecordError``."""
+    def from_fields(cls, fields: Mapping[Any, Any], *, loads: Callable[[str], Any] = json.loads) -> UsageRecord:
+        """Read a Redis stream entry: the record's JSON object in the field ``json`` (``from_json``), or the flat
+        strings of ``to_fields`` (older gateways). Keys and values may be bytes. Raises ``RecordError``. ``loads``
+        decodes the JSON (a faster decoder than the standard library's, if the caller has one: it must raise
+        ValueError for what is not JSON)."""
+        line = fields.get(STREAM_FIELD)
+        if line is None:
+            line = fields.get(_STREAM_FIELD_BYTES)
+        if line is not None:
+            return cls.from_json(_json_object(line, loads))
         data: dict[str, Any] = {_text(key): _text(value) for key, value in fields.items()}
         for name in _INTEGER_FIELDS:
             if isinstance(data.get(name), str):
@@ -287,6 +302,18 @@ def _from_plain_json(cls: type[UsageRecord], data: Any) -> UsageRecord | None:
 
 
 _INTEGER_FIELDS = ("ts_ms", "prompt_tokens", "completion_tokens", "status")
+_STREAM_FIELD_BYTES = STREAM_FIELD.encode()
+
+
+def _json_object(value: Any, loads: Callable[[str], Any]) -> Any:
+    """The JSON value of a stream entry's ``json`` field (text, or UTF-8 bytes read as ``_text`` reads them)."""
+    text = _text(value)
+    if not isinstance(text, str):
+        raise RecordError(STREAM_FIELD, ERR_STRING)
+    try:
+        return loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep for the decoder
+        raise RecordError(STREAM_FIELD, ERR_JSON) from None
 
 
 def _text(value: Any) -> Any:

@@ -11,9 +11,9 @@ Sinks
     Otherwise it tries to deliver, once, whatever the backoff; what still fails stays buffered. ``await
     close()`` flushes, spools what is left and closes the connection.
 
-    ``RedisStreamSink`` and ``HttpSink`` buffer records (``HttpSink`` as their JSON lines, ready for a body). A
-    batch (up to ``batch_max`` records) goes out when it is full, or ``flush_interval`` seconds after its first
-    record. Each batch is one pipelined round trip (Redis) or
+    ``RedisStreamSink`` and ``HttpSink`` buffer records as their JSON lines (``LineSink``): each line is a stream
+    entry's value, or a part of a POST's body. A batch (up to ``batch_max`` records) goes out when it is full, or
+    ``flush_interval`` seconds after its first record. Each batch is one pipelined round trip (Redis) or
     one POST (HTTP: 1,000 records by default, over one kept-alive connection). When a delivery fails the sink backs
     off (exponential, jittered, capped) and keeps the records. Without ``spool_path`` they stay in memory: at most
     ``buffer_max`` records, and beyond that the oldest are dropped and counted in ``stats.dropped``. With
@@ -45,13 +45,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import aiohttp
 
 from gateway.redis import RespClient, RespError
 from gateway.usage.journal import Segment, Spool, encode, encode_line
-from gateway.usage.record import DEFAULT_MAXLEN, DEFAULT_STREAM, FIELD_NAMES, USAGE_PATH, UsageRecord
+from gateway.usage.record import DEFAULT_MAXLEN, DEFAULT_STREAM, STREAM_FIELD, USAGE_PATH, UsageRecord
 
 __all__ = (
     "Backoff",
@@ -59,6 +59,7 @@ __all__ = (
     "BufferedSink",
     "DeliveryError",
     "HttpSink",
+    "LineSink",
     "MemorySink",
     "NullSink",
     "RedisStreamSink",
@@ -72,24 +73,6 @@ logger = logging.getLogger("gateway.usage")
 # How long HttpSink keeps its idle connection to the management plane open.
 KEEPALIVE_SECONDS = 1.0
 
-# The fields of one XADD in RESP: each name's bulk string, then a "$<length>\r\n<value>\r\n" slot for its value
-_FIELDS_TEMPLATE: bytes = b"".join(b"$%d\r\n%s\r\n$%%d\r\n%%s\r\n" % (len(name), name.encode()) for name in FIELD_NAMES)
-
-# ``_xadd_commands`` formats the fields in four runs, in FIELD_NAMES order, with one template: the request's own
-# (request id and start) and its counts (tokens, status, latency) are formatted for each record; the others (api to
-# model, then cache_hit to failed_attempts) repeat from one request to the next, and their RESP text is cached by value.
-_OWN, _ROUTE, _COUNTS, _OUTCOME = slice(0, 2), slice(2, 8), slice(8, 12), slice(12, 16)
-assert FIELD_NAMES[_OWN] == ("request_id", "ts_ms") and FIELD_NAMES[_COUNTS][-1] == "latency_ms", FIELD_NAMES
-assert FIELD_NAMES[_OUTCOME] == ("cache_hit", "gateway_id", "block_reason", "failed_attempts"), FIELD_NAMES
-_RECORD_TEMPLATE: str = (
-    "".join(f"${len(name)}\r\n{name}\r\n$%d\r\n%s\r\n" for name in FIELD_NAMES[_OWN])
-    + "%s"  # the route's run
-    + "".join(f"${len(name)}\r\n{name}\r\n$%d\r\n%s\r\n" for name in FIELD_NAMES[_COUNTS])
-    + "%s"  # the outcome's run
-)
-_RUNS_CACHED: Final = 4096  # distinct runs kept (the cache starts over beyond)
-_runs: dict[tuple[Any, ...], tuple[str, str]] = {}
-
 
 def _bulk(value: str) -> bytes:
     data = value.encode("utf-8", "surrogatepass")
@@ -97,68 +80,14 @@ def _bulk(value: str) -> bytes:
 
 
 def _xadd_prefix(stream: str, maxlen: int) -> bytes:
-    """``XADD <stream> MAXLEN ~ <maxlen> *`` in RESP, with the array header for the fields of one record."""
-    head = b"*%d\r\n" % (6 + 2 * len(FIELD_NAMES))
-    return head + b"".join(_bulk(part) for part in ("XADD", stream, "MAXLEN", "~", str(maxlen), "*"))
+    """``XADD <stream> MAXLEN ~ <maxlen> * json`` in RESP, with the array header: what comes before an entry's value."""
+    args = ("XADD", stream, "MAXLEN", "~", str(maxlen), "*", STREAM_FIELD)
+    return b"*%d\r\n" % (len(args) + 1) + b"".join(_bulk(arg) for arg in args)
 
 
-def _xadd_commands(prefix: bytes, records: Iterable[UsageRecord]) -> bytes:
-    """Each record's ``XADD`` (``to_fields``'s entry), joined, packed by hand: the bytes of ``_xadd_command_exact``
-    for each, with the runs of fields that repeat between requests taken from a cache instead of encoded field by
-    field, and the whole batch's text encoded at once."""
-    head = prefix.decode("utf-8", "surrogatepass")  # (the prefix is encoded so: the text encodes back to its bytes)
-    parts = []
-    for record in records:
-        request_id = record.request_id
-        if not request_id.isascii():  # the lengths below are in characters: right for ASCII only (numbers always are)
-            parts.append(_xadd_command_exact(prefix, record).decode("utf-8", "surrogatepass"))
-            continue
-        key = (
-            record.api, record.operation, record.subscription, record.product, record.backend, record.model,
-            record.cache_hit, record.gateway_id, record.block_reason, record.failed_attempts,
-        )  # fmt: skip
-        runs = _runs.get(key)
-        if runs is None:
-            runs = _cache_runs(key, record)
-        ts_ms, prompt, completion = str(record.ts_ms), str(record.prompt_tokens), str(record.completion_tokens)
-        status, latency = str(record.status), repr(float(record.latency_ms))
-        parts.append(head)
-        parts.append(
-            _RECORD_TEMPLATE % (
-                len(request_id), request_id, len(ts_ms), ts_ms, runs[0], len(prompt), prompt, len(completion),
-                completion, len(status), status, len(latency), latency, runs[1],
-            )
-        )  # fmt: skip
-    # the cached runs' lengths are of their UTF-8 bytes, and encoding the text encodes each run to those bytes
-    return "".join(parts).encode("utf-8", "surrogatepass")
-
-
-def _cache_runs(key: tuple[Any, ...], record: UsageRecord) -> tuple[str, str]:
-    """The RESP text of ``record``'s route and outcome fields (names and values), cached under ``key`` (their
-    values). Each value's length is that of its UTF-8 bytes."""
-    values = record.field_values()
-    runs = (_run_text(_ROUTE, values), _run_text(_OUTCOME, values))
-    if len(_runs) >= _RUNS_CACHED:
-        _runs.clear()
-    _runs[key] = runs
-    return runs
-
-
-def _run_text(fields: slice, values: tuple[str, ...]) -> str:
-    return "".join(
-        f"${len(name)}\r\n{name}\r\n${len(value.encode('utf-8', 'surrogatepass'))}\r\n{value}\r\n"
-        for name, value in zip(FIELD_NAMES[fields], values[fields], strict=True)
-    )
-
-
-def _xadd_command_exact(prefix: bytes, record: UsageRecord) -> bytes:
-    """One record's ``XADD``, every field encoded (and measured) in UTF-8."""
-    args: list[Any] = []
-    for value in record.field_values():
-        data = value.encode("utf-8", "surrogatepass")
-        args.append(len(data))
-        args.append(data)
-    return prefix + _FIELDS_TEMPLATE % tuple(args)
+def _xadd_commands(prefix: bytes, lines: Iterable[bytes]) -> bytes:
+    """One ``XADD`` per record, joined: the entry's ``json`` field is the record's journal line, as it is."""
+    return b"".join([b"%s$%d\r\n%s\r\n" % (prefix, len(line), line) for line in lines])
 
 
 #
@@ -582,8 +511,23 @@ class BatchingSink(BufferedSink[UsageRecord]):
         return records
 
 
-class RedisStreamSink(BatchingSink):
-    """Appends records to a Redis stream, one pipelined round trip (``XADD ... MAXLEN ~``) per batch."""
+class LineSink(BufferedSink[bytes]):
+    """A network sink that buffers each record as its JSON line (the journal's, when given) and delivers lists of
+    lines: the record is encoded once, for the journal and the peer alike."""
+
+    def _entry(self, record: UsageRecord, line: bytes | None) -> bytes:
+        return line if line is not None else encode_line(record)
+
+    def _encode(self, entries: list[bytes]) -> bytes:
+        return b"".join(entries)
+
+    def _entries(self, records: list[UsageRecord]) -> list[bytes]:
+        return [encode_line(record) for record in records]
+
+
+class RedisStreamSink(LineSink):
+    """Appends records to a Redis stream, one pipelined round trip (``XADD ... MAXLEN ~``) per batch; each entry's
+    one field, ``json``, is the record's line."""
 
     def __init__(
         self,
@@ -613,7 +557,7 @@ class RedisStreamSink(BatchingSink):
         self.timeout = timeout
         self._redis: RespClient | None = None
 
-    async def _deliver(self, batch: list[UsageRecord]) -> None:
+    async def _deliver(self, batch: list[bytes]) -> None:
         if self._redis is None:
             # The project's pipelined RESP client: it does not retry, this sink backs off and spools on its own.
             self._redis = RespClient(self.redis_url, connect_timeout=self.timeout, timeout=self.timeout)
@@ -636,10 +580,9 @@ class RedisStreamSink(BatchingSink):
         return f"Redis stream {self.stream}"
 
 
-class HttpSink(BufferedSink[bytes]):
-    """POSTs batches of records to the management plane (the embedded default, which has no Redis). It buffers each
-    record as its JSON line (the journal's, when given): a batch's body is these lines joined, not the records
-    encoded again."""
+class HttpSink(LineSink):
+    """POSTs batches of records to the management plane (the embedded default, which has no Redis): a batch's body
+    is the records' lines joined, not the records encoded again."""
 
     def __init__(
         self,
@@ -668,15 +611,6 @@ class HttpSink(BufferedSink[bytes]):
         self._headers = {"Authorization": f"Gateway {gateway_token}", "Content-Type": "application/json"}
         self._session = session
         self._own_session = session is None
-
-    def _entry(self, record: UsageRecord, line: bytes | None) -> bytes:
-        return line if line is not None else encode_line(record)
-
-    def _encode(self, entries: list[bytes]) -> bytes:
-        return b"".join(entries)
-
-    def _entries(self, records: list[UsageRecord]) -> list[bytes]:
-        return [encode_line(record) for record in records]
 
     async def _deliver(self, batch: list[bytes]) -> None:
         if self._session is None:

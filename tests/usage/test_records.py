@@ -1,10 +1,12 @@
 """The usage record contract: stream fields and JSON round trips, validation naming the field."""
 
+import json
 import uuid
 
+import orjson
 import pytest
 
-from gateway.usage.record import FIELD_NAMES, MAX_LENGTHS, RecordError, UsageRecord, _from_plain_json
+from gateway.usage.record import FIELD_NAMES, MAX_LENGTHS, STREAM_FIELD, RecordError, UsageRecord, _from_plain_json
 
 from .factories import UsageRecordFactory
 
@@ -119,6 +121,45 @@ def test_every_field_is_required(field):
 def test_bad_stream_values_name_the_field(field, value):
     with pytest.raises(RecordError) as excinfo:
         UsageRecord.from_fields({**UsageRecordFactory().to_fields(), field: value})
+    assert excinfo.value.field == field
+
+
+def test_stream_entries_of_the_json_form_read_as_json_records():
+    record = UsageRecordFactory(subscription=None, cache_hit=True, latency_ms=12.5, failed_attempts="ptu:429")
+    line = json.dumps(record.to_json()) + "\n"
+    assert UsageRecord.from_fields({STREAM_FIELD: line}) == record
+    assert UsageRecord.from_fields({STREAM_FIELD.encode(): line.encode()}) == record
+    newer = {**record.to_json(), "region": "eu"}  # a newer gateway's field: ignored, as in from_json
+    del newer["block_reason"]  # and an older one's record
+    assert UsageRecord.from_fields({STREAM_FIELD: json.dumps(newer)}) == record
+    assert UsageRecord.from_fields({STREAM_FIELD: line}, loads=orjson.loads) == record
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        ("{", STREAM_FIELD),
+        ("", STREAM_FIELD),
+        (b"\xff{}", STREAM_FIELD),  # not UTF-8: read with replacement characters, then not JSON
+        ("[" * 100_000, STREAM_FIELD),  # deeper than the decoder goes
+        ('["not", "an", "object"]', "non_field_errors"),
+        ("null", "non_field_errors"),
+        ('{"status": 200}', "request_id"),
+    ],
+)
+@pytest.mark.parametrize("loads", [json.loads, orjson.loads])  # the default, and the stream consumer's
+def test_unreadable_json_entries_name_the_problem(value, field, loads):
+    with pytest.raises(RecordError) as excinfo:
+        UsageRecord.from_fields({STREAM_FIELD: value}, loads=loads)
+    assert excinfo.value.field == field
+
+
+@pytest.mark.parametrize(("field", "value"), [("status", "200"), ("cache_hit", "1"), ("latency_ms", None)])
+def test_json_entries_are_validated_as_json_records(field, value):
+    """In the JSON form numbers and booleans have their JSON types, as in the HTTP body: not the flat strings."""
+    data = {**UsageRecordFactory().to_json(), field: value}
+    with pytest.raises(RecordError) as excinfo:
+        UsageRecord.from_fields({STREAM_FIELD: json.dumps(data)})
     assert excinfo.value.field == field
 
 

@@ -7,7 +7,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from gateway.usage.record import UsageRecord
+from gateway.usage.journal import encode_line
+from gateway.usage.record import STREAM_FIELD, UsageRecord
 from gateway.usage.sinks import RedisStreamSink
 from usage.tasks import ingest_usage_stream
 
@@ -53,6 +54,18 @@ async def test_a_batch_is_one_pipelined_round_trip(redis_url, redis_conn, stream
     assert writes == [1, 1]  # each batch's XADDs leave in a single write
     assert stream_ids(redis_conn, stream_key) == [r.request_id for r in [warm_up, *sent]]
     await sink.close()
+
+
+async def test_each_entry_is_the_records_journal_line(redis_url, redis_conn, stream_key):
+    sink = RedisStreamSink(redis_url, stream_key)
+    journaled, alone = UsageRecordFactory.build_batch(2)
+    line = encode_line(journaled)
+    sink.emit(journaled, line)  # the journal's line, as the gateway hands it over
+    sink.emit(alone)  # no journal: the sink encodes the record itself
+    await sink.close()
+    entries = [fields for _, fields in redis_conn.xrange(stream_key)]
+    assert entries == [{STREAM_FIELD: line.decode()}, {STREAM_FIELD: encode_line(alone).decode()}]
+    assert [UsageRecord.from_fields(fields) for fields in entries] == [journaled, alone]
 
 
 async def test_the_stream_is_capped_approximately(redis_url, redis_conn, stream_key):

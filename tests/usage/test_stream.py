@@ -1,13 +1,15 @@
 """The Celery task reading the Redis stream, against a real Redis: consumer group, ack after commit, claiming the
 entries of a worker that died, exact totals."""
 
+import json
 import threading
 
 import pytest
 import redis
 from django.db import connection, connections
 
-from gateway.usage.record import UsageRecord
+from gateway.usage.journal import encode_line
+from gateway.usage.record import STREAM_FIELD, UsageRecord
 from usage.models import UsageRollup
 from usage.stream import GROUP, StreamConsumer
 from usage.tasks import ingest_usage_stream, purge_usage_dedupe
@@ -19,6 +21,7 @@ pytestmark = pytest.mark.django_db
 
 
 def add(conn, stream, records):
+    """Entries as gateways before the JSON form wrote them (the sink's own form: ``test_sinks_redis.py``)."""
     for record in records:
         conn.xadd(stream, record.to_fields())
 
@@ -100,6 +103,21 @@ def test_unreadable_entries_are_acknowledged_and_counted_invalid(redis_conn, str
     redis_conn.xadd(stream_key, {"unrelated": "1"})
     result = ingest_usage_stream(stream=stream_key)
     assert (result["received"], result["counted"], result["invalid"]) == (3, 1, 2)
+    assert pending(redis_conn, stream_key) == 0
+
+
+def test_a_stream_of_both_entry_forms_counts_each_record_once(redis_conn, stream_key):
+    """Across an upgrade a stream holds entries of older gateways (a field per record field) and of newer ones
+    (the record's JSON line in one field), interleaved; and a record may come twice, once in each form."""
+    records = UsageRecordFactory.build_batch(6, prompt_tokens=3)
+    for i, record in enumerate(records):
+        redis_conn.xadd(stream_key, record.to_fields() if i % 2 else {STREAM_FIELD: encode_line(record)})
+    redis_conn.xadd(stream_key, {STREAM_FIELD: encode_line(records[1])})  # resent by a newer gateway
+    redis_conn.xadd(stream_key, {STREAM_FIELD: "{not json"})
+    redis_conn.xadd(stream_key, {STREAM_FIELD: json.dumps({**records[0].to_json(), "status": "teapot"})})
+    result = ingest_usage_stream(stream=stream_key)
+    assert (result["received"], result["counted"], result["duplicates"], result["invalid"]) == (9, 6, 1, 2)
+    assert totals() == {"requests": 6, "prompt_tokens": 18, "completion_tokens": 120, "total_tokens": 138}
     assert pending(redis_conn, stream_key) == 0
 
 
