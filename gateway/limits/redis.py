@@ -110,6 +110,9 @@ class RedisTokenStore(TokenStore):
         # id(windows) -> (windows, their encoding), for a tuple of windows handed in again (the token-limit policy
         # keeps its windows): found without hashing the windows; the entry keeps the tuple, so its id stays its own
         self._by_identity: dict[int, tuple[tuple[Window, ...], _Encoded]] = {}
+        # counter set -> (its settlement's EVALSHA before the correction, its keys with the prefix): a counter set is
+        # settled every settle_interval while its requests last, with the same keys each time
+        self._settle_heads: dict[tuple[str, ...], tuple[bytes, tuple[str, ...]]] = {}
         self._flush_scheduled = False
         self._last_log = 0.0
         # (deadline, reply future) of each admission in flight, in the order sent; the loop whose timer (one for
@@ -133,10 +136,6 @@ class RedisTokenStore(TokenStore):
             head = b"*%d\r\n" % (3 + keys + args) + encode_args(("EVALSHA", sha, keys))
             self._heads[(sha, keys, args)] = head
         return head
-
-    def _evalsha(self, sha: str, keys: Sequence[str], args: Sequence[int]) -> bytes:
-        """``EVALSHA sha numkeys keys… args…`` in RESP."""
-        return self._evalsha_head(sha, len(keys), len(args)) + encode_args(keys) + encode_args(args)
 
     async def reserve(self, windows: Sequence[Window], amount: int, now: float) -> Admission:
         # What ``breaker.call`` does, in this one frame: the admission runs once per request, and each coroutine level
@@ -277,17 +276,27 @@ class RedisTokenStore(TokenStore):
     def _send_settlements(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, {}
-        prefix = self.prefix
+        heads = self._settle_heads
         for keys, delta in pending.items():
             if delta == 0:
                 continue
-            full = [prefix + key for key in keys]
-            self.client.send_encoded(
-                self._evalsha(self._settle_sha, full, (delta,)),
-                partial(self._settled, keys=full, delta=delta),
-            )
+            encoded = heads.get(keys)
+            if encoded is None:
+                encoded = self._settle_head(keys)
+            head, full = encoded
+            self.client.send_encoded(head + encode_args((delta,)), partial(self._settled, full, delta))
 
-    def _settled(self, reply: Any, keys: list[str], delta: int) -> None:
+    def _settle_head(self, keys: tuple[str, ...]) -> tuple[bytes, tuple[str, ...]]:
+        """The settlement of ``keys`` up to its correction (``EVALSHA sha numkeys keys…``), and the keys with the
+        prefix; kept for the next settlements of the same counters (forgotten all at once when too many)."""
+        full = tuple(self.prefix + key for key in keys)
+        encoded = self._evalsha_head(self._settle_sha, len(full), 1) + encode_args(full), full
+        if len(self._settle_heads) >= ENCODED_MAX:
+            self._settle_heads.clear()
+        self._settle_heads[keys] = encoded
+        return encoded
+
+    def _settled(self, keys: tuple[str, ...], delta: int, reply: Any) -> None:
         if isinstance(reply, RespError) and reply.code == "NOSCRIPT":
             self.client.send("EVAL", SETTLE_SCRIPT, len(keys), *keys, delta, on_reply=self._log_failure)
             return

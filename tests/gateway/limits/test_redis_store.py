@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from gateway.limits import StoreUnavailable, create_store, minute_window
+from gateway.limits import StoreUnavailable, create_store, minute_window, quota_window
+from gateway.limits.base import reservation_for
 from gateway.limits.breaker import BreakerState
 from gateway.limits.redis import RedisTokenStore
 from gateway.redis import RespClient, RespError, encode_command, parse_reply
@@ -60,6 +61,32 @@ def test_url_parsing():
     )
     with pytest.raises(ValueError, match="unsupported Redis URL scheme"):
         RespClient("unix:///tmp/redis.sock")
+
+
+async def test_settlements_of_the_same_counters_are_sent_as_their_own_commands(clock: FakeClock):
+    """The settlement of a counter set is encoded once up to its correction and reused: each is still exactly
+    ``EVALSHA sha numkeys keys… correction``, per counter set, and its reply handler keeps the prefixed keys (for the
+    ``EVAL`` after a ``NOSCRIPT``)."""
+    store = create_store("redis", url="redis://127.0.0.1:1/0", clock=clock, prefix="p:", settle_interval=3600)
+    sent: list[tuple[bytes, object]] = []
+    store.client.send_encoded = lambda command, on_reply=None: sent.append((command, on_reply))  # type: ignore[method-assign]
+    minute = minute_window("a", clock(), 100)
+    windows = (quota_window("a", "Daily", clock(), 1000), minute)
+    other = minute_window("\u00e9", clock(), 100)  # a key that is not ASCII: its length in UTF-8 bytes
+    sha = store._settle_sha
+    for round_ in range(3):
+        store.settle(reservation_for(windows, 50), 50 + round_ + 1)
+        store.settle(reservation_for((other,), 50), 40 - round_)
+        store.settle(reservation_for((minute,), 50), 50)  # no correction: nothing sent
+        store._send_settlements()
+        full = ["p:" + w.key for w in windows]
+        assert [command for command, _ in sent] == [
+            encode_command(("EVALSHA", sha, 2, *full, round_ + 1)),
+            encode_command(("EVALSHA", sha, 1, "p:" + other.key, -10 - round_)),
+        ]
+        handler = sent[0][1]
+        assert handler.args == (tuple(full), round_ + 1)  # type: ignore[attr-defined]
+        sent.clear()
 
 
 #
