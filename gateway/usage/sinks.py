@@ -50,12 +50,11 @@ from typing import Generic, Protocol, TypeVar
 import aiohttp
 
 from gateway.redis import RespClient, RespError
-from gateway.usage.journal import Segment, Spool, encode, encode_line
+from gateway.usage.journal import Segment, Spool, encode_line
 from gateway.usage.record import DEFAULT_MAXLEN, DEFAULT_STREAM, STREAM_FIELD, USAGE_PATH, UsageRecord
 
 __all__ = (
     "Backoff",
-    "BatchingSink",
     "BufferedSink",
     "DeliveryError",
     "HttpSink",
@@ -496,19 +495,6 @@ class BufferedSink(Generic[E]):
 
     def _peer(self) -> str:
         return self.__class__.__name__
-
-
-class BatchingSink(BufferedSink[UsageRecord]):
-    """A network sink that buffers the records themselves (and delivers lists of records)."""
-
-    def _entry(self, record: UsageRecord, line: bytes | None) -> UsageRecord:
-        return record
-
-    def _encode(self, entries: list[UsageRecord]) -> bytes:
-        return encode(entries)
-
-    def _entries(self, records: list[UsageRecord]) -> list[UsageRecord]:
-        return records
 
 
 class LineSink(BufferedSink[bytes]):

@@ -15,10 +15,11 @@ import pytest
 
 from gateway.usage.journal import UsageJournal
 from gateway.usage.record import UsageRecord
-from gateway.usage.sinks import Backoff, BatchingSink
+from gateway.usage.sinks import Backoff
 
 from .conftest import FakeClock
 from .factories import UsageRecordFactory
+from .fakes import RecordSink
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -68,7 +69,7 @@ class Writer:
         return self.written
 
 
-class ListSink(BatchingSink):
+class ListSink(RecordSink):
     """Delivers into `records`."""
 
     def __init__(self, spool_path: str) -> None:

@@ -10,7 +10,6 @@ from gateway.usage.journal import Spool
 from gateway.usage.record import UsageRecord
 from gateway.usage.sinks import (
     Backoff,
-    BatchingSink,
     DeliveryError,
     HttpSink,
     MemorySink,
@@ -21,9 +20,10 @@ from gateway.usage.sinks import (
 
 from .conftest import FakeClock, spool_lines
 from .factories import UsageRecordFactory
+from .fakes import RecordSink
 
 
-class FakeSink(BatchingSink):
+class FakeSink(RecordSink):
     """Delivers into `batches`; `failures` makes the next deliveries fail with the given errors."""
 
     def __init__(self, *, failures=(), batch_max=3, flush_interval=0.0, spool_path=None, buffer_max=100, clock=None):
