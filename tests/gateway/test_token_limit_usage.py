@@ -231,6 +231,41 @@ def test_usage_from_body_and_mapping():
 
 
 @pytest.mark.parametrize(
+    ("body", "usage", "model"),
+    [
+        (b'{"usage":1,"usage":{"prompt_tokens":2},"model":"m"}', {"prompt_tokens": 2}, "m"),  # the last key wins
+        (b'{"usage":{"prompt_tokens":2},"usage":null,"model":"m"}', None, "m"),
+        (b'{"usage":null,"model":"m"}', None, "m"),
+        (b'{"usage":[1],"model":"m"}', None, "m"),
+        (b'{"usage":"12","model":"m"}', None, "m"),
+        (b'{"usage":{},"model":7}', {}, None),
+        (b'{"usage":{"total_tokens":1.5e3},"model":"m\\u00e9"}', {"total_tokens": 1500.0}, "m\u00e9"),  # an escape
+        (b'{"usage":{"total_tokens":18446744073709551616}}', {"total_tokens": 1.8446744073709552e19}, None),
+        ('{"usage":{"prompt_tokens":1},"model":"gpt-4o-\u00e9"}'.encode(), {"prompt_tokens": 1}, "gpt-4o-\u00e9"),
+        (b'\t\r\n {"usage":{"prompt_tokens":1}} \n', {"prompt_tokens": 1}, None),
+        (b'{"response":{"usage":{"input_tokens":3},"model":"m"},"model":"x"}', {"input_tokens": 3}, "m"),
+        (b'{"usage":null,"response":{"usage":{"input_tokens":3}},"model":"x"}', {"input_tokens": 3}, None),
+        (b'{"usage":{"input_tokens":3},"response":{"usage":{"input_tokens":4}}}', {"input_tokens": 3}, None),
+        (b'{"response":[],"model":"m"}', None, "m"),
+        (b'{"response":{"usage":[],"model":1}}', None, None),
+        (b'{"usage":{"prompt_tokens":1},"x":1e400}', None, None),  # not valid for orjson: no usage at all
+        (b'{"usage":{"prompt_tokens":1},"x":"\xff"}', None, None),  # not UTF-8
+        (b'{"usage":{"prompt_tokens":1}', None, None),  # truncated
+        (b'{"usage":{"prompt_tokens":1}} x', None, None),
+        (b'\xef\xbb\xbf{"usage":{"prompt_tokens":1}}', None, None),  # a byte order mark
+        (b'"usage"', None, None),
+        (b"null", None, None),
+    ],
+)
+def test_usage_from_body_shapes(body, usage, model):
+    got_usage, got_model, document = usage_from_body(body)
+    assert (got_usage, got_model) == (usage, model)
+    assert type(got_usage) is (dict if usage is not None else type(None))
+    if got_usage is not None:
+        assert got_usage in (document.get("usage"), document.get("response", {}).get("usage"))
+
+
+@pytest.mark.parametrize(
     ("value", "counted"),
     [(5, 5), (0, 0), (-1, 0), (10**16, 10**15), (16.0, 16), (16.5, 0), ("16", 16), (True, 0), (None, 0), ([1], 0)],
 )
@@ -247,6 +282,54 @@ def test_usage_counts_are_read_like_int(value, counted):
         "m",
     )
     assert usage == TokenUsage(counted, counted, counted or 2 * counted, "m", False, counted, counted)
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        ({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 9}, TokenUsage(3, 4, 9, "m")),
+        ({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": None}, TokenUsage(3, 4, 7, "m")),
+        ({"prompt_tokens": 3, "completion_tokens": 4}, TokenUsage(3, 4, 7, "m")),
+        ({"completion_tokens": 4, "total_tokens": 9}, TokenUsage(0, 4, 9, "m")),
+        ({"prompt_tokens": None, "input_tokens": 5, "output_tokens": 6}, TokenUsage(0, 0, 0, "m")),  # chat names win
+        ({"input_tokens": 5, "output_tokens": 6, "total_tokens": 11}, TokenUsage(5, 6, 11, "m")),
+        (
+            {
+                "input_tokens": 5,
+                "output_tokens": 6,
+                "total_tokens": 11,
+                "input_tokens_details": {"cached_tokens": 2},
+                "output_tokens_details": {"reasoning_tokens": 3},
+                "prompt_tokens_details": {"cached_tokens": 9},  # not the names of this kind
+            },
+            TokenUsage(5, 6, 11, "m", False, 2, 3),
+        ),
+        (
+            {
+                "prompt_tokens": 3,
+                "completion_tokens": 4,
+                "total_tokens": 7,
+                "prompt_tokens_details": {"cached_tokens": 1},
+                "completion_tokens_details": {"reasoning_tokens": 2},
+                "input_tokens_details": {"cached_tokens": 9},  # not the names of this kind
+            },
+            TokenUsage(3, 4, 7, "m", False, 1, 2),
+        ),
+        (
+            {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "completion_tokens_details": None},
+            TokenUsage(3, 4, 7, "m"),
+        ),
+        (
+            {"prompt_tokens": 3, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": "2"}},
+            TokenUsage(3, 4, 7, "m", False, 2, 0),
+        ),
+        ({"prompt_tokens": 3, "completion_tokens": 4, "prompt_tokens_details": [1]}, TokenUsage(3, 4, 7, "m")),
+        ({}, TokenUsage(0, 0, 0, "m")),
+    ],
+)
+def test_usage_names_and_details(usage, expected):
+    # The three Chat Completions counts are read by subscript, any other shape by name: the same figures either way.
+    assert usage_from_mapping(usage, "m") == expected
 
 
 def test_token_usage_is_immutable():
