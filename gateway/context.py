@@ -156,6 +156,9 @@ class RequestContext:
     resume_outbound_after: frozenset[str] | None = None
     semantic_cache: Any = None  # the lookup's state for the store and the usage record (gateway.semcache.CacheState)
     started: float = 0.0
+    # the request body and the JSON object the pipeline's body check parsed from it (``requires_json_body``): the
+    # LLM exchange takes the object instead of parsing the same bytes again
+    json_body: tuple[bytes, dict[str, Any]] | None = None
 
     def __init__(
         self,
@@ -189,6 +192,7 @@ class RequestContext:
         resume_outbound_after: frozenset[str] | None = None,
         semantic_cache: Any = None,
         started: float = 0.0,
+        json_body: tuple[bytes, dict[str, Any]] | None = None,
     ) -> None:
         self.request = request
         self.request_id = request_id
@@ -220,3 +224,4 @@ class RequestContext:
         self.resume_outbound_after = resume_outbound_after
         self.semantic_cache = semantic_cache
         self.started = started
+        self.json_body = json_body

@@ -94,6 +94,7 @@ class LlmExchange:
 
     __slots__ = (
         "_body",
+        "_checked",
         "_client_wants_usage",
         "_encoding",
         "_model",
@@ -122,6 +123,8 @@ class LlmExchange:
         self._prompt_estimate: int | None = None
         self._upstream: bytes | None = None
         self._parsed = False
+        checked = ctx.json_body  # the pipeline's body check parsed these bytes already: their object, not parsed again
+        self._checked = checked[1] if checked is not None and checked[0] is raw else None
         # Only a stream of a chat or completions request can need ``stream_options.include_usage``. A body without
         # the bytes '"stream"' and without a backslash (an escape could spell that key) has no "stream" member
         # (``find`` rather than ``in``: a byte string's ``in`` costs more, and a one-byte ``find`` is a memchr).
@@ -140,10 +143,10 @@ class LlmExchange:
                 break
 
     def _parse(self) -> None:
-        """Parse the body and set what derives from it."""
+        """Parse the body (unless the pipeline's body check did) and set what derives from it."""
         raw = self.raw
-        body = None
-        if raw and raw[0] in _JSON_START:
+        body = self._checked
+        if body is None and raw and raw[0] in _JSON_START:
             try:
                 document = orjson.loads(raw)
             except orjson.JSONDecodeError:

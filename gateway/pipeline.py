@@ -191,11 +191,13 @@ def _check_body(ctx: RequestContext) -> None:
         content_type = ctx.request.header(b"content-type")
         if content_type is not None and b"json" not in content_type.lower():
             return
-    problem = parse_json_body(ctx.request.body, need_object=True)[1]
+    body = ctx.request.body
+    document, problem = parse_json_body(body, need_object=True)
     if problem is not None:
         error = GatewayError(400, problem, source="request", reason=REASON_INVALID_BODY)
         error.section = Section.INBOUND.value
         raise error
+    ctx.json_body = body, document
 
 
 async def _run_section(ctx: RequestContext, section: Section, steps: tuple[Policy, ...]) -> Response | None:

@@ -67,6 +67,9 @@ SETTLE_INTERVAL: Final = 0.005
 # Admissions encoded per window set (the policies hand the same windows to every request of a counter key and minute):
 # forgotten all at once when this many are kept.
 ENCODED_MAX: Final = 4096
+# The breaker's closed state, read by every admission and settlement: on Python 3.11 an enum member read through its
+# class (``BreakerState.CLOSED``) costs about 900 machine instructions, a module global about a tenth of that.
+_CLOSED: Final = BreakerState.CLOSED
 
 
 # What the admissions of one window set share: the EVALSHA before and after the amount, the reservation's keys, expiry.
@@ -144,7 +147,7 @@ class RedisTokenStore(TokenStore):
         # reply's future with the breaker's timeout error; the reply, when it comes, goes to ``orphan``); count the
         # failure or the success. A cancellation from outside propagates and counts as neither, as in ``call``.
         breaker = self.breaker
-        if breaker.state is not BreakerState.CLOSED:
+        if breaker.state is not _CLOSED:
             raise breaker.open_error()
         known = self._by_identity.get(id(windows))
         encoded = known[1] if known is not None and known[0] is windows else self._encoding(windows)
@@ -259,7 +262,7 @@ class RedisTokenStore(TokenStore):
         if delta == 0 or self.clock() >= reservation.expires_at:
             return
         # breaker not closed: nothing would answer, so do not pile commands on a dead connection
-        if self.breaker.state is not BreakerState.CLOSED:
+        if self.breaker.state is not _CLOSED:
             self.dropped_settlements += 1
             return
         pending = self._pending

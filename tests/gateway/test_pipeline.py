@@ -10,6 +10,7 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.http.client import UpstreamConnectError, UpstreamTimeout
 from gateway.http.server import Response, StreamingResponse
+from gateway.llm_accounting import exchange_for
 from gateway.pipeline import Pipeline, run_pipeline
 from gateway.policy import Policy, Section
 from gateway.settings import GatewaySettings
@@ -333,6 +334,47 @@ async def test_inbound_response_skips_backend_and_outbound():
     )
     response = await run_pipeline(pipeline, context(app, pool))
     assert response.status == 204 and len(log) == 1 and pool.calls == []
+
+
+class ReadsBody(Policy):
+    """Reads the request's JSON object through the LLM exchange, as the token policies do."""
+
+    name = "reads-body"
+    sections = frozenset({Section.INBOUND})
+    requires_json_body = True
+
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    async def apply(self, ctx):
+        self.seen.append(exchange_for(ctx).body)
+
+
+async def run_reads_body(body: bytes):
+    """A pipeline whose one inbound step reads the JSON object through the exchange: (response, ctx, objects read)."""
+    app, pool = make_gateway()
+    seen = []
+    pipeline = Pipeline(
+        inbound=(ReadsBody(seen),), backend=(forward_step(app),), outbound=(), on_error=(), requires_json_body=True
+    )
+    ctx = context(app, pool)
+    ctx.request.body = body
+    return await run_pipeline(pipeline, ctx), ctx, seen
+
+
+async def test_the_exchange_takes_the_object_the_body_check_parsed():
+    response, ctx, seen = await run_reads_body(b'{"model": "gpt-4", "messages": []}')
+    assert response.status == 200
+    checked, document = ctx.json_body
+    assert checked is ctx.request.body and document == {"model": "gpt-4", "messages": []}
+    assert seen == [document] and seen[0] is document  # the same object: the bytes were not parsed a second time
+    assert ctx.llm.model == "gpt-4"
+
+
+async def test_a_body_the_check_refuses_leaves_nothing_for_the_exchange():
+    response, ctx, seen = await run_reads_body(b"[1, 2]")
+    assert response.status == 400 and ctx.json_body is None and seen == []
 
 
 async def test_chunk_filter_on_buffered_body():

@@ -533,6 +533,7 @@ def make_ctx(body: bytes, *, path: str = "/chat/completions", api_type: str = "o
         api=SimpleNamespace(api_type=api_type),
         request_headers=[(b"accept-encoding", b"gzip"), *headers],
         llm=None,
+        json_body=None,
     )
 
 
@@ -596,6 +597,19 @@ def test_request_without_stream_is_parsed_only_when_read():
     assert exchange.model == "gpt-4o" and exchange._parsed
     assert exchange.body == orjson.loads(raw)
     assert exchange.encoding == O200K and not exchange.stream and not exchange.client_wants_usage
+
+
+def test_the_object_the_body_check_parsed_is_taken_for_the_same_bytes_only():
+    raw = b'{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    document = orjson.loads(raw)
+    ctx = make_ctx(raw)
+    ctx.json_body = raw, document
+    exchange = LlmExchange(ctx)
+    assert exchange.body is document and exchange.model == "gpt-4o" and exchange.stream
+    other = make_ctx(raw)
+    other.json_body = bytes(bytearray(raw)), document  # equal bytes, another object: a body a policy replaced
+    replaced = LlmExchange(other)
+    assert replaced.body == document and replaced.body is not document
 
 
 @pytest.mark.parametrize(
