@@ -6,6 +6,10 @@ process: Django's test client, a throwaway SQLite database (or `DATABASE_URL`), 
 
 It measures the view, the serializer and `usage.services.ingest_records` with the database work of SQLite (which
 runs in this process, as it does in the embedded default); it does not measure gunicorn or the network.
+
+Each POST has a fixed cost (Django's and DRF's request handling, the authentication, the transaction and its commit,
+whose WAL fsync the kernel does) on top of its records': `--batch 1` measures it, per POST. A gateway's `HttpSink`
+sends far fewer than 1,000 records in many POSTs (see docs/benchmarks.md, "Ninth session (branch `ingest9`)").
 """
 
 from __future__ import annotations

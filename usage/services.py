@@ -11,7 +11,7 @@ finds it counted (PostgreSQL's `ON CONFLICT` waits for the other transaction to 
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -79,12 +79,12 @@ class IngestResult:
     invalid: int = 0
 
     def __iadd__(self, other: "IngestResult") -> "IngestResult":
-        for name, value in asdict(other).items():
+        for name, value in vars(other).items():
             setattr(self, name, getattr(self, name) + value)
         return self
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return dict(vars(self))  # the fields, as `asdict` gives them, without its deep copy of each int
 
 
 def dedupe_window() -> timedelta:
@@ -144,22 +144,25 @@ def _mark_seen(batch: Mapping[str, UsageRecord]) -> list[UsageRecord]:
             f"ON CONFLICT DO NOTHING RETURNING {id_column}::text"
         )
         params = [",".join(ids), ",".join([str(batch[request_id].ts_ms) for request_id in ids])]
-        stored = ids
     else:
-        # SQLite: a char(32) column holds the hex digits, `ts` the text Django stores (`_timestamp_adapter`).
+        # SQLite: a char(32) column holds the hex digits, `ts` the text Django stores (`_timestamp_adapter`). Each
+        # row is one string of a JSON array, the canonical id (36 characters) followed by that text: SQLite cuts it
+        # and drops the id's dashes itself (`json_extract` of a pair per row cost it twice as much).
         # `WHERE true` tells SQLite the ON CONFLICT is the upsert's, not a join's.
         sql = (
-            f"INSERT INTO {columns} SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "  # noqa: S608
+            f"INSERT INTO {columns} SELECT replace(substr(value, 1, 36), '-', ''), substr(value, 37) "  # noqa: S608
             f"FROM json_each(%s) WHERE true ON CONFLICT DO NOTHING RETURNING {id_column}"
         )
         adapt_ts = _timestamp_adapter()
-        stored = [request_id.replace("-", "") for request_id in ids]
-        rows = [(key, adapt_ts(batch[request_id].ts_ms)) for key, request_id in zip(stored, ids, strict=True)]
-        params = [orjson.dumps(rows)]
+        params = [orjson.dumps([request_id + adapt_ts(batch[request_id].ts_ms) for request_id in ids])]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        fresh = {row[0] for row in cursor.fetchall()}
-    return [batch[request_id] for key, request_id in zip(stored, ids, strict=True) if key in fresh]
+        inserted = [row[0] for row in cursor.fetchall()]
+    if len(inserted) == len(ids):  # all new, the usual case (the ids of a batch are distinct)
+        return [batch[request_id] for request_id in ids]
+    fresh = set(inserted)  # the ids as the database returns them: canonical text, or the hex digits on SQLite
+    keys = ids if connection.vendor == "postgresql" else [request_id.replace("-", "") for request_id in ids]
+    return [batch[request_id] for key, request_id in zip(keys, ids, strict=True) if key in fresh]
 
 
 def _timestamp_adapter() -> Callable[[int], Any]:
@@ -229,21 +232,25 @@ def _add_to_rollups(records: list[UsageRecord]) -> None:
     opts = UsageRollup._meta
     quote = connection.ops.quote_name
     table = quote(opts.db_table)
-    fields = [opts.get_field(name) for name in (*ROLLUP_DIMENSIONS, *_SUMS, *_MAXIMA)]
+    columns = [opts.get_field(name).column for name in (*ROLLUP_DIMENSIONS, *_SUMS, *_MAXIMA)]
     dimensions = ", ".join(quote(opts.get_field(name).column) for name in ROLLUP_DIMENSIONS)
     greatest = "GREATEST" if connection.vendor == "postgresql" else "MAX"
     updates = [f"{quote(name)} = {table}.{quote(name)} + EXCLUDED.{quote(name)}" for name in _SUMS]
     updates += [f"{quote(name)} = {greatest}({table}.{quote(name)}, EXCLUDED.{quote(name)})" for name in _MAXIMA]
-    head = f"INSERT INTO {table} ({', '.join(quote(f.column) for f in fields)}) VALUES "  # noqa: S608 (as above)
+    head = f"INSERT INTO {table} ({', '.join(quote(column) for column in columns)}) VALUES "  # noqa: S608 (as above)
     tail = f" ON CONFLICT ({dimensions}) DO UPDATE SET {', '.join(updates)}"
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    # The values go to the database as they are, but for the minute: the dimensions are the record's strings,
+    # integers and boolean, the counters integers and floats, which the fields' `get_db_prep_save` (five calls deep
+    # per value) would only pass on; the minute is a datetime, adapted as DateTimeField adapts it.
+    adapt_minute = connection.ops.adapt_datetimefield_value
     with connection.cursor() as cursor:
-        for chunk in _chunks(sorted(totals), len(fields)):
+        for chunk in _chunks(sorted(totals), len(columns)):
             params: list[Any] = []
             for key in chunk:
                 c = totals[key]
-                values = (
-                    _minute(key[0]),
+                params += (
+                    adapt_minute(_minute(key[0])),
                     *key[1:],
                     c.requests,
                     c.prompt_tokens,
@@ -254,7 +261,6 @@ def _add_to_rollups(records: list[UsageRecord]) -> None:
                     c.failed_attempts,
                     c.latency_ms_max,
                 )
-                params.extend(f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True))
             cursor.execute(head + ", ".join([row] * len(chunk)) + tail, params)
 
 

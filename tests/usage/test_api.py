@@ -250,6 +250,10 @@ def test_an_empty_batch_is_fine(gateway_client):
             {"records": [UsageRecordFactory().to_json(), {**UsageRecordFactory().to_json(), "request_id": "r-1"}]},
             {"records": {"1": {"request_id": ["Must be a GUID."]}}},
         ),
+        (  # the one-pass reading once took it as it was (a `$` in the id's pattern matched before the newline)
+            {"records": [{**UsageRecordFactory().to_json(), "request_id": "01234567-89ab-cdef-0123-456789abcdef\n"}]},
+            {"records": {"0": {"request_id": ["Must be a GUID."]}}},
+        ),
     ],
 )
 def test_bad_records_are_400_naming_the_field_and_nothing_is_counted(gateway_client, no_ingestion, body, error):

@@ -114,6 +114,14 @@ def test_rollup_math_per_minute_and_dimensions():
     assert (anonymous.product, anonymous.backend, anonymous.model) == ("", "", "")
 
 
+def test_the_rollup_minute_is_what_django_would_store():
+    """The upsert adapts the minute as DateTimeField does: the ORM finds each row by it (on SQLite a comparison of the
+    stored text with the text Django makes)."""
+    ingest_records([UsageRecordFactory(ts_ms=at(0, 1)), UsageRecordFactory(ts_ms=at(2, 59.999))])
+    assert UsageRollup.objects.filter(minute=BASE).count() == 1
+    assert UsageRollup.objects.filter(minute=BASE + timedelta(minutes=2)).count() == 1
+
+
 def test_later_batches_add_to_existing_rows_and_keep_the_max():
     ingest_records([UsageRecordFactory(latency_ms=50.0)])
     ingest_records([UsageRecordFactory(latency_ms=20.0), UsageRecordFactory(latency_ms=80.0)])

@@ -3,6 +3,7 @@ JSON parser and the serializer, with the same records and the same errors."""
 
 import io
 import json
+import uuid
 
 import msgspec
 import pytest
@@ -60,6 +61,36 @@ def test_a_gateways_batch_is_read_in_one_pass(record):
     records = parse(json.dumps({"records": [record.to_json(), record.to_json()]}).encode())
     assert isinstance(records, UsageRecords)
     assert records == [record, record]
+
+
+ID = str(uuid.UUID(int=0x0123456789ABCDEF0123456789ABCDEF))
+NOT_CANONICAL_IDS = [
+    ID + "\n",  # a pattern ending in `$` would let it through
+    ID.upper(),
+    ID[:-1] + "G",
+    "{" + ID + "}",
+    ID.replace("-", ""),
+    ID[:8] + ID[9] + "-" + ID[10:],  # 36 characters, a dash one place off
+    ID[:-1] + "-",  # a fifth dash
+    ID[:-1] + "\uff17",  # a fullwidth digit seven
+    ID[:-1] + "\x00",
+    ID[:-1] + "é",
+]
+
+
+def test_canonical_ids_are_read_in_one_pass():
+    ids = [ID, str(uuid.UUID(int=0)), str(uuid.UUID(int=2**128 - 1)), *(str(uuid.uuid4()) for _ in range(100))]
+    records = [UsageRecordFactory(request_id=request_id) for request_id in ids]
+    parsed = parse(json.dumps({"records": [record.to_json() for record in records]}).encode())
+    assert isinstance(parsed, UsageRecords)
+    assert [record.request_id for record in parsed] == ids
+
+
+@pytest.mark.parametrize("request_id", NOT_CANONICAL_IDS, ids=repr)
+def test_a_batch_with_an_id_not_in_the_canonical_form_is_read_field_by_field(request_id):
+    """The view's serializer then normalises the id (`canonical_guid`) or names the record and field in a 400."""
+    data = {"records": [UsageRecordFactory().to_json(), {**UsageRecordFactory().to_json(), "request_id": request_id}]}
+    assert parse(json.dumps(data).encode()) == data
 
 
 @pytest.mark.django_db

@@ -21,6 +21,28 @@ def _integer(highest: int):
     return Annotated[int, msgspec.Meta(ge=0, le=highest)]
 
 
+# A canonical request id: 36 characters, 8-4-4-4-12 lowercase hex digits with a dash at each of these offsets.
+_ID_LENGTH = 36
+_ID_DASHES = (8, 13, 18, 23)
+_ID_CHARACTERS = b"0123456789abcdef-"
+
+
+def _canonical_ids(records: list["_PlainRecord"]) -> bool:
+    """Whether every record's request id (36 characters, which the decoder checked) is canonical, as
+    `canonical_guid` would leave it: checked over all the ids at once, by C loops over their joined text (msgspec's
+    `pattern` called Python's `re` for each id, 1,700 instructions per record)."""
+    ids = "".join([record.request_id for record in records])
+    if not ids.isascii():
+        return False
+    text = ids.encode("ascii")
+    count = len(records)
+    return (
+        not text.translate(None, _ID_CHARACTERS)  # nothing but lowercase hex digits and dashes
+        and text.count(b"-") == len(_ID_DASHES) * count  # as many dashes as the offsets hold ...
+        and all(text[offset::_ID_LENGTH].count(b"-") == count for offset in _ID_DASHES)  # ... and all there
+    )
+
+
 class _PlainRecord(msgspec.Struct, gc=False):
     """A usage record as a gateway writes it (`UsageRecord.to_json`): every value one that `UsageRecord.from_json`
     keeps as it is (a canonical request id, names neither empty nor too long, numbers in range, finite). It has
@@ -29,7 +51,7 @@ class _PlainRecord(msgspec.Struct, gc=False):
     (`UsageRecord(*astuple(plain))`) cost 5,100 instructions per record, 8 % of the ingestion, for the same values.
     It is not tracked by the garbage collector (it holds no containers)."""
 
-    request_id: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    request_id: Annotated[str, msgspec.Meta(min_length=_ID_LENGTH, max_length=_ID_LENGTH)]  # and `_canonical_ids`
     ts_ms: _integer(MAX_TS_MS)
     api: _name("api")
     operation: _name("operation")
@@ -71,5 +93,6 @@ class UsageBatchParser(JSONParser):
             except msgspec.DecodeError:  # and its subclass ValidationError
                 pass
             else:
-                return UsageRecords(batch.records)
+                if _canonical_ids(batch.records):
+                    return UsageRecords(batch.records)
         return super().parse_body(body, media_type, parser_context)
