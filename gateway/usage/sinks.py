@@ -13,7 +13,9 @@ Sinks
 
     ``RedisStreamSink`` and ``HttpSink`` buffer records as their JSON lines (``LineSink``): each line is a stream
     entry's value, or a part of a POST's body. A batch (up to ``batch_max`` records) goes out when it is full, or
-    ``flush_interval`` seconds after its first record. Each batch is one pipelined round trip (Redis) or
+    ``flush_interval`` seconds after its first record. When full batches go out, the records behind them that do
+    not fill one keep lingering (they go with the next full batch, or ``flush_interval`` after they came) rather
+    than follow in a small batch of their own. Each batch is one pipelined round trip (Redis) or
     one POST (HTTP: 1,000 records by default, over one kept-alive connection). When a delivery fails the sink backs
     off (exponential, jittered, capped) and keeps the records. Without ``spool_path`` they stay in memory: at most
     ``buffer_max`` records, and beyond that the oldest are dropped and counted in ``stats.dropped``. With
@@ -188,6 +190,8 @@ class SinkStats:
 class _SinkState:
     retry_at: float = 0.0  # clock time before which the background flusher does not try again
     since: float = 0.0  # clock time the oldest buffered record arrived (the batch's linger starts there)
+    filled: float = 0.0  # clock time the buffer last held a whole number of full batches
+    before: int = 0  # how many of the buffered records came before ``filled``, at most (the oldest ones)
     failing: str | None = None  # the current failure, logged once per episode
     spool_dirty: bool = False  # records were spooled since the last claim
     spill_failed: bool = False  # the spool could not be written in this backoff period
@@ -243,6 +247,9 @@ class BufferedSink(Generic[E]):
             buffer.popleft()
             self._drop(1, f"the buffer is full ({self.buffer_max} records), dropping the oldest")
         elif size % self.batch_max == 0:
+            state = self._state
+            state.filled = self._clock()
+            state.before = size
             self._wakeup.set()
 
     async def start(self) -> None:
@@ -334,11 +341,14 @@ class BufferedSink(Generic[E]):
 
     async def _tick(self) -> None:
         async with self._lock:
-            await self._flush_locked()
+            # within the oldest record's linger, only full batches are due: the rest waits to fill one
+            state = self._state
+            await self._flush_locked(full_only=self._clock() < state.since + self.flush_interval)
 
-    async def _flush_locked(self) -> None:
+    async def _flush_locked(self, *, full_only: bool = False) -> None:
         """Make every buffered record safe: while backing off with a spool, append it to the spool without
-        waiting on a peer that just failed; otherwise deliver it (a failed batch is spooled or kept)."""
+        waiting on a peer that just failed; otherwise deliver it (a failed batch is spooled or kept). ``full_only``:
+        deliver full batches only, and leave the records behind them lingering."""
         if self.spool is not None and self._state.retry_at > self._clock() and not self._state.spill_failed:
             records = list(self._buffer)
             self._buffer.clear()
@@ -351,32 +361,40 @@ class BufferedSink(Generic[E]):
                 return
             self._buffer.extendleft(reversed(records))
             self._state.spill_failed = True
-        await self._drain_safely()
+        await self._drain_safely(full_only)
 
     # delivery
 
-    async def _drain_safely(self) -> None:
+    async def _drain_safely(self, full_only: bool) -> None:
         try:
-            await self._drain()
+            await self._drain(full_only)
         except Exception as exc:  # e.g. the spool cannot be read: back off instead of spinning
             logger.exception("usage sink flush failed")
             self._failed(f"{exc.__class__.__name__}: {exc}")
 
-    async def _drain(self) -> bool:
-        """Send what is buffered now, then the spool, batch by batch; stop at the first failure."""
-        self._state.spill_failed = False
+    async def _drain(self, full_only: bool = False) -> bool:
+        """Send what is buffered now, then the spool, batch by batch; stop at the first failure. ``full_only``:
+        send full batches only; the records behind them keep lingering."""
+        state = self._state
+        state.spill_failed = False
         budget = len(self._buffer)  # records emitted meanwhile wait for the next round: the spool gets its turn
-        while budget > 0 and self._buffer:
+        least = self.batch_max if full_only else 1
+        while budget >= least and len(self._buffer) >= least:
             batch = [self._buffer.popleft() for _ in range(min(budget, self.batch_max, len(self._buffer)))]
             budget -= len(batch)
+            state.before -= len(batch)
             try:
                 sent = await self._send(batch)
             except asyncio.CancelledError:  # close() cancelled the flusher: the batch is not lost
                 self._buffer.extendleft(reversed(batch))
+                state.before += len(batch)
                 raise
             if not sent:
+                state.before += len(batch)
                 await self._keep(batch)
                 return False
+        if state.before <= 0:  # every record left came after ``filled``: their linger starts there at the earliest
+            state.since = max(state.since, state.filled)
         return await self._replay_spool()
 
     async def _replay_spool(self) -> bool:

@@ -75,6 +75,56 @@ async def test_flush_sends_batches_of_batch_max():
     assert sink.stats.delivered == 7
 
 
+async def test_full_batches_go_out_and_the_rest_lingers():
+    # The flusher woken by a full batch sends full batches only: the records behind them wait for the next full
+    # batch (or their linger), rather than follow in a small POST or XADD round trip of their own.
+    sink = FakeSink(batch_max=3, flush_interval=60)  # the fake clock stands still: no linger expires
+    await sink.start()
+    sent = records(6)
+    for record in sent[:4]:
+        sink.emit(record)
+    await asyncio.wait_for(sink.delivered.wait(), 5)
+    assert sink.batches == [sent[:3]]
+    sink.delivered.clear()
+    for record in sent[4:]:
+        sink.emit(record)  # the fourth record's batch fills
+    await asyncio.wait_for(sink.delivered.wait(), 5)
+    assert sink.batches == [sent[:3], sent[3:]]
+    await sink.close()
+
+
+async def test_the_records_behind_full_batches_linger_from_when_the_batch_filled():
+    clock = FakeClock()
+    sink = FakeSink(batch_max=3, flush_interval=10, clock=clock)
+    sent = records(5)
+    sink.emit(sent[0])  # its linger ends 10 s later
+    clock.now += 4
+    for record in sent[1:4]:
+        sink.emit(record)  # the third fills a batch at +4 s; the fourth comes after it
+    assert sink._next_wait() == 0.0
+    await sink._tick()
+    assert sink.batches == [sent[:3]]
+    assert sink._next_wait() == pytest.approx(10)  # the fourth's linger counts from +4 s at the earliest
+    clock.now += 6
+    sink.emit(sent[4])
+    assert sink._next_wait() == pytest.approx(4)
+    clock.now += 4
+    assert sink._next_wait() == 0.0
+    await sink._tick()  # the linger is over: the partial batch goes
+    assert sink.batches == [sent[:3], sent[3:]]
+
+
+async def test_a_partial_batch_older_than_the_linger_goes_with_the_full_one():
+    clock = FakeClock()
+    sink = FakeSink(batch_max=3, flush_interval=10, clock=clock)
+    sent = records(4)
+    for record in sent:
+        sink.emit(record)
+    clock.now += 10  # the flusher did not run within the linger: everything is due
+    await sink._tick()
+    assert sink.batches == [sent[:3], sent[3:]]
+
+
 async def test_background_flusher_sends_without_flush():
     sink = FakeSink(batch_max=100, flush_interval=0.01, clock=time.monotonic)  # the linger expires on its own
     await sink.start()
