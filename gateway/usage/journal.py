@@ -47,6 +47,7 @@ import weakref
 from collections.abc import Iterable
 from typing import IO, Final, Protocol
 
+import msgspec
 import orjson
 
 from gateway.usage.record import RecordError, UsageRecord
@@ -83,11 +84,17 @@ def encode(records: Iterable[UsageRecord]) -> bytes:
     return b"".join(encode_line(record) for record in records)
 
 
+_encode_struct = msgspec.json.Encoder().encode
+
+
 def encode_line(record: UsageRecord) -> bytes:
     """One record's line: ``to_json()``'s object and a newline."""
-    # the dict rather than the record: orjson reads a slots dataclass through its generic path (16 k instructions a
-    # record, against 13 k for to_json() and the dict's); the same bytes
-    return orjson.dumps(record.to_json(), option=orjson.OPT_APPEND_NEWLINE)
+    # msgspec encodes the record (a Struct) in C, fields in order: 5 k instructions against 13 k for orjson of
+    # to_json()'s dict, and the same bytes but for a latency of 1e16 ms or more (1e16, not 1e+16: the same number)
+    try:
+        return _encode_struct(record) + b"\n"
+    except TypeError:  # a value msgspec does not encode (a str subclass): orjson of the dict, as before
+        return orjson.dumps(record.to_json(), option=orjson.OPT_APPEND_NEWLINE)
 
 
 #

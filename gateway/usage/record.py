@@ -1,9 +1,10 @@
-"""The usage record: the contract between the gateway and the management plane (standard library only).
+"""The usage record: the contract between the gateway and the management plane (standard library and msgspec only).
 
 CONTRACT (version 1). The management plane's ``usage`` app and the gateway's request handler code against it.
 
 Record
-    ``UsageRecord`` (dataclass, slots), one for each request the gateway answered:
+    ``UsageRecord`` (a ``msgspec.Struct``: slots, positional or keyword construction, ``==`` field by field), one
+    for each request the gateway answered:
 
     =====================  ============  =======================================================================
     field                  type          meaning
@@ -60,8 +61,9 @@ import math
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 __all__ = (
     "DEFAULT_MAXLEN",
@@ -120,9 +122,10 @@ class RecordError(ValueError):
         self.message = message
 
 
-@dataclass(slots=True)
-class UsageRecord:
-    """What the gateway reports about one request (see the module docstring for the meaning of each field)."""
+class UsageRecord(msgspec.Struct):
+    """What the gateway reports about one request (see the module docstring for the meaning of each field). A
+    ``msgspec.Struct`` rather than a dataclass: it is built in under half the time, and ``msgspec.json`` encodes it
+    in C without ``to_json()``'s dict (``gateway.usage.journal.encode_line``)."""
 
     request_id: str
     ts_ms: int
@@ -239,7 +242,7 @@ class UsageRecord:
         return cls.from_json(data)
 
 
-FIELD_NAMES: tuple[str, ...] = UsageRecord.__match_args__
+FIELD_NAMES: tuple[str, ...] = UsageRecord.__struct_fields__
 
 
 def _from_plain_json(cls: type[UsageRecord], data: Any) -> UsageRecord | None:

@@ -218,6 +218,6 @@ async def test_journal_files_of_the_earlier_version_are_replayed(spool_path):
     os.makedirs(os.path.dirname(spool_path))
     records = UsageRecordFactory.build_batch(3)
     with open(f"{spool_path}.journal-4242-0123abcd-1", "wb") as f:
-        f.write(b"".join(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE) for record in records))
+        f.write(b"".join(orjson.dumps(record.to_json(), option=orjson.OPT_APPEND_NEWLINE) for record in records))
     assert await replay_journal(spool_path) == [record.request_id for record in records]
     assert files(spool_path) == []

@@ -194,7 +194,7 @@ async def test_the_body_is_the_journal_lines_of_the_records(management, tmp_path
     sent = [*UsageRecordFactory.build_batch(3), UsageRecordFactory.build(model='modèle "x"\n', failed_attempts="a:1")]
     for record in sent:
         line = journal.append(record)
-        assert line == encode_line(record) == orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        assert line == encode_line(record) == orjson.dumps(record.to_json(), option=orjson.OPT_APPEND_NEWLINE)
     sink = HttpSink(management.url, TOKEN)
     for record in sent:
         sink.emit(record, encode_line(record))

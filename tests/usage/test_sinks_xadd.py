@@ -3,9 +3,9 @@ strings, as ``encode_command`` writes them), read back by ``UsageRecord.from_fie
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+import msgspec
 import pytest
 
 from gateway.redis import encode_command
@@ -29,7 +29,7 @@ VARIANTS: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("stream", ["sluice:usage", "flux-\u00e9:\udcff"])
 def test_a_batch_is_one_xadd_per_line(stream: str):
-    records = [dataclasses.replace(BASE, **changes) for changes in VARIANTS]
+    records = [msgspec.structs.replace(BASE, **changes) for changes in VARIANTS]
     lines = [encode_line(record) for record in records]
     prefix = _xadd_prefix(stream, 1000)
     expected = [encode_command(("XADD", stream, "MAXLEN", "~", "1000", "*", STREAM_FIELD, line)) for line in lines]
@@ -39,7 +39,7 @@ def test_a_batch_is_one_xadd_per_line(stream: str):
 
 @pytest.mark.parametrize("changes", VARIANTS)
 def test_the_entry_reads_back_as_the_record(changes: dict[str, Any]):
-    record = dataclasses.replace(BASE, **changes)
+    record = msgspec.structs.replace(BASE, **changes)
     line = encode_line(record)
     assert UsageRecord.from_fields({STREAM_FIELD.encode(): line}) == record  # redis-py without decode_responses
     assert UsageRecord.from_fields({STREAM_FIELD: line.decode()}) == record  # with it
