@@ -154,6 +154,7 @@ class LlmTokenLimit(Policy):
         "tpm",
         "tpm_value",
         "window_cache",
+        "window_end",
         "window_minute",
     )
 
@@ -195,7 +196,7 @@ class LlmTokenLimit(Policy):
         self.on_response_needed = self.reports or self.consumed_header is not None or self.consumed_variable is not None
         self.fail_closed = denies_on_store_error(attrs.get(STORE_ERROR_ATTR))
         self.window_cache: dict[tuple[str, int | None], tuple[tuple[Window, ...], int]] = {}
-        self.window_minute = -1.0
+        self.window_minute = self.window_end = -1.0  # [start, end) of the minute of the caches below
         # id(ctx.subscription) -> (the subscription, its windows and limit) of the current minute, when the counter
         # key and the limits depend on nothing else; None otherwise. The entry keeps the subscription: its id stays its
         # own while the entry lasts
@@ -216,14 +217,14 @@ class LlmTokenLimit(Policy):
     def windows(self, ctx: RequestContext, now: float) -> tuple[tuple[Window, ...], int]:
         """The quota window first (a quota refusal, 403, wins over a per-minute one), then the minute; and the
         smallest of their limits. Shared by the requests of the same counter key and minute: nobody changes them."""
-        minute = minute_start(now)
-        cache = self.window_cache
         by_subscription = self.subscription_windows
-        if minute != self.window_minute:
-            cache.clear()
+        if not self.window_minute <= now < self.window_end:  # another minute than the one of the caches: a new one
+            minute = minute_start(now)
+            self.window_cache.clear()
             if by_subscription is not None:
                 by_subscription.clear()
             self.window_minute = minute
+            self.window_end = minute + 60.0
         if by_subscription is not None:
             subscription = ctx.subscription
             found = by_subscription.get(id(subscription))
@@ -236,7 +237,7 @@ class LlmTokenLimit(Policy):
             tpm = parse_count(text, 1, MAX_TOKENS)
             if tpm is None:
                 raise ExpressionRuntimeError(f"'tokens-per-minute' must be a positive integer, got {text!r}.")
-        cached = cache.get((key, tpm))
+        cached = self.window_cache.get((key, tpm))
         if cached is None:
             cached = self._build_windows(key, tpm, now)
         if by_subscription is not None and len(by_subscription) < WINDOW_CACHE_MAX:
