@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 from gateway.types import Deployment
 
 from .compiler import MAX_AST_DEPTH, MAX_NODES, compile_parsed
+from .dependencies import subscription_only
 from .dotnet import to_string
 from .errors import REASON_EVALUATION_FAILURE, ExpressionError, ExpressionRuntimeError
 from .parser import parse
@@ -57,19 +58,31 @@ class CompiledExpression:
     ``result_type`` is the C# type of the value (``string``, ``int``, ``bool``, ``JObject``, ...). ``uses_body`` is
     set when the request body is read, ``uses_response`` when ``context.Response`` is touched and
     ``uses_response_body`` when the response body is read (the pipeline must buffer it first).
+    ``subscription_only`` is set when the value depends on the request's subscription alone (``.dependencies``).
     """
 
-    __slots__ = ("_fn", "_n_locals", "result_type", "source", "uses_body", "uses_response", "uses_response_body")
+    __slots__ = (
+        "_fn",
+        "_n_locals",
+        "result_type",
+        "source",
+        "subscription_only",
+        "uses_body",
+        "uses_response",
+        "uses_response_body",
+    )
 
     def __init__(self, source: str) -> None:
         if len(source) > MAX_EXPRESSION_LENGTH:
             raise ExpressionError(MSG_TOO_LONG, MAX_EXPRESSION_LENGTH)
-        program = compile_parsed(source, parse(source))
+        parsed = parse(source)
+        program = compile_parsed(source, parsed)
         self.source = source
         self.result_type = program.result_type
         self.uses_body = "body" in program.flags
         self.uses_response = bool({"response", "response_body"} & program.flags)
         self.uses_response_body = "response_body" in program.flags
+        self.subscription_only = subscription_only(parsed)
         self._fn = program.fn
         self._n_locals = program.n_locals
 

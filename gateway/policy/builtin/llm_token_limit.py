@@ -18,7 +18,7 @@ from gateway.limits.base import PERIODS, StoreUnavailable, minute_start, minute_
 from gateway.llm_accounting import exchange_for
 
 from ..base import Attr, Policy, Section
-from ..values import ExpressionRuntimeError, Value
+from ..values import Expression, ExpressionRuntimeError, Value
 from ..xml import Element
 from ._limiting import (
     STORE_ERROR_ATTR,
@@ -59,7 +59,9 @@ DEFAULT_COMPLETION_RESERVATION: Final = 1024
 MAX_TOKENS: Final = 10**15  # counters are Lua numbers (doubles): exact far beyond this
 LOG_EVERY: Final = 10.0
 # The windows of one counter key stay the same for a whole minute (every period starts on a minute): each policy keeps
-# those of the current minute, for at most this many counter keys, so most requests build none.
+# those of the current minute, for at most this many counter keys, so most requests build none. A counter key whose
+# expression depends on the subscription alone (``CompiledExpression.subscription_only``: the wizard's
+# ``context.Subscription?.Id ?? "anonymous"``) is not even evaluated again: the windows are kept per subscription too.
 WINDOW_CACHE_MAX: Final = 4096
 
 _last_warning = 0.0
@@ -148,9 +150,11 @@ class LlmTokenLimit(Policy):
         "reports",
         "retry_header",
         "retry_variable",
+        "subscription_windows",
         "tpm",
         "tpm_value",
         "window_cache",
+        "window_end",
         "window_minute",
     )
 
@@ -192,7 +196,17 @@ class LlmTokenLimit(Policy):
         self.on_response_needed = self.reports or self.consumed_header is not None or self.consumed_variable is not None
         self.fail_closed = denies_on_store_error(attrs.get(STORE_ERROR_ATTR))
         self.window_cache: dict[tuple[str, int | None], tuple[tuple[Window, ...], int]] = {}
-        self.window_minute = -1.0
+        self.window_minute = self.window_end = -1.0  # [start, end) of the minute of the caches below
+        # id(ctx.subscription) -> (the subscription, its windows and limit) of the current minute, when the counter
+        # key and the limits depend on nothing else; None otherwise. The entry keeps the subscription: its id stays its
+        # own while the entry lasts
+        key, tpm = self.counter_key, self.tpm_value
+        per_subscription = (
+            isinstance(key, Expression) and key.compiled.subscription_only and (tpm is None or tpm.is_literal)
+        )
+        self.subscription_windows: dict[int, tuple[object, tuple[tuple[Window, ...], int]]] | None = (
+            {} if per_subscription else None
+        )
 
     @classmethod
     def from_element(cls, el: Element) -> LlmTokenLimit:
@@ -203,6 +217,19 @@ class LlmTokenLimit(Policy):
     def windows(self, ctx: RequestContext, now: float) -> tuple[tuple[Window, ...], int]:
         """The quota window first (a quota refusal, 403, wins over a per-minute one), then the minute; and the
         smallest of their limits. Shared by the requests of the same counter key and minute: nobody changes them."""
+        by_subscription = self.subscription_windows
+        if not self.window_minute <= now < self.window_end:  # another minute than the one of the caches: a new one
+            minute = minute_start(now)
+            self.window_cache.clear()
+            if by_subscription is not None:
+                by_subscription.clear()
+            self.window_minute = minute
+            self.window_end = minute + 60.0
+        if by_subscription is not None:
+            subscription = ctx.subscription
+            found = by_subscription.get(id(subscription))
+            if found is not None and found[0] is subscription:
+                return found[1]
         key = counter_key(self.counter_key, ctx)
         tpm = self.tpm
         if tpm is None and self.tpm_value is not None:
@@ -210,14 +237,16 @@ class LlmTokenLimit(Policy):
             tpm = parse_count(text, 1, MAX_TOKENS)
             if tpm is None:
                 raise ExpressionRuntimeError(f"'tokens-per-minute' must be a positive integer, got {text!r}.")
-        minute = minute_start(now)
+        cached = self.window_cache.get((key, tpm))
+        if cached is None:
+            cached = self._build_windows(key, tpm, now)
+        if by_subscription is not None and len(by_subscription) < WINDOW_CACHE_MAX:
+            by_subscription[id(subscription)] = (subscription, cached)
+        return cached
+
+    def _build_windows(self, key: str, tpm: int | None, now: float) -> tuple[tuple[Window, ...], int]:
+        """The windows of ``key`` for the minute of ``now`` (see ``windows``), kept in the window cache."""
         cache = self.window_cache
-        if minute != self.window_minute:
-            cache.clear()
-            self.window_minute = minute
-        cached = cache.get((key, tpm))
-        if cached is not None:
-            return cached
         built = []
         if self.quota is not None and self.period is not None:
             built.append(quota_window(key, self.period, now, self.quota))
