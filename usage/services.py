@@ -185,6 +185,11 @@ def _inserted_on_sqlite(cursor, id_column: str) -> list[str]:
     return [row[0] for row in cursor.fetchall()]
 
 
+# How `str(datetime)` ends for each millisecond: nothing for a whole second, else the six digits of the microseconds
+# (a look-up in place of formatting the number: half the cost of the seen rows' text per record).
+_MICROSECONDS_TEXT = ("", *(f".{millisecond:03d}000" for millisecond in range(1, 1000)))
+
+
 def _timestamp_adapter() -> Callable[[int], Any]:
     """Epoch milliseconds to the value DateTimeField.get_db_prep_value gives for that instant. SQLite stores text
     (the naive time in the connection's zone, `str(datetime)`); when that zone is UTC the text is written here,
@@ -199,9 +204,10 @@ def _timestamp_adapter() -> Callable[[int], Any]:
         head = seconds.get(second)
         if head is None:
             head = seconds[second] = str(datetime.fromtimestamp(second, tz=UTC).replace(tzinfo=None))
-        return f"{head}.{millisecond:03d}000" if millisecond else head
+        return head + _MICROSECONDS_TEXT[millisecond]
 
     return text
+
 
 
 @dataclass

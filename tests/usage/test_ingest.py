@@ -88,6 +88,12 @@ def test_the_seen_timestamp_is_what_django_would_store(ts_ms):
     assert _timestamp_adapter()(ts_ms) == expected
 
 
+def test_the_seen_timestamp_of_every_millisecond_is_what_django_would_store():
+    adapt = _timestamp_adapter()
+    for ts_ms in range(1_700_000_000_000, 1_700_000_001_000):
+        assert adapt(ts_ms) == connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(ts_ms / 1000, tz=UTC))
+
+
 def test_the_seen_rows_are_what_django_would_store():
     """The rows go to the database as one JSON text (SQLite) or two lists (PostgreSQL): the ORM finds each by its
     exact id and start (on SQLite a comparison of the stored text with the text Django makes)."""
