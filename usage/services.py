@@ -1,11 +1,12 @@
 """Usage ingestion (idempotent, concurrency-safe per-minute rollups), dedupe purge, and the usage report.
 
 Ingestion is exactly-once on top of the gateways' at-least-once delivery: in one transaction the request ids of a
-batch are inserted into `UsageRecordSeen` with `INSERT ... ON CONFLICT DO NOTHING RETURNING`, and only the records
-whose ids it inserted are added to `UsageRollup`, with one upsert that adds to the counters. A few statements per
-batch, whatever its size, and no model instance per record. Rows are touched in sorted order, so two workers
-ingesting overlapping batches wait for each other instead of deadlocking; the one that waited on a request id
-finds it counted (PostgreSQL's `ON CONFLICT` waits for the other transaction to commit).
+batch are inserted into `UsageRecordSeen` with `INSERT ... ON CONFLICT DO NOTHING` (`RETURNING` the ids it inserted
+on PostgreSQL; on SQLite its count of inserted rows, and those rows by rowid when it is short of the batch), and only
+the records whose ids it inserted are added to `UsageRollup`, with one upsert that adds to the counters. A few
+statements per batch, whatever its size, and no model instance per record. Rows are touched in sorted order, so two
+workers ingesting overlapping batches wait for each other instead of deadlocking; the one that waited on a request
+id finds it counted (PostgreSQL's `ON CONFLICT` waits for the other transaction to commit).
 """
 
 import logging
@@ -207,7 +208,6 @@ def _timestamp_adapter() -> Callable[[int], Any]:
         return head + _MICROSECONDS_TEXT[millisecond]
 
     return text
-
 
 
 @dataclass
