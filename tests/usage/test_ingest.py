@@ -42,6 +42,22 @@ def test_mixed_batch_counts_only_the_new_records():
     assert totals() == {"requests": 5, "prompt_tokens": 23, "completion_tokens": 43, "total_tokens": 66}
 
 
+def test_a_batch_of_seen_and_new_ids_counts_exactly_the_new_ones():
+    """The records counted are the ones whose ids were not seen, wherever they sort among the others, also when
+    ids seen before were purged in between (a gap in the table's rows) or were the last rows the table got."""
+    seen = [UsageRecordFactory(prompt_tokens=1 << i, completion_tokens=0) for i in range(20)]
+    ingest_records(seen)
+    purged = seen[3::4]
+    UsageRecordSeen.objects.filter(request_id__in=[record.request_id for record in purged]).delete()
+    new = [UsageRecordFactory(prompt_tokens=1 << (20 + i), completion_tokens=0) for i in range(7)]
+    result = ingest_records([*seen[::2], *new, *seen[1::2]])
+    assert result.as_dict() == {"received": 27, "counted": 12, "duplicates": 15, "expired": 0, "invalid": 0}
+    counted = sum(record.prompt_tokens for record in [*seen, *purged, *new])
+    assert totals() == {"requests": 32, "prompt_tokens": counted, "completion_tokens": 0, "total_tokens": counted}
+    assert UsageRecordSeen.objects.count() == 27
+    assert ingest_records([*new, *seen]).as_dict()["duplicates"] == 27
+
+
 def test_request_ids_are_compared_as_guids():
     record = UsageRecordFactory()
     ingest_records([record])
@@ -70,6 +86,12 @@ def test_canonical_request_ids_sort_as_guids():
 def test_the_seen_timestamp_is_what_django_would_store(ts_ms):
     expected = connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(ts_ms / 1000, tz=UTC))
     assert _timestamp_adapter()(ts_ms) == expected
+
+
+def test_the_seen_timestamp_of_every_millisecond_is_what_django_would_store():
+    adapt = _timestamp_adapter()
+    for ts_ms in range(1_700_000_000_000, 1_700_000_001_000):
+        assert adapt(ts_ms) == connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(ts_ms / 1000, tz=UTC))
 
 
 def test_the_seen_rows_are_what_django_would_store():
