@@ -284,6 +284,19 @@ def test_usage_counts_are_read_like_int(value, counted):
     assert usage == TokenUsage(counted, counted, counted or 2 * counted, "m", False, counted, counted)
 
 
+def _with_details(prompt: str, completion: str, *, other: str) -> dict:
+    """A usage object named the chat way (``prompt``/``completion``) or the Responses way (``input``/``output``), with
+    both detail members, and a cached count under the ``other`` kind's name, which must be ignored."""
+    return {
+        f"{prompt}_tokens": 3,
+        f"{completion}_tokens": 4,
+        "total_tokens": 7,
+        f"{prompt}_tokens_details": {"cached_tokens": 1},
+        f"{completion}_tokens_details": {"reasoning_tokens": 2},
+        f"{other}_tokens_details": {"cached_tokens": 9},
+    }
+
+
 @pytest.mark.parametrize(
     ("usage", "expected"),
     [
@@ -293,28 +306,8 @@ def test_usage_counts_are_read_like_int(value, counted):
         ({"completion_tokens": 4, "total_tokens": 9}, TokenUsage(0, 4, 9, "m")),
         ({"prompt_tokens": None, "input_tokens": 5, "output_tokens": 6}, TokenUsage(0, 0, 0, "m")),  # chat names win
         ({"input_tokens": 5, "output_tokens": 6, "total_tokens": 11}, TokenUsage(5, 6, 11, "m")),
-        (
-            {
-                "input_tokens": 5,
-                "output_tokens": 6,
-                "total_tokens": 11,
-                "input_tokens_details": {"cached_tokens": 2},
-                "output_tokens_details": {"reasoning_tokens": 3},
-                "prompt_tokens_details": {"cached_tokens": 9},  # not the names of this kind
-            },
-            TokenUsage(5, 6, 11, "m", False, 2, 3),
-        ),
-        (
-            {
-                "prompt_tokens": 3,
-                "completion_tokens": 4,
-                "total_tokens": 7,
-                "prompt_tokens_details": {"cached_tokens": 1},
-                "completion_tokens_details": {"reasoning_tokens": 2},
-                "input_tokens_details": {"cached_tokens": 9},  # not the names of this kind
-            },
-            TokenUsage(3, 4, 7, "m", False, 1, 2),
-        ),
+        (_with_details("input", "output", other="prompt"), TokenUsage(3, 4, 7, "m", False, 1, 2)),
+        (_with_details("prompt", "completion", other="input"), TokenUsage(3, 4, 7, "m", False, 1, 2)),
         (
             {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "completion_tokens_details": None},
             TokenUsage(3, 4, 7, "m"),
