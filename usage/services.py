@@ -1,8 +1,8 @@
 """Usage ingestion (idempotent, concurrency-safe per-minute rollups), dedupe purge, and the usage report.
 
 Ingestion is exactly-once on top of the gateways' at-least-once delivery: in one transaction the request ids of a
-batch are inserted into `UsageRecordSeen` with `INSERT ... ON CONFLICT DO NOTHING` (`RETURNING` the ids it inserted
-on PostgreSQL; on SQLite its count of inserted rows, and those rows by rowid when it is short of the batch), and only
+batch are inserted into `UsageRecordSeen` with `INSERT ... ON CONFLICT DO NOTHING` (its count of inserted rows tells
+when all were new; when not, the ids it inserted are read: `RETURNING` on PostgreSQL, by rowid on SQLite), and only
 the records whose ids it inserted are added to `UsageRollup`, with one upsert that adds to the counters. A few
 statements per batch, whatever its size, and no model instance per record. Rows are touched in sorted order, so two
 workers ingesting overlapping batches wait for each other instead of deadlocking; the one that waited on a request
@@ -129,14 +129,16 @@ def _mark_seen(batch: Mapping[str, UsageRecord]) -> list[UsageRecord]:
     `INSERT ... ON CONFLICT DO NOTHING`, on PostgreSQL with `RETURNING` the rows it inserted. The rows come to the
     database as one JSON text (SQLite) or two comma-separated texts (PostgreSQL), which it splits itself: bound as
     two parameters per row, they cost the driver (and Django's placeholder rewriting) more than the rest of the
-    batch. On SQLite, where fetching a row of `RETURNING` costs more than inserting it, the statement's count of
-    inserted rows tells when all are new (the usual case); otherwise `_inserted_on_sqlite` reads them back."""
+    batch. The statement's count of inserted rows tells when all are new (the usual case); only otherwise are the
+    inserted ids read: `RETURNING`'s rows on PostgreSQL, and on SQLite, where fetching a row of `RETURNING` costs
+    more than inserting it, the rows `_inserted_on_sqlite` reads back."""
     ids = sorted(batch)
+    on_postgresql = connection.vendor == "postgresql"
     opts = UsageRecordSeen._meta
     quote = connection.ops.quote_name
-    id_column = quote(opts.get_field("request_id").column)
-    columns = f"{quote(opts.db_table)} ({id_column}, {quote(opts.get_field('ts').column)})"
-    if connection.vendor == "postgresql":
+    table, id_column = quote(opts.db_table), quote(opts.get_field("request_id").column)
+    columns = f"{table} ({id_column}, {quote(opts.get_field('ts').column)})"
+    if on_postgresql:
         # The ids are uuids, canonical text both ways; `ts` the instant of the epoch milliseconds (whole seconds and
         # milliseconds apart: exact, where milliseconds times an interval go through a float).
         # Table and column names come from the model; every value is a bound parameter (S608 here and below).
@@ -160,20 +162,17 @@ def _mark_seen(batch: Mapping[str, UsageRecord]) -> list[UsageRecord]:
         params = [orjson.dumps([request_id + adapt_ts(batch[request_id].ts_ms) for request_id in ids])]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        if connection.vendor == "postgresql":
-            inserted = [row[0] for row in cursor.fetchall()]
-            all_new = len(inserted) == len(ids)
-        else:
-            all_new = cursor.rowcount == len(ids)
-            inserted = [] if all_new else _inserted_on_sqlite(cursor, id_column)
-    if all_new:  # the usual case (the ids of a batch are distinct)
-        return [batch[request_id] for request_id in ids]
+        if cursor.rowcount == len(ids):  # all new, the usual case (the ids of a batch are distinct)
+            return [batch[request_id] for request_id in ids]
+        inserted = (
+            [row[0] for row in cursor.fetchall()] if on_postgresql else _inserted_on_sqlite(cursor, table, id_column)
+        )
     fresh = set(inserted)  # the ids as the database returns them: canonical text, or the hex digits on SQLite
-    keys = ids if connection.vendor == "postgresql" else [request_id.replace("-", "") for request_id in ids]
+    keys = ids if on_postgresql else [request_id.replace("-", "") for request_id in ids]
     return [batch[request_id] for key, request_id in zip(keys, ids, strict=True) if key in fresh]
 
 
-def _inserted_on_sqlite(cursor, id_column: str) -> list[str]:
+def _inserted_on_sqlite(cursor, table: str, id_column: str) -> list[str]:
     """The ids (hex digits) of the rows that the `INSERT` just executed on `cursor` added to `UsageRecordSeen`: the
     rows with the largest rowids, as many as it added. SQLite gives a new row of a table without AUTOINCREMENT the
     largest rowid plus one (until the largest possible, 2**63 - 1, is taken), and no other connection writes to
@@ -181,7 +180,6 @@ def _inserted_on_sqlite(cursor, id_column: str) -> list[str]:
     added = cursor.rowcount
     if not added:
         return []
-    table = connection.ops.quote_name(UsageRecordSeen._meta.db_table)
     cursor.execute(f"SELECT {id_column} FROM {table} WHERE rowid > %s", [cursor.lastrowid - added])  # noqa: S608
     return [row[0] for row in cursor.fetchall()]
 
