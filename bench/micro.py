@@ -25,6 +25,12 @@ Each case runs in one process on uvloop and reports CPU time (``time.process_tim
   counters on the Redis of ``--redis-url``, the body ``bench/run.py``'s two-message chat; ``--sink redis`` appends
   each usage record to a ``UsageJournal`` and hands it to a ``RedisStreamSink`` on a stream of its own (deleted after
   the run) on the same Redis.
+* ``request --stream full|first``: the same requests with ``"stream": true`` and ``stream_options.include_usage``
+  (gwbench's stream client's body): the upstream answers as gwbench's mock does with no delay, the whole SSE stream
+  (head, the mock's 32 chunks, usage, ``[DONE]``, chunked) in one write, from a callback-only protocol. ``first``
+  sends only the role event, the usage event and ``[DONE]``: the same request, head, first event and end of stream,
+  without the 33 events between them, so ``full`` minus ``first`` is what those events cost. A streamed request counts
+  when the client has read its terminating chunk.
 * ``forward``: the floor of our own stack: a handler on ``gateway.http.server`` that checks the key with one header
   comparison and forwards with ``gateway.http.client.UpstreamPool`` (no routing, pipeline, accounting or telemetry).
 * ``floor``: the floor of any Python proxy hop in this harness: a callback-only proxy (uvloop protocols and httptools
@@ -70,14 +76,16 @@ class Client(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def run_clients(port: int, wire: bytes, per_connection: int, connections: int, *, warm: bool) -> float:
+async def run_clients(
+    port: int, wire: bytes, per_connection: int, connections: int, *, warm: bool, client: type[Client] = Client
+) -> float:
     """CPU seconds per request of ``connections`` keep-alive clients sending ``wire`` ``per_connection`` times each
     (after one request each, not measured, when ``warm``)."""
     loop = asyncio.get_running_loop()
     clients = []
     for _ in range(connections):
         done = loop.create_future()
-        transport, _ = await loop.create_connection(lambda done=done: Client(wire, 1, done), "127.0.0.1", port)
+        transport, _ = await loop.create_connection(lambda done=done: client(wire, 1, done), "127.0.0.1", port)
         clients.append((transport, done))
     if warm:
         for transport, _ in clients:
@@ -177,6 +185,63 @@ def _upstream():  # type: ignore[no-untyped-def]
     return upstream
 
 
+_STREAM_MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Stream a short answer about reverse proxies and gateways, please."},
+]
+STREAM_CHAT = json.dumps(  # gwbench's stream_client.py body
+    {"model": "mock", "messages": _STREAM_MESSAGES, "max_tokens": 64, "stream": True,
+     "stream_options": {"include_usage": True}}
+).encode()  # fmt: skip
+
+
+def _sse_response(events: str) -> bytes:
+    """gwbench's mock's answer to ``STREAM_CHAT`` with no delay: head and every chunk in one write. ``first``: only
+    the role event, the usage event and ``[DONE]``."""
+    from mockllm.app import _chat_events
+
+    chunks = _chat_events("chatcmpl-1", 1, "mock", 32, "stop", 30, True)
+    if events == "first":
+        chunks = [chunks[0], *chunks[-2:]]
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+    )
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+class _SseUpstream(asyncio.Protocol):
+    """The upstream of ``request --stream``: answers each request with ``answer`` in one write, from its callback."""
+
+    def __init__(self, answer: bytes) -> None:
+        import httptools
+
+        self.answer = answer
+        self.parser = httptools.HttpRequestParser(self)
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        self.transport.write(self.answer)
+
+
+class StreamClient(Client):
+    """``Client`` for chunked answers that arrive in several reads: an answer is in with its terminating chunk."""
+
+    fresh = True
+
+    def data_received(self, data: bytes) -> None:
+        if self.fresh and not data.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(data[:300].decode(errors="replace"))
+        self.fresh = data.endswith(b"\r\n0\r\n\r\n")
+        if self.fresh:
+            super().data_received(b"HTTP/1.1 200")
+
+
 def _management():  # type: ignore[no-untyped-def]
     """The stand-in management plane of ``request --sink http``: takes a batch of usage records."""
     from gateway.http.server import Response
@@ -196,6 +261,7 @@ async def request_case(
     sink_kind: str = "memory",
     policies: str = "none",
     redis_url: str = "",
+    stream_events: str = "",
 ) -> float:
     from gateway.app import create_app
     from gateway.http.server import serve, shutdown
@@ -205,7 +271,11 @@ async def request_case(
     from gateway.snapshot import load_snapshot
     from gateway.usage.sinks import MemorySink
 
-    mock = await serve(_upstream(), "127.0.0.1", 0)
+    if stream_events:
+        answer = _sse_response(stream_events)
+        mock = await asyncio.get_running_loop().create_server(lambda: _SseUpstream(answer), "127.0.0.1", 0)
+    else:
+        mock = await serve(_upstream(), "127.0.0.1", 0)
     base = f"http://127.0.0.1:{mock.sockets[0].getsockname()[1]}"
     api_type = "passthrough" if "accounting" in without else "openai"  # only OpenAI-type APIs are accounted
     operation = {"name": "chat", "display_name": "chat", "method": "POST", "url_template": "/chat/completions",
@@ -246,8 +316,12 @@ async def request_case(
     gateway = await serve(app, "127.0.0.1", 0)
     port = gateway.sockets[0].getsockname()[1]
     per_connection = requests // connections
-    wire = _chat_wire(GOVERNANCE_CHAT) if policies == "governance" else CHAT_WIRE
-    spent = await run_clients(port, wire, per_connection, connections, warm=True)
+    if stream_events:
+        wire = _chat_wire(STREAM_CHAT)
+    else:
+        wire = _chat_wire(GOVERNANCE_CHAT) if policies == "governance" else CHAT_WIRE
+    client = StreamClient if stream_events else Client
+    spent = await run_clients(port, wire, per_connection, connections, warm=True, client=client)
     if usage_sink is sink:
         assert len(sink.records) >= per_connection * connections, len(sink.records)
     await shutdown(gateway, 1.0)
@@ -266,7 +340,10 @@ async def request_case(
         await app.aclose()
     if management is not None:
         await shutdown(management, 1.0)
-    await shutdown(mock, 1.0)
+    if stream_events:
+        mock.close()
+    else:
+        await shutdown(mock, 1.0)
     return spent
 
 
@@ -456,6 +533,8 @@ def main() -> None:
         help="request: the API's policy (governance: llm-token-limit and llm-emit-token-metric, counters on "
         "--redis-url, as bench/run.py configures them)",
     )
+    stream_help = "request: streamed chat completions (full: gwbench's mock's stream in one write; first: its ends)"
+    parser.add_argument("--stream", choices=("", "full", "first"), default="", help=stream_help)
     parser.add_argument("--parsers", default="meter,cache,safety", help="stream: which parsers run (comma-separated)")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help="checkout to test")
     parser.add_argument("--requests", type=int, default=20000)
@@ -483,7 +562,15 @@ def main() -> None:
         elif args.case == "request":
             rounds.append(
                 uvloop.run(
-                    request_case(args.requests, args.connections, without, args.sink, args.policies, args.redis_url)
+                    request_case(
+                        args.requests,
+                        args.connections,
+                        without,
+                        args.sink,
+                        args.policies,
+                        args.redis_url,
+                        args.stream,
+                    )
                 )
             )
         elif args.case == "forward":
@@ -502,6 +589,8 @@ def main() -> None:
         name += f" sink {args.sink}"
     if args.case == "request" and args.policies != "none":
         name += f" policies {args.policies}"
+    if args.case == "request" and args.stream:
+        name += f" stream {args.stream}"
     print(
         f"{name} ({args.root}): median {statistics.median(micro):.2f} µs/op, "
         f"min {micro[0]:.2f}, max {micro[-1]:.2f} over {args.repeat} rounds of {args.requests}"

@@ -457,10 +457,11 @@ def _plain_delta(payload: bytes) -> bool:
     """True when the event cannot set a usage, nor (a Responses event) a model: no "response" key and no "usage" key
     but ``"usage":null`` (which OpenAI puts on every chunk of a stream that asked for the usage). The word "usage" in
     text, any other spelling of the key, and any ``\\u00`` escape (which could spell a key) send it to the parser.
-    (``partition`` rather than ``in``: a byte string's ``in`` first tries the needle as an int, and raises.)"""
-    if payload.partition(b'"response"')[1] or payload.partition(b"\\u00")[1]:
+    (``partition`` rather than ``in``: a byte string's ``in`` first tries the needle as an int, and raises.) The usage
+    is tested first: a read of a whole stream ends with its usage event, and its other searches would scan it all."""
+    if payload.count(b"usage") != payload.count(b'"usage":null'):
         return False
-    return payload.count(b"usage") == payload.count(b'"usage":null')
+    return not (payload.partition(b'"response"')[1] or payload.partition(b"\\u00")[1])
 
 
 # "usage" other than the key of ``"usage":null``

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -312,6 +311,7 @@ class _UpstreamConnection(asyncio.Protocol):
         "idle_since",
         "keep_alive",
         "loop",
+        "on_body",
         "origin",
         "paused",
         "response",
@@ -323,6 +323,10 @@ class _UpstreamConnection(asyncio.Protocol):
         self.loop = loop
         self._read_timeout = pool.read_timeout
         self._transport: asyncio.Transport | None = None
+        self.chunks: list[bytes] = []
+        # httptools' body callback: the list's own append, no Python frame per body piece (a chunked stream sends
+        # one per event, all in one read); ``data_received`` counts the bytes and wakes the reader after the feed
+        self.on_body = self.chunks.append
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
@@ -334,7 +338,6 @@ class _UpstreamConnection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._last_activity = 0.0
         self.paused = False
-        self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.response: UpstreamResponse | None = None
         self._is_head = False
@@ -418,7 +421,7 @@ class _UpstreamConnection(asyncio.Protocol):
         chunks = self.chunks
         if not chunks:
             return b""
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self.buffered = 0
         if self.paused:
@@ -510,6 +513,8 @@ class _UpstreamConnection(asyncio.Protocol):
             if self._head_bytes > _MAX_HEAD_BYTES:
                 self._fail(UpstreamProtocolError(MSG_MALFORMED.format(origin=self.origin, error=MSG_HEAD_TOO_LARGE)))
                 return
+        chunks = self.chunks
+        had = len(chunks)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -524,6 +529,13 @@ class _UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamProtocolError(MSG_MALFORMED.format(origin=self.origin, error=MSG_UNEXPECTED_UPGRADE)))
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(MSG_MALFORMED.format(origin=self.origin, error=exc)))
+        if len(chunks) > had:  # body bytes came (``on_body`` is ``chunks.append``)
+            self.buffered += sum(map(len, chunks[had:])) if had else sum(map(len, chunks))
+            if self.buffered > HIGH_WATER and not self.paused and self._transport is not None:
+                self.paused = True
+                self._transport.pause_reading()
+            if self._waiter is not None:
+                self._wake()
 
     # httptools callbacks
 
@@ -581,15 +593,6 @@ class _UpstreamConnection(asyncio.Protocol):
                 waiter.set_result(None)
         if self._is_head:
             raise _HeadResponseEnd
-
-    def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
-        self.buffered += len(body)
-        if self.buffered > HIGH_WATER and not self.paused and self._transport is not None:
-            self.paused = True
-            self._transport.pause_reading()
-        if self._waiter is not None:
-            self._wake()
 
     def on_message_complete(self) -> None:
         if self._interim:

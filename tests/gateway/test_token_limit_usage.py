@@ -456,6 +456,34 @@ def test_sse_reads_of_whole_plain_lines_match_one_read(monkeypatch, strip):
     assert outcomes[0][4] == sum(count(text) for text in texts)
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        None,
+        b'data: {"choices":[{"delta":{"content":"\\u0041"}}],"usage":null}\n\n',
+        b'data: {"type":"x","response":{"model":"gpt-4.1"},"choices":[{"delta":{"content":"a"}}],"usage":null}\n\n',
+    ],
+)
+@pytest.mark.parametrize("usage", [False, True])
+def test_sse_the_rest_of_a_stream_read_whole_matches_event_reads(monkeypatch, extra, usage):
+    """How the gateway feeds a stream that came in one read (forward.UpstreamBody): its first event, then all the
+    rest at once, which holds the usage event (or no usage, an escape or a "response" key among plain deltas).
+    The client gets the same bytes, and the same events are parsed, as when each event is a read of its own."""
+    parsed = count_parses(monkeypatch)
+    events = chat_events(32, usage=usage)
+    events = [e.replace(b'"model"', b'"usage":null,"model"') if b'"choices":[{' in e else e for e in events]
+    if extra is not None:
+        events.insert(9, extra)
+    outcomes = []
+    for reads in (events, [events[0], b"".join(events[1:])]):
+        parsed.clear()
+        out, meter, done = run_meter(reads, strip=False)
+        outcomes.append((out, list(parsed), meter.usage, meter.model, meter.completion_tokens, meter.events, done))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == b"".join(events)
+    assert len(outcomes[0][1]) == 1 + usage + (extra is not None)  # the first event, the usage, the extra line
+
+
 def test_sse_many_deltas_are_counted_in_bounded_memory():
     events = chat_events(3000, usage=False)
     _, meter, done = run_meter(events, strip=False, complete=False)

@@ -557,6 +557,40 @@ async def test_chunks_are_delivered_as_they_arrive(upstream, pool):
         await chunks.__anext__()
 
 
+async def test_chunks_of_one_read_are_counted_and_taken_together(upstream, pool):
+    """A stream sent whole (head, 40 chunks and the last chunk in one write, as gwbench's mock does): the body
+    pieces the parser hands over in one read are counted in ``buffered`` and taken as one piece, and a piece that
+    comes later in a read of its own wakes the reader."""
+    events = [b'data: {"n":%d}\n\n' % i for i in range(40)]
+    go_on = asyncio.Event()
+
+    async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+        )
+        await writer.drain()
+        await go_on.wait()
+        writer.write(b"5\r\nlater\r\n0\r\n\r\n")
+        await writer.drain()
+        await wait_eof(reader)
+
+    _raw, origin = await upstream(behaviour)
+    response = await pool.request(origin, "GET", "/", [])
+    conn = response._conn
+    assert conn.buffered == sum(map(len, events))  # the head came in the same read as every piece
+    chunks = response.__aiter__()
+    first = await asyncio.wait_for(chunks.__anext__(), TIMEOUT)
+    assert conn.buffered == 0 and not conn.chunks
+    assert first == b"".join(events)  # all 40 pieces of the first read, counted and taken as one
+    go_on.set()
+    assert await asyncio.wait_for(chunks.__anext__(), TIMEOUT) == b"later"
+    with pytest.raises(StopAsyncIteration):
+        await chunks.__anext__()
+    assert pool.idle_count(origin) == 1
+
+
 async def test_close_delimited_response_ends_at_eof(upstream, pool):
     async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
         await read_request(reader)
