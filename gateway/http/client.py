@@ -531,8 +531,8 @@ class _UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamProtocolError(MSG_MALFORMED.format(origin=self.origin, error=exc)))
         if len(chunks) > had:  # body bytes came (``on_body`` is ``chunks.append``)
             self.buffered += sum(map(len, chunks[had:])) if had else sum(map(len, chunks))
-            if self.buffered > HIGH_WATER and not self.paused and self._transport is not None:
-                self.paused = True
+            if self.buffered > HIGH_WATER and not self.paused and not self.closed and self._transport is not None:
+                self.paused = True  # (a read that failed has aborted the transport already: nothing to pause)
                 self._transport.pause_reading()
             if self._waiter is not None:
                 self._wake()
