@@ -238,7 +238,8 @@ def emit(redis_url: str, stream: str, records: Sequence[UsageRecord]) -> None:
 
 
 class Workers:
-    """Starts Celery workers on the broker database, the test database and one usage stream; cleans up after."""
+    """Starts Celery workers on a broker of their own (a key prefix), the test database and one usage stream; cleans
+    up after."""
 
     def __init__(self, start: Callable[..., ManagedProcess], tmp_path: Path, *, name: str = "celery-worker") -> None:
         self._start = start
