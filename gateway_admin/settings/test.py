@@ -27,3 +27,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
     DATABASES["default"]["TEST"] = {  # noqa: F405
         "NAME": str(Path(tempfile.gettempdir()) / f"sluice-test-{os.getpid()}.sqlite3"),
     }
+
+# Celery workers a test starts (tests/usage/test_celery_worker.py) get a broker of their own on the shared Redis: every
+# key kombu writes (queues, unacked messages, bindings) and its pub/sub channels start with this prefix, so that runs
+# on the same server (another checkout, another CI job) neither take each other's tasks nor delete each other's keys.
+if broker_prefix := os.environ.get("SLUICE_TEST_BROKER_PREFIX"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": broker_prefix}

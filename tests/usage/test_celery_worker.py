@@ -4,13 +4,17 @@ as the broker ingests the usage stream into the rollups of the database this tes
 The other usage tests call the task functions in-process; these prove the deployed path: beat schedules
 ``usage.tasks.ingest_usage_stream`` through the broker, a separate worker process runs it against PostgreSQL, a
 worker killed with SIGKILL in the middle of a batch loses nothing and counts nothing twice once the next worker
-takes over, and ``.delay()`` goes through the broker (tasks are not eager when REDIS_URL is set).
+takes over, and ``.delay()`` goes through the broker (tasks are not eager when REDIS_URL is set) to our worker, not
+to a worker of another run on the same Redis.
 
-Isolation: the broker, and the usage stream the gateways' ``RedisStreamSink`` writes to, live in Redis database
-``BROKER_DB`` (same server as REDIS_URL) so that a worker of another run on REDIS_URL's database neither takes our
-tasks nor gives us its own; each test uses its own stream key (SLUICE_USAGE_STREAM) and deletes it, and the broker's
-keys, afterwards. Workers reach the test database through a DATABASE_URL built at test time, tagged with an
-``application_name`` of their own so that the test can see (and, at teardown, end) their server connections.
+Isolation: each test's workers have a broker of their own on REDIS_URL: every key kombu writes starts with a prefix
+of the test's (SLUICE_TEST_BROKER_PREFIX, which gateway_admin.settings.test makes the transport's
+``global_keyprefix``), so that a worker of another run on the same server (another checkout, another CI job, a
+developer's ``runsluice``) neither takes our tasks nor gives us its own, and our teardown deletes no key of theirs. Each
+test also uses its own usage stream key (SLUICE_USAGE_STREAM), the one the gateways' ``RedisStreamSink`` writes to,
+and deletes it, and its broker keys, afterwards. Workers reach the test database through a DATABASE_URL built at test
+time, tagged with an ``application_name`` of their own so that the test can see (and, at teardown, end) their server
+connections.
 """
 
 import asyncio
@@ -26,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 import psycopg
 import pytest
@@ -64,8 +68,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
 ]
 
-BROKER_DB = 14  # Redis database of the broker and the streams of this module, on REDIS_URL's server
-BROKER_KEY_PATTERNS = ("_kombu.*", "celery*", "unacked*")  # what kombu's Redis transport creates
 DEADLINE = 20.0  # seconds: bound of every wait on the worker (beat ticks every 2 s, a worker starts in ~1 s)
 POLL = 0.05  # seconds: polling interval of the bounded waits, not a stand-in for synchronisation
 
@@ -152,13 +154,6 @@ def requests_in(view: dict) -> int:
 #
 
 
-def on_db(url: str, db: int) -> str:
-    """``url`` pointing at Redis database ``db`` (a ``db`` query parameter would override the path: dropped)."""
-    parts = urlsplit(url)
-    query = urlencode([(key, value) for key, value in parse_qsl(parts.query) if key != "db"])
-    return parts._replace(path=f"/{db}", query=query).geturl()
-
-
 def database_url(application_name: str) -> str:
     """A DATABASE_URL for the database this test runs on (pytest-django's test database, known only now)."""
     params = connection.settings_dict
@@ -237,41 +232,23 @@ def emit(redis_url: str, stream: str, records: Sequence[UsageRecord]) -> None:
     asyncio.run(send())
 
 
-@contextlib.contextmanager
-def publishing_to(broker_url: str) -> Iterator[None]:
-    """Point the test process's Celery app (the one `.delay()` uses) at ``broker_url`` for a while.
-
-    The app read its configuration once and caches its broker connection pools: the URL is swapped and the pools
-    dropped, then the same on the way back (kombu's pools are closed and made again on next use)."""
-    saved = celery_app.conf.broker_url
-
-    def use(url: str) -> None:
-        celery_app.conf.broker_url = url
-        celery_app._pool = None
-        celery_app.amqp._producer_pool = None
-
-    use(broker_url)
-    try:
-        yield
-    finally:
-        kombu_pools.reset()
-        use(saved)
-
-
 #
 # The worker processes
 #
 
 
 class Workers:
-    """Starts Celery workers on the broker database, the test database and one usage stream; cleans up after."""
+    """Starts Celery workers on a broker of their own (a key prefix), the test database and one usage stream; cleans
+    up after."""
 
-    def __init__(self, start: Callable[..., ManagedProcess], tmp_path: Path) -> None:
+    def __init__(self, start: Callable[..., ManagedProcess], tmp_path: Path, *, name: str = "celery-worker") -> None:
         self._start = start
+        self.name = name
         self.tmp_path = tmp_path
-        self.redis_url = on_db(settings.REDIS_URL, BROKER_DB)
+        self.redis_url = settings.REDIS_URL
         self.client = redis.Redis.from_url(self.redis_url, decode_responses=True)
         self.stream = f"sluice-test:usage:{uuid.uuid4().hex}"
+        self.broker_prefix = f"sluice-test-broker-{uuid.uuid4().hex[:12]}:"
         self.application_name = f"sluice-test-worker-{uuid.uuid4().hex[:12]}"
         self.started: list[ManagedProcess] = []
         self.env = {key: value for key, value in os.environ.items() if not key.startswith("CELERY_")}
@@ -280,6 +257,7 @@ class Workers:
             DATABASE_URL=database_url(self.application_name),
             REDIS_URL=self.redis_url,
             SLUICE_USAGE_STREAM=self.stream,
+            SLUICE_TEST_BROKER_PREFIX=self.broker_prefix,
             PYTHONUNBUFFERED="1",
         )
 
@@ -292,7 +270,7 @@ class Workers:
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]  # alone on its broker: start fast
         if beat:
             argv += ["--beat", "--schedule", str(self.tmp_path / "celerybeat-schedule")]
-        worker = self._start(argv, name=f"celery-worker-{len(self.started)}", env=self.env)
+        worker = self._start(argv, name=f"{self.name}-{len(self.started)}", env=self.env)
         self.started.append(worker)
         self.wait("the worker to be ready", lambda: " ready." in log_of(worker))
         return worker
@@ -311,6 +289,27 @@ class Workers:
                 pytest.fail(f"gave up waiting for {what}: {why}\n{self.logs()}")
             time.sleep(POLL)
 
+    @contextlib.contextmanager
+    def publishing(self) -> Iterator[None]:
+        """Point the test process's Celery app (the one `.delay()` uses) at these workers' broker for a while.
+
+        The app read its configuration once and caches its broker connection pools: the transport options (the key
+        prefix) are swapped and the pools dropped, then the same on the way back (kombu's pools are closed and made
+        again on next use)."""
+        saved = celery_app.conf.broker_transport_options
+
+        def use(options: dict) -> None:
+            celery_app.conf.broker_transport_options = options
+            celery_app._pool = None
+            celery_app.amqp._producer_pool = None
+
+        use({**saved, "global_keyprefix": self.broker_prefix})
+        try:
+            yield
+        finally:
+            kombu_pools.reset()
+            use(saved)
+
     def logs(self) -> str:
         return "\n".join(f"--- {w.name} (pid {w.pid}, rc {w.returncode}) ---\n{w.tail(30)}" for w in self.started)
 
@@ -323,10 +322,7 @@ class Workers:
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
                 [self.application_name],
             )
-        keys = {self.stream}
-        for pattern in BROKER_KEY_PATTERNS:
-            keys.update(self.client.scan_iter(match=pattern, count=1000))
-        self.client.delete(*keys)
+        self.client.delete(self.stream, *self.client.scan_iter(match=f"{self.broker_prefix}*", count=1000))
         self.client.close()
 
 
@@ -427,28 +423,32 @@ def test_beat_and_a_worker_count_the_stream_exactly_once_even_when_the_worker_is
     assert rollups() == expected
 
 
-def test_delay_sends_the_task_through_the_broker(workers):
+def test_delay_sends_the_task_through_the_broker_to_our_worker(workers, process_factory, tmp_path):  # noqa: F811
     assert settings.REDIS_URL
     assert settings.CELERY_TASK_ALWAYS_EAGER is False
     assert celery_app.conf.task_always_eager is False
 
-    worker = workers.start(beat=False)  # nothing but our message can make it ingest
     stream = f"sluice-test:usage:{uuid.uuid4().hex}"  # not the worker's SLUICE_USAGE_STREAM: the kwarg travels
     rng = random.Random(7)
     records = make_records(120, rng)
-    try:
-        emit(workers.redis_url, stream, with_redeliveries(records, records[:10], rng))
-        with publishing_to(workers.redis_url):
-            result = ingest_usage_stream.delay(stream=stream)
-        assert isinstance(result, AsyncResult)
-        assert not isinstance(result, EagerResult)
-        workers.wait(
-            "the worker to run the task sent with .delay()",
-            lambda: f"ingest_usage_stream[{result.id}] succeeded in" in log_of(worker),
-        )
-        assert f"ingest_usage_stream[{result.id}] received" in log_of(worker)
-        assert rollups() == expected_rollups(records)
-        assert drained(workers.client, stream)
-        assert [c["name"] for c in workers.client.xinfo_consumers(stream, GROUP)] == [consumer_name(worker)]
-    finally:
-        workers.client.delete(stream)
+    # A worker of another run on the same Redis, waiting for tasks before ours is there: it must not get our task.
+    with contextlib.closing(Workers(process_factory, tmp_path / "other-run", name="other-run-worker")) as other:
+        stranger = other.start(beat=False)
+        try:
+            emit(workers.redis_url, stream, with_redeliveries(records, records[:10], rng))
+            with workers.publishing():
+                result = ingest_usage_stream.delay(stream=stream)
+            assert isinstance(result, AsyncResult)
+            assert not isinstance(result, EagerResult)
+            worker = workers.start(beat=False)  # nothing but our message can make it ingest
+            workers.wait(
+                "the worker to run the task sent with .delay()",
+                lambda: f"ingest_usage_stream[{result.id}] succeeded in" in log_of(worker),
+            )
+            assert f"ingest_usage_stream[{result.id}] received" in log_of(worker)
+            assert "ingest_usage_stream[" not in log_of(stranger)
+            assert rollups() == expected_rollups(records)
+            assert drained(workers.client, stream)
+            assert [c["name"] for c in workers.client.xinfo_consumers(stream, GROUP)] == [consumer_name(worker)]
+        finally:
+            workers.client.delete(stream)
