@@ -31,15 +31,25 @@ def same_per_subscription(value: Value) -> bool:
 class PerSubscription(Generic[T]):
     """Values remembered per subscription object (``None`` for anonymous requests), at most ``REMEMBERED_MAX``."""
 
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "period")
 
     def __init__(self) -> None:
         self.entries: dict[int, tuple[object, T]] = {}
+        self.period: float | None = None  # the start of the period of the values, for ``get_in_period``
 
     def get(self, subscription: object) -> T | None:
         """The value remembered for ``subscription``; None when there is none."""
         found = self.entries.get(id(subscription))
         return found[1] if found is not None and found[0] is subscription else None
+
+    def get_in_period(self, start: float, subscription: object) -> T | None:
+        """``get`` for values that hold for one period (a counting window): a period that starts elsewhere than the
+        remembered values' forgets them all, and its values are remembered from then on."""
+        if start != self.period:
+            self.entries.clear()
+            self.period = start
+            return None
+        return self.get(subscription)
 
     def put(self, subscription: object, value: T) -> None:
         """Remember ``value`` for ``subscription``, unless the memory is full (until it is cleared)."""

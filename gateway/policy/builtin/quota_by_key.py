@@ -51,7 +51,7 @@ class QuotaByKey(Counter):
         "first-period-start": Attr(default=DEFAULT_FIRST_PERIOD_START, expressions=False),
         **COUNTER_ATTRIBUTES,
     }
-    __slots__ = ("bandwidth", "calls", "period", "remembered", "remembered_start", "start")
+    __slots__ = ("bandwidth", "calls", "period", "remembered", "start")
 
     def __init__(self, attrs: dict[str, Value], el: Element) -> None:
         super().__init__(attrs, el)
@@ -71,7 +71,6 @@ class QuotaByKey(Counter):
         self.remembered: PerSubscription[tuple[Window | None, Window | None]] | None = (
             PerSubscription() if same_per_subscription(self.counter_key) else None
         )
-        self.remembered_start = -1.0  # the start of the period of the remembered windows
 
     @classmethod
     def from_element(cls, el: Element) -> QuotaByKey:
@@ -86,13 +85,9 @@ class QuotaByKey(Counter):
             start, end = self.start, FOREVER_END
         remembered = self.remembered
         if remembered is not None:
-            if start != self.remembered_start:  # another period than the remembered windows': a new one
-                remembered.clear()
-                self.remembered_start = start
-            else:
-                found = remembered.get(ctx.subscription)
-                if found is not None:
-                    return found
+            found = remembered.get_in_period(start, ctx.subscription)
+            if found is not None:
+                return found
         key = self.key(ctx)
         base = f"qk:{{{counter_tag(key)}}}:{self.period}:{int(start)}"
         calls = Window(base + ":c", self.calls, start, end) if self.calls is not None else None

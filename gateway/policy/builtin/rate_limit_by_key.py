@@ -64,7 +64,6 @@ class RateLimitByKey(Counter):
         "remaining_header",
         "remaining_variable",
         "remembered",
-        "remembered_start",
         "total_header",
     )
 
@@ -83,7 +82,6 @@ class RateLimitByKey(Counter):
         # and the calls and period are literals (``._remembered``); None otherwise
         per_subscription = same_per_subscription(self.counter_key) and None not in (self.calls, self.period)
         self.remembered: PerSubscription[Window] | None = PerSubscription() if per_subscription else None
-        self.remembered_start = -1.0  # the start of the period of the remembered windows
 
     @classmethod
     def from_element(cls, el: Element) -> RateLimitByKey:
@@ -93,14 +91,9 @@ class RateLimitByKey(Counter):
         remembered = self.remembered
         period = self.period
         if remembered is not None and period is not None:  # the period is a literal whenever windows are remembered
-            start = now - now % period
-            if start != self.remembered_start:  # another period than the remembered windows': a new one
-                remembered.clear()
-                self.remembered_start = start
-            else:
-                found = remembered.get(ctx.subscription)
-                if found is not None:
-                    return found
+            found = remembered.get_in_period(now - now % period, ctx.subscription)
+            if found is not None:
+                return found
         calls = self.calls if self.calls is not None else runtime_int(self.calls_value, ctx, "calls", 1)
         if period is None:
             period = runtime_int(self.period_value, ctx, "renewal-period", 1, MAX_RENEWAL_PERIOD)

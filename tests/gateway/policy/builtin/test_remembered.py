@@ -46,3 +46,16 @@ def test_which_values_are_the_same_per_subscription():
     assert same_per_subscription(value("@(context.Subscription.Id)"))
     assert not same_per_subscription(value("@(context.Subscription.Key)"))
     assert not same_per_subscription(value("literal"))  # the same for every request: nothing to remember
+
+
+def test_values_of_a_period_are_forgotten_when_another_begins():
+    memory: PerSubscription[str] = PerSubscription()
+    subscription = object()
+    assert memory.get_in_period(60.0, subscription) is None
+    memory.put(subscription, "first minute")
+    assert memory.get_in_period(60.0, subscription) == "first minute"
+    assert memory.get_in_period(120.0, subscription) is None  # a new period: everything forgotten
+    assert memory.entries == {}
+    memory.put(subscription, "second minute")
+    assert memory.get_in_period(120.0, subscription) == "second minute"
+    assert memory.get_in_period(60.0, subscription) is None  # a clock set back: a period again, not a stale value
