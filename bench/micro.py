@@ -24,7 +24,8 @@ Each case runs in one process on uvloop and reports CPU time (``time.process_tim
   subscription, estimation on, a limit never reached) and ``llm-emit-token-metric`` (two built-in dimensions), its
   counters on the Redis of ``--redis-url``, the body ``bench/run.py``'s two-message chat; ``--sink redis`` appends
   each usage record to a ``UsageJournal`` and hands it to a ``RedisStreamSink`` on a stream of its own (deleted after
-  the run) on the same Redis.
+  the run) on the same Redis. ``--policy TEXT`` puts another policy document in the governance one's place (for
+  instance a ``rate-limit-by-key`` alone, its counters on the same Redis).
 * ``request --stream full|first``: the same requests with ``"stream": true`` and ``stream_options.include_usage``
   (gwbench's stream client's body): the upstream answers as gwbench's mock does with no delay, the whole SSE stream
   (head, the mock's 32 chunks, usage, ``[DONE]``, chunked) in one write, from a callback-only protocol. ``first``
@@ -262,6 +263,7 @@ async def request_case(
     policies: str = "none",
     redis_url: str = "",
     stream_events: str = "",
+    policy: str | None = None,
 ) -> float:
     from gateway.app import create_app
     from gateway.http.server import serve, shutdown
@@ -278,6 +280,7 @@ async def request_case(
         mock = await serve(_upstream(), "127.0.0.1", 0)
     base = f"http://127.0.0.1:{mock.sockets[0].getsockname()[1]}"
     api_type = "passthrough" if "accounting" in without else "openai"  # only OpenAI-type APIs are accounted
+    api_policy = policy or (GOVERNANCE_POLICY if policies == "governance" else None)
     operation = {"name": "chat", "display_name": "chat", "method": "POST", "url_template": "/chat/completions",
                  "policy": None}  # fmt: skip
     data = {
@@ -285,7 +288,7 @@ async def request_case(
         "apis": [{"name": "llm", "path": "llm", "service_url": base, "api_type": api_type,
                   "subscription_required": "key" not in without, "subscription_key_header": "Ocp-Apim-Subscription-Key",
                   "subscription_key_query": "subscription-key",
-                  "policy": GOVERNANCE_POLICY if policies == "governance" else None, "operations": [operation]}],
+                  "policy": api_policy, "operations": [operation]}],
         "subscriptions": [{"name": "bench", "scope": "/apis", "state": "active",
                            "key_hashes": [hash_key("bench-key")]}],
     }  # fmt: skip
@@ -535,6 +538,12 @@ def main() -> None:
     )
     stream_help = "request: streamed chat completions (full: gwbench's mock's stream in one write; first: its ends)"
     parser.add_argument("--stream", choices=("", "full", "first"), default="", help=stream_help)
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="request: the API's policy document instead of --policies' (with --policies governance: its counters on "
+        "--redis-url and the two-message body)",
+    )
     parser.add_argument("--parsers", default="meter,cache,safety", help="stream: which parsers run (comma-separated)")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help="checkout to test")
     parser.add_argument("--requests", type=int, default=20000)
@@ -570,6 +579,7 @@ def main() -> None:
                         args.policies,
                         args.redis_url,
                         args.stream,
+                        args.policy,
                     )
                 )
             )
@@ -591,6 +601,8 @@ def main() -> None:
         name += f" policies {args.policies}"
     if args.case == "request" and args.stream:
         name += f" stream {args.stream}"
+    if args.case == "request" and args.policy:
+        name += " with --policy"
     print(
         f"{name} ({args.root}): median {statistics.median(micro):.2f} µs/op, "
         f"min {micro[0]:.2f}, max {micro[-1]:.2f} over {args.repeat} rounds of {args.requests}"

@@ -19,6 +19,7 @@ from gateway.metrics import DEFAULT_NAMESPACE, label_name, metric_prefix
 from ..base import ALL_SCOPES, Attr, Policy, Section
 from ..values import Value, parse_value
 from ..xml import Element
+from ._remembered import PerSubscription, same_per_subscription
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -115,7 +116,18 @@ class LlmEmitTokenMetric(Policy):
         "value": Attr(),
     }
     children = frozenset({"dimension"})
-    __slots__ = ("built_ins", "custom", "dimensions", "emission", "label_names", "namespace", "prefix", "resolvers")
+    __slots__ = (
+        "built_ins",
+        "custom",
+        "dimensions",
+        "emission",
+        "label_names",
+        "namespace",
+        "prefix",
+        "remembered",
+        "remembered_for",
+        "resolvers",
+    )
 
     def __init__(self, namespace: str, prefix: str, dimensions: tuple[_Dimension, ...]) -> None:
         super().__init__()
@@ -137,6 +149,11 @@ class LlmEmitTokenMetric(Policy):
         # the finish callback of a statement without custom dimensions, with the Metrics it was built for: the same
         # for every request (it holds no per-request value), so it is built once instead of per request
         self.emission: tuple[Metrics, _Emission] | None = None
+        # the finish callback per subscription, when every custom value is a literal or depends on the subscription
+        # alone (``._remembered``), with the Metrics it was built for; None otherwise
+        per_subscription = bool(custom) and all(v.is_literal or same_per_subscription(v) for v in self.custom)
+        self.remembered: PerSubscription[_Emission] | None = PerSubscription() if per_subscription else None
+        self.remembered_for: Metrics | None = None
 
     @classmethod
     def from_element(cls, el: Element) -> LlmEmitTokenMetric:
@@ -170,8 +187,20 @@ class LlmEmitTokenMetric(Policy):
             return None
         exchange_for(ctx)  # usage accounting also for APIs that are not of the openai type
         if self.custom:
+            remembered = self.remembered
+            if remembered is not None:
+                if metrics is not self.remembered_for:
+                    remembered.clear()
+                    self.remembered_for = metrics
+                emission = remembered.get(ctx.subscription)
+                if emission is not None:
+                    ctx.on_finish.append(emission)
+                    return None
             values = tuple(v.evaluate(ctx) for v in self.custom)
-            ctx.on_finish.append(_Emission(self, metrics.token_family(self.prefix, self.label_names), values))
+            emission = _Emission(self, metrics.token_family(self.prefix, self.label_names), values)
+            if remembered is not None:
+                remembered.put(ctx.subscription, emission)
+            ctx.on_finish.append(emission)
             return None
         cached = self.emission
         if cached is None or cached[0] is not metrics:

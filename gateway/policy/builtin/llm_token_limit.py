@@ -18,7 +18,7 @@ from gateway.limits.base import PERIODS, StoreUnavailable, minute_start, minute_
 from gateway.llm_accounting import exchange_for
 
 from ..base import Attr, Policy, Section
-from ..values import Expression, ExpressionRuntimeError, Value
+from ..values import ExpressionRuntimeError, Value
 from ..xml import Element
 from ._limiting import (
     STORE_ERROR_ATTR,
@@ -31,6 +31,7 @@ from ._limiting import (
     set_retry_after,
     store_unavailable,
 )
+from ._remembered import REMEMBERED_MAX, PerSubscription, same_per_subscription
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -61,8 +62,9 @@ LOG_EVERY: Final = 10.0
 # The windows of one counter key stay the same for a whole minute (every period starts on a minute): each policy keeps
 # those of the current minute, for at most this many counter keys, so most requests build none. A counter key whose
 # expression depends on the subscription alone (``CompiledExpression.subscription_only``: the wizard's
-# ``context.Subscription?.Id ?? "anonymous"``) is not even evaluated again: the windows are kept per subscription too.
-WINDOW_CACHE_MAX: Final = 4096
+# ``context.Subscription?.Id ?? "anonymous"``) is not even evaluated again: the windows are kept per subscription too
+# (``._remembered``).
+WINDOW_CACHE_MAX: Final = REMEMBERED_MAX
 
 _last_warning = 0.0
 
@@ -197,15 +199,12 @@ class LlmTokenLimit(Policy):
         self.fail_closed = denies_on_store_error(attrs.get(STORE_ERROR_ATTR))
         self.window_cache: dict[tuple[str, int | None], tuple[tuple[Window, ...], int]] = {}
         self.window_minute = self.window_end = -1.0  # [start, end) of the minute of the caches below
-        # id(ctx.subscription) -> (the subscription, its windows and limit) of the current minute, when the counter
-        # key and the limits depend on nothing else; None otherwise. The entry keeps the subscription: its id stays its
-        # own while the entry lasts
-        key, tpm = self.counter_key, self.tpm_value
-        per_subscription = (
-            isinstance(key, Expression) and key.compiled.subscription_only and (tpm is None or tpm.is_literal)
-        )
-        self.subscription_windows: dict[int, tuple[object, tuple[tuple[Window, ...], int]]] | None = (
-            {} if per_subscription else None
+        # the windows and limit of the current minute per subscription, when the counter key and the limits depend on
+        # nothing else; None otherwise
+        tpm = self.tpm_value
+        per_subscription = same_per_subscription(self.counter_key) and (tpm is None or tpm.is_literal)
+        self.subscription_windows: PerSubscription[tuple[tuple[Window, ...], int]] | None = (
+            PerSubscription() if per_subscription else None
         )
 
     @classmethod
@@ -227,9 +226,9 @@ class LlmTokenLimit(Policy):
             self.window_end = minute + 60.0
         if by_subscription is not None:
             subscription = ctx.subscription
-            found = by_subscription.get(id(subscription))
-            if found is not None and found[0] is subscription:
-                return found[1]
+            found = by_subscription.get(subscription)
+            if found is not None:
+                return found
         key = counter_key(self.counter_key, ctx)
         tpm = self.tpm
         if tpm is None and self.tpm_value is not None:
@@ -240,8 +239,8 @@ class LlmTokenLimit(Policy):
         cached = self.window_cache.get((key, tpm))
         if cached is None:
             cached = self._build_windows(key, tpm, now)
-        if by_subscription is not None and len(by_subscription) < WINDOW_CACHE_MAX:
-            by_subscription[id(subscription)] = (subscription, cached)
+        if by_subscription is not None:
+            by_subscription.put(subscription, cached)
         return cached
 
     def _build_windows(self, key: str, tpm: int | None, now: float) -> tuple[tuple[Window, ...], int]:

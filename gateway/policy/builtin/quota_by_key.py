@@ -21,6 +21,7 @@ from ..values import Value
 from ..xml import Element
 from ._counters import COUNTER_ATTRIBUTES, MSG_NO_STORE, Counter, Settle, format_timespan, literal_int, logger, reserve
 from ._limiting import counter_store
+from ._remembered import PerSubscription, same_per_subscription
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -50,7 +51,7 @@ class QuotaByKey(Counter):
         "first-period-start": Attr(default=DEFAULT_FIRST_PERIOD_START, expressions=False),
         **COUNTER_ATTRIBUTES,
     }
-    __slots__ = ("bandwidth", "calls", "period", "start")
+    __slots__ = ("bandwidth", "calls", "period", "remembered", "start")
 
     def __init__(self, attrs: dict[str, Value], el: Element) -> None:
         super().__init__(attrs, el)
@@ -65,21 +66,34 @@ class QuotaByKey(Counter):
             )
         self.period = period
         self.start = _first_period_start(attrs["first-period-start"].literal, el)
+        # the windows of the current period per subscription, when the counter key depends on the subscription alone
+        # (``._remembered``); None otherwise
+        self.remembered: PerSubscription[tuple[Window | None, Window | None]] | None = (
+            PerSubscription() if same_per_subscription(self.counter_key) else None
+        )
 
     @classmethod
     def from_element(cls, el: Element) -> QuotaByKey:
         return cls(cls.check_element(el), el)
 
-    def windows(self, key: str, now: float) -> tuple[Window | None, Window | None]:
-        """The (calls, kilobytes) windows of ``key`` containing ``now``."""
+    def windows(self, ctx: RequestContext, now: float) -> tuple[Window | None, Window | None]:
+        """The (calls, kilobytes) windows of the request's counter key containing ``now``."""
         if self.period:
             start = self.start + (now - self.start) // self.period * self.period
             end = start + self.period
         else:
             start, end = self.start, FOREVER_END
+        remembered = self.remembered
+        if remembered is not None:
+            found = remembered.get_in_period(start, ctx.subscription)
+            if found is not None:
+                return found
+        key = self.key(ctx)
         base = f"qk:{{{counter_tag(key)}}}:{self.period}:{int(start)}"
         calls = Window(base + ":c", self.calls, start, end) if self.calls is not None else None
         kilobytes = Window(base + ":b", self.bandwidth, start, end) if self.bandwidth is not None else None
+        if remembered is not None:
+            remembered.put(ctx.subscription, (calls, kilobytes))
         return calls, kilobytes
 
     async def apply(self, ctx: RequestContext) -> Response | None:
@@ -88,7 +102,7 @@ class QuotaByKey(Counter):
             logger.warning(MSG_NO_STORE, self.name)
             return None
         now = store.now()
-        calls, kilobytes = self.windows(self.key(ctx), now)
+        calls, kilobytes = self.windows(ctx, now)
         deferred = self.condition is not None
         call_reservation = kb_reservation = None
         if calls is not None:

@@ -28,6 +28,7 @@ from ._counters import (
     variable_name,
 )
 from ._limiting import counter_store, optional_header_name
+from ._remembered import PerSubscription, same_per_subscription
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -62,6 +63,7 @@ class RateLimitByKey(Counter):
         "period_value",
         "remaining_header",
         "remaining_variable",
+        "remembered",
         "total_header",
     )
 
@@ -76,18 +78,30 @@ class RateLimitByKey(Counter):
         self.remaining_header = optional_header_name(attrs.get("remaining-calls-header-name"), el)
         self.remaining_variable = variable_name(attrs.get("remaining-calls-variable-name"))
         self.total_header = optional_header_name(attrs.get("total-calls-header-name"), el)
+        # the window of the current period per subscription, when the counter key depends on the subscription alone
+        # and the calls and period are literals (``._remembered``); None otherwise
+        per_subscription = same_per_subscription(self.counter_key) and None not in (self.calls, self.period)
+        self.remembered: PerSubscription[Window] | None = PerSubscription() if per_subscription else None
 
     @classmethod
     def from_element(cls, el: Element) -> RateLimitByKey:
         return cls(cls.check_element(el), el)
 
     def window(self, ctx: RequestContext, now: float) -> Window:
-        calls = self.calls if self.calls is not None else runtime_int(self.calls_value, ctx, "calls", 1)
+        remembered = self.remembered
         period = self.period
+        if remembered is not None and period is not None:  # the period is a literal whenever windows are remembered
+            found = remembered.get_in_period(now - now % period, ctx.subscription)
+            if found is not None:
+                return found
+        calls = self.calls if self.calls is not None else runtime_int(self.calls_value, ctx, "calls", 1)
         if period is None:
             period = runtime_int(self.period_value, ctx, "renewal-period", 1, MAX_RENEWAL_PERIOD)
         start = now - now % period
-        return Window(f"rk:{{{counter_tag(self.key(ctx))}}}:{period}:{int(start)}", calls, start, start + period)
+        window = Window(f"rk:{{{counter_tag(self.key(ctx))}}}:{period}:{int(start)}", calls, start, start + period)
+        if remembered is not None:
+            remembered.put(ctx.subscription, window)
+        return window
 
     async def apply(self, ctx: RequestContext) -> Response | None:
         store = counter_store(ctx)

@@ -37,6 +37,10 @@ def test_values_of_the_subscription_alone(text: str) -> None:
         '@(context.Request.Headers.GetValueOrDefault("x", ""))',
         '@(context.Subscription != null ? "a" : "b")',  # the subscription object itself is not a value here
         "@(context.Api.Id)",
+        "@(context.Api.Name)",
+        "@(context.Operation.Id)",
+        "@(context.Request.Method)",
+        "@(context.Subscription.Id + context.Operation.Id)",
         "@(context.User.Id)",
         "@{ return context.Subscription.Id; }",  # blocks (locals, statements) are not looked into
     ],

@@ -247,3 +247,118 @@ async def test_without_metrics_the_policy_does_nothing():
     app.snapshot = load_snapshot(data, gateway_token=TOKEN)
     response, _ = await send(app, KEY)
     assert response.status == 200
+
+
+#
+# Custom dimensions of the subscription alone: the emission remembered per subscription
+#
+
+
+def series(metrics: Metrics, family: str) -> dict[tuple, float]:
+    return {tuple(sorted(sample.labels.items())): sample.value for sample in samples(metrics, family)}
+
+
+async def test_a_dimension_of_the_subscription_alone_is_evaluated_once_per_subscription(evaluations):
+    """And its value is the one evaluated per request: a second statement whose dimension reads the key as well (so
+    is evaluated every time) gives the same labels."""
+    remembered = statement(
+        '<dimension name="API ID"/><dimension name="Team" value="research"/>'
+        '<dimension name="Sub" value="@(context.Subscription?.Id ?? &quot;anonymous&quot;)"/>',
+        ' namespace="remembered"',
+    )
+    evaluated = statement(
+        '<dimension name="API ID"/><dimension name="Team" value="research"/>'
+        '<dimension name="Sub" value="@(context.Subscription.Key != null ? context.Subscription.Id : &quot;&quot;)"/>',
+        ' namespace="evaluated"',
+    )
+    app, metrics, _ = gateway(policies(remembered + evaluated))
+    for key in (KEY, KEY, (KEY[0], KEYS["master"][1].encode()), STARTER_KEY, KEY):
+        response, _ = await send(app, key)
+        assert response.status == 200
+    assert evaluations.count('@(context.Subscription?.Id ?? "anonymous")') == 2  # master, starter-sub
+    assert len(evaluations) == 2 + 5
+    expected = {
+        (("api_id", "chat"), ("sub", "master"), ("team", "research")): 4 * 18,
+        (("api_id", "chat"), ("sub", "starter-sub"), ("team", "research")): 18,
+    }
+    assert series(metrics, "remembered_total_tokens") == series(metrics, "evaluated_total_tokens") == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "requests", "labels"),
+    [
+        (
+            "@(context.Subscription.Key)",
+            [
+                (KEY, "/llm/chat/chat/completions", ()),
+                ((KEY[0], KEYS["master"][1].encode()), "/llm/chat/chat/completions", ()),
+            ],
+            {KEYS["master"][0], KEYS["master"][1]},
+        ),
+        (
+            "@(context.Request.Headers.GetValueOrDefault(&quot;x-team&quot;, &quot;none&quot;))",
+            [
+                (KEY, "/llm/chat/chat/completions", ((b"x-team", b"a"),)),
+                (KEY, "/llm/chat/chat/completions", ((b"x-team", b"b"),)),
+            ],
+            {"a", "b"},
+        ),
+        (
+            "@(context.Request.Method + context.Request.Url.Path)",
+            [(KEY, "/llm/chat/chat/completions", ()), (KEY, "/llm/chat/x", ())],
+            {"POST/llm/chat/chat/completions", "POST/llm/chat/x"},
+        ),
+        (
+            "@(context.Operation.Id)",
+            [(KEY, "/llm/chat/chat/completions", ()), (KEY, "/llm/chat/x", ())],
+            {"chat-completions", "wild-post"},
+        ),
+        (
+            "@(context.Api.Name)",
+            [(KEY, "/llm/chat/chat/completions", ()), (KEY, "/other/x", ())],
+            {"chat", "other"},
+        ),
+    ],
+)
+async def test_a_dimension_that_reads_more_than_the_subscription_is_evaluated_per_request(
+    evaluations, value, requests, labels
+):
+    """Two requests of one subscription that differ in what the dimension reads give two series (a global policy,
+    so that the API and the operation can differ)."""
+    app, metrics, _ = gateway(global_policy=policies(statement(f'<dimension name="V" value="{value}"/>')))
+    for key, path, headers in requests:
+        response = await app(make_request("POST", path, "", [key, *headers], b'{"model": "m", "messages": []}'))
+        assert response.status == 200
+    assert len(evaluations) == len(requests)
+    assert {sample.labels["v"] for sample in samples(metrics, "api_management_total_tokens")} == labels
+
+
+async def test_a_snapshot_loaded_again_does_not_serve_a_remembered_dimension(evaluations):
+    """A subscription renamed by a new snapshot is counted under its new name (new subscription objects, new
+    statements)."""
+    policy = policies(statement('<dimension name="Sub" value="@(context.Subscription.Name)"/>'))
+    app, metrics, _ = gateway(policy)
+    await send(app, KEY)
+    await send(app, KEY)
+    data = base_snapshot()
+    data["apis"][0]["policy"] = policy
+    data["subscriptions"][0]["name"] = "master-renamed"  # the same keys
+    app.snapshot = load_snapshot(data, gateway_token=TOKEN)
+    await send(app, KEY)
+    assert len(evaluations) == 2
+    assert series(metrics, "api_management_total_tokens") == {
+        (("sub", "master"),): 36,
+        (("sub", "master-renamed"),): 18,
+    }
+
+
+async def test_another_metrics_registry_gets_its_own_emission():
+    """The remembered emission belongs to the Metrics it was built for."""
+    policy = policies(statement('<dimension name="Sub" value="@(context.Subscription.Id)"/>'))
+    app, first, _ = gateway(policy)
+    await send(app, KEY)
+    second = Metrics()
+    app.forwarder.metrics = second  # what ctx.services.metrics is
+    await send(app, KEY)
+    assert series(first, "api_management_total_tokens") == {(("sub", "master"),): 18}
+    assert series(second, "api_management_total_tokens") == {(("sub", "master"),): 18}

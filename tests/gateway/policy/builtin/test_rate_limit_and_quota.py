@@ -10,13 +10,16 @@ import uuid
 import orjson
 import pytest
 
-from gateway.limits import StoreUnavailable, create_store
+from gateway.limits import StoreUnavailable, Window, create_store
 from gateway.policy import PolicyError, parse_document
 from gateway.policy.builtin._counters import format_timespan
 from gateway.policy.builtin.quota_by_key import QuotaByKey
 from gateway.policy.builtin.rate_limit_by_key import RateLimitByKey
+from gateway.snapshot import load_snapshot
 
-from ..helpers import START, Clock, fixture, gateway, header, upstream
+from ...fakes import make_request
+from ...helpers import KEYS, TOKEN
+from ..helpers import START, Clock, fixture, gateway, header, snapshot, upstream
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
@@ -279,3 +282,117 @@ def test_limits_are_inbound_only(policy):
             f'<policies><outbound><{policy} calls="1" renewal-period="300" counter-key="k"/></outbound></policies>',
             "api",
         )
+
+
+#
+# Counter keys of the subscription alone: remembered per subscription and period
+#
+
+MASTER, MASTER_SECONDARY = KEYS["master"]
+CHAT_ONLY = KEYS["chat-only"][0]
+
+
+async def send(gw, key: str, path: str = "/llm/chat/chat/completions", headers=()):
+    """A request of the subscription holding ``key`` to the base snapshot's APIs (``chat`` or ``other``)."""
+    request_headers = [(b"ocp-apim-subscription-key", key.encode()), *headers]
+    return await gw.app(make_request("POST", path, "", request_headers, b"{}"))
+
+
+def rk_window(counter: str, start: float, calls: int = 2, period: int = 60) -> Window:
+    return Window(f"rk:{{{counter}}}:{period}:{int(start)}", calls, start, start + period)
+
+
+def qk_window(counter: str, start: float, calls: int = 2, period: int = 300) -> Window:
+    return Window(f"qk:{{{counter}}}:{period}:{int(start)}:c", calls, start, start + period)
+
+
+@pytest.mark.parametrize(
+    ("statement", "window", "refusal"),
+    [
+        (rate_limit('calls="2" renewal-period="60" counter-key="@(context.Subscription.Id)"'), rk_window, 429),
+        (
+            quota('calls="2" renewal-period="300" counter-key="@(context.Subscription?.Id ?? &quot;anonymous&quot;)"'),
+            qk_window,
+            403,
+        ),
+    ],
+)
+async def test_a_key_of_the_subscription_alone_is_evaluated_once_per_subscription_and_period(
+    evaluations, statement, window, refusal
+):
+    gw = gateway(upstream(), global_policy=statement)
+    assert [(await send(gw, MASTER)).status for _ in range(2)] == [200, 200]
+    assert len(evaluations) == 1
+    assert (await send(gw, MASTER_SECONDARY)).status == refusal  # the subscription's other key: the same window
+    assert (await send(gw, CHAT_ONLY)).status == 200
+    assert len(evaluations) == 2
+    # the remembered windows are those the evaluated key gives
+    first = window("master", START)
+    assert await gw.store.count(first) == 2
+    assert await gw.store.count(window("chat-only", START)) == 1
+    gw.clock.now = first.end - 0.5
+    assert (await send(gw, MASTER)).status == refusal
+    gw.clock.now = first.end  # the next period: evaluated again
+    assert (await send(gw, MASTER)).status == 200
+    assert len(evaluations) == 3
+    assert await gw.store.count(window("master", first.end)) == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "requests"),
+    [
+        # two keys of one subscription: two counters
+        (
+            "@(context.Subscription.Key)",
+            [(MASTER, "/llm/chat/chat/completions", ()), (MASTER_SECONDARY, "/llm/chat/chat/completions", ())],
+        ),
+        # a header of the request
+        (
+            "@(context.Subscription.Id + context.Request.Headers.GetValueOrDefault(&quot;x-team&quot;, &quot;&quot;))",
+            [
+                (MASTER, "/llm/chat/chat/completions", [(b"x-team", b"a")]),
+                (MASTER, "/llm/chat/chat/completions", [(b"x-team", b"b")]),
+            ],
+        ),
+        # the API of the request
+        (
+            "@(context.Subscription.Id + context.Api.Name)",
+            [(MASTER, "/llm/chat/chat/completions", ()), (MASTER, "/other/x", ())],
+        ),
+        # the operation of the request
+        (
+            "@(context.Subscription.Id + context.Operation.Id)",
+            [(MASTER, "/llm/chat/chat/completions", ()), (MASTER, "/llm/chat/x", ())],
+        ),
+    ],
+)
+@pytest.mark.parametrize("policy", ["rate-limit-by-key", "quota-by-key"])
+async def test_a_key_that_reads_more_than_the_subscription_is_evaluated_per_request(evaluations, key, requests, policy):
+    """Two requests of one subscription that differ in what the key reads count apart; a third is refused."""
+    period = 60 if policy == "rate-limit-by-key" else 300
+    gw = gateway(
+        upstream(),
+        global_policy=f'<policies><inbound><base/><{policy} calls="1" renewal-period="{period}" counter-key="{key}"/>'
+        "</inbound></policies>",
+    )
+    first, second = requests
+    assert (await send(gw, first[0], first[1], first[2])).status == 200
+    assert (await send(gw, second[0], second[1], second[2])).status == 200
+    assert (await send(gw, first[0], first[1], first[2])).status in (429, 403)
+    assert len(evaluations) == 3
+
+
+async def test_a_snapshot_loaded_again_does_not_serve_a_remembered_key(evaluations):
+    """A subscription renamed by a new snapshot counts under its new name (new subscription objects, new
+    statements)."""
+    policy = rate_limit('calls="5" renewal-period="60" counter-key="@(context.Subscription.Name)"')
+    gw = gateway(upstream(), global_policy=policy)
+    assert [(await send(gw, MASTER)).status for _ in range(2)] == [200, 200]
+    assert len(evaluations) == 1
+    data = snapshot(global_policy=policy)
+    data["subscriptions"][0]["name"] = "master-renamed"  # the same keys
+    gw.app.snapshot = load_snapshot(data, gateway_token=TOKEN)
+    assert [(await send(gw, MASTER)).status for _ in range(2)] == [200, 200]
+    assert len(evaluations) == 2
+    assert await gw.store.count(rk_window("master", START, 5)) == 2
+    assert await gw.store.count(rk_window("master-renamed", START, 5)) == 2

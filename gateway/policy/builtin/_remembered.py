@@ -1,0 +1,61 @@
+"""What a policy statement remembers per subscription: values that depend on the request's subscription alone.
+
+A counter key or a metric dimension whose expression reads nothing but ``context.Subscription`` (its ``Id`` or
+``Name``; ``CompiledExpression.subscription_only``, see ``gateway.expressions.dependencies``) has the same value for
+every request of a subscription, so a statement may evaluate it once per subscription and keep what it built from it
+(``llm-token-limit``'s windows, ``rate-limit-by-key``'s and ``quota-by-key``'s, ``llm-emit-token-metric``'s
+emission). ``PerSubscription`` is that memory: keyed by ``id()`` of the ``SubscriptionEntry`` (never by its key,
+which the request presented and which is not kept), each entry holding its subscription so the id stays its own while
+the entry lasts; a snapshot loaded again brings new entries (and new statements). At most ``REMEMBERED_MAX`` entries;
+the statements clear it when what they built stops holding (a new minute or period, another ``Metrics``).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Generic, TypeVar
+
+from ..values import Expression, Value
+
+__all__ = ("REMEMBERED_MAX", "PerSubscription", "same_per_subscription")
+
+REMEMBERED_MAX: Final = 4096
+
+T = TypeVar("T")
+
+
+def same_per_subscription(value: Value) -> bool:
+    """Whether ``value`` is an expression whose value is decided by the request's subscription alone."""
+    return isinstance(value, Expression) and bool(value.compiled.subscription_only)
+
+
+class PerSubscription(Generic[T]):
+    """Values remembered per subscription object (``None`` for anonymous requests), at most ``REMEMBERED_MAX``."""
+
+    __slots__ = ("entries", "period")
+
+    def __init__(self) -> None:
+        self.entries: dict[int, tuple[object, T]] = {}
+        self.period: float | None = None  # the start of the period of the values, for ``get_in_period``
+
+    def get(self, subscription: object) -> T | None:
+        """The value remembered for ``subscription``; None when there is none."""
+        found = self.entries.get(id(subscription))
+        return found[1] if found is not None and found[0] is subscription else None
+
+    def get_in_period(self, start: float, subscription: object) -> T | None:
+        """``get`` for values that hold for one period (a counting window): a period that starts elsewhere than the
+        remembered values' forgets them all, and its values are remembered from then on."""
+        if start != self.period:
+            self.entries.clear()
+            self.period = start
+            return None
+        return self.get(subscription)
+
+    def put(self, subscription: object, value: T) -> None:
+        """Remember ``value`` for ``subscription``, unless the memory is full (until it is cleared)."""
+        entries = self.entries
+        if len(entries) < REMEMBERED_MAX:
+            entries[id(subscription)] = (subscription, value)
+
+    def clear(self) -> None:
+        self.entries.clear()

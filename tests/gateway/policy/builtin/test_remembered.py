@@ -1,0 +1,61 @@
+"""``PerSubscription``: values remembered per subscription object, bounded."""
+
+from __future__ import annotations
+
+from gateway.policy.builtin._remembered import REMEMBERED_MAX, PerSubscription, same_per_subscription
+from gateway.policy.values import parse_value
+
+
+class Equal:
+    """A subscription stand-in equal to every other: the memory must go by identity, not equality."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+
+def test_values_go_by_the_subscription_object():
+    memory: PerSubscription[str] = PerSubscription()
+    first, second = Equal(), Equal()
+    memory.put(first, "first")
+    memory.put(None, "anonymous")
+    assert memory.get(first) == "first"
+    assert memory.get(second) is None
+    assert memory.get(None) == "anonymous"
+    memory.clear()
+    assert memory.get(first) is None
+
+
+def test_at_most_remembered_max_entries_until_cleared():
+    memory: PerSubscription[int] = PerSubscription()
+    subscriptions = [object() for _ in range(REMEMBERED_MAX + 1)]
+    for number, subscription in enumerate(subscriptions):
+        memory.put(subscription, number)
+    assert len(memory.entries) == REMEMBERED_MAX
+    assert memory.get(subscriptions[-1]) is None  # not remembered: evaluated each time
+    memory.clear()
+    memory.put(subscriptions[-1], 1)
+    assert memory.get(subscriptions[-1]) == 1
+
+
+def test_which_values_are_the_same_per_subscription():
+    def value(text: str):
+        return parse_value(text, where="test")
+
+    assert same_per_subscription(value("@(context.Subscription.Id)"))
+    assert not same_per_subscription(value("@(context.Subscription.Key)"))
+    assert not same_per_subscription(value("literal"))  # the same for every request: nothing to remember
+
+
+def test_values_of_a_period_are_forgotten_when_another_begins():
+    memory: PerSubscription[str] = PerSubscription()
+    subscription = object()
+    assert memory.get_in_period(60.0, subscription) is None
+    memory.put(subscription, "first minute")
+    assert memory.get_in_period(60.0, subscription) == "first minute"
+    assert memory.get_in_period(120.0, subscription) is None  # a new period: everything forgotten
+    assert memory.entries == {}
+    memory.put(subscription, "second minute")
+    assert memory.get_in_period(120.0, subscription) == "second minute"
+    assert memory.get_in_period(60.0, subscription) is None  # a clock set back: a period again, not a stale value
