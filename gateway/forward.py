@@ -210,7 +210,7 @@ def build_response(ctx: RequestContext) -> Response | StreamingResponse:
         body = _filter_whole(filters, head.body) if filters else head.body
         return Response(head.status, head.headers, body)
     length = None if filters or ctx.stream_stages else head.content_length
-    return StreamingResponse(head.status, head.headers, UpstreamBody(head.upstream, filters, ctx), length)
+    return StreamingResponse(head.status, head.headers, UpstreamBody(head.upstream, filters, ctx, length), length)
 
 
 def run_finish(ctx: RequestContext, complete: bool) -> None:
@@ -265,15 +265,20 @@ class UpstreamBody:
     """The body iterator of a streamed response: upstream chunks through the chunk filters, no buffering.
 
     A class rather than an async generator so that ``aclose()`` releases the upstream response even when
-    iteration never started (HEAD, 204/304, client gone before the first chunk).
+    iteration never started (HEAD, 204/304, client gone before the first chunk). ``ctx.on_finish`` runs before the
+    end of the body reaches the client: before the end is reported and, for a body of known ``length``, before its
+    last bytes are returned (they are held back until the upstream body has ended).
     """
 
-    __slots__ = ("_complete", "_ctx", "_filters", "_iter", "_rest", "_tail_sent", "_upstream", "closed")
+    __slots__ = ("_complete", "_ctx", "_filters", "_iter", "_remaining", "_rest", "_tail_sent", "_upstream", "closed")
 
-    def __init__(self, upstream: UpstreamResponse, filters: list[ChunkFilter], ctx: RequestContext) -> None:
+    def __init__(
+        self, upstream: UpstreamResponse, filters: list[ChunkFilter], ctx: RequestContext, length: int | None = None
+    ) -> None:
         self._upstream = upstream
         self._filters = filters
         self._ctx = ctx
+        self._remaining = length  # the bytes of a body of known length not returned yet
         self._complete = False
         self._iter: AsyncIterator[bytes] | None = None
         self._tail_sent = False
@@ -295,6 +300,7 @@ class UpstreamBody:
         else:
             first = False
         filters = self._filters
+        held = None  # the last bytes of a body of known length, returned once the upstream body has ended
         try:
             while True:
                 if self._rest is not None:
@@ -309,6 +315,8 @@ class UpstreamBody:
                             tail = _finish(filters)
                         self._complete = True
                         await self.aclose()
+                        if held is not None:
+                            return held + tail
                         if tail:
                             return tail
                         raise
@@ -323,7 +331,17 @@ class UpstreamBody:
                     if not chunk:
                         break
                 if chunk:
-                    return chunk
+                    if held is not None:
+                        return held + chunk  # more than announced: the server refuses the excess and closes
+                    remaining = self._remaining
+                    if remaining is None:
+                        return chunk
+                    remaining -= len(chunk)
+                    if remaining > 0:
+                        self._remaining = remaining
+                        return chunk
+                    self._remaining = None  # the last bytes: held until the upstream body has ended
+                    held = chunk
         except StopAsyncIteration:
             raise
         except BaseException:

@@ -19,7 +19,7 @@ docs/usage-and-metrics.md for the exact guarantee.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from gateway.usage.record import UsageRecord
@@ -180,64 +180,8 @@ class Telemetry:
             sink.emit(record)
 
     def wrap_stream(self, response: StreamingResponse, ctx: RequestContext) -> None:
-        """Make ``response`` record the request when its body ends, before the end reaches the client."""
-        response.body_iter = _RecordedBody(response.body_iter, self, ctx, response.content_length)
-
-
-class _RecordedBody:
-    """The body iterator of a streamed response, wrapped: when the body ends (or is closed early) the inner
-    iterator is closed first (running the policies' finish callbacks), then the request is recorded. For a body of
-    known length the last chunk is held back until the inner iterator has ended, so the record is written before
-    the client has the whole body."""
-
-    __slots__ = ("_ctx", "_done", "_inner", "_remaining", "_telemetry")
-
-    def __init__(
-        self, inner: AsyncIterator[bytes], telemetry: Telemetry, ctx: RequestContext, length: int | None
-    ) -> None:
-        self._inner = inner
-        self._telemetry = telemetry
-        self._ctx = ctx
-        self._remaining = length
-        self._done = False
-
-    def __aiter__(self) -> _RecordedBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._done:
-            raise StopAsyncIteration
-        chunk = await self._next()
-        if self._remaining is not None:
-            self._remaining -= len(chunk)
-            if self._remaining <= 0:  # the last bytes of the body: let the inner iterator end first
-                self._remaining = None
-                try:
-                    extra = await self._next()
-                except StopAsyncIteration:
-                    return chunk
-                chunk += extra  # more than announced: the server refuses the excess and closes
-        return chunk
-
-    async def _next(self) -> bytes:
-        try:
-            return await self._inner.__anext__()
-        except StopAsyncIteration:
-            await self._end(True)
-            raise
-        except BaseException:
-            await self._end(False)
-            raise
-
-    async def aclose(self) -> None:
-        if not self._done:
-            await self._end(False)
-
-    async def _end(self, complete: bool) -> None:
-        self._done = True
-        aclose = getattr(self._inner, "aclose", None)
-        try:
-            if aclose is not None:
-                await aclose()
-        finally:
-            self._telemetry.finish(self._ctx, complete)
+        """Make ``response`` record the request when its body is over, before the end reaches the client: the last
+        of ``ctx.on_finish``, which the streamed body (``gateway.forward.UpstreamBody``) runs when it ends, fails or
+        is closed, after the policies' callbacks and before it reports its end (or returns the last bytes of a body
+        of known length)."""
+        ctx.on_finish.append(self.finish)

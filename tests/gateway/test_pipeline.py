@@ -521,3 +521,36 @@ async def test_a_failing_filter_does_not_keep_the_upstream_or_skip_on_finish():
     response = await run_pipeline(pipeline, ctx)
     await response.body_iter.aclose()
     assert pool.responses[0].closed and upper.finished is False and finished == [False]
+
+
+async def test_a_known_length_body_runs_on_finish_before_its_last_bytes_are_returned():
+    from types import SimpleNamespace
+
+    from gateway.forward import UpstreamBody
+
+    finished = []
+    upstream = FakeUpstream(chunks=[b"aaa", b"bb", b""], content_length=5)
+    ctx = SimpleNamespace(stream_stages=[], on_finish=[lambda c, complete: finished.append(complete)])
+    body = UpstreamBody(upstream, [], ctx, 5)
+    assert await body.__anext__() == b"aaa" and finished == []
+    assert await body.__anext__() == b"bb"  # the last bytes: returned once the upstream body has ended
+    assert finished == [True] and upstream.closed
+    with pytest.raises(StopAsyncIteration):
+        await body.__anext__()
+    await body.aclose()
+    assert finished == [True]
+
+
+async def test_an_unknown_length_body_runs_on_finish_before_it_reports_its_end():
+    from types import SimpleNamespace
+
+    from gateway.forward import UpstreamBody
+
+    finished = []
+    upstream = FakeUpstream(chunks=[b"aaa", b"bb"])
+    ctx = SimpleNamespace(stream_stages=[], on_finish=[lambda c, complete: finished.append(complete)])
+    body = UpstreamBody(upstream, [], ctx)
+    assert [await body.__anext__(), await body.__anext__()] == [b"aaa", b"bb"] and finished == []
+    with pytest.raises(StopAsyncIteration):
+        await body.__anext__()
+    assert finished == [True] and upstream.closed

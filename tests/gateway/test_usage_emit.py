@@ -280,3 +280,42 @@ async def test_a_known_length_body_longer_than_announced_is_passed_on():
     body = await read(response)
     assert body.endswith(b"bbcc")  # the server refuses the excess (and closes the connection)
     assert len(sink.records) == 1
+
+
+class FailingUpstream(FakeUpstream):
+    """Yields its chunks, then fails as a backend connection that breaks."""
+
+    async def _gen(self):
+        for chunk in self._chunks:
+            yield chunk
+        raise ConnectionResetError("backend gone")
+
+
+async def test_a_stream_failing_midway_is_recorded_once_and_the_error_reaches_the_server():
+    failing = FailingUpstream(chunks=[b"data: {}\n\n"], headers=[(b"content-type", b"text/event-stream")])
+    app, sink, _, _ = make_gateway(respond=lambda: failing)
+    response = await call(app, CHAT, KEY, body=b'{"model": "m", "messages": [], "stream": true}')
+    iterator = response.body_iter
+    assert await iterator.__anext__() == b"data: {}\n\n"
+    assert sink.records == []
+    with pytest.raises(ConnectionResetError):
+        await iterator.__anext__()
+    assert failing.closed and len(sink.records) == 1
+    with pytest.raises(StopAsyncIteration):
+        await iterator.__anext__()
+    await iterator.aclose()
+    assert len(sink.records) == 1
+
+
+async def test_a_known_length_body_failing_after_its_last_bytes_raises_instead_of_returning_them():
+    first = b"a" * (DEFAULT_BUFFER_LIMIT + 1)
+    big = FailingUpstream(chunks=[first, b"b" * 10], content_length=len(first) + 10)
+    app, sink, _, _ = make_gateway(respond=lambda: big, api_type="passthrough")
+    response = await call(app, CHAT, KEY)
+    iterator = response.body_iter
+    assert await iterator.__anext__() == first
+    with pytest.raises(ConnectionResetError):  # the held last bytes are not returned: the body did not end well
+        await iterator.__anext__()
+    assert big.closed and len(sink.records) == 1
+    with pytest.raises(StopAsyncIteration):
+        await iterator.__anext__()
