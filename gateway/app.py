@@ -202,7 +202,7 @@ class GatewayApp:
             raise
         if telemetry is not None:
             if isinstance(response, StreamingResponse):
-                telemetry.wrap_stream(response, ctx)
+                telemetry.finish_with_body(ctx)
             else:
                 telemetry.finish(ctx, True)
         if traced:

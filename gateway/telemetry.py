@@ -26,7 +26,6 @@ from gateway.usage.record import UsageRecord
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
-    from gateway.http.server import StreamingResponse
     from gateway.metrics import Metrics
     from gateway.model import ApiEntry
     from gateway.usage.journal import UsageJournal
@@ -179,9 +178,9 @@ class Telemetry:
         else:
             sink.emit(record)
 
-    def wrap_stream(self, response: StreamingResponse, ctx: RequestContext) -> None:
-        """Make ``response`` record the request when its body is over, before the end reaches the client: the last
-        of ``ctx.on_finish``, which the streamed body (``gateway.forward.UpstreamBody``) runs when it ends, fails or
-        is closed, after the policies' callbacks and before it reports its end (or returns the last bytes of a body
-        of known length)."""
+    def finish_with_body(self, ctx: RequestContext) -> None:
+        """Record the request of a streamed response when its body is over, before the end reaches the client: the
+        last of ``ctx.on_finish``, which the streamed body (``gateway.forward.UpstreamBody``) runs when it ends,
+        fails or is closed, after the policies' callbacks and before it reports its end (or returns the last bytes
+        of a body of known length)."""
         ctx.on_finish.append(self.finish)
