@@ -58,7 +58,10 @@ def configure_sqlite(database: dict, timeout: float) -> None:
     default DEFERRED mode a transaction that read first and then writes cannot wait for another writer: SQLite fails it
     at once, without calling the busy handler, since waiting could deadlock (and in WAL mode its snapshot is stale).
     So every transaction begins IMMEDIATE (takes the write lock at BEGIN, waiting up to ``timeout`` seconds for it),
-    and the journal is WAL, so that reads outside a transaction neither wait for a writer nor hold one up.
+    and the journal is WAL, so that reads outside a transaction neither wait for a writer nor hold one up. The WAL
+    switch is not an ``init_command``: run by several processes at once on a file not yet in WAL it fails some of them
+    with "database is locked", so each new connection checks the mode first and retries a switch that lost the race
+    (``gateway_admin.sqlite``).
 
     Connections are kept between requests (``CONN_MAX_AGE``, unless ``DATABASE_URL`` sets ``conn_max_age``): closing
     the last connection to the file checkpoints the WAL into it and deletes the WAL, so a connection per request
@@ -72,7 +75,6 @@ def configure_sqlite(database: dict, timeout: float) -> None:
     options = database.setdefault("OPTIONS", {})
     options.setdefault("transaction_mode", "IMMEDIATE")
     options.setdefault("timeout", timeout)
-    options.setdefault("init_command", "PRAGMA journal_mode=WAL")
 
 
 configure_sqlite(DATABASES["default"], env.float("SLUICE_SQLITE_TIMEOUT", 20.0))

@@ -93,6 +93,72 @@ def test_concurrent_read_then_write_transactions_never_see_database_is_locked(tm
     assert {line[1] for line in ready} == {"wal"}
 
 
+SWITCHER = textwrap.dedent(
+    """
+    import sys
+
+    import django
+    from django.db import connection
+
+    django.setup()
+    print("ready", flush=True)
+    for line in sys.stdin:  # a database file still in the rollback journal, given to every worker at once
+        connection.close()
+        connection.settings_dict["NAME"] = line.strip()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA journal_mode")
+                print(cursor.fetchone()[0], flush=True)
+        except Exception as exc:
+            print(type(exc).__name__, exc, flush=True)
+    """
+)
+SWITCHERS = 8
+ROUNDS = 15
+
+
+def test_processes_opening_a_file_not_yet_in_wal_together_all_switch_it(tmp_path):
+    """``PRAGMA journal_mode=WAL`` run by several processes at once on a rollback-journal file (the first start, a
+    file copied in) failed some with "database is locked" at once, the busy timeout notwithstanding: as the settings'
+    ``init_command`` about 8 % of such connections failed (``gateway_admin.sqlite``). Each round gives all workers a
+    new file together; every connection must come up, in WAL."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", SWITCHER],
+            env=_env(str(tmp_path / "unused.sqlite3")),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(SWITCHERS)
+    ]
+    answers = []
+    try:
+        assert [worker.stdout.readline() for worker in workers] == ["ready\n"] * SWITCHERS
+        for round_ in range(ROUNDS):
+            database = tmp_path / f"round{round_}.sqlite3"
+            with closing(sqlite3.connect(database)) as db:
+                db.execute("CREATE TABLE t (x INTEGER)")
+                db.commit()
+                assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+            for worker in workers:
+                worker.stdin.write(f"{database}\n")
+            for worker in workers:
+                worker.stdin.flush()
+            answers += [worker.stdout.readline().strip() for worker in workers]
+        for worker in workers:
+            worker.stdin.close()
+        assert [worker.wait(timeout=60) for worker in workers] == [0] * SWITCHERS
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    assert [answer for answer in answers if answer != "wal"] == []
+    assert len(answers) == SWITCHERS * ROUNDS
+
+
 KEPT = textwrap.dedent(
     """
     import django
