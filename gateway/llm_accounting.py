@@ -36,6 +36,7 @@ __all__ = ("OPENAI_API_TYPE", "LlmExchange", "current_exchange", "exchange_for")
 OPENAI_API_TYPE: Final = "openai"
 _STREAM_OPTIONS_KINDS: Final = frozenset({RequestKind.CHAT, RequestKind.COMPLETIONS})
 _CAP_FIELDS: Final = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+_CHOICE_FIELDS: Final = ("n", "best_of")
 _INCLUDE_USAGE: Final = b'"stream_options":{"include_usage":true},'
 _JSON_START: Final = frozenset(b"{ \t\r\n")
 _ACCEPT_ENCODING: Final = b"accept-encoding"
@@ -88,8 +89,10 @@ class LlmExchange:
     """One request's LLM accounting state. ``body`` is None when the request has no JSON object body.
 
     The body is parsed when one of ``body``, ``model``, ``encoding``, ``stream`` or ``client_wants_usage`` is first
-    read, or when the exchange opens if the gateway may have to ask a stream for its usage: a request whose response
-    reports its usage and model is accounted without parsing the request.
+    read, or when the exchange opens if the gateway may have to ask a stream for its usage or the pipeline's body
+    check parsed it already: a request whose response reports its usage and model is accounted without parsing the
+    request. The exchange's own methods read the private slots once the body is parsed (``_parsed``): each read of
+    a public one is a Python ``__get__`` call, about 1.2 k instructions.
     """
 
     __slots__ = (
@@ -125,16 +128,21 @@ class LlmExchange:
         self._parsed = False
         checked = ctx.json_body  # the pipeline's body check parsed these bytes already: their object, not parsed again
         self._checked = checked[1] if checked is not None and checked[0] is raw else None
+        if self._checked is not None:  # nothing left to parse: what derives from the body is set now
+            self._parse()
         # Only a stream of a chat or completions request can need ``stream_options.include_usage``. A body without
         # the bytes '"stream"' and without a backslash (an escape could spell that key) has no "stream" member
         # (``find`` rather than ``in``: a byte string's ``in`` costs more, and a one-byte ``find`` is a memchr).
-        self.injected_usage = (
+        injected = (
             ctx.api.api_type == OPENAI_API_TYPE
             and kind in _STREAM_OPTIONS_KINDS
             and (raw.find(b'"stream"') >= 0 or raw.find(b"\\") >= 0)
-            and self.stream
-            and not self.client_wants_usage
         )
+        if injected:
+            if not self._parsed:
+                self._parse()
+            injected = self._stream and not self._client_wants_usage
+        self.injected_usage = injected
         # The usage is read from every response, whatever the request looked like: ask for it uncompressed.
         headers = ctx.request_headers
         for header in headers:
@@ -170,7 +178,7 @@ class LlmExchange:
         if not self.injected_usage or current is not self.raw:
             return current
         if self._upstream is None:
-            body = self.body
+            body = self._body  # parsed: injected_usage is only set after a parse
             assert body is not None
             options = body.get("stream_options")
             if "stream_options" not in body:  # insert after "{": no re-serialisation, the client's bytes are kept
@@ -185,7 +193,9 @@ class LlmExchange:
     def prompt_estimate(self) -> int:
         """Estimated prompt tokens of the request (computed once)."""
         if self._prompt_estimate is None:
-            body = self.body  # parsed now: the private slots below are set
+            if not self._parsed:
+                self._parse()
+            body = self._body
             if body is None:
                 self._prompt_estimate = 0
             else:
@@ -195,22 +205,27 @@ class LlmExchange:
     def completion_cap(self) -> tuple[int | None, int]:
         """``(cap, choices)``: the request's completion-token cap (None when it sets none; 0 for embeddings) and
         how many completions it asks for (``n`` / ``best_of``): completion tokens are at most ``cap * choices``."""
-        body = self.body
+        if not self._parsed:
+            self._parse()
+        body = self._body
         if body is None:
             return 0, 1
         if self.kind == RequestKind.EMBEDDINGS:
             return 0, 1
+        # ``name in body`` before reading it: a test for a key costs less than a ``get`` call, and most are absent
         cap = None
         for name in _CAP_FIELDS:
-            value = body.get(name)
-            if type(value) is int and value >= 0:
-                cap = value
-                break
+            if name in body:
+                value = body[name]
+                if type(value) is int and value >= 0:
+                    cap = value
+                    break
         choices = 1
-        for name in ("n", "best_of"):
-            value = body.get(name)
-            if type(value) is int and value > choices:
-                choices = value
+        for name in _CHOICE_FIELDS:
+            if name in body:
+                value = body[name]
+                if type(value) is int and value > choices:
+                    choices = value
         return cap, choices
 
     # response side
@@ -234,7 +249,7 @@ class LlmExchange:
             else:
                 content_type = find_header(head.headers, b"content-type") or b""
                 if content_type.startswith(b"text/event-stream"):
-                    count = get_tokenizer().counter(self.encoding)
+                    count = get_tokenizer().counter(self._encoding if self._parsed else self.encoding)
                     meter = SseUsageMeter(count, _StreamDone(ctx, self), strip=self.injected_usage)
                     ctx.chunk_filters.insert(0, meter)
                 elif find_header(head.headers, b"content-encoding") in (None, b"identity"):

@@ -55,6 +55,8 @@ REMEMBER_TEXT: Final = 16384
 REMEMBER_CHARS: Final = 1 << 20
 MAX_PENDING: Final = 64 << 10  # bytes of SSE deltas held unparsed (counted only when the usage is missing)
 
+# The members of a request that describe tools or the output format: counted as their JSON text.
+_TOOL_KEYS: Final = ("tools", "functions", "response_format", "text")
 _O200K_PREFIXES: Final = ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "gpt-oss", "codex")
 _CL100K_PREFIXES: Final = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "text-embedding-ada-002")
 
@@ -415,10 +417,11 @@ def _input_tokens(value: Any, count: Callable[[str], int]) -> int:
 
 def _tools_tokens(body: dict[str, Any], count: Callable[[str], int]) -> int:
     total = 0
-    for key in ("tools", "functions", "response_format", "text"):
-        value = body.get(key)
-        if isinstance(value, (list, dict)) and value:
-            total += count(orjson.dumps(value).decode())
+    for key in _TOOL_KEYS:
+        if key in body:  # most requests have none of them: a test for the key costs less than a ``get`` call
+            value = body[key]
+            if isinstance(value, (list, dict)) and value:
+                total += count(orjson.dumps(value).decode())
     return total
 
 

@@ -149,6 +149,24 @@ def test_prompt_estimation_remembers_the_counts_of_texts_it_counted():
     assert asked == ["and again"]
 
 
+def test_prompt_estimation_counts_each_tool_and_format_member_as_json():
+    tokenizer, asked = _counting_tokenizer()
+    body = {
+        "messages": [],
+        "tools": [{"type": "function"}],
+        "functions": [{"name": "f"}],
+        "response_format": {"type": "json_object"},
+        "text": {"format": {"type": "text"}},
+    }
+    expected = ['[{"type":"function"}]', '[{"name":"f"}]', '{"type":"json_object"}', '{"format":{"type":"text"}}']
+    assert estimate_prompt_tokens(body, RequestKind.CHAT, tokenizer, CL100K) == 3 + sum(map(len, expected))
+    assert asked == expected
+    asked.clear()
+    empty = {"messages": [], "tools": [], "functions": None, "response_format": "json", "text": {}}
+    assert estimate_prompt_tokens(empty, RequestKind.CHAT, tokenizer, CL100K) == 3  # empty or not a list/object
+    assert asked == []
+
+
 def test_prompt_estimation_forgets_at_its_bounds(monkeypatch):
     monkeypatch.setattr(tokens, "REMEMBER_TEXT", 8)
     monkeypatch.setattr(tokens, "REMEMBER_CHARS", 20)
@@ -631,6 +649,12 @@ def test_the_object_the_body_check_parsed_is_taken_for_the_same_bytes_only():
     other.json_body = bytes(bytearray(raw)), document  # equal bytes, another object: a body a policy replaced
     replaced = LlmExchange(other)
     assert replaced.body == document and replaced.body is not document
+    # Without "stream" in its bytes a body is parsed when first read; one the check parsed is taken at once.
+    plain = make_ctx(b'{"model":"gpt-4o"}')
+    plain.json_body = plain.request.body, {"model": "gpt-4o"}
+    taken = LlmExchange(plain)
+    assert taken._parsed and not LlmExchange(make_ctx(plain.request.body))._parsed
+    assert (taken.body, taken.model, taken.encoding, taken.stream) == ({"model": "gpt-4o"}, "gpt-4o", O200K, False)
 
 
 @pytest.mark.parametrize(

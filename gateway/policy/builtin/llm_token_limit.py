@@ -263,8 +263,11 @@ class LlmTokenLimit(Policy):
             return 0, 0
         prompt = exchange.prompt_estimate() if self.estimate or exchange.stream else 0
         cap, choices = exchange.completion_cap()
-        completion = (self.default_completion if cap is None else cap) * choices
-        return max(1, min(prompt + completion, ceiling)), prompt
+        amount = prompt + (self.default_completion if cap is None else cap) * choices
+        # at most the smallest limit (a request may use all of it), at least 1; without min() and max(), two calls
+        if amount > ceiling:
+            amount = ceiling
+        return (amount if amount > 1 else 1), prompt
 
     async def apply(self, ctx: RequestContext) -> Response | None:
         store = counter_store(ctx)
