@@ -19,6 +19,7 @@ from .helpers import KEYS, TOKEN, base_snapshot
 
 KEY = {"Ocp-Apim-Subscription-Key": KEYS["master"][0]}
 REQUESTS = 60
+WORKERS_UP = 30.0  # the bound on the wait for the second worker: generous for a loaded CI machine
 TOKEN_METRIC = '<llm-emit-token-metric><dimension name="API ID"/></llm-emit-token-metric>'
 
 
@@ -57,12 +58,15 @@ def test_every_worker_serves_the_totals(tmp_path, mock_llm, process_factory):  #
         connector = aiohttp.TCPConnector(force_close=True)  # one connection per request: spread over the workers
         async with aiohttp.ClientSession(connector=connector) as session:
             seen: set[str] = set()
-            for _ in range(200):  # the health check answered once one worker was up: wait for the other one too
+            # the health check answered once one worker was up: wait for the other one too (each new connection goes
+            # to either listening worker, so the second answers soon after it listens)
+            deadline = asyncio.get_running_loop().time() + WORKERS_UP
+            while len(seen) < 2 and asyncio.get_running_loop().time() < deadline:
                 async with session.get(f"http://127.0.0.1:{port}/__sluice/health") as response:
                     seen.add(response.headers["x-request-id"].rsplit("-", 1)[0])
-                if len(seen) == 2:
-                    break
-                await asyncio.sleep(0.05)
+                if len(seen) < 2:
+                    await asyncio.sleep(0.05)  # the polling interval of a bounded wait
+            assert len(seen) == 2, f"the second worker did not answer within {WORKERS_UP:.0f} s"
             for n in range(REQUESTS):
                 body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hello {n}"}]}
                 url = f"http://127.0.0.1:{port}/llm/chat/chat/completions"

@@ -20,12 +20,14 @@ from gateway.snapshot import load_snapshot
 from tests.fixtures_procs import mock_llm, process_factory  # noqa: F401  (fixtures)
 
 from .helpers import KEYS, TOKEN, llm_snapshot
+from .limits.helpers import FakeClock
 
 KEY = {"Ocp-Apim-Subscription-Key": KEYS["master"][0]}
 CHAT_URL = "/llm/chat/completions"
 # mock: prompt = words + 3 per message -> "say hello to me" = 4 + 3 = 7; completion = X-Mock-Tokens or 16
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "say hello to me"}], "max_tokens": 20}
 MOCK_TOTAL = 7 + 16
+WAIT = 10.0  # the bound on each wait for a settlement or a disconnect: reached only on a failure
 
 
 def limit_policy(attrs: str) -> str:
@@ -34,7 +36,7 @@ def limit_policy(attrs: str) -> str:
 
 @contextlib.asynccontextmanager
 async def gateway(base_url: str, policy: str):
-    store = create_store("memory")
+    store = create_store("memory", clock=FakeClock())  # no minute or hour turns mid-test
     pool = UpstreamPool(connect_timeout=2.0, read_timeout=10.0)
     app = create_app(GatewaySettings(gateway_token=TOKEN), pool=pool, token_store=store)
     app.snapshot = load_snapshot(llm_snapshot(base_url, policy), gateway_token=TOKEN)
@@ -52,13 +54,18 @@ async def gateway(base_url: str, policy: str):
 
 
 async def settled(store, window, expected: int) -> int:
-    """The counter once settlements (finish callbacks after the last byte) have run."""
-    for _ in range(100):
-        value = await store.count(window)
-        if value == expected:
-            return value
-        await asyncio.sleep(0.01)
-    return await store.count(window)
+    """The counter once settlements (finish callbacks after the last byte) have run, or after ``WAIT`` seconds."""
+    return await polled(lambda: store.count(window), lambda value: value == expected)
+
+
+async def polled(read, done, timeout: float = WAIT):
+    """``await read()`` until ``done(value)`` or ``timeout`` seconds have passed; the last value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    value = await read()
+    while not done(value) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)  # the polling interval of a bounded wait
+        value = await read()
+    return value
 
 
 async def test_429_after_the_minute_budget(mock_llm):  # noqa: F811
@@ -168,17 +175,14 @@ async def test_a_cancelled_stream_is_settled_with_the_tokens_that_passed(mock_ll
         while received.count(b"word") < 5:
             received += await response.content.readany()
         response.close()  # the client goes away after ~5 of 200 words
-        for _ in range(200):
-            if mock_llm.stats()["streams_cancelled"] > cancelled_before:
-                break
-            await asyncio.sleep(0.01)
-        assert mock_llm.stats()["streams_cancelled"] > cancelled_before  # the backend saw the disconnect
-        count = 0
-        for _ in range(100):
-            count = await client.store.count(window)
-            if count < 9 + 500:  # the reservation (prompt 9 + max_tokens 500) was corrected
-                break
-            await asyncio.sleep(0.01)
+
+        async def cancelled() -> int:
+            return (await asyncio.to_thread(mock_llm.stats))["streams_cancelled"]
+
+        # the backend saw the disconnect
+        assert await polled(cancelled, lambda value: value > cancelled_before) > cancelled_before
+        # the reservation (prompt 9 + max_tokens 500) was corrected
+        count = await polled(lambda: client.store.count(window), lambda value: value < 9 + 500)
         # prompt estimate (3 + "user" + "say hello to me" + 3 = 11) + the ~2 tokens per word that passed
         assert 11 + 5 * 2 <= count < 11 + 200 * 2
         # the stream would have been 7 + 200 tokens; the counter holds what was generated up to the cancel
@@ -197,4 +201,4 @@ async def test_quota_and_minute_windows_share_the_settlement(mock_llm):  # noqa:
         hour = quota_window("both-it", "Hourly", now, 1)
         minute = minute_window("both-it", now, 1)
         assert await settled(client.store, hour, 3 * MOCK_TOTAL) == 3 * MOCK_TOTAL
-        assert await client.store.count(minute) in (3 * MOCK_TOTAL, 0)  # 0 if the minute turned meanwhile
+        assert await client.store.count(minute) == 3 * MOCK_TOTAL  # the injected clock: the minute never turns

@@ -32,6 +32,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 KEY = {"Ocp-Apim-Subscription-Key": KEYS["master"][0]}
 CHAT = "/llm/chat/chat/completions"
 CONCURRENCY = 16
+BEFORE_KILL = 60  # responses read to their end before the SIGKILL (then 16 more are in flight)
+WAIT = 60.0  # the bound on each wait for traffic: generous for a loaded CI machine, reached only on a failure
 
 
 def gateway_env(tmp_path, port: int, stream: str) -> dict[str, str]:
@@ -64,6 +66,15 @@ class Traffic:
         self.failed = 0
         self.sent = 0
         self.stop = asyncio.Event()
+        self._wanted = 0
+        self._reached = asyncio.Event()
+
+    async def until_completed(self, count: int, timeout: float = WAIT) -> None:
+        """Wait until ``count`` responses have been read to their end (the event itself, not a guess of the time)."""
+        self._wanted = count
+        if len(self.completed) < count:
+            self._reached.clear()
+            await asyncio.wait_for(self._reached.wait(), timeout)
 
     async def one(self, session: aiohttp.ClientSession, n: int) -> None:
         stream = n % 3 == 0
@@ -75,6 +86,8 @@ class Traffic:
                 await response.read()  # raises when a chunked or sized body is cut short
                 if response.status == 200:
                     self.completed.add(response.headers["x-request-id"])
+                    if len(self.completed) >= self._wanted:
+                        self._reached.set()
         except (TimeoutError, aiohttp.ClientError):
             self.failed += 1
 
@@ -128,7 +141,7 @@ def test_sigkill_mid_run_loses_no_completed_record(tmp_path, mock_llm, process_f
         gateway = start_gateway(process_factory, env, port)
         first = Traffic(port)
         runner = asyncio.ensure_future(first.run())
-        await asyncio.sleep(1.5)
+        await first.until_completed(BEFORE_KILL)
         assert gateway.signal_group(signal.SIGKILL)  # mid-run: requests are in flight
         await asyncio.to_thread(gateway.popen.wait, 10)
         first.stop.set()
@@ -137,16 +150,16 @@ def test_sigkill_mid_run_loses_no_completed_record(tmp_path, mock_llm, process_f
         start_gateway(process_factory, env, port)  # same spool: replays what the killed one left there
         second = Traffic(port)
         runner = asyncio.ensure_future(second.run())
-        await asyncio.sleep(0.5)
+        await second.until_completed(1)
         second.stop.set()
         await runner
         return first, second
 
     first, second = asyncio.run(scenario())
-    assert len(first.completed) > 50 and first.failed > 0, (len(first.completed), first.failed)
+    assert len(first.completed) >= BEFORE_KILL and first.failed > 0, (len(first.completed), first.failed)
     assert second.completed
 
-    deadline = time.monotonic() + 10  # the restarted gateway delivers its last records within its flush interval
+    deadline = time.monotonic() + WAIT  # the restarted gateway delivers its last records within its flush interval
     completed = first.completed | second.completed
     while True:
         records = stream_records(stream)

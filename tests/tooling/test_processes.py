@@ -59,9 +59,7 @@ def test_stop_escalates_to_sigkill(tmp_path):
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
     )
     process = ManagedProcess([sys.executable, "-c", code], log_path=tmp_path / "stubborn.log").start()
-    deadline = time.monotonic() + 10
-    while "ready" not in process.tail() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    process.wait_output("ready", timeout=30)  # SIGTERM is ignored from here on (a SIGTERM before would end it)
     assert process.stop(grace=0.5) == -signal.SIGKILL
 
 

@@ -214,19 +214,19 @@ async def hung_redis():
 
 
 async def test_regression_a_hung_redis_costs_a_bounded_wait_then_none(hung_redis: str, clock: FakeClock):
+    """Before the breaker each admission waited the client's full timeout (2 s, 16 s for eight of them). Asserted
+    without reading the wall time: which timer ended each wait (its message), and that once the circuit is open an
+    admission raises before it ever suspends (no I/O, no timer, no wait, however loaded the machine)."""
     store = create_store("redis", url=hung_redis, clock=clock, prefix="sluice-test:hung:")
     window = minute_window("k", clock(), 100)
-    waits = []
-    for _ in range(8):
-        started = time.perf_counter()
-        with pytest.raises(StoreUnavailable):
+    for _ in range(3):  # three timeouts of the breaker (0.5 s), not of the client (2 s), open the circuit ...
+        with pytest.raises(StoreUnavailable, match=r"did not answer within 0\.5 s"):
             await store.reserve([window], 1, clock())
-        waits.append(time.perf_counter() - started)
-    # before the breaker each admission waited the client's full timeout (2 s, 16 s for these eight)
-    assert max(waits) < 0.9, waits  # the 0.5 s call timeout, plus scheduling
-    assert sum(waits) < 2.5, waits  # three timeouts open the circuit ...
-    assert all(w < 0.05 for w in waits[3:]), waits  # ... and then nobody waits
     assert store.breaker.state is not BreakerState.CLOSED
+    for _ in range(5):  # ... and then nobody waits: the admission fails on its first step
+        admission = store.reserve([window], 1, clock())
+        with pytest.raises(StoreUnavailable, match="circuit open"):
+            admission.send(None)
     assert store.unavailable_retry_after() >= 1
     await store.aclose()
 
@@ -249,7 +249,9 @@ async def test_admissions_in_flight_each_time_out_by_their_own_deadline(hung_red
     await asyncio.sleep(0.1)  # halfway through the first one's wait
     second = loop.create_task(admit("second"))
     await asyncio.gather(first, second)
-    assert 0.19 <= ended["first"] < 0.6 and 0.19 <= ended["second"] < 0.6, ended
+    # each waited its whole call timeout from its own start; the message says the breaker's timer, not the client's
+    # 2 s timeout, ended it (so no upper bound read from the wall clock, which a loaded machine stretches)
+    assert ended["first"] >= 0.19 and ended["second"] >= 0.19, ended
     assert store.breaker.failures == 2 and store.breaker.state is BreakerState.CLOSED  # (3 in a row open it)
     assert not store._deadlines  # nothing left waiting for the timer
     await store.aclose()
