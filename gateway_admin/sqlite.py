@@ -9,8 +9,9 @@ write, since waiting could deadlock. Run as a connection's ``init_command`` that
 
 So each new connection (``connection_created``) asks for the journal mode first, a plain read that waits through the
 busy handler, and switches only when the file is not yet in WAL. A connection that lost the race waits for the
-winner's write lock to go (``BEGIN IMMEDIATE``, which does wait through the busy handler) and looks again: the file is
-in WAL by then. Retried at once instead, the loser spun hundreds to thousands of times while the winner switched.
+winner's write lock to go (``BEGIN IMMEDIATE``, which does wait through the busy handler) and switches again: the
+file is in WAL by then, so that is a no-op. Retried at once instead, the loser spun hundreds to thousands of times
+while the winner switched.
 """
 
 import sqlite3
@@ -19,24 +20,25 @@ __all__ = ("on_connection_created", "use_wal")
 
 
 def use_wal(connection: sqlite3.Connection) -> str:
-    """Put the connection's database file in the WAL journal; return the journal mode it is in.
+    """Put the connection's database file in the WAL journal; return the journal mode SQLite answers.
 
-    A file database answers ``"wal"``; an in-memory one keeps ``"memory"``, which SQLite cannot change. Waiting for
-    another connection's switch is bounded by the connection's busy timeout, past which "database is locked" is raised.
+    That is ``"wal"`` for a file database; a database that cannot use WAL keeps its mode and answers it (``"memory"``
+    in memory; the old mode with a VFS without shared memory). Waiting for another connection's switch is bounded by
+    the connection's busy timeout, past which "database is locked" is raised.
     """
     mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
-    while mode not in ("wal", "memory"):
+    if mode == "wal":
+        return mode
+    while True:
         try:
-            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            return connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc):
                 raise
-            # Lost the race to a connection that is switching the file now: wait for its write lock through the busy
-            # handler (BEGIN IMMEDIATE calls it), then look again.
-            connection.execute("BEGIN IMMEDIATE")
-            connection.execute("ROLLBACK")
-            mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
-    return mode
+        # Lost the race to a connection that is switching the file now: wait for its write lock through the busy
+        # handler (BEGIN IMMEDIATE calls it), then switch again (a no-op on the file now in WAL).
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
 
 
 def on_connection_created(sender, connection, **kwargs):

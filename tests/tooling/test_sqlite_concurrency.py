@@ -18,6 +18,8 @@ import sys
 import textwrap
 from contextlib import closing
 
+from gateway_admin.sqlite import use_wal
+
 WORKERS = 4
 TRANSACTIONS = 40
 
@@ -157,6 +159,19 @@ def test_processes_opening_a_file_not_yet_in_wal_together_all_switch_it(tmp_path
                 worker.wait()
     assert [answer for answer in answers if answer != "wal"] == []
     assert len(answers) == SWITCHERS * ROUNDS
+
+
+def test_a_database_that_cannot_use_wal_keeps_its_mode(tmp_path):
+    """SQLite answers the unchanged mode, without an error, where WAL is impossible (in memory; a VFS without shared
+    memory): the switch returns that answer instead of trying again."""
+    with closing(sqlite3.connect(":memory:")) as memory:
+        assert use_wal(memory) == "memory"
+    url = f"file:{tmp_path / 'dotfile.sqlite3'}?vfs=unix-dotfile"
+    with closing(sqlite3.connect(url, uri=True, isolation_level=None)) as dotfile:
+        assert use_wal(dotfile) == "delete"
+    with closing(sqlite3.connect(tmp_path / "file.sqlite3", isolation_level=None)) as plain:
+        assert use_wal(plain) == "wal"
+        assert use_wal(plain) == "wal"  # already in WAL: read, not switched
 
 
 KEPT = textwrap.dedent(
