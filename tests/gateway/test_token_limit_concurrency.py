@@ -144,10 +144,10 @@ def settled_counter(key: str, expected: int) -> int:
     return value
 
 
-def report(label: str, figures: dict, bound: int) -> None:
+def report(label: str, figures: dict, bound: int, limit: int = LIMIT) -> None:
     print(  # shown with -s; the figures quoted in docs/token-limits.md
         f"\n[{label}] sent={figures['sent']} admitted={figures['admitted']} refused(429)={figures['refused']} "
-        f"tokens admitted={figures['tokens']} limit={LIMIT} bound={bound} largest single={figures['max_single']} "
+        f"tokens admitted={figures['tokens']} limit={limit} bound={bound} largest single={figures['max_single']} "
         f"in {figures['seconds']:.2f}s"
     )
 
@@ -205,6 +205,41 @@ def test_under_reserved_requests_stay_within_the_stated_bound(tmp_path, mock_llm
         assert figures["other"] == 0
         assert figures["refused"] > 0
         assert figures["tokens"] <= bound
+        key = f"sluice:tl:{{{counter}}}:m:{int(minute)}"
+        assert settled_counter(key, figures["tokens"]) == figures["tokens"]
+    finally:
+        cleanup_redis(counter)
+
+
+LEASE_LIMIT = 6000  # room // 16 = 375 at the start: each gateway's admissions are leased (docs/token-limits.md)
+
+
+def test_leased_admissions_stay_within_the_limit_and_settle(tmp_path, mock_llm, process_factory, monkeypatch):  # noqa: F811
+    """Two gateways with leases (SLUICE_TOKEN_LEASE_SECONDS) against a limit large enough for them: the admitted usage
+    stays within the limit, comes within what leases and requests in flight can hold back of it, and the counter
+    settles to the admitted usage once the leases end and give their leftovers back."""
+    monkeypatch.setenv("SLUICE_TOKEN_LEASE_SECONDS", "0.5")
+    counter = f"lease-{uuid.uuid4().hex[:10]}"
+    policy = (
+        f'<policies><inbound><base/><llm-token-limit counter-key="{counter}" tokens-per-minute="{LEASE_LIMIT}" '
+        'estimate-prompt-tokens="true"/></inbound></policies>'
+    )
+    ports = start_gateways(tmp_path, process_factory, policy, mock_llm.base_url)
+    try:
+        body = {  # as in the bounded test: 28 tokens used, 36 reserved per request; 400 x 28 > LEASE_LIMIT
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "one two three four five"}],
+            "max_tokens": 24,
+        }
+        headers = {**KEY, "X-Mock-Tokens": "20", "X-Mock-Delay-Ms": "30"}
+        minute = wait_for_fresh_minute()
+        figures = asyncio.run(burst(ports, body, headers))
+        report("leased", figures, LEASE_LIMIT, LEASE_LIMIT)
+        assert figures["other"] == 0
+        assert figures["tokens"] <= LEASE_LIMIT  # leases never let the counters admit more
+        assert figures["refused"] > 0
+        # held back at the end: reservations in flight, and at most one lease per gateway (each <= limit // 16)
+        assert figures["tokens"] > LEASE_LIMIT - CLIENTS * 36 - len(ports) * (LEASE_LIMIT // 16)
         key = f"sluice:tl:{{{counter}}}:m:{int(minute)}"
         assert settled_counter(key, figures["tokens"]) == figures["tokens"]
     finally:
