@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -98,8 +99,20 @@ class _Lease:
     without a Redis command until ``deadline`` (loop clock); the counts Redis returned at the grant; what was admitted
     since the grant (the next lease's size); ``asking``: an admission asking for a lease is in flight."""
 
-    __slots__ = ("admitted", "asking", "counts", "deadline", "demand", "end", "expires_at", "handle", "keys",
-                 "left", "loop", "windows")
+    __slots__ = (
+        "admitted",
+        "asking",
+        "counts",
+        "deadline",
+        "demand",
+        "end",
+        "expires_at",
+        "handle",
+        "keys",
+        "left",
+        "time",
+        "windows",
+    )
 
     def __init__(self, windows: tuple[Window, ...], keys: tuple[str, ...], expires_at: float) -> None:
         self.windows = windows  # kept, so its id stays its own while the lease is known by it
@@ -109,15 +122,19 @@ class _Lease:
         self.left = 0
         self.counts: tuple[int, ...] = ()
         self.deadline = 0.0
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.time: Callable[[], float] = _no_loop  # the clock of the loop of the last grant
         self.handle: asyncio.TimerHandle | None = None
         self.admitted = 0  # tokens admitted since the last grant (or since the lease ended)
         self.demand = 0  # tokens admitted during the last lifetime that ended by time
         self.asking = False
 
     def live(self) -> bool:
-        loop = self.loop
-        return loop is not None and loop.time() < self.deadline
+        return self.time() < self.deadline
+
+
+def _no_loop() -> float:
+    """The clock of a lease never granted: always past its deadline."""
+    return math.inf
 
 
 def _sha1(script: str) -> str:
@@ -200,7 +217,7 @@ class RedisTokenStore(TokenStore):
         lease = self._leases.get(id(windows))
         if lease is not None and lease.windows is windows:
             left = lease.left
-            if amount <= left and left and lease.deadline > lease.loop.time():  # type: ignore[union-attr]
+            if amount <= left and left and lease.deadline > lease.time():
                 # admitted from the lease: no await, no Redis command (docs/token-limits.md, "Leases")
                 left -= amount
                 lease.left = left
@@ -310,7 +327,7 @@ class RedisTokenStore(TokenStore):
         lease.left = granted
         lease.counts = counts
         lease.admitted = 0
-        lease.loop = loop
+        lease.time = loop.time
         lease.deadline = loop.time() + min(self.lease_seconds, lease.end - now)
         if lease.handle is not None:
             lease.handle.cancel()

@@ -152,22 +152,29 @@ def report(label: str, figures: dict, bound: int, limit: int = LIMIT) -> None:
     )
 
 
+def token_limit_policy(counter: str, limit: int, attributes: str = "") -> str:
+    return (
+        f'<policies><inbound><base/><llm-token-limit counter-key="{counter}" tokens-per-minute="{limit}" '
+        f'estimate-prompt-tokens="true"{attributes}/></inbound></policies>'
+    )
+
+
+# mock usage: prompt 3 + 5 words = 8, completion min(X-Mock-Tokens, max_tokens) = 20: 28 per request;
+# reservation: estimate (3 + 1 + 5 + 3 = 12) + max_tokens 24 = 36 >= 28
+BOUNDED_BODY = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": "one two three four five"}],
+    "max_tokens": 24,
+}
+BOUNDED_HEADERS = {**KEY, "X-Mock-Tokens": "20", "X-Mock-Delay-Ms": "30"}
+
+
 def test_bounded_reservations_never_exceed_the_limit(tmp_path, mock_llm, process_factory):  # noqa: F811
     counter = f"conc-{uuid.uuid4().hex[:10]}"
-    policy = (
-        f'<policies><inbound><base/><llm-token-limit counter-key="{counter}" tokens-per-minute="{LIMIT}" '
-        'estimate-prompt-tokens="true"/></inbound></policies>'
-    )
+    policy = token_limit_policy(counter, LIMIT)
     ports = start_gateways(tmp_path, process_factory, policy, mock_llm.base_url)
     try:
-        # mock usage: prompt 3 + 5 words = 8, completion min(X-Mock-Tokens, max_tokens) = 20: 28 per request;
-        # reservation: estimate (3 + 1 + 5 + 3 = 12) + max_tokens 24 = 36 >= 28
-        body = {
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": "one two three four five"}],
-            "max_tokens": 24,
-        }
-        headers = {**KEY, "X-Mock-Tokens": "20", "X-Mock-Delay-Ms": "30"}
+        body, headers = BOUNDED_BODY, BOUNDED_HEADERS
         minute = wait_for_fresh_minute()
         figures = burst(ports, body, headers)
         figures = asyncio.run(figures)
@@ -185,10 +192,7 @@ def test_bounded_reservations_never_exceed_the_limit(tmp_path, mock_llm, process
 def test_under_reserved_requests_stay_within_the_stated_bound(tmp_path, mock_llm, process_factory):  # noqa: F811
     counter = f"conc-{uuid.uuid4().hex[:10]}"
     default = 8  # completion tokens reserved when max_tokens is absent; the mock answers with 40
-    policy = (
-        f'<policies><inbound><base/><llm-token-limit counter-key="{counter}" tokens-per-minute="{LIMIT}" '
-        f'estimate-prompt-tokens="true" sluice-default-completion-reservation="{default}"/></inbound></policies>'
-    )
+    policy = token_limit_policy(counter, LIMIT, f' sluice-default-completion-reservation="{default}"')
     ports = start_gateways(tmp_path, process_factory, policy, mock_llm.base_url)
     try:
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three four five"}]}
@@ -214,26 +218,21 @@ def test_under_reserved_requests_stay_within_the_stated_bound(tmp_path, mock_llm
 LEASE_LIMIT = 6000  # room // 16 = 375 at the start: each gateway's admissions are leased (docs/token-limits.md)
 
 
-def test_leased_admissions_stay_within_the_limit_and_settle(tmp_path, mock_llm, process_factory, monkeypatch):  # noqa: F811
+def test_leased_admissions_stay_within_the_limit_and_settle(
+    tmp_path,
+    mock_llm,  # noqa: F811
+    process_factory,  # noqa: F811
+    monkeypatch,
+):
     """Two gateways with leases (SLUICE_TOKEN_LEASE_SECONDS) against a limit large enough for them: the admitted usage
     stays within the limit, comes within what leases and requests in flight can hold back of it, and the counter
     settles to the admitted usage once the leases end and give their leftovers back."""
     monkeypatch.setenv("SLUICE_TOKEN_LEASE_SECONDS", "0.5")
     counter = f"lease-{uuid.uuid4().hex[:10]}"
-    policy = (
-        f'<policies><inbound><base/><llm-token-limit counter-key="{counter}" tokens-per-minute="{LEASE_LIMIT}" '
-        'estimate-prompt-tokens="true"/></inbound></policies>'
-    )
-    ports = start_gateways(tmp_path, process_factory, policy, mock_llm.base_url)
+    ports = start_gateways(tmp_path, process_factory, token_limit_policy(counter, LEASE_LIMIT), mock_llm.base_url)
     try:
-        body = {  # as in the bounded test: 28 tokens used, 36 reserved per request; 400 x 28 > LEASE_LIMIT
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": "one two three four five"}],
-            "max_tokens": 24,
-        }
-        headers = {**KEY, "X-Mock-Tokens": "20", "X-Mock-Delay-Ms": "30"}
-        minute = wait_for_fresh_minute()
-        figures = asyncio.run(burst(ports, body, headers))
+        minute = wait_for_fresh_minute()  # as in the bounded test: 28 used, 36 reserved per request; 400 x 28 > limit
+        figures = asyncio.run(burst(ports, BOUNDED_BODY, BOUNDED_HEADERS))
         report("leased", figures, LEASE_LIMIT, LEASE_LIMIT)
         assert figures["other"] == 0
         assert figures["tokens"] <= LEASE_LIMIT  # leases never let the counters admit more

@@ -5,6 +5,8 @@ and leases off. Against Redis (REDIS_URL); lease ends are driven by calling the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -61,6 +63,20 @@ async def lease_of(store: RedisTokenStore, windows, amount: int, limit_rounds: i
     raise AssertionError("no lease was granted")
 
 
+@contextlib.asynccontextmanager
+async def leased(
+    prefix: str, clock: FakeClock, name: str, limit: int = 10**5, **options: Any
+) -> AsyncIterator[tuple[RedisTokenStore, tuple, int, Any]]:
+    """A store holding a lease on the minute window ``name``: (store, windows, tokens admitted, the lease)."""
+    store = make_store(prefix, clock, **options)
+    windows = (minute_window(name, clock(), limit),)
+    try:
+        admitted = await lease_of(store, windows, 10)
+        yield store, windows, admitted, store._leases[id(windows)]
+    finally:
+        await store.aclose()
+
+
 async def test_an_admission_within_the_lease_sends_no_command(redis_prefix, clock: FakeClock):
     store = make_store(redis_prefix, clock)
     windows = (quota_window("one", "Daily", clock(), 10**6), minute_window("one", clock(), 10**5))
@@ -83,11 +99,7 @@ async def test_an_admission_within_the_lease_sends_no_command(redis_prefix, cloc
 
 
 async def test_the_leftover_goes_back_when_the_lease_ends_and_on_flush(redis_prefix, clock: FakeClock):
-    store = make_store(redis_prefix, clock)
-    windows = (minute_window("end", clock(), 10**5),)
-    try:
-        admitted = await lease_of(store, windows, 10)
-        lease = store._leases[id(windows)]
+    async with leased(redis_prefix, clock, "end") as (store, windows, admitted, lease):
         assert lease.handle is not None  # one timer for the grant
         assert await raw(store, windows[0]) == admitted + lease.left > admitted
         assert (await store.reserve(windows, 10, clock())).allowed  # from the lease
@@ -102,16 +114,10 @@ async def test_the_leftover_goes_back_when_the_lease_ends_and_on_flush(redis_pre
         await store.flush()  # gives every leftover back first
         assert await raw(store, windows[0]) == admitted == await store.count(windows[0])
         assert all(not lease.left for lease in store._leases.values())
-    finally:
-        await store.aclose()
 
 
 async def test_a_request_larger_than_the_leftover_merges_it_with_its_admission(redis_prefix, clock: FakeClock):
-    store = make_store(redis_prefix, clock)
-    windows = (minute_window("merge", clock(), 10**5),)
-    try:
-        admitted = await lease_of(store, windows, 10)
-        lease = store._leases[id(windows)]
+    async with leased(redis_prefix, clock, "merge") as (store, windows, admitted, lease):
         leftover = lease.left
         sent = Sent(store)
         amount = leftover + 7
@@ -124,19 +130,13 @@ async def test_a_request_larger_than_the_leftover_merges_it_with_its_admission(r
         store.settle(admission.reservation, amount - 3)
         await store.flush()
         assert await raw(store, windows[0]) == admitted - 3
-    finally:
-        await store.aclose()
 
 
 async def test_a_refused_merge_gives_the_leftover_back_to_the_lease(redis_prefix, clock: FakeClock):
     """Redis decides as if the leftover were not there: a request that would not fit without a lease is refused,
     and the leftover it took returns to the lease."""
-    store = make_store(redis_prefix, clock)
     limit = 4000
-    windows = (minute_window("refused", clock(), limit),)
-    try:
-        admitted = await lease_of(store, windows, 10)
-        lease = store._leases[id(windows)]
+    async with leased(redis_prefix, clock, "refused", limit) as (store, windows, admitted, lease):
         leftover = lease.left
         counted = await raw(store, windows[0])
         amount = limit - admitted + 1  # fits exactly one token too many
@@ -146,8 +146,6 @@ async def test_a_refused_merge_gives_the_leftover_back_to_the_lease(redis_prefix
         assert lease.left == leftover and await raw(store, windows[0]) == counted
         assert (await store.reserve(windows, amount - 1, clock())).allowed  # exactly the limit
         assert await store.count(windows[0]) == limit
-    finally:
-        await store.aclose()
 
 
 async def test_no_lease_is_granted_when_a_sixteenth_of_the_room_is_less_than_the_request(
@@ -228,11 +226,7 @@ async def test_two_stores_on_one_small_limit(redis_prefix, clock: FakeClock):
 
 
 async def test_an_orphaned_grant_is_given_back_whole(redis_prefix, clock: FakeClock):
-    store = make_store(redis_prefix, clock)
-    windows = (minute_window("orphan", clock(), 10**5),)
-    try:
-        admitted = await lease_of(store, windows, 10)
-        lease = store._leases[id(windows)]
+    async with leased(redis_prefix, clock, "orphan") as (store, windows, admitted, lease):
         leftover = lease.left
         task = asyncio.ensure_future(store.reserve(windows, leftover + 10, clock()))  # merges and asks for a lease
         await asyncio.sleep(0)  # the command is queued and written
@@ -246,8 +240,6 @@ async def test_an_orphaned_grant_is_given_back_whole(redis_prefix, clock: FakeCl
                 break
             await store.flush()
         assert await raw(store, windows[0]) == admitted
-    finally:
-        await store.aclose()
 
 
 async def test_an_open_breaker_refuses_even_with_a_lease(redis_prefix, clock: FakeClock):
@@ -256,12 +248,11 @@ async def test_an_open_breaker_refuses_even_with_a_lease(redis_prefix, clock: Fa
     async def held(_: float) -> None:
         await hold.wait()
 
-    store = make_store(redis_prefix, clock)
-    store.breaker = CircuitBreaker(store._ping, threshold=1, sleep=held)
-    windows = (minute_window("breaker", clock(), 10**5),)
-    try:
-        await lease_of(store, windows, 10)
-        lease = store._leases[id(windows)]
+    async def ping() -> None:  # never reached: the breaker's wait before its probe is held
+        raise AssertionError("probed")
+
+    breaker = CircuitBreaker(ping, threshold=1, sleep=held)
+    async with leased(redis_prefix, clock, "breaker", breaker=breaker) as (store, windows, _, lease):
         assert lease.left >= 10
         store.breaker.failure()
         assert store.breaker.state is BreakerState.OPEN
@@ -270,8 +261,6 @@ async def test_an_open_breaker_refuses_even_with_a_lease(redis_prefix, clock: Fa
         lease.handle.cancel()
         store._end_lease(lease)  # its leftover cannot go back: counted like a dropped settlement
         assert store.dropped_settlements == 1
-    finally:
-        await store.aclose()
 
 
 async def test_lease_seconds_zero_sends_every_admission_to_redis(redis_prefix, clock: FakeClock):
