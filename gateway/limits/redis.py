@@ -342,8 +342,10 @@ class RedisTokenStore(TokenStore):
             self._return(lease, lease.left)
             lease.left = 0
         lease.demand, lease.admitted = lease.admitted, 0
-        if not lease.demand and not lease.asking and self._leases.get(id(lease.windows)) is lease:
-            del self._leases[id(lease.windows)]  # idle: the next admission starts afresh
+        if lease.asking or self._leases.get(id(lease.windows)) is not lease:
+            return
+        if not lease.demand or self.clock() >= lease.end:  # idle, or its windows are over (the policy moved on)
+            del self._leases[id(lease.windows)]  # the next admission of these windows starts afresh
 
     def _give_back(self, lease: _Lease, tokens: int) -> None:
         """A leftover taken by an admission that was not admitted: to the lease while it lives, else to Redis."""

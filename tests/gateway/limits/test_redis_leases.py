@@ -280,3 +280,12 @@ async def test_lease_seconds_zero_sends_every_admission_to_redis(redis_prefix, c
 
 def test_the_divisor_is_the_scripts():
     assert f"room / {LEASE_DIVISOR})" in RESERVE_SCRIPT
+
+
+async def test_a_lease_whose_windows_are_over_is_forgotten(redis_prefix, clock: FakeClock):
+    async with leased(redis_prefix, clock, "over") as (store, windows, _, lease):
+        assert (await store.reserve(windows, 10, clock())).allowed  # from the lease: it has a demand
+        lease.handle.cancel()
+        clock.advance(60)  # the minute is over: the policy hands the next minute's windows from now on
+        store._end_lease(lease)
+        assert id(windows) not in store._leases
