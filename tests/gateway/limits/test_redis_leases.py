@@ -227,14 +227,19 @@ async def test_two_stores_on_one_small_limit(redis_prefix, clock: FakeClock):
 
 async def test_an_orphaned_grant_is_given_back_whole(redis_prefix, clock: FakeClock):
     async with leased(redis_prefix, clock, "orphan") as (store, windows, admitted, lease):
-        leftover = lease.left
-        task = asyncio.ensure_future(store.reserve(windows, leftover + 10, clock()))  # merges and asks for a lease
+        assert lease.left == 10  # the third admission of 10 asked for the 10 admitted before it
+        for _ in range(2):  # two admissions of 4 from the lease: 2 left, 8 admitted since the grant
+            assert (await store.reserve(windows, 4, clock())).allowed
+        admitted += 8
+        sent = Sent(store)
+        task = asyncio.ensure_future(store.reserve(windows, 8, clock()))  # takes the 2, asks for 6 and a lease of 16
         await asyncio.sleep(0)  # the command is queued and written
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert lease.left == leftover  # the taken leftover is back in the lease
-        await store.flush()  # the leftover goes back; then the orphan's reply (amount - leftover + grant)
+        assert b"$1\r\n6\r\n$2\r\n16\r\n$1\r\n8\r\n" in sent.commands[0]
+        assert lease.left == 2  # the taken leftover is back in the lease
+        await store.flush()  # the leftover goes back; then the orphan's reply: 6 + the 16 granted
         for _ in range(100):
             if await raw(store, windows[0]) == admitted:
                 break
