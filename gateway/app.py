@@ -443,7 +443,11 @@ def create_app(
             journal=usage_journal,
         )
     if token_store is None:  # REDIS_URL: counters shared by every replica; else per process
-        token_store = create_store("redis", url=config.redis_url) if config.redis_url else create_store("memory")
+        token_store = (
+            create_store("redis", url=config.redis_url, lease_seconds=config.token_lease_seconds)
+            if config.redis_url
+            else create_store("memory")
+        )
     breaker = getattr(token_store, "breaker", None)  # the Redis store's circuit breaker (docs/redis-outage.md)
     if metrics is not None and breaker is not None:
         breaker.listeners.append(metrics.record_breaker)

@@ -61,6 +61,7 @@ class GatewaySettings:
     max_retry_after: float = 3600.0  # cap on a backend's Retry-After as a circuit breaker trip time (seconds)
     semantic_cache_max_entries: int = 1000  # entries per semantic cache partition (LRU beyond): bounds a lookup
     semantic_cache_timeout: float = 5.0  # seconds the lookup waits for the embeddings backend, then goes on
+    token_lease_seconds: float = 0.5  # lifetime of a Redis token-limit lease (docs/token-limits.md); 0 = no leases
 
     @property
     def usage_spool_path(self) -> str:
@@ -106,4 +107,5 @@ class GatewaySettings:
             admin_port=int(_number(env, "SLUICE_ADMIN_PORT", "9180", int, 0)),
             semantic_cache_max_entries=int(_number(env, "SLUICE_SEMANTIC_CACHE_MAX_ENTRIES", "1000", int, 1)),
             semantic_cache_timeout=_number(env, "SLUICE_SEMANTIC_CACHE_TIMEOUT", "5", float, 0.001),
+            token_lease_seconds=_number(env, "SLUICE_TOKEN_LEASE_SECONDS", "0.5", float, 0),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -26,26 +27,39 @@ __all__ = ("RESERVE_SCRIPT", "SETTLE_SCRIPT", "RedisTokenStore")
 
 logger = logging.getLogger("gateway.limits.redis")
 
-# KEYS: the windows' counters. ARGV[1]: amount; ARGV[2i], ARGV[2i+1]: limit and expiry (unix ms) of KEYS[i].
-# Returns {0, used_1, …} after reserving, or {i, used_1, …} (counts as found) when KEYS[i] refuses first.
+# KEYS: the windows' counters. ARGV[1]: amount; ARGV[2]: extra tokens asked for a lease; ARGV[3]: the smallest lease
+# worth granting (the request's size); ARGV[2i+2], ARGV[2i+3]: limit and expiry (unix ms) of KEYS[i].
+# Refuses exactly as without a lease (``used + amount > limit`` for some window): {i, 0, used_1, …} (counts as found).
+# Else grants extra' = min(extra, min room after amount // LEASE_DIVISOR), 0 when below ARGV[3], adds amount + extra'
+# to every counter and returns {0, extra', used_1, …} (the counts after adding). extra = 0: exactly one amount added.
 RESERVE_SCRIPT: Final = """
 local amount = tonumber(ARGV[1])
+local extra = tonumber(ARGV[2])
 local used = {}
 for i = 1, #KEYS do
   used[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
 end
+local room = nil
 for i = 1, #KEYS do
-  if used[i] + amount > tonumber(ARGV[2 * i]) then
-    local out = {i}
-    for j = 1, #KEYS do out[j + 1] = used[j] end
+  local left = tonumber(ARGV[2 * i + 2]) - used[i] - amount
+  if left < 0 then
+    local out = {i, 0}
+    for j = 1, #KEYS do out[j + 2] = used[j] end
     return out
   end
+  if room == nil or left < room then room = left end
 end
-local out = {0}
+if extra > 0 then
+  local grant = math.floor(room / 16)
+  if grant < extra then extra = grant end
+  if extra < tonumber(ARGV[3]) then extra = 0 end
+end
+local total = amount + extra
+local out = {0, extra}
 for i = 1, #KEYS do
-  local value = redis.call('INCRBY', KEYS[i], amount)
-  if value == amount then redis.call('PEXPIREAT', KEYS[i], ARGV[2 * i + 1]) end
-  out[i + 1] = value
+  local value = redis.call('INCRBY', KEYS[i], total)
+  if value == total then redis.call('PEXPIREAT', KEYS[i], ARGV[2 * i + 3]) end
+  out[i + 2] = value
 end
 return out
 """
@@ -70,10 +84,57 @@ ENCODED_MAX: Final = 4096
 # The breaker's closed state, read by every admission and settlement: on Python 3.11 an enum member read through its
 # class (``BreakerState.CLOSED``) costs about 900 machine instructions, a module global about a tenth of that.
 _CLOSED: Final = BreakerState.CLOSED
+# A lease (docs/token-limits.md, "Leases") takes at most this share of the room left in the tightest window, so the
+# processes sharing a counter can strand at most (processes - 1) / LEASE_DIVISOR of it.
+LEASE_DIVISOR: Final = 16  # the divisor written in RESERVE_SCRIPT
+LEASE_SECONDS: Final = 0.5  # the default lifetime of a lease (SLUICE_TOKEN_LEASE_SECONDS)
 
 
 # What the admissions of one window set share: the EVALSHA before and after the amount, the reservation's keys, expiry.
 _Encoded = tuple[bytes, bytes, tuple[str, ...], float]
+
+
+class _Lease:
+    """This process's lease on one window tuple: tokens reserved in Redis and not yet spent (``left``), admitted here
+    without a Redis command until ``deadline`` (loop clock); the counts Redis returned at the grant; what was admitted
+    since the grant (the next lease's size); ``asking``: an admission asking for a lease is in flight."""
+
+    __slots__ = (
+        "admitted",
+        "asking",
+        "counts",
+        "deadline",
+        "demand",
+        "end",
+        "expires_at",
+        "handle",
+        "keys",
+        "left",
+        "time",
+        "windows",
+    )
+
+    def __init__(self, windows: tuple[Window, ...], keys: tuple[str, ...], expires_at: float) -> None:
+        self.windows = windows  # kept, so its id stays its own while the lease is known by it
+        self.keys = keys
+        self.expires_at = expires_at
+        self.end = min(window.end for window in windows)  # no lease lives past the first window's end
+        self.left = 0
+        self.counts: tuple[int, ...] = ()
+        self.deadline = 0.0
+        self.time: Callable[[], float] = _no_loop  # the clock of the loop of the last grant
+        self.handle: asyncio.TimerHandle | None = None
+        self.admitted = 0  # tokens admitted since the last grant (or since the lease ended)
+        self.demand = 0  # tokens admitted during the last lifetime that ended by time
+        self.asking = False
+
+    def live(self) -> bool:
+        return self.time() < self.deadline
+
+
+def _no_loop() -> float:
+    """The clock of a lease never granted: always past its deadline."""
+    return math.inf
 
 
 def _sha1(script: str) -> str:
@@ -96,6 +157,7 @@ class RedisTokenStore(TokenStore):
         settle_interval: float = SETTLE_INTERVAL,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         breaker: CircuitBreaker | None = None,
+        lease_seconds: float = LEASE_SECONDS,
         **_: Any,
     ) -> None:
         if clock is None:
@@ -125,6 +187,9 @@ class RedisTokenStore(TokenStore):
         self.settle_interval = settle_interval
         self.breaker = breaker or CircuitBreaker(self._ping, call_timeout=call_timeout)
         self.dropped_settlements = 0
+        # id(windows) -> this process's lease on them (``_Lease``); 0 seconds: no leases, every admission to Redis
+        self.lease_seconds = lease_seconds
+        self._leases: dict[int, _Lease] = {}
 
     def unavailable_retry_after(self) -> int:
         return self.breaker.retry_after()
@@ -149,18 +214,44 @@ class RedisTokenStore(TokenStore):
         breaker = self.breaker
         if breaker.state is not _CLOSED:
             raise breaker.open_error()
+        lease = self._leases.get(id(windows))
+        if lease is not None and lease.windows is windows:
+            left = lease.left
+            if amount <= left and left and lease.deadline > lease.time():
+                # admitted from the lease: no await, no Redis command (docs/token-limits.md, "Leases")
+                left -= amount
+                lease.left = left
+                lease.admitted += amount
+                reservation = tuple.__new__(Reservation, (lease.keys, amount, lease.expires_at))
+                return tuple.__new__(Admission, (True, tuple([u - left for u in lease.counts]), reservation, -1, 0))
+        else:
+            lease = None
         known = self._by_identity.get(id(windows))
         encoded = known[1] if known is not None and known[0] is windows else self._encoding(windows)
         head, tail, keys, expires_at = encoded
         # the named tuples through tuple.__new__: their generated __new__ is a Python call each
         reservation = tuple.__new__(Reservation, (keys, amount, expires_at))
+        taken = extra = 0
+        if self.lease_seconds > 0 and known is not None and known[0] is windows:
+            if lease is None:
+                lease = self._new_lease(windows, keys, expires_at)
+            elif lease.live():
+                taken, lease.left = lease.left, 0  # the leftover, ours alone: Redis is asked for the rest
+                if not lease.asking:
+                    extra = 2 * lease.admitted  # the lease ran out before its end: the demand outran it
+            elif not lease.asking:
+                extra = max(lease.demand, lease.admitted)
+            if extra and now < lease.end:
+                lease.asking = True
+            else:
+                extra = 0
 
         def orphan(reply: Any) -> None:  # the caller went away after Redis reserved: give the tokens back
             if isinstance(reply, list) and reply and reply[0] == 0:
-                self.settle(reservation, 0)
+                self.settle(tuple.__new__(Reservation, (keys, amount - taken + reply[1], expires_at)), 0)
 
-        data = b"%d" % amount
-        command = b"%s$%d\r\n%s\r\n%s" % (head, len(data), data, tail)
+        data = b"%d" % (amount - taken)
+        command = b"%s$%d\r\n%s\r\n%s%s" % (head, len(data), data, self._lease_args(extra, amount), tail)
         future = self.client.submit_encoded(command, orphan)
         loop = future.get_loop()
         deadline = loop.time() + breaker.call_timeout
@@ -169,6 +260,7 @@ class RedisTokenStore(TokenStore):
         if self._deadline_loop is not loop:  # no timer armed on this loop: arm one for this deadline
             self._deadline_loop = loop
             loop.call_at(deadline, self._expire_due)
+        reply: Any = None
         try:
             reply = await future
             if isinstance(reply, RespError):
@@ -184,13 +276,93 @@ class RedisTokenStore(TokenStore):
         finally:
             if deadlines and deadlines[0][1] is future:  # replies come in order: this one is nearly always first
                 deadlines.popleft()
+            if lease is not None:
+                if extra:
+                    lease.asking = False
+                if taken and not (type(reply) is list and reply[0] == 0):  # not admitted: the leftover goes back
+                    self._give_back(lease, taken)
         breaker.failures = 0  # breaker.success()
         refused = reply[0]
-        used = tuple(reply[1:])  # the script's integer replies: ints already
+        if lease is None:
+            used = tuple(reply[2:])  # the script's integer replies: ints already
+        else:
+            if refused == 0:
+                lease.admitted += amount
+                if reply[1]:
+                    self._grant(lease, reply[1], tuple(reply[2:]), now, loop)
+                unspent = lease.left
+            else:
+                unspent = lease.left + (0 if lease.live() else taken)  # (a leftover given back to Redis: unapplied)
+            used = tuple([u - unspent for u in reply[2:]])  # this process's view: its unspent lease not counted
         if refused == 0:
             return tuple.__new__(Admission, (True, used, reservation, -1, 0))
         window = windows[refused - 1]
         return Admission(False, used, None, refused - 1, max(1, int(-(-(window.end - now) // 1))))
+
+    @staticmethod
+    def _lease_args(extra: int, size: int) -> bytes:
+        """The script's ARGV[2] and ARGV[3] in RESP: the extra tokens asked for a lease and the smallest worth it."""
+        if not extra:
+            return b"$1\r\n0\r\n$1\r\n0\r\n"
+        first, second = b"%d" % extra, b"%d" % size
+        return b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(first), first, len(second), second)
+
+    def _new_lease(self, windows: tuple[Window, ...], keys: tuple[str, ...], expires_at: float) -> _Lease:
+        """The lease state of a window tuple seen for the first time (nothing granted: its first admission asks for
+        none). Forgotten all at once, with the leases that hold nothing, when too many are kept."""
+        leases = self._leases
+        if len(leases) >= ENCODED_MAX:
+            for key in [key for key, lease in leases.items() if not lease.left and not lease.asking]:
+                self._drop_lease(leases.pop(key))
+        lease = leases[id(windows)] = _Lease(windows, keys, expires_at)
+        return lease
+
+    def _grant(
+        self, lease: _Lease, granted: int, counts: tuple[int, ...], now: float, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Redis granted ``granted`` tokens: they are the lease until ``lease_seconds`` pass (loop clock) or the first
+        window ends, whichever comes first; one timer per grant gives back what is left then."""
+        if lease.left:  # a leftover given back by a refused admission while this one was asking: to Redis
+            self._return(lease, lease.left)
+        lease.left = granted
+        lease.counts = counts
+        lease.admitted = 0
+        lease.time = loop.time
+        lease.deadline = loop.time() + min(self.lease_seconds, lease.end - now)
+        if lease.handle is not None:
+            lease.handle.cancel()
+        lease.handle = loop.call_at(lease.deadline, self._end_lease, lease)
+
+    def _end_lease(self, lease: _Lease) -> None:
+        """The lease's timer: give its leftover back to Redis (through the settlements); what was admitted during its
+        lifetime sizes the next."""
+        lease.handle = None
+        lease.deadline = 0.0
+        if lease.left:
+            self._return(lease, lease.left)
+            lease.left = 0
+        lease.demand, lease.admitted = lease.admitted, 0
+        if lease.asking or self._leases.get(id(lease.windows)) is not lease:
+            return
+        if not lease.demand or self.clock() >= lease.end:  # idle, or its windows are over (the policy moved on)
+            del self._leases[id(lease.windows)]  # the next admission of these windows starts afresh
+
+    def _give_back(self, lease: _Lease, tokens: int) -> None:
+        """A leftover taken by an admission that was not admitted: to the lease while it lives, else to Redis."""
+        if lease.live():
+            lease.left += tokens
+        else:
+            self._return(lease, tokens)
+
+    def _return(self, lease: _Lease, tokens: int) -> None:
+        """Give ``tokens`` of the lease back to Redis, through the settlements (dropped, and counted, while the
+        breaker is not closed; left alone once its counters expired)."""
+        self.settle(tuple.__new__(Reservation, (lease.keys, tokens, lease.expires_at)), 0)
+
+    def _drop_lease(self, lease: _Lease) -> None:
+        if lease.handle is not None:
+            lease.handle.cancel()
+        self._end_lease(lease)
 
     def _expire_due(self) -> None:
         """The admissions' timer: fail every admission whose deadline has passed and that has no reply yet with the
@@ -232,7 +404,7 @@ class RedisTokenStore(TokenStore):
         for window in windows:
             limits.append(window.limit)
             limits.append(int(window.expires_at * 1000))
-        head = self._evalsha_head(self._reserve_sha, len(windows), 1 + len(limits))
+        head = self._evalsha_head(self._reserve_sha, len(windows), 3 + len(limits))
         reservation = reservation_for(windows, 0)
         encoded = (
             head + encode_args([self.prefix + key for key in reservation.keys]),
@@ -313,7 +485,15 @@ class RedisTokenStore(TokenStore):
                 logger.warning("token settlement not applied: %s", reply)
 
     async def count(self, window: Window) -> int:
-        return await self.breaker.call(lambda: self._count(window))
+        """Redis's count less this process's unspent leases on ``window`` (a lone process sees what it admitted)."""
+        count = await self.breaker.call(lambda: self._count(window))
+        return count - sum(lease.left for lease in self._leases.values() if window.key in lease.keys)
+
+    def _return_leases(self) -> None:
+        """End every lease now (``flush``, ``aclose``): their leftovers go back with the settlements."""
+        for lease in list(self._leases.values()):
+            if lease.left:
+                self._drop_lease(lease)
 
     async def _count(self, window: Window) -> int:
         try:
@@ -323,6 +503,7 @@ class RedisTokenStore(TokenStore):
         return int(value) if value is not None else 0
 
     async def flush(self) -> None:
+        self._return_leases()
         if self._pending:
             self._send_settlements()
         try:
@@ -331,6 +512,7 @@ class RedisTokenStore(TokenStore):
             raise StoreUnavailable(str(exc)) from exc
 
     async def aclose(self) -> None:
+        self._return_leases()
         try:
             if self.breaker.is_closed and (self._pending or self.client.pending):
                 await self.flush()

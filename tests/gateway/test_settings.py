@@ -69,3 +69,22 @@ def test_admin_listener_and_connection_limit():
     assert (config.admin_host, config.admin_port, config.max_connections) == ("10.0.0.5", 0, 500)
     with pytest.raises(SettingsError, match="SLUICE_MAX_CONNECTIONS: must be at least 1"):
         GatewaySettings.from_env({"SLUICE_GATEWAY_TOKEN": "t", "SLUICE_MAX_CONNECTIONS": "0"})
+
+
+def test_token_lease_seconds():
+    """SLUICE_TOKEN_LEASE_SECONDS: the Redis token store's lease lifetime (docs/token-limits.md); 0 turns leases off."""
+    from gateway.app import create_app
+    from gateway.limits.redis import RedisTokenStore
+
+    assert GatewaySettings.from_env({"SLUICE_GATEWAY_TOKEN": "t"}).token_lease_seconds == 0.5
+    config = GatewaySettings.from_env(
+        {"SLUICE_GATEWAY_TOKEN": "t", "SLUICE_TOKEN_LEASE_SECONDS": "0", "REDIS_URL": "redis://127.0.0.1:1/0"}
+    )
+    assert config.token_lease_seconds == 0.0
+    with pytest.raises(SettingsError, match="SLUICE_TOKEN_LEASE_SECONDS: must be at least 0"):
+        GatewaySettings.from_env({"SLUICE_GATEWAY_TOKEN": "t", "SLUICE_TOKEN_LEASE_SECONDS": "-1"})
+    for seconds in (0.0, 0.25):
+        store = create_app(
+            GatewaySettings(gateway_token="t", redis_url="redis://127.0.0.1:1/0", token_lease_seconds=seconds)
+        ).forwarder.limits
+        assert isinstance(store, RedisTokenStore) and store.lease_seconds == seconds

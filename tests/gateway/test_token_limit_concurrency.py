@@ -144,30 +144,37 @@ def settled_counter(key: str, expected: int) -> int:
     return value
 
 
-def report(label: str, figures: dict, bound: int) -> None:
+def report(label: str, figures: dict, bound: int, limit: int = LIMIT) -> None:
     print(  # shown with -s; the figures quoted in docs/token-limits.md
         f"\n[{label}] sent={figures['sent']} admitted={figures['admitted']} refused(429)={figures['refused']} "
-        f"tokens admitted={figures['tokens']} limit={LIMIT} bound={bound} largest single={figures['max_single']} "
+        f"tokens admitted={figures['tokens']} limit={limit} bound={bound} largest single={figures['max_single']} "
         f"in {figures['seconds']:.2f}s"
     )
 
 
+def token_limit_policy(counter: str, limit: int, attributes: str = "") -> str:
+    return (
+        f'<policies><inbound><base/><llm-token-limit counter-key="{counter}" tokens-per-minute="{limit}" '
+        f'estimate-prompt-tokens="true"{attributes}/></inbound></policies>'
+    )
+
+
+# mock usage: prompt 3 + 5 words = 8, completion min(X-Mock-Tokens, max_tokens) = 20: 28 per request;
+# reservation: estimate (3 + 1 + 5 + 3 = 12) + max_tokens 24 = 36 >= 28
+BOUNDED_BODY = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": "one two three four five"}],
+    "max_tokens": 24,
+}
+BOUNDED_HEADERS = {**KEY, "X-Mock-Tokens": "20", "X-Mock-Delay-Ms": "30"}
+
+
 def test_bounded_reservations_never_exceed_the_limit(tmp_path, mock_llm, process_factory):  # noqa: F811
     counter = f"conc-{uuid.uuid4().hex[:10]}"
-    policy = (
-        f'<policies><inbound><base/><llm-token-limit counter-key="{counter}" tokens-per-minute="{LIMIT}" '
-        'estimate-prompt-tokens="true"/></inbound></policies>'
-    )
+    policy = token_limit_policy(counter, LIMIT)
     ports = start_gateways(tmp_path, process_factory, policy, mock_llm.base_url)
     try:
-        # mock usage: prompt 3 + 5 words = 8, completion min(X-Mock-Tokens, max_tokens) = 20: 28 per request;
-        # reservation: estimate (3 + 1 + 5 + 3 = 12) + max_tokens 24 = 36 >= 28
-        body = {
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": "one two three four five"}],
-            "max_tokens": 24,
-        }
-        headers = {**KEY, "X-Mock-Tokens": "20", "X-Mock-Delay-Ms": "30"}
+        body, headers = BOUNDED_BODY, BOUNDED_HEADERS
         minute = wait_for_fresh_minute()
         figures = burst(ports, body, headers)
         figures = asyncio.run(figures)
@@ -185,10 +192,7 @@ def test_bounded_reservations_never_exceed_the_limit(tmp_path, mock_llm, process
 def test_under_reserved_requests_stay_within_the_stated_bound(tmp_path, mock_llm, process_factory):  # noqa: F811
     counter = f"conc-{uuid.uuid4().hex[:10]}"
     default = 8  # completion tokens reserved when max_tokens is absent; the mock answers with 40
-    policy = (
-        f'<policies><inbound><base/><llm-token-limit counter-key="{counter}" tokens-per-minute="{LIMIT}" '
-        f'estimate-prompt-tokens="true" sluice-default-completion-reservation="{default}"/></inbound></policies>'
-    )
+    policy = token_limit_policy(counter, LIMIT, f' sluice-default-completion-reservation="{default}"')
     ports = start_gateways(tmp_path, process_factory, policy, mock_llm.base_url)
     try:
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three four five"}]}
@@ -205,6 +209,36 @@ def test_under_reserved_requests_stay_within_the_stated_bound(tmp_path, mock_llm
         assert figures["other"] == 0
         assert figures["refused"] > 0
         assert figures["tokens"] <= bound
+        key = f"sluice:tl:{{{counter}}}:m:{int(minute)}"
+        assert settled_counter(key, figures["tokens"]) == figures["tokens"]
+    finally:
+        cleanup_redis(counter)
+
+
+LEASE_LIMIT = 6000  # room // 16 = 375 at the start: each gateway's admissions are leased (docs/token-limits.md)
+
+
+def test_leased_admissions_stay_within_the_limit_and_settle(
+    tmp_path,
+    mock_llm,  # noqa: F811
+    process_factory,  # noqa: F811
+    monkeypatch,
+):
+    """Two gateways with leases (SLUICE_TOKEN_LEASE_SECONDS) against a limit large enough for them: the admitted usage
+    stays within the limit, comes within what leases and requests in flight can hold back of it, and the counter
+    settles to the admitted usage once the leases end and give their leftovers back."""
+    monkeypatch.setenv("SLUICE_TOKEN_LEASE_SECONDS", "0.5")
+    counter = f"lease-{uuid.uuid4().hex[:10]}"
+    ports = start_gateways(tmp_path, process_factory, token_limit_policy(counter, LEASE_LIMIT), mock_llm.base_url)
+    try:
+        minute = wait_for_fresh_minute()  # as in the bounded test: 28 used, 36 reserved per request; 400 x 28 > limit
+        figures = asyncio.run(burst(ports, BOUNDED_BODY, BOUNDED_HEADERS))
+        report("leased", figures, LEASE_LIMIT, LEASE_LIMIT)
+        assert figures["other"] == 0
+        assert figures["tokens"] <= LEASE_LIMIT  # leases never let the counters admit more
+        assert figures["refused"] > 0
+        # held back at the end: reservations in flight, and at most one lease per gateway (each <= limit // 16)
+        assert figures["tokens"] > LEASE_LIMIT - CLIENTS * 36 - len(ports) * (LEASE_LIMIT // 16)
         key = f"sluice:tl:{{{counter}}}:m:{int(minute)}"
         assert settled_counter(key, figures["tokens"]) == figures["tokens"]
     finally:
