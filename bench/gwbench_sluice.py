@@ -32,6 +32,18 @@ from run import (  # bench/run.py, next to this file
     parse_args,
 )
 
+REDACTED = "<redacted>"
+
+
+def scrub_key(out: Path, key: str) -> None:
+    """Replace the run's subscription key with ``REDACTED`` in the harness's OUT.json and OUT.md, which quote the
+    command line (``-H Ocp-Apim-Subscription-Key: …``): the key is a throwaway one, but no key is kept in a file."""
+    for path in (out.with_name(out.name + ".json"), out.with_name(out.name + ".md")):
+        if path.exists():
+            text = path.read_text(encoding="utf-8")
+            if key in text:
+                path.write_text(text.replace(key, REDACTED), encoding="utf-8")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.litellm_venv:
                 run_env["LITELLM_VENV"] = args.litellm_venv
         command += extra
-        log("running " + " ".join(command))
-        return subprocess.run(command, cwd=gwbench, env=run_env, check=False).returncode  # noqa: S603 - our own argv
+        key = keys[variant.policies]
+        log("running " + " ".join(command).replace(key, REDACTED))
+        returncode = subprocess.run(command, cwd=gwbench, env=run_env, check=False).returncode  # noqa: S603 - our argv
+        scrub_key(Path(args.out), key)
+        return returncode
     finally:
         bench.stop()
 

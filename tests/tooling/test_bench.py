@@ -23,6 +23,26 @@ def bench():
     return module
 
 
+def test_gwbench_sluice_scrubs_the_subscription_key_from_the_harness_files(tmp_path, monkeypatch):
+    # bench/gwbench_sluice.py imports bench/run.py as "run", from its own folder
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("sluice_gwbench_sluice", SCRIPT.parent / "gwbench_sluice.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    key = "9f" * 32
+    out = tmp_path / "run-1"
+    (tmp_path / "run-1.json").write_text(f'{{"argv": ["-H", "Ocp-Apim-Subscription-Key: {key}"]}}', encoding="utf-8")
+    (tmp_path / "run-1.md").write_text("| sluice | 16 | 3060 |\n", encoding="utf-8")
+
+    module.scrub_key(out, key)
+
+    scrubbed = (tmp_path / "run-1.json").read_text(encoding="utf-8")
+    assert key not in scrubbed
+    assert f"Ocp-Apim-Subscription-Key: {module.REDACTED}" in scrubbed
+    assert (tmp_path / "run-1.md").read_text(encoding="utf-8") == "| sluice | 16 | 3060 |\n"
+    module.scrub_key(tmp_path / "absent", key)  # no files: nothing to do, no error
+
+
 def test_group_cpu_seconds_counts_this_process(bench):
     sum(i * i for i in range(200_000))
     assert bench.group_cpu_seconds(os.getpgid(0)) > 0
