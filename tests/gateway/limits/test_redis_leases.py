@@ -294,3 +294,18 @@ async def test_a_lease_whose_windows_are_over_is_forgotten(redis_prefix, clock: 
         clock.advance(60)  # the minute is over: the policy hands the next minute's windows from now on
         store._end_lease(lease)
         assert id(windows) not in store._leases
+
+
+async def test_windows_handed_as_a_new_list_each_time_get_no_lease(redis_prefix, clock: FakeClock):
+    """What rate-limit-by-key and quota-by-key do (a new ``[window]`` per request): every admission goes to Redis."""
+    store = make_store(redis_prefix, clock)
+    window = minute_window("list", clock(), 10**5)
+    sent = Sent(store)
+    try:
+        for used in range(10, 110, 10):
+            assert (await store.reserve([window], 10, clock())).used == (used,)
+        assert len(sent.commands) == 10
+        assert store._leases == {}
+        assert await raw(store, window) == 100
+    finally:
+        await store.aclose()
