@@ -35,7 +35,7 @@ def test_the_documented_bound_and_the_verdict(refusals):
     assert config.documented() == 3 * (9950 // 16)
     assert config.burst() == 10_000 // 4 // 3
     allowance = config.documented() + 4 * 50 - 1
-    inside = refusals.Run(config, 10_000 - allowance, 10_000 - allowance, 10_000, 10_000, 0.1)
+    inside = refusals.Run(config, 10_000 - allowance, 0, 10_000, 10_000, 0.1)  # (sent: not judged)
     outside = refusals.Run(config, 10_000 - allowance - 1, 10_000 - allowance - 1, 10_000, 10_000, 0.1)
     assert refusals.within([inside]) == "yes"
     assert refusals.within([inside, outside]) == "**NO**"
