@@ -7,27 +7,37 @@ every request of the minute, ``reserve(windows, size, now)``, then ``settle(rese
 estimate). Each worker stops at its first refusal. The store's clock is injected and frozen in the middle of a
 minute (the window never ends during a run; leases still live ``lease_seconds`` of the event loop's clock).
 
+Two patterns: ``race``, every worker admits as fast as it can from the start; ``stop``, workers 2..N admit
+``--burst`` of the limit between them and stop, holding what is left of their leases, while worker 1 drains the rest
+and gives its own leftover back; then they go on (the worst case the documented bound describes).
+
 Per run (a fresh counter key each time) it records:
 
 * ``first``: the tokens admitted by all workers together when the first refusal anywhere came back (each worker
-  publishes its admitted total in shared memory after every admission; the refused worker sums them);
+  publishes its admitted total in shared memory after every admission; the refused worker sums them), and the sum
+  when that refused request was sent;
 * ``final``: the tokens admitted when every worker has stopped, and the Redis counter once every worker has given
   its leftover back (they must be equal: lossless);
 * the limit.
 
-It reports, per configuration (workers, size, limit, leases on or off), the minimum, median and maximum of
-``limit - first`` (the early refusal, plus what the measure itself adds; see below) and of ``final``, and the
-documented bound on leases' early refusal, ``(workers - 1) x room / 16`` with room at most ``limit - size``.
+It reports, per configuration (workers, pattern, size, limit, leases on or off), the minimum, median and maximum of
+``limit - first`` (the early refusal, plus what the measure itself adds; see below), of the same at the send, and of
+``final``, and the documented bound on leases' early refusal, ``(workers - 1) x room / 16`` with room at most
+``limit - size``, with a verdict: ``limit - first`` within that bound plus ``workers x size``.
 
 **The bound is checked**: ``final`` or the Redis counter above the limit, or the counter not equal to ``final``
-after the leftovers went back, stops the script with exit status 1 (``BOUND VIOLATED``).
+after the leftovers went back, stops the script with exit status 1 (``BOUND VIOLATED``). An early refusal above
+the documented bound (the verdict ``**NO**``) ends it with exit status 2 once the report is written.
 
 What the measure adds: when a refusal comes back, another worker's admission may already be counted in Redis
 but not yet published (one per other worker in flight), and a worker is refused once fewer than ``size`` tokens
-are left; the same runs with ``--lease-seconds 0`` show that part on its own.
+are left; the same runs with ``--modes off`` (lease seconds 0) show that part on its own. The sum at the send also
+counts what the others admitted while the refused request waited (for Redis, or for the scheduler on a loaded
+machine), so it is reported but not judged.
 
-    python bench/lease_refusals.py [--workers 1,2,4] [--sizes 50,500] [--limits 10000,100000] [--runs 20]
-                                   [--lease-seconds 0.5] [--modes on,off] [--redis-url redis://127.0.0.1:6379/15]
+    python bench/lease_refusals.py [--workers 1,2,4] [--patterns race,stop] [--sizes 50,500]
+                                   [--limits 10000,100000] [--runs 20] [--modes on,off] [--lease-seconds 0.5]
+                                   [--burst 0.25] [--redis-url redis://127.0.0.1:6379/15]
                                    [--out bench/results/lease-refusals.md]
 
 Only the keys it creates (prefix ``sluice-bench-refuse:<random>:``) are written and deleted; the DB is never flushed.
