@@ -235,12 +235,12 @@ class RedisTokenStore(TokenStore):
         if self.lease_seconds > 0 and known is not None and known[0] is windows:
             if lease is None:
                 lease = self._new_lease(windows, keys, expires_at)
-            elif lease.live():
-                taken, lease.left = lease.left, 0  # the leftover, ours alone: Redis is asked for the rest
-                if not lease.asking:
-                    extra = 2 * lease.admitted  # the lease ran out before its end: the demand outran it
-            elif not lease.asking:
-                extra = max(lease.demand, lease.admitted)
+            else:
+                # the leftover, ours alone: Redis is asked for the rest. Also once the lease has ended and its timer
+                # has not given the leftover back yet: it is still counted in Redis, so it must not refuse this
+                taken, lease.left = lease.left, 0
+                if not lease.asking:  # live: it ran out before its end (the demand outran it); else it ended
+                    extra = 2 * lease.admitted if lease.live() else max(lease.demand, lease.admitted)
             if extra and now < lease.end:
                 lease.asking = True
             else:
@@ -356,8 +356,12 @@ class RedisTokenStore(TokenStore):
 
     def _return(self, lease: _Lease, tokens: int) -> None:
         """Give ``tokens`` of the lease back to Redis, through the settlements (dropped, and counted, while the
-        breaker is not closed; left alone once its counters expired)."""
+        breaker is not closed; left alone once its counters expired), sent at once rather than after
+        ``settle_interval``: this process's next admission, sent after it on the same connection, finds them back
+        (a leftover waiting in the batch would refuse it early)."""
         self.settle(tuple.__new__(Reservation, (lease.keys, tokens, lease.expires_at)), 0)
+        if self._pending:
+            self._send_settlements()
 
     def _drop_lease(self, lease: _Lease) -> None:
         if lease.handle is not None:

@@ -309,3 +309,34 @@ async def test_windows_handed_as_a_new_list_each_time_get_no_lease(redis_prefix,
         assert await raw(store, window) == 100
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize("ended", ["deadline passed, timer not run", "timer ran, leftover just given back"])
+async def test_the_leftover_of_an_ended_lease_never_refuses_its_own_process(redis_prefix, clock: FakeClock, ended):
+    """Found by bench/lease_refusals.py (docs/benchmarks.md, fourteenth session): a process whose lease had ended
+    was refused by its own leftover, still counted in Redis (its timer not run yet, or its return waiting in the
+    settlements' batch). Now the leftover is merged with the admission, or its return is sent before it."""
+    limit = 4000
+    async with leased(redis_prefix, clock, "ended", limit) as (store, windows, admitted, lease):
+        leftover = lease.left
+        assert leftover >= 10
+        filler = make_store(redis_prefix, clock, lease_seconds=0)  # another process, without leases
+        try:
+            fill = limit - await raw(store, windows[0]) - 1  # Redis one token short of the limit, leftover counted
+            assert (await filler.reserve((minute_window("ended", clock(), limit),), fill, clock())).allowed
+        finally:
+            await filler.aclose()
+        admitted += fill
+        assert limit - admitted == leftover + 1  # what was really admitted leaves room for one more request of 10
+        lease.handle.cancel()
+        if ended == "deadline passed, timer not run":
+            lease.deadline = lease.time()  # its lifetime is over; its timer has not run yet
+        else:
+            store._end_lease(lease)  # what the timer does: the leftover goes back, this admission right after
+        sent = Sent(store)
+        admission = await store.reserve(windows, 10, clock())
+        admitted += 10
+        assert admission.allowed and admission.used == (admitted,)
+        assert len(sent.commands) == 1
+        await store.flush()
+        assert await raw(store, windows[0]) == admitted == await store.count(windows[0])
