@@ -309,3 +309,43 @@ async def test_windows_handed_as_a_new_list_each_time_get_no_lease(redis_prefix,
         assert await raw(store, window) == 100
     finally:
         await store.aclose()
+
+
+async def test_tokens_given_back_go_to_the_live_lease_up_to_its_grant(redis_prefix, clock: FakeClock):
+    """A settlement that gives tokens back on a live lease's counters goes to the lease, no Redis command: they are
+    counted in Redis already, as its leftover is, and go back with it; never more than the grant is held."""
+    async with leased(redis_prefix, clock, "back") as (store, windows, admitted, lease):
+        keys = tuple(w.key for w in windows)
+        counted = await raw(store, windows[0])
+        assert lease.left == lease.granted
+        admission = await store.reserve(windows, 10, clock())  # from the lease
+        store.settle(admission.reservation, 4)
+        admitted += 4
+        assert lease.left == lease.granted - 4 and store._pending == {}
+        assert await raw(store, windows[0]) == counted  # nothing sent
+        assert await store.count(windows[0]) == admitted  # this process's view: exact
+        assert (await store.reserve(windows, 10, clock())).used == (admitted + 10,)  # the view the headers show
+        admitted += 10
+        lease.left = lease.granted - 2  # (as if spent) only 2 tokens fit back under the grant
+        store.settle(admission.reservation, 7)  # gives 3 back: more than fits, so all 3 to Redis
+        assert lease.left == lease.granted - 2 and store._pending == {keys: -3}
+
+
+async def test_what_a_lease_cannot_take_goes_to_redis(redis_prefix, clock: FakeClock):
+    async with leased(redis_prefix, clock, "redis") as (store, windows, admitted, lease):
+        keys = tuple(w.key for w in windows)
+        admission = await store.reserve(windows, 10, clock())
+        second = await store.reserve(windows, 10, clock())  # both from the lease
+        other = (minute_window("redis-other", clock(), 10**5),)
+        elsewhere = await store.reserve(other, 10, clock())
+        store.settle(admission.reservation, 15)  # used more than reserved: Redis counts it
+        assert store._pending == {keys: 5}
+        store.settle(elsewhere.reservation, 0)  # other counters: no lease of theirs
+        assert store._pending == {keys: 5, elsewhere.reservation.keys: -10}
+        left = lease.left
+        lease.handle.cancel()
+        store._end_lease(lease)  # ended: its leftover went to Redis, and so does what is given back from now on
+        store.settle(second.reservation, 0)
+        assert lease.left == 0 and store._pending[keys] == 5 - left - 10
+        await store.flush()
+        assert await raw(store, windows[0]) == admitted + 15 == await store.count(windows[0])
