@@ -96,9 +96,8 @@ _Encoded = tuple[bytes, bytes, tuple[str, ...], float]
 
 class _Lease:
     """This process's lease on one window tuple: tokens reserved in Redis and not yet spent (``left``), admitted here
-    without a Redis command until ``deadline`` (loop clock); the size of the grant; the counts Redis returned at the
-    grant; what was admitted since the grant (the next lease's size); ``asking``: an admission asking for a lease is
-    in flight."""
+    without a Redis command until ``deadline`` (loop clock); the counts Redis returned at the grant; what was admitted
+    since the grant (the next lease's size); ``asking``: an admission asking for a lease is in flight."""
 
     __slots__ = (
         "admitted",
@@ -108,7 +107,6 @@ class _Lease:
         "demand",
         "end",
         "expires_at",
-        "granted",
         "handle",
         "keys",
         "left",
@@ -122,7 +120,6 @@ class _Lease:
         self.expires_at = expires_at
         self.end = min(window.end for window in windows)  # no lease lives past the first window's end
         self.left = 0
-        self.granted = 0
         self.counts: tuple[int, ...] = ()
         self.deadline = 0.0
         self.time: Callable[[], float] = _no_loop  # the clock of the loop of the last grant
@@ -193,9 +190,6 @@ class RedisTokenStore(TokenStore):
         # id(windows) -> this process's lease on them (``_Lease``); 0 seconds: no leases, every admission to Redis
         self.lease_seconds = lease_seconds
         self._leases: dict[int, _Lease] = {}
-        # counter keys -> the lease last granted on them: a settlement that gives tokens back on those keys goes to
-        # it while it lives (``settle``)
-        self._granted: dict[tuple[str, ...], _Lease] = {}
 
     def unavailable_retry_after(self) -> int:
         return self.breaker.retry_after()
@@ -330,7 +324,7 @@ class RedisTokenStore(TokenStore):
         window ends, whichever comes first; one timer per grant gives back what is left then."""
         if lease.left:  # a leftover given back by a refused admission while this one was asking: to Redis
             self._return(lease, lease.left)
-        lease.left = lease.granted = granted
+        lease.left = granted
         lease.counts = counts
         lease.admitted = 0
         lease.time = loop.time
@@ -338,11 +332,6 @@ class RedisTokenStore(TokenStore):
         if lease.handle is not None:
             lease.handle.cancel()
         lease.handle = loop.call_at(lease.deadline, self._end_lease, lease)
-        by_keys = self._granted
-        if by_keys.get(lease.keys) is not lease:
-            if len(by_keys) >= ENCODED_MAX:
-                by_keys.clear()
-            by_keys[lease.keys] = lease
 
     def _end_lease(self, lease: _Lease) -> None:
         """The lease's timer: give its leftover back to Redis (through the settlements); what was admitted during its
@@ -357,8 +346,6 @@ class RedisTokenStore(TokenStore):
             return
         if not lease.demand or self.clock() >= lease.end:  # idle, or its windows are over (the policy moved on)
             del self._leases[id(lease.windows)]  # the next admission of these windows starts afresh
-            if self._granted.get(lease.keys) is lease:
-                del self._granted[lease.keys]
 
     def _give_back(self, lease: _Lease, tokens: int) -> None:
         """A leftover taken by an admission that was not admitted: to the lease while it lives, else to Redis."""
@@ -370,14 +357,12 @@ class RedisTokenStore(TokenStore):
     def _return(self, lease: _Lease, tokens: int) -> None:
         """Give ``tokens`` of the lease back to Redis, through the settlements (dropped, and counted, while the
         breaker is not closed; left alone once its counters expired)."""
-        self.settle(tuple.__new__(Reservation, (lease.keys, tokens, lease.expires_at)), 0, to_lease=False)
+        self.settle(tuple.__new__(Reservation, (lease.keys, tokens, lease.expires_at)), 0)
 
     def _drop_lease(self, lease: _Lease) -> None:
         if lease.handle is not None:
             lease.handle.cancel()
         self._end_lease(lease)
-        if self._granted.get(lease.keys) is lease and self._leases.get(id(lease.windows)) is not lease:
-            del self._granted[lease.keys]
 
     def _expire_due(self) -> None:
         """The admissions' timer: fail every admission whose deadline has passed and that has no reply yet with the
@@ -444,11 +429,7 @@ class RedisTokenStore(TokenStore):
             self._by_identity[id(key)] = (key, encoded)
         return encoded
 
-    def settle(self, reservation: Reservation, actual: int, *, to_lease: bool = True) -> None:
-        """Correct the counters by ``actual - reservation.amount``, batched. Tokens given back (a request that used
-        less than it reserved) go to the live lease last granted on the same counters instead, as long as it then
-        holds no more than its grant: they are already counted in Redis, as its leftover is, and go back with it when
-        the lease ends (docs/token-limits.md, "Leases"). ``to_lease=False``: to Redis (a lease's own leftover)."""
+    def settle(self, reservation: Reservation, actual: int) -> None:
         delta = actual - reservation.amount
         if delta == 0 or self.clock() >= reservation.expires_at:
             return
@@ -456,16 +437,6 @@ class RedisTokenStore(TokenStore):
         if self.breaker.state is not _CLOSED:
             self.dropped_settlements += 1
             return
-        if delta < 0 and to_lease:
-            lease = self._granted.get(reservation.keys)
-            if (
-                lease is not None
-                and lease.left - delta <= lease.granted
-                and lease.expires_at == reservation.expires_at
-                and lease.deadline > lease.time()
-            ):
-                lease.left -= delta
-                return
         pending = self._pending
         pending[reservation.keys] = pending.get(reservation.keys, 0) + delta
         if not self._flush_scheduled:
