@@ -502,7 +502,9 @@ def test_sse_the_rest_of_a_stream_read_whole_matches_event_reads(monkeypatch, ex
     assert len(outcomes[0][1]) == 1 + usage + (extra is not None)  # the first event, the usage, the extra line
 
 
-_USAGE_ONLY = b'data: {"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}'
+_USAGE_ONLY = (
+    b'data: {"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}'
+)
 
 
 @pytest.mark.parametrize(
@@ -511,7 +513,7 @@ _USAGE_ONLY = b'data: {"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":2,
         b'data: {"model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant","content":""}}],"usage":null}\n\n',
         b'data: {"model":"gpt-4o","choices":[{"index":0,"delta":{"content":"Hello there"}}]}\n\n',
         _USAGE_ONLY + b"\n\n",
-        b'data: {"model":"gpt-4o","choices":[],"\\u0075sage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}\n\n',
+        _USAGE_ONLY.replace(b'"usage"', b'"\\u0075sage"') + b"\n\n",
         b'data:{"model":"gpt-4o","choices":[{"delta":{"content":"no space"}}]}\n\n',
         b'data: {"model":"gpt-4o","choices":[{"delta":{"content":"crlf"}}]}\r\n\n',
         _USAGE_ONLY + b"\r\n\n",
