@@ -417,16 +417,21 @@ def test_sse_counts_a_cancelled_stream():
     assert meter.usage is None and meter.completion_tokens == 6 and done == [False]
 
 
+def count_calls(monkeypatch, name: str) -> list[bytes]:
+    """The arguments of every call of the meter's method ``name`` from now on."""
+    calls: list[bytes] = []
+    method = getattr(SseUsageMeter, name)
+
+    def counting(self, data):
+        calls.append(data)
+        return method(self, data)
+
+    monkeypatch.setattr(SseUsageMeter, name, counting)
+    return calls
+
+
 def count_parses(monkeypatch) -> list[bytes]:
-    parsed: list[bytes] = []
-    parse = SseUsageMeter._parse
-
-    def counting(self, payload):
-        parsed.append(payload)
-        return parse(self, payload)
-
-    monkeypatch.setattr(SseUsageMeter, "_parse", counting)
-    return parsed
+    return count_calls(monkeypatch, "_parse")
 
 
 @pytest.mark.parametrize("size", [1, 7, 10_000])
@@ -533,14 +538,7 @@ def test_sse_a_first_read_of_one_event_matches_the_line_by_line_reading(monkeypa
     parsed with the same counts, as when the same event arrives a byte at a time (``_scan``, line by line), with
     a stream after it: a content delta, a usage event, ``[DONE]``."""
     parsed = count_parses(monkeypatch)
-    scans: list[bytes] = []
-    scan = SseUsageMeter._scan
-
-    def counting_scan(self, block):
-        scans.append(block)
-        return scan(self, block)
-
-    monkeypatch.setattr(SseUsageMeter, "_scan", counting_scan)
+    scans = count_calls(monkeypatch, "_scan")
     rest = [
         b'data: {"model":"gpt-4o","choices":[{"delta":{"content":" more words"}}],"usage":null}\n\n',
         _USAGE_ONLY.replace(b":5}", b":7}").replace(b":3,", b":5,") + b"\n\n",
