@@ -562,12 +562,20 @@ class SseUsageMeter:
     def feed(self, chunk: bytes) -> bytes:
         if self.broken:
             return chunk
-        # The common read once the model is known: whole lines of plain deltas, set aside as ``_scan`` would (it
-        # finds no line that is not a plain delta) without its per-block set-up.
         tail = self._tail
-        if not tail and self.model is not None and not self._drop_blank and chunk[-1:] == b"\n" and _plain_delta(chunk):
-            self._defer(chunk)
-            return chunk
+        if not tail and not self._drop_blank:
+            if self.model is not None:
+                # The common read once the model is known: whole lines of plain deltas, set aside as ``_scan`` would
+                # (it finds no line that is not a plain delta) without its per-block set-up.
+                if chunk[-1:] == b"\n" and _plain_delta(chunk):
+                    self._defer(chunk)
+                    return chunk
+            elif chunk.find(b"\n") == len(chunk) - 2 and chunk[-1:] == b"\n" and chunk[:5] == b"data:":
+                # One event of one line before the model is known (a stream's first event, which the forwarder cuts
+                # off its read: the role event): its line accounted as ``_scan`` would; its blank line holds nothing.
+                if self._data(chunk[:-2]) and self._strip:
+                    return b""  # a usage-only event and its blank line, as ``_scan`` drops them
+                return chunk
         data = tail + chunk if tail else chunk
         end = data.rfind(b"\n")
         if end < 0:

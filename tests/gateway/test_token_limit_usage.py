@@ -417,16 +417,21 @@ def test_sse_counts_a_cancelled_stream():
     assert meter.usage is None and meter.completion_tokens == 6 and done == [False]
 
 
+def count_calls(monkeypatch, name: str) -> list[bytes]:
+    """The arguments of every call of the meter's method ``name`` from now on."""
+    calls: list[bytes] = []
+    method = getattr(SseUsageMeter, name)
+
+    def counting(self, data):
+        calls.append(data)
+        return method(self, data)
+
+    monkeypatch.setattr(SseUsageMeter, name, counting)
+    return calls
+
+
 def count_parses(monkeypatch) -> list[bytes]:
-    parsed: list[bytes] = []
-    parse = SseUsageMeter._parse
-
-    def counting(self, payload):
-        parsed.append(payload)
-        return parse(self, payload)
-
-    monkeypatch.setattr(SseUsageMeter, "_parse", counting)
-    return parsed
+    return count_calls(monkeypatch, "_parse")
 
 
 @pytest.mark.parametrize("size", [1, 7, 10_000])
@@ -500,6 +505,59 @@ def test_sse_the_rest_of_a_stream_read_whole_matches_event_reads(monkeypatch, ex
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] == b"".join(events)
     assert len(outcomes[0][1]) == 1 + usage + (extra is not None)  # the first event, the usage, the extra line
+
+
+_USAGE_ONLY = (
+    b'data: {"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}'
+)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b'data: {"model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant","content":""}}],"usage":null}\n\n',
+        b'data: {"model":"gpt-4o","choices":[{"index":0,"delta":{"content":"Hello there"}}]}\n\n',
+        _USAGE_ONLY + b"\n\n",
+        _USAGE_ONLY.replace(b'"usage"', b'"\\u0075sage"') + b"\n\n",
+        b'data:{"model":"gpt-4o","choices":[{"delta":{"content":"no space"}}]}\n\n',
+        b'data: {"model":"gpt-4o","choices":[{"delta":{"content":"crlf"}}]}\r\n\n',
+        _USAGE_ONLY + b"\r\n\n",
+        b'data: {"model":"gpt-4o","choices":[{"delta":{"content":"crlf"}}]}\r\n\r\n',
+        b"data: [DONE]\n\n",
+        b"data: not json\n\n",
+        b'data: ["a list"]\n\n',
+        b'data: {"model":"gpt-4o","choices":[{"delta":{"content":"two"}}]}\n\ndata: [DONE]\n\n',
+        b'event: message\ndata: {"model":"gpt-4o","choices":[{"delta":{"content":"named"}}]}\n\n',
+        b": a comment\n\n",
+    ],
+)
+@pytest.mark.parametrize("strip", [False, True])
+def test_sse_a_first_read_of_one_event_matches_the_line_by_line_reading(monkeypatch, first, strip):
+    """A read of one single-line event before the model is known (the forwarder cuts a stream's first event off
+    its read) is accounted by ``feed`` without ``_scan``. The client gets the same bytes, and the same events are
+    parsed with the same counts, as when the same event arrives a byte at a time (``_scan``, line by line), with
+    a stream after it: a content delta, a usage event, ``[DONE]``."""
+    parsed = count_parses(monkeypatch)
+    scans = count_calls(monkeypatch, "_scan")
+    rest = [
+        b'data: {"model":"gpt-4o","choices":[{"delta":{"content":" more words"}}],"usage":null}\n\n',
+        _USAGE_ONLY.replace(b":5}", b":7}").replace(b":3,", b":5,") + b"\n\n",
+        b"data: [DONE]\n\n",
+    ]
+    outcomes = []
+    for reads in ([first, *rest], [*splits(first, 1), *rest]):
+        parsed.clear()
+        scans.clear()
+        out, meter, done = run_meter(reads, strip=strip)
+        outcomes.append((out, list(parsed), meter.usage, meter.model, meter.completion_tokens, meter.events, done))
+        if reads[0] is first:
+            one_line = first.startswith(b"data:") and first.find(b"\n") == len(first) - 2
+            assert (first not in scans) == one_line  # the one-line event went around _scan; anything else did not
+    assert outcomes[0] == outcomes[1]
+    if strip:
+        assert b'"choices":[]' not in outcomes[0][0] or b"\\u0075sage" in first
+    else:
+        assert outcomes[0][0] == first + b"".join(rest)
 
 
 def test_sse_many_deltas_are_counted_in_bounded_memory():
