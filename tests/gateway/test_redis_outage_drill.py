@@ -59,10 +59,10 @@ POLICY = (
 BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "drill"}], "max_tokens": 8})
 # What each phase waits for (answers to requests started in it), so that every window holds as many requests as its
 # figures need however fast or slow the machine is: 100 answers per client of each mode in the baseline and in each
-# outage. The requests slower than the rest are at most one per client (closed-loop clients): the first ones of the
-# baseline, and in an outage those that wait a call timeout before the breaker opens. So they stay above the
-# window's p99 (the max measures them), for all requests and for the fail-open ones alone, as with the fixed windows
-# of 1.5 and 2.5 s that came before on an idle machine.
+# outage. The requests the phases themselves slow down are at most one per client (closed-loop clients): the first
+# ones of the baseline, and in an outage those that wait a call timeout before the breaker opens. So they stay above
+# the window's p99 (the max measures them), for all requests and for the fail-open ones alone, as with the fixed
+# windows of 1.5 and 2.5 s that came before on an idle machine.
 BASELINE = 100 * CLIENTS // 2  # 200s of each mode before the SIGKILL (the baseline p99 bounds the outage latencies)
 OUTAGE = 100 * CLIENTS // 2  # fail-open 200s, and fail-closed 503s, during each outage
 AFTER = 100  # 200s of each mode once the breaker has closed again, before the next phase
