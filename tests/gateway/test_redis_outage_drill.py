@@ -9,6 +9,12 @@ records). Sixteen closed-loop clients send chat completions; half carry ``x-dril
 1. SIGKILLed, then restarted on the same port and directory, and
 2. SIGSTOPped (a blackhole: connections are accepted by the kernel, nothing answers), then SIGCONTed.
 
+Each phase ends on what it has to show, not after a duration: the scenario waits (``Load.until``, woken by every
+answer) for a baseline of answers of both modes, then for fail-closed 503s and fail-open 200s to requests started
+after the outage began, then for a fail-closed 200 after Redis is back (the breaker closed) and for 200s of both
+modes after that. A loaded machine makes the phases longer, never emptier; each wait has a generous deadline that
+only a failure reaches (an AssertionError naming what was not seen).
+
 Asserted: fail-open requests are all answered 200; fail-closed requests are answered 200 or 503 with the APIM-style
 JSON body and ``Retry-After``, with 503s during each outage and 200s again after it; the latency a request gains
 during an outage stays bounded (p99 and max printed, quoted in docs/redis-outage.md); and every answered request
@@ -24,6 +30,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import Counter
 
 import aiohttp
 import orjson
@@ -50,21 +57,38 @@ POLICY = (
     "</inbound></policies>"
 )
 BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "drill"}], "max_tokens": 8})
+# What each phase waits for (answers to requests started in it), so that every window holds as many requests as its
+# figures need however fast or slow the machine is: 100 answers per client of each mode in the baseline and in each
+# outage. The requests the phases themselves slow down are at most one per client (closed-loop clients): the first
+# ones of the baseline, and in an outage those that wait a call timeout before the breaker opens. So they stay above
+# the window's p99 (the max measures them), for all requests and for the fail-open ones alone, as with the fixed
+# windows of 1.5 and 2.5 s that came before on an idle machine.
+BASELINE = 100 * CLIENTS // 2  # 200s of each mode before the SIGKILL (the baseline p99 bounds the outage latencies)
+OUTAGE = 100 * CLIENTS // 2  # fail-open 200s, and fail-closed 503s, during each outage
+AFTER = 100  # 200s of each mode once the breaker has closed again, before the next phase
+WAIT = 30.0  # the failure guard of every wait: a passing run never reaches it
 
 
 class Load:
-    """Closed-loop clients; every answer is kept as (start, latency, status, mode, request id, body)."""
+    """Closed-loop clients; every answer is kept as (start, latency, status, mode, request id, body), and sets
+    ``answered``, which ``until`` waits on."""
 
     def __init__(self, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}{CHAT}"
         self.results: list[tuple[float, float, int, str, str, dict]] = []
         self.errors: list[str] = []
         self.stop = asyncio.Event()
+        self.answered = asyncio.Event()  # set on every answer, and when the clients end
+        self.ended = False
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=20)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            await asyncio.gather(*(self.client(session, "deny" if i % 2 else "allow") for i in range(CLIENTS)))
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                await asyncio.gather(*(self.client(session, "deny" if i % 2 else "allow") for i in range(CLIENTS)))
+        finally:
+            self.ended = True
+            self.answered.set()
 
     async def client(self, session: aiohttp.ClientSession, mode: str) -> None:
         headers = {**KEY, "x-drill-mode": mode, "X-Mock-Delay-Ms": "10", "X-Mock-Tokens": "5"}
@@ -80,11 +104,32 @@ class Load:
                     self.results.append(
                         (started, latency, response.status, mode, response.headers.get("x-request-id", ""), body)
                     )
+                    self.answered.set()
             except (TimeoutError, aiohttp.ClientError) as exc:
                 self.errors.append(repr(exc))
 
-    def since(self, moment: float, mode: str | None = None) -> list[tuple[float, float, int, str, str, dict]]:
-        return [r for r in self.results if r[0] >= moment and (mode is None or r[3] == mode)]
+    async def until(self, since: float, needs: dict[tuple[str, int], int], what: str) -> float:
+        """Wait until the answers to requests started at or after ``since`` hold at least ``needs[mode, status]`` of
+        each (mode, status); return the seconds from ``since`` to then. Woken by every answer; only a failure
+        reaches the ``WAIT`` deadline (an AssertionError naming ``what`` and what was seen)."""
+        deadline = time.monotonic() + WAIT
+        seen: Counter[tuple[str, int]] = Counter()
+        position = 0
+        while True:
+            results = self.results
+            for row in results[position:]:
+                if row[0] >= since:
+                    seen[row[3], row[2]] += 1
+            position = len(results)
+            if all(seen[key] >= count for key, count in needs.items()):
+                return time.monotonic() - since
+            if self.ended:
+                raise AssertionError(f"the clients ended before {what} (seen: {dict(seen)})")
+            self.answered.clear()  # nothing can be appended between the count above and the wait below
+            try:
+                await asyncio.wait_for(self.answered.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                raise AssertionError(f"{what}: not seen within {WAIT:.0f} s (seen: {dict(seen)})") from None
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -122,14 +167,19 @@ def start_gateway(start, tmp_path, redis_url: str, mock_url: str, stream: str):
     return process, port
 
 
-async def recovered(load: Load, since: float, limit: float = 30.0) -> float:
+async def recovered(load: Load, since: float, after: str) -> float:
     """Seconds until a fail-closed request started after ``since`` is admitted again (the breaker closed)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if any(r[2] == 200 for r in load.since(since, "deny")):
-            return time.monotonic() - since
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"fail-closed requests still refused {limit:.0f} s after Redis came back")
+    return await load.until(since, {("deny", 200): 1}, f"a fail-closed request admitted again after the {after}")
+
+
+async def outage(load: Load, since: float, what: str) -> float:
+    """Wait for an outage's evidence: fail-closed requests refused (503) and fail-open ones answered (200)."""
+    return await load.until(since, {("deny", 503): OUTAGE, ("allow", 200): OUTAGE}, f"{OUTAGE} 503s and 200s {what}")
+
+
+async def back_to_normal(load: Load, since: float, what: str) -> float:
+    """Wait for requests of both modes answered 200 again (the breaker has closed)."""
+    return await load.until(since, {("deny", 200): AFTER, ("allow", 200): AFTER}, f"{AFTER} 200s of each mode {what}")
 
 
 def test_redis_killed_and_blackholed_mid_load(tmp_path, mock_llm, process_factory):  # noqa: F811
@@ -141,27 +191,30 @@ def test_redis_killed_and_blackholed_mid_load(tmp_path, mock_llm, process_factor
     async def scenario() -> Load:
         nonlocal redis
         load = Load(port)
+        marks["load"] = time.monotonic()
         runner = asyncio.ensure_future(load.run())
         try:
-            await asyncio.sleep(1.5)  # baseline load
+            await load.until(marks["load"], {("allow", 200): BASELINE, ("deny", 200): BASELINE}, "the baseline")
             marks["kill"] = time.monotonic()
             assert redis.process.signal_group(signal.SIGKILL)
             await asyncio.to_thread(redis.process.popen.wait, 10)
-            await asyncio.sleep(2.5)  # Redis is gone
+            await outage(load, marks["kill"], "after the SIGKILL")  # Redis is gone
             # started from this thread (a child dies with the thread that started it), waited for from another
             redis = start_redis(process_factory, tmp_path / "redis", port=redis.port, name="restarted", wait=False)
             await asyncio.to_thread(redis.process.wait_output, REDIS_READY, timeout=30)
             marks["restarted"] = time.monotonic()
-            marks["kill_recovery"] = await recovered(load, marks["restarted"])
-            await asyncio.sleep(1.0)
+            marks["kill_recovery"] = await recovered(load, marks["restarted"], "restart")
+            await back_to_normal(load, time.monotonic(), "after the restart")
 
             marks["stop"] = time.monotonic()
             assert redis.process.signal_group(signal.SIGSTOP)
-            await asyncio.sleep(2.5)  # Redis accepts connections and answers nothing
+            # Redis accepts connections and answers nothing: the 503s come once calls have timed out (the breaker)
+            await outage(load, marks["stop"], "after the SIGSTOP")
             assert redis.process.signal_group(signal.SIGCONT)
             marks["continued"] = time.monotonic()
-            marks["stop_recovery"] = await recovered(load, marks["continued"])
-            await asyncio.sleep(1.0)
+            marks["stop_recovery"] = await recovered(load, marks["continued"], "SIGCONT")
+            await back_to_normal(load, time.monotonic(), "after the SIGCONT")
+            marks["end"] = time.monotonic()
         finally:
             load.stop.set()
             await runner
@@ -191,7 +244,10 @@ def test_redis_killed_and_blackholed_mid_load(tmp_path, mock_llm, process_factor
         f"recovered {marks['stop_recovery']:.2f}s after SIGCONT\n"
         f"[redis drill] answered={len(load.results)} 503={sum(r[2] == 503 for r in load.results)} "
         f"client errors={len(load.errors)} "
-        f"usage records checked={len({r[4] for r in load.results})}"
+        f"usage records checked={len({r[4] for r in load.results})}\n"
+        f"[redis drill] phases: baseline {marks['kill'] - marks['load']:.2f}s, "
+        f"SIGKILL {marks['restarted'] - marks['kill']:.2f}s, SIGSTOP {marks['continued'] - marks['stop']:.2f}s, "
+        f"whole load {marks['end'] - marks['load']:.2f}s"
     )
     assert not load.errors, load.errors[:5]
     statuses = {(mode, status) for _, _, status, mode, _, _ in load.results}
