@@ -219,11 +219,7 @@ class RedisTokenStore(TokenStore):
             left = lease.left
             if amount <= left and left and lease.deadline > lease.time():
                 # admitted from the lease: no await, no Redis command (docs/token-limits.md, "Leases")
-                left -= amount
-                lease.left = left
-                lease.admitted += amount
-                reservation = tuple.__new__(Reservation, (lease.keys, amount, lease.expires_at))
-                return tuple.__new__(Admission, (True, tuple([u - left for u in lease.counts]), reservation, -1, 0))
+                return self._from_lease(lease, amount)
         else:
             lease = None
         known = self._by_identity.get(id(windows))
@@ -291,6 +287,10 @@ class RedisTokenStore(TokenStore):
                 if reply[1]:
                     self._grant(lease, reply[1], tuple(reply[2:]), now, loop)
                 unspent = lease.left
+            elif amount <= lease.left and lease.live():
+                # refused by Redis, which counts this process's lease: granted to another admission while this one
+                # was in flight (or its own leftover, given back): admitted from the lease, never refused by it
+                return self._from_lease(lease, amount)
             else:
                 unspent = lease.left + (0 if lease.live() else taken)  # (a leftover given back to Redis: unapplied)
             used = tuple([u - unspent for u in reply[2:]])  # this process's view: its unspent lease not counted
@@ -298,6 +298,15 @@ class RedisTokenStore(TokenStore):
             return tuple.__new__(Admission, (True, used, reservation, -1, 0))
         window = windows[refused - 1]
         return Admission(False, used, None, refused - 1, max(1, int(-(-(window.end - now) // 1))))
+
+    @staticmethod
+    def _from_lease(lease: _Lease, amount: int) -> Admission:
+        """Admit ``amount`` from the lease's leftover (at least ``amount``): no Redis command."""
+        left = lease.left - amount
+        lease.left = left
+        lease.admitted += amount
+        reservation = tuple.__new__(Reservation, (lease.keys, amount, lease.expires_at))
+        return tuple.__new__(Admission, (True, tuple([u - left for u in lease.counts]), reservation, -1, 0))
 
     @staticmethod
     def _lease_args(extra: int, size: int) -> bytes:

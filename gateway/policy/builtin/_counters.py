@@ -7,6 +7,7 @@ checks and adds in one atomic step, ``settle`` corrects later. See docs/redis-ou
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from gateway.errors import GatewayError
@@ -117,9 +118,10 @@ class Counter(Policy):
 
 
 async def reserve(
-    ctx: RequestContext, store: TokenStore, windows: list[Window], amount: int, now: float, policy: Counter
+    ctx: RequestContext, store: TokenStore, windows: Sequence[Window], amount: int, now: float, policy: Counter
 ) -> Admission | None:
-    """The admission; None when the store cannot answer and the policy fails open (503 when it fails closed)."""
+    """The admission; None when the store cannot answer and the policy fails open (503 when it fails closed).
+    ``windows`` go to the store as they are: the same tuple handed in again lets the Redis store lease on it."""
     try:
         return await store.reserve(windows, amount, now)
     except StoreUnavailable as exc:

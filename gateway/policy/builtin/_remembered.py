@@ -8,6 +8,11 @@ emission). ``PerSubscription`` is that memory: keyed by ``id()`` of the ``Subscr
 which the request presented and which is not kept), each entry holding its subscription so the id stays its own while
 the entry lasts; a snapshot loaded again brings new entries (and new statements). At most ``REMEMBERED_MAX`` entries;
 the statements clear it when what they built stops holding (a new minute or period, another ``Metrics``).
+
+``PerKey`` is the same memory for a counter key that reads more than the subscription: keyed by the key's value
+(with whatever else the value remembered depends on, such as the limits), so a statement evaluates the key but builds
+its windows once per key and period. ``rate-limit-by-key`` keeps its window tuple so, per subscription or per key:
+the Redis store's leases (docs/token-limits.md, "Leases") find a tuple handed in again by its identity.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Final, Generic, TypeVar
 
 from ..values import Expression, Value
 
-__all__ = ("REMEMBERED_MAX", "PerSubscription", "same_per_subscription")
+__all__ = ("REMEMBERED_MAX", "PerKey", "PerSubscription", "same_per_subscription")
 
 REMEMBERED_MAX: Final = 4096
 
@@ -34,7 +39,7 @@ class PerSubscription(Generic[T]):
     __slots__ = ("entries", "period")
 
     def __init__(self) -> None:
-        self.entries: dict[int, tuple[object, T]] = {}
+        self.entries: dict[object, tuple[object, T]] = {}  # id() of a subscription (``PerKey``: the key itself)
         self.period: float | None = None  # the start of the period of the values, for ``get_in_period``
 
     def get(self, subscription: object) -> T | None:
@@ -53,9 +58,27 @@ class PerSubscription(Generic[T]):
 
     def put(self, subscription: object, value: T) -> None:
         """Remember ``value`` for ``subscription``, unless the memory is full (until it is cleared)."""
+        self.keep(id(subscription), subscription, value)
+
+    def keep(self, slot: object, owner: object, value: T) -> None:
+        """Remember ``value`` under ``slot`` with what it belongs to, unless the memory is full."""
         entries = self.entries
         if len(entries) < REMEMBERED_MAX:
-            entries[id(subscription)] = (subscription, value)
+            entries[slot] = (owner, value)
 
     def clear(self) -> None:
         self.entries.clear()
+
+
+class PerKey(PerSubscription[T]):
+    """Values remembered per hashable key, compared by value (a subscription is compared by identity)."""
+
+    __slots__ = ()
+
+    def get(self, subscription: object) -> T | None:
+        """The value remembered for the key ``subscription`` (hashable); None when there is none."""
+        found = self.entries.get(subscription)
+        return found[1] if found is not None else None
+
+    def put(self, subscription: object, value: T) -> None:
+        self.keep(subscription, subscription, value)

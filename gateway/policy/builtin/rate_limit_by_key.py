@@ -5,6 +5,10 @@ APIM reference: https://learn.microsoft.com/azure/api-management/rate-limit-by-k
 APIM documents a sliding window; Sluice counts in fixed windows aligned to the epoch (like the token limit's
 minute), so the admission is exact per window and ``Retry-After`` is the time to the window's end. Exceeded: 429,
 reason ``RateLimitExceeded``, raised as a GatewayError so ``on-error`` runs. Store outages: docs/redis-outage.md.
+
+The statement hands the store the same one-window tuple for a counter key and period (kept per subscription, or by
+the key's value: ``._remembered``), so the Redis store's leases apply (docs/token-limits.md, "Leases"): never more
+than ``calls`` admitted in a period, an early refusal bounded as for the token limits.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ._counters import (
     variable_name,
 )
 from ._limiting import counter_store, optional_header_name
-from ._remembered import PerSubscription, same_per_subscription
+from ._remembered import PerKey, PerSubscription, same_per_subscription
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -55,6 +59,7 @@ class RateLimitByKey(Counter):
         **COUNTER_ATTRIBUTES,
     }
     __slots__ = (
+        "by_key",
         "calls",
         "calls_value",
         "count",
@@ -81,13 +86,17 @@ class RateLimitByKey(Counter):
         # the window of the current period per subscription, when the counter key depends on the subscription alone
         # and the calls and period are literals (``._remembered``); None otherwise
         per_subscription = same_per_subscription(self.counter_key) and None not in (self.calls, self.period)
-        self.remembered: PerSubscription[Window] | None = PerSubscription() if per_subscription else None
+        self.remembered: PerSubscription[tuple[Window]] | None = PerSubscription() if per_subscription else None
+        # the window of the current period by (counter key, calls, period), for every other request
+        self.by_key: PerKey[tuple[Window]] = PerKey()
 
     @classmethod
     def from_element(cls, el: Element) -> RateLimitByKey:
         return cls(cls.check_element(el), el)
 
-    def window(self, ctx: RequestContext, now: float) -> Window:
+    def windows(self, ctx: RequestContext, now: float) -> tuple[Window]:
+        """The one window of the request's counter key and period containing ``now``, as the same tuple for every
+        request of the key and period (nobody changes it; the Redis store leases by the tuple's identity)."""
         remembered = self.remembered
         period = self.period
         if remembered is not None and period is not None:  # the period is a literal whenever windows are remembered
@@ -98,10 +107,15 @@ class RateLimitByKey(Counter):
         if period is None:
             period = runtime_int(self.period_value, ctx, "renewal-period", 1, MAX_RENEWAL_PERIOD)
         start = now - now % period
-        window = Window(f"rk:{{{counter_tag(self.key(ctx))}}}:{period}:{int(start)}", calls, start, start + period)
+        key = self.key(ctx)
+        by_key = self.by_key
+        found = by_key.get_in_period(start, (key, calls, period))
+        if found is None:
+            found = (Window(f"rk:{{{counter_tag(key)}}}:{period}:{int(start)}", calls, start, start + period),)
+            by_key.put((key, calls, period), found)
         if remembered is not None:
-            remembered.put(ctx.subscription, window)
-        return window
+            remembered.put(ctx.subscription, found)
+        return found
 
     async def apply(self, ctx: RequestContext) -> Response | None:
         store = counter_store(ctx)
@@ -109,17 +123,18 @@ class RateLimitByKey(Counter):
             logger.warning(MSG_NO_STORE, self.name)
             return None
         now = store.now()
-        window = self.window(ctx, now)
+        windows = self.windows(ctx, now)
         # with a condition the call is reserved now and kept (or given back) when the response is known
         deferred = self.condition is not None
         count = self.count
         if count is None:
             count = 1 if deferred else runtime_int(self.count_value, ctx, "increment-count", 1)  # type: ignore[arg-type]  # count_value is set whenever count is None (checked at load)
-        admission = await reserve(ctx, store, [window], count, now, self)
+        admission = await reserve(ctx, store, windows, count, now, self)
         if admission is None:
             return None
-        remaining = max(0, window.limit - admission.used[0]) if admission.allowed else 0
-        self.report(ctx, window.limit, remaining)
+        limit = windows[0].limit
+        remaining = max(0, limit - admission.used[0]) if admission.allowed else 0
+        self.report(ctx, limit, remaining)
         if not admission.allowed:
             retry = admission.retry_after
             raise self.refuse(ctx, retry, 429, MSG_RATE_LIMIT.format(retry), "RateLimitExceeded")

@@ -1,10 +1,16 @@
-"""Store test helpers: the Redis URL of the run and a clock that moves only when told to."""
+"""Store test helpers: the Redis URL of the run, a clock that moves only when told to, the admissions a Redis store
+sends."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.limits.redis import RedisTokenStore
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 NO_REDIS = "REDIS_URL is not set (CI sets redis://127.0.0.1:6379/0)"
@@ -40,3 +46,17 @@ def delete_prefix(url: str, prefix: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+class Sent:
+    """The admissions' commands a store sends to Redis (its client's ``submit_encoded``)."""
+
+    def __init__(self, store: RedisTokenStore) -> None:
+        self.commands: list[bytes] = []
+        submit = store.client.submit_encoded
+
+        def counting(command: bytes, orphan: Any = None) -> asyncio.Future[Any]:
+            self.commands.append(command)
+            return submit(command, orphan)
+
+        store.client.submit_encoded = counting  # type: ignore[method-assign]

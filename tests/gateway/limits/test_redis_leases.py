@@ -15,7 +15,7 @@ from gateway.limits import StoreUnavailable, create_store, minute_window, quota_
 from gateway.limits.breaker import BreakerState, CircuitBreaker
 from gateway.limits.redis import LEASE_DIVISOR, RESERVE_SCRIPT, RedisTokenStore
 
-from .helpers import REDIS_URL, FakeClock
+from .helpers import REDIS_URL, FakeClock, Sent
 
 pytestmark = pytest.mark.skipif(not REDIS_URL, reason="REDIS_URL is not set (CI sets redis://127.0.0.1:6379/0)")
 
@@ -27,20 +27,6 @@ def make_store(prefix: str, clock: FakeClock, **options: Any) -> RedisTokenStore
     store = create_store("redis", url=REDIS_URL, clock=clock, prefix=prefix, settle_interval=0, **options)
     assert isinstance(store, RedisTokenStore)
     return store
-
-
-class Sent:
-    """The admissions' commands a store sends to Redis (its client's ``submit_encoded``)."""
-
-    def __init__(self, store: RedisTokenStore) -> None:
-        self.commands: list[bytes] = []
-        submit = store.client.submit_encoded
-
-        def counting(command: bytes, orphan: Any = None) -> asyncio.Future[Any]:
-            self.commands.append(command)
-            return submit(command, orphan)
-
-        store.client.submit_encoded = counting  # type: ignore[method-assign]
 
 
 async def raw(store: RedisTokenStore, window) -> int:
@@ -297,7 +283,7 @@ async def test_a_lease_whose_windows_are_over_is_forgotten(redis_prefix, clock: 
 
 
 async def test_windows_handed_as_a_new_list_each_time_get_no_lease(redis_prefix, clock: FakeClock):
-    """What rate-limit-by-key and quota-by-key do (a new ``[window]`` per request): every admission goes to Redis."""
+    """What quota-by-key does (a new ``[window]`` per request): every admission goes to Redis."""
     store = make_store(redis_prefix, clock)
     window = minute_window("list", clock(), 10**5)
     sent = Sent(store)

@@ -1,8 +1,8 @@
-"""``PerSubscription``: values remembered per subscription object, bounded."""
+"""``PerSubscription``: values remembered per subscription object, bounded; ``PerKey``: the same by key value."""
 
 from __future__ import annotations
 
-from gateway.policy.builtin._remembered import REMEMBERED_MAX, PerSubscription, same_per_subscription
+from gateway.policy.builtin._remembered import REMEMBERED_MAX, PerKey, PerSubscription, same_per_subscription
 from gateway.policy.values import parse_value
 
 
@@ -59,3 +59,16 @@ def test_values_of_a_period_are_forgotten_when_another_begins():
     memory.put(subscription, "second minute")
     assert memory.get_in_period(120.0, subscription) == "second minute"
     assert memory.get_in_period(60.0, subscription) is None  # a clock set back: a period again, not a stale value
+
+
+def test_per_key_goes_by_value_within_a_period_and_is_bounded():
+    memory: PerKey[str] = PerKey()
+    assert memory.get_in_period(60.0, ("10.0.0.1", 5, 60)) is None
+    memory.put(("10.0.0.1", 5, 60), "window")
+    assert memory.get_in_period(60.0, ("10.0.0." + "1", 5, 60)) == "window"  # an equal key, another object
+    assert memory.get(("10.0.0.1", 6, 60)) is None  # other limits: another window
+    assert memory.get_in_period(120.0, ("10.0.0.1", 5, 60)) is None  # a new period: everything forgotten
+    for number in range(REMEMBERED_MAX + 1):
+        memory.put(str(number), "w")
+    assert len(memory.entries) == REMEMBERED_MAX
+    assert memory.get(str(REMEMBERED_MAX)) is None  # not remembered: built each time
