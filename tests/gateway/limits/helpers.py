@@ -1,5 +1,5 @@
-"""Store test helpers: the Redis URL of the run, a clock that moves only when told to, the admissions a Redis store
-sends."""
+"""Store test helpers: the Redis URL of the run, a clock that moves only when told to, a Redis store for the lease
+tests, the admissions a Redis store sends."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 REDIS_URL = os.environ.get("REDIS_URL", "")
 NO_REDIS = "REDIS_URL is not set (CI sets redis://127.0.0.1:6379/0)"
 DAY = 86400
+LONG = 30.0  # lease seconds long enough that no lease ends by itself during a test: the tests end them
 
 
 class FakeClock:
@@ -46,6 +47,18 @@ def delete_prefix(url: str, prefix: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+def make_store(prefix: str, clock: FakeClock, **options: Any) -> RedisTokenStore:
+    """A Redis store on ``prefix`` that sends its settlements at once, with leases of ``LONG`` seconds unless
+    ``options`` say otherwise."""
+    from gateway.limits import create_store
+    from gateway.limits.redis import RedisTokenStore
+
+    options.setdefault("lease_seconds", LONG)
+    store = create_store("redis", url=REDIS_URL, clock=clock, prefix=prefix, settle_interval=0, **options)
+    assert isinstance(store, RedisTokenStore)
+    return store
 
 
 class Sent:

@@ -11,22 +11,13 @@ from typing import Any
 
 import pytest
 
-from gateway.limits import StoreUnavailable, create_store, minute_window, quota_window
+from gateway.limits import StoreUnavailable, minute_window, quota_window
 from gateway.limits.breaker import BreakerState, CircuitBreaker
 from gateway.limits.redis import LEASE_DIVISOR, RESERVE_SCRIPT, RedisTokenStore
 
-from .helpers import REDIS_URL, FakeClock, Sent
+from .helpers import NO_REDIS, REDIS_URL, FakeClock, Sent, make_store
 
-pytestmark = pytest.mark.skipif(not REDIS_URL, reason="REDIS_URL is not set (CI sets redis://127.0.0.1:6379/0)")
-
-LONG = 30.0  # lease seconds long enough that no lease ends by itself during a test: the tests end them
-
-
-def make_store(prefix: str, clock: FakeClock, **options: Any) -> RedisTokenStore:
-    options.setdefault("lease_seconds", LONG)
-    store = create_store("redis", url=REDIS_URL, clock=clock, prefix=prefix, settle_interval=0, **options)
-    assert isinstance(store, RedisTokenStore)
-    return store
+pytestmark = pytest.mark.skipif(not REDIS_URL, reason=NO_REDIS)
 
 
 async def raw(store: RedisTokenStore, window) -> int:

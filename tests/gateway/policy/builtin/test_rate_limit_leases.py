@@ -13,16 +13,14 @@ from typing import Any
 
 import pytest
 
-from gateway.limits import create_store
 from gateway.limits.breaker import BreakerState, CircuitBreaker
 from gateway.limits.redis import RedisTokenStore
 
-from ...limits.helpers import NO_REDIS, REDIS_URL, FakeClock, Sent, delete_prefix
+from ...limits.helpers import NO_REDIS, REDIS_URL, FakeClock, Sent, delete_prefix, make_store
 from ..helpers import gateway, header, upstream
 
 pytestmark = pytest.mark.skipif(not REDIS_URL, reason=NO_REDIS)
 
-LONG = 30.0  # lease seconds long enough that no lease ends by itself during a test
 SUBSCRIPTION = "@(context.Subscription.Id)"  # remembered per subscription
 ADDRESS = "@(context.Request.IpAddress)"  # evaluated per request, its windows kept by value
 
@@ -38,13 +36,9 @@ def policy(calls: int, key: str = SUBSCRIPTION, extra: str = "", period: str = "
 async def stores(count: int, clock: FakeClock, **options: Any) -> AsyncIterator[list[RedisTokenStore]]:
     """``count`` Redis stores (processes) on one prefix, their keys deleted afterwards."""
     prefix = f"sluice-test:{uuid.uuid4().hex[:12]}:"
-    options.setdefault("lease_seconds", LONG)
-    made = [create_store("redis", url=REDIS_URL, clock=clock, prefix=prefix, settle_interval=0, **options)]
-    made += [create_store("redis", url=REDIS_URL, clock=clock, prefix=prefix, settle_interval=0, **options)
-             for _ in range(count - 1)]  # fmt: skip
+    made = [make_store(prefix, clock, **options) for _ in range(count)]
     try:
-        assert all(isinstance(store, RedisTokenStore) for store in made)
-        yield made  # type: ignore[misc]
+        yield made
     finally:
         for store in made:
             await store.aclose()
