@@ -6,23 +6,19 @@ never more than ``calls`` in a period, one process alone admits exactly ``calls`
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
 from gateway.limits.breaker import BreakerState, CircuitBreaker
-from gateway.limits.redis import RedisTokenStore
 
-from ...limits.helpers import NO_REDIS, REDIS_URL, FakeClock, Sent, delete_prefix, make_store
+from ...limits.helpers import NO_REDIS, REDIS_URL, FakeClock, Sent, counted, leased, stores
 from ..helpers import gateway, header, upstream
 
 pytestmark = pytest.mark.skipif(not REDIS_URL, reason=NO_REDIS)
 
 SUBSCRIPTION = "@(context.Subscription.Id)"  # remembered per subscription
 ADDRESS = "@(context.Request.IpAddress)"  # evaluated per request, its windows kept by value
+COUNTER = "rk:*"  # the one rate-limit counter of a test
 
 
 def policy(calls: int, key: str = SUBSCRIPTION, extra: str = "", period: str = "60") -> str:
@@ -30,32 +26,6 @@ def policy(calls: int, key: str = SUBSCRIPTION, extra: str = "", period: str = "
         f'<policies><inbound><base/><rate-limit-by-key calls="{calls}" renewal-period="{period}" counter-key="{key}" '
         f'remaining-calls-header-name="x-remaining" {extra}/></inbound></policies>'
     )
-
-
-@contextlib.asynccontextmanager
-async def stores(count: int, clock: FakeClock, **options: Any) -> AsyncIterator[list[RedisTokenStore]]:
-    """``count`` Redis stores (processes) on one prefix, their keys deleted afterwards."""
-    prefix = f"sluice-test:{uuid.uuid4().hex[:12]}:"
-    made = [make_store(prefix, clock, **options) for _ in range(count)]
-    try:
-        yield made
-    finally:
-        for store in made:
-            await store.aclose()
-        delete_prefix(REDIS_URL, prefix)
-
-
-async def counted(store: RedisTokenStore) -> int:
-    """The rate-limit counter in Redis once every lease has given its leftover back (one counter per test)."""
-    await store.flush()
-    keys = await store.client.call("KEYS", store.prefix + "rk:*")
-    assert isinstance(keys, list) and len(keys) == 1
-    value = await store.client.call("GET", keys[0])
-    return int(value)
-
-
-def leased(store: RedisTokenStore) -> int:
-    return sum(lease.left for lease in store._leases.values())
 
 
 @pytest.mark.parametrize("key", [SUBSCRIPTION, ADDRESS])
@@ -91,7 +61,7 @@ async def test_one_process_admits_exactly_calls_with_exact_remaining_counts(key,
         assert [r.status for r in responses] == [200] * calls + [429]
         assert [int(header(r, b"x-remaining")) for r in responses] == [*range(calls - 1, -1, -1), 0]
         assert len(sent.commands) < calls / 2  # most were admitted from leases
-        assert await counted(store) == calls
+        assert await counted(store, COUNTER) == calls
 
 
 async def test_one_process_admits_exactly_calls_under_concurrency():
@@ -106,7 +76,7 @@ async def test_one_process_admits_exactly_calls_under_concurrency():
             statuses += [r.status for r in await asyncio.gather(*(gw.chat() for _ in range(50)))]
         assert statuses.count(200) == calls
         assert statuses[: statuses.index(429)].count(200) == calls  # nothing refused before the last admission
-        assert await counted(store) == calls
+        assert await counted(store, COUNTER) == calls
 
 
 async def test_two_processes_never_admit_more_than_calls():
@@ -134,7 +104,7 @@ async def test_two_processes_never_admit_more_than_calls():
         await asyncio.gather(*(client(gw) for gw in gateways for _ in range(4)))
         assert largest > 0  # leases were held
         assert calls - 2 * (calls // 16) <= admitted <= calls
-        assert await counted(pair[0]) == admitted
+        assert await counted(pair[0], COUNTER) == admitted
         assert min(remaining) <= 2 * (calls // 16)
 
 
@@ -147,7 +117,7 @@ async def test_leases_off_sends_every_request_to_redis():
         assert [int(header(r, b"x-remaining")) for r in responses] == list(range(999, 979, -1))
         assert len(sent.commands) == 20
         assert store._leases == {}
-        assert await counted(store) == 20
+        assert await counted(store, COUNTER) == 20
 
 
 async def test_the_increment_condition_gives_back_calls_admitted_from_a_lease():
@@ -162,9 +132,9 @@ async def test_the_increment_condition_gives_back_calls_admitted_from_a_lease():
                      api_policy=policy(calls, extra=condition))  # fmt: skip
         assert [(await gw.chat()).status for _ in range(100)] == [500] * 100
         assert leased(store)  # the failed calls were admitted from leases too
-        assert await counted(store) == 0  # and given back
+        assert await counted(store, COUNTER) == 0  # and given back
         assert [(await gw.chat()).status for _ in range(calls + 1)] == [200] * calls + [429]
-        assert await counted(store) == calls
+        assert await counted(store, COUNTER) == calls
 
 
 @pytest.mark.parametrize(("choice", "status"), [("deny", 503), ("allow", 200)])
