@@ -1,8 +1,9 @@
 """quota-by-key on the Redis store's leases (docs/token-limits.md, "Leases"): the statement hands the store the same
 calls window tuple for a counter key and period, so a busy process admits calls from its lease without a Redis
-command; several processes together admit exactly ``calls``; the bandwidth is never leased (every bandwidth admission
-goes to Redis) and is settled to the request and response kilobytes; the increment condition, leases off and
-``sluice-on-store-error`` behave as without leases. Against Redis (REDIS_URL)."""
+command; one process, and several together, admit exactly ``calls``; the bandwidth is never leased (every bandwidth
+admission goes to Redis) and is settled to the request and response kilobytes; the increment condition and leases off
+behave as without leases. A call within a lease and ``sluice-on-store-error`` with a lease held: with
+rate-limit-by-key's, in test_rate_limit_leases.py. Against Redis (REDIS_URL)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ import math
 
 import orjson
 import pytest
-
-from gateway.limits.breaker import BreakerState, CircuitBreaker
 
 from ...limits.helpers import NO_REDIS, REDIS_URL, FakeClock, Sent, counted, leased, stores
 from ..helpers import gateway, upstream
@@ -42,27 +41,6 @@ def bandwidth_admissions(sent: Sent) -> int:
 
 def kilobytes(response_body: bytes) -> int:
     return math.ceil((len(REQUEST_BODY) + len(response_body)) / 1024)
-
-
-@pytest.mark.parametrize(
-    ("key", "period"), [(SUBSCRIPTION, "3600"), (ADDRESS, "3600"), (SUBSCRIPTION, "0")], ids=["sub", "ip", "forever"]
-)
-async def test_a_call_within_the_lease_sends_no_command(key, period):
-    clock = FakeClock()
-    async with stores(1, clock) as (store,):
-        gw = gateway(upstream(), clock=clock, store=store, api_policy=policy(1000, key, period=period))
-        for _ in range(6):  # the first requests of a window ask for no lease
-            assert (await gw.chat()).status == 200
-            if leased(store):
-                break
-        left = leased(store)
-        assert left
-        sent = Sent(store)
-        assert [(await gw.chat()).status for _ in range(left)] == [200] * left
-        assert sent.commands == []
-        assert leased(store) == 0
-        assert (await gw.chat()).status == 200  # the lease is spent: to Redis again
-        assert len(sent.commands) == 1
 
 
 @pytest.mark.parametrize("key", [SUBSCRIPTION, ADDRESS], ids=["sub", "ip"])
@@ -167,28 +145,3 @@ async def test_leases_off_sends_every_admission_to_redis():
         assert store._leases == {}
         assert await counted(store, CALLS) == 20
         assert await counted(store, KILOBYTES) == 20 * kilobytes(body)
-
-
-@pytest.mark.parametrize(("choice", "status"), [("deny", 503), ("allow", 200)])
-async def test_an_open_breaker_decides_even_with_a_lease(choice, status):
-    hold = asyncio.Event()  # never set: the breaker stays open until the test ends
-
-    async def held(_: float) -> None:
-        await hold.wait()
-
-    async def ping() -> None:  # never reached: the breaker's wait before its probe is held
-        raise AssertionError("probed")
-
-    clock = FakeClock()
-    breaker = CircuitBreaker(ping, threshold=1, sleep=held)
-    async with stores(1, clock, breaker=breaker) as (store,):
-        gw = gateway(upstream(), clock=clock, store=store,
-                     api_policy=policy(1000, extra=f'sluice-on-store-error="{choice}"'))  # fmt: skip
-        for _ in range(6):
-            assert (await gw.chat()).status == 200
-        assert leased(store)
-        breaker.failure()
-        assert breaker.state is BreakerState.OPEN
-        sent = Sent(store)
-        assert [(await gw.chat()).status for _ in range(3)] == [status] * 3
-        assert sent.commands == []

@@ -1,7 +1,8 @@
 """rate-limit-by-key on the Redis store's leases (docs/token-limits.md, "Leases"): the statement hands the store the
 same window tuple for a counter key and period, so a busy process admits from its lease without a Redis command;
 never more than ``calls`` in a period, one process alone admits exactly ``calls``, the increment condition and
-``sluice-on-store-error`` behave as without leases. Against Redis (REDIS_URL)."""
+``sluice-on-store-error`` behave as without leases. The request within a lease and ``sluice-on-store-error`` also for
+quota-by-key's calls (its own tests: test_quota_leases.py). Against Redis (REDIS_URL)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from gateway.limits.breaker import BreakerState, CircuitBreaker
 
 from ...limits.helpers import NO_REDIS, REDIS_URL, FakeClock, Sent, counted, leased, stores
 from ..helpers import gateway, header, upstream
+from .test_quota_leases import policy as quota
 
 pytestmark = pytest.mark.skipif(not REDIS_URL, reason=NO_REDIS)
 
@@ -28,11 +30,21 @@ def policy(calls: int, key: str = SUBSCRIPTION, extra: str = "", period: str = "
     )
 
 
-@pytest.mark.parametrize("key", [SUBSCRIPTION, ADDRESS])
-async def test_a_request_within_the_lease_sends_no_command(key):
+# a statement of 1,000 calls for each kind of key: rate-limit-by-key's, and quota-by-key's (also one never renewed)
+WITHIN_A_LEASE = {
+    "rate-sub": policy(1000),
+    "rate-ip": policy(1000, ADDRESS),
+    "quota-sub": quota(1000),
+    "quota-ip": quota(1000, ADDRESS),
+    "quota-forever": quota(1000, period="0"),
+}
+
+
+@pytest.mark.parametrize("document", WITHIN_A_LEASE.values(), ids=WITHIN_A_LEASE.keys())
+async def test_a_request_within_the_lease_sends_no_command(document):
     clock = FakeClock()
     async with stores(1, clock) as (store,):
-        gw = gateway(upstream(), clock=clock, store=store, api_policy=policy(1000, key))
+        gw = gateway(upstream(), clock=clock, store=store, api_policy=document)
         for _ in range(6):  # the first requests of a window ask for no lease
             assert (await gw.chat()).status == 200
             if leased(store):
@@ -137,8 +149,9 @@ async def test_the_increment_condition_gives_back_calls_admitted_from_a_lease():
         assert await counted(store, COUNTER) == calls
 
 
+@pytest.mark.parametrize("statement", [policy, quota], ids=["rate", "quota"])
 @pytest.mark.parametrize(("choice", "status"), [("deny", 503), ("allow", 200)])
-async def test_an_open_breaker_decides_even_with_a_lease(choice, status):
+async def test_an_open_breaker_decides_even_with_a_lease(statement, choice, status):
     hold = asyncio.Event()  # never set: the breaker stays open until the test ends
 
     async def held(_: float) -> None:
@@ -151,7 +164,7 @@ async def test_an_open_breaker_decides_even_with_a_lease(choice, status):
     breaker = CircuitBreaker(ping, threshold=1, sleep=held)
     async with stores(1, clock, breaker=breaker) as (store,):
         gw = gateway(upstream(), clock=clock, store=store,
-                     api_policy=policy(1000, extra=f'sluice-on-store-error="{choice}"'))  # fmt: skip
+                     api_policy=statement(1000, extra=f'sluice-on-store-error="{choice}"'))  # fmt: skip
         for _ in range(6):
             assert (await gw.chat()).status == 200
         assert leased(store)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from gateway.policy.builtin._remembered import (
     REMEMBERED_MAX,
+    PeriodWindows,
     PerKey,
     PerSubscription,
-    PeriodWindows,
     same_per_subscription,
 )
 from gateway.policy.values import parse_value
