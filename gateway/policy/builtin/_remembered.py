@@ -95,14 +95,10 @@ class PeriodWindows(Generic[T]):
     __slots__ = ("by_key", "by_subscription")
 
     def __init__(self, per_subscription: bool) -> None:
+        # read by the statements themselves first (``get_in_period``; no call of this class on that path), then the
+        # key is evaluated and ``of_key`` asked
         self.by_subscription: PerSubscription[T] | None = PerSubscription() if per_subscription else None
         self.by_key: PerKey[T] = PerKey()
-
-    def of_subscription(self, start: float, subscription: object) -> T | None:
-        """The windows of the subscription's key for the period starting at ``start``, when the key is decided by the
-        subscription alone and they were built; None otherwise (evaluate the key, then ``of_key``)."""
-        remembered = self.by_subscription
-        return None if remembered is None else remembered.get_in_period(start, subscription)
 
     def of_key(self, start: float, subscription: object, key: Hashable, build: Callable[..., T], *args: object) -> T:
         """The windows of ``key`` for the period starting at ``start``: those built before, else ``build(*args)``,

@@ -87,14 +87,13 @@ class QuotaByKey(Counter):
     def windows(self, ctx: RequestContext, now: float) -> _Windows:
         """The (calls, kilobytes) windows of the request's counter key containing ``now``, the same for every request
         of the key and period (nobody changes them; the Redis store leases on the calls' tuple by its identity)."""
-        if self.period:
-            start = self.start + (now - self.start) // self.period * self.period
-        else:
-            start = self.start
+        start = self.start + (now - self.start) // self.period * self.period if self.period else self.start
         kept = self.windows_kept
-        found = kept.of_subscription(start, ctx.subscription)
-        if found is not None:
-            return found
+        remembered = kept.by_subscription
+        if remembered is not None:
+            found = remembered.get_in_period(start, ctx.subscription)
+            if found is not None:
+                return found
         key = self.key(ctx)
         return kept.of_key(start, ctx.subscription, key, self.build_windows, key, start)
 

@@ -95,9 +95,10 @@ class RateLimitByKey(Counter):
         """The one window of the request's counter key and period containing ``now``, as the same tuple for every
         request of the key and period (nobody changes it; the Redis store leases by the tuple's identity)."""
         kept = self.windows_kept
+        remembered = kept.by_subscription
         period = self.period
-        if period is not None:  # (windows are kept per subscription only when the period is a literal)
-            found = kept.of_subscription(now - now % period, ctx.subscription)
+        if remembered is not None and period is not None:  # the period is a literal whenever windows are remembered
+            found = remembered.get_in_period(now - now % period, ctx.subscription)
             if found is not None:
                 return found
         calls = self.calls if self.calls is not None else runtime_int(self.calls_value, ctx, "calls", 1)
