@@ -11,17 +11,20 @@ the statements clear it when what they built stops holding (a new minute or peri
 
 ``PerKey`` is the same memory for a counter key that reads more than the subscription: keyed by the key's value
 (with whatever else the value remembered depends on, such as the limits), so a statement evaluates the key but builds
-its windows once per key and period. ``rate-limit-by-key`` keeps its window tuple so, per subscription or per key:
-the Redis store's leases (docs/token-limits.md, "Leases") find a tuple handed in again by its identity.
+its windows once per key and period. ``PeriodWindows`` holds both for a counter statement (``rate-limit-by-key``,
+``quota-by-key``): what it built for a counter key and period is the same object for every request of the key and
+period, per subscription or per key, so the Redis store's leases (docs/token-limits.md, "Leases") find a window tuple
+handed in again by its identity.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from typing import Final, Generic, TypeVar
 
 from ..values import Expression, Value
 
-__all__ = ("REMEMBERED_MAX", "PerKey", "PerSubscription", "same_per_subscription")
+__all__ = ("REMEMBERED_MAX", "PerKey", "PerSubscription", "PeriodWindows", "same_per_subscription")
 
 REMEMBERED_MAX: Final = 4096
 
@@ -82,3 +85,29 @@ class PerKey(PerSubscription[T]):
 
     def put(self, subscription: object, value: T) -> None:
         self.keep(subscription, subscription, value)
+
+
+class PeriodWindows(Generic[T]):
+    """What a counter statement built for a counter key and period (its windows), the same object for every request
+    of the key and period: per subscription when the key's value is decided by the subscription alone (found before
+    the key is evaluated), and by the key's value (with whatever else the windows depend on) for every request."""
+
+    __slots__ = ("by_key", "by_subscription")
+
+    def __init__(self, per_subscription: bool) -> None:
+        # read by the statements themselves first (``get_in_period``; no call of this class on that path), then the
+        # key is evaluated and ``of_key`` asked
+        self.by_subscription: PerSubscription[T] | None = PerSubscription() if per_subscription else None
+        self.by_key: PerKey[T] = PerKey()
+
+    def of_key(self, start: float, subscription: object, key: Hashable, build: Callable[..., T], *args: object) -> T:
+        """The windows of ``key`` for the period starting at ``start``: those built before, else ``build(*args)``,
+        kept for the key (and for ``subscription`` when the key is decided by it alone)."""
+        by_key = self.by_key
+        found = by_key.get_in_period(start, key)
+        if found is None:
+            found = build(*args)
+            by_key.put(key, found)
+        if self.by_subscription is not None:
+            self.by_subscription.put(subscription, found)
+        return found

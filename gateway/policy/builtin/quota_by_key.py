@@ -5,6 +5,13 @@ APIM reference: https://learn.microsoft.com/azure/api-management/quota-by-key-po
 The period is fixed (``renewal-period``: 0 = never renewed, else at least 300 s), counted from
 ``first-period-start``. Exceeded: 403, reason ``QuotaExceeded``, raised as a GatewayError so ``on-error`` runs.
 Store outages: docs/redis-outage.md.
+
+The statement hands the store the same one-window tuple for the calls of a counter key and period (kept per
+subscription, or by the key's value: ``._remembered``), so the Redis store's leases apply to the calls
+(docs/token-limits.md, "Leases"): never more than ``calls`` admitted in a period, an early refusal bounded as for
+``rate-limit-by-key``. The bandwidth is not leased: its admission reserves 1 KB and the request's real kilobytes are
+settled after the response, so a lease, a grant of 1 KB reservations, would let whole requests through after the
+quota is used up; each bandwidth admission goes to Redis.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from ..values import Value
 from ..xml import Element
 from ._counters import COUNTER_ATTRIBUTES, MSG_NO_STORE, Counter, Settle, format_timespan, literal_int, logger, reserve
 from ._limiting import counter_store
-from ._remembered import PerSubscription, same_per_subscription
+from ._remembered import PeriodWindows, same_per_subscription
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -38,6 +45,9 @@ FOREVER_END: Final = 253402300800.0  # 10000-01-01: the end of a quota that is n
 DEFAULT_FIRST_PERIOD_START: Final = "0001-01-01T00:00:00Z"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
+# a counter key's windows of one period: the calls' as the tuple handed to the store, the kilobytes' (None: not counted)
+_Windows = tuple[tuple[Window] | None, Window | None]
+
 
 class QuotaByKey(Counter):
     """``<quota-by-key calls="N" bandwidth="KB" renewal-period="s" counter-key="@(…)" …/>`` (calls and/or bandwidth)."""
@@ -51,7 +61,7 @@ class QuotaByKey(Counter):
         "first-period-start": Attr(default=DEFAULT_FIRST_PERIOD_START, expressions=False),
         **COUNTER_ATTRIBUTES,
     }
-    __slots__ = ("bandwidth", "calls", "period", "remembered", "start")
+    __slots__ = ("bandwidth", "calls", "period", "start", "windows_kept")
 
     def __init__(self, attrs: dict[str, Value], el: Element) -> None:
         super().__init__(attrs, el)
@@ -66,34 +76,33 @@ class QuotaByKey(Counter):
             )
         self.period = period
         self.start = _first_period_start(attrs["first-period-start"].literal, el)
-        # the windows of the current period per subscription, when the counter key depends on the subscription alone
-        # (``._remembered``); None otherwise
-        self.remembered: PerSubscription[tuple[Window | None, Window | None]] | None = (
-            PerSubscription() if same_per_subscription(self.counter_key) else None
-        )
+        # the windows of the current period by counter key, and per subscription when the counter key depends on the
+        # subscription alone (``._remembered``)
+        self.windows_kept: PeriodWindows[_Windows] = PeriodWindows(same_per_subscription(self.counter_key))
 
     @classmethod
     def from_element(cls, el: Element) -> QuotaByKey:
         return cls(cls.check_element(el), el)
 
-    def windows(self, ctx: RequestContext, now: float) -> tuple[Window | None, Window | None]:
-        """The (calls, kilobytes) windows of the request's counter key containing ``now``."""
-        if self.period:
-            start = self.start + (now - self.start) // self.period * self.period
-            end = start + self.period
-        else:
-            start, end = self.start, FOREVER_END
-        remembered = self.remembered
+    def windows(self, ctx: RequestContext, now: float) -> _Windows:
+        """The (calls, kilobytes) windows of the request's counter key containing ``now``, the same for every request
+        of the key and period (nobody changes them; the Redis store leases on the calls' tuple by its identity)."""
+        start = self.start + (now - self.start) // self.period * self.period if self.period else self.start
+        kept = self.windows_kept
+        remembered = kept.by_subscription
         if remembered is not None:
             found = remembered.get_in_period(start, ctx.subscription)
             if found is not None:
                 return found
         key = self.key(ctx)
+        return kept.of_key(start, ctx.subscription, key, self.build_windows, key, start)
+
+    def build_windows(self, key: str, start: float) -> _Windows:
+        """The windows of ``key`` for the period starting at ``start``."""
+        end = start + self.period if self.period else FOREVER_END
         base = f"qk:{{{counter_tag(key)}}}:{self.period}:{int(start)}"
-        calls = Window(base + ":c", self.calls, start, end) if self.calls is not None else None
+        calls = (Window(base + ":c", self.calls, start, end),) if self.calls is not None else None
         kilobytes = Window(base + ":b", self.bandwidth, start, end) if self.bandwidth is not None else None
-        if remembered is not None:
-            remembered.put(ctx.subscription, (calls, kilobytes))
         return calls, kilobytes
 
     async def apply(self, ctx: RequestContext) -> Response | None:
@@ -106,12 +115,14 @@ class QuotaByKey(Counter):
         deferred = self.condition is not None
         call_reservation = kb_reservation = None
         if calls is not None:
-            admission = await reserve(ctx, store, [calls], 1, now, self)
+            admission = await reserve(ctx, store, calls, 1, now, self)
             if admission is not None and not admission.allowed:
                 raise self.exceeded(ctx, "calls", admission.retry_after)
             call_reservation = admission.reservation if admission is not None else None
         if kilobytes is not None:
-            # nothing to add yet (the size is known at the end); refused once the quota is used up
+            # nothing to add yet (the size is known at the end); refused once the quota is used up. A new list each
+            # time, so the Redis store never leases it: a lease would admit its whole grant of requests, each as 1 KB,
+            # without seeing the kilobytes they settle (docs/token-limits.md, "Leases")
             try:
                 admission = await reserve(ctx, store, [kilobytes], 1, now, self)
             except GatewayError:

@@ -32,7 +32,7 @@ from ._counters import (
     variable_name,
 )
 from ._limiting import counter_store, optional_header_name
-from ._remembered import PerKey, PerSubscription, same_per_subscription
+from ._remembered import PeriodWindows, same_per_subscription
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -59,7 +59,6 @@ class RateLimitByKey(Counter):
         **COUNTER_ATTRIBUTES,
     }
     __slots__ = (
-        "by_key",
         "calls",
         "calls_value",
         "count",
@@ -68,8 +67,8 @@ class RateLimitByKey(Counter):
         "period_value",
         "remaining_header",
         "remaining_variable",
-        "remembered",
         "total_header",
+        "windows_kept",
     )
 
     def __init__(self, attrs: dict[str, Value], el: Element) -> None:
@@ -83,12 +82,10 @@ class RateLimitByKey(Counter):
         self.remaining_header = optional_header_name(attrs.get("remaining-calls-header-name"), el)
         self.remaining_variable = variable_name(attrs.get("remaining-calls-variable-name"))
         self.total_header = optional_header_name(attrs.get("total-calls-header-name"), el)
-        # the window of the current period per subscription, when the counter key depends on the subscription alone
-        # and the calls and period are literals (``._remembered``); None otherwise
+        # the window of the current period by (counter key, calls, period), and per subscription when the counter key
+        # depends on the subscription alone and the calls and period are literals (``._remembered``)
         per_subscription = same_per_subscription(self.counter_key) and None not in (self.calls, self.period)
-        self.remembered: PerSubscription[tuple[Window]] | None = PerSubscription() if per_subscription else None
-        # the window of the current period by (counter key, calls, period), for every other request
-        self.by_key: PerKey[tuple[Window]] = PerKey()
+        self.windows_kept: PeriodWindows[tuple[Window]] = PeriodWindows(per_subscription)
 
     @classmethod
     def from_element(cls, el: Element) -> RateLimitByKey:
@@ -97,7 +94,8 @@ class RateLimitByKey(Counter):
     def windows(self, ctx: RequestContext, now: float) -> tuple[Window]:
         """The one window of the request's counter key and period containing ``now``, as the same tuple for every
         request of the key and period (nobody changes it; the Redis store leases by the tuple's identity)."""
-        remembered = self.remembered
+        kept = self.windows_kept
+        remembered = kept.by_subscription
         period = self.period
         if remembered is not None and period is not None:  # the period is a literal whenever windows are remembered
             found = remembered.get_in_period(now - now % period, ctx.subscription)
@@ -108,14 +106,7 @@ class RateLimitByKey(Counter):
             period = runtime_int(self.period_value, ctx, "renewal-period", 1, MAX_RENEWAL_PERIOD)
         start = now - now % period
         key = self.key(ctx)
-        by_key = self.by_key
-        found = by_key.get_in_period(start, (key, calls, period))
-        if found is None:
-            found = (Window(f"rk:{{{counter_tag(key)}}}:{period}:{int(start)}", calls, start, start + period),)
-            by_key.put((key, calls, period), found)
-        if remembered is not None:
-            remembered.put(ctx.subscription, found)
-        return found
+        return kept.of_key(start, ctx.subscription, (key, calls, period), _window, key, calls, period, start)
 
     async def apply(self, ctx: RequestContext) -> Response | None:
         store = counter_store(ctx)
@@ -160,3 +151,8 @@ class RateLimitByKey(Counter):
 
     def trace_details(self, ctx: RequestContext) -> dict[str, Any] | None:
         return {"counter-key": self.counter_key.source, "calls": self.calls_value.source}
+
+
+def _window(key: str, calls: int, period: int, start: float) -> tuple[Window]:
+    """The one window of ``key`` for the period starting at ``start``."""
+    return (Window(f"rk:{{{counter_tag(key)}}}:{period}:{int(start)}", calls, start, start + period),)

@@ -1,12 +1,14 @@
-"""Store test helpers: the Redis URL of the run, a clock that moves only when told to, a Redis store for the lease
-tests, the admissions a Redis store sends."""
+"""Store test helpers: the Redis URL of the run, a clock that moves only when told to, Redis stores for the lease
+tests (one, or several processes on one prefix), the admissions a Redis store sends, its counters and unspent leases."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -59,6 +61,34 @@ def make_store(prefix: str, clock: FakeClock, **options: Any) -> RedisTokenStore
     store = create_store("redis", url=REDIS_URL, clock=clock, prefix=prefix, settle_interval=0, **options)
     assert isinstance(store, RedisTokenStore)
     return store
+
+
+@contextlib.asynccontextmanager
+async def stores(count: int, clock: FakeClock, **options: Any) -> AsyncIterator[list[RedisTokenStore]]:
+    """``count`` Redis stores (processes, see ``make_store``) on one prefix, their keys deleted afterwards."""
+    prefix = f"sluice-test:{uuid.uuid4().hex[:12]}:"
+    made = [make_store(prefix, clock, **options) for _ in range(count)]
+    try:
+        yield made
+    finally:
+        for store in made:
+            await store.aclose()
+        delete_prefix(REDIS_URL, prefix)
+
+
+async def counted(store: RedisTokenStore, pattern: str) -> int:
+    """The one counter whose key (without the prefix) matches ``pattern``, once every lease of ``store`` has given
+    its leftover back and its settlements are applied."""
+    await store.flush()
+    keys = await store.client.call("KEYS", store.prefix + pattern)
+    assert isinstance(keys, list) and len(keys) == 1
+    value = await store.client.call("GET", keys[0])
+    return int(value)
+
+
+def leased(store: RedisTokenStore) -> int:
+    """The tokens of the store's leases not spent yet."""
+    return sum(lease.left for lease in store._leases.values())
 
 
 class Sent:

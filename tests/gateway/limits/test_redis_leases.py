@@ -274,7 +274,8 @@ async def test_a_lease_whose_windows_are_over_is_forgotten(redis_prefix, clock: 
 
 
 async def test_windows_handed_as_a_new_list_each_time_get_no_lease(redis_prefix, clock: FakeClock):
-    """What quota-by-key does (a new ``[window]`` per request): every admission goes to Redis."""
+    """What quota-by-key does with its bandwidth window (a new ``[window]`` per request): every admission goes to
+    Redis."""
     store = make_store(redis_prefix, clock)
     window = minute_window("list", clock(), 10**5)
     sent = Sent(store)

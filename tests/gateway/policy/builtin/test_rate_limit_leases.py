@@ -1,28 +1,26 @@
 """rate-limit-by-key on the Redis store's leases (docs/token-limits.md, "Leases"): the statement hands the store the
 same window tuple for a counter key and period, so a busy process admits from its lease without a Redis command;
 never more than ``calls`` in a period, one process alone admits exactly ``calls``, the increment condition and
-``sluice-on-store-error`` behave as without leases. Against Redis (REDIS_URL)."""
+``sluice-on-store-error`` behave as without leases. The request within a lease and ``sluice-on-store-error`` also for
+quota-by-key's calls (its own tests: test_quota_leases.py). Against Redis (REDIS_URL)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
 from gateway.limits.breaker import BreakerState, CircuitBreaker
-from gateway.limits.redis import RedisTokenStore
 
-from ...limits.helpers import NO_REDIS, REDIS_URL, FakeClock, Sent, delete_prefix, make_store
+from ...limits.helpers import NO_REDIS, REDIS_URL, FakeClock, Sent, counted, leased, stores
 from ..helpers import gateway, header, upstream
+from .test_quota_leases import policy as quota
 
 pytestmark = pytest.mark.skipif(not REDIS_URL, reason=NO_REDIS)
 
 SUBSCRIPTION = "@(context.Subscription.Id)"  # remembered per subscription
 ADDRESS = "@(context.Request.IpAddress)"  # evaluated per request, its windows kept by value
+COUNTER = "rk:*"  # the one rate-limit counter of a test
 
 
 def policy(calls: int, key: str = SUBSCRIPTION, extra: str = "", period: str = "60") -> str:
@@ -32,37 +30,21 @@ def policy(calls: int, key: str = SUBSCRIPTION, extra: str = "", period: str = "
     )
 
 
-@contextlib.asynccontextmanager
-async def stores(count: int, clock: FakeClock, **options: Any) -> AsyncIterator[list[RedisTokenStore]]:
-    """``count`` Redis stores (processes) on one prefix, their keys deleted afterwards."""
-    prefix = f"sluice-test:{uuid.uuid4().hex[:12]}:"
-    made = [make_store(prefix, clock, **options) for _ in range(count)]
-    try:
-        yield made
-    finally:
-        for store in made:
-            await store.aclose()
-        delete_prefix(REDIS_URL, prefix)
+# a statement of 1,000 calls for each kind of key: rate-limit-by-key's, and quota-by-key's (also one never renewed)
+WITHIN_A_LEASE = {
+    "rate-sub": policy(1000),
+    "rate-ip": policy(1000, ADDRESS),
+    "quota-sub": quota(1000),
+    "quota-ip": quota(1000, ADDRESS),
+    "quota-forever": quota(1000, period="0"),
+}
 
 
-async def counted(store: RedisTokenStore) -> int:
-    """The rate-limit counter in Redis once every lease has given its leftover back (one counter per test)."""
-    await store.flush()
-    keys = await store.client.call("KEYS", store.prefix + "rk:*")
-    assert isinstance(keys, list) and len(keys) == 1
-    value = await store.client.call("GET", keys[0])
-    return int(value)
-
-
-def leased(store: RedisTokenStore) -> int:
-    return sum(lease.left for lease in store._leases.values())
-
-
-@pytest.mark.parametrize("key", [SUBSCRIPTION, ADDRESS])
-async def test_a_request_within_the_lease_sends_no_command(key):
+@pytest.mark.parametrize("document", WITHIN_A_LEASE.values(), ids=WITHIN_A_LEASE.keys())
+async def test_a_request_within_the_lease_sends_no_command(document):
     clock = FakeClock()
     async with stores(1, clock) as (store,):
-        gw = gateway(upstream(), clock=clock, store=store, api_policy=policy(1000, key))
+        gw = gateway(upstream(), clock=clock, store=store, api_policy=document)
         for _ in range(6):  # the first requests of a window ask for no lease
             assert (await gw.chat()).status == 200
             if leased(store):
@@ -91,7 +73,7 @@ async def test_one_process_admits_exactly_calls_with_exact_remaining_counts(key,
         assert [r.status for r in responses] == [200] * calls + [429]
         assert [int(header(r, b"x-remaining")) for r in responses] == [*range(calls - 1, -1, -1), 0]
         assert len(sent.commands) < calls / 2  # most were admitted from leases
-        assert await counted(store) == calls
+        assert await counted(store, COUNTER) == calls
 
 
 async def test_one_process_admits_exactly_calls_under_concurrency():
@@ -106,7 +88,7 @@ async def test_one_process_admits_exactly_calls_under_concurrency():
             statuses += [r.status for r in await asyncio.gather(*(gw.chat() for _ in range(50)))]
         assert statuses.count(200) == calls
         assert statuses[: statuses.index(429)].count(200) == calls  # nothing refused before the last admission
-        assert await counted(store) == calls
+        assert await counted(store, COUNTER) == calls
 
 
 async def test_two_processes_never_admit_more_than_calls():
@@ -134,7 +116,7 @@ async def test_two_processes_never_admit_more_than_calls():
         await asyncio.gather(*(client(gw) for gw in gateways for _ in range(4)))
         assert largest > 0  # leases were held
         assert calls - 2 * (calls // 16) <= admitted <= calls
-        assert await counted(pair[0]) == admitted
+        assert await counted(pair[0], COUNTER) == admitted
         assert min(remaining) <= 2 * (calls // 16)
 
 
@@ -147,7 +129,7 @@ async def test_leases_off_sends_every_request_to_redis():
         assert [int(header(r, b"x-remaining")) for r in responses] == list(range(999, 979, -1))
         assert len(sent.commands) == 20
         assert store._leases == {}
-        assert await counted(store) == 20
+        assert await counted(store, COUNTER) == 20
 
 
 async def test_the_increment_condition_gives_back_calls_admitted_from_a_lease():
@@ -162,13 +144,14 @@ async def test_the_increment_condition_gives_back_calls_admitted_from_a_lease():
                      api_policy=policy(calls, extra=condition))  # fmt: skip
         assert [(await gw.chat()).status for _ in range(100)] == [500] * 100
         assert leased(store)  # the failed calls were admitted from leases too
-        assert await counted(store) == 0  # and given back
+        assert await counted(store, COUNTER) == 0  # and given back
         assert [(await gw.chat()).status for _ in range(calls + 1)] == [200] * calls + [429]
-        assert await counted(store) == calls
+        assert await counted(store, COUNTER) == calls
 
 
+@pytest.mark.parametrize("statement", [policy, quota], ids=["rate", "quota"])
 @pytest.mark.parametrize(("choice", "status"), [("deny", 503), ("allow", 200)])
-async def test_an_open_breaker_decides_even_with_a_lease(choice, status):
+async def test_an_open_breaker_decides_even_with_a_lease(statement, choice, status):
     hold = asyncio.Event()  # never set: the breaker stays open until the test ends
 
     async def held(_: float) -> None:
@@ -181,7 +164,7 @@ async def test_an_open_breaker_decides_even_with_a_lease(choice, status):
     breaker = CircuitBreaker(ping, threshold=1, sleep=held)
     async with stores(1, clock, breaker=breaker) as (store,):
         gw = gateway(upstream(), clock=clock, store=store,
-                     api_policy=policy(1000, extra=f'sluice-on-store-error="{choice}"'))  # fmt: skip
+                     api_policy=statement(1000, extra=f'sluice-on-store-error="{choice}"'))  # fmt: skip
         for _ in range(6):
             assert (await gw.chat()).status == 200
         assert leased(store)

@@ -1,8 +1,15 @@
-"""``PerSubscription``: values remembered per subscription object, bounded; ``PerKey``: the same by key value."""
+"""``PerSubscription``: values remembered per subscription object, bounded; ``PerKey``: the same by key value;
+``PeriodWindows``: both, for a counter statement's windows."""
 
 from __future__ import annotations
 
-from gateway.policy.builtin._remembered import REMEMBERED_MAX, PerKey, PerSubscription, same_per_subscription
+from gateway.policy.builtin._remembered import (
+    REMEMBERED_MAX,
+    PeriodWindows,
+    PerKey,
+    PerSubscription,
+    same_per_subscription,
+)
 from gateway.policy.values import parse_value
 
 
@@ -72,3 +79,32 @@ def test_per_key_goes_by_value_within_a_period_and_is_bounded():
         memory.put(str(number), "w")
     assert len(memory.entries) == REMEMBERED_MAX
     assert memory.get(str(REMEMBERED_MAX)) is None  # not remembered: built each time
+
+
+def test_period_windows_are_built_once_per_key_and_period():
+    built: list[tuple[str, float]] = []
+
+    def build(key: str, start: float) -> tuple[str, float]:
+        built.append((key, start))
+        return (key, start)
+
+    subscription, other = object(), object()
+    for per_subscription in (True, False):
+        built.clear()
+        kept: PeriodWindows[tuple[str, float]] = PeriodWindows(per_subscription)
+        remembered = kept.by_subscription
+        if remembered is not None:  # what the statements ask first, before they evaluate the key
+            assert remembered.get_in_period(60.0, subscription) is None
+        first = kept.of_key(60.0, subscription, "k", build, "k", 60.0)
+        assert kept.of_key(60.0, other, "k", build, "k", 60.0) is first  # the same object for every request
+        assert kept.of_key(60.0, other, "j", build, "j", 60.0) == ("j", 60.0)
+        assert built == [("k", 60.0), ("j", 60.0)]
+        # per subscription (found before the key is evaluated) only when the key is decided by the subscription
+        if per_subscription:
+            assert remembered is not None
+            assert remembered.get_in_period(60.0, subscription) is first
+            assert remembered.get_in_period(120.0, subscription) is None  # another period
+        else:
+            assert remembered is None
+        assert kept.of_key(120.0, subscription, "k", build, "k", 120.0) == ("k", 120.0)
+        assert built[-1] == ("k", 120.0)
