@@ -278,13 +278,15 @@ class LlmTokenLimit(Policy):
         now = store.now()
         windows, ceiling = self.windows(ctx, now)
         amount, prompt = self.reservation(exchange, ceiling)
-        try:
-            admission = await store.reserve(windows, amount, now)
-        except StoreUnavailable as exc:
-            if self.fail_closed:
-                raise store_unavailable(ctx, store, self.name, self.retry_header) from exc
-            _warn(MSG_STORE_DOWN, exc, self.name)
-            return None
+        admission = store.reserve_now(windows, amount, now)  # from a lease: no coroutine, no await
+        if admission is None:
+            try:
+                admission = await store.reserve(windows, amount, now)
+            except StoreUnavailable as exc:
+                if self.fail_closed:
+                    raise store_unavailable(ctx, store, self.name, self.retry_header) from exc
+                _warn(MSG_STORE_DOWN, exc, self.name)
+                return None
         outcome = _Outcome(self, store, windows, admission, amount, prompt)
         exchange.admissions.append(outcome)
         if not admission.allowed:
