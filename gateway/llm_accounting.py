@@ -47,8 +47,8 @@ ResponseHook = Callable[["RequestContext"], None]
 def exchange_for(ctx: RequestContext) -> LlmExchange:
     """The request's exchange, opened on first use."""
     current = ctx.llm
-    if current is not None:  # set below and nowhere else: an LlmExchange (no cast() call, a Python function call)
-        return current  # type: ignore[return-value]
+    if current is not None:
+        return current  # type: ignore[return-value]  # set below only: an LlmExchange (cast() is a Python call)
     exchange = LlmExchange(ctx)
     ctx.llm = exchange
     return exchange

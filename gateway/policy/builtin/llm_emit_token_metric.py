@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.http.messages import Response
     from gateway.metrics import Metrics, TokenFamily
+    from gateway.model import OperationEntry, ProductEntry
 
 __all__ = (
     "BUILT_IN_DIMENSIONS",
@@ -230,7 +231,7 @@ class LlmEmitTokenMetric(Policy):
         if labelled is not None:
             found = labelled.get(ctx.subscription)
             if found is None:
-                found = _Emission(self, emission.family, (), ctx)
+                found = _Emission.labelled(self, emission.family, ctx)
                 labelled.put(ctx.subscription, found)
             if found.operation is ctx.operation and found.product is ctx.product:  # else: resolved at the end
                 emission = found
@@ -288,25 +289,26 @@ def _locate(el: Element, attr: str) -> Callable[[int], tuple[int | None, int | N
 
 
 class _Emission:
-    """The finish callback of one statement for one request (custom values captured at inbound time). Given the
-    request's context when it is made (``labelled``), it resolves the labels then, for requests of that context's
-    operation and product."""
+    """The finish callback of one statement for one request (custom values captured at inbound time). One made by
+    ``labelled`` has its labels resolved already, for the requests of one operation and product."""
 
     __slots__ = ("family", "labels", "operation", "policy", "product", "values")
 
-    def __init__(
-        self,
-        policy: LlmEmitTokenMetric,
-        family: TokenFamily,
-        values: tuple[str, ...],
-        labelled: RequestContext | None = None,
-    ) -> None:
+    def __init__(self, policy: LlmEmitTokenMetric, family: TokenFamily, values: tuple[str, ...]) -> None:
         self.policy = policy
         self.family = family
         self.values = values
-        self.labels = policy.labels(labelled, values) if labelled is not None else None
-        self.operation = labelled.operation if labelled is not None else None
-        self.product = labelled.product if labelled is not None else None
+        self.labels: tuple[str, ...] | None = None
+        self.operation: OperationEntry | None = None
+        self.product: ProductEntry | None = None
+
+    @classmethod
+    def labelled(cls, policy: LlmEmitTokenMetric, family: TokenFamily, ctx: RequestContext) -> _Emission:
+        """An emission whose labels are ``ctx``'s, resolved now (``LlmEmitTokenMetric.labelled``)."""
+        emission = cls(policy, family, ())
+        emission.labels = policy.labels(ctx, ())
+        emission.operation, emission.product = ctx.operation, ctx.product
+        return emission
 
     def __call__(self, ctx: RequestContext, complete: bool) -> None:
         usage = ctx.usage

@@ -352,16 +352,23 @@ async def test_a_snapshot_loaded_again_does_not_serve_a_remembered_dimension(eva
     }
 
 
-async def test_another_metrics_registry_gets_its_own_emission():
-    """The remembered emission belongs to the Metrics it was built for."""
-    policy = policies(statement('<dimension name="Sub" value="@(context.Subscription.Id)"/>'))
-    app, first, _ = gateway(policy)
+@pytest.mark.parametrize(
+    ("dimension", "label"),
+    [
+        ('<dimension name="Sub" value="@(context.Subscription.Id)"/>', "sub"),
+        ('<dimension name="Subscription ID"/>', "subscription_id"),
+    ],
+)
+async def test_another_metrics_registry_gets_its_own_emission(dimension, label):
+    """The remembered emission (a custom value of the subscription alone; built-in labels) belongs to the Metrics it
+    was built for."""
+    app, first, _ = gateway(policies(statement(dimension)))
     await send(app, KEY)
     second = Metrics()
     app.forwarder.metrics = second  # what ctx.services.metrics is
     await send(app, KEY)
-    assert series(first, "api_management_total_tokens") == {(("sub", "master"),): 18}
-    assert series(second, "api_management_total_tokens") == {(("sub", "master"),): 18}
+    assert series(first, "api_management_total_tokens") == {((label, "master"),): 18}
+    assert series(second, "api_management_total_tokens") == {((label, "master"),): 18}
 
 
 #
@@ -401,14 +408,3 @@ async def test_a_subscription_on_another_operation_or_api_is_counted_under_its_l
         (("api_id", "chat"), ("operation_id", "wild-post"), ("subscription_id", "master")): 18,
         (("api_id", "other"), ("operation_id", "any-post"), ("subscription_id", "master")): 36,
     }
-
-
-async def test_another_metrics_registry_gets_its_own_labelled_emission():
-    policy = policies(statement('<dimension name="Subscription ID"/>'))
-    app, first, _ = gateway(policy)
-    await send(app, KEY)
-    second = Metrics()
-    app.forwarder.metrics = second  # what ctx.services.metrics is
-    await send(app, KEY)
-    assert series(first, "api_management_total_tokens") == {(("subscription_id", "master"),): 18}
-    assert series(second, "api_management_total_tokens") == {(("subscription_id", "master"),): 18}
