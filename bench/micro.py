@@ -25,7 +25,10 @@ Each case runs in one process on uvloop and reports CPU time (``time.process_tim
   counters on the Redis of ``--redis-url``, the body ``bench/run.py``'s two-message chat; ``--sink redis`` appends
   each usage record to a ``UsageJournal`` and hands it to a ``RedisStreamSink`` on a stream of its own (deleted after
   the run) on the same Redis. ``--policy TEXT`` puts another policy document in the governance one's place (for
-  instance a ``rate-limit-by-key`` alone, its counters on the same Redis).
+  instance a ``rate-limit-by-key`` alone, its counters on the same Redis). ``--lease-seconds S`` sets the gateway's
+  token lease lifetime (``SLUICE_TOKEN_LEASE_SECONDS``, which this case does not read: its ``GatewaySettings`` are
+  built here; default the settings' 0.5 s). Under valgrind a request runs about fifty times slower, so a lease serves
+  fewer requests than natively; a longer lifetime keeps the share of admissions sent to Redis near the native one.
 * ``request --stream full|first``: the same requests with ``"stream": true`` and ``stream_options.include_usage``
   (gwbench's stream client's body): the upstream answers as gwbench's mock does with no delay, the whole SSE stream
   (head, the mock's 32 chunks, usage, ``[DONE]``, chunked) in one write, from a callback-only protocol. ``first``
@@ -45,6 +48,7 @@ Each case runs in one process on uvloop and reports CPU time (``time.process_tim
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -264,6 +268,7 @@ async def request_case(
     redis_url: str = "",
     stream_events: str = "",
     policy: str | None = None,
+    lease_seconds: float | None = None,
 ) -> float:
     from gateway.app import create_app
     from gateway.http.server import serve, shutdown
@@ -314,6 +319,8 @@ async def request_case(
         journal.start(usage_sink)
     # governance: the token counters on Redis, as gwbench's gateway keeps them (REDIS_URL)
     settings = GatewaySettings(gateway_token=token, redis_url=redis_url if policies == "governance" else "")
+    if lease_seconds is not None:
+        settings = dataclasses.replace(settings, token_lease_seconds=lease_seconds)
     app = create_app(settings, metrics=metrics, usage_sink=usage_sink, usage_journal=journal)
     app.snapshot = load_snapshot(data, gateway_token=token)
     gateway = await serve(app, "127.0.0.1", 0)
@@ -550,6 +557,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=None,
+        help="request: the token lease lifetime (SLUICE_TOKEN_LEASE_SECONDS; default the settings' default)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(args.root.resolve()))
     import uvloop
@@ -580,6 +593,7 @@ def main() -> None:
                         args.redis_url,
                         args.stream,
                         args.policy,
+                        args.lease_seconds,
                     )
                 )
             )
@@ -603,6 +617,8 @@ def main() -> None:
         name += f" stream {args.stream}"
     if args.case == "request" and args.policy:
         name += " with --policy"
+    if args.case == "request" and args.lease_seconds is not None:
+        name += f" lease {args.lease_seconds:g} s"
     print(
         f"{name} ({args.root}): median {statistics.median(micro):.2f} µs/op, "
         f"min {micro[0]:.2f}, max {micro[-1]:.2f} over {args.repeat} rounds of {args.requests}"

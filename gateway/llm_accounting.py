@@ -8,7 +8,7 @@ before the ``on_finish`` callbacks run, and runs the policies' ``response_hooks`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, overload
 
 import orjson
 
@@ -48,7 +48,7 @@ def exchange_for(ctx: RequestContext) -> LlmExchange:
     """The request's exchange, opened on first use."""
     current = ctx.llm
     if current is not None:
-        return cast("LlmExchange", current)
+        return current  # type: ignore[return-value]  # set below only: an LlmExchange (cast() is a Python call)
     exchange = LlmExchange(ctx)
     ctx.llm = exchange
     return exchange

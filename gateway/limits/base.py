@@ -179,6 +179,12 @@ class TokenStore(ABC):
         Raises StoreUnavailable when the store cannot answer.
         """
 
+    def reserve_now(self, windows: Sequence[Window], amount: int, now: float) -> Admission | None:
+        """``reserve`` when the store can decide without waiting (the memory store always; the Redis store from this
+        process's lease), with the same outcome; None when ``reserve`` must be awaited. Never raises
+        ``StoreUnavailable``: a store that cannot answer returns None, and ``reserve`` raises."""
+        return None
+
     @abstractmethod
     def settle(self, reservation: Reservation, actual: int) -> None:
         """Move the reservation's counters by ``actual - amount`` (counters already expired are left alone).

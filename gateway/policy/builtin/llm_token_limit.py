@@ -31,7 +31,7 @@ from ._limiting import (
     set_retry_after,
     store_unavailable,
 )
-from ._remembered import REMEMBERED_MAX, PerSubscription, same_per_subscription
+from ._remembered import PerKey, PerSubscription, same_per_subscription
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -60,11 +60,10 @@ DEFAULT_COMPLETION_RESERVATION: Final = 1024
 MAX_TOKENS: Final = 10**15  # counters are Lua numbers (doubles): exact far beyond this
 LOG_EVERY: Final = 10.0
 # The windows of one counter key stay the same for a whole minute (every period starts on a minute): each policy keeps
-# those of the current minute, for at most this many counter keys, so most requests build none. A counter key whose
-# expression depends on the subscription alone (``CompiledExpression.subscription_only``: the wizard's
-# ``context.Subscription?.Id ?? "anonymous"``) is not even evaluated again: the windows are kept per subscription too
-# (``._remembered``).
-WINDOW_CACHE_MAX: Final = REMEMBERED_MAX
+# those of the current minute by counter key and limit (``._remembered.PerKey``, at most ``REMEMBERED_MAX`` keys), so
+# most requests build none. A counter key whose expression depends on the subscription alone
+# (``CompiledExpression.subscription_only``: the wizard's ``context.Subscription?.Id ?? "anonymous"``) is not even
+# evaluated again: the windows are kept per subscription too (``._remembered.PerSubscription``).
 
 _last_warning = 0.0
 
@@ -197,7 +196,7 @@ class LlmTokenLimit(Policy):
         self.reports = any(x is not None for x in reporting)
         self.on_response_needed = self.reports or self.consumed_header is not None or self.consumed_variable is not None
         self.fail_closed = denies_on_store_error(attrs.get(STORE_ERROR_ATTR))
-        self.window_cache: dict[tuple[str, int | None], tuple[tuple[Window, ...], int]] = {}
+        self.window_cache: PerKey[tuple[tuple[Window, ...], int]] = PerKey()  # by (counter key, tokens per minute)
         self.window_minute = self.window_end = -1.0  # [start, end) of the minute of the caches below
         # the windows and limit of the current minute per subscription, when the counter key and the limits depend on
         # nothing else; None otherwise
@@ -245,7 +244,6 @@ class LlmTokenLimit(Policy):
 
     def _build_windows(self, key: str, tpm: int | None, now: float) -> tuple[tuple[Window, ...], int]:
         """The windows of ``key`` for the minute of ``now`` (see ``windows``), kept in the window cache."""
-        cache = self.window_cache
         built = []
         if self.quota is not None and self.period is not None:
             built.append(quota_window(key, self.period, now, self.quota))
@@ -253,8 +251,7 @@ class LlmTokenLimit(Policy):
             built.append(minute_window(key, now, tpm))
         windows = tuple(built)
         cached = windows, min(w.limit for w in windows)
-        if len(cache) < WINDOW_CACHE_MAX:
-            cache[(key, tpm)] = cached
+        self.window_cache.put((key, tpm), cached)
         return cached
 
     def reservation(self, exchange: LlmExchange, ceiling: int) -> tuple[int, int]:
@@ -278,13 +275,15 @@ class LlmTokenLimit(Policy):
         now = store.now()
         windows, ceiling = self.windows(ctx, now)
         amount, prompt = self.reservation(exchange, ceiling)
-        try:
-            admission = await store.reserve(windows, amount, now)
-        except StoreUnavailable as exc:
-            if self.fail_closed:
-                raise store_unavailable(ctx, store, self.name, self.retry_header) from exc
-            _warn(MSG_STORE_DOWN, exc, self.name)
-            return None
+        admission = store.reserve_now(windows, amount, now)  # from a lease: no coroutine, no await
+        if admission is None:
+            try:
+                admission = await store.reserve(windows, amount, now)
+            except StoreUnavailable as exc:
+                if self.fail_closed:
+                    raise store_unavailable(ctx, store, self.name, self.retry_header) from exc
+                _warn(MSG_STORE_DOWN, exc, self.name)
+                return None
         outcome = _Outcome(self, store, windows, admission, amount, prompt)
         exchange.admissions.append(outcome)
         if not admission.allowed:

@@ -75,6 +75,39 @@ async def test_an_admission_within_the_lease_sends_no_command(redis_prefix, cloc
         await store.aclose()
 
 
+async def test_reserve_now_admits_from_the_lease_only(redis_prefix, clock: FakeClock):
+    """``reserve_now`` (what ``llm-token-limit`` calls before awaiting ``reserve``) admits exactly as ``reserve`` does
+    from a live lease that holds the amount, with no Redis command; otherwise it returns None and changes nothing."""
+    store = make_store(redis_prefix, clock)
+    windows = (quota_window("now", "Daily", clock(), 10**6), minute_window("now", clock(), 10**5))
+    try:
+        assert store.reserve_now(windows, 10, clock()) is None  # no lease yet
+        admitted = await lease_of(store, windows, 10)
+        lease = store._leases[id(windows)]
+        sent = Sent(store)
+        assert lease.left >= 10  # a grant is at least one request
+        admission = store.reserve_now(windows, 3, clock())
+        admitted += 3
+        assert admission is not None and admission.allowed and admission.used == (admitted, admitted)
+        assert admission.reservation == (tuple(w.key for w in windows), 3, max(w.expires_at for w in windows))
+        assert store.reserve_now(list(windows), 1, clock()) is None  # another sequence: not this lease's
+        left = lease.left
+        assert store.reserve_now(windows, left + 1, clock()) is None and lease.left == left  # more than it holds
+        assert store.reserve_now(windows, left, clock()) is not None and lease.left == 0
+        assert store.reserve_now(windows, 1, clock()) is None  # spent
+        assert sent.commands == []
+        assert [await store.count(w) for w in windows] == [admitted + left] * 2
+    finally:
+        await store.aclose()
+
+
+async def test_reserve_now_defers_to_reserve_once_the_lease_ended(redis_prefix, clock: FakeClock):
+    async with leased(redis_prefix, clock, "ended") as (store, windows, admitted, lease):
+        lease.deadline = 0.0  # its lifetime is over, its timer has not run yet: the leftover is still held
+        assert lease.left and store.reserve_now(windows, 1, clock()) is None
+        assert (await store.reserve(windows, 1, clock())).used == (admitted + 1,)  # the merge, through Redis
+
+
 async def test_the_leftover_goes_back_when_the_lease_ends_and_on_flush(redis_prefix, clock: FakeClock):
     async with leased(redis_prefix, clock, "end") as (store, windows, admitted, lease):
         assert lease.handle is not None  # one timer for the grant
@@ -238,6 +271,7 @@ async def test_an_open_breaker_refuses_even_with_a_lease(redis_prefix, clock: Fa
         assert lease.left >= 10
         store.breaker.failure()
         assert store.breaker.state is BreakerState.OPEN
+        assert store.reserve_now(windows, 10, clock()) is None and lease.left >= 10  # to reserve, which refuses
         with pytest.raises(StoreUnavailable, match="circuit open"):
             await store.reserve(windows, 10, clock())
         lease.handle.cancel()

@@ -7,6 +7,7 @@ import pytest
 
 from gateway.app import TRACE_HEADER, create_app
 from gateway.limits import StoreUnavailable, create_store, minute_window, quota_window
+from gateway.limits.memory import MemoryTokenStore
 from gateway.pipeline import Pipeline
 from gateway.policy import Policy, PolicyError, Scope, Section, parse_document
 from gateway.policy.builtin.forward_request import ForwardRequest
@@ -309,6 +310,9 @@ async def test_the_store_failing_lets_requests_through():
         def now(self):
             return 0.0
 
+        def reserve_now(self, windows, amount, now):
+            return None
+
         async def reserve(self, windows, amount, now):
             raise StoreUnavailable("connection refused")
 
@@ -317,6 +321,25 @@ async def test_the_store_failing_lets_requests_through():
 
     gateway = Gateway(policy('counter-key="d" tokens-per-minute="1" estimate-prompt-tokens="true"'), store=DownStore())
     assert (await gateway.send()).status == 200
+
+
+async def test_an_admission_the_store_decides_at_once_is_not_awaited():
+    """``reserve_now`` first (the memory store; the Redis store from a lease): ``reserve`` only when it returns None."""
+
+    class AtOnce(MemoryTokenStore):
+        async def reserve(self, windows, amount, now):
+            raise AssertionError("reserve awaited although reserve_now decided")
+
+    clock = FakeClock()
+    gateway = Gateway(
+        policy('counter-key="at-once" tokens-per-minute="100" estimate-prompt-tokens="true"'),
+        store=AtOnce(clock=clock),
+        clock=clock,
+    )
+    assert (await gateway.send()).status == 200
+    assert await gateway.minute_count("at-once") == 50  # reserved 9 + 40, settled to the usage
+    refused = await gateway.send({**CHAT, "max_tokens": 60})  # 50 + 9 + 60 > 100
+    assert refused.status == 429 and await gateway.minute_count("at-once") == 50
 
 
 async def test_streams_are_counted_and_the_injected_usage_event_removed():
