@@ -25,15 +25,8 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.http.messages import Response
     from gateway.metrics import Metrics, TokenFamily
-    from gateway.model import OperationEntry, ProductEntry
 
-__all__ = (
-    "BUILT_IN_DIMENSIONS",
-    "DECIDED_BEFORE_POLICIES",
-    "MAX_CUSTOM_DIMENSIONS",
-    "AzureOpenAiEmitTokenMetric",
-    "LlmEmitTokenMetric",
-)
+__all__ = ("BUILT_IN_DIMENSIONS", "MAX_CUSTOM_DIMENSIONS", "AzureOpenAiEmitTokenMetric", "LlmEmitTokenMetric")
 
 MAX_CUSTOM_DIMENSIONS: Final = 5
 
@@ -94,12 +87,6 @@ BUILT_IN_DIMENSIONS: Final[dict[str, Callable[[RequestContext], str]]] = {
 }
 
 
-# The built-in dimensions whose values are decided before the first policy runs (the route, the subscription and its
-# product, the gateway): a statement of these alone has the same labels for every request of a subscription and
-# operation. The backend may still change (``set-backend-service``) until the request is forwarded.
-DECIDED_BEFORE_POLICIES: Final = frozenset(BUILT_IN_DIMENSIONS) - {"Backend ID"}
-
-
 def _metrics_of(ctx: RequestContext) -> Metrics | None:
     return ctx.services.metrics
 
@@ -135,7 +122,6 @@ class LlmEmitTokenMetric(Policy):
         "dimensions",
         "emission",
         "label_names",
-        "labelled",
         "namespace",
         "prefix",
         "remembered",
@@ -168,11 +154,6 @@ class LlmEmitTokenMetric(Policy):
         per_subscription = bool(custom) and all(v.is_literal or same_per_subscription(v) for v in self.custom)
         self.remembered: PerSubscription[_Emission] | None = PerSubscription() if per_subscription else None
         self.remembered_for: Metrics | None = None
-        # a statement of dimensions decided before the policies run (``DECIDED_BEFORE_POLICIES``) alone: per
-        # subscription, the emission with its labels resolved (for the operation and product of the request that
-        # built it; cleared with ``emission``), so a request's end resolves none; None otherwise
-        labelled = not custom and all(d.name in DECIDED_BEFORE_POLICIES for d in dimensions)
-        self.labelled: PerSubscription[_Emission] | None = PerSubscription() if labelled else None
 
     @classmethod
     def from_element(cls, el: Element) -> LlmEmitTokenMetric:
@@ -222,20 +203,9 @@ class LlmEmitTokenMetric(Policy):
             ctx.on_finish.append(emission)
             return None
         cached = self.emission
-        labelled = self.labelled
         if cached is None or cached[0] is not metrics:
             cached = self.emission = (metrics, _Emission(self, metrics.token_family(self.prefix, self.label_names), ()))
-            if labelled is not None:
-                labelled.clear()
-        emission = cached[1]
-        if labelled is not None:
-            found = labelled.get(ctx.subscription)
-            if found is None:
-                found = _Emission.labelled(self, emission.family, ctx)
-                labelled.put(ctx.subscription, found)
-            if found.operation is ctx.operation and found.product is ctx.product:  # else: resolved at the end
-                emission = found
-        ctx.on_finish.append(emission)
+        ctx.on_finish.append(cached[1])
         return None
 
     def labels(self, ctx: RequestContext, custom_values: tuple[str, ...]) -> tuple[str, ...]:
@@ -289,34 +259,21 @@ def _locate(el: Element, attr: str) -> Callable[[int], tuple[int | None, int | N
 
 
 class _Emission:
-    """The finish callback of one statement for one request (custom values captured at inbound time). One made by
-    ``labelled`` has its labels resolved already, for the requests of one operation and product."""
+    """The finish callback of one statement for one request (custom values captured at inbound time)."""
 
-    __slots__ = ("family", "labels", "operation", "policy", "product", "values")
+    __slots__ = ("family", "policy", "values")
 
     def __init__(self, policy: LlmEmitTokenMetric, family: TokenFamily, values: tuple[str, ...]) -> None:
         self.policy = policy
         self.family = family
         self.values = values
-        self.labels: tuple[str, ...] | None = None
-        self.operation: OperationEntry | None = None
-        self.product: ProductEntry | None = None
-
-    @classmethod
-    def labelled(cls, policy: LlmEmitTokenMetric, family: TokenFamily, ctx: RequestContext) -> _Emission:
-        """An emission whose labels are ``ctx``'s, resolved now (``LlmEmitTokenMetric.labelled``)."""
-        emission = cls(policy, family, ())
-        emission.labels = policy.labels(ctx, ())
-        emission.operation, emission.product = ctx.operation, ctx.product
-        return emission
 
     def __call__(self, ctx: RequestContext, complete: bool) -> None:
         usage = ctx.usage
         if usage is None:
             return
-        labels = self.labels
         self.family.record(
-            labels if labels is not None else self.policy.labels(ctx, self.values),
+            self.policy.labels(ctx, self.values),
             usage.prompt_tokens or 0,
             usage.completion_tokens or 0,
             usage.total_tokens or 0,
